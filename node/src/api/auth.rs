@@ -1,0 +1,62 @@
+//! Bearer-token authentication. Tokens are stored hashed (SHA-256) in the replicated state; the
+//! request's token is hashed and looked up. `GET /v1/health` and the join endpoint (which is
+//! authenticated by its join token) are open. The authenticated token's name becomes the
+//! request's [`Actor`] (recorded in the journal).
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use rackd_types::ErrorCode;
+
+use super::{error_response, AppState};
+use crate::hash_secret;
+
+/// Who is making the request (the API token's name).
+#[derive(Debug, Clone)]
+pub struct Actor(pub String);
+
+fn is_open(method: &axum::http::Method, path: &str) -> bool {
+    (method == axum::http::Method::GET && path == "/v1/health")
+        || (method == axum::http::Method::POST && path == "/v1/cluster/join")
+}
+
+pub async fn require_token(State(node): State<AppState>, mut req: Request, next: Next) -> Response {
+    if is_open(req.method(), req.uri().path()) {
+        req.extensions_mut().insert(Actor("anonymous".into()));
+        return next.run(req).await;
+    }
+    let token = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string());
+    let Some(token) = token else {
+        return error_response(
+            ErrorCode::Unauthorized,
+            "missing bearer token (Authorization: Bearer ...)",
+        );
+    };
+    let hash = hash_secret(&token);
+    let lookup = |node: &AppState| {
+        node.sm
+            .read()
+            .state
+            .api_token_by_hash(&hash)
+            .map(|t| t.view.name.clone())
+    };
+    let mut name = lookup(&node);
+    if name.is_none() {
+        // The token may be newer than our replica: catch up once before refusing.
+        if node.linearize().await.is_ok() {
+            name = lookup(&node);
+        }
+    }
+    match name {
+        Some(n) => {
+            req.extensions_mut().insert(Actor(n));
+            next.run(req).await
+        }
+        None => error_response(ErrorCode::Unauthorized, "unknown API token"),
+    }
+}

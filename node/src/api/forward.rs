@@ -1,0 +1,126 @@
+//! Write forwarding: a write (POST/PATCH/PUT/DELETE) that reaches a follower is sent to the
+//! leader and the leader's answer is returned unchanged. A forwarded request is never forwarded
+//! again (no loops); a connection that could not be opened is retried against the new leader
+//! until the write timeout, anything else is answered 503 (outcome unknown, never "done").
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::Response;
+use rackd_types::ErrorCode;
+
+use super::{error_response, AppState};
+
+pub const FORWARDED_HEADER: &str = "x-rackd-forwarded-by";
+const MAX_BODY: usize = 1024 * 1024;
+
+fn is_write(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    )
+}
+
+pub async fn to_leader(State(node): State<AppState>, req: Request, next: Next) -> Response {
+    if !is_write(req.method()) || node.is_leader() {
+        return next.run(req).await;
+    }
+    let already_forwarded = req.headers().contains_key(FORWARDED_HEADER);
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return error_response(
+                ErrorCode::InvalidRequest,
+                "request body too large or unreadable",
+            )
+        }
+    };
+    let is_join = parts.uri.path() == "/v1/cluster/join";
+    let timeout = if is_join {
+        Duration::from_secs(300)
+    } else {
+        node.write_timeout + Duration::from_secs(5)
+    };
+    let deadline = tokio::time::Instant::now() + node.write_timeout;
+    loop {
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some((leader, info)) = node.wait_leader(remaining).await else {
+            return error_response(
+                ErrorCode::Unavailable,
+                "no leader elected: write not accepted",
+            );
+        };
+        if leader == node.id {
+            let req = Request::from_parts(parts, Body::from(body));
+            return next.run(req).await;
+        }
+        if already_forwarded {
+            return error_response(
+                ErrorCode::Unavailable,
+                format!("this node is not the leader (leader is {leader}); write not accepted"),
+            );
+        }
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let url = format!("http://{}{}", info.api, path);
+        let mut rb = node
+            .http
+            .request(parts.method.clone(), &url)
+            .timeout(timeout)
+            .header(FORWARDED_HEADER, node.id.to_string())
+            .body(body.clone());
+        for h in [
+            "authorization",
+            "content-type",
+            "idempotency-key",
+            "if-match",
+        ] {
+            if let Some(v) = parts.headers.get(h) {
+                rb = rb.header(h, v.clone());
+            }
+        }
+        match rb.send().await {
+            Ok(resp) => {
+                let status = resp.status();
+                let ctype = resp.headers().get("content-type").cloned();
+                let bytes = resp.bytes().await.unwrap_or_default();
+                let mut out = Response::new(Body::from(bytes));
+                *out.status_mut() = status;
+                if let Some(c) = ctype {
+                    out.headers_mut().insert("content-type", c);
+                }
+                out.headers_mut().insert(
+                    "x-rackd-leader",
+                    HeaderValue::from_str(&leader.to_string())
+                        .unwrap_or(HeaderValue::from_static("?")),
+                );
+                return out;
+            }
+            Err(e) if e.is_connect() => {
+                if tokio::time::Instant::now() >= deadline {
+                    return error_response(
+                        ErrorCode::Unavailable,
+                        format!("leader {leader} unreachable; write not accepted"),
+                    );
+                }
+                tracing::debug!(leader, "leader unreachable; waiting for a new one");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                return error_response(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "forwarding to leader {leader} failed ({e}); the write is not confirmed"
+                    ),
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! The HA HTTP API under `/v1` (axum on hyper).
+//!
+//! Layers, outermost first: [`forward`] sends every write to the leader (the client need not
+//! know who leads), then [`auth`] checks the bearer token, then the handlers in [`inventory`]
+//! and [`cluster`]. Every error is JSON `{"error":{"code","message"}}` with its status code;
+//! malformed JSON, paths and queries answer 400, unknown routes 404, wrong methods 405.
+
+pub mod auth;
+pub mod cluster;
+pub mod forward;
+pub mod inventory;
+pub mod routes;
+
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use rackd_types::{ApiError, ErrorBody, ErrorCode};
+
+use crate::runtime::Node;
+
+pub type AppState = Arc<Node>;
+
+/// An [`ApiError`] as an HTTP response.
+#[derive(Debug)]
+pub struct HttpError(pub ApiError);
+
+impl From<ApiError> for HttpError {
+    fn from(e: ApiError) -> Self {
+        HttpError(e)
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(ErrorBody { error: self.0 })).into_response()
+    }
+}
+
+pub type HttpResult<T> = Result<T, HttpError>;
+
+pub fn error_response(code: ErrorCode, message: impl Into<String>) -> Response {
+    HttpError(ApiError::new(code, message)).into_response()
+}
+
+/// Parse a JSON body into `T`, answering 400 with the reason on failure.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> HttpResult<T> {
+    serde_json::from_slice(body)
+        .map_err(|e| HttpError(ApiError::invalid(format!("invalid JSON body: {e}"))))
+}
+
+pub fn parse_id(s: &str) -> HttpResult<u64> {
+    s.parse().map_err(|_| {
+        HttpError(ApiError::invalid(format!(
+            "invalid id {s:?}: expected an integer"
+        )))
+    })
+}
+
+/// `If-Match: <version>` (quotes tolerated, `*` means no condition).
+pub fn if_match(h: &HeaderMap) -> HttpResult<Option<u64>> {
+    let Some(v) = h.get("if-match") else {
+        return Ok(None);
+    };
+    let s = v
+        .to_str()
+        .map_err(|_| HttpError(ApiError::invalid("If-Match is not ASCII")))?
+        .trim()
+        .trim_start_matches("W/")
+        .trim_matches('"');
+    if s == "*" {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(|_| {
+        HttpError(ApiError::invalid(format!(
+            "If-Match {s:?} is not a version number"
+        )))
+    })
+}
+
+pub fn idempotency_key(h: &HeaderMap) -> HttpResult<Option<String>> {
+    match h.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => {
+            let s = v
+                .to_str()
+                .map_err(|_| HttpError(ApiError::invalid("Idempotency-Key is not ASCII")))?;
+            if s.is_empty() || s.len() > 255 {
+                return Err(HttpError(ApiError::invalid(
+                    "Idempotency-Key must be 1..=255 characters",
+                )));
+            }
+            Ok(Some(s.to_string()))
+        }
+    }
+}
+
+pub use routes::router;

@@ -1,0 +1,288 @@
+//! Command-line interface: `rackd up|join` start a node; every other subcommand is a client of
+//! the HTTP API at `--server` (env `RACKD_SERVER`) with `RACKD_TOKEN`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rackd",
+    version,
+    about = "rackd: a clustered bare-metal datacenter manager"
+)]
+pub struct Cli {
+    /// API endpoint of any node.
+    #[arg(
+        long,
+        global = true,
+        env = "RACKD_SERVER",
+        default_value = "http://127.0.0.1:7080"
+    )]
+    pub server: String,
+    /// API bearer token.
+    #[arg(
+        long = "api-token",
+        global = true,
+        env = "RACKD_TOKEN",
+        hide_env_values = true
+    )]
+    pub api_token: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Start a node: bootstrap a new cluster (empty data dir), join one (--join), or resume.
+    Up(UpArgs),
+    /// Join an existing cluster (same as `up --join URL`).
+    Join {
+        /// API URL of any member.
+        url: String,
+        #[command(flatten)]
+        up: UpArgs,
+    },
+    /// Cluster and node status.
+    Status,
+    /// Machines.
+    #[command(subcommand)]
+    Machines(MachineCmd),
+    /// Locations (sites).
+    #[command(subcommand)]
+    Locations(LocationCmd),
+    /// Racks.
+    #[command(subcommand)]
+    Racks(RackCmd),
+    /// Subnets / IP pools.
+    #[command(subcommand)]
+    Subnets(SubnetCmd),
+    /// Cluster members.
+    #[command(subcommand)]
+    Members(MemberCmd),
+    /// Join and API tokens.
+    #[command(subcommand)]
+    Tokens(TokenCmd),
+    /// The journal of changes.
+    Events {
+        #[arg(long)]
+        after: Option<u64>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UpArgs {
+    /// Data directory (RocksDB, snapshots, identity, admin token).
+    #[arg(long, env = "RACKD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// HTTP API listen address.
+    #[arg(long, default_value = "127.0.0.1:7080")]
+    pub api: String,
+    /// Raft peer (gRPC) listen address.
+    #[arg(long, default_value = "127.0.0.1:7081")]
+    pub peer: String,
+    /// API address other nodes and clients should use (default: the bound address).
+    #[arg(long)]
+    pub advertise_api: Option<String>,
+    /// Peer address other nodes should use (default: the bound address).
+    #[arg(long)]
+    pub advertise_peer: Option<String>,
+    /// Join the cluster whose member answers at this API URL.
+    #[arg(long)]
+    pub join: Option<String>,
+    /// Join token (from `rackd tokens create`).
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Stay a non-voting learner (remote sites).
+    #[arg(long)]
+    pub learner: bool,
+    /// Snapshot every N applied entries.
+    #[arg(long, default_value_t = 10_000)]
+    pub snapshot_logs: u64,
+    /// Raft heartbeat interval (ms).
+    #[arg(long, default_value_t = 150)]
+    pub heartbeat_ms: u64,
+    /// Minimum election timeout (ms); the maximum is twice this.
+    #[arg(long, default_value_t = 900)]
+    pub election_timeout_ms: u64,
+    /// Seconds a write waits for a quorum before answering 503.
+    #[arg(long, default_value_t = 10)]
+    pub write_timeout_secs: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MachineCmd {
+    List {
+        #[arg(long)]
+        location: Option<String>,
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        rack: Option<u64>,
+        /// Serve from the local replica without a leader round trip.
+        #[arg(long)]
+        stale: bool,
+    },
+    Add(MachineArgs),
+    Show {
+        id: u64,
+    },
+    Update {
+        id: u64,
+        #[arg(long)]
+        if_match: Option<u64>,
+        #[command(flatten)]
+        fields: MachineUpdateArgs,
+    },
+    Delete {
+        id: u64,
+        #[arg(long)]
+        if_match: Option<u64>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct MachineArgs {
+    #[arg(long)]
+    pub hostname: String,
+    #[arg(long)]
+    pub location: String,
+    #[arg(long = "mac")]
+    pub macs: Vec<String>,
+    #[arg(long = "ip")]
+    pub ips: Vec<String>,
+    #[arg(long)]
+    pub rack: Option<u64>,
+    #[arg(long)]
+    pub unit: Option<u32>,
+    #[arg(long)]
+    pub bmc_address: Option<String>,
+    #[arg(long, default_value = "ipmi")]
+    pub bmc_driver: String,
+    #[arg(long, default_value_t = 623)]
+    pub bmc_port: u16,
+    #[arg(long, default_value = "")]
+    pub bmc_user: String,
+    /// BMC password (or env RACKD_BMC_PASSWORD).
+    #[arg(long, env = "RACKD_BMC_PASSWORD", hide_env_values = true)]
+    pub bmc_password: Option<String>,
+    #[arg(long)]
+    pub state: Option<String>,
+    #[arg(long, default_value = "")]
+    pub description: String,
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct MachineUpdateArgs {
+    #[arg(long)]
+    pub hostname: Option<String>,
+    #[arg(long)]
+    pub location: Option<String>,
+    #[arg(long = "mac")]
+    pub macs: Option<Vec<String>>,
+    #[arg(long = "ip")]
+    pub ips: Option<Vec<String>>,
+    #[arg(long)]
+    pub state: Option<String>,
+    #[arg(long)]
+    pub cause: Option<String>,
+    #[arg(long)]
+    pub description: Option<String>,
+    #[arg(long = "tag")]
+    pub tags: Option<Vec<String>>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LocationCmd {
+    List,
+    Add {
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    Show {
+        id: u64,
+    },
+    Delete {
+        id: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RackCmd {
+    List {
+        #[arg(long)]
+        location: Option<String>,
+    },
+    Add {
+        #[arg(long)]
+        location: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value_t = 42)]
+        height: u32,
+    },
+    Delete {
+        id: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SubnetCmd {
+    List {
+        #[arg(long)]
+        location: Option<String>,
+    },
+    Add {
+        #[arg(long)]
+        location: String,
+        #[arg(long)]
+        cidr: String,
+        #[arg(long)]
+        gateway: Option<String>,
+        #[arg(long = "dns")]
+        dns: Vec<String>,
+        /// Dynamic range START-END (repeatable).
+        #[arg(long = "dynamic")]
+        dynamic: Vec<String>,
+    },
+    Delete {
+        id: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MemberCmd {
+    List,
+    Remove { id: u64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Create a join token.
+    Create {
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List join tokens.
+    List,
+    /// Create an API token.
+    CreateApi { name: String },
+    /// List API tokens.
+    ListApi,
+}

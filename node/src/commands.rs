@@ -1,0 +1,521 @@
+//! Implementation of each CLI subcommand (the binary's edge: errors are `anyhow`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use rackd_types::{
+    ApiTokenView, BmcSpec, ClusterInfo, CreateApiToken, CreateJoinToken, CreateLocation,
+    CreateMachine, CreateRack, CreateSubnet, CreatedApiToken, CreatedJoinToken, Event, Health,
+    IpRange, JoinTokenView, Location, Machine, MachineState, Rack, Subnet, UpdateMachine,
+};
+
+use crate::cli::{
+    Cmd, LocationCmd, MachineCmd, MemberCmd, Output, RackCmd, SubnetCmd, TokenCmd, UpArgs,
+};
+use crate::client::Client;
+use crate::output::{opt, table, time};
+use crate::runtime::{run, NodeOptions};
+
+fn default_data_dir() -> PathBuf {
+    if let Ok(x) = std::env::var("XDG_DATA_HOME") {
+        return PathBuf::from(x).join("rackd");
+    }
+    match std::env::var("HOME") {
+        Ok(h) if !h.is_empty() => PathBuf::from(h).join(".local/share/rackd"),
+        _ => PathBuf::from("/var/lib/rackd"),
+    }
+}
+
+pub async fn up(args: UpArgs, join: Option<String>) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RACKD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let join = join.or(args.join.clone());
+    if join.is_some() && args.token.is_none() {
+        bail!("joining needs --token (create one with `rackd tokens create` on a member)");
+    }
+    let opts = NodeOptions {
+        data_dir: args.data_dir.unwrap_or_else(default_data_dir),
+        api_listen: args.api,
+        peer_listen: args.peer,
+        advertise_api: args.advertise_api,
+        advertise_peer: args.advertise_peer,
+        join,
+        token: args.token,
+        learner: args.learner,
+        snapshot_logs: args.snapshot_logs.max(2),
+        heartbeat_ms: args.heartbeat_ms,
+        election_timeout_ms: args.election_timeout_ms,
+        write_timeout: Duration::from_secs(args.write_timeout_secs.max(1)),
+    };
+    run(opts).await
+}
+
+fn json_out<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn parse_state(s: &Option<String>) -> anyhow::Result<Option<MachineState>> {
+    match s {
+        None => Ok(None),
+        Some(s) => MachineState::parse(s).map(Some).with_context(|| {
+            format!(
+                "unknown state {s:?} (new, ready, deploying, deployed, releasing, failed, broken)"
+            )
+        }),
+    }
+}
+
+fn machine_rows(ms: &[Machine]) {
+    let rows: Vec<Vec<String>> = ms
+        .iter()
+        .map(|m| {
+            vec![
+                m.meta.id.to_string(),
+                m.hostname.clone(),
+                m.location.clone(),
+                m.state.as_str().to_string(),
+                m.macs.join(","),
+                m.ips.join(","),
+                m.meta.version.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID", "HOSTNAME", "LOCATION", "STATE", "MACS", "IPS", "VERSION",
+        ],
+        &rows,
+    );
+}
+
+fn query(pairs: &[(&str, Option<String>)]) -> String {
+    let q: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", urlencode(v))))
+        .collect();
+    if q.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", q.join("&"))
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub async fn client(
+    server: &str,
+    token: Option<String>,
+    out: Output,
+    cmd: Cmd,
+) -> anyhow::Result<()> {
+    let c = Client::new(server, token);
+    let json = out == Output::Json;
+    match cmd {
+        Cmd::Up(_) | Cmd::Join { .. } => unreachable!("handled by main"),
+        Cmd::Status => {
+            let h: Health = c.get("/v1/health").await?;
+            let ci: ClusterInfo = c.get("/v1/cluster").await?;
+            if json {
+                return json_out(&serde_json::json!({ "node": h, "cluster": ci }));
+            }
+            println!(
+                "cluster {}  leader {}  term {}  commit {}",
+                ci.cluster_id,
+                opt(&ci.leader_id),
+                ci.term,
+                opt(&ci.commit_index)
+            );
+            println!(
+                "this node {} is {} (applied {})",
+                h.node_id,
+                h.raft_state,
+                opt(&h.last_applied)
+            );
+            let rows: Vec<Vec<String>> = ci
+                .members
+                .iter()
+                .map(|m| {
+                    let lead = if Some(m.id) == ci.leader_id { "*" } else { "" };
+                    vec![
+                        format!("{}{lead}", m.id),
+                        m.role.clone(),
+                        m.api_addr.clone(),
+                        m.peer_addr.clone(),
+                    ]
+                })
+                .collect();
+            table(&["ID", "ROLE", "API", "PEER"], &rows);
+        }
+        Cmd::Machines(mc) => match mc {
+            MachineCmd::List {
+                location,
+                state,
+                rack,
+                stale,
+            } => {
+                let q = query(&[
+                    ("location", location),
+                    ("state", state),
+                    ("rack", rack.map(|r| r.to_string())),
+                    ("stale", stale.then(|| "true".to_string())),
+                ]);
+                let ms: Vec<Machine> = c.get_all(&format!("/v1/machines{q}")).await?;
+                if json {
+                    return json_out(&ms);
+                }
+                machine_rows(&ms);
+            }
+            MachineCmd::Add(a) => {
+                let bmc = a.bmc_address.map(|address| BmcSpec {
+                    driver: a.bmc_driver,
+                    address,
+                    port: a.bmc_port,
+                    username: a.bmc_user,
+                    password: a.bmc_password,
+                });
+                let body = CreateMachine {
+                    hostname: a.hostname,
+                    location: a.location,
+                    rack_id: a.rack,
+                    rack_unit: a.unit,
+                    macs: a.macs,
+                    ips: a.ips,
+                    bmc,
+                    state: parse_state(&a.state)?,
+                    description: a.description,
+                    tags: a.tags,
+                };
+                let m: Machine = c.post("/v1/machines", &body).await?;
+                if json {
+                    return json_out(&m);
+                }
+                machine_rows(&[m]);
+            }
+            MachineCmd::Show { id } => {
+                let m: Machine = c.get(&format!("/v1/machines/{id}")).await?;
+                if json {
+                    return json_out(&m);
+                }
+                println!("id:          {}", m.meta.id);
+                println!("hostname:    {}", m.hostname);
+                println!("location:    {}", m.location);
+                println!("rack/unit:   {}/{}", opt(&m.rack_id), opt(&m.rack_unit));
+                println!("state:       {} ({})", m.state.as_str(), m.state_cause);
+                println!("macs:        {}", m.macs.join(", "));
+                println!("ips:         {}", m.ips.join(", "));
+                if let Some(b) = &m.bmc {
+                    println!(
+                        "bmc:         {} {}:{} user={} password={}",
+                        b.driver,
+                        b.address,
+                        b.port,
+                        b.username,
+                        if b.password_set { "set" } else { "unset" }
+                    );
+                }
+                println!("tags:        {}", m.tags.join(", "));
+                println!("description: {}", m.description);
+                println!("version:     {}", m.meta.version);
+                println!("updated:     {}", time(m.meta.updated_at));
+            }
+            MachineCmd::Update {
+                id,
+                if_match,
+                fields,
+            } => {
+                let patch = UpdateMachine {
+                    hostname: fields.hostname,
+                    location: fields.location,
+                    macs: fields.macs,
+                    ips: fields.ips,
+                    state: parse_state(&fields.state)?,
+                    state_cause: fields.cause,
+                    description: fields.description,
+                    tags: fields.tags,
+                    ..Default::default()
+                };
+                let m: Machine = c
+                    .patch(&format!("/v1/machines/{id}"), &patch, if_match)
+                    .await?;
+                if json {
+                    return json_out(&m);
+                }
+                machine_rows(&[m]);
+            }
+            MachineCmd::Delete { id, if_match } => {
+                c.delete(&format!("/v1/machines/{id}"), if_match).await?;
+                if !json {
+                    println!("machine {id} deleted");
+                }
+            }
+        },
+        Cmd::Locations(lc) => match lc {
+            LocationCmd::List => {
+                let ls: Vec<Location> = c.get_all("/v1/locations").await?;
+                if json {
+                    return json_out(&ls);
+                }
+                let rows: Vec<Vec<String>> = ls
+                    .iter()
+                    .map(|l| vec![l.meta.id.to_string(), l.name.clone(), l.description.clone()])
+                    .collect();
+                table(&["ID", "NAME", "DESCRIPTION"], &rows);
+            }
+            LocationCmd::Add { name, description } => {
+                let l: Location = c
+                    .post("/v1/locations", &CreateLocation { name, description })
+                    .await?;
+                if json {
+                    return json_out(&l);
+                }
+                println!("location {} created with id {}", l.name, l.meta.id);
+            }
+            LocationCmd::Show { id } => {
+                let l: Location = c.get(&format!("/v1/locations/{id}")).await?;
+                json_out(&l)?;
+            }
+            LocationCmd::Delete { id } => {
+                c.delete(&format!("/v1/locations/{id}"), None).await?;
+                if !json {
+                    println!("location {id} deleted");
+                }
+            }
+        },
+        Cmd::Racks(rc) => match rc {
+            RackCmd::List { location } => {
+                let rs: Vec<Rack> = c
+                    .get_all(&format!("/v1/racks{}", query(&[("location", location)])))
+                    .await?;
+                if json {
+                    return json_out(&rs);
+                }
+                let rows: Vec<Vec<String>> = rs
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.meta.id.to_string(),
+                            r.name.clone(),
+                            r.location.clone(),
+                            r.height_units.to_string(),
+                        ]
+                    })
+                    .collect();
+                table(&["ID", "NAME", "LOCATION", "UNITS"], &rows);
+            }
+            RackCmd::Add {
+                location,
+                name,
+                height,
+            } => {
+                let r: Rack = c
+                    .post(
+                        "/v1/racks",
+                        &CreateRack {
+                            location,
+                            name,
+                            height_units: height,
+                        },
+                    )
+                    .await?;
+                if json {
+                    return json_out(&r);
+                }
+                println!("rack {} created with id {}", r.name, r.meta.id);
+            }
+            RackCmd::Delete { id } => c.delete(&format!("/v1/racks/{id}"), None).await?,
+        },
+        Cmd::Subnets(sc) => match sc {
+            SubnetCmd::List { location } => {
+                let ss: Vec<Subnet> = c
+                    .get_all(&format!("/v1/subnets{}", query(&[("location", location)])))
+                    .await?;
+                if json {
+                    return json_out(&ss);
+                }
+                let rows: Vec<Vec<String>> = ss
+                    .iter()
+                    .map(|s| {
+                        vec![
+                            s.meta.id.to_string(),
+                            s.cidr.clone(),
+                            s.location.clone(),
+                            opt(&s.gateway),
+                            s.dns.join(","),
+                            s.dynamic_ranges
+                                .iter()
+                                .map(|r| format!("{}-{}", r.start, r.end))
+                                .collect::<Vec<_>>()
+                                .join(","),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &["ID", "CIDR", "LOCATION", "GATEWAY", "DNS", "DYNAMIC"],
+                    &rows,
+                );
+            }
+            SubnetCmd::Add {
+                location,
+                cidr,
+                gateway,
+                dns,
+                dynamic,
+            } => {
+                let mut dynamic_ranges = Vec::new();
+                for d in dynamic {
+                    let (s, e) = d
+                        .split_once('-')
+                        .with_context(|| format!("range {d:?} is not START-END"))?;
+                    dynamic_ranges.push(IpRange {
+                        start: s.to_string(),
+                        end: e.to_string(),
+                    });
+                }
+                let s: Subnet = c
+                    .post(
+                        "/v1/subnets",
+                        &CreateSubnet {
+                            location,
+                            cidr,
+                            gateway,
+                            dns,
+                            dynamic_ranges,
+                            reserved_ranges: vec![],
+                        },
+                    )
+                    .await?;
+                if json {
+                    return json_out(&s);
+                }
+                println!("subnet {} created with id {}", s.cidr, s.meta.id);
+            }
+            SubnetCmd::Delete { id } => c.delete(&format!("/v1/subnets/{id}"), None).await?,
+        },
+        Cmd::Members(mc) => match mc {
+            MemberCmd::List => {
+                let ci: ClusterInfo = c.get("/v1/cluster").await?;
+                if json {
+                    return json_out(&ci.members);
+                }
+                let rows: Vec<Vec<String>> = ci
+                    .members
+                    .iter()
+                    .map(|m| {
+                        vec![
+                            m.id.to_string(),
+                            m.role.clone(),
+                            m.api_addr.clone(),
+                            m.peer_addr.clone(),
+                        ]
+                    })
+                    .collect();
+                table(&["ID", "ROLE", "API", "PEER"], &rows);
+            }
+            MemberCmd::Remove { id } => {
+                c.delete(&format!("/v1/cluster/members/{id}"), None).await?;
+                if !json {
+                    println!("node {id} removed from the cluster");
+                }
+            }
+        },
+        Cmd::Tokens(tc) => match tc {
+            TokenCmd::Create { ttl, description } => {
+                let t: CreatedJoinToken = c
+                    .post(
+                        "/v1/tokens/join",
+                        &CreateJoinToken {
+                            ttl_secs: Some(ttl),
+                            description,
+                        },
+                    )
+                    .await?;
+                if json {
+                    return json_out(&t);
+                }
+                println!("{}", t.token);
+                eprintln!(
+                    "(join token {}, one node, expires {})",
+                    t.id,
+                    time(t.expires_at)
+                );
+            }
+            TokenCmd::List => {
+                let ts: Vec<JoinTokenView> = c.get_all("/v1/tokens/join").await?;
+                if json {
+                    return json_out(&ts);
+                }
+                let rows: Vec<Vec<String>> = ts
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            t.id.to_string(),
+                            time(t.expires_at),
+                            opt(&t.used_by_node),
+                            t.description.clone(),
+                        ]
+                    })
+                    .collect();
+                table(&["ID", "EXPIRES", "USED_BY", "DESCRIPTION"], &rows);
+            }
+            TokenCmd::CreateApi { name } => {
+                let t: CreatedApiToken = c.post("/v1/tokens/api", &CreateApiToken { name }).await?;
+                if json {
+                    return json_out(&t);
+                }
+                println!("{}", t.token);
+            }
+            TokenCmd::ListApi => {
+                let ts: Vec<ApiTokenView> = c.get_all("/v1/tokens/api").await?;
+                if json {
+                    return json_out(&ts);
+                }
+                let rows: Vec<Vec<String>> = ts
+                    .iter()
+                    .map(|t| vec![t.id.to_string(), t.name.clone(), time(t.created_at)])
+                    .collect();
+                table(&["ID", "NAME", "CREATED"], &rows);
+            }
+        },
+        Cmd::Events { after, limit } => {
+            let q = query(&[
+                ("after", after.map(|a| a.to_string())),
+                ("limit", Some(limit.to_string())),
+            ]);
+            let page: rackd_types::Page<Event> = c.get(&format!("/v1/events{q}")).await?;
+            if json {
+                return json_out(&page.items);
+            }
+            let rows: Vec<Vec<String>> = page
+                .items
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.seq.to_string(),
+                        time(e.time),
+                        e.actor.clone(),
+                        e.kind.clone(),
+                        e.message.clone(),
+                    ]
+                })
+                .collect();
+            table(&["SEQ", "TIME", "ACTOR", "KIND", "MESSAGE"], &rows);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,32 @@
+//! The `rackd` binary: parse the command line, then run a node or a client command.
+
+use clap::Parser;
+use rackd::cli::{Cli, Cmd};
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match run(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("rackd: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Cmd::Up(args) => rt.block_on(rackd::commands::up(args, None)),
+        Cmd::Join { url, up } => rt.block_on(rackd::commands::up(up, Some(url))),
+        other => rt.block_on(rackd::commands::client(
+            &cli.server,
+            cli.api_token,
+            cli.output,
+            other,
+        )),
+    }
+}

@@ -1,0 +1,548 @@
+//! The node runtime: bind listeners, open storage, start Raft and the servers, then finish
+//! bootstrap or join in the background. Runs until SIGTERM/SIGINT.
+//!
+//! Restart safety: the cluster is initialized only when `node.json` says this node bootstraps
+//! *and* Raft's own persisted state says it is uninitialized; a data directory that holds state
+//! is always resumed.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use openraft::async_runtime::WatchReceiver;
+use openraft::{Config, ReadPolicy, ServerState, SnapshotPolicy};
+use rackd_raft::cmd::{Command, Request};
+use rackd_raft::network::{PeerNetwork, PeerService};
+use rackd_raft::NodeInfo;
+use rackd_storage::StateMachineStore;
+use rackd_types::{ApiError, CreatedJoinToken, ErrorCode, JoinRequest, JoinResponse};
+use serde_json::Value;
+
+use crate::identity::{Identity, Origin};
+use crate::{hash_secret, new_secret, now_ms, Raft};
+
+/// Everything `rackd up` needs.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    pub data_dir: PathBuf,
+    pub api_listen: String,
+    pub peer_listen: String,
+    pub advertise_api: Option<String>,
+    pub advertise_peer: Option<String>,
+    pub join: Option<String>,
+    pub token: Option<String>,
+    pub learner: bool,
+    /// Build a snapshot every this many applied log entries (and keep as many in the log).
+    pub snapshot_logs: u64,
+    pub heartbeat_ms: u64,
+    pub election_timeout_ms: u64,
+    /// How long a write waits for a quorum before it is answered 503.
+    pub write_timeout: Duration,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("rackd-data"),
+            api_listen: "127.0.0.1:7080".into(),
+            peer_listen: "127.0.0.1:7081".into(),
+            advertise_api: None,
+            advertise_peer: None,
+            join: None,
+            token: None,
+            learner: false,
+            snapshot_logs: 10_000,
+            heartbeat_ms: 150,
+            election_timeout_ms: 900,
+            write_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A running node, shared by the API handlers.
+pub struct Node {
+    pub id: u64,
+    pub raft: Raft,
+    pub sm: StateMachineStore,
+    pub net: PeerNetwork,
+    pub http: reqwest::Client,
+    pub api_addr: String,
+    pub peer_addr: String,
+    pub data_dir: PathBuf,
+    pub write_timeout: Duration,
+}
+
+impl Node {
+    /// The current leader's id and addresses, as this node knows them.
+    pub fn leader(&self) -> Option<(u64, NodeInfo)> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let id = m.current_leader?;
+        let info = m.membership_config.get_node(&id)?.clone();
+        Some((id, info))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader().is_some_and(|(id, _)| id == self.id)
+    }
+
+    /// Wait (bounded) until some leader is known.
+    pub async fn wait_leader(&self, timeout: Duration) -> Option<(u64, NodeInfo)> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut rx = self.raft.metrics();
+        loop {
+            if let Some(l) = self.leader() {
+                return Some(l);
+            }
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return None;
+            }
+        }
+    }
+
+    /// Propose a command on this node, which must be the leader. Time is stamped here.
+    pub async fn propose(
+        &self,
+        actor: &str,
+        idempotency_key: Option<String>,
+        cmd: Command,
+    ) -> Result<Value, ApiError> {
+        let req = Request {
+            time_ms: now_ms(),
+            actor: actor.to_string(),
+            idempotency_key,
+            cmd,
+        };
+        match tokio::time::timeout(self.write_timeout, self.raft.client_write(req)).await {
+            Err(_) => Err(ApiError::unavailable(format!(
+                "write not confirmed by a quorum within {}s; it is not reported as done",
+                self.write_timeout.as_secs()
+            ))),
+            Ok(Err(e)) => Err(ApiError::unavailable(format!("write not confirmed: {e}"))),
+            Ok(Ok(resp)) => resp.data.0,
+        }
+    }
+
+    /// Make the next local read linearizable: obtain a ReadIndex from the leader (or confirm
+    /// our own leadership) and wait until the local state machine has applied it.
+    pub async fn linearize(&self) -> Result<(), ApiError> {
+        let timeout = self.write_timeout;
+        let (leader, info) = self.wait_leader(timeout).await.ok_or_else(|| {
+            ApiError::unavailable("no leader: cannot serve a linearizable read (use ?stale=true)")
+        })?;
+        let index = if leader == self.id {
+            let r = tokio::time::timeout(
+                timeout,
+                self.raft.ensure_linearizable(ReadPolicy::ReadIndex),
+            )
+            .await
+            .map_err(|_| ApiError::unavailable("leadership not confirmed in time"))?
+            .map_err(|e| ApiError::unavailable(format!("leadership not confirmed: {e}")))?;
+            r.log_id().index()
+        } else {
+            self.net
+                .read_index(leader, &info.peer, timeout)
+                .await
+                .map_err(|e| {
+                    ApiError::unavailable(format!("read index from leader {leader}: {e}"))
+                })?
+        };
+        if !self.sm.wait_applied(index, timeout).await {
+            return Err(ApiError::unavailable(format!(
+                "local replica did not reach index {index} in time"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Start a node and run until a shutdown signal.
+pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
+    let dir = opts.data_dir.clone();
+    std::fs::create_dir_all(&dir).with_context(|| format!("create data dir {}", dir.display()))?;
+    let api_listener = tokio::net::TcpListener::bind(&opts.api_listen)
+        .await
+        .with_context(|| format!("bind API address {}", opts.api_listen))?;
+    let peer_listener = tokio::net::TcpListener::bind(&opts.peer_listen)
+        .await
+        .with_context(|| format!("bind peer address {}", opts.peer_listen))?;
+    let api_addr = opts
+        .advertise_api
+        .clone()
+        .unwrap_or(api_listener.local_addr()?.to_string());
+    let peer_addr = opts
+        .advertise_peer
+        .clone()
+        .unwrap_or(peer_listener.local_addr()?.to_string());
+    std::fs::write(dir.join("api.addr"), &api_addr)?;
+    std::fs::write(dir.join("peer.addr"), &peer_addr)?;
+
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .context("build HTTP client")?;
+
+    let identity = match Identity::load(&dir)? {
+        Some(id) => {
+            if opts.join.is_some() && id.complete {
+                tracing::warn!(
+                    "data directory already belongs to node {}; ignoring --join",
+                    id.node_id
+                );
+            }
+            id
+        }
+        None => match &opts.join {
+            None => {
+                let id = Identity {
+                    version: crate::identity::IDENTITY_VERSION,
+                    node_id: rackd_raft::state::cluster::BOOTSTRAP_NODE_ID,
+                    origin: Origin::Bootstrap,
+                    complete: false,
+                    cluster_id: None,
+                };
+                id.save(&dir)?;
+                id
+            }
+            Some(url) => {
+                let token = opts.token.clone().context("--join needs --token")?;
+                let resp = join_call(
+                    &http,
+                    url,
+                    &token,
+                    &api_addr,
+                    &peer_addr,
+                    opts.learner,
+                    None,
+                )
+                .await?;
+                let id = Identity {
+                    version: crate::identity::IDENTITY_VERSION,
+                    node_id: resp.node_id,
+                    origin: Origin::Join {
+                        join_url: url.clone(),
+                        learner: opts.learner,
+                    },
+                    complete: false,
+                    cluster_id: Some(resp.cluster_id),
+                };
+                id.save(&dir)?;
+                eprintln!("rackd: allocated node id {} by the cluster", resp.node_id);
+                id
+            }
+        },
+    };
+    tracing::info!(node_id = identity.node_id, %api_addr, %peer_addr, "starting node");
+
+    let (log, sm) = rackd_storage::open(&dir).await.context("open storage")?;
+    let config = Config {
+        cluster_name: "rackd".into(),
+        heartbeat_interval: opts.heartbeat_ms,
+        election_timeout_min: opts.election_timeout_ms,
+        election_timeout_max: opts.election_timeout_ms * 2,
+        install_snapshot_timeout: 120_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_logs),
+        max_in_snapshot_log_to_keep: opts.snapshot_logs.min(1000),
+        max_payload_entries: 1000,
+        ..Default::default()
+    }
+    .validate()
+    .context("raft config")?;
+    let net = PeerNetwork::new();
+    let raft = Raft::new(
+        identity.node_id,
+        Arc::new(config),
+        net.clone(),
+        log,
+        sm.clone(),
+    )
+    .await
+    .context("start raft")?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let grpc = {
+        let svc = PeerService::new(raft.clone()).into_server();
+        let mut rx = stop_rx.clone();
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(peer_listener).with_nodelay(Some(true));
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await
+        })
+    };
+
+    let node = Arc::new(Node {
+        id: identity.node_id,
+        raft: raft.clone(),
+        sm,
+        net,
+        http: http.clone(),
+        api_addr: api_addr.clone(),
+        peer_addr: peer_addr.clone(),
+        data_dir: dir.clone(),
+        write_timeout: opts.write_timeout,
+    });
+    let api = {
+        let app = crate::api::router(node.clone());
+        let mut rx = stop_rx.clone();
+        tokio::spawn(async move {
+            axum::serve(api_listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await
+        })
+    };
+
+    if !identity.complete {
+        let node = node.clone();
+        let opts = opts.clone();
+        tokio::spawn(async move {
+            let r = match identity.origin.clone() {
+                Origin::Bootstrap => bootstrap(&node, identity.clone()).await,
+                Origin::Join { join_url, learner } => {
+                    finish_join(
+                        &node,
+                        identity.clone(),
+                        &join_url,
+                        opts.token.as_deref(),
+                        learner,
+                    )
+                    .await
+                }
+            };
+            if let Err(e) = r {
+                tracing::error!(error = format!("{e:#}"), "bootstrap/join did not finish");
+                eprintln!("rackd: bootstrap/join did not finish: {e:#}");
+            }
+        });
+    }
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = raft.shutdown().await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), api).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), grpc).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Initialize a new single-node cluster (once), apply the Bootstrap command, write the admin
+/// token file and print the tokens.
+async fn bootstrap(node: &Node, mut identity: Identity) -> anyhow::Result<()> {
+    if !node.raft.is_initialized().await? {
+        let mut members = BTreeMap::new();
+        members.insert(
+            node.id,
+            NodeInfo {
+                api: node.api_addr.clone(),
+                peer: node.peer_addr.clone(),
+            },
+        );
+        node.raft
+            .initialize(members)
+            .await
+            .context("initialize cluster")?;
+    }
+    node.raft
+        .wait(Some(Duration::from_secs(60)))
+        .state(ServerState::Leader, "bootstrap leader")
+        .await
+        .context("become leader after bootstrap")?;
+
+    let token_path = node.data_dir.join("admin-token");
+    let admin = match std::fs::read_to_string(&token_path) {
+        Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+        _ => {
+            let t = new_secret("rackd-admin-");
+            write_secret_file(&token_path, &t)?;
+            t
+        }
+    };
+    let existing = node.sm.read().state.cluster_id().to_string();
+    let cluster_id = if existing.is_empty() {
+        let cid = new_secret("")[..16].to_string();
+        node.propose(
+            "system",
+            None,
+            Command::Bootstrap {
+                cluster_id: cid.clone(),
+                admin_token_hash: hash_secret(&admin),
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("bootstrap command: {e}"))?;
+        cid
+    } else {
+        existing
+    };
+    let join = create_join_token(node, "system", 3600, "created at bootstrap")
+        .await
+        .map_err(|e| anyhow::anyhow!("create join token: {e}"))?;
+    identity.complete = true;
+    identity.cluster_id = Some(cluster_id.clone());
+    identity.save(&node.data_dir)?;
+    println!(
+        "rackd: bootstrapped new cluster {cluster_id} (node {})",
+        node.id
+    );
+    println!("admin token: {admin}");
+    println!(
+        "  (saved to {}, mode 0600; export RACKD_TOKEN=$(cat {}))",
+        token_path.display(),
+        token_path.display()
+    );
+    println!("join token:  {} (one node, expires in 1h)", join.token);
+    println!(
+        "add a node:  rackd join http://{} --token {} --data-dir DIR --api HOST:PORT --peer HOST:PORT",
+        node.api_addr, join.token
+    );
+    Ok(())
+}
+
+fn write_secret_file(path: &std::path::Path, secret: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("create {}", tmp.display()))?;
+    f.write_all(secret.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Create a join token on the leader (this node must be the leader).
+pub async fn create_join_token(
+    node: &Node,
+    actor: &str,
+    ttl_secs: u64,
+    description: &str,
+) -> Result<CreatedJoinToken, ApiError> {
+    let token = new_secret("rackd-join-");
+    let v = node
+        .propose(
+            actor,
+            None,
+            Command::CreateJoinToken {
+                token_hash: hash_secret(&token),
+                ttl_ms: ttl_secs.saturating_mul(1000),
+                description: description.to_string(),
+            },
+        )
+        .await?;
+    let view: rackd_types::JoinTokenView =
+        serde_json::from_value(v).map_err(|e| ApiError::internal(format!("decode: {e}")))?;
+    Ok(CreatedJoinToken {
+        id: view.id,
+        token,
+        expires_at: view.expires_at,
+    })
+}
+
+/// POST `{url}/v1/cluster/join`.
+pub async fn join_call(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    api: &str,
+    peer: &str,
+    learner: bool,
+    node_id: Option<u64>,
+) -> anyhow::Result<JoinResponse> {
+    let body = JoinRequest {
+        token: token.to_string(),
+        api_addr: api.to_string(),
+        peer_addr: peer.to_string(),
+        learner,
+        node_id,
+    };
+    let url = format!("{}/v1/cluster/join", url.trim_end_matches('/'));
+    let resp = http
+        .post(&url)
+        .timeout(Duration::from_secs(300))
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| format!("POST {url}"))?;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    if !status.is_success() {
+        let msg = serde_json::from_str::<rackd_types::ErrorBody>(&text)
+            .map(|b| format!("{:?}: {}", b.error.code, b.error.message))
+            .unwrap_or(text);
+        if status.as_u16() == ErrorCode::JoinRejected.http_status() {
+            bail!("join rejected: {msg}");
+        }
+        bail!("join failed ({status}): {msg}");
+    }
+    Ok(serde_json::from_str(&text).context("decode join response")?)
+}
+
+/// Phase 2 of join: ask the leader to add us (learner, catch up, then voter). Retries until the
+/// cluster accepts us or rejects the token.
+async fn finish_join(
+    node: &Node,
+    mut identity: Identity,
+    url: &str,
+    token: Option<&str>,
+    learner: bool,
+) -> anyhow::Result<()> {
+    let token = token.context("resuming an unfinished join needs --token")?;
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match join_call(
+            &node.http,
+            url,
+            token,
+            &node.api_addr,
+            &node.peer_addr,
+            learner,
+            Some(node.id),
+        )
+        .await
+        {
+            Ok(resp) => {
+                identity.complete = true;
+                identity.cluster_id = Some(resp.cluster_id.clone());
+                identity.save(&node.data_dir)?;
+                println!(
+                    "rackd: node {} joined cluster {} as {}",
+                    node.id,
+                    resp.cluster_id,
+                    resp.role.unwrap_or_default()
+                );
+                return Ok(());
+            }
+            Err(e) if e.to_string().starts_with("join rejected") => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = format!("{e:#}"), "join not finished yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! Raft peer transport over tonic gRPC.
+//!
+//! [`PeerNetwork`] is the openraft `RaftNetworkFactory` (one lazily connected channel per
+//! target, reused across RPCs); [`PeerService`] is the server side, generic over the state
+//! machine so this crate never depends on storage. Payloads use [`crate::codec`]; a snapshot
+//! travels as one message: `u32 header length (BE) | header (codec) | raw snapshot bytes`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::Cursor;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::errors::{NetworkError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::storage::RaftStateMachine;
+use openraft::ReadPolicy;
+use serde::{Deserialize, Serialize};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::codec;
+use crate::typ::*;
+use crate::{NodeId, NodeInfo, TypeConfig};
+
+pub mod pb {
+    tonic::include_proto!("rackd.raft.v1");
+}
+
+use pb::raft_peer_client::RaftPeerClient;
+use pb::raft_peer_server::{RaftPeer, RaftPeerServer};
+use pb::Payload;
+
+/// Largest gRPC message accepted (snapshots travel in one message).
+pub const MAX_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
+
+/// Result shape carried in every RPC reply: the remote's answer or its error text.
+type Remote<T> = Result<T, String>;
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotHeader {
+    vote: Vote,
+    meta: SnapshotMeta,
+}
+
+/// Factory of peer clients; cheap to clone.
+#[derive(Clone, Default)]
+pub struct PeerNetwork {
+    channels: Arc<Mutex<HashMap<(NodeId, String), Channel>>>,
+}
+
+impl PeerNetwork {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A (lazily connecting) client for `addr`, shared by all RPCs to that node.
+    pub fn client(&self, target: NodeId, addr: &str) -> Result<RaftPeerClient<Channel>, String> {
+        let key = (target, addr.to_string());
+        let mut map = self
+            .channels
+            .lock()
+            .map_err(|_| "channel map poisoned".to_string())?;
+        let ch = match map.get(&key) {
+            Some(c) => c.clone(),
+            None => {
+                let ep = Endpoint::from_shared(format!("http://{addr}"))
+                    .map_err(|e| format!("bad peer address {addr}: {e}"))?
+                    .connect_timeout(Duration::from_millis(500))
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(5))
+                    .keep_alive_timeout(Duration::from_secs(5));
+                let c = ep.connect_lazy();
+                map.insert(key, c.clone());
+                c
+            }
+        };
+        Ok(RaftPeerClient::new(ch)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    /// Ask `leader` for a ReadIndex: the log index this node must apply before a linearizable read.
+    pub async fn read_index(
+        &self,
+        leader: NodeId,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<u64, String> {
+        let mut c = self.client(leader, addr)?;
+        let mut req = tonic::Request::new(Payload {
+            data: codec::encode(&()),
+        });
+        req.set_timeout(timeout);
+        let reply = c
+            .read_index(req)
+            .await
+            .map_err(|s| format!("read_index rpc: {}", s.message()))?;
+        let r: Remote<u64> = codec::decode(&reply.into_inner().data).map_err(|e| e.to_string())?;
+        r
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Self::Network {
+        PeerClient {
+            target,
+            addr: node.peer.clone(),
+            net: self.clone(),
+        }
+    }
+}
+
+/// Client side of the connection to one peer.
+pub struct PeerClient {
+    target: NodeId,
+    addr: String,
+    net: PeerNetwork,
+}
+
+fn unreachable(msg: impl ToString) -> RPCError {
+    RPCError::Unreachable(Unreachable::from_string(msg))
+}
+
+fn network_err(msg: impl ToString) -> RPCError {
+    RPCError::Network(NetworkError::from_string(msg))
+}
+
+fn status_to_rpc(s: tonic::Status) -> RPCError {
+    match s.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            unreachable(format!("peer unavailable: {}", s.message()))
+        }
+        _ => network_err(format!("peer rpc failed: {:?} {}", s.code(), s.message())),
+    }
+}
+
+impl PeerClient {
+    fn client(&self) -> Result<RaftPeerClient<Channel>, RPCError> {
+        self.net
+            .client(self.target, &self.addr)
+            .map_err(unreachable)
+    }
+
+    fn request(data: Vec<u8>, option: &RPCOption) -> tonic::Request<Payload> {
+        let mut r = tonic::Request::new(Payload { data });
+        r.set_timeout(option.hard_ttl());
+        r
+    }
+
+    fn decode_reply<T: serde::de::DeserializeOwned>(p: Payload) -> Result<T, RPCError> {
+        let r: Remote<T> =
+            codec::decode(&p.data).map_err(|e| network_err(format!("bad reply: {e}")))?;
+        r.map_err(network_err)
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = Cursor<Vec<u8>>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse, RPCError> {
+        let mut c = self.client()?;
+        let reply = c
+            .append_entries(Self::request(codec::encode(&rpc), &option))
+            .await
+            .map_err(status_to_rpc)?;
+        Self::decode_reply(reply.into_inner())
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest,
+        option: RPCOption,
+    ) -> Result<VoteResponse, RPCError> {
+        let mut c = self.client()?;
+        let reply = c
+            .vote(Self::request(codec::encode(&rpc), &option))
+            .await
+            .map_err(status_to_rpc)?;
+        Self::decode_reply(reply.into_inner())
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest,
+        option: RPCOption,
+    ) -> Result<VoteResponse, RPCError> {
+        let mut c = self.client()?;
+        let reply = c
+            .pre_vote(Self::request(codec::encode(&rpc), &option))
+            .await
+            .map_err(status_to_rpc)?;
+        Self::decode_reply(reply.into_inner())
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse, StreamingError<TypeConfig>> {
+        let header = codec::encode(&SnapshotHeader {
+            vote,
+            meta: snapshot.meta.clone(),
+        });
+        let data = snapshot.snapshot.into_inner();
+        let mut buf = Vec::with_capacity(4 + header.len() + data.len());
+        buf.extend_from_slice(&(header.len() as u32).to_be_bytes());
+        buf.extend_from_slice(&header);
+        buf.extend_from_slice(&data);
+        let mut c = self
+            .client()
+            .map_err(|e| StreamingError::Unreachable(Unreachable::from_string(e)))?;
+        let mut req = tonic::Request::new(Payload { data: buf });
+        // Snapshots are big: allow much longer than a heartbeat.
+        req.set_timeout(option.hard_ttl().max(Duration::from_secs(120)));
+        let call = c.install_snapshot(req);
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            r = call => {
+                let reply = r.map_err(|s| StreamingError::Network(NetworkError::from_string(s.message())))?;
+                let r: Remote<SnapshotResponse> = codec::decode(&reply.into_inner().data)
+                    .map_err(|e| StreamingError::Network(NetworkError::from_string(e)))?;
+                r.map_err(|e| StreamingError::Network(NetworkError::from_string(e)))
+            }
+        }
+    }
+}
+
+/// Server side: decodes peer RPCs and hands them to the local Raft.
+pub struct PeerService<SM: RaftStateMachine<TypeConfig, SnapshotData = Cursor<Vec<u8>>>> {
+    raft: openraft::Raft<TypeConfig, SM>,
+}
+
+impl<SM> PeerService<SM>
+where
+    SM: RaftStateMachine<TypeConfig, SnapshotData = Cursor<Vec<u8>>>,
+{
+    pub fn new(raft: openraft::Raft<TypeConfig, SM>) -> Self {
+        Self { raft }
+    }
+
+    pub fn into_server(self) -> RaftPeerServer<Self> {
+        RaftPeerServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+}
+
+fn bad_request(e: impl std::fmt::Display) -> tonic::Status {
+    tonic::Status::invalid_argument(format!("malformed payload: {e}"))
+}
+
+fn reply<T: Serialize, E: std::fmt::Display>(
+    r: Result<T, E>,
+) -> Result<tonic::Response<Payload>, tonic::Status> {
+    let r: Remote<T> = r.map_err(|e| e.to_string());
+    Ok(tonic::Response::new(Payload {
+        data: codec::encode(&r),
+    }))
+}
+
+#[tonic::async_trait]
+impl<SM> RaftPeer for PeerService<SM>
+where
+    SM: RaftStateMachine<TypeConfig, SnapshotData = Cursor<Vec<u8>>>,
+{
+    async fn append_entries(
+        &self,
+        req: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let rpc: AppendEntriesRequest =
+            codec::decode(&req.into_inner().data).map_err(bad_request)?;
+        reply(self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(
+        &self,
+        req: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let rpc: VoteRequest = codec::decode(&req.into_inner().data).map_err(bad_request)?;
+        reply(self.raft.vote(rpc).await)
+    }
+
+    async fn pre_vote(
+        &self,
+        req: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let rpc: VoteRequest = codec::decode(&req.into_inner().data).map_err(bad_request)?;
+        reply(self.raft.pre_vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let data = req.into_inner().data;
+        if data.len() < 4 {
+            return Err(bad_request("snapshot frame too short"));
+        }
+        let hlen = u32::from_be_bytes([data[0], data[1], data[2], data[3]]) as usize;
+        if data.len() < 4 + hlen {
+            return Err(bad_request("snapshot header truncated"));
+        }
+        let header: SnapshotHeader = codec::decode(&data[4..4 + hlen]).map_err(bad_request)?;
+        let snapshot = Snapshot {
+            meta: header.meta,
+            snapshot: Cursor::new(data[4 + hlen..].to_vec()),
+        };
+        reply(self.raft.install_full_snapshot(header.vote, snapshot).await)
+    }
+
+    async fn read_index(
+        &self,
+        _req: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let r = self
+            .raft
+            .ensure_linearizable(ReadPolicy::ReadIndex)
+            .await
+            .map(|rl| rl.log_id().index());
+        reply(r)
+    }
+}

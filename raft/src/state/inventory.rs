@@ -1,0 +1,855 @@
+//! Apply handlers for locations, racks, machines and subnets, with the uniqueness rules
+//! (MAC, IP, names) enforced here so that no two replicas can ever disagree about them.
+
+use std::net::Ipv4Addr;
+
+use rackd_types::net::{normalize_mac, parse_ipv4, Cidr4};
+use rackd_types::{
+    ApiError, BmcSpec, BmcView, CreateLocation, CreateMachine, CreateRack, CreateSubnet, IpRange,
+    Location, Machine, MachineState, Meta, Rack, Subnet, UpdateLocation, UpdateMachine, UpdateRack,
+    UpdateSubnet,
+};
+use serde_json::Value;
+
+use super::{precondition, to_value, State, StoredMachine};
+
+const MAX_NAME: usize = 253;
+
+fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
+    if name.is_empty() || name.len() > MAX_NAME {
+        return Err(ApiError::invalid(format!(
+            "{what} must be 1..={MAX_NAME} characters"
+        )));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+    {
+        return Err(ApiError::invalid(format!(
+            "{what} {name:?} may only contain letters, digits, '-', '.', '_'"
+        )));
+    }
+    Ok(())
+}
+
+fn new_meta(id: u64, now: u64) -> Meta {
+    Meta {
+        id,
+        version: 1,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+fn bump(meta: &mut Meta, now: u64) {
+    meta.version += 1;
+    meta.updated_at = now;
+}
+
+fn range_bounds(r: &IpRange, cidr: &Cidr4) -> Result<(u32, u32), ApiError> {
+    let s = parse_ipv4(&r.start).map_err(ApiError::invalid)?;
+    let e = parse_ipv4(&r.end).map_err(ApiError::invalid)?;
+    if u32::from(s) > u32::from(e) {
+        return Err(ApiError::invalid(format!(
+            "range {}-{} is reversed",
+            r.start, r.end
+        )));
+    }
+    if !cidr.contains(s) || !cidr.contains(e) {
+        return Err(ApiError::invalid(format!(
+            "range {}-{} is outside {cidr}",
+            r.start, r.end
+        )));
+    }
+    Ok((u32::from(s), u32::from(e)))
+}
+
+fn in_ranges(ip: Ipv4Addr, ranges: &[IpRange]) -> bool {
+    ranges
+        .iter()
+        .any(|r| match (parse_ipv4(&r.start), parse_ipv4(&r.end)) {
+            (Ok(s), Ok(e)) => u32::from(s) <= u32::from(ip) && u32::from(ip) <= u32::from(e),
+            _ => false,
+        })
+}
+
+impl State {
+    // ---- locations -----------------------------------------------------------------------
+
+    pub(super) fn create_location(
+        &mut self,
+        now: u64,
+        actor: &str,
+        c: &CreateLocation,
+    ) -> Result<Value, ApiError> {
+        check_name("location name", &c.name)?;
+        if self.location_by_name(&c.name).is_some() {
+            return Err(ApiError::conflict(format!(
+                "location {:?} already exists",
+                c.name
+            )));
+        }
+        let id = self.alloc_id();
+        let loc = Location {
+            meta: new_meta(id, now),
+            name: c.name.clone(),
+            description: c.description.clone(),
+        };
+        self.idx.location_by_name.insert(loc.name.clone(), id);
+        self.locations.insert(id, loc.clone());
+        self.journal(
+            now,
+            actor,
+            "location.created",
+            "location",
+            Some(id),
+            format!("location {} created", c.name),
+        );
+        to_value(&loc)
+    }
+
+    pub(super) fn update_location(
+        &mut self,
+        now: u64,
+        actor: &str,
+        id: u64,
+        if_match: Option<u64>,
+        patch: &UpdateLocation,
+    ) -> Result<Value, ApiError> {
+        let mut loc = self
+            .locations
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("location {id} not found")))?;
+        precondition(loc.meta.version, if_match)?;
+        if let Some(d) = &patch.description {
+            loc.description = d.clone();
+        }
+        bump(&mut loc.meta, now);
+        self.locations.insert(id, loc.clone());
+        self.journal(
+            now,
+            actor,
+            "location.updated",
+            "location",
+            Some(id),
+            format!("location {} updated", loc.name),
+        );
+        to_value(&loc)
+    }
+
+    pub(super) fn delete_location(
+        &mut self,
+        now: u64,
+        actor: &str,
+        id: u64,
+        if_match: Option<u64>,
+    ) -> Result<Value, ApiError> {
+        let loc = self
+            .locations
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("location {id} not found")))?;
+        precondition(loc.meta.version, if_match)?;
+        let used = self
+            .machines
+            .values()
+            .any(|m| m.machine.location == loc.name)
+            || self.racks.values().any(|r| r.location == loc.name)
+            || self.subnets.values().any(|s| s.location == loc.name);
+        if used {
+            return Err(ApiError::conflict(format!(
+                "location {} still has machines, racks or subnets",
+                loc.name
+            )));
+        }
+        self.locations.remove(&id);
+        self.idx.location_by_name.remove(&loc.name);
+        self.journal(
+            now,
+            actor,
+            "location.deleted",
+            "location",
+            Some(id),
+            format!("location {} deleted", loc.name),
+        );
+        Ok(Value::Null)
+    }
+
+    fn require_location(&self, name: &str) -> Result<(), ApiError> {
+        if self.location_by_name(name).is_none() {
+            return Err(ApiError::invalid(format!(
+                "location {name:?} does not exist"
+            )));
+        }
+        Ok(())
+    }
+
+    // ---- racks ---------------------------------------------------------------------------
+
+    pub(super) fn create_rack(
+        &mut self,
+        now: u64,
+        actor: &str,
+        c: &CreateRack,
+    ) -> Result<Value, ApiError> {
+        check_name("rack name", &c.name)?;
+        self.require_location(&c.location)?;
+        if c.height_units == 0 || c.height_units > 100 {
+            return Err(ApiError::invalid("height_units must be 1..=100"));
+        }
+        if self
+            .racks
+            .values()
+            .any(|r| r.location == c.location && r.name == c.name)
+        {
+            return Err(ApiError::conflict(format!(
+                "rack {:?} already exists in location {:?}",
+                c.name, c.location
+            )));
+        }
+        let id = self.alloc_id();
+        let rack = Rack {
+            meta: new_meta(id, now),
+            location: c.location.clone(),
+            name: c.name.clone(),
+            height_units: c.height_units,
+        };
+        self.racks.insert(id, rack.clone());
+        self.journal(
+            now,
+            actor,
+            "rack.created",
+            "rack",
+            Some(id),
+            format!("rack {} created in {}", c.name, c.location),
+        );
+        to_value(&rack)
+    }
+
+    pub(super) fn update_rack(
+        &mut self,
+        now: u64,
+        actor: &str,
+        id: u64,
+        if_match: Option<u64>,
+        patch: &UpdateRack,
+    ) -> Result<Value, ApiError> {
+        let mut rack = self
+            .racks
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("rack {id} not found")))?;
+        precondition(rack.meta.version, if_match)?;
+        if let Some(n) = &patch.name {
+            check_name("rack name", n)?;
+            if self
+                .racks
+                .iter()
+                .any(|(rid, r)| *rid != id && r.location == rack.location && &r.name == n)
+            {
+                return Err(ApiError::conflict(format!("rack {n:?} already exists")));
+            }
+            rack.name = n.clone();
+        }
+        if let Some(h) = patch.height_units {
+            if h == 0 || h > 100 {
+                return Err(ApiError::invalid("height_units must be 1..=100"));
+            }
+            let too_high = self.machines.values().any(|m| {
+                m.machine.rack_id == Some(id) && m.machine.rack_unit.is_some_and(|u| u > h)
+            });
+            if too_high {
+                return Err(ApiError::conflict("a machine sits above the new height"));
+            }
+            rack.height_units = h;
+        }
+        bump(&mut rack.meta, now);
+        self.racks.insert(id, rack.clone());
+        self.journal(
+            now,
+            actor,
+            "rack.updated",
+            "rack",
+            Some(id),
+            format!("rack {} updated", rack.name),
+        );
+        to_value(&rack)
+    }
+
+    pub(super) fn delete_rack(
+        &mut self,
+        now: u64,
+        actor: &str,
+        id: u64,
+        if_match: Option<u64>,
+    ) -> Result<Value, ApiError> {
+        let rack = self
+            .racks
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("rack {id} not found")))?;
+        precondition(rack.meta.version, if_match)?;
+        if self
+            .machines
+            .values()
+            .any(|m| m.machine.rack_id == Some(id))
+        {
+            return Err(ApiError::conflict(format!(
+                "rack {} still holds machines",
+                rack.name
+            )));
+        }
+        self.racks.remove(&id);
+        self.journal(
+            now,
+            actor,
+            "rack.deleted",
+            "rack",
+            Some(id),
+            format!("rack {} deleted", rack.name),
+        );
+        Ok(Value::Null)
+    }
+
+    // ---- machines ------------------------------------------------------------------------
+
+    fn validate_macs(&self, id: Option<u64>, macs: &[String]) -> Result<Vec<String>, ApiError> {
+        let mut out: Vec<String> = Vec::with_capacity(macs.len());
+        for m in macs {
+            let n = normalize_mac(m).map_err(ApiError::invalid)?;
+            if out.contains(&n) {
+                return Err(ApiError::invalid(format!("MAC {n} listed twice")));
+            }
+            if let Some(owner) = self.idx.mac.get(&n) {
+                if Some(*owner) != id {
+                    return Err(ApiError::conflict(format!(
+                        "MAC {n} already belongs to machine {owner}"
+                    )));
+                }
+            }
+            out.push(n);
+        }
+        Ok(out)
+    }
+
+    fn validate_ips(
+        &self,
+        id: Option<u64>,
+        location: &str,
+        ips: &[String],
+    ) -> Result<Vec<String>, ApiError> {
+        let mut out: Vec<String> = Vec::with_capacity(ips.len());
+        for s in ips {
+            let ip = parse_ipv4(s).map_err(ApiError::invalid)?;
+            let n = ip.to_string();
+            if out.contains(&n) {
+                return Err(ApiError::invalid(format!("IP {n} listed twice")));
+            }
+            if let Some(owner) = self.idx.ip.get(&n) {
+                if Some(*owner) != id {
+                    return Err(ApiError::conflict(format!(
+                        "IP {n} already assigned to machine {owner}"
+                    )));
+                }
+            }
+            let subnet = self
+                .subnets
+                .values()
+                .filter(|sn| sn.location == location)
+                .find(|sn| Cidr4::parse(&sn.cidr).is_ok_and(|c| c.contains(ip)))
+                .ok_or_else(|| {
+                    ApiError::invalid(format!(
+                        "IP {n} is not inside any subnet of location {location:?}"
+                    ))
+                })?;
+            let cidr = Cidr4::parse(&subnet.cidr).map_err(ApiError::internal)?;
+            if cidr.prefix < 31 {
+                let bcast = u32::from(cidr.network) | (u32::MAX >> cidr.prefix);
+                if ip == cidr.network || u32::from(ip) == bcast {
+                    return Err(ApiError::invalid(format!(
+                        "IP {n} is the network or broadcast address of {cidr}"
+                    )));
+                }
+            }
+            if subnet.gateway.as_deref() == Some(n.as_str()) {
+                return Err(ApiError::conflict(format!("IP {n} is the subnet gateway")));
+            }
+            if in_ranges(ip, &subnet.dynamic_ranges) {
+                return Err(ApiError::conflict(format!(
+                    "IP {n} lies in the dynamic range of {cidr}"
+                )));
+            }
+            if in_ranges(ip, &subnet.reserved_ranges) {
+                return Err(ApiError::conflict(format!(
+                    "IP {n} lies in a reserved range of {cidr}"
+                )));
+            }
+            out.push(n);
+        }
+        Ok(out)
+    }
+
+    fn validate_rack(
+        &self,
+        location: &str,
+        rack_id: Option<u64>,
+        unit: Option<u32>,
+    ) -> Result<(), ApiError> {
+        match rack_id {
+            None => {
+                if unit.is_some() {
+                    return Err(ApiError::invalid("rack_unit given without rack_id"));
+                }
+            }
+            Some(r) => {
+                let rack = self
+                    .racks
+                    .get(&r)
+                    .ok_or_else(|| ApiError::invalid(format!("rack {r} does not exist")))?;
+                if rack.location != location {
+                    return Err(ApiError::invalid(format!(
+                        "rack {r} is in location {:?}, not {location:?}",
+                        rack.location
+                    )));
+                }
+                if let Some(u) = unit {
+                    if u == 0 || u > rack.height_units {
+                        return Err(ApiError::invalid(format!(
+                            "rack_unit {u} outside 1..={}",
+                            rack.height_units
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_bmc(b: &BmcSpec) -> Result<(), ApiError> {
+        if !matches!(b.driver.as_str(), "ipmi" | "ipmi15" | "sim") {
+            return Err(ApiError::invalid(format!(
+                "unknown BMC driver {:?} (ipmi, ipmi15, sim)",
+                b.driver
+            )));
+        }
+        if b.address.trim().is_empty() {
+            return Err(ApiError::invalid("BMC address is empty"));
+        }
+        if b.port == 0 {
+            return Err(ApiError::invalid("BMC port must not be 0"));
+        }
+        Ok(())
+    }
+
+    fn index_machine(&mut self, id: u64, old: Option<&Machine>, new: Option<&Machine>) {
+        if let Some(o) = old {
+            for m in &o.macs {
+                self.idx.mac.remove(m);
+            }
+            for ip in &o.ips {
+                self.idx.ip.remove(ip);
+            }
+        }
+        if let Some(n) = new {
+            for m in &n.macs {
+                self.idx.mac.insert(m.clone(), id);
+            }
+            for ip in &n.ips {
+                self.idx.ip.insert(ip.clone(), id);
+            }
+        }
+    }
+
+    pub(super) fn create_machine(
+        &mut self,
+        now: u64,
+        actor: &str,
+        c: &CreateMachine,
+    ) -> Result<Value, ApiError> {
+        check_name("hostname", &c.hostname)?;
+        self.require_location(&c.location)?;
+        self.validate_rack(&c.location, c.rack_id, c.rack_unit)?;
+        let macs = self.validate_macs(None, &c.macs)?;
+        let ips = self.validate_ips(None, &c.location, &c.ips)?;
+        if let Some(b) = &c.bmc {
+            Self::validate_bmc(b)?;
+        }
+        let id = self.alloc_id();
+        let machine = Machine {
+            meta: new_meta(id, now),
+            hostname: c.hostname.clone(),
+            location: c.location.clone(),
+            rack_id: c.rack_id,
+            rack_unit: c.rack_unit,
+            macs,
+            ips,
+            bmc: c.bmc.as_ref().map(bmc_view),
+            state: c.state.unwrap_or(MachineState::New),
+            state_cause: "created".to_string(),
+            description: c.description.clone(),
+            tags: c.tags.clone(),
+        };
+        self.index_machine(id, None, Some(&machine));
+        self.machines.insert(
+            id,
+            StoredMachine {
+                machine: machine.clone(),
+                bmc_password: c.bmc.as_ref().and_then(|b| b.password.clone()),
+            },
+        );
+        self.journal(
+            now,
+            actor,
+            "machine.created",
+            "machine",
+            Some(id),
+            format!(
+                "machine {} created in {} (state {})",
+                c.hostname,
+                c.location,
+                machine.state.as_str()
+            ),
+        );
+        to_value(&machine)
+    }
+
+    pub(super) fn update_machine(
+        &mut self,
+        now: u64,
+        actor: &str,
+        id: u64,
+        if_match: Option<u64>,
+        p: &UpdateMachine,
+    ) -> Result<Value, ApiError> {
+        let stored = self
+            .machines
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("machine {id} not found")))?;
+        precondition(stored.machine.meta.version, if_match)?;
+        let old = stored.machine.clone();
+        let mut m = stored.machine;
+        let mut password = stored.bmc_password;
+
+        if let Some(h) = &p.hostname {
+            check_name("hostname", h)?;
+            m.hostname = h.clone();
+        }
+        if let Some(l) = &p.location {
+            self.require_location(l)?;
+            m.location = l.clone();
+        }
+        if let Some(r) = p.rack_id {
+            m.rack_id = r;
+            if r.is_none() {
+                m.rack_unit = None;
+            }
+        }
+        if let Some(u) = p.rack_unit {
+            m.rack_unit = u;
+        }
+        if p.location.is_some() && p.rack_id.is_none() && m.rack_id.is_some() {
+            // Moving location without naming a rack keeps the rack only if it is in the new location.
+            if self
+                .racks
+                .get(&m.rack_id.unwrap_or_default())
+                .map(|r| r.location.as_str())
+                != Some(m.location.as_str())
+            {
+                m.rack_id = None;
+                m.rack_unit = None;
+            }
+        }
+        self.validate_rack(&m.location, m.rack_id, m.rack_unit)?;
+        if let Some(macs) = &p.macs {
+            m.macs = self.validate_macs(Some(id), macs)?;
+        }
+        if p.ips.is_some() || p.location.is_some() {
+            let ips = p.ips.clone().unwrap_or_else(|| m.ips.clone());
+            m.ips = self.validate_ips(Some(id), &m.location, &ips)?;
+        }
+        if let Some(b) = &p.bmc {
+            match b {
+                None => {
+                    m.bmc = None;
+                    password = None;
+                }
+                Some(spec) => {
+                    Self::validate_bmc(spec)?;
+                    m.bmc = Some(bmc_view(spec));
+                    if spec.password.is_some() {
+                        password = spec.password.clone();
+                    }
+                    if let Some(v) = m.bmc.as_mut() {
+                        v.password_set = password.is_some();
+                    }
+                }
+            }
+        }
+        if let Some(s) = p.state {
+            if !m.state.can_transition_to(s) {
+                return Err(ApiError::conflict(format!(
+                    "machine {id} cannot go from {} to {}",
+                    m.state.as_str(),
+                    s.as_str()
+                )));
+            }
+            if s != m.state {
+                m.state_cause = p
+                    .state_cause
+                    .clone()
+                    .unwrap_or_else(|| format!("set by {actor}"));
+                self.journal(
+                    now,
+                    actor,
+                    "machine.state_changed",
+                    "machine",
+                    Some(id),
+                    format!(
+                        "machine {} {} -> {} ({})",
+                        m.hostname,
+                        m.state.as_str(),
+                        s.as_str(),
+                        m.state_cause
+                    ),
+                );
+            }
+            m.state = s;
+        }
+        if let Some(d) = &p.description {
+            m.description = d.clone();
+        }
+        if let Some(t) = &p.tags {
+            m.tags = t.clone();
+        }
+        bump(&mut m.meta, now);
+        self.index_machine(id, Some(&old), Some(&m));
+        self.machines.insert(
+            id,
+            StoredMachine {
+                machine: m.clone(),
+                bmc_password: password,
+            },
+        );
+        self.journal(
+            now,
+            actor,
+            "machine.updated",
+            "machine",
+            Some(id),
+            format!("machine {} updated", m.hostname),
+        );
+        to_value(&m)
+    }
+
+    pub(super) fn delete_machine(
+        &mut self,
+        now: u64,
+        actor: &str,
+        id: u64,
+        if_match: Option<u64>,
+    ) -> Result<Value, ApiError> {
+        let stored = self
+            .machines
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("machine {id} not found")))?;
+        precondition(stored.machine.meta.version, if_match)?;
+        self.index_machine(id, Some(&stored.machine), None);
+        self.machines.remove(&id);
+        self.journal(
+            now,
+            actor,
+            "machine.deleted",
+            "machine",
+            Some(id),
+            format!("machine {} deleted", stored.machine.hostname),
+        );
+        Ok(Value::Null)
+    }
+
+    // ---- subnets -------------------------------------------------------------------------
+
+    fn validate_subnet_fields(
+        cidr: &Cidr4,
+        gateway: Option<&str>,
+        dns: &[String],
+        dynamic: &[IpRange],
+        reserved: &[IpRange],
+    ) -> Result<(), ApiError> {
+        if let Some(g) = gateway {
+            let g = parse_ipv4(g).map_err(ApiError::invalid)?;
+            if !cidr.contains(g) {
+                return Err(ApiError::invalid(format!("gateway {g} is outside {cidr}")));
+            }
+        }
+        for d in dns {
+            parse_ipv4(d).map_err(ApiError::invalid)?;
+        }
+        let mut all = Vec::new();
+        for r in dynamic.iter().chain(reserved) {
+            all.push(range_bounds(r, cidr)?);
+        }
+        all.sort();
+        for w in all.windows(2) {
+            if w[1].0 <= w[0].1 {
+                return Err(ApiError::invalid("dynamic/reserved ranges overlap"));
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn create_subnet(
+        &mut self,
+        now: u64,
+        actor: &str,
+        c: &CreateSubnet,
+    ) -> Result<Value, ApiError> {
+        self.require_location(&c.location)?;
+        let cidr = Cidr4::parse(&c.cidr).map_err(ApiError::invalid)?;
+        Self::validate_subnet_fields(
+            &cidr,
+            c.gateway.as_deref(),
+            &c.dns,
+            &c.dynamic_ranges,
+            &c.reserved_ranges,
+        )?;
+        if let Some(other) = self
+            .subnets
+            .values()
+            .find(|s| Cidr4::parse(&s.cidr).is_ok_and(|o| o.overlaps(&cidr)))
+        {
+            return Err(ApiError::conflict(format!(
+                "{cidr} overlaps subnet {} ({})",
+                other.meta.id, other.cidr
+            )));
+        }
+        let id = self.alloc_id();
+        let subnet = Subnet {
+            meta: new_meta(id, now),
+            location: c.location.clone(),
+            cidr: cidr.to_string(),
+            gateway: c.gateway.as_ref().map(|g| g.trim().to_string()),
+            dns: c.dns.clone(),
+            dynamic_ranges: c.dynamic_ranges.clone(),
+            reserved_ranges: c.reserved_ranges.clone(),
+        };
+        self.subnets.insert(id, subnet.clone());
+        self.journal(
+            now,
+            actor,
+            "subnet.created",
+            "subnet",
+            Some(id),
+            format!("subnet {cidr} created in {}", c.location),
+        );
+        to_value(&subnet)
+    }
+
+    pub(super) fn update_subnet(
+        &mut self,
+        now: u64,
+        actor: &str,
+        id: u64,
+        if_match: Option<u64>,
+        p: &UpdateSubnet,
+    ) -> Result<Value, ApiError> {
+        let mut s = self
+            .subnets
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("subnet {id} not found")))?;
+        precondition(s.meta.version, if_match)?;
+        if let Some(g) = &p.gateway {
+            s.gateway = g.clone();
+        }
+        if let Some(d) = &p.dns {
+            s.dns = d.clone();
+        }
+        if let Some(r) = &p.dynamic_ranges {
+            s.dynamic_ranges = r.clone();
+        }
+        if let Some(r) = &p.reserved_ranges {
+            s.reserved_ranges = r.clone();
+        }
+        let cidr = Cidr4::parse(&s.cidr).map_err(ApiError::internal)?;
+        Self::validate_subnet_fields(
+            &cidr,
+            s.gateway.as_deref(),
+            &s.dns,
+            &s.dynamic_ranges,
+            &s.reserved_ranges,
+        )?;
+        // Existing reservations must stay outside the dynamic/reserved ranges.
+        for ip in self.idx.ip.keys() {
+            if let Ok(a) = parse_ipv4(ip) {
+                if cidr.contains(a)
+                    && (in_ranges(a, &s.dynamic_ranges) || in_ranges(a, &s.reserved_ranges))
+                {
+                    return Err(ApiError::conflict(format!(
+                        "assigned IP {ip} would fall inside a range"
+                    )));
+                }
+            }
+        }
+        bump(&mut s.meta, now);
+        self.subnets.insert(id, s.clone());
+        self.journal(
+            now,
+            actor,
+            "subnet.updated",
+            "subnet",
+            Some(id),
+            format!("subnet {} updated", s.cidr),
+        );
+        to_value(&s)
+    }
+
+    pub(super) fn delete_subnet(
+        &mut self,
+        now: u64,
+        actor: &str,
+        id: u64,
+        if_match: Option<u64>,
+    ) -> Result<Value, ApiError> {
+        let s = self
+            .subnets
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("subnet {id} not found")))?;
+        precondition(s.meta.version, if_match)?;
+        let cidr = Cidr4::parse(&s.cidr).map_err(ApiError::internal)?;
+        if self
+            .idx
+            .ip
+            .keys()
+            .any(|ip| parse_ipv4(ip).is_ok_and(|a| cidr.contains(a)))
+        {
+            return Err(ApiError::conflict(format!(
+                "subnet {} still has assigned IPs",
+                s.cidr
+            )));
+        }
+        self.subnets.remove(&id);
+        self.journal(
+            now,
+            actor,
+            "subnet.deleted",
+            "subnet",
+            Some(id),
+            format!("subnet {} deleted", s.cidr),
+        );
+        Ok(Value::Null)
+    }
+}
+
+fn bmc_view(b: &BmcSpec) -> BmcView {
+    BmcView {
+        driver: b.driver.clone(),
+        address: b.address.trim().to_string(),
+        port: b.port,
+        username: b.username.clone(),
+        password_set: b.password.is_some(),
+    }
+}

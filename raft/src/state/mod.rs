@@ -1,0 +1,451 @@
+//! The deterministic state machine of the inventory.
+//!
+//! [`State::apply`] takes a leader-stamped [`Request`] and mutates the typed tables; it reads no
+//! clock, draws no randomness and does no I/O. The storage crate persists the rows each apply
+//! touched ([`State::drain_changes`]) together with `last_applied` in one RocksDB batch, and
+//! serializes the whole state for snapshots ([`StateSnapshot`]).
+//!
+//! Derived indexes (MAC → machine, IP → machine, names, token hashes) are rebuilt on load and
+//! maintained by apply; they are never persisted.
+
+pub mod cluster;
+mod inventory;
+pub mod table;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use rackd_types::{
+    ApiError, ApiTokenView, ErrorCode, Event, JoinTokenView, Location, Machine, Rack, Subnet,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::cmd::{Command, Request, Response};
+pub use table::{RowChange, Table, TableKey};
+
+/// Maximum number of journal events kept; older ones are dropped (deterministically, in apply).
+pub const MAX_EVENTS: usize = 10_000;
+/// How long a successful response is remembered for an `Idempotency-Key`.
+pub const IDEMPOTENCY_TTL_MS: u64 = 24 * 3600 * 1000;
+/// Upper bound on remembered idempotency keys.
+pub const MAX_IDEMPOTENCY_KEYS: usize = 100_000;
+
+/// Version of the state-machine row and snapshot encoding.
+pub const STATE_FORMAT_VERSION: u32 = 1;
+
+/// Table ids: the first byte of every state-machine row key in storage. Never reuse a number.
+pub mod tables {
+    pub const META: u8 = 1;
+    pub const LOCATIONS: u8 = 2;
+    pub const RACKS: u8 = 3;
+    pub const MACHINES: u8 = 4;
+    pub const SUBNETS: u8 = 5;
+    pub const EVENTS: u8 = 6;
+    pub const JOIN_TOKENS: u8 = 7;
+    pub const API_TOKENS: u8 = 8;
+    pub const IDEMPOTENCY: u8 = 9;
+}
+
+/// Singleton counters and cluster identity (stored as one row of the META table).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SmMeta {
+    pub cluster_id: String,
+    /// Next entity id (shared by all entity tables).
+    pub next_id: u64,
+    /// Next node id to hand out at join. Node 1 is the bootstrap node.
+    pub next_node_id: u64,
+    pub next_event_seq: u64,
+    /// Highest leader-stamped time applied so far; apply uses `max(this, request.time_ms)`.
+    pub last_time: u64,
+}
+
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoredMachine {
+    pub machine: Machine,
+    /// BMC password; write-only over the API, never logged.
+    #[serde(default)]
+    pub bmc_password: Option<String>,
+}
+
+impl std::fmt::Debug for StoredMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredMachine")
+            .field("machine", &self.machine)
+            .field(
+                "bmc_password",
+                &self.bmc_password.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoredJoinToken {
+    pub view: JoinTokenView,
+    pub hash: String,
+    /// Addresses of the node that consumed the token (lets an interrupted join retry).
+    #[serde(default)]
+    pub joined_api: Option<String>,
+    #[serde(default)]
+    pub joined_peer: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoredApiToken {
+    pub view: ApiTokenView,
+    pub hash: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct IdempotencyRecord {
+    pub time: u64,
+    pub response: Response,
+}
+
+/// The replicated state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct State {
+    pub meta: SmMeta,
+    pub locations: Table<u64, Location>,
+    pub racks: Table<u64, Rack>,
+    pub machines: Table<u64, StoredMachine>,
+    pub subnets: Table<u64, Subnet>,
+    pub events: Table<u64, Event>,
+    pub join_tokens: Table<u64, StoredJoinToken>,
+    pub api_tokens: Table<u64, StoredApiToken>,
+    pub idempotency: Table<String, IdempotencyRecord>,
+    #[serde(skip)]
+    meta_dirty: bool,
+    #[serde(skip)]
+    idx: Indexes,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Indexes {
+    mac: BTreeMap<String, u64>,
+    ip: BTreeMap<String, u64>,
+    location_by_name: BTreeMap<String, u64>,
+    join_token_by_hash: BTreeMap<String, u64>,
+    api_token_by_hash: BTreeMap<String, u64>,
+    /// (time, key) for idempotency expiry.
+    idem_by_time: BTreeMap<(u64, String), ()>,
+}
+
+/// Versioned envelope of a serialized snapshot.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StateSnapshot {
+    pub format_version: u32,
+    pub state: State,
+}
+
+impl State {
+    /// Rebuild every derived index from the tables (after load or snapshot install).
+    pub fn rebuild_indexes(&mut self) {
+        let mut idx = Indexes::default();
+        for (id, m) in self.machines.iter() {
+            for mac in &m.machine.macs {
+                idx.mac.insert(mac.clone(), *id);
+            }
+            for ip in &m.machine.ips {
+                idx.ip.insert(ip.clone(), *id);
+            }
+        }
+        for (id, l) in self.locations.iter() {
+            idx.location_by_name.insert(l.name.clone(), *id);
+        }
+        for (id, t) in self.join_tokens.iter() {
+            idx.join_token_by_hash.insert(t.hash.clone(), *id);
+        }
+        for (id, t) in self.api_tokens.iter() {
+            idx.api_token_by_hash.insert(t.hash.clone(), *id);
+        }
+        for (k, r) in self.idempotency.iter() {
+            idx.idem_by_time.insert((r.time, k.clone()), ());
+        }
+        self.idx = idx;
+    }
+
+    /// Apply one request. Deterministic: the result depends only on `self` and `req`.
+    pub fn apply(&mut self, req: &Request) -> Response {
+        let now = self.meta.last_time.max(req.time_ms);
+        if now != self.meta.last_time {
+            self.meta.last_time = now;
+            self.meta_dirty = true;
+        }
+
+        let idem_key = req
+            .idempotency_key
+            .as_ref()
+            .map(|k| format!("{}\u{0}{}", req.actor, k));
+        if let Some(k) = &idem_key {
+            if let Some(rec) = self.idempotency.get(k) {
+                return rec.response.clone();
+            }
+        }
+
+        let resp = match self.dispatch(now, &req.actor, &req.cmd) {
+            Ok(v) => Response(Ok(v)),
+            Err(e) => Response(Err(e)),
+        };
+
+        if let (Some(k), Ok(_)) = (idem_key, &resp.0) {
+            self.idx.idem_by_time.insert((now, k.clone()), ());
+            self.idempotency.insert(
+                k,
+                IdempotencyRecord {
+                    time: now,
+                    response: resp.clone(),
+                },
+            );
+        }
+        self.expire_idempotency(now);
+        resp
+    }
+
+    fn dispatch(
+        &mut self,
+        now: u64,
+        actor: &str,
+        cmd: &Command,
+    ) -> Result<serde_json::Value, ApiError> {
+        match cmd {
+            Command::Bootstrap {
+                cluster_id,
+                admin_token_hash,
+            } => self.bootstrap(now, actor, cluster_id, admin_token_hash),
+            Command::CreateLocation(c) => self.create_location(now, actor, c),
+            Command::UpdateLocation {
+                id,
+                if_match,
+                patch,
+            } => self.update_location(now, actor, *id, *if_match, patch),
+            Command::DeleteLocation { id, if_match } => {
+                self.delete_location(now, actor, *id, *if_match)
+            }
+            Command::CreateRack(c) => self.create_rack(now, actor, c),
+            Command::UpdateRack {
+                id,
+                if_match,
+                patch,
+            } => self.update_rack(now, actor, *id, *if_match, patch),
+            Command::DeleteRack { id, if_match } => self.delete_rack(now, actor, *id, *if_match),
+            Command::CreateMachine(c) => self.create_machine(now, actor, c),
+            Command::UpdateMachine {
+                id,
+                if_match,
+                patch,
+            } => self.update_machine(now, actor, *id, *if_match, patch),
+            Command::DeleteMachine { id, if_match } => {
+                self.delete_machine(now, actor, *id, *if_match)
+            }
+            Command::CreateSubnet(c) => self.create_subnet(now, actor, c),
+            Command::UpdateSubnet {
+                id,
+                if_match,
+                patch,
+            } => self.update_subnet(now, actor, *id, *if_match, patch),
+            Command::DeleteSubnet { id, if_match } => {
+                self.delete_subnet(now, actor, *id, *if_match)
+            }
+            Command::CreateJoinToken {
+                token_hash,
+                ttl_ms,
+                description,
+            } => self.create_join_token(now, actor, token_hash, *ttl_ms, description),
+            Command::AllocateNodeId {
+                token_hash,
+                api,
+                peer,
+            } => self.allocate_node_id(now, actor, token_hash, api, peer),
+            Command::CreateApiToken { name, token_hash } => {
+                self.create_api_token(now, actor, name, token_hash)
+            }
+            Command::Journal {
+                kind,
+                entity,
+                entity_id,
+                message,
+            } => {
+                self.journal(now, actor, kind, entity, *entity_id, message.clone());
+                Ok(serde_json::Value::Null)
+            }
+        }
+    }
+
+    fn alloc_id(&mut self) -> u64 {
+        if self.meta.next_id == 0 {
+            self.meta.next_id = 1;
+        }
+        let id = self.meta.next_id;
+        self.meta.next_id += 1;
+        self.meta_dirty = true;
+        id
+    }
+
+    pub(crate) fn journal(
+        &mut self,
+        now: u64,
+        actor: &str,
+        kind: &str,
+        entity: &str,
+        entity_id: Option<u64>,
+        message: String,
+    ) {
+        self.meta.next_event_seq += 1;
+        self.meta_dirty = true;
+        let seq = self.meta.next_event_seq;
+        self.events.insert(
+            seq,
+            Event {
+                seq,
+                time: now,
+                actor: actor.to_string(),
+                kind: kind.to_string(),
+                entity: entity.to_string(),
+                entity_id,
+                message,
+            },
+        );
+        while self.events.len() > MAX_EVENTS {
+            let Some(first) = self.events.first_key().copied() else {
+                break;
+            };
+            self.events.remove(&first);
+        }
+    }
+
+    fn expire_idempotency(&mut self, now: u64) {
+        let cutoff = now.saturating_sub(IDEMPOTENCY_TTL_MS);
+        loop {
+            let Some(((t, k), _)) = self.idx.idem_by_time.iter().next() else {
+                break;
+            };
+            if *t >= cutoff && self.idempotency.len() <= MAX_IDEMPOTENCY_KEYS {
+                break;
+            }
+            let key = (*t, k.clone());
+            self.idx.idem_by_time.remove(&key);
+            self.idempotency.remove(&key.1);
+        }
+    }
+
+    /// Take every row changed since the last call (for the storage batch).
+    pub fn drain_changes(&mut self) -> Vec<RowChange> {
+        let mut out = Vec::new();
+        if std::mem::take(&mut self.meta_dirty) {
+            out.push(RowChange {
+                table: tables::META,
+                key: b"meta".to_vec(),
+                value: Some(serde_json::to_vec(&self.meta).expect("meta serializes")),
+            });
+        }
+        self.locations.drain_changes(tables::LOCATIONS, &mut out);
+        self.racks.drain_changes(tables::RACKS, &mut out);
+        self.machines.drain_changes(tables::MACHINES, &mut out);
+        self.subnets.drain_changes(tables::SUBNETS, &mut out);
+        self.events.drain_changes(tables::EVENTS, &mut out);
+        self.join_tokens
+            .drain_changes(tables::JOIN_TOKENS, &mut out);
+        self.api_tokens.drain_changes(tables::API_TOKENS, &mut out);
+        self.idempotency
+            .drain_changes(tables::IDEMPOTENCY, &mut out);
+        out
+    }
+
+    /// Every row (after a snapshot install the storage rewrites the tables from this).
+    pub fn all_rows(&mut self) -> Vec<RowChange> {
+        self.meta_dirty = false;
+        let mut out = vec![RowChange {
+            table: tables::META,
+            key: b"meta".to_vec(),
+            value: Some(serde_json::to_vec(&self.meta).expect("meta serializes")),
+        }];
+        self.locations.all_rows(tables::LOCATIONS, &mut out);
+        self.racks.all_rows(tables::RACKS, &mut out);
+        self.machines.all_rows(tables::MACHINES, &mut out);
+        self.subnets.all_rows(tables::SUBNETS, &mut out);
+        self.events.all_rows(tables::EVENTS, &mut out);
+        self.join_tokens.all_rows(tables::JOIN_TOKENS, &mut out);
+        self.api_tokens.all_rows(tables::API_TOKENS, &mut out);
+        self.idempotency.all_rows(tables::IDEMPOTENCY, &mut out);
+        self.locations.clear_dirty();
+        self.racks.clear_dirty();
+        self.machines.clear_dirty();
+        self.subnets.clear_dirty();
+        self.events.clear_dirty();
+        self.join_tokens.clear_dirty();
+        self.api_tokens.clear_dirty();
+        self.idempotency.clear_dirty();
+        out
+    }
+
+    /// Load one persisted row at startup. Call [`State::rebuild_indexes`] after the last row.
+    pub fn load_row(&mut self, table: u8, key: &[u8], value: &[u8]) -> Result<(), String> {
+        match table {
+            tables::META => {
+                self.meta = serde_json::from_slice(value).map_err(|e| e.to_string())?;
+                Ok(())
+            }
+            tables::LOCATIONS => self.locations.load(key, value),
+            tables::RACKS => self.racks.load(key, value),
+            tables::MACHINES => self.machines.load(key, value),
+            tables::SUBNETS => self.subnets.load(key, value),
+            tables::EVENTS => self.events.load(key, value),
+            tables::JOIN_TOKENS => self.join_tokens.load(key, value),
+            tables::API_TOKENS => self.api_tokens.load(key, value),
+            tables::IDEMPOTENCY => self.idempotency.load(key, value),
+            other => Err(format!("unknown state table id {other}")),
+        }
+    }
+
+    // ---- read helpers used by the API layer -------------------------------------------------
+
+    pub fn cluster_id(&self) -> &str {
+        &self.meta.cluster_id
+    }
+
+    pub fn location_by_name(&self, name: &str) -> Option<&Location> {
+        self.idx
+            .location_by_name
+            .get(name)
+            .and_then(|id| self.locations.get(id))
+    }
+
+    pub fn machine_by_mac(&self, mac: &str) -> Option<&Machine> {
+        self.idx
+            .mac
+            .get(mac)
+            .and_then(|id| self.machines.get(id))
+            .map(|m| &m.machine)
+    }
+
+    pub fn api_token_by_hash(&self, hash: &str) -> Option<&StoredApiToken> {
+        self.idx
+            .api_token_by_hash
+            .get(hash)
+            .and_then(|id| self.api_tokens.get(id))
+    }
+
+    pub fn join_token_by_hash(&self, hash: &str) -> Option<&StoredJoinToken> {
+        self.idx
+            .join_token_by_hash
+            .get(hash)
+            .and_then(|id| self.join_tokens.get(id))
+    }
+}
+
+pub(crate) fn precondition(current: u64, if_match: Option<u64>) -> Result<(), ApiError> {
+    match if_match {
+        Some(v) if v != current => Err(ApiError::new(
+            ErrorCode::PreconditionFailed,
+            format!("version mismatch: If-Match {v}, current version {current}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+pub(crate) fn to_value<T: Serialize>(v: &T) -> Result<serde_json::Value, ApiError> {
+    serde_json::to_value(v).map_err(|e| ApiError::internal(format!("encode: {e}")))
+}

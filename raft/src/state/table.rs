@@ -1,0 +1,146 @@
+//! `Table<K, V>`: one typed table of the state machine, kept in memory, with change tracking so
+//! the storage layer persists only the rows an apply batch touched.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// Keys encode to bytes that sort like the keys (big-endian integers, UTF-8 strings).
+pub trait TableKey: Ord + Clone {
+    fn encode(&self) -> Vec<u8>;
+    fn decode(b: &[u8]) -> Option<Self>;
+}
+
+impl TableKey for u64 {
+    fn encode(&self) -> Vec<u8> {
+        self.to_be_bytes().to_vec()
+    }
+    fn decode(b: &[u8]) -> Option<Self> {
+        Some(u64::from_be_bytes(b.try_into().ok()?))
+    }
+}
+
+impl TableKey for String {
+    fn encode(&self) -> Vec<u8> {
+        self.as_bytes().to_vec()
+    }
+    fn decode(b: &[u8]) -> Option<Self> {
+        String::from_utf8(b.to_vec()).ok()
+    }
+}
+
+/// A persisted row change: `None` value means delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowChange {
+    pub table: u8,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(bound(serialize = "K: Serialize, V: Serialize"))]
+#[serde(bound(deserialize = "K: DeserializeOwned, V: DeserializeOwned"))]
+pub struct Table<K: TableKey, V> {
+    rows: BTreeMap<K, V>,
+    #[serde(skip)]
+    dirty: BTreeSet<K>,
+}
+
+impl<K: TableKey, V> Default for Table<K, V> {
+    fn default() -> Self {
+        Self {
+            rows: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+        }
+    }
+}
+
+impl<K: TableKey, V: Serialize + DeserializeOwned> Table<K, V> {
+    pub fn get(&self, k: &K) -> Option<&V> {
+        self.rows.get(k)
+    }
+
+    pub fn insert(&mut self, k: K, v: V) {
+        self.dirty.insert(k.clone());
+        self.rows.insert(k, v);
+    }
+
+    pub fn remove(&mut self, k: &K) -> Option<V> {
+        let v = self.rows.remove(k);
+        if v.is_some() {
+            self.dirty.insert(k.clone());
+        }
+        v
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.rows.iter()
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.rows.values()
+    }
+
+    pub fn range_after<'a>(
+        &'a self,
+        after: Option<&K>,
+    ) -> Box<dyn Iterator<Item = (&'a K, &'a V)> + 'a> {
+        match after {
+            None => Box::new(self.rows.iter()),
+            Some(a) => Box::new(self.rows.range((
+                std::ops::Bound::Excluded(a.clone()),
+                std::ops::Bound::Unbounded,
+            ))),
+        }
+    }
+
+    pub fn first_key(&self) -> Option<&K> {
+        self.rows.keys().next()
+    }
+
+    /// Load a persisted row (startup); not marked dirty.
+    pub fn load(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
+        let k = K::decode(key).ok_or_else(|| "undecodable key".to_string())?;
+        let v: V = serde_json::from_slice(value).map_err(|e| e.to_string())?;
+        self.rows.insert(k, v);
+        Ok(())
+    }
+
+    /// Take the changes since the last drain.
+    pub fn drain_changes(&mut self, table: u8, out: &mut Vec<RowChange>) {
+        for k in std::mem::take(&mut self.dirty) {
+            let value = self
+                .rows
+                .get(&k)
+                .map(|v| serde_json::to_vec(v).expect("state rows always serialize"));
+            out.push(RowChange {
+                table,
+                key: k.encode(),
+                value,
+            });
+        }
+    }
+
+    /// Every row as a change (used after installing a snapshot to rewrite the table).
+    pub fn all_rows(&self, table: u8, out: &mut Vec<RowChange>) {
+        for (k, v) in &self.rows {
+            out.push(RowChange {
+                table,
+                key: k.encode(),
+                value: Some(serde_json::to_vec(v).expect("state rows always serialize")),
+            });
+        }
+    }
+
+    pub fn clear_dirty(&mut self) {
+        self.dirty.clear();
+    }
+}

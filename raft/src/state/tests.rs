@@ -1,0 +1,407 @@
+//! State machine unit tests: uniqueness, If-Match, idempotency, determinism, persistence.
+
+use rackd_types::{
+    ApiError, BmcSpec, CreateLocation, CreateMachine, CreateSubnet, ErrorCode, IpRange,
+    UpdateMachine,
+};
+use serde_json::Value;
+
+use super::*;
+use crate::cmd::{Command, Request};
+
+fn req(t: u64, cmd: Command) -> Request {
+    Request {
+        time_ms: t,
+        actor: "test".into(),
+        idempotency_key: None,
+        cmd,
+    }
+}
+
+fn ok(s: &mut State, t: u64, cmd: Command) -> Value {
+    match s.apply(&req(t, cmd)).0 {
+        Ok(v) => v,
+        Err(e) => panic!("unexpected error {e:?}"),
+    }
+}
+
+fn err(s: &mut State, t: u64, cmd: Command) -> ApiError {
+    match s.apply(&req(t, cmd)).0 {
+        Ok(v) => panic!("unexpected success {v}"),
+        Err(e) => e,
+    }
+}
+
+fn machine(host: &str, macs: &[&str], ips: &[&str]) -> Command {
+    Command::CreateMachine(CreateMachine {
+        hostname: host.into(),
+        location: "dc1".into(),
+        rack_id: None,
+        rack_unit: None,
+        macs: macs.iter().map(|s| s.to_string()).collect(),
+        ips: ips.iter().map(|s| s.to_string()).collect(),
+        bmc: None,
+        state: None,
+        description: String::new(),
+        tags: vec![],
+    })
+}
+
+fn base() -> State {
+    let mut s = State::default();
+    ok(
+        &mut s,
+        1,
+        Command::Bootstrap {
+            cluster_id: "c1".into(),
+            admin_token_hash: "a".repeat(64),
+        },
+    );
+    ok(
+        &mut s,
+        2,
+        Command::CreateLocation(CreateLocation {
+            name: "dc1".into(),
+            description: String::new(),
+        }),
+    );
+    ok(
+        &mut s,
+        3,
+        Command::CreateSubnet(CreateSubnet {
+            location: "dc1".into(),
+            cidr: "10.0.0.0/24".into(),
+            gateway: Some("10.0.0.1".into()),
+            dns: vec!["10.0.0.2".into()],
+            dynamic_ranges: vec![IpRange {
+                start: "10.0.0.200".into(),
+                end: "10.0.0.250".into(),
+            }],
+            reserved_ranges: vec![],
+        }),
+    );
+    s
+}
+
+#[test]
+fn mac_is_unique_after_normalization() {
+    let mut s = base();
+    ok(&mut s, 10, machine("a", &["AA:BB:CC:00:00:01"], &[]));
+    let e = err(&mut s, 11, machine("b", &["aa-bb-cc-00-00-01"], &[]));
+    assert_eq!(e.code, ErrorCode::Conflict);
+    assert_eq!(s.machines.len(), 1);
+    assert!(s.machine_by_mac("aa:bb:cc:00:00:01").is_some());
+}
+
+#[test]
+fn ip_is_unique_and_must_be_in_a_location_subnet() {
+    let mut s = base();
+    ok(&mut s, 10, machine("a", &[], &["10.0.0.10"]));
+    assert_eq!(
+        err(&mut s, 11, machine("b", &[], &["10.0.0.10"])).code,
+        ErrorCode::Conflict
+    );
+    assert_eq!(
+        err(&mut s, 12, machine("c", &[], &["10.9.0.10"])).code,
+        ErrorCode::InvalidRequest
+    );
+    // dynamic range, gateway, network and broadcast are refused
+    assert_eq!(
+        err(&mut s, 13, machine("d", &[], &["10.0.0.210"])).code,
+        ErrorCode::Conflict
+    );
+    assert_eq!(
+        err(&mut s, 14, machine("e", &[], &["10.0.0.1"])).code,
+        ErrorCode::Conflict
+    );
+    assert_eq!(
+        err(&mut s, 15, machine("f", &[], &["10.0.0.0"])).code,
+        ErrorCode::InvalidRequest
+    );
+    assert_eq!(
+        err(&mut s, 16, machine("g", &[], &["10.0.0.255"])).code,
+        ErrorCode::InvalidRequest
+    );
+    assert_eq!(s.machines.len(), 1);
+}
+
+#[test]
+fn releasing_an_ip_makes_it_assignable_again() {
+    let mut s = base();
+    let a = ok(&mut s, 10, machine("a", &[], &["10.0.0.10"]));
+    let id = a["id"].as_u64().unwrap();
+    ok(
+        &mut s,
+        11,
+        Command::UpdateMachine {
+            id,
+            if_match: None,
+            patch: UpdateMachine {
+                ips: Some(vec![]),
+                ..Default::default()
+            },
+        },
+    );
+    ok(&mut s, 12, machine("b", &[], &["10.0.0.10"]));
+}
+
+#[test]
+fn if_match_is_compare_and_set() {
+    let mut s = base();
+    let m = ok(&mut s, 10, machine("a", &[], &[]));
+    let id = m["id"].as_u64().unwrap();
+    assert_eq!(m["version"], 1);
+    let patch = UpdateMachine {
+        description: Some("x".into()),
+        ..Default::default()
+    };
+    let up = ok(
+        &mut s,
+        11,
+        Command::UpdateMachine {
+            id,
+            if_match: Some(1),
+            patch: patch.clone(),
+        },
+    );
+    assert_eq!(up["version"], 2);
+    let e = err(
+        &mut s,
+        12,
+        Command::UpdateMachine {
+            id,
+            if_match: Some(1),
+            patch,
+        },
+    );
+    assert_eq!(e.code, ErrorCode::PreconditionFailed);
+    assert_eq!(s.machines.get(&id).unwrap().machine.meta.version, 2);
+}
+
+#[test]
+fn idempotency_key_does_not_create_twice() {
+    let mut s = base();
+    let mut r = req(10, machine("a", &["00:00:00:00:00:01"], &[]));
+    r.idempotency_key = Some("k1".into());
+    let first = s.apply(&r);
+    let second = s.apply(&r);
+    assert_eq!(first, second);
+    assert_eq!(s.machines.len(), 1);
+    // A different actor with the same key is a different request.
+    r.actor = "other".into();
+    let third = s.apply(&r);
+    assert_eq!(third.0.unwrap_err().code, ErrorCode::Conflict);
+    // Keys expire after the TTL (by leader-stamped time).
+    let later = req(
+        10 + IDEMPOTENCY_TTL_MS + 1,
+        Command::Journal {
+            kind: "x".into(),
+            entity: "x".into(),
+            entity_id: None,
+            message: String::new(),
+        },
+    );
+    s.apply(&later);
+    assert!(s.idempotency.is_empty());
+}
+
+#[test]
+fn state_transitions_are_checked_and_journaled() {
+    let mut s = base();
+    let id = ok(&mut s, 10, machine("a", &[], &[]))["id"]
+        .as_u64()
+        .unwrap();
+    let to = |st| Command::UpdateMachine {
+        id,
+        if_match: None,
+        patch: UpdateMachine {
+            state: Some(st),
+            ..Default::default()
+        },
+    };
+    assert_eq!(
+        err(&mut s, 11, to(MachineStateAlias::Deployed)).code,
+        ErrorCode::Conflict
+    );
+    ok(&mut s, 12, to(MachineStateAlias::Ready));
+    assert!(s.events.values().any(|e| e.kind == "machine.state_changed"));
+}
+
+use rackd_types::MachineState as MachineStateAlias;
+
+#[test]
+fn bmc_password_is_write_only() {
+    let mut s = base();
+    let mut c = machine("a", &[], &[]);
+    if let Command::CreateMachine(cm) = &mut c {
+        cm.bmc = Some(BmcSpec {
+            driver: "ipmi".into(),
+            address: "10.1.0.5".into(),
+            port: 623,
+            username: "admin".into(),
+            password: Some("hunter2".into()),
+        });
+    }
+    let v = ok(&mut s, 10, c);
+    let text = v.to_string();
+    assert!(!text.contains("hunter2"), "{text}");
+    assert_eq!(v["bmc"]["password_set"], true);
+    let stored = s.machines.get(&v["id"].as_u64().unwrap()).unwrap();
+    assert!(!format!("{stored:?}").contains("hunter2"));
+    assert_eq!(stored.bmc_password.as_deref(), Some("hunter2"));
+}
+
+#[test]
+fn join_token_allocates_fresh_ids_once() {
+    let mut s = base();
+    let h = "b".repeat(64);
+    ok(
+        &mut s,
+        10,
+        Command::CreateJoinToken {
+            token_hash: h.clone(),
+            ttl_ms: 1000,
+            description: String::new(),
+        },
+    );
+    let alloc = |api: &str| Command::AllocateNodeId {
+        token_hash: h.clone(),
+        api: api.into(),
+        peer: "p".into(),
+    };
+    let a = ok(&mut s, 11, alloc("a"));
+    assert_eq!(a["node_id"], 2);
+    // retry from the same node: same id
+    assert_eq!(ok(&mut s, 12, alloc("a"))["node_id"], 2);
+    // another node: rejected
+    assert_eq!(err(&mut s, 13, alloc("b")).code, ErrorCode::JoinRejected);
+    // expired token
+    let h2 = "c".repeat(64);
+    ok(
+        &mut s,
+        14,
+        Command::CreateJoinToken {
+            token_hash: h2.clone(),
+            ttl_ms: 5,
+            description: String::new(),
+        },
+    );
+    let e = err(
+        &mut s,
+        100,
+        Command::AllocateNodeId {
+            token_hash: h2,
+            api: "c".into(),
+            peer: "p".into(),
+        },
+    );
+    assert_eq!(e.code, ErrorCode::JoinRejected);
+    assert_eq!(s.meta.next_node_id, 3);
+}
+
+#[test]
+fn apply_uses_leader_time_monotonically() {
+    let mut s = base();
+    let a = ok(&mut s, 1000, machine("a", &[], &[]));
+    // A stale (earlier) stamp from a new leader never moves time backwards.
+    let b = ok(&mut s, 500, machine("b", &[], &[]));
+    assert_eq!(a["created_at"], 1000);
+    assert_eq!(b["created_at"], 1000);
+}
+
+#[test]
+fn same_log_gives_same_state_and_rows_round_trip() {
+    let cmds: Vec<Request> = (0..50)
+        .map(|i| {
+            req(
+                10 + i,
+                machine(
+                    &format!("h{i}"),
+                    &[&format!("00:00:00:00:01:{:02x}", i % 40)],
+                    &[],
+                ),
+            )
+        })
+        .collect();
+    let mut a = base();
+    let mut b = base();
+    for r in &cmds {
+        assert_eq!(a.apply(r), b.apply(r));
+    }
+    let sa = serde_json::to_string(&a).unwrap();
+    assert_eq!(sa, serde_json::to_string(&b).unwrap());
+
+    // Persisted rows reload into the same state.
+    let mut rows = base_rows();
+    rows.extend(a.drain_changes());
+    let mut loaded = State::default();
+    for r in rows.iter().filter(|r| r.value.is_some()) {
+        loaded
+            .load_row(r.table, &r.key, r.value.as_ref().unwrap())
+            .unwrap();
+    }
+    loaded.rebuild_indexes();
+    assert_eq!(serde_json::to_string(&loaded).unwrap(), sa);
+    let mut a2 = a.clone();
+    let mut full = State::default();
+    for r in a2.all_rows() {
+        full.load_row(r.table, &r.key, r.value.as_ref().unwrap())
+            .unwrap();
+    }
+    full.rebuild_indexes();
+    assert_eq!(serde_json::to_string(&full).unwrap(), sa);
+    assert!(full.machine_by_mac("00:00:00:00:01:01").is_some());
+}
+
+fn base_rows() -> Vec<RowChange> {
+    Vec::new()
+}
+
+#[test]
+fn delete_refuses_referenced_entities() {
+    let mut s = base();
+    ok(&mut s, 10, machine("a", &[], &["10.0.0.5"]));
+    let loc_id = s.location_by_name("dc1").unwrap().meta.id;
+    assert_eq!(
+        err(
+            &mut s,
+            11,
+            Command::DeleteLocation {
+                id: loc_id,
+                if_match: None
+            }
+        )
+        .code,
+        ErrorCode::Conflict
+    );
+    let sub_id = *s.subnets.iter().next().unwrap().0;
+    assert_eq!(
+        err(
+            &mut s,
+            12,
+            Command::DeleteSubnet {
+                id: sub_id,
+                if_match: None
+            }
+        )
+        .code,
+        ErrorCode::Conflict
+    );
+}
+
+#[test]
+fn events_are_bounded() {
+    let mut s = base();
+    for i in 0..(MAX_EVENTS as u64 + 20) {
+        s.apply(&req(
+            10 + i,
+            Command::Journal {
+                kind: "k".into(),
+                entity: "e".into(),
+                entity_id: None,
+                message: String::new(),
+            },
+        ));
+    }
+    assert_eq!(s.events.len(), MAX_EVENTS);
+}

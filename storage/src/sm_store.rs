@@ -1,0 +1,373 @@
+//! The state machine store: [`rackd_raft::state::State`] in memory, its rows in `sm_data`, and
+//! `last_applied`/`last_membership` in `sm_meta`, always written in one synced `WriteBatch`.
+//!
+//! Snapshots are the whole state serialized ([`StateSnapshot`], versioned) and kept as one file
+//! under `snapshots/` (the newest replaces older ones). Installing a snapshot rewrites `sm_data`
+//! in one batch.
+
+use std::io::{self, Cursor};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use futures::{Stream, TryStreamExt};
+use openraft::entry::RaftEntry;
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
+use rackd_raft::cmd::Response;
+use rackd_raft::codec;
+use rackd_raft::state::{State, StateSnapshot, STATE_FORMAT_VERSION};
+use rackd_raft::typ::{LogId, Snapshot, SnapshotMeta, StoredMembership};
+use rackd_raft::TypeConfig;
+use rocksdb::{WriteBatch, DB};
+
+use crate::{io_err, OpenError, CF_SM_DATA, CF_SM_META};
+
+const KEY_LAST_APPLIED: &[u8] = b"last_applied";
+const KEY_MEMBERSHIP: &[u8] = b"last_membership";
+
+/// The state plus what it covers; one lock so readers always see a consistent pair.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub state: State,
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+}
+
+struct Inner {
+    db: Arc<DB>,
+    applied: RwLock<Applied>,
+    snapshot_dir: PathBuf,
+    snapshot_seq: AtomicU64,
+    /// Notified after every applied batch (used by readers waiting for an index).
+    applied_tx: tokio::sync::watch::Sender<u64>,
+}
+
+/// Cheap to clone: all clones share one state.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    inner: Arc<Inner>,
+}
+
+fn sm_key(table: u8, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + key.len());
+    k.push(table);
+    k.extend_from_slice(key);
+    k
+}
+
+impl StateMachineStore {
+    pub fn open(db: Arc<DB>, snapshot_dir: PathBuf) -> Result<Self, OpenError> {
+        let load = |m: String| OpenError::Load {
+            path: snapshot_dir.display().to_string(),
+            message: m,
+        };
+        std::fs::create_dir_all(&snapshot_dir).map_err(|source| OpenError::Io {
+            path: snapshot_dir.display().to_string(),
+            source,
+        })?;
+        let cf_data = db
+            .cf_handle(CF_SM_DATA)
+            .ok_or_else(|| load("missing cf sm_data".into()))?;
+        let cf_meta = db
+            .cf_handle(CF_SM_META)
+            .ok_or_else(|| load("missing cf sm_meta".into()))?;
+        let mut state = State::default();
+        for item in db.iterator_cf(cf_data, rocksdb::IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| load(e.to_string()))?;
+            if k.is_empty() {
+                return Err(load("empty state row key".into()));
+            }
+            state
+                .load_row(k[0], &k[1..], &v)
+                .map_err(|e| load(format!("table {}: {e}", k[0])))?;
+        }
+        state.rebuild_indexes();
+        let last_applied: Option<LogId> = match db
+            .get_cf(cf_meta, KEY_LAST_APPLIED)
+            .map_err(|e| load(e.to_string()))?
+        {
+            None => None,
+            Some(b) => codec::decode(&b).map_err(|e| load(e.to_string()))?,
+        };
+        let membership: StoredMembership = match db
+            .get_cf(cf_meta, KEY_MEMBERSHIP)
+            .map_err(|e| load(e.to_string()))?
+        {
+            None => StoredMembership::default(),
+            Some(b) => codec::decode(&b).map_err(|e| load(e.to_string()))?,
+        };
+        let (applied_tx, _) =
+            tokio::sync::watch::channel(last_applied.as_ref().map(|l| l.index()).unwrap_or(0));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                applied: RwLock::new(Applied {
+                    state,
+                    last_applied,
+                    membership,
+                }),
+                snapshot_dir,
+                snapshot_seq: AtomicU64::new(0),
+                applied_tx,
+            }),
+        })
+    }
+
+    /// Read access to the applied state (for API reads). Hold it briefly.
+    pub fn read(&self) -> RwLockReadGuard<'_, Applied> {
+        self.inner.applied.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Index of the last applied entry (0 when nothing was applied).
+    pub fn applied_index(&self) -> u64 {
+        *self.inner.applied_tx.borrow()
+    }
+
+    /// Wait until the state machine has applied `index` (or the timeout passes).
+    pub async fn wait_applied(&self, index: u64, timeout: std::time::Duration) -> bool {
+        let mut rx = self.inner.applied_tx.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|a| *a >= index))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    fn write_sync(&self, batch: WriteBatch) -> io::Result<()> {
+        let mut w = rocksdb::WriteOptions::default();
+        w.set_sync(true);
+        self.inner.db.write_opt(batch, &w).map_err(io_err)
+    }
+
+    fn rows_to_batch(&self, batch: &mut WriteBatch, rows: Vec<rackd_raft::state::RowChange>) {
+        let cf = self
+            .inner
+            .db
+            .cf_handle(CF_SM_DATA)
+            .expect("cf checked at open");
+        for r in rows {
+            let k = sm_key(r.table, &r.key);
+            match r.value {
+                Some(v) => batch.put_cf(cf, k, v),
+                None => batch.delete_cf(cf, k),
+            }
+        }
+    }
+
+    fn meta_to_batch(&self, batch: &mut WriteBatch, last: &Option<LogId>, m: &StoredMembership) {
+        let cf = self
+            .inner
+            .db
+            .cf_handle(CF_SM_META)
+            .expect("cf checked at open");
+        batch.put_cf(cf, KEY_LAST_APPLIED, codec::encode(last));
+        batch.put_cf(cf, KEY_MEMBERSHIP, codec::encode(m));
+    }
+
+    fn snapshot_path(&self, meta: &SnapshotMeta) -> PathBuf {
+        let idx = meta.last_log_id.as_ref().map(|l| l.index()).unwrap_or(0);
+        let seq = self.inner.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .snapshot_dir
+            .join(format!("{idx:020}-{seq:010}.snap"))
+    }
+
+    /// Persist a snapshot file (header + data) and remove older ones.
+    fn save_snapshot_file(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
+        let header = codec::encode(meta);
+        let mut buf = Vec::with_capacity(4 + header.len() + data.len());
+        buf.extend_from_slice(&(header.len() as u32).to_be_bytes());
+        buf.extend_from_slice(&header);
+        buf.extend_from_slice(data);
+        let path = self.snapshot_path(meta);
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, &buf)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        for e in std::fs::read_dir(&self.inner.snapshot_dir)?.flatten() {
+            let p = e.path();
+            if p != path {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        Ok(())
+    }
+
+    fn encode_state(applied: &Applied) -> io::Result<Vec<u8>> {
+        #[derive(serde::Serialize)]
+        struct Borrowed<'a> {
+            format_version: u32,
+            state: &'a State,
+        }
+        serde_json::to_vec(&Borrowed {
+            format_version: STATE_FORMAT_VERSION,
+            state: &applied.state,
+        })
+        .map_err(io_err)
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    type SnapshotData = Cursor<Vec<u8>>;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let (meta, data) = {
+            let a = self.read();
+            let data = Self::encode_state(&a)?;
+            let meta = SnapshotMeta {
+                last_log_id: a.last_applied.clone(),
+                last_membership: a.membership.clone(),
+            };
+            (meta, data)
+        };
+        let this = self.clone();
+        let (m2, d2) = (meta.clone(), data.clone());
+        tokio::task::spawn_blocking(move || this.save_snapshot_file(&m2, &d2))
+            .await
+            .map_err(io_err)??;
+        tracing::info!(last = ?meta.last_log_id, bytes = data.len(), "built snapshot");
+        Ok(Snapshot {
+            meta,
+            snapshot: Cursor::new(data),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotData = Cursor<Vec<u8>>;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let a = self.read();
+        Ok((a.last_applied.clone(), a.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut items = Vec::new();
+        while let Some(item) = entries.try_next().await? {
+            items.push(item);
+        }
+        if items.is_empty() {
+            return Ok(());
+        }
+        let mut responses = Vec::with_capacity(items.len());
+        let mut batch = WriteBatch::default();
+        let last_index;
+        {
+            let mut a = self
+                .inner
+                .applied
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            for (entry, responder) in items {
+                let resp = match &entry.payload {
+                    EntryPayload::Blank => Response(Ok(serde_json::Value::Null)),
+                    EntryPayload::Normal(req) => a.state.apply(req),
+                    EntryPayload::Membership(m) => {
+                        a.membership = StoredMembership::new(Some(entry.log_id()), m.clone());
+                        Response(Ok(serde_json::Value::Null))
+                    }
+                };
+                a.last_applied = Some(entry.log_id());
+                if let Some(r) = responder {
+                    responses.push((r, resp));
+                }
+            }
+            let rows = a.state.drain_changes();
+            self.rows_to_batch(&mut batch, rows);
+            self.meta_to_batch(&mut batch, &a.last_applied, &a.membership);
+            last_index = a.last_applied.as_ref().map(|l| l.index()).unwrap_or(0);
+        }
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.write_sync(batch))
+            .await
+            .map_err(io_err)??;
+        self.inner.applied_tx.send_replace(last_index);
+        for (r, resp) in responses {
+            r.send(resp);
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Self::SnapshotData,
+    ) -> Result<(), io::Error> {
+        let data = snapshot.into_inner();
+        let snap: StateSnapshot = serde_json::from_slice(&data).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("snapshot decode: {e}"))
+        })?;
+        if snap.format_version != STATE_FORMAT_VERSION {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("snapshot format {} unsupported", snap.format_version),
+            ));
+        }
+        let mut state = snap.state;
+        state.rebuild_indexes();
+        let rows = state.all_rows();
+        let mut batch = WriteBatch::default();
+        let cf = self
+            .inner
+            .db
+            .cf_handle(CF_SM_DATA)
+            .expect("cf checked at open");
+        batch.delete_range_cf(cf, [0u8].as_slice(), [0xffu8; 9].as_slice());
+        self.rows_to_batch(&mut batch, rows);
+        self.meta_to_batch(&mut batch, &meta.last_log_id, &meta.last_membership);
+        let this = self.clone();
+        let (m2, d2) = (meta.clone(), data);
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            this.write_sync(batch)?;
+            this.save_snapshot_file(&m2, &d2)
+        })
+        .await
+        .map_err(io_err)??;
+        let idx = meta.last_log_id.as_ref().map(|l| l.index()).unwrap_or(0);
+        {
+            let mut a = self
+                .inner
+                .applied
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            a.state = state;
+            a.last_applied = meta.last_log_id.clone();
+            a.membership = meta.last_membership.clone();
+        }
+        self.inner.applied_tx.send_replace(idx);
+        tracing::info!(last = ?meta.last_log_id, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        let mut newest: Option<PathBuf> = None;
+        for e in std::fs::read_dir(&self.inner.snapshot_dir)?.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "snap") && newest.as_ref().is_none_or(|n| p > *n)
+            {
+                newest = Some(p);
+            }
+        }
+        let Some(p) = newest else { return Ok(None) };
+        let buf = std::fs::read(&p)?;
+        if buf.len() < 4 {
+            return Err(io_err(format!("snapshot file {} truncated", p.display())));
+        }
+        let hlen = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        if buf.len() < 4 + hlen {
+            return Err(io_err(format!("snapshot file {} truncated", p.display())));
+        }
+        let meta: SnapshotMeta = codec::decode(&buf[4..4 + hlen]).map_err(io_err)?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Cursor::new(buf[4 + hlen..].to_vec()),
+        }))
+    }
+}

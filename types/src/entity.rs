@@ -1,0 +1,218 @@
+//! Inventory entities as stored in the replicated state machine and returned by the API.
+//!
+//! Every entity carries `id`, `version` (optimistic concurrency) and leader-stamped
+//! `created_at`/`updated_at` in milliseconds since the Unix epoch. Secrets (BMC password, token
+//! hashes) live in separate stored types and are never part of an API view.
+
+use serde::{Deserialize, Serialize};
+
+/// Common metadata of every entity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    pub id: u64,
+    pub version: u64,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+/// A site with its own provisioning network, served by location nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Location {
+    #[serde(flatten)]
+    pub meta: Meta,
+    /// Unique, immutable name (machines and racks refer to it).
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rack {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub location: String,
+    pub name: String,
+    pub height_units: u32,
+}
+
+/// Machine lifecycle (DESIGN §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MachineState {
+    New,
+    Ready,
+    Deploying,
+    Deployed,
+    Releasing,
+    Failed,
+    Broken,
+}
+
+impl MachineState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MachineState::New => "new",
+            MachineState::Ready => "ready",
+            MachineState::Deploying => "deploying",
+            MachineState::Deployed => "deployed",
+            MachineState::Releasing => "releasing",
+            MachineState::Failed => "failed",
+            MachineState::Broken => "broken",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "new" => MachineState::New,
+            "ready" => MachineState::Ready,
+            "deploying" => MachineState::Deploying,
+            "deployed" => MachineState::Deployed,
+            "releasing" => MachineState::Releasing,
+            "failed" => MachineState::Failed,
+            "broken" => MachineState::Broken,
+            _ => return None,
+        })
+    }
+
+    /// Whether an operator/API-driven transition `self -> to` is allowed.
+    pub fn can_transition_to(self, to: MachineState) -> bool {
+        use MachineState::*;
+        if self == to {
+            return true;
+        }
+        match (self, to) {
+            // Operator may mark anything broken, and may recover broken/failed machines to ready.
+            (_, Broken) => true,
+            (Broken | Failed, Ready) => true,
+            (New, Ready) => true,
+            (Ready, Deploying) => true,
+            (Deploying, Deployed) => true,
+            (Deployed, Releasing) => true,
+            (Releasing, Ready) => true,
+            (Deploying | Releasing, Failed) => true,
+            _ => false,
+        }
+    }
+}
+
+/// BMC connection details as shown by the API (the password is write-only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BmcView {
+    pub driver: String,
+    pub address: String,
+    pub port: u16,
+    pub username: String,
+    /// True when a password is stored; the password itself is never returned.
+    pub password_set: bool,
+}
+
+/// BMC settings as submitted by an operator.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BmcSpec {
+    #[serde(default = "default_bmc_driver")]
+    pub driver: String,
+    pub address: String,
+    #[serde(default = "default_bmc_port")]
+    pub port: u16,
+    #[serde(default)]
+    pub username: String,
+    /// Write-only. Redacted in Debug.
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for BmcSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BmcSpec")
+            .field("driver", &self.driver)
+            .field("address", &self.address)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+fn default_bmc_driver() -> String {
+    "ipmi".to_string()
+}
+fn default_bmc_port() -> u16 {
+    623
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Machine {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub hostname: String,
+    pub location: String,
+    pub rack_id: Option<u64>,
+    pub rack_unit: Option<u32>,
+    /// Normalized (lower-case, colon separated), unique cluster-wide.
+    pub macs: Vec<String>,
+    /// Assigned IPv4 addresses, unique cluster-wide, each inside a subnet of the location.
+    pub ips: Vec<String>,
+    pub bmc: Option<BmcView>,
+    pub state: MachineState,
+    /// Why the machine is in its current state (last transition cause).
+    #[serde(default)]
+    pub state_cause: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpRange {
+    pub start: String,
+    pub end: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subnet {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub location: String,
+    pub cidr: String,
+    pub gateway: Option<String>,
+    #[serde(default)]
+    pub dns: Vec<String>,
+    /// Ranges handed out dynamically (discovery); reservations should lie outside them.
+    #[serde(default)]
+    pub dynamic_ranges: Vec<IpRange>,
+    /// Ranges never handed out (infrastructure).
+    #[serde(default)]
+    pub reserved_ranges: Vec<IpRange>,
+}
+
+/// One journal record: who did what, when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    pub time: u64,
+    pub actor: String,
+    /// e.g. `machine.created`, `machine.updated`, `cluster.member_added`.
+    pub kind: String,
+    pub entity: String,
+    pub entity_id: Option<u64>,
+    pub message: String,
+}
+
+/// Public view of a join token (the secret is only shown once at creation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTokenView {
+    pub id: u64,
+    pub created_at: u64,
+    pub expires_at: u64,
+    pub used_by_node: Option<u64>,
+    pub description: String,
+}
+
+/// Public view of an API token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiTokenView {
+    pub id: u64,
+    pub name: String,
+    pub created_at: u64,
+}

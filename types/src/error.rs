@@ -1,0 +1,80 @@
+//! API error codes and the JSON error body `{"error":{"code","message"}}`.
+//!
+//! The codes are stable strings that clients may match on; the HTTP status is derived from them.
+
+use serde::{Deserialize, Serialize};
+
+/// Stable, user-visible error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// Malformed request (bad JSON, bad field value).
+    InvalidRequest,
+    /// Missing or unknown bearer token.
+    Unauthorized,
+    /// The entity does not exist.
+    NotFound,
+    /// Uniqueness or reference conflict (duplicate MAC/IP/name, entity still in use).
+    Conflict,
+    /// `If-Match` version did not match the current version.
+    PreconditionFailed,
+    /// No leader / no quorum / leader changed: the write was not confirmed.
+    Unavailable,
+    /// Join token invalid, expired or already used by another node.
+    JoinRejected,
+    /// Something unexpected on the server.
+    Internal,
+}
+
+impl ErrorCode {
+    /// HTTP status code for this error.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::InvalidRequest => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::JoinRejected => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::Conflict => 409,
+            ErrorCode::PreconditionFailed => 412,
+            ErrorCode::Unavailable => 503,
+            ErrorCode::Internal => 500,
+        }
+    }
+}
+
+/// An API error: a code and a human-readable message. Never carries secrets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidRequest, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, message)
+    }
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Conflict, message)
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unavailable, message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Internal, message)
+    }
+}
+
+/// Wire shape of an error response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ApiError,
+}
