@@ -499,7 +499,7 @@ pub async fn join_call(
         }
         bail!("join failed ({status}): {msg}");
     }
-    Ok(serde_json::from_str(&text).context("decode join response")?)
+    serde_json::from_str(&text).context("decode join response")
 }
 
 /// Phase 2 of join: ask the leader to add us (learner, catch up, then voter). Retries until the

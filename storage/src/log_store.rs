@@ -141,7 +141,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
         };
         let last_purged: Option<LogId> = self.get_meta(KEY_LAST_PURGED)?;
-        let last_log_id = last.or_else(|| last_purged.clone());
+        let last_log_id = last.or(last_purged);
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id,

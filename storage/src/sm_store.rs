@@ -214,7 +214,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             let a = self.read();
             let data = Self::encode_state(&a)?;
             let meta = SnapshotMeta {
-                last_log_id: a.last_applied.clone(),
+                last_log_id: a.last_applied,
                 last_membership: a.membership.clone(),
             };
             (meta, data)
@@ -238,7 +238,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
         let a = self.read();
-        Ok((a.last_applied.clone(), a.membership.clone()))
+        Ok((a.last_applied, a.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -338,7 +338,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 .write()
                 .unwrap_or_else(|p| p.into_inner());
             a.state = state;
-            a.last_applied = meta.last_log_id.clone();
+            a.last_applied = meta.last_log_id;
             a.membership = meta.last_membership.clone();
         }
         self.inner.applied_tx.send_replace(idx);

@@ -1,1 +1,437 @@
-//! placeholder
+//! Test harness for multi-process rackd clusters.
+//!
+//! [`Cluster`] starts real `rackd` processes, each on its own loopback address
+//! (`127.A.B.N`, unique per test and process, ports chosen by the kernel on first start and
+//! reused on restart so the membership stays valid). Node output goes to `<dir>/<node>.log`;
+//! when a test fails (the harness is dropped while panicking) the directory is kept and its path
+//! printed, otherwise it is removed. Every process is killed on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rackd_types::{ClusterInfo, Health};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+static NEXT_NET: AtomicU32 = AtomicU32::new(0);
+
+/// Path of the `rackd` binary: `$RACKD_BIN`, or `rackd` next to the test executable's `deps/`.
+pub fn rackd_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("RACKD_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let p = dir.join("rackd");
+    assert!(
+        p.exists(),
+        "rackd binary not found at {} (run `cargo build -p rackd` first or set RACKD_BIN)",
+        p.display()
+    );
+    p
+}
+
+/// One rackd process (possibly stopped).
+pub struct NodeProc {
+    pub name: String,
+    pub ip: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    pub child: Option<Child>,
+    /// Bound API / peer addresses (known after the first start).
+    pub api: Option<String>,
+    pub peer: Option<String>,
+    /// Extra `rackd up` arguments used at every start (e.g. `--join`, `--learner`).
+    pub args: Vec<String>,
+}
+
+impl NodeProc {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.api.as_deref().expect("node started"))
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            None => false,
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+        }
+    }
+
+    /// Start (or restart) the process and wait until its API answers `/v1/health`.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        let api = self.api.clone().unwrap_or(format!("{}:0", self.ip));
+        let peer = self.peer.clone().unwrap_or(format!("{}:0", self.ip));
+        let _ = std::fs::remove_file(self.data_dir.join("api.addr"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .context("open node log")?;
+        let child = Command::new(rackd_bin())
+            .arg("up")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--api")
+            .arg(&api)
+            .arg("--peer")
+            .arg(&peer)
+            .args(&self.args)
+            .env("RACKD_LOG", "info,openraft=info")
+            .env_remove("RACKD_SERVER")
+            .env_remove("RACKD_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawn rackd")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(a) = std::fs::read_to_string(self.data_dir.join("api.addr")) {
+                if !a.is_empty() {
+                    self.api = Some(a.trim().to_string());
+                    self.peer = Some(
+                        std::fs::read_to_string(self.data_dir.join("peer.addr"))?
+                            .trim()
+                            .to_string(),
+                    );
+                    break;
+                }
+            }
+            if !self.is_running() {
+                bail!(
+                    "{} exited during startup; see {}",
+                    self.name,
+                    self.log.display()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not write api.addr in time", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY-free: libc::kill with a pid we own.
+            let pid = c.id() as i32;
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A set of rackd processes plus an HTTP client holding the admin token.
+pub struct Cluster {
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    pub nodes: Vec<NodeProc>,
+    pub http: reqwest::Client,
+    pub token: String,
+    net: (u32, u32),
+    pub common_args: Vec<String>,
+}
+
+impl Cluster {
+    /// An empty cluster harness named after the test.
+    pub fn new(test: &str) -> Self {
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("rackd-{test}-"))
+            .tempdir()
+            .expect("tempdir");
+        let n = NEXT_NET.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        // 127.A.B.x: A from the pid, B from a per-process counter: unique per test.
+        let net = (20 + (pid % 200), (n % 250) + 1);
+        Self {
+            dir: tmp.path().to_path_buf(),
+            _tmp: Some(tmp),
+            nodes: Vec::new(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
+            token: String::new(),
+            net,
+            common_args: Vec::new(),
+        }
+    }
+
+    fn add_node(&mut self, args: Vec<String>) -> usize {
+        let i = self.nodes.len();
+        let name = format!("n{}", i + 1);
+        let mut all = self.common_args.clone();
+        all.extend(args);
+        self.nodes.push(NodeProc {
+            ip: format!("127.{}.{}.{}", self.net.0, self.net.1, i + 1),
+            data_dir: self.dir.join(&name),
+            log: self.dir.join(format!("{name}.log")),
+            name,
+            child: None,
+            api: None,
+            peer: None,
+            args: all,
+        });
+        i
+    }
+
+    /// Start node 1 on an empty data dir (bootstrap) and read its admin token.
+    pub async fn bootstrap(&mut self) -> anyhow::Result<()> {
+        let i = self.add_node(vec![]);
+        self.nodes[i].start()?;
+        let path = self.nodes[i].data_dir.join("admin-token");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(t) = std::fs::read_to_string(&path) {
+                if !t.trim().is_empty() {
+                    self.token = t.trim().to_string();
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("no admin token written");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Bootstrap is complete when the admin token authenticates.
+        self.wait_until(
+            Duration::from_secs(30),
+            "bootstrap complete",
+            |c| async move { c.get_json::<ClusterInfo>(0, "/v1/cluster").await.is_ok() },
+        )
+        .await
+    }
+
+    /// Create a join token and start a new node that joins through node `via`.
+    pub async fn join(&mut self, via: usize, learner: bool) -> anyhow::Result<usize> {
+        let tok: rackd_types::CreatedJoinToken = self
+            .post_json(
+                via,
+                "/v1/tokens/join",
+                &serde_json::json!({"ttl_secs": 600}),
+            )
+            .await?;
+        let mut args = vec![
+            "--join".into(),
+            self.nodes[via].url(),
+            "--token".into(),
+            tok.token,
+        ];
+        if learner {
+            args.push("--learner".into());
+        }
+        let i = self.add_node(args);
+        self.nodes[i].start()?;
+        let want = if learner { "learner" } else { "voter" };
+        let id_of = |dir: &Path| -> Option<u64> {
+            let v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(dir.join("node.json")).ok()?).ok()?;
+            if v["complete"].as_bool() == Some(true) {
+                v["node_id"].as_u64()
+            } else {
+                None
+            }
+        };
+        let dir = self.nodes[i].data_dir.clone();
+        self.wait_until(Duration::from_secs(60), "join complete", move |c| {
+            let dir = dir.clone();
+            async move {
+                let Some(id) = id_of(&dir) else { return false };
+                match c.get_json::<ClusterInfo>(via, "/v1/cluster").await {
+                    Ok(ci) => ci.members.iter().any(|m| m.id == id && m.role == want),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await?;
+        Ok(i)
+    }
+
+    /// Bootstrap one node and join `n - 1` voters.
+    pub async fn start(test: &str, n: usize, common_args: &[&str]) -> anyhow::Result<Self> {
+        let mut c = Self::new(test);
+        c.common_args = common_args.iter().map(|s| s.to_string()).collect();
+        c.bootstrap().await?;
+        for _ in 1..n {
+            c.join(0, false).await?;
+        }
+        Ok(c)
+    }
+
+    pub fn url(&self, i: usize) -> String {
+        self.nodes[i].url()
+    }
+
+    pub async fn health(&self, i: usize) -> anyhow::Result<Health> {
+        let r = self
+            .http
+            .get(format!("{}/v1/health", self.url(i)))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await?;
+        Ok(r.json().await?)
+    }
+
+    /// Raw request with the admin token; returns (status, JSON body).
+    pub async fn request(
+        &self,
+        i: usize,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
+        let mut rb = self
+            .http
+            .request(method, format!("{}{}", self.url(i), path))
+            .bearer_auth(&self.token);
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        let r = rb.send().await?;
+        let status = r.status().as_u16();
+        let text = r.text().await?;
+        let v = if text.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&text).with_context(|| format!("non-JSON body {text:?}"))?
+        };
+        Ok((status, v))
+    }
+
+    pub async fn get_json<T: DeserializeOwned>(&self, i: usize, path: &str) -> anyhow::Result<T> {
+        let (s, v) = self
+            .request(i, reqwest::Method::GET, path, None, &[])
+            .await?;
+        if !(200..300).contains(&s) {
+            bail!("GET {path} on node {i}: {s} {v}");
+        }
+        Ok(serde_json::from_value(v)?)
+    }
+
+    pub async fn post_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        i: usize,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        let (s, v) = self
+            .request(
+                i,
+                reqwest::Method::POST,
+                path,
+                Some(serde_json::to_value(body)?),
+                &[],
+            )
+            .await?;
+        if !(200..300).contains(&s) {
+            bail!("POST {path} on node {i}: {s} {v}");
+        }
+        Ok(serde_json::from_value(v)?)
+    }
+
+    /// Index of the node that is leader according to the running nodes.
+    pub async fn leader(&mut self) -> Option<usize> {
+        for i in 0..self.nodes.len() {
+            if !self.nodes[i].is_running() {
+                continue;
+            }
+            if let Ok(h) = self.health(i).await {
+                if h.raft_state == "leader" {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+
+    pub async fn wait_leader(&mut self, timeout: Duration) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.leader().await {
+                return Ok(l);
+            }
+            if Instant::now() > deadline {
+                bail!("no leader within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Poll `cond` until it holds or the timeout passes.
+    pub async fn wait_until<'a, F, Fut>(
+        &'a self,
+        timeout: Duration,
+        what: &str,
+        mut cond: F,
+    ) -> anyhow::Result<()>
+    where
+        F: FnMut(&'a Cluster) -> Fut,
+        Fut: std::future::Future<Output = bool> + 'a,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if cond(self).await {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("timed out waiting for: {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
+        if std::thread::panicking() {
+            if let Some(t) = self._tmp.take() {
+                let p = t.keep();
+                eprintln!("test failed: node data and logs kept in {}", p.display());
+                for n in &self.nodes {
+                    if let Ok(log) = std::fs::read_to_string(&n.log) {
+                        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                        eprintln!("--- last lines of {} ---", n.log.display());
+                        for l in tail.iter().rev() {
+                            eprintln!("{l}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

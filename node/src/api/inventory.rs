@@ -44,6 +44,13 @@ pub(crate) fn page_params(q: &ListQuery) -> HttpResult<(Option<u64>, usize)> {
                 .map_err(|_| HttpError(ApiError::invalid(format!("invalid cursor {c:?}"))))?,
         ),
     };
+    if let Some(st) = &q.state {
+        if MachineState::parse(st).is_none() {
+            return Err(HttpError(ApiError::invalid(format!(
+                "unknown machine state {st:?}"
+            ))));
+        }
+    }
     let limit = q.limit.unwrap_or(DEFAULT_PAGE_LIMIT);
     if limit == 0 || limit > MAX_PAGE_LIMIT {
         return Err(HttpError(ApiError::invalid(format!(
@@ -96,7 +103,6 @@ macro_rules! crud {
             let q = query(q)?;
             let (cursor, limit) = page_params(&q)?;
             let filter: fn(&ListQuery, &$View) -> HttpResult<bool> = $filter;
-            // Validate the filter parameters once (on a real row they never fail afterwards).
             read_barrier(&node, q.stale).await?;
             let a = node.sm.read();
             let extract: fn(&_) -> &$View = $extract;

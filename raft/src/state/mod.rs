@@ -318,10 +318,7 @@ impl State {
 
     fn expire_idempotency(&mut self, now: u64) {
         let cutoff = now.saturating_sub(IDEMPOTENCY_TTL_MS);
-        loop {
-            let Some(((t, k), _)) = self.idx.idem_by_time.iter().next() else {
-                break;
-            };
+        while let Some(((t, k), _)) = self.idx.idem_by_time.iter().next() {
             if *t >= cutoff && self.idempotency.len() <= MAX_IDEMPOTENCY_KEYS {
                 break;
             }

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The project's test command (README): builds the rackd binary the integration tests spawn,
+# then runs every test in the workspace (unit, storage conformance, multi-process clusters).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build -p rackd --bin rackd
+cargo test --workspace --no-fail-fast "$@"

@@ -1,0 +1,348 @@
+//! Cluster behaviour with real processes: bootstrap, join, forwarding, failover, restarts,
+//! snapshot catch-up, learners, member removal, quorum loss.
+
+use std::time::Duration;
+
+use rackd_tests::Cluster;
+use rackd_types::ClusterInfo;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::util::{create_machine, machine_count, setup_location};
+
+const T: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_two_joins_follower_write_visible_everywhere() {
+    let mut c = Cluster::start("three", 3, &[]).await.expect("cluster");
+    let l = c.wait_leader(T).await.unwrap();
+    let ci: ClusterInfo = c.get_json(0, "/v1/cluster").await.unwrap();
+    assert_eq!(ci.members.len(), 3);
+    assert!(ci.members.iter().all(|m| m.role == "voter"), "{ci:?}");
+    let ids: Vec<u64> = ci.members.iter().map(|m| m.id).collect();
+    assert_eq!(ids, vec![1, 2, 3], "node ids are allocated in order");
+
+    // Write through a follower; every node serves it with a linearizable read right away.
+    let follower = (l + 1) % 3;
+    setup_location(&c, follower).await;
+    let id = create_machine(&c, follower, 1).await;
+    for i in 0..3 {
+        let m: Value = c.get_json(i, &format!("/v1/machines/{id}")).await.unwrap();
+        assert_eq!(m["hostname"], "host-1", "node {i}");
+        let h = c.health(i).await.unwrap();
+        assert_eq!(h.leader_id, Some(ci.leader_id.unwrap()));
+    }
+    // Exactly one leader, same term everywhere.
+    let mut leaders = 0;
+    for i in 0..3 {
+        if c.health(i).await.unwrap().raft_state == "leader" {
+            leaders += 1;
+        }
+    }
+    assert_eq!(leaders, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_sigkill_failover_then_restart_catches_up() {
+    let mut c = Cluster::start("failover", 3, &[]).await.expect("cluster");
+    setup_location(&c, 0).await;
+    create_machine(&c, 0, 1).await;
+    let old = c.wait_leader(T).await.unwrap();
+    let old_term = c.health(old).await.unwrap().term;
+    c.nodes[old].kill();
+
+    let survivor = (old + 1) % 3;
+    // Writes through a surviving node succeed once a new leader is elected.
+    let mut done = false;
+    for attempt in 0..100 {
+        let (s, _) = c
+            .request(
+                survivor,
+                Method::POST,
+                "/v1/machines",
+                Some(crate::util::machine_body(100 + attempt)),
+                &[],
+            )
+            .await
+            .unwrap();
+        if s == 201 {
+            done = true;
+            break;
+        }
+        assert_eq!(s, 503, "only 'unavailable' is acceptable while electing");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(done, "no write succeeded after leader kill");
+    let new = c.wait_leader(T).await.unwrap();
+    assert_ne!(new, old);
+    assert!(c.health(new).await.unwrap().term > old_term);
+    for i in 0..5 {
+        create_machine(&c, (old + 2) % 3, 200 + i).await;
+    }
+    let expected = machine_count(&c, new, false).await.unwrap();
+
+    // The killed node comes back with its data and catches up.
+    c.nodes[old].start().unwrap();
+    c.wait_until(T, "restarted node catches up", |c| async move {
+        machine_count(c, old, true).await.ok() == Some(expected)
+    })
+    .await
+    .unwrap();
+    assert_eq!(c.health(old).await.unwrap().node_id as usize, old + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_cluster_restart_keeps_all_data() {
+    let mut c = Cluster::start("restart", 3, &[]).await.expect("cluster");
+    setup_location(&c, 1).await;
+    for i in 0..20 {
+        create_machine(&c, (i % 3) as usize, i).await;
+    }
+    let before: ClusterInfo = c.get_json(0, "/v1/cluster").await.unwrap();
+    // Stop all three: two cleanly, one by SIGKILL.
+    c.nodes[0].stop();
+    c.nodes[1].kill();
+    c.nodes[2].stop();
+    for i in 0..3 {
+        c.nodes[i].start().unwrap();
+    }
+    c.wait_leader(T).await.unwrap();
+    let after: ClusterInfo = c.get_json(2, "/v1/cluster").await.unwrap();
+    assert_eq!(after.cluster_id, before.cluster_id, "no re-initialization");
+    assert_eq!(after.members.len(), 3);
+    for i in 0..3 {
+        assert_eq!(machine_count(&c, i, false).await.unwrap(), 20, "node {i}");
+    }
+    // And the cluster still takes writes.
+    create_machine(&c, 0, 99).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_joiner_catches_up_via_snapshot() {
+    let mut c = Cluster::start("snapshot", 2, &["--snapshot-logs", "20"])
+        .await
+        .expect("cluster");
+    setup_location(&c, 0).await;
+    for i in 0..120 {
+        create_machine(&c, 0, i).await;
+    }
+    let l = c.wait_leader(T).await.unwrap();
+    c.wait_until(
+        T,
+        "leader purged its log after a snapshot",
+        |c| async move {
+            c.health(l)
+                .await
+                .is_ok_and(|h| h.purged_index.unwrap_or(0) > 20)
+        },
+    )
+    .await
+    .unwrap();
+    let j = c.join(0, false).await.unwrap();
+    c.wait_until(T, "joiner has every machine", |c| async move {
+        machine_count(c, j, true).await.ok() == Some(120)
+    })
+    .await
+    .unwrap();
+    let h = c.health(j).await.unwrap();
+    assert!(
+        h.snapshot_index.is_some(),
+        "the joiner must have installed a snapshot: {h:?}"
+    );
+    // The log before the leader's purge point never reached the joiner: it came by snapshot.
+    let joiner_log = std::fs::read_to_string(&c.nodes[j].log).unwrap();
+    assert!(
+        joiner_log.contains("installed snapshot"),
+        "no snapshot install in joiner log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learner_stays_learner_and_members_can_be_removed() {
+    let mut c = Cluster::start("learner", 3, &[]).await.expect("cluster");
+    let lrn = c.join(1, true).await.unwrap();
+    setup_location(&c, 0).await;
+    for i in 0..10 {
+        create_machine(&c, 0, i).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ci: ClusterInfo = c.get_json(0, "/v1/cluster").await.unwrap();
+    let learner_id = (lrn + 1) as u64;
+    let m = ci.members.iter().find(|m| m.id == learner_id).unwrap();
+    assert_eq!(m.role, "learner");
+    assert_eq!(c.health(lrn).await.unwrap().raft_state, "learner");
+    // The learner serves linearizable reads and forwards writes.
+    assert_eq!(machine_count(&c, lrn, false).await.unwrap(), 10);
+    create_machine(&c, lrn, 50).await;
+
+    // Remove the learner, then a voter.
+    let (s, _) = c
+        .request(
+            0,
+            Method::DELETE,
+            &format!("/v1/cluster/members/{learner_id}"),
+            None,
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 204);
+    let (s, _) = c
+        .request(0, Method::DELETE, "/v1/cluster/members/3", None, &[])
+        .await
+        .unwrap();
+    assert_eq!(s, 204);
+    let ci: ClusterInfo = c.get_json(0, "/v1/cluster").await.unwrap();
+    let ids: Vec<u64> = ci.members.iter().map(|m| m.id).collect();
+    assert_eq!(ids, vec![1, 2]);
+    // Removing an unknown member is a 404; the cluster still writes with two voters.
+    let (s, _) = c
+        .request(0, Method::DELETE, "/v1/cluster/members/77", None, &[])
+        .await
+        .unwrap();
+    assert_eq!(s, 404);
+    create_machine(&c, 1, 60).await;
+    let ev: Value = c.get_json(0, "/v1/events?limit=1000").await.unwrap();
+    assert!(ev["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["kind"] == "cluster.member_removed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_without_quorum_is_503_and_not_applied() {
+    let mut c = Cluster::start("quorum", 3, &["--write-timeout-secs", "2"])
+        .await
+        .expect("cluster");
+    setup_location(&c, 0).await;
+    let l = c.wait_leader(T).await.unwrap();
+    let others: Vec<usize> = (0..3).filter(|i| *i != l).collect();
+    for o in &others {
+        c.nodes[*o].kill();
+    }
+    let (s, v) = c
+        .request(
+            l,
+            Method::POST,
+            "/v1/locations",
+            Some(json!({"name": "lost"})),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(v["error"]["code"], "Unavailable");
+    // Linearizable reads refuse too, stale reads still answer from the local replica.
+    let (s, _) = c
+        .request(l, Method::GET, "/v1/locations", None, &[])
+        .await
+        .unwrap();
+    assert_eq!(s, 503);
+    let (s, v) = c
+        .request(l, Method::GET, "/v1/locations?stale=true", None, &[])
+        .await
+        .unwrap();
+    assert_eq!(s, 200);
+    assert!(v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|l| l["name"] != "lost"));
+    // Bring one back: the cluster writes again.
+    let back = others[0];
+    c.nodes[back].start().unwrap();
+    c.wait_until(T, "writes resume", |c| async move {
+        c.request(
+            back,
+            Method::POST,
+            "/v1/locations",
+            Some(json!({"name": "back"})),
+            &[],
+        )
+        .await
+        .is_ok_and(|(s, _)| s == 201)
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_tokens_are_single_use_and_checked() {
+    let mut c = Cluster::start("tokens", 1, &[]).await.expect("cluster");
+    let body =
+        |tok: &str, api: &str| json!({"token": tok, "api_addr": api, "peer_addr": "127.0.0.9:1"});
+    let (s, v) = c
+        .request(
+            0,
+            Method::POST,
+            "/v1/cluster/join",
+            Some(body("rackd-join-bogus", "a:1")),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("JoinRejected"))
+    );
+
+    let tok: rackd_types::CreatedJoinToken = c
+        .post_json(0, "/v1/tokens/join", &json!({"ttl_secs": 60}))
+        .await
+        .unwrap();
+    let (s, v) = c
+        .request(
+            0,
+            Method::POST,
+            "/v1/cluster/join",
+            Some(body(&tok.token, "a:1")),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{v}");
+    let first = v["node_id"].as_u64().unwrap();
+    // Retry from the same node: same id. Another node: rejected.
+    let (_, v) = c
+        .request(
+            0,
+            Method::POST,
+            "/v1/cluster/join",
+            Some(body(&tok.token, "a:1")),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(v["node_id"].as_u64(), Some(first));
+    let (s, _) = c
+        .request(
+            0,
+            Method::POST,
+            "/v1/cluster/join",
+            Some(body(&tok.token, "b:1")),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 403);
+    // Tokens are listed without their secret.
+    let (_, v) = c
+        .request(0, Method::GET, "/v1/tokens/join", None, &[])
+        .await
+        .unwrap();
+    assert!(!v.to_string().contains(&tok.token));
+    // A node id is never reused: the next join gets a fresh one.
+    let j = c.join(0, false).await.unwrap();
+    assert_eq!(c.health(j).await.unwrap().node_id, first + 1);
+    // Stored hashed: the secret is not in the data directory.
+    let mut grep = std::process::Command::new("grep");
+    grep.args(["-r", "-l", &tok.token]).arg(&c.dir);
+    let out = grep.output().unwrap();
+    assert!(
+        out.stdout.is_empty(),
+        "join token secret found on disk: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let _ = c.leader().await;
+}

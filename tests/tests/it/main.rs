@@ -1,0 +1,5 @@
+//! Integration tests: real `rackd` processes on loopback addresses.
+
+mod api;
+mod cluster;
+mod util;

@@ -1,0 +1,58 @@
+//! Helpers shared by the integration tests.
+
+use rackd_tests::Cluster;
+use serde_json::{json, Value};
+
+pub async fn setup_location(c: &Cluster, node: usize) {
+    let _: Value = c
+        .post_json(node, "/v1/locations", &json!({"name": "dc1"}))
+        .await
+        .expect("create location");
+    let _: Value = c
+        .post_json(
+            node,
+            "/v1/subnets",
+            &json!({"location": "dc1", "cidr": "10.20.0.0/16", "gateway": "10.20.0.1",
+                    "dynamic_ranges": [{"start": "10.20.255.0", "end": "10.20.255.250"}]}),
+        )
+        .await
+        .expect("create subnet");
+}
+
+pub fn machine_body(i: u32) -> Value {
+    json!({
+        "hostname": format!("host-{i}"),
+        "location": "dc1",
+        "macs": [format!("02:00:00:{:02x}:{:02x}:{:02x}", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff)],
+        "ips": [format!("10.20.{}.{}", (i / 250) % 250, i % 250 + 2)],
+    })
+}
+
+pub async fn create_machine(c: &Cluster, node: usize, i: u32) -> u64 {
+    let v: Value = c
+        .post_json(node, "/v1/machines", &machine_body(i))
+        .await
+        .unwrap_or_else(|e| panic!("create machine {i} via node {node}: {e}"));
+    v["id"].as_u64().expect("id")
+}
+
+pub async fn machine_count(c: &Cluster, node: usize, stale: bool) -> anyhow::Result<usize> {
+    let mut n = 0;
+    let mut cursor = String::new();
+    loop {
+        let path = format!(
+            "/v1/machines?limit=1000&stale={stale}{}",
+            if cursor.is_empty() {
+                String::new()
+            } else {
+                format!("&cursor={cursor}")
+            }
+        );
+        let page: Value = c.get_json(node, &path).await?;
+        n += page["items"].as_array().map(|a| a.len()).unwrap_or(0);
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = next.to_string(),
+            None => return Ok(n),
+        }
+    }
+}
