@@ -8,14 +8,14 @@ use serde::{Deserialize, Serialize};
 use crate::entity::{BmcSpec, IpRange, MachineState};
 
 /// One page of a collection.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
     /// Pass as `?cursor=` to get the next page; absent on the last page.
     pub next_cursor: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ListQuery {
     pub cursor: Option<String>,
     pub limit: Option<usize>,
@@ -28,7 +28,7 @@ pub struct ListQuery {
 pub const DEFAULT_PAGE_LIMIT: usize = 100;
 pub const MAX_PAGE_LIMIT: usize = 1000;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateLocation {
     pub name: String,
@@ -36,13 +36,13 @@ pub struct CreateLocation {
     pub description: String,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateLocation {
     pub description: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRack {
     pub location: String,
@@ -55,14 +55,14 @@ fn default_rack_height() -> u32 {
     42
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateRack {
     pub name: Option<String>,
     pub height_units: Option<u32>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateMachine {
     pub hostname: String,
@@ -86,7 +86,7 @@ pub struct CreateMachine {
 }
 
 /// `PATCH /v1/machines/{id}`. `rack_id`/`rack_unit`/`bmc` use `Some(None)` to clear.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateMachine {
     pub hostname: Option<String>,
@@ -96,12 +96,14 @@ pub struct UpdateMachine {
         with = "double_option",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(with = "Option<u64>")]
     pub rack_id: Option<Option<u64>>,
     #[serde(
         default,
         with = "double_option",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(with = "Option<u32>")]
     pub rack_unit: Option<Option<u32>>,
     pub macs: Option<Vec<String>>,
     pub ips: Option<Vec<String>>,
@@ -110,6 +112,7 @@ pub struct UpdateMachine {
         with = "double_option",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(with = "Option<BmcSpec>")]
     pub bmc: Option<Option<BmcSpec>>,
     pub state: Option<MachineState>,
     pub state_cause: Option<String>,
@@ -117,7 +120,7 @@ pub struct UpdateMachine {
     pub tags: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSubnet {
     pub location: String,
@@ -132,7 +135,7 @@ pub struct CreateSubnet {
     pub reserved_ranges: Vec<IpRange>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateSubnet {
     #[serde(
@@ -140,6 +143,7 @@ pub struct UpdateSubnet {
         with = "double_option",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(with = "Option<String>")]
     pub gateway: Option<Option<String>>,
     pub dns: Option<Vec<String>>,
     pub dynamic_ranges: Option<Vec<IpRange>>,
@@ -147,7 +151,7 @@ pub struct UpdateSubnet {
 }
 
 /// `GET /v1/health` (no auth).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Health {
     pub node_id: u64,
     /// leader | follower | learner | candidate | shutdown
@@ -162,7 +166,7 @@ pub struct Health {
     pub purged_index: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct Member {
     pub id: u64,
     pub api_addr: String,
@@ -172,7 +176,7 @@ pub struct Member {
 }
 
 /// `GET /v1/cluster`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ClusterInfo {
     pub cluster_id: String,
     pub members: Vec<Member>,
@@ -183,7 +187,7 @@ pub struct ClusterInfo {
     pub last_applied: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateJoinToken {
     /// Lifetime in seconds (default 3600).
@@ -193,7 +197,7 @@ pub struct CreateJoinToken {
     pub description: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CreatedJoinToken {
     pub id: u64,
     /// The secret; shown only once.
@@ -201,13 +205,13 @@ pub struct CreatedJoinToken {
     pub expires_at: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiToken {
     pub name: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CreatedApiToken {
     pub id: u64,
     pub name: String,
@@ -216,7 +220,7 @@ pub struct CreatedApiToken {
 }
 
 /// Join phase 1: exchange a join token for a fresh node id.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JoinRequest {
     pub token: String,
@@ -229,7 +233,7 @@ pub struct JoinRequest {
     pub node_id: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct JoinResponse {
     pub node_id: u64,
     pub cluster_id: String,

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Common metadata of every entity.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Meta {
     pub id: u64,
     pub version: u64,
@@ -16,7 +16,7 @@ pub struct Meta {
 }
 
 /// A site with its own provisioning network, served by location nodes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Location {
     #[serde(flatten)]
     pub meta: Meta,
@@ -26,7 +26,7 @@ pub struct Location {
     pub description: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Rack {
     #[serde(flatten)]
     pub meta: Meta,
@@ -36,7 +36,19 @@ pub struct Rack {
 }
 
 /// Machine lifecycle (DESIGN §3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum MachineState {
     New,
@@ -96,7 +108,7 @@ impl MachineState {
 }
 
 /// BMC connection details as shown by the API (the password is write-only).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct BmcView {
     pub driver: String,
     pub address: String,
@@ -107,7 +119,7 @@ pub struct BmcView {
 }
 
 /// BMC settings as submitted by an operator.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct BmcSpec {
     #[serde(default = "default_bmc_driver")]
     pub driver: String,
@@ -140,7 +152,7 @@ fn default_bmc_port() -> u16 {
     623
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Machine {
     #[serde(flatten)]
     pub meta: Meta,
@@ -163,13 +175,13 @@ pub struct Machine {
     pub tags: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct IpRange {
     pub start: String,
     pub end: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Subnet {
     #[serde(flatten)]
     pub meta: Meta,
@@ -187,7 +199,7 @@ pub struct Subnet {
 }
 
 /// One journal record: who did what, when.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Event {
     pub seq: u64,
     pub time: u64,
@@ -200,7 +212,7 @@ pub struct Event {
 }
 
 /// Public view of a join token (the secret is only shown once at creation).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct JoinTokenView {
     pub id: u64,
     pub created_at: u64,
@@ -210,7 +222,7 @@ pub struct JoinTokenView {
 }
 
 /// Public view of an API token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ApiTokenView {
     pub id: u64,
     pub name: String,

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Stable, user-visible error codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum ErrorCode {
     /// Malformed request (bad JSON, bad field value).
     InvalidRequest,
@@ -42,7 +42,9 @@ impl ErrorCode {
 }
 
 /// An API error: a code and a human-readable message. Never carries secrets.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error, schemars::JsonSchema,
+)]
 #[error("{code:?}: {message}")]
 pub struct ApiError {
     pub code: ErrorCode,
@@ -74,7 +76,7 @@ impl ApiError {
 }
 
 /// Wire shape of an error response.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ErrorBody {
     pub error: ApiError,
 }

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod cluster;
 pub mod forward;
 pub mod inventory;
+pub mod openapi;
 pub mod routes;
 
 use std::sync::Arc;
