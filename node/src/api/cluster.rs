@@ -181,6 +181,10 @@ pub async fn join(State(node): State<AppState>, body: Bytes) -> HttpResult<Json<
                 )
                 .await;
         }
+        // openraft's blocking add_learner only waits until the learner is within
+        // replication_lag_threshold entries, which a node that never answered satisfies on a
+        // small log. Wait until it has really replicated our log before promoting it.
+        wait_caught_up(&node, id, Duration::from_secs(240)).await?;
         if req.learner {
             "learner"
         } else {
@@ -207,6 +211,42 @@ pub async fn join(State(node): State<AppState>, body: Bytes) -> HttpResult<Json<
         cluster_id,
         role: Some(role.to_string()),
     }))
+}
+
+/// Wait until node `id` has replicated at least the leader's last log index as of now.
+async fn wait_caught_up(node: &AppState, id: u64, timeout: Duration) -> Result<(), ApiError> {
+    let mut rx = node.raft.metrics();
+    let target = rx.borrow_watched().last_log_index.unwrap_or(0);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        {
+            let m = rx.borrow_watched();
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&id).cloned())
+                .flatten()
+                .map(|l| l.index());
+            if matched.is_some_and(|i| i >= target) {
+                return Ok(());
+            }
+            if m.replication.is_none() {
+                return Err(ApiError::unavailable(
+                    "leadership lost while the new node was catching up; retry",
+                ));
+            }
+        }
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(ApiError::unavailable("raft stopped")),
+            Err(_) => {
+                return Err(ApiError::unavailable(format!(
+                    "node {id} did not catch up to index {target} in {}s; retry the join",
+                    timeout.as_secs()
+                )))
+            }
+        }
+    }
 }
 
 pub async fn remove_member(

@@ -346,3 +346,118 @@ async fn join_tokens_are_single_use_and_checked() {
     );
     let _ = c.leader().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_join_is_retried_by_restarting_the_node() {
+    let mut c = Cluster::start("rejoin", 2, &[]).await.expect("cluster");
+    setup_location(&c, 0).await;
+    for i in 0..30 {
+        create_machine(&c, 0, i).await;
+    }
+    // Start a joiner and SIGKILL it as soon as it has its node id (mid-join).
+    let tok: rackd_types::CreatedJoinToken = c
+        .post_json(0, "/v1/tokens/join", &json!({"ttl_secs": 600}))
+        .await
+        .unwrap();
+    let args = vec![
+        "--join".to_string(),
+        c.url(0),
+        "--token".to_string(),
+        tok.token,
+    ];
+    let mut n = rackd_tests::NodeProc {
+        name: "joiner".into(),
+        ip: c.nodes[1].ip.replace(".2", ".7"),
+        data_dir: c.dir.join("joiner"),
+        log: c.dir.join("joiner.log"),
+        child: None,
+        api: None,
+        peer: None,
+        args,
+    };
+    n.start().unwrap();
+    let id_file = n.data_dir.join("node.json");
+    let t0 = std::time::Instant::now();
+    while !id_file.exists() && t0.elapsed() < T {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    n.kill();
+    let ident: Value = serde_json::from_slice(&std::fs::read(&id_file).unwrap()).unwrap();
+    let id = ident["node_id"].as_u64().unwrap();
+    assert_eq!(id, 3);
+    // Restart with the same data directory: the join resumes (same id) and completes.
+    n.start().unwrap();
+    c.nodes.push(n);
+    let j = c.nodes.len() - 1;
+    c.wait_until(
+        Duration::from_secs(60),
+        "rejoined as voter",
+        |c| async move {
+            c.get_json::<ClusterInfo>(0, "/v1/cluster")
+                .await
+                .is_ok_and(|ci| ci.members.iter().any(|m| m.id == id && m.role == "voter"))
+        },
+    )
+    .await
+    .unwrap();
+    c.wait_until(T, "joiner has the data", |c| async move {
+        machine_count(c, j, true).await.ok() == Some(30)
+    })
+    .await
+    .unwrap();
+    assert_eq!(c.health(j).await.unwrap().node_id, id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_joined_member_can_be_removed() {
+    let c = Cluster::start("halfjoin", 2, &[]).await.expect("cluster");
+    let tok: rackd_types::CreatedJoinToken = c
+        .post_json(0, "/v1/tokens/join", &json!({"ttl_secs": 600}))
+        .await
+        .unwrap();
+    // A node that never comes up: phase 1 gives it an id, phase 2 adds it as a learner that
+    // can never catch up (the client gives up waiting).
+    let body = |id: Option<u64>| json!({"token": tok.token, "api_addr": "127.0.0.1:9", "peer_addr": "127.0.0.1:9", "node_id": id});
+    let (s, v) = c
+        .request(0, Method::POST, "/v1/cluster/join", Some(body(None)), &[])
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{v}");
+    let id = v["node_id"].as_u64().unwrap();
+    let r = c
+        .http
+        .post(format!("{}/v1/cluster/join", c.url(1)))
+        .json(&body(Some(id)))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await;
+    if let Ok(resp) = r {
+        let status = resp.status();
+        panic!(
+            "phase 2 finished for a node that is not running: {status} {}",
+            resp.text().await.unwrap_or_default()
+        );
+    }
+    c.wait_until(T, "half-joined learner in membership", |c| async move {
+        c.get_json::<ClusterInfo>(0, "/v1/cluster")
+            .await
+            .is_ok_and(|ci| ci.members.iter().any(|m| m.id == id && m.role == "learner"))
+    })
+    .await
+    .unwrap();
+    // The cluster keeps working and the half-joined member is removed.
+    setup_location(&c, 1).await;
+    let (s, _) = c
+        .request(
+            1,
+            Method::DELETE,
+            &format!("/v1/cluster/members/{id}"),
+            None,
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 204);
+    let ci: ClusterInfo = c.get_json(0, "/v1/cluster").await.unwrap();
+    assert_eq!(ci.members.len(), 2);
+}
