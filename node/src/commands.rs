@@ -130,7 +130,8 @@ pub async fn client(
         Cmd::Up(_) | Cmd::Join { .. } => unreachable!("handled by main"),
         Cmd::Status => {
             let h: Health = c.get("/v1/health").await?;
-            let ci: ClusterInfo = c.get("/v1/cluster").await?;
+            // Served from the node's replica so status works even without a quorum.
+            let ci: ClusterInfo = c.get("/v1/cluster?stale=true").await?;
             if json {
                 return json_out(&serde_json::json!({ "node": h, "cluster": ci }));
             }
