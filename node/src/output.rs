@@ -53,6 +53,6 @@ mod tests {
     #[test]
     fn time_formats_utc() {
         assert_eq!(super::time(0), "1970-01-01T00:00:00Z");
-        assert_eq!(super::time(1_795_000_000_000), "2026-11-17T08:26:40Z");
+        assert_eq!(super::time(1_795_000_000_000), "2026-11-18T11:06:40Z");
     }
 }
