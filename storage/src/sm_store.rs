@@ -99,7 +99,7 @@ impl StateMachineStore {
         };
         let (applied_tx, _) =
             tokio::sync::watch::channel(last_applied.as_ref().map(|l| l.index()).unwrap_or(0));
-        Ok(Self {
+        let store = Self {
             inner: Arc::new(Inner {
                 db,
                 applied: RwLock::new(Applied {
@@ -111,7 +111,91 @@ impl StateMachineStore {
                 snapshot_seq: AtomicU64::new(0),
                 applied_tx,
             }),
-        })
+        };
+        store.recover_from_snapshot().map_err(|e| OpenError::Load {
+            path: store.inner.snapshot_dir.display().to_string(),
+            message: format!("recover from snapshot: {e}"),
+        })?;
+        Ok(store)
+    }
+
+    /// If the newest snapshot file covers more than the persisted state (unsynced apply batches
+    /// lost in a crash after the log was purged behind that snapshot), restore from it.
+    fn recover_from_snapshot(&self) -> io::Result<()> {
+        let Some((meta, data)) = self.read_newest_snapshot()? else {
+            return Ok(());
+        };
+        let persisted = self.read().last_applied.map(|l| l.index());
+        let snap = meta.last_log_id.map(|l| l.index());
+        if snap <= persisted {
+            return Ok(());
+        }
+        tracing::warn!(
+            ?persisted,
+            ?snap,
+            "state machine behind its snapshot; restoring from the snapshot"
+        );
+        let state = self.write_state_from_snapshot(&meta, &data)?;
+        let idx = snap.unwrap_or(0);
+        let mut a = self
+            .inner
+            .applied
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        a.state = state;
+        a.last_applied = meta.last_log_id;
+        a.membership = meta.last_membership.clone();
+        self.inner.applied_tx.send_replace(idx);
+        Ok(())
+    }
+
+    /// Decode a snapshot and rewrite `sm_data`/`sm_meta` from it in one synced batch.
+    fn write_state_from_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<State> {
+        let snap: StateSnapshot = serde_json::from_slice(data).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("snapshot decode: {e}"))
+        })?;
+        if snap.format_version != STATE_FORMAT_VERSION {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("snapshot format {} unsupported", snap.format_version),
+            ));
+        }
+        let mut state = snap.state;
+        state.rebuild_indexes();
+        let rows = state.all_rows();
+        let mut batch = WriteBatch::default();
+        let cf = self
+            .inner
+            .db
+            .cf_handle(CF_SM_DATA)
+            .expect("cf checked at open");
+        batch.delete_range_cf(cf, [0u8].as_slice(), [0xffu8; 9].as_slice());
+        self.rows_to_batch(&mut batch, rows);
+        self.meta_to_batch(&mut batch, &meta.last_log_id, &meta.last_membership);
+        self.write_sync(batch)?;
+        Ok(state)
+    }
+
+    fn read_newest_snapshot(&self) -> io::Result<Option<(SnapshotMeta, Vec<u8>)>> {
+        let mut newest: Option<PathBuf> = None;
+        for e in std::fs::read_dir(&self.inner.snapshot_dir)?.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "snap") && newest.as_ref().is_none_or(|n| p > *n)
+            {
+                newest = Some(p);
+            }
+        }
+        let Some(p) = newest else { return Ok(None) };
+        let buf = std::fs::read(&p)?;
+        if buf.len() < 4 {
+            return Err(io_err(format!("snapshot file {} truncated", p.display())));
+        }
+        let hlen = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        if buf.len() < 4 + hlen {
+            return Err(io_err(format!("snapshot file {} truncated", p.display())));
+        }
+        let meta: SnapshotMeta = codec::decode(&buf[4..4 + hlen]).map_err(io_err)?;
+        Ok(Some((meta, buf[4 + hlen..].to_vec())))
     }
 
     /// Read access to the applied state (for API reads). Hold it briefly.
@@ -280,10 +364,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             self.meta_to_batch(&mut batch, &a.last_applied, &a.membership);
             last_index = a.last_applied.as_ref().map(|l| l.index()).unwrap_or(0);
         }
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.write_sync(batch))
-            .await
-            .map_err(io_err)??;
+        // Not fsynced on its own: the log holds these entries durably, the next WAL sync (every
+        // append syncs the shared WAL) covers this batch, and a restart re-applies whatever
+        // was lost. Snapshots, which let the log be purged, are fsynced and restored at open
+        // when they are ahead of the persisted state (see `recover_from_snapshot`).
+        self.inner.db.write(batch).map_err(io_err)?;
         self.inner.applied_tx.send_replace(last_index);
         for (r, resp) in responses {
             r.send(resp);
@@ -301,32 +386,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Self::SnapshotData,
     ) -> Result<(), io::Error> {
         let data = snapshot.into_inner();
-        let snap: StateSnapshot = serde_json::from_slice(&data).map_err(|e| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("snapshot decode: {e}"))
-        })?;
-        if snap.format_version != STATE_FORMAT_VERSION {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("snapshot format {} unsupported", snap.format_version),
-            ));
-        }
-        let mut state = snap.state;
-        state.rebuild_indexes();
-        let rows = state.all_rows();
-        let mut batch = WriteBatch::default();
-        let cf = self
-            .inner
-            .db
-            .cf_handle(CF_SM_DATA)
-            .expect("cf checked at open");
-        batch.delete_range_cf(cf, [0u8].as_slice(), [0xffu8; 9].as_slice());
-        self.rows_to_batch(&mut batch, rows);
-        self.meta_to_batch(&mut batch, &meta.last_log_id, &meta.last_membership);
         let this = self.clone();
-        let (m2, d2) = (meta.clone(), data);
-        tokio::task::spawn_blocking(move || -> io::Result<()> {
-            this.write_sync(batch)?;
-            this.save_snapshot_file(&m2, &d2)
+        let m2 = meta.clone();
+        let state = tokio::task::spawn_blocking(move || -> io::Result<State> {
+            let state = this.write_state_from_snapshot(&m2, &data)?;
+            this.save_snapshot_file(&m2, &data)?;
+            Ok(state)
         })
         .await
         .map_err(io_err)??;
@@ -347,27 +412,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        let mut newest: Option<PathBuf> = None;
-        for e in std::fs::read_dir(&self.inner.snapshot_dir)?.flatten() {
-            let p = e.path();
-            if p.extension().is_some_and(|x| x == "snap") && newest.as_ref().is_none_or(|n| p > *n)
-            {
-                newest = Some(p);
-            }
-        }
-        let Some(p) = newest else { return Ok(None) };
-        let buf = std::fs::read(&p)?;
-        if buf.len() < 4 {
-            return Err(io_err(format!("snapshot file {} truncated", p.display())));
-        }
-        let hlen = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-        if buf.len() < 4 + hlen {
-            return Err(io_err(format!("snapshot file {} truncated", p.display())));
-        }
-        let meta: SnapshotMeta = codec::decode(&buf[4..4 + hlen]).map_err(io_err)?;
-        Ok(Some(Snapshot {
+        Ok(self.read_newest_snapshot()?.map(|(meta, data)| Snapshot {
             meta,
-            snapshot: Cursor::new(buf[4 + hlen..].to_vec()),
+            snapshot: Cursor::new(data),
         }))
     }
 }
