@@ -1,0 +1,311 @@
+//! The TFTP server's I/O shell: one UDP socket for requests, one ephemeral socket per transfer
+//! (RFC 1350 transfer ids), driving [`ReadTransfer`]. Read-only; every path is resolved inside
+//! the root (no `..`, no absolute escape, no symlink pointing outside). Malformed packets are
+//! dropped and counted.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::UdpSocket;
+
+use super::proto::{self, code, Packet, MAX_PACKET};
+use super::transfer::{Limits, Output, ReadTransfer};
+
+/// Counters, readable while the server runs.
+#[derive(Debug, Default)]
+pub struct TftpStats {
+    pub requests: AtomicU64,
+    pub completed: AtomicU64,
+    pub failed: AtomicU64,
+    pub refused: AtomicU64,
+    pub malformed: AtomicU64,
+    pub bytes_sent: AtomicU64,
+}
+
+impl TftpStats {
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PathError {
+    #[error("path leaves the TFTP root")]
+    Escape,
+    #[error("file not found")]
+    NotFound,
+}
+
+/// Resolve a requested file name inside `root` (which must be canonical).
+pub fn resolve(root: &Path, name: &str) -> Result<PathBuf, PathError> {
+    // PXE clients sometimes send DOS separators.
+    let name = name.replace('\\', "/");
+    let mut rel = PathBuf::new();
+    for c in Path::new(name.trim_start_matches('/')).components() {
+        match c {
+            Component::Normal(p) => rel.push(p),
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
+                return Err(PathError::Escape)
+            }
+        }
+    }
+    if rel.as_os_str().is_empty() {
+        return Err(PathError::NotFound);
+    }
+    let full = root.join(rel);
+    let canon = full.canonicalize().map_err(|_| PathError::NotFound)?;
+    if !canon.starts_with(root) {
+        return Err(PathError::Escape);
+    }
+    if !canon.is_file() {
+        return Err(PathError::NotFound);
+    }
+    Ok(canon)
+}
+
+pub struct TftpServer {
+    socket: UdpSocket,
+    root: PathBuf,
+    limits: Limits,
+    stats: Arc<TftpStats>,
+}
+
+impl TftpServer {
+    pub async fn bind(listen: SocketAddr, root: &Path, limits: Limits) -> std::io::Result<Self> {
+        let root = root.canonicalize()?;
+        let socket = UdpSocket::bind(listen).await?;
+        Ok(Self {
+            socket,
+            root,
+            limits,
+            stats: Arc::new(TftpStats::default()),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    pub fn stats(&self) -> Arc<TftpStats> {
+        self.stats.clone()
+    }
+
+    /// Serve until the task is dropped.
+    pub async fn run(self) -> std::io::Result<()> {
+        let local_ip = self.socket.local_addr()?.ip();
+        let mut buf = vec![0u8; MAX_PACKET + 1];
+        loop {
+            let (n, peer) = match self.socket.recv_from(&mut buf).await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::debug!(error = %e, "tftp recv error");
+                    continue;
+                }
+            };
+            let packet = match proto::decode(&buf[..n]) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, error = %e, "dropped malformed tftp packet");
+                    continue;
+                }
+            };
+            match packet {
+                Packet::Rrq {
+                    filename,
+                    mode,
+                    options,
+                } => {
+                    self.stats.requests.fetch_add(1, Ordering::Relaxed);
+                    let reply_err = |code: u16, msg: &str| Packet::Error {
+                        code,
+                        message: msg.to_string(),
+                    };
+                    if mode != "octet" && mode != "netascii" {
+                        self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                        let _ = self
+                            .socket
+                            .send_to(
+                                &reply_err(code::ILLEGAL_OPERATION, "unsupported mode").to_bytes(),
+                                peer,
+                            )
+                            .await;
+                        continue;
+                    }
+                    let path = match resolve(&self.root, &filename) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(%peer, file = %filename, error = %e, "tftp request refused");
+                            let c = if e == PathError::Escape {
+                                code::ACCESS_VIOLATION
+                            } else {
+                                code::FILE_NOT_FOUND
+                            };
+                            let _ = self
+                                .socket
+                                .send_to(&reply_err(c, &e.to_string()).to_bytes(), peer)
+                                .await;
+                            continue;
+                        }
+                    };
+                    let limits = self.limits.clone();
+                    let stats = self.stats.clone();
+                    tokio::spawn(async move {
+                        match serve_read(local_ip, peer, &path, &options, &limits, &stats).await {
+                            Ok(true) => {
+                                stats.completed.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(false) => {
+                                stats.failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                stats.failed.fetch_add(1, Ordering::Relaxed);
+                                tracing::info!(%peer, error = %e, "tftp transfer failed");
+                            }
+                        }
+                    });
+                }
+                Packet::Wrq { .. } => {
+                    self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    let p = Packet::Error {
+                        code: code::ACCESS_VIOLATION,
+                        message: "read-only server".into(),
+                    };
+                    let _ = self.socket.send_to(&p.to_bytes(), peer).await;
+                }
+                _ => {
+                    // DATA/ACK/ERROR/OACK to the request port: not part of any transfer.
+                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// Run one read transfer on its own socket. `Ok(true)` when the client got the whole file.
+async fn serve_read(
+    local_ip: std::net::IpAddr,
+    peer: SocketAddr,
+    path: &Path,
+    options: &[(String, String)],
+    limits: &Limits,
+    stats: &TftpStats,
+) -> std::io::Result<bool> {
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let sock = UdpSocket::bind(SocketAddr::new(local_ip, 0)).await?;
+    sock.connect(peer).await?;
+    let (mut t, out) = ReadTransfer::start(Instant::now(), len, options, limits);
+    let mut pkt = Vec::with_capacity(4 + t.blksize() as usize);
+    let mut recv = vec![0u8; MAX_PACKET + 1];
+    let mut result = perform(&sock, &file, out, &mut pkt, stats).await?;
+    while result.is_none() {
+        let deadline = tokio::time::Instant::from_std(t.deadline());
+        let out = tokio::select! {
+            r = sock.recv(&mut recv) => match r {
+                Ok(n) => match proto::decode(&recv[..n]) {
+                    Ok(p) => t.on_packet(Instant::now(), &p),
+                    Err(_) => {
+                        stats.malformed.fetch_add(1, Ordering::Relaxed);
+                        vec![]
+                    }
+                },
+                // ICMP port unreachable: the client is gone.
+                Err(_) => return Ok(false),
+            },
+            _ = tokio::time::sleep_until(deadline) => t.on_timeout(Instant::now()),
+        };
+        result = perform(&sock, &file, out, &mut pkt, stats).await?;
+    }
+    Ok(result == Some(true))
+}
+
+/// Execute outputs; `Some(done_ok)` when the transfer ended.
+async fn perform(
+    sock: &UdpSocket,
+    file: &std::fs::File,
+    out: Vec<Output>,
+    pkt: &mut Vec<u8>,
+    stats: &TftpStats,
+) -> std::io::Result<Option<bool>> {
+    for o in out {
+        match o {
+            Output::Packet(p) => {
+                pkt.clear();
+                p.encode(pkt);
+                let _ = sock.send(pkt).await;
+            }
+            Output::Data { block, offset, len } => {
+                pkt.clear();
+                pkt.extend_from_slice(&3u16.to_be_bytes());
+                pkt.extend_from_slice(&block.to_be_bytes());
+                pkt.resize(4 + len, 0);
+                let mut filled = 0;
+                while filled < len {
+                    let n = file.read_at(&mut pkt[4 + filled..4 + len], offset + filled as u64)?;
+                    if n == 0 {
+                        break; // file shrank: send what we have
+                    }
+                    filled += n;
+                }
+                pkt.truncate(4 + filled);
+                if sock.send(pkt).await.is_ok() {
+                    stats.bytes_sent.fetch_add(filled as u64, Ordering::Relaxed);
+                }
+            }
+            Output::Done => return Ok(Some(true)),
+            Output::Failed(reason) => {
+                tracing::info!(%reason, "tftp transfer ended");
+                return Ok(Some(false));
+            }
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolve_refuses_escapes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        std::fs::create_dir(root.join("sub")).unwrap();
+        std::fs::write(root.join("sub/a.bin"), b"x").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.join("link")).unwrap();
+        std::os::unix::fs::symlink("sub/a.bin", root.join("inner-link")).unwrap();
+        assert_eq!(resolve(&root, "sub/a.bin").unwrap(), root.join("sub/a.bin"));
+        assert_eq!(
+            resolve(&root, "/sub/a.bin").unwrap(),
+            root.join("sub/a.bin")
+        );
+        assert_eq!(
+            resolve(&root, "sub\\a.bin").unwrap(),
+            root.join("sub/a.bin")
+        );
+        assert_eq!(
+            resolve(&root, "./sub/./a.bin").unwrap(),
+            root.join("sub/a.bin")
+        );
+        assert_eq!(
+            resolve(&root, "inner-link").unwrap(),
+            root.join("sub/a.bin")
+        );
+        assert_eq!(resolve(&root, "../etc/passwd"), Err(PathError::Escape));
+        assert_eq!(
+            resolve(&root, "sub/../../etc/passwd"),
+            Err(PathError::Escape)
+        );
+        assert_eq!(resolve(&root, "link"), Err(PathError::Escape));
+        assert_eq!(resolve(&root, "sub"), Err(PathError::NotFound));
+        assert_eq!(resolve(&root, ""), Err(PathError::NotFound));
+        assert_eq!(resolve(&root, "missing"), Err(PathError::NotFound));
+    }
+}
