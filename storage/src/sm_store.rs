@@ -136,17 +136,24 @@ impl StateMachineStore {
             "state machine behind its snapshot; restoring from the snapshot"
         );
         let state = self.write_state_from_snapshot(&meta, &data)?;
-        let idx = snap.unwrap_or(0);
-        let mut a = self
-            .inner
-            .applied
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        a.state = state;
-        a.last_applied = meta.last_log_id;
-        a.membership = meta.last_membership.clone();
-        self.inner.applied_tx.send_replace(idx);
+        self.replace_state(state, &meta);
         Ok(())
+    }
+
+    /// Swap in a state restored from a snapshot (already persisted) and publish its index.
+    fn replace_state(&self, state: State, meta: &SnapshotMeta) {
+        let idx = meta.last_log_id.as_ref().map(|l| l.index()).unwrap_or(0);
+        {
+            let mut a = self
+                .inner
+                .applied
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            a.state = state;
+            a.last_applied = meta.last_log_id;
+            a.membership = meta.last_membership.clone();
+        }
+        self.inner.applied_tx.send_replace(idx);
     }
 
     /// Decode a snapshot and rewrite `sm_data`/`sm_meta` from it in one synced batch.
@@ -395,18 +402,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         })
         .await
         .map_err(io_err)??;
-        let idx = meta.last_log_id.as_ref().map(|l| l.index()).unwrap_or(0);
-        {
-            let mut a = self
-                .inner
-                .applied
-                .write()
-                .unwrap_or_else(|p| p.into_inner());
-            a.state = state;
-            a.last_applied = meta.last_log_id;
-            a.membership = meta.last_membership.clone();
-        }
-        self.inner.applied_tx.send_replace(idx);
+        self.replace_state(state, meta);
         tracing::info!(last = ?meta.last_log_id, "installed snapshot");
         Ok(())
     }
