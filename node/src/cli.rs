@@ -111,10 +111,10 @@ pub struct UpArgs {
     #[arg(long, default_value_t = 10_000)]
     pub snapshot_logs: u64,
     /// Raft heartbeat interval (ms).
-    #[arg(long, default_value_t = 150)]
+    #[arg(long, default_value_t = 100)]
     pub heartbeat_ms: u64,
-    /// Minimum election timeout (ms); the maximum is twice this.
-    #[arg(long, default_value_t = 900)]
+    /// Minimum election timeout (ms); the maximum (and the leader lease) is 1.6 times this.
+    #[arg(long, default_value_t = 500)]
     pub election_timeout_ms: u64,
     /// Seconds a write waits for a quorum before answering 503.
     #[arg(long, default_value_t = 10)]

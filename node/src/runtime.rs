@@ -54,8 +54,8 @@ impl Default for NodeOptions {
             token: None,
             learner: false,
             snapshot_logs: 10_000,
-            heartbeat_ms: 150,
-            election_timeout_ms: 900,
+            heartbeat_ms: 100,
+            election_timeout_ms: 500,
             write_timeout: Duration::from_secs(10),
         }
     }
@@ -243,7 +243,9 @@ pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
         cluster_name: "rackd".into(),
         heartbeat_interval: opts.heartbeat_ms,
         election_timeout_min: opts.election_timeout_ms,
-        election_timeout_max: opts.election_timeout_ms * 2,
+        // openraft's leader lease equals election_timeout_max: voters refuse to elect anyone
+        // before it expires, so a narrow window keeps failover short (~lease + one timeout).
+        election_timeout_max: opts.election_timeout_ms * 8 / 5,
         install_snapshot_timeout: 120_000,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_logs),
         max_in_snapshot_log_to_keep: opts.snapshot_logs.min(1000),

@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 static NEXT_NET: AtomicU32 = AtomicU32::new(0);
+static NEXT_KEY: AtomicU32 = AtomicU32::new(0);
 
 /// Path of the `rackd` binary: `$RACKD_BIN`, or `rackd` next to the test executable's `deps/`.
 pub fn rackd_bin() -> PathBuf {
@@ -340,25 +341,41 @@ impl Cluster {
         Ok(serde_json::from_value(v)?)
     }
 
+    /// POST like a careful client: with an `Idempotency-Key`, retrying `503 Unavailable`
+    /// (e.g. a leader election on a loaded machine) for up to 20 s. The key guarantees a retried
+    /// request is applied at most once.
     pub async fn post_json<B: Serialize, T: DeserializeOwned>(
         &self,
         i: usize,
         path: &str,
         body: &B,
     ) -> anyhow::Result<T> {
-        let (s, v) = self
-            .request(
-                i,
-                reqwest::Method::POST,
-                path,
-                Some(serde_json::to_value(body)?),
-                &[],
-            )
-            .await?;
-        if !(200..300).contains(&s) {
-            bail!("POST {path} on node {i}: {s} {v}");
+        let key = format!(
+            "harness-{}-{}",
+            std::process::id(),
+            NEXT_KEY.fetch_add(1, Ordering::SeqCst)
+        );
+        let body = serde_json::to_value(body)?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = self
+                .request(
+                    i,
+                    reqwest::Method::POST,
+                    path,
+                    Some(body.clone()),
+                    &[("Idempotency-Key", &key)],
+                )
+                .await;
+            match r {
+                Ok((s, v)) if (200..300).contains(&s) => return Ok(serde_json::from_value(v)?),
+                Ok((503, _)) if Instant::now() < deadline => {}
+                Ok((s, v)) => bail!("POST {path} on node {i}: {s} {v}"),
+                Err(_) if Instant::now() < deadline => {}
+                Err(e) => return Err(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Ok(serde_json::from_value(v)?)
     }
 
     /// Index of the node that is leader according to the running nodes.
