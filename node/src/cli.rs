@@ -116,6 +116,15 @@ pub struct UpArgs {
     /// Minimum election timeout (ms); the maximum (and the leader lease) is 1.6 times this.
     #[arg(long, default_value_t = 500)]
     pub election_timeout_ms: u64,
+    /// Serve the boot services of this location (site) from the local replica.
+    #[arg(long)]
+    pub location: Option<String>,
+    /// TFTP listen address for the location services (e.g. 0.0.0.0:69); off when unset.
+    #[arg(long)]
+    pub tftp_listen: Option<String>,
+    /// TFTP root directory (default DATA_DIR/tftp).
+    #[arg(long)]
+    pub tftp_root: Option<PathBuf>,
     /// Seconds a write waits for a quorum before answering 503.
     #[arg(long, default_value_t = 10)]
     pub write_timeout_secs: u64,

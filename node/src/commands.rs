@@ -52,6 +52,9 @@ pub async fn up(args: UpArgs, join: Option<String>) -> anyhow::Result<()> {
         heartbeat_ms: args.heartbeat_ms,
         election_timeout_ms: args.election_timeout_ms,
         write_timeout: Duration::from_secs(args.write_timeout_secs.max(1)),
+        location: args.location,
+        tftp_listen: args.tftp_listen,
+        tftp_root: args.tftp_root,
     };
     run(opts).await
 }

@@ -40,6 +40,10 @@ pub struct NodeOptions {
     pub election_timeout_ms: u64,
     /// How long a write waits for a quorum before it is answered 503.
     pub write_timeout: Duration,
+    /// The location (site) whose boot services this node runs.
+    pub location: Option<String>,
+    pub tftp_listen: Option<String>,
+    pub tftp_root: Option<PathBuf>,
 }
 
 impl Default for NodeOptions {
@@ -57,6 +61,9 @@ impl Default for NodeOptions {
             heartbeat_ms: 100,
             election_timeout_ms: 500,
             write_timeout: Duration::from_secs(10),
+            location: None,
+            tftp_listen: None,
+            tftp_root: None,
         }
     }
 }
@@ -304,6 +311,11 @@ pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
         })
     };
 
+    let _tftp = match &opts.tftp_listen {
+        None => None,
+        Some(listen) => Some(start_tftp(&opts, listen).await?),
+    };
+
     if !identity.complete {
         let node = node.clone();
         let opts = opts.clone();
@@ -335,6 +347,39 @@ pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(5), api).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), grpc).await;
     Ok(())
+}
+
+/// Start the TFTP server of the location services; returns its task (aborted on drop).
+async fn start_tftp(opts: &NodeOptions, listen: &str) -> anyhow::Result<AbortOnDrop> {
+    let root = opts
+        .tftp_root
+        .clone()
+        .unwrap_or_else(|| opts.data_dir.join("tftp"));
+    std::fs::create_dir_all(&root)
+        .with_context(|| format!("create TFTP root {}", root.display()))?;
+    let addr: std::net::SocketAddr = listen
+        .parse()
+        .with_context(|| format!("TFTP address {listen}"))?;
+    let server = rackd_net::tftp::TftpServer::bind(addr, &root, rackd_net::tftp::Limits::default())
+        .await
+        .with_context(|| format!("bind TFTP {listen}"))?;
+    let bound = server.local_addr()?;
+    std::fs::write(opts.data_dir.join("tftp.addr"), bound.to_string())?;
+    tracing::info!(%bound, root = %root.display(), location = ?opts.location, "TFTP server started");
+    Ok(AbortOnDrop(tokio::spawn(async move {
+        if let Err(e) = server.run().await {
+            tracing::error!(error = %e, "TFTP server stopped");
+        }
+    })))
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn shutdown_signal() {

@@ -233,6 +233,17 @@ impl Cluster {
 
     /// Create a join token and start a new node that joins through node `via`.
     pub async fn join(&mut self, via: usize, learner: bool) -> anyhow::Result<usize> {
+        self.join_with(via, learner, &[]).await
+    }
+
+    /// [`Cluster::join`] with extra `rackd up` arguments for the new node; `{ip}` and `{dir}`
+    /// in them are replaced by the node's loopback address and data directory.
+    pub async fn join_with(
+        &mut self,
+        via: usize,
+        learner: bool,
+        extra: &[&str],
+    ) -> anyhow::Result<usize> {
         let tok: rackd_types::CreatedJoinToken = self
             .post_json(
                 via,
@@ -250,6 +261,15 @@ impl Cluster {
             args.push("--learner".into());
         }
         let i = self.add_node(args);
+        let (ip, dir) = (
+            self.nodes[i].ip.clone(),
+            self.nodes[i].data_dir.display().to_string(),
+        );
+        for e in extra {
+            self.nodes[i]
+                .args
+                .push(e.replace("{ip}", &ip).replace("{dir}", &dir));
+        }
         self.nodes[i].start()?;
         let want = if learner { "learner" } else { "voter" };
         let id_of = |dir: &Path| -> Option<u64> {

@@ -2,4 +2,5 @@
 
 mod api;
 mod cluster;
+mod location;
 mod util;
