@@ -27,6 +27,8 @@ async fn location_learner_keeps_serving_tftp_when_voters_are_gone() {
                 "{ip}:0",
                 "--tftp-root",
                 &root_s,
+                "--write-timeout-secs",
+                "2",
             ],
         )
         .await
