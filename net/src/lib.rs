@@ -1,5 +1,6 @@
 //! rackd-net: the location node's network services (DESIGN §6) and the QUIC links (§1).
 //!
+//! - [`dhcp`]: DHCPv4 with PXE from reservations (sans-IO core + tokio shell).
 //! - [`tftp`]: read-only TFTP server (sans-IO transfer core + tokio shell).
 //!
 //! Planned (issue 3 and later): `dhcp` (DHCPv4 with PXE, sans-IO core over dhcproto),
@@ -7,4 +8,5 @@
 //! between location nodes and voters). Protocol cores (`proto`, `transfer`) must not depend on
 //! tokio, storage or the clock; only the `server` shells do I/O.
 
+pub mod dhcp;
 pub mod tftp;

@@ -1,0 +1,373 @@
+//! Sans-IO DHCPv4 server core: decides the reply to one client message from the inventory's
+//! reservations. No sockets, no clock, no lease table: a site answers from reservations (MAC →
+//! IP from the replicated inventory), so two location nodes answer identically and need no
+//! failover protocol.
+//!
+//! Handles DISCOVER → OFFER, REQUEST → ACK/NAK (SELECTING, INIT-REBOOT, RENEW/REBIND),
+//! INFORM → ACK, RELEASE and DECLINE (counted, no reply), relayed requests (answered to the
+//! relay), PXE/iPXE/HTTP-boot answers ([`super::boot`]) and proxy-DHCP mode (boot information
+//! only, no address). Anything malformed is dropped and counted; nothing panics.
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dhcproto::v4::{
+    Architecture, DhcpOption, Flags, HType, Message, MessageType, Opcode, OptionCode, UnknownOption,
+};
+use dhcproto::{Decodable, Encodable};
+
+use super::boot::{self, BootMode, BootServers};
+
+/// A machine's address reservation, resolved from the inventory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub ip: Ipv4Addr,
+    pub mask: Ipv4Addr,
+    pub gateway: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+    pub hostname: String,
+    pub boot: BootMode,
+}
+
+/// Read access to the reservations this server answers for (the node's local replica).
+pub trait Inventory {
+    /// Reservation of a normalized MAC (`aa:bb:cc:dd:ee:ff`), if the machine is known here.
+    fn reservation(&self, mac: &str) -> Option<Reservation>;
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Our address on the provisioning network (option 54).
+    pub server_id: Ipv4Addr,
+    pub boot: BootServers,
+    pub lease_secs: u32,
+    /// Proxy-DHCP: answer only the PXE part, never hand out addresses (RFC 4578 style).
+    pub proxy: bool,
+}
+
+/// Where a reply goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dest {
+    /// 255.255.255.255:68 (the client has no address yet).
+    Broadcast,
+    /// `ip:68` (RENEW, INFORM: the client has an address).
+    Unicast(Ipv4Addr),
+    /// `giaddr:67` (relay agent).
+    Relay(Ipv4Addr),
+}
+
+#[derive(Debug, Default)]
+pub struct DhcpStats {
+    pub received: AtomicU64,
+    pub replied: AtomicU64,
+    pub malformed: AtomicU64,
+    pub ignored: AtomicU64,
+    pub unknown_client: AtomicU64,
+    pub naks: AtomicU64,
+    pub releases: AtomicU64,
+    pub declines: AtomicU64,
+}
+
+impl DhcpStats {
+    fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+/// iPXE encapsulated option space and its `no-pxedhcp` setting.
+const OPT_IPXE: u8 = 175;
+const IPXE_NO_PXEDHCP: u8 = 176;
+/// BOOTP minimum message length; some ROMs drop shorter replies.
+const MIN_REPLY_LEN: usize = 300;
+
+pub struct DhcpCore {
+    cfg: Config,
+    stats: std::sync::Arc<DhcpStats>,
+}
+
+pub fn mac_string(chaddr: &[u8]) -> String {
+    chaddr
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn mask_prefix(mask: Ipv4Addr) -> u32 {
+    u32::from(mask).leading_ones()
+}
+
+impl DhcpCore {
+    pub fn new(cfg: Config) -> Self {
+        Self {
+            cfg,
+            stats: Default::default(),
+        }
+    }
+
+    pub fn stats(&self) -> std::sync::Arc<DhcpStats> {
+        self.stats.clone()
+    }
+
+    /// Decode, decide, encode. `None` = no reply (counted in the stats).
+    pub fn handle_bytes(&self, bytes: &[u8], inv: &dyn Inventory) -> Option<(Vec<u8>, Dest)> {
+        DhcpStats::inc(&self.stats.received);
+        let msg = match Message::from_bytes(bytes) {
+            Ok(m) => m,
+            Err(_) => {
+                DhcpStats::inc(&self.stats.malformed);
+                return None;
+            }
+        };
+        let (reply, dest) = self.handle(&msg, inv)?;
+        let mut out = match reply.to_vec() {
+            Ok(v) => v,
+            Err(_) => {
+                DhcpStats::inc(&self.stats.malformed);
+                return None;
+            }
+        };
+        if out.len() < MIN_REPLY_LEN {
+            out.resize(MIN_REPLY_LEN, 0);
+        }
+        DhcpStats::inc(&self.stats.replied);
+        Some((out, dest))
+    }
+
+    /// Decide the reply to one decoded message.
+    pub fn handle(&self, msg: &Message, inv: &dyn Inventory) -> Option<(Message, Dest)> {
+        if msg.opcode() != Opcode::BootRequest || msg.htype() != HType::Eth || msg.hlen() != 6 {
+            DhcpStats::inc(&self.stats.ignored);
+            return None;
+        }
+        let Some(mt) = msg.opts().msg_type() else {
+            DhcpStats::inc(&self.stats.malformed);
+            return None;
+        };
+        let mac = mac_string(msg.chaddr());
+        let client = self.classify(msg);
+        let res = inv.reservation(&mac);
+        match mt {
+            MessageType::Discover => {
+                if self.cfg.proxy {
+                    return self.proxy_offer(msg, client, res.as_ref(), &mac);
+                }
+                let Some(res) = res else {
+                    DhcpStats::inc(&self.stats.unknown_client);
+                    return None;
+                };
+                Some(self.reply(msg, MessageType::Offer, Some(&res), client, &mac))
+            }
+            MessageType::Request => {
+                if self.cfg.proxy {
+                    DhcpStats::inc(&self.stats.ignored);
+                    return None;
+                }
+                let server_id = match msg.opts().get(OptionCode::ServerIdentifier) {
+                    Some(DhcpOption::ServerIdentifier(s)) => Some(*s),
+                    _ => None,
+                };
+                if server_id.is_some_and(|s| s != self.cfg.server_id) {
+                    // The client selected another server's offer.
+                    DhcpStats::inc(&self.stats.ignored);
+                    return None;
+                }
+                let requested = match msg.opts().get(OptionCode::RequestedIpAddress) {
+                    Some(DhcpOption::RequestedIpAddress(ip)) => *ip,
+                    _ => msg.ciaddr(),
+                };
+                match res {
+                    Some(res) if requested == res.ip => {
+                        Some(self.reply(msg, MessageType::Ack, Some(&res), client, &mac))
+                    }
+                    Some(_) => {
+                        Some(self.nak(msg, "requested address is not reserved for this client"))
+                    }
+                    None if server_id.is_some() => Some(self.nak(msg, "unknown client")),
+                    None => {
+                        // INIT-REBOOT/RENEW of a client we know nothing about: stay silent.
+                        DhcpStats::inc(&self.stats.unknown_client);
+                        None
+                    }
+                }
+            }
+            MessageType::Inform => {
+                if msg.ciaddr().is_unspecified() {
+                    DhcpStats::inc(&self.stats.malformed);
+                    return None;
+                }
+                let res = res.filter(|r| r.ip == msg.ciaddr());
+                let (mut m, dest) = self.reply(msg, MessageType::Ack, res.as_ref(), client, &mac);
+                m.set_yiaddr(Ipv4Addr::UNSPECIFIED);
+                m.opts_mut().remove(OptionCode::AddressLeaseTime);
+                m.opts_mut().remove(OptionCode::Renewal);
+                m.opts_mut().remove(OptionCode::Rebinding);
+                Some((m, dest))
+            }
+            MessageType::Release => {
+                DhcpStats::inc(&self.stats.releases);
+                None
+            }
+            MessageType::Decline => {
+                DhcpStats::inc(&self.stats.declines);
+                tracing::warn!(%mac, "client declined its reserved address (address conflict on the wire?)");
+                None
+            }
+            _ => {
+                DhcpStats::inc(&self.stats.ignored);
+                None
+            }
+        }
+    }
+
+    fn classify(&self, msg: &Message) -> boot::Client {
+        let opts = msg.opts();
+        let vendor = match opts.get(OptionCode::ClassIdentifier) {
+            Some(DhcpOption::ClassIdentifier(v)) => Some(v.as_slice()),
+            _ => None,
+        };
+        let arch = match opts.get(OptionCode::ClientSystemArchitecture) {
+            Some(DhcpOption::ClientSystemArchitecture(Architecture(a))) => Some(*a),
+            _ => None,
+        };
+        let user = match opts.get(OptionCode::UserClass) {
+            Some(DhcpOption::UserClass(v)) => Some(v.as_slice()),
+            _ => None,
+        };
+        let has175 = opts.get(OptionCode::Unknown(OPT_IPXE)).is_some();
+        boot::classify(vendor, arch, user, has175)
+    }
+
+    fn dest(&self, msg: &Message, mt: MessageType) -> Dest {
+        if !msg.giaddr().is_unspecified() {
+            Dest::Relay(msg.giaddr())
+        } else if mt != MessageType::Nak && !msg.ciaddr().is_unspecified() {
+            Dest::Unicast(msg.ciaddr())
+        } else {
+            Dest::Broadcast
+        }
+    }
+
+    fn base_reply(&self, msg: &Message, mt: MessageType) -> Message {
+        let mut m = Message::new_with_id(
+            msg.xid(),
+            msg.ciaddr(),
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            msg.giaddr(),
+            &msg.chaddr()[..6],
+        );
+        m.set_opcode(Opcode::BootReply);
+        m.set_htype(HType::Eth);
+        m.set_flags(msg.flags());
+        m.opts_mut().insert(DhcpOption::MessageType(mt));
+        m.opts_mut()
+            .insert(DhcpOption::ServerIdentifier(self.cfg.server_id));
+        m
+    }
+
+    fn reply(
+        &self,
+        msg: &Message,
+        mt: MessageType,
+        res: Option<&Reservation>,
+        client: boot::Client,
+        mac: &str,
+    ) -> (Message, Dest) {
+        let mut m = self.base_reply(msg, mt);
+        let mode = res.map(|r| r.boot).unwrap_or(BootMode::Network);
+        if let Some(r) = res {
+            m.set_yiaddr(r.ip);
+            let o = m.opts_mut();
+            o.insert(DhcpOption::SubnetMask(r.mask));
+            let prefix = mask_prefix(r.mask);
+            if prefix < 31 {
+                let bcast = u32::from(r.ip) | (u32::MAX >> prefix);
+                o.insert(DhcpOption::BroadcastAddr(Ipv4Addr::from(bcast)));
+            }
+            if let Some(g) = r.gateway {
+                o.insert(DhcpOption::Router(vec![g]));
+            }
+            if !r.dns.is_empty() {
+                o.insert(DhcpOption::DomainNameServer(r.dns.clone()));
+            }
+            if !r.hostname.is_empty() {
+                o.insert(DhcpOption::Hostname(r.hostname.clone()));
+            }
+            o.insert(DhcpOption::AddressLeaseTime(self.cfg.lease_secs));
+            o.insert(DhcpOption::Renewal(self.cfg.lease_secs / 2));
+            o.insert(DhcpOption::Rebinding(self.cfg.lease_secs / 8 * 7));
+        }
+        if res.is_some() {
+            self.add_boot(&mut m, client, mode, mac);
+        }
+        let dest = self.dest(msg, mt);
+        (m, dest)
+    }
+
+    fn add_boot(&self, m: &mut Message, client: boot::Client, mode: BootMode, mac: &str) {
+        let Some(a) = boot::answer(client, mode, mac, &self.cfg.boot) else {
+            return;
+        };
+        if a.filename.len() < 128 {
+            m.set_fname_str(&a.filename);
+        }
+        m.opts_mut()
+            .insert(DhcpOption::BootfileName(a.filename.into_bytes()));
+        if let Some(ns) = a.next_server {
+            m.set_siaddr(ns);
+            m.opts_mut()
+                .insert(DhcpOption::TFTPServerName(ns.to_string().into_bytes()));
+        }
+        if let Some(vc) = a.vendor_class {
+            m.opts_mut()
+                .insert(DhcpOption::ClassIdentifier(vc.as_bytes().to_vec()));
+        }
+        if a.ipxe_no_pxedhcp {
+            m.opts_mut().insert(DhcpOption::Unknown(UnknownOption::new(
+                OptionCode::Unknown(OPT_IPXE),
+                vec![IPXE_NO_PXEDHCP, 1, 1],
+            )));
+        }
+    }
+
+    fn proxy_offer(
+        &self,
+        msg: &Message,
+        client: boot::Client,
+        res: Option<&Reservation>,
+        mac: &str,
+    ) -> Option<(Message, Dest)> {
+        if matches!(client, boot::Client::Plain) {
+            DhcpStats::inc(&self.stats.ignored);
+            return None;
+        }
+        let mode = res.map(|r| r.boot).unwrap_or(BootMode::Network);
+        let mut m = self.base_reply(msg, MessageType::Offer);
+        self.add_boot(&mut m, client, mode, mac);
+        // No boot answer (e.g. the machine boots from disk): a proxy has nothing to say.
+        m.opts().get(OptionCode::BootfileName)?;
+        // A proxy offer always carries option 60 so ROMs recognise it.
+        if m.opts().get(OptionCode::ClassIdentifier).is_none() {
+            m.opts_mut()
+                .insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
+        }
+        let dest = self.dest(msg, MessageType::Offer);
+        Some((m, dest))
+    }
+
+    fn nak(&self, msg: &Message, why: &str) -> (Message, Dest) {
+        DhcpStats::inc(&self.stats.naks);
+        let mut m = self.base_reply(msg, MessageType::Nak);
+        m.set_ciaddr(Ipv4Addr::UNSPECIFIED);
+        m.opts_mut().insert(DhcpOption::Message(why.to_string()));
+        if !msg.giaddr().is_unspecified() {
+            m.set_flags(Flags::default().set_broadcast());
+        }
+        (m, self.dest(msg, MessageType::Nak))
+    }
+}

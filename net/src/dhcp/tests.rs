@@ -1,0 +1,303 @@
+//! DHCP core tests: messages built like real clients' (dhclient, udhcpc, qemu iPXE).
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+use dhcproto::v4::{
+    Architecture, DhcpOption, Flags, Message, MessageType, OptionCode, UnknownOption,
+};
+use dhcproto::{Decodable, Encodable};
+
+use super::*;
+
+struct Inv(HashMap<String, Reservation>);
+
+impl Inventory for Inv {
+    fn reservation(&self, mac: &str) -> Option<Reservation> {
+        self.0.get(mac).cloned()
+    }
+}
+
+const MAC: [u8; 6] = [0x02, 0x77, 0, 0, 0, 0x11];
+const SERVER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+const IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 50);
+
+fn inv(boot: BootMode) -> Inv {
+    let mut m = HashMap::new();
+    m.insert(
+        "02:77:00:00:00:11".to_string(),
+        Reservation {
+            ip: IP,
+            mask: Ipv4Addr::new(255, 255, 255, 0),
+            gateway: Some(SERVER),
+            dns: vec![Ipv4Addr::new(10, 77, 0, 2)],
+            hostname: "web1".into(),
+            boot,
+        },
+    );
+    Inv(m)
+}
+
+fn core(proxy: bool) -> DhcpCore {
+    DhcpCore::new(Config {
+        server_id: SERVER,
+        boot: BootServers {
+            tftp: SERVER,
+            http_base: "http://10.77.0.1:8080".into(),
+        },
+        lease_secs: 3600,
+        proxy,
+    })
+}
+
+fn msg(mt: MessageType, mac: &[u8]) -> Message {
+    let mut m = Message::new_with_id(
+        0x1234_5678,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        mac,
+    );
+    m.opts_mut().insert(DhcpOption::MessageType(mt));
+    m
+}
+
+fn roundtrip(c: &DhcpCore, m: &Message, inv: &Inv) -> Option<(Message, Dest)> {
+    let (bytes, dest) = c.handle_bytes(&m.to_vec().unwrap(), inv)?;
+    assert!(bytes.len() >= 300, "BOOTP minimum length");
+    Some((Message::from_bytes(&bytes).unwrap(), dest))
+}
+
+fn mt(m: &Message) -> MessageType {
+    m.opts().msg_type().unwrap()
+}
+
+#[test]
+fn dora_gives_the_reserved_address_with_subnet_options() {
+    let c = core(false);
+    let inv = inv(BootMode::Network);
+    let (offer, dest) = roundtrip(&c, &msg(MessageType::Discover, &MAC), &inv).unwrap();
+    assert_eq!(
+        (mt(&offer), offer.yiaddr(), dest),
+        (MessageType::Offer, IP, Dest::Broadcast)
+    );
+    assert_eq!(offer.xid(), 0x1234_5678);
+    assert_eq!(
+        offer.opts().get(OptionCode::ServerIdentifier),
+        Some(&DhcpOption::ServerIdentifier(SERVER))
+    );
+    assert_eq!(
+        offer.opts().get(OptionCode::Router),
+        Some(&DhcpOption::Router(vec![SERVER]))
+    );
+    assert_eq!(
+        offer.opts().get(OptionCode::Hostname),
+        Some(&DhcpOption::Hostname("web1".into()))
+    );
+    assert_eq!(
+        offer.opts().get(OptionCode::AddressLeaseTime),
+        Some(&DhcpOption::AddressLeaseTime(3600))
+    );
+    // A plain OS client gets no boot file.
+    assert!(offer.opts().get(OptionCode::BootfileName).is_none());
+
+    let mut req = msg(MessageType::Request, &MAC);
+    req.opts_mut().insert(DhcpOption::RequestedIpAddress(IP));
+    req.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
+    let (ack, _) = roundtrip(&c, &req, &inv).unwrap();
+    assert_eq!((mt(&ack), ack.yiaddr()), (MessageType::Ack, IP));
+
+    // RENEW: unicast to the client's address.
+    let mut renew = msg(MessageType::Request, &MAC);
+    renew.set_ciaddr(IP);
+    let (ack, dest) = roundtrip(&c, &renew, &inv).unwrap();
+    assert_eq!((mt(&ack), dest), (MessageType::Ack, Dest::Unicast(IP)));
+}
+
+#[test]
+fn wrong_address_gets_nak_and_other_servers_are_respected() {
+    let c = core(false);
+    let inv = inv(BootMode::Network);
+    let mut req = msg(MessageType::Request, &MAC);
+    req.opts_mut()
+        .insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 77, 0, 99)));
+    let (nak, dest) = roundtrip(&c, &req, &inv).unwrap();
+    assert_eq!((mt(&nak), dest), (MessageType::Nak, Dest::Broadcast));
+    assert_eq!(DhcpStats::get(&c.stats().naks), 1);
+    // Client chose another server: silence.
+    let mut other = msg(MessageType::Request, &MAC);
+    other
+        .opts_mut()
+        .insert(DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 77, 0, 9)));
+    other.opts_mut().insert(DhcpOption::RequestedIpAddress(IP));
+    assert!(roundtrip(&c, &other, &inv).is_none());
+}
+
+#[test]
+fn unknown_macs_get_no_answer_and_release_decline_are_counted() {
+    let c = core(false);
+    let inv = inv(BootMode::Network);
+    assert!(roundtrip(&c, &msg(MessageType::Discover, &[2, 0, 0, 0, 0, 9]), &inv).is_none());
+    assert_eq!(DhcpStats::get(&c.stats().unknown_client), 1);
+    assert!(roundtrip(&c, &msg(MessageType::Release, &MAC), &inv).is_none());
+    assert!(roundtrip(&c, &msg(MessageType::Decline, &MAC), &inv).is_none());
+    assert_eq!(DhcpStats::get(&c.stats().releases), 1);
+    assert_eq!(DhcpStats::get(&c.stats().declines), 1);
+}
+
+#[test]
+fn relayed_requests_are_answered_to_the_relay() {
+    let c = core(false);
+    let inv = inv(BootMode::Network);
+    let mut d = msg(MessageType::Discover, &MAC);
+    d.set_giaddr(Ipv4Addr::new(10, 78, 0, 1));
+    d.set_hops(1);
+    let (offer, dest) = roundtrip(&c, &d, &inv).unwrap();
+    assert_eq!(dest, Dest::Relay(Ipv4Addr::new(10, 78, 0, 1)));
+    assert_eq!(offer.giaddr(), Ipv4Addr::new(10, 78, 0, 1));
+}
+
+#[test]
+fn inform_gets_options_without_lease() {
+    let c = core(false);
+    let inv = inv(BootMode::Network);
+    let mut i = msg(MessageType::Inform, &MAC);
+    i.set_ciaddr(IP);
+    let (ack, dest) = roundtrip(&c, &i, &inv).unwrap();
+    assert_eq!(
+        (mt(&ack), dest, ack.yiaddr()),
+        (MessageType::Ack, Dest::Unicast(IP), Ipv4Addr::UNSPECIFIED)
+    );
+    assert!(ack.opts().get(OptionCode::AddressLeaseTime).is_none());
+    assert!(ack.opts().get(OptionCode::SubnetMask).is_some());
+}
+
+#[test]
+fn broadcast_flag_is_echoed() {
+    let c = core(false);
+    let inv = inv(BootMode::Network);
+    let mut d = msg(MessageType::Discover, &MAC);
+    d.set_flags(Flags::default().set_broadcast());
+    let (offer, _) = roundtrip(&c, &d, &inv).unwrap();
+    assert!(offer.flags().broadcast());
+}
+
+fn pxe_discover(ipxe: bool) -> Message {
+    let mut d = msg(MessageType::Discover, &MAC);
+    d.opts_mut().insert(DhcpOption::ClassIdentifier(
+        b"PXEClient:Arch:00000:UNDI:002001".to_vec(),
+    ));
+    d.opts_mut()
+        .insert(DhcpOption::ClientSystemArchitecture(Architecture(0)));
+    if ipxe {
+        d.opts_mut().insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+        d.opts_mut().insert(DhcpOption::Unknown(UnknownOption::new(
+            OptionCode::Unknown(175),
+            vec![19, 1, 1],
+        )));
+    }
+    d
+}
+
+#[test]
+fn pxe_rom_chains_to_ipxe_and_ipxe_gets_its_script() {
+    let c = core(false);
+    let inv = inv(BootMode::Network);
+    let (offer, _) = roundtrip(&c, &pxe_discover(false), &inv).unwrap();
+    assert_eq!(
+        offer.fname_str().unwrap().unwrap().trim_end_matches('\0'),
+        "undionly.kpxe"
+    );
+    assert_eq!(offer.siaddr(), SERVER);
+    assert_eq!(
+        offer.opts().get(OptionCode::ClassIdentifier),
+        Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec()))
+    );
+    let (offer, _) = roundtrip(&c, &pxe_discover(true), &inv).unwrap();
+    assert_eq!(
+        offer.fname_str().unwrap().unwrap().trim_end_matches('\0'),
+        "http://10.77.0.1:8080/boot/02:77:00:00:00:11.ipxe"
+    );
+    // no-pxedhcp so iPXE does not wait for ProxyDHCP offers
+    match offer.opts().get(OptionCode::Unknown(175)) {
+        Some(DhcpOption::Unknown(u)) => assert_eq!(u.data(), &[176, 1, 1]),
+        other => panic!("no option 175: {other:?}"),
+    }
+}
+
+#[test]
+fn disk_boot_machines_get_no_boot_file() {
+    let c = core(false);
+    let inv = inv(BootMode::LocalDisk);
+    let (offer, _) = roundtrip(&c, &pxe_discover(false), &inv).unwrap();
+    assert_eq!(offer.yiaddr(), IP);
+    assert!(offer.opts().get(OptionCode::BootfileName).is_none());
+}
+
+#[test]
+fn proxy_mode_answers_only_pxe_and_never_gives_addresses() {
+    let c = core(true);
+    let inv = Inv(HashMap::new());
+    let (offer, _) = roundtrip(&c, &pxe_discover(false), &inv).unwrap();
+    assert_eq!(offer.yiaddr(), Ipv4Addr::UNSPECIFIED);
+    assert_eq!(
+        offer.fname_str().unwrap().unwrap().trim_end_matches('\0'),
+        "undionly.kpxe"
+    );
+    assert!(roundtrip(&c, &msg(MessageType::Discover, &MAC), &inv).is_none());
+    let mut req = msg(MessageType::Request, &MAC);
+    req.opts_mut().insert(DhcpOption::RequestedIpAddress(IP));
+    assert!(roundtrip(&c, &req, &inv).is_none());
+}
+
+#[test]
+fn malformed_and_hostile_packets_are_dropped_and_counted() {
+    let c = core(false);
+    let inv = inv(BootMode::Network);
+    let good = msg(MessageType::Discover, &MAC).to_vec().unwrap();
+    let mut cases: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![1],
+        vec![0xff; 10],
+        good[..100].to_vec(),
+        good[..239].to_vec(),
+    ];
+    // A reply (op 2) sent to the server, and a non-Ethernet hardware type.
+    let mut reply = good.clone();
+    reply[0] = 2;
+    cases.push(reply);
+    let mut htype = good.clone();
+    htype[1] = 6;
+    cases.push(htype);
+    // No message type option at all.
+    let mut no_mt = Message::new_with_id(
+        1,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        &MAC,
+    );
+    no_mt.opts_mut().insert(DhcpOption::Hostname("x".into()));
+    cases.push(no_mt.to_vec().unwrap());
+    for case in &cases {
+        assert!(c.handle_bytes(case, &inv).is_none(), "answered {case:?}");
+    }
+    // Random mutations of a valid DISCOVER never panic.
+    let mut x: u64 = 0xDEAD_BEEF_1234_5678;
+    for _ in 0..20_000 {
+        let mut b = good.clone();
+        for _ in 0..4 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let pos = (x as usize) % b.len();
+            b[pos] = (x >> 32) as u8;
+        }
+        x ^= x << 13;
+        b.truncate((x as usize) % (b.len() + 1));
+        let _ = c.handle_bytes(&b, &inv);
+    }
+    assert!(DhcpStats::get(&c.stats().malformed) >= 4);
+}
