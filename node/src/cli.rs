@@ -125,6 +125,25 @@ pub struct UpArgs {
     /// TFTP root directory (default DATA_DIR/tftp).
     #[arg(long)]
     pub tftp_root: Option<PathBuf>,
+    /// Provisioning interface for DHCP (enables the DHCP server; needs --location and
+    /// --dhcp-server-ip).
+    #[arg(long)]
+    pub dhcp_interface: Option<String>,
+    /// This node's address on the provisioning network (DHCP server id, TFTP next-server).
+    #[arg(long)]
+    pub dhcp_server_ip: Option<std::net::Ipv4Addr>,
+    /// DHCP listen address.
+    #[arg(long, default_value = "0.0.0.0:67")]
+    pub dhcp_listen: String,
+    /// Proxy-DHCP mode: answer only PXE boot information (the site keeps its own DHCP server).
+    #[arg(long)]
+    pub dhcp_proxy: bool,
+    /// Lease time handed out with reservations (seconds).
+    #[arg(long, default_value_t = 3600)]
+    pub dhcp_lease_secs: u32,
+    /// Base URL of the HTTP boot server given to iPXE (default http://SERVER_IP:8080).
+    #[arg(long)]
+    pub http_boot_base: Option<String>,
     /// Seconds a write waits for a quorum before answering 503.
     #[arg(long, default_value_t = 10)]
     pub write_timeout_secs: u64,

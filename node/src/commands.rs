@@ -55,6 +55,19 @@ pub async fn up(args: UpArgs, join: Option<String>) -> anyhow::Result<()> {
         location: args.location,
         tftp_listen: args.tftp_listen,
         tftp_root: args.tftp_root,
+        dhcp: match args.dhcp_interface {
+            None => None,
+            Some(interface) => Some(crate::location::DhcpOptions {
+                interface,
+                listen: args.dhcp_listen,
+                server_ip: args.dhcp_server_ip.context(
+                    "--dhcp-interface needs --dhcp-server-ip (this node's provisioning address)",
+                )?,
+                http_base: args.http_boot_base,
+                proxy: args.dhcp_proxy,
+                lease_secs: args.dhcp_lease_secs,
+            }),
+        },
     };
     run(opts).await
 }

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod identity;
+pub mod location;
 pub mod output;
 pub mod runtime;
 

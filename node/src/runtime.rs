@@ -44,6 +44,7 @@ pub struct NodeOptions {
     pub location: Option<String>,
     pub tftp_listen: Option<String>,
     pub tftp_root: Option<PathBuf>,
+    pub dhcp: Option<crate::location::DhcpOptions>,
 }
 
 impl Default for NodeOptions {
@@ -64,6 +65,7 @@ impl Default for NodeOptions {
             location: None,
             tftp_listen: None,
             tftp_root: None,
+            dhcp: None,
         }
     }
 }
@@ -314,6 +316,21 @@ pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
     let _tftp = match &opts.tftp_listen {
         None => None,
         Some(listen) => Some(start_tftp(&opts, listen).await?),
+    };
+
+    let _dhcp = match &opts.dhcp {
+        None => None,
+        Some(d) => {
+            let location = opts
+                .location
+                .clone()
+                .context("--dhcp-interface needs --location")?;
+            Some(AbortOnDrop(crate::location::start_dhcp(
+                node.sm.clone(),
+                &location,
+                d,
+            )?))
+        }
     };
 
     if !identity.complete {

@@ -83,3 +83,172 @@ async fn location_learner_keeps_serving_tftp_when_voters_are_gone() {
     let (ok, got) = fetch("after");
     assert!(ok && got == payload, "TFTP download after the cut");
 }
+
+fn sh(args: &[&str]) -> (bool, String) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("spawn");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A client namespace joined by a veth to the test's namespace (where rackd runs); removed on
+/// drop (deleting the namespace deletes both veth ends).
+struct ClientNs {
+    ns: String,
+    host_if: String,
+    net: String,
+}
+
+impl ClientNs {
+    fn new(tag: u32) -> Self {
+        let id = format!("{}{tag}", std::process::id() % 10_000);
+        let c = ClientNs {
+            ns: format!("rkdcli{id}"),
+            host_if: format!("rkv{id}"),
+            net: format!("10.198.{}", 10 + tag),
+        };
+        for a in [
+            vec!["ip", "netns", "add", &c.ns],
+            vec![
+                "ip", "link", "add", &c.host_if, "type", "veth", "peer", "name", "eth0", "netns",
+                &c.ns,
+            ],
+            vec![
+                "ip",
+                "addr",
+                "add",
+                &format!("{}.1/24", c.net),
+                "dev",
+                &c.host_if,
+            ],
+            vec!["ip", "link", "set", &c.host_if, "up"],
+            vec![
+                "ip",
+                "-n",
+                &c.ns,
+                "link",
+                "set",
+                "eth0",
+                "address",
+                "02:77:00:00:01:01",
+            ],
+            vec!["ip", "-n", &c.ns, "link", "set", "eth0", "up"],
+        ] {
+            let (ok, out) = sh(&a);
+            assert!(ok, "{a:?}: {out}");
+        }
+        std::fs::create_dir_all(format!("/etc/netns/{}", c.ns)).unwrap();
+        std::fs::write(format!("/etc/netns/{}/resolv.conf", c.ns), "").unwrap();
+        c
+    }
+
+    fn udhcpc(&self) -> (bool, String) {
+        let _ = sh(&["ip", "-n", &self.ns, "-4", "addr", "flush", "dev", "eth0"]);
+        let (ok, out) = sh(&[
+            "ip", "netns", "exec", &self.ns, "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "5",
+            "-T", "2",
+        ]);
+        (
+            ok,
+            format!(
+                "{out}{}",
+                sh(&["ip", "-n", &self.ns, "-4", "-br", "addr", "show", "eth0"]).1
+            ),
+        )
+    }
+}
+
+impl Drop for ClientNs {
+    fn drop(&mut self) {
+        let _ = sh(&["ip", "netns", "del", &self.ns]);
+        let _ = sh(&["ip", "link", "del", &self.host_if]);
+        let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.ns));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn location_node_answers_dhcp_from_the_replicated_inventory() {
+    let lab = ClientNs::new(1);
+    let server_ip = format!("{}.1", lab.net);
+    let mut c = Cluster::start(
+        "dhcp",
+        3,
+        &[
+            "--location",
+            "dc1",
+            "--dhcp-interface",
+            &lab.host_if,
+            "--dhcp-server-ip",
+            &server_ip,
+            "--dhcp-listen",
+            "0.0.0.0:67",
+            "--write-timeout-secs",
+            "2",
+        ],
+    )
+    .await
+    .expect("cluster");
+    let _: serde_json::Value = c
+        .post_json(0, "/v1/locations", &json!({"name": "dc1"}))
+        .await
+        .unwrap();
+    let _: serde_json::Value = c
+        .post_json(
+            0,
+            "/v1/subnets",
+            &json!({"location": "dc1", "cidr": format!("{}.0/24", lab.net), "gateway": server_ip,
+                    "dns": ["192.0.2.53"]}),
+        )
+        .await
+        .unwrap();
+    let m: serde_json::Value = c
+        .post_json(
+            1,
+            "/v1/machines",
+            &json!({"hostname": "web1", "location": "dc1", "macs": ["02:77:00:00:01:01"],
+                    "ips": [format!("{}.60", lab.net)]}),
+        )
+        .await
+        .unwrap();
+    // Every node of the site answers identically from its replica (reservation-based): the
+    // client takes the first offer, whichever node sent it.
+    let (ok, out) = lab.udhcpc();
+    assert!(ok && out.contains(&format!("{}.60/24", lab.net)), "{out}");
+
+    // A changed reservation takes effect on the next request.
+    let id = m["id"].as_u64().unwrap();
+    let (s, v) = c
+        .request(
+            2,
+            Method::PATCH,
+            &format!("/v1/machines/{id}"),
+            Some(json!({"ips": [format!("{}.61", lab.net)]})),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{v}");
+    // Let every replica apply the change (linearizable read on each node).
+    for i in 0..3 {
+        let _: serde_json::Value = c.get_json(i, &format!("/v1/machines/{id}")).await.unwrap();
+    }
+    let (ok, out) = lab.udhcpc();
+    assert!(ok && out.contains(&format!("{}.61/24", lab.net)), "{out}");
+
+    // Cut off from its voters, the site keeps answering for known machines.
+    c.nodes[1].kill();
+    c.nodes[2].kill();
+    let (ok, out) = lab.udhcpc();
+    assert!(
+        ok && out.contains(&format!("{}.61/24", lab.net)),
+        "after losing quorum: {out}"
+    );
+}

@@ -1,0 +1,112 @@
+//! Location services of a node started with `--location NAME`: DHCP (and TFTP, started by the
+//! runtime) answering from this node's own replica of the inventory, so a site keeps booting
+//! known machines when it is cut off from the voters.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use rackd_net::dhcp::{BootMode, Inventory, Reservation};
+use rackd_storage::StateMachineStore;
+use rackd_types::net::{parse_ipv4, Cidr4};
+use rackd_types::MachineState;
+
+/// Reservations of one location, read from the local state machine at request time (so a
+/// changed reservation takes effect on the next request).
+pub struct ReplicaInventory {
+    pub sm: StateMachineStore,
+    pub location: String,
+}
+
+impl Inventory for ReplicaInventory {
+    fn reservation(&self, mac: &str) -> Option<Reservation> {
+        let a = self.sm.read();
+        let m = a.state.machine_by_mac(mac)?;
+        if m.location != self.location {
+            return None;
+        }
+        let boot = match m.state {
+            MachineState::Deployed => BootMode::LocalDisk,
+            _ => BootMode::Network,
+        };
+        for ip in &m.ips {
+            let Ok(ip) = parse_ipv4(ip) else { continue };
+            let Some(subnet) = a
+                .state
+                .subnets
+                .values()
+                .filter(|s| s.location == self.location)
+                .find(|s| Cidr4::parse(&s.cidr).is_ok_and(|c| c.contains(ip)))
+            else {
+                continue;
+            };
+            let prefix = Cidr4::parse(&subnet.cidr).ok()?.prefix;
+            let mask = if prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - prefix)
+            };
+            return Some(Reservation {
+                ip,
+                mask: Ipv4Addr::from(mask),
+                gateway: subnet.gateway.as_deref().and_then(|g| parse_ipv4(g).ok()),
+                dns: subnet
+                    .dns
+                    .iter()
+                    .filter_map(|d| parse_ipv4(d).ok())
+                    .collect(),
+                hostname: m.hostname.clone(),
+                boot,
+            });
+        }
+        None
+    }
+}
+
+/// DHCP settings from the command line.
+#[derive(Debug, Clone)]
+pub struct DhcpOptions {
+    pub interface: String,
+    pub listen: String,
+    pub server_ip: Ipv4Addr,
+    pub http_base: Option<String>,
+    pub proxy: bool,
+    pub lease_secs: u32,
+}
+
+/// Start the DHCP server of `location` on the provisioning interface.
+pub fn start_dhcp(
+    sm: StateMachineStore,
+    location: &str,
+    o: &DhcpOptions,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use anyhow::Context;
+    let addr = o
+        .listen
+        .parse()
+        .with_context(|| format!("DHCP listen address {}", o.listen))?;
+    let socket = rackd_net::dhcp::dhcp_socket(addr, Some(&o.interface))
+        .with_context(|| format!("DHCP socket on {} ({})", o.listen, o.interface))?;
+    let core = rackd_net::dhcp::DhcpCore::new(rackd_net::dhcp::Config {
+        server_id: o.server_ip,
+        boot: rackd_net::dhcp::BootServers {
+            tftp: o.server_ip,
+            http_base: o
+                .http_base
+                .clone()
+                .unwrap_or_else(|| format!("http://{}:8080", o.server_ip)),
+        },
+        lease_secs: o.lease_secs,
+        proxy: o.proxy,
+    });
+    let inv = Arc::new(ReplicaInventory {
+        sm,
+        location: location.to_string(),
+    });
+    let server = rackd_net::dhcp::DhcpServer::new(socket, core, inv)?;
+    tracing::info!(interface = %o.interface, server_ip = %o.server_ip, %location, proxy = o.proxy, "DHCP server started");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = server.run().await {
+            tracing::error!(error = %e, "DHCP server stopped");
+        }
+    }))
+}
