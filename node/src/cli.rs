@@ -141,7 +141,11 @@ pub struct UpArgs {
     /// Lease time handed out with reservations (seconds).
     #[arg(long, default_value_t = 3600)]
     pub dhcp_lease_secs: u32,
-    /// Base URL of the HTTP boot server given to iPXE (default http://SERVER_IP:8080).
+    /// HTTP boot server listen address (per-machine iPXE scripts, TFTP root over HTTP).
+    #[arg(long)]
+    pub http_boot_listen: Option<String>,
+    /// Base URL of the HTTP boot server given to iPXE (default: the HTTP boot server's
+    /// address, else http://SERVER_IP:8080).
     #[arg(long)]
     pub http_boot_base: Option<String>,
     /// Seconds a write waits for a quorum before answering 503.

@@ -55,6 +55,7 @@ pub async fn up(args: UpArgs, join: Option<String>) -> anyhow::Result<()> {
         location: args.location,
         tftp_listen: args.tftp_listen,
         tftp_root: args.tftp_root,
+        http_boot_listen: args.http_boot_listen,
         dhcp: match args.dhcp_interface {
             None => None,
             Some(interface) => Some(crate::location::DhcpOptions {

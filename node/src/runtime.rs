@@ -45,6 +45,7 @@ pub struct NodeOptions {
     pub tftp_listen: Option<String>,
     pub tftp_root: Option<PathBuf>,
     pub dhcp: Option<crate::location::DhcpOptions>,
+    pub http_boot_listen: Option<String>,
 }
 
 impl Default for NodeOptions {
@@ -66,6 +67,7 @@ impl Default for NodeOptions {
             tftp_listen: None,
             tftp_root: None,
             dhcp: None,
+            http_boot_listen: None,
         }
     }
 }
@@ -318,6 +320,36 @@ pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
         Some(listen) => Some(start_tftp(&opts, listen).await?),
     };
 
+    let mut http_base = None;
+    let _http_boot = match &opts.http_boot_listen {
+        None => None,
+        Some(listen) => {
+            let location = opts
+                .location
+                .clone()
+                .context("--http-boot-listen needs --location")?;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("bind HTTP boot {listen}"))?;
+            let bound = listener.local_addr()?;
+            std::fs::write(dir.join("http-boot.addr"), bound.to_string())?;
+            http_base = Some(format!("http://{bound}"));
+            let tftp_root = opts.tftp_root.clone().unwrap_or_else(|| dir.join("tftp"));
+            std::fs::create_dir_all(&tftp_root)
+                .with_context(|| format!("create {}", tftp_root.display()))?;
+            let app = crate::http_boot::router(Arc::new(crate::http_boot::BootState {
+                sm: node.sm.clone(),
+                location,
+                tftp_root,
+            }));
+            tracing::info!(%bound, "HTTP boot server started");
+            Some(AbortOnDrop(tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "HTTP boot server stopped");
+                }
+            })))
+        }
+    };
     let _dhcp = match &opts.dhcp {
         None => None,
         Some(d) => {
@@ -325,10 +357,14 @@ pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
                 .location
                 .clone()
                 .context("--dhcp-interface needs --location")?;
+            let mut d = d.clone();
+            if d.http_base.is_none() {
+                d.http_base = http_base.clone();
+            }
             Some(AbortOnDrop(crate::location::start_dhcp(
                 node.sm.clone(),
                 &location,
-                d,
+                &d,
             )?))
         }
     };

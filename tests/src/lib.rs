@@ -189,11 +189,20 @@ impl Cluster {
     fn add_node(&mut self, args: Vec<String>) -> usize {
         let i = self.nodes.len();
         let name = format!("n{}", i + 1);
-        let mut all = self.common_args.clone();
+        let ip = format!("127.{}.{}.{}", self.net.0, self.net.1, i + 1);
+        let data_dir = self.dir.join(&name);
+        let mut all: Vec<String> = self
+            .common_args
+            .iter()
+            .map(|a| {
+                a.replace("{ip}", &ip)
+                    .replace("{dir}", &data_dir.display().to_string())
+            })
+            .collect();
         all.extend(args);
         self.nodes.push(NodeProc {
-            ip: format!("127.{}.{}.{}", self.net.0, self.net.1, i + 1),
-            data_dir: self.dir.join(&name),
+            ip,
+            data_dir,
             log: self.dir.join(format!("{name}.log")),
             name,
             child: None,

@@ -252,3 +252,103 @@ async fn location_node_answers_dhcp_from_the_replicated_inventory() {
         "after losing quorum: {out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_boot_serves_per_machine_scripts_and_the_tftp_root() {
+    let c = Cluster::start(
+        "httpboot",
+        1,
+        &[
+            "--location",
+            "dc1",
+            "--http-boot-listen",
+            "{ip}:0",
+            "--tftp-root",
+            "{dir}/tftp",
+        ],
+    )
+    .await
+    .expect("cluster");
+    let root = c.nodes[0].data_dir.join("tftp");
+    std::fs::write(root.join("ipxe.efi"), b"EFI-BINARY").unwrap();
+    let base = format!(
+        "http://{}",
+        std::fs::read_to_string(c.nodes[0].data_dir.join("http-boot.addr"))
+            .unwrap()
+            .trim()
+    );
+    let _: serde_json::Value = c
+        .post_json(0, "/v1/locations", &json!({"name": "dc1"}))
+        .await
+        .unwrap();
+    let _: serde_json::Value = c
+        .post_json(0, "/v1/locations", &json!({"name": "dc2"}))
+        .await
+        .unwrap();
+    let m: serde_json::Value = c
+        .post_json(
+            0,
+            "/v1/machines",
+            &json!({"hostname": "web1", "location": "dc1", "macs": ["52:54:00:aa:bb:01"]}),
+        )
+        .await
+        .unwrap();
+    let _: serde_json::Value = c
+        .post_json(
+            0,
+            "/v1/machines",
+            &json!({"hostname": "far", "location": "dc2", "macs": ["52:54:00:aa:bb:02"]}),
+        )
+        .await
+        .unwrap();
+    let get = |path: String| {
+        let http = c.http.clone();
+        let url = format!("{base}{path}");
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
+        }
+    };
+    // No token needed; the script is per machine.
+    let (s, body) = get("/boot/52:54:00:aa:bb:01.ipxe".into()).await;
+    let body = String::from_utf8(body).unwrap();
+    assert_eq!(s, 200);
+    assert!(
+        body.starts_with("#!ipxe\n") && body.contains("web1"),
+        "{body}"
+    );
+    // MAC forms are normalized; machines of other locations and unknown MACs are not served.
+    assert_eq!(get("/boot/52-54-00-AA-BB-01.ipxe".into()).await.0, 200);
+    assert_eq!(get("/boot/52:54:00:aa:bb:02.ipxe".into()).await.0, 404);
+    assert_eq!(get("/boot/52:54:00:aa:bb:99.ipxe".into()).await.0, 404);
+    assert_eq!(get("/boot/garbage.ipxe".into()).await.0, 400);
+    // A deployed machine is told to boot from its disk (after the change, on the next request).
+    let id = m["id"].as_u64().unwrap();
+    for st in ["ready", "deploying", "deployed"] {
+        let (s, v) = c
+            .request(
+                0,
+                Method::PATCH,
+                &format!("/v1/machines/{id}"),
+                Some(json!({"state": st})),
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(s, 200, "{v}");
+    }
+    let (_, body) = get("/boot/52:54:00:aa:bb:01.ipxe".into()).await;
+    let body = String::from_utf8(body).unwrap();
+    assert!(
+        body.contains("deployed") && body.contains("\nexit\n"),
+        "{body}"
+    );
+    // The TFTP root over HTTP, with the same escape rules.
+    assert_eq!(
+        get("/tftp/ipxe.efi".into()).await,
+        (200, b"EFI-BINARY".to_vec())
+    );
+    assert_eq!(get("/tftp/missing.efi".into()).await.0, 404);
+    assert_ne!(get("/tftp/..%2Fnode.json".into()).await.0, 200);
+    assert_ne!(get("/tftp/%2E%2E/admin-token".into()).await.0, 200);
+}
