@@ -71,6 +71,7 @@ async fn script(State(st): State<Arc<BootState>>, Path(file): Path<String>) -> R
     let a = st.sm.read();
     match a.state.machine_by_mac(&mac) {
         Some(m) if m.location == st.location => {
+            tracing::info!(%mac, hostname = %m.hostname, state = m.state.as_str(), "served boot script");
             text(StatusCode::OK, script_for(&m.hostname, m.state))
         }
         _ => text(

@@ -3,4 +3,5 @@
 mod api;
 mod cluster;
 mod location;
+mod pxe;
 mod util;
