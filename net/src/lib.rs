@@ -9,4 +9,5 @@
 //! tokio, storage or the clock; only the `server` shells do I/O.
 
 pub mod dhcp;
+pub mod ra;
 pub mod tftp;

@@ -138,6 +138,10 @@ pub struct UpArgs {
     /// Proxy-DHCP mode: answer only PXE boot information (the site keeps its own DHCP server).
     #[arg(long)]
     pub dhcp_proxy: bool,
+    /// Do not send IPv6 Router Advertisements on the DHCP interface (by default they are sent,
+    /// with router lifetime 0, so iPXE does not wait ~13 s for IPv6 routers).
+    #[arg(long)]
+    pub no_router_advertisements: bool,
     /// Lease time handed out with reservations (seconds).
     #[arg(long, default_value_t = 3600)]
     pub dhcp_lease_secs: u32,

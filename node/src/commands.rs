@@ -67,6 +67,7 @@ pub async fn up(args: UpArgs, join: Option<String>) -> anyhow::Result<()> {
                 http_base: args.http_boot_base,
                 proxy: args.dhcp_proxy,
                 lease_secs: args.dhcp_lease_secs,
+                router_advertisements: !args.no_router_advertisements,
             }),
         },
     };

@@ -71,6 +71,8 @@ pub struct DhcpOptions {
     pub http_base: Option<String>,
     pub proxy: bool,
     pub lease_secs: u32,
+    /// Send IPv6 Router Advertisements (lifetime 0) so iPXE does not wait ~13 s for routers.
+    pub router_advertisements: bool,
 }
 
 /// Start the DHCP server of `location` on the provisioning interface.

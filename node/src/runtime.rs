@@ -361,11 +361,21 @@ pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
             if d.http_base.is_none() {
                 d.http_base = http_base.clone();
             }
-            Some(AbortOnDrop(crate::location::start_dhcp(
-                node.sm.clone(),
-                &location,
-                &d,
-            )?))
+            let ra = if d.router_advertisements {
+                match rackd_net::ra::RaSender::start(&d.interface, Duration::from_secs(3)) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        tracing::warn!(interface = %d.interface, error = %e, "cannot send router advertisements");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            Some((
+                AbortOnDrop(crate::location::start_dhcp(node.sm.clone(), &location, &d)?),
+                ra,
+            ))
         }
     };
 
