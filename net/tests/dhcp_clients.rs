@@ -269,3 +269,177 @@ async fn unknown_mac_gets_no_address() {
     assert!(!lab.client_addr().contains(&lab.net));
     assert!(DhcpStats::get(&stats.unknown_client) >= 1);
 }
+
+/// client ns ── (10.194.K.0/24) ── relay ns running ISC dhcrelay ── (10.194.J.0/24) ── server ns
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayed_requests_through_isc_dhcrelay() {
+    for b in ["ip", "udhcpc", "dhcrelay"] {
+        require(b);
+    }
+    let lab = Lab::new(); // srv <-> cli veth is unused here except for the namespaces' lifetime
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    let rly = format!("rkdr{}x{n}", std::process::id() % 100_000);
+    let cli = format!("rkdq{}x{n}", std::process::id() % 100_000);
+    struct Guard(Vec<String>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            for ns in &self.0 {
+                for p in sh(&["ip", "netns", "pids", ns]).1.split_whitespace() {
+                    let _ = sh(&["kill", p]);
+                }
+                let _ = sh(&["ip", "netns", "del", ns]);
+                let _ = std::fs::remove_dir_all(format!("/etc/netns/{ns}"));
+            }
+        }
+    }
+    let _g = Guard(vec![rly.clone(), cli.clone()]);
+    let (srv_net, cli_net) = (
+        format!("10.194.{}", 2 * n + 10),
+        format!("10.194.{}", 2 * n + 11),
+    );
+    for a in [
+        vec!["ip", "netns", "add", &rly],
+        vec!["ip", "netns", "add", &cli],
+        // server <-> relay
+        vec![
+            "ip", "-n", &lab.srv, "link", "add", "up0", "type", "veth", "peer", "name", "r1",
+            "netns", &rly,
+        ],
+        vec![
+            "ip",
+            "-n",
+            &lab.srv,
+            "addr",
+            "add",
+            &format!("{srv_net}.1/24"),
+            "dev",
+            "up0",
+        ],
+        vec!["ip", "-n", &lab.srv, "link", "set", "up0", "up"],
+        vec![
+            "ip",
+            "-n",
+            &lab.srv,
+            "route",
+            "add",
+            &format!("{cli_net}.0/24"),
+            "via",
+            &format!("{srv_net}.2"),
+        ],
+        vec![
+            "ip",
+            "-n",
+            &rly,
+            "addr",
+            "add",
+            &format!("{srv_net}.2/24"),
+            "dev",
+            "r1",
+        ],
+        vec!["ip", "-n", &rly, "link", "set", "r1", "up"],
+        vec!["ip", "-n", &rly, "link", "set", "lo", "up"],
+        // relay <-> client
+        vec![
+            "ip", "-n", &rly, "link", "add", "r0", "type", "veth", "peer", "name", "eth0", "netns",
+            &cli,
+        ],
+        vec![
+            "ip",
+            "-n",
+            &rly,
+            "addr",
+            "add",
+            &format!("{cli_net}.1/24"),
+            "dev",
+            "r0",
+        ],
+        vec!["ip", "-n", &rly, "link", "set", "r0", "up"],
+        vec![
+            "ip",
+            "-n",
+            &cli,
+            "link",
+            "set",
+            "eth0",
+            "address",
+            "02:77:00:00:00:21",
+        ],
+        vec!["ip", "-n", &cli, "link", "set", "eth0", "up"],
+        vec!["ip", "-n", &cli, "link", "set", "lo", "up"],
+    ] {
+        must(&a);
+    }
+    std::fs::create_dir_all(format!("/etc/netns/{cli}")).unwrap();
+    std::fs::write(format!("/etc/netns/{cli}/resolv.conf"), "").unwrap();
+
+    // The server listens on its uplink to the relay.
+    let ns = lab.srv.clone();
+    let sock = std::thread::spawn(move || {
+        let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+        #[allow(unsafe_code)]
+        let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0);
+        dhcp_socket("0.0.0.0:67".parse().unwrap(), Some("up0")).unwrap()
+    })
+    .join()
+    .unwrap();
+    let server_ip: Ipv4Addr = format!("{srv_net}.1").parse().unwrap();
+    let ip: Ipv4Addr = format!("{cli_net}.50").parse().unwrap();
+    let mut m = HashMap::new();
+    m.insert(
+        "02:77:00:00:00:21".to_string(),
+        Reservation {
+            ip,
+            mask: Ipv4Addr::new(255, 255, 255, 0),
+            gateway: Some(format!("{cli_net}.1").parse().unwrap()),
+            dns: vec![],
+            hostname: "relayed".into(),
+            boot: BootMode::Network,
+        },
+    );
+    let core = DhcpCore::new(Config {
+        server_id: server_ip,
+        boot: BootServers {
+            tftp: server_ip,
+            http_base: format!("http://{server_ip}:8080"),
+        },
+        lease_secs: 600,
+        proxy: false,
+    });
+    let server = DhcpServer::new(sock, core, Arc::new(Inv(m))).unwrap();
+    let stats = server.stats();
+    tokio::spawn(server.run());
+
+    // ISC dhcrelay between the client segment (r0) and the server (via r1).
+    let relay = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", &rly, "dhcrelay", "-4", "-d", "-q", "-i", "r0", "-i", "r1",
+        ])
+        .arg(server_ip.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("dhcrelay");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _relay = Kill(relay);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (ok, out) = run([
+        "ip", "netns", "exec", &cli, "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "5", "-T", "2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect())
+    .await;
+    let addr = sh(&["ip", "-n", &cli, "-4", "-br", "addr", "show", "eth0"]).1;
+    assert!(
+        ok && addr.contains(&format!("{ip}/24")),
+        "udhcpc via relay: {out} {addr}"
+    );
+    assert!(DhcpStats::get(&stats.replied) >= 2);
+}
