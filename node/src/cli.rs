@@ -248,6 +248,9 @@ pub enum LocationCmd {
         name: String,
         #[arg(long, default_value = "")]
         description: String,
+        /// Give unknown machines dynamic addresses and record them as `new`.
+        #[arg(long)]
+        discovery: bool,
     },
     Show {
         id: u64,

@@ -296,9 +296,20 @@ pub async fn client(
                     .collect();
                 table(&["ID", "NAME", "DESCRIPTION"], &rows);
             }
-            LocationCmd::Add { name, description } => {
+            LocationCmd::Add {
+                name,
+                description,
+                discovery,
+            } => {
                 let l: Location = c
-                    .post("/v1/locations", &CreateLocation { name, description })
+                    .post(
+                        "/v1/locations",
+                        &CreateLocation {
+                            name,
+                            description,
+                            discovery,
+                        },
+                    )
                     .await?;
                 if json {
                     return json_out(&l);

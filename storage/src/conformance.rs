@@ -62,6 +62,7 @@ async fn state_behind_its_snapshot_is_restored_at_open() {
         cmd: Command::CreateLocation(rackd_types::CreateLocation {
             name: "dc9".into(),
             description: String::new(),
+            discovery: false,
         }),
     });
     assert!(r.0.is_ok());

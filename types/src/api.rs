@@ -34,12 +34,16 @@ pub struct CreateLocation {
     pub name: String,
     #[serde(default)]
     pub description: String,
+    /// Hand out dynamic addresses to unknown machines and record them (default off).
+    #[serde(default)]
+    pub discovery: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateLocation {
     pub description: Option<String>,
+    pub discovery: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]

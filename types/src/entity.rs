@@ -24,6 +24,10 @@ pub struct Location {
     pub name: String,
     #[serde(default)]
     pub description: String,
+    /// Unknown MACs get an address from the dynamic ranges of this location's subnets and are
+    /// recorded as `new` machines.
+    #[serde(default)]
+    pub discovery: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

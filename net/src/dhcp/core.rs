@@ -8,8 +8,11 @@
 //! relay), PXE/iPXE/HTTP-boot answers ([`super::boot`]) and proxy-DHCP mode (boot information
 //! only, no address). Anything malformed is dropped and counted; nothing panics.
 
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use dhcproto::v4::{
     Architecture, DhcpOption, Flags, HType, Message, MessageType, Opcode, OptionCode, UnknownOption,
@@ -29,10 +32,120 @@ pub struct Reservation {
     pub boot: BootMode,
 }
 
+/// A dynamic range of one subnet, used for machines the inventory does not know yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pool {
+    pub start: Ipv4Addr,
+    pub end: Ipv4Addr,
+    pub mask: Ipv4Addr,
+    pub gateway: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+}
+
 /// Read access to the reservations this server answers for (the node's local replica).
 pub trait Inventory {
     /// Reservation of a normalized MAC (`aa:bb:cc:dd:ee:ff`), if the machine is known here.
     fn reservation(&self, mac: &str) -> Option<Reservation>;
+    /// Dynamic pools for unknown machines; empty when discovery is off for this location.
+    fn discovery_pools(&self) -> Vec<Pool> {
+        Vec::new()
+    }
+    /// Whether an address is assigned to a machine (never handed out dynamically).
+    fn is_reserved(&self, _ip: Ipv4Addr) -> bool {
+        false
+    }
+}
+
+/// How long an offered dynamic address is held for the client that was offered it.
+pub const OFFER_HOLD: Duration = Duration::from_secs(60);
+/// How long a declined address (in use on the wire) is kept out of the pool.
+pub const DECLINE_HOLD: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Clone)]
+struct DynLease {
+    ip: Ipv4Addr,
+    pool: Pool,
+    expires: Instant,
+}
+
+/// Dynamic leases of this server (in memory: discovery is best effort; reserved machines
+/// need no lease state at all).
+#[derive(Debug, Default)]
+struct Leases {
+    by_mac: HashMap<String, DynLease>,
+    by_ip: HashMap<Ipv4Addr, String>,
+    declined: HashMap<Ipv4Addr, Instant>,
+    reported: HashSet<String>,
+    discovered: Vec<String>,
+}
+
+impl Leases {
+    fn holder(&self, ip: Ipv4Addr, now: Instant) -> Option<&str> {
+        let mac = self.by_ip.get(&ip)?;
+        let l = self.by_mac.get(mac)?;
+        (l.ip == ip && l.expires > now).then_some(mac.as_str())
+    }
+
+    fn allocate(
+        &mut self,
+        now: Instant,
+        mac: &str,
+        pools: &[Pool],
+        inv: &dyn Inventory,
+    ) -> Option<DynLease> {
+        if let Some(l) = self.by_mac.get(mac) {
+            let still_ours = self.holder(l.ip, now).is_none_or(|m| m == mac);
+            if still_ours
+                && pools.iter().any(|p| p.start <= l.ip && l.ip <= p.end)
+                && !inv.is_reserved(l.ip)
+            {
+                return Some(l.clone());
+            }
+        }
+        self.declined.retain(|_, until| *until > now);
+        for p in pools {
+            for n in u32::from(p.start)..=u32::from(p.end) {
+                let ip = Ipv4Addr::from(n);
+                if self.holder(ip, now).is_some()
+                    || self.declined.contains_key(&ip)
+                    || inv.is_reserved(ip)
+                {
+                    continue;
+                }
+                let lease = DynLease {
+                    ip,
+                    pool: p.clone(),
+                    expires: now,
+                };
+                if let Some(old) = self.by_mac.insert(mac.to_string(), lease.clone()) {
+                    self.by_ip.remove(&old.ip);
+                }
+                self.by_ip.insert(ip, mac.to_string());
+                return Some(lease);
+            }
+        }
+        None
+    }
+
+    fn extend(&mut self, mac: &str, until: Instant) {
+        if let Some(l) = self.by_mac.get_mut(mac) {
+            if l.expires < until {
+                l.expires = until;
+            }
+        }
+    }
+
+    fn remove(&mut self, mac: &str) -> Option<DynLease> {
+        let l = self.by_mac.remove(mac)?;
+        self.by_ip.remove(&l.ip);
+        Some(l)
+    }
+
+    fn report(&mut self, mac: &str) {
+        if self.reported.insert(mac.to_string()) {
+            self.discovered.push(mac.to_string());
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -66,6 +179,8 @@ pub struct DhcpStats {
     pub naks: AtomicU64,
     pub releases: AtomicU64,
     pub declines: AtomicU64,
+    /// Dynamic (discovery) offers and acks.
+    pub dynamic: AtomicU64,
 }
 
 impl DhcpStats {
@@ -86,6 +201,7 @@ const MIN_REPLY_LEN: usize = 300;
 pub struct DhcpCore {
     cfg: Config,
     stats: std::sync::Arc<DhcpStats>,
+    leases: Mutex<Leases>,
 }
 
 pub fn mac_string(chaddr: &[u8]) -> String {
@@ -106,6 +222,29 @@ impl DhcpCore {
         Self {
             cfg,
             stats: Default::default(),
+            leases: Mutex::new(Leases::default()),
+        }
+    }
+
+    /// MACs of unknown machines seen since the last call, each reported once per process.
+    pub fn take_discovered(&self) -> Vec<String> {
+        std::mem::take(
+            &mut self
+                .leases
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .discovered,
+        )
+    }
+
+    fn dynamic_reservation(l: &DynLease) -> Reservation {
+        Reservation {
+            ip: l.ip,
+            mask: l.pool.mask,
+            gateway: l.pool.gateway,
+            dns: l.pool.dns.clone(),
+            hostname: String::new(),
+            boot: BootMode::Network,
         }
     }
 
@@ -114,7 +253,12 @@ impl DhcpCore {
     }
 
     /// Decode, decide, encode. `None` = no reply (counted in the stats).
-    pub fn handle_bytes(&self, bytes: &[u8], inv: &dyn Inventory) -> Option<(Vec<u8>, Dest)> {
+    pub fn handle_bytes(
+        &self,
+        now: Instant,
+        bytes: &[u8],
+        inv: &dyn Inventory,
+    ) -> Option<(Vec<u8>, Dest)> {
         DhcpStats::inc(&self.stats.received);
         let msg = match Message::from_bytes(bytes) {
             Ok(m) => m,
@@ -123,7 +267,7 @@ impl DhcpCore {
                 return None;
             }
         };
-        let (reply, dest) = self.handle(&msg, inv)?;
+        let (reply, dest) = self.handle(now, &msg, inv)?;
         let mut out = match reply.to_vec() {
             Ok(v) => v,
             Err(_) => {
@@ -139,7 +283,12 @@ impl DhcpCore {
     }
 
     /// Decide the reply to one decoded message.
-    pub fn handle(&self, msg: &Message, inv: &dyn Inventory) -> Option<(Message, Dest)> {
+    pub fn handle(
+        &self,
+        now: Instant,
+        msg: &Message,
+        inv: &dyn Inventory,
+    ) -> Option<(Message, Dest)> {
         if msg.opcode() != Opcode::BootRequest || msg.htype() != HType::Eth || msg.hlen() != 6 {
             DhcpStats::inc(&self.stats.ignored);
             return None;
@@ -156,11 +305,26 @@ impl DhcpCore {
                 if self.cfg.proxy {
                     return self.proxy_offer(msg, client, res.as_ref(), &mac);
                 }
-                let Some(res) = res else {
+                if let Some(res) = res {
+                    return Some(self.reply(msg, MessageType::Offer, Some(&res), client, &mac));
+                }
+                let pools = inv.discovery_pools();
+                if pools.is_empty() {
+                    DhcpStats::inc(&self.stats.unknown_client);
+                    return None;
+                }
+                let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(lease) = leases.allocate(now, &mac, &pools, inv) else {
+                    tracing::warn!(%mac, "discovery pool exhausted");
                     DhcpStats::inc(&self.stats.unknown_client);
                     return None;
                 };
-                Some(self.reply(msg, MessageType::Offer, Some(&res), client, &mac))
+                leases.extend(&mac, now + OFFER_HOLD);
+                leases.report(&mac);
+                drop(leases);
+                DhcpStats::inc(&self.stats.dynamic);
+                let r = Self::dynamic_reservation(&lease);
+                Some(self.reply(msg, MessageType::Offer, Some(&r), client, &mac))
             }
             MessageType::Request => {
                 if self.cfg.proxy {
@@ -180,6 +344,18 @@ impl DhcpCore {
                     Some(DhcpOption::RequestedIpAddress(ip)) => *ip,
                     _ => msg.ciaddr(),
                 };
+                let res = res.or_else(|| {
+                    // A machine we gave a dynamic address to (discovery).
+                    let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+                    let l = leases.by_mac.get(&mac).cloned()?;
+                    if l.ip != requested || inv.is_reserved(l.ip) {
+                        return None;
+                    }
+                    leases.extend(&mac, now + Duration::from_secs(self.cfg.lease_secs as u64));
+                    leases.report(&mac);
+                    DhcpStats::inc(&self.stats.dynamic);
+                    Some(Self::dynamic_reservation(&l))
+                });
                 match res {
                     Some(res) if requested == res.ip => {
                         Some(self.reply(msg, MessageType::Ack, Some(&res), client, &mac))
@@ -210,10 +386,23 @@ impl DhcpCore {
             }
             MessageType::Release => {
                 DhcpStats::inc(&self.stats.releases);
+                let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+                if leases
+                    .by_mac
+                    .get(&mac)
+                    .is_some_and(|l| l.ip == msg.ciaddr())
+                {
+                    leases.remove(&mac);
+                }
                 None
             }
             MessageType::Decline => {
                 DhcpStats::inc(&self.stats.declines);
+                let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(l) = leases.remove(&mac) {
+                    leases.declined.insert(l.ip, now + DECLINE_HOLD);
+                }
+                drop(leases);
                 tracing::warn!(%mac, "client declined its reserved address (address conflict on the wire?)");
                 None
             }

@@ -4,14 +4,15 @@
 //! - [`core`]: the sans-IO request → reply decision over the `dhcproto` codec.
 //! - [`server`]: the tokio shell (socket, broadcast, relay).
 //!
-//! Not done yet: the dynamic discovery pool (unknown MACs get no answer), recording
-//! discovered machines in the inventory.
+//! Unknown MACs get an address from the location's dynamic ranges only when discovery is on
+//! (see [`Inventory::discovery_pools`]); the shell reports each such MAC once so the node can
+//! record the machine as `new`.
 
 pub mod boot;
 pub mod core;
 pub mod server;
 
-pub use self::core::{Config, Dest, DhcpCore, DhcpStats, Inventory, Reservation};
+pub use self::core::{Config, Dest, DhcpCore, DhcpStats, Inventory, Pool, Reservation, OFFER_HOLD};
 pub use boot::{BootMode, BootServers};
 pub use server::{dhcp_socket, DhcpServer};
 

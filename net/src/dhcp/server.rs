@@ -14,6 +14,7 @@ pub struct DhcpServer {
     socket: UdpSocket,
     core: DhcpCore,
     inventory: Arc<dyn Inventory + Send + Sync>,
+    discovered: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 /// A UDP socket suitable for a DHCP server: `SO_BROADCAST`, `SO_REUSEADDR`, bound to
@@ -42,7 +43,17 @@ impl DhcpServer {
             socket: UdpSocket::from_std(socket)?,
             core,
             inventory,
+            discovered: None,
         })
+    }
+
+    /// Send the MAC of every newly seen unknown machine (discovery) to `tx`.
+    pub fn with_discovery_channel(
+        mut self,
+        tx: tokio::sync::mpsc::UnboundedSender<String>,
+    ) -> Self {
+        self.discovered = Some(tx);
+        self
     }
 
     pub fn stats(&self) -> Arc<DhcpStats> {
@@ -63,8 +74,17 @@ impl DhcpServer {
                     continue;
                 }
             };
-            let Some((reply, dest)) = self.core.handle_bytes(&buf[..n], self.inventory.as_ref())
-            else {
+            let answer = self.core.handle_bytes(
+                std::time::Instant::now(),
+                &buf[..n],
+                self.inventory.as_ref(),
+            );
+            if let Some(tx) = &self.discovered {
+                for mac in self.core.take_discovered() {
+                    let _ = tx.send(mac);
+                }
+            }
+            let Some((reply, dest)) = answer else {
                 continue;
             };
             let to = match dest {

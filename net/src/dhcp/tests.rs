@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
 
 use dhcproto::v4::{
     Architecture, DhcpOption, Flags, Message, MessageType, OptionCode, UnknownOption,
@@ -64,7 +65,7 @@ fn msg(mt: MessageType, mac: &[u8]) -> Message {
 }
 
 fn roundtrip(c: &DhcpCore, m: &Message, inv: &Inv) -> Option<(Message, Dest)> {
-    let (bytes, dest) = c.handle_bytes(&m.to_vec().unwrap(), inv)?;
+    let (bytes, dest) = c.handle_bytes(Instant::now(), &m.to_vec().unwrap(), inv)?;
     assert!(bytes.len() >= 300, "BOOTP minimum length");
     Some((Message::from_bytes(&bytes).unwrap(), dest))
 }
@@ -282,7 +283,10 @@ fn malformed_and_hostile_packets_are_dropped_and_counted() {
     no_mt.opts_mut().insert(DhcpOption::Hostname("x".into()));
     cases.push(no_mt.to_vec().unwrap());
     for case in &cases {
-        assert!(c.handle_bytes(case, &inv).is_none(), "answered {case:?}");
+        assert!(
+            c.handle_bytes(Instant::now(), case, &inv).is_none(),
+            "answered {case:?}"
+        );
     }
     // Random mutations of a valid DISCOVER never panic.
     let mut x: u64 = 0xDEAD_BEEF_1234_5678;
@@ -297,7 +301,115 @@ fn malformed_and_hostile_packets_are_dropped_and_counted() {
         }
         x ^= x << 13;
         b.truncate((x as usize) % (b.len() + 1));
-        let _ = c.handle_bytes(&b, &inv);
+        let _ = c.handle_bytes(Instant::now(), &b, &inv);
     }
     assert!(DhcpStats::get(&c.stats().malformed) >= 4);
+}
+
+/// An inventory with one reservation (.50) and a discovery pool .100-.102.
+struct PoolInv {
+    reserved: Inv,
+    pools: Vec<Pool>,
+}
+
+impl Inventory for PoolInv {
+    fn reservation(&self, mac: &str) -> Option<Reservation> {
+        self.reserved.reservation(mac)
+    }
+    fn discovery_pools(&self) -> Vec<Pool> {
+        self.pools.clone()
+    }
+    fn is_reserved(&self, ip: Ipv4Addr) -> bool {
+        self.reserved.0.values().any(|r| r.ip == ip)
+    }
+}
+
+fn pool_inv(start: u8, end: u8) -> PoolInv {
+    PoolInv {
+        reserved: inv(BootMode::Network),
+        pools: vec![Pool {
+            start: Ipv4Addr::new(10, 77, 0, start),
+            end: Ipv4Addr::new(10, 77, 0, end),
+            mask: Ipv4Addr::new(255, 255, 255, 0),
+            gateway: Some(SERVER),
+            dns: vec![],
+        }],
+    }
+}
+
+fn dyn_offer(c: &DhcpCore, now: Instant, mac: &[u8], inv: &PoolInv) -> Option<Ipv4Addr> {
+    let (bytes, _) =
+        c.handle_bytes(now, &msg(MessageType::Discover, mac).to_vec().unwrap(), inv)?;
+    Some(Message::from_bytes(&bytes).unwrap().yiaddr())
+}
+
+#[test]
+fn discovery_pool_never_offers_an_address_twice() {
+    let c = core(false);
+    let inv = pool_inv(49, 52); // .50 is reserved for MAC and must be skipped
+    let t0 = Instant::now();
+    let a = dyn_offer(&c, t0, &[2, 0, 0, 0, 0, 1], &inv).unwrap();
+    let b = dyn_offer(&c, t0, &[2, 0, 0, 0, 0, 2], &inv).unwrap();
+    let d = dyn_offer(&c, t0, &[2, 0, 0, 0, 0, 3], &inv).unwrap();
+    assert_eq!(
+        (a, b, d),
+        (
+            Ipv4Addr::new(10, 77, 0, 49),
+            Ipv4Addr::new(10, 77, 0, 51),
+            Ipv4Addr::new(10, 77, 0, 52)
+        )
+    );
+    // The same client gets the same address again; a fourth client finds the pool exhausted.
+    assert_eq!(dyn_offer(&c, t0, &[2, 0, 0, 0, 0, 1], &inv), Some(a));
+    assert_eq!(dyn_offer(&c, t0, &[2, 0, 0, 0, 0, 4], &inv), None);
+    // Each unknown MAC is reported once.
+    assert_eq!(c.take_discovered().len(), 3);
+    assert!(c.take_discovered().is_empty());
+    // Offers that were never requested expire and free the address.
+    let later = t0 + OFFER_HOLD + Duration::from_secs(1);
+    assert!(dyn_offer(&c, later, &[2, 0, 0, 0, 0, 4], &inv).is_some());
+}
+
+#[test]
+fn discovered_client_completes_dora_and_release_frees_the_address() {
+    let c = core(false);
+    let inv = pool_inv(100, 100);
+    let t0 = Instant::now();
+    let mac = [2, 0, 0, 0, 0, 7];
+    let ip = dyn_offer(&c, t0, &mac, &inv).unwrap();
+    let mut req = msg(MessageType::Request, &mac);
+    req.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+    req.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
+    let (bytes, _) = c.handle_bytes(t0, &req.to_vec().unwrap(), &inv).unwrap();
+    let ack = Message::from_bytes(&bytes).unwrap();
+    assert_eq!(
+        (ack.opts().msg_type(), ack.yiaddr()),
+        (Some(MessageType::Ack), ip)
+    );
+    // Held for the lease time, long after the offer hold.
+    let t1 = t0 + OFFER_HOLD * 2;
+    assert_eq!(dyn_offer(&c, t1, &[2, 0, 0, 0, 0, 8], &inv), None);
+    let mut rel = msg(MessageType::Release, &mac);
+    rel.set_ciaddr(ip);
+    assert!(c.handle_bytes(t1, &rel.to_vec().unwrap(), &inv).is_none());
+    assert_eq!(dyn_offer(&c, t1, &[2, 0, 0, 0, 0, 8], &inv), Some(ip));
+}
+
+#[test]
+fn declined_addresses_are_kept_out_of_the_pool() {
+    let c = core(false);
+    let inv = pool_inv(100, 101);
+    let t0 = Instant::now();
+    let ip = dyn_offer(&c, t0, &[2, 0, 0, 0, 0, 9], &inv).unwrap();
+    assert!(c
+        .handle_bytes(
+            t0,
+            &msg(MessageType::Decline, &[2, 0, 0, 0, 0, 9])
+                .to_vec()
+                .unwrap(),
+            &inv
+        )
+        .is_none());
+    let next = dyn_offer(&c, t0, &[2, 0, 0, 0, 0, 10], &inv).unwrap();
+    assert_ne!(next, ip);
 }

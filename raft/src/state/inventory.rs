@@ -94,6 +94,7 @@ impl State {
             meta: new_meta(id, now),
             name: c.name.clone(),
             description: c.description.clone(),
+            discovery: c.discovery,
         };
         self.idx.location_by_name.insert(loc.name.clone(), id);
         self.locations.insert(id, loc.clone());
@@ -124,6 +125,9 @@ impl State {
         precondition(loc.meta.version, if_match)?;
         if let Some(d) = &patch.description {
             loc.description = d.clone();
+        }
+        if let Some(d) = patch.discovery {
+            loc.discovery = d;
         }
         bump(&mut loc.meta, now);
         self.locations.insert(id, loc.clone());

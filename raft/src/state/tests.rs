@@ -63,6 +63,7 @@ fn base() -> State {
         Command::CreateLocation(CreateLocation {
             name: "dc1".into(),
             description: String::new(),
+            discovery: false,
         }),
     );
     ok(
