@@ -5,7 +5,11 @@
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use rackd_net::dhcp::{BootMode, Inventory, Reservation};
+use rackd_net::dhcp::{BootMode, Inventory, Pool, Reservation};
+use rackd_raft::cmd::Command;
+use rackd_types::{CreateMachine, ErrorCode};
+
+use crate::runtime::Node;
 use rackd_storage::StateMachineStore;
 use rackd_types::net::{parse_ipv4, Cidr4};
 use rackd_types::MachineState;
@@ -60,6 +64,100 @@ impl Inventory for ReplicaInventory {
         }
         None
     }
+
+    fn discovery_pools(&self) -> Vec<Pool> {
+        let a = self.sm.read();
+        if !a
+            .state
+            .location_by_name(&self.location)
+            .is_some_and(|l| l.discovery)
+        {
+            return Vec::new();
+        }
+        let mut pools = Vec::new();
+        for s in a
+            .state
+            .subnets
+            .values()
+            .filter(|s| s.location == self.location)
+        {
+            let Ok(cidr) = Cidr4::parse(&s.cidr) else {
+                continue;
+            };
+            let mask = if cidr.prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - cidr.prefix)
+            };
+            for r in &s.dynamic_ranges {
+                let (Ok(start), Ok(end)) = (parse_ipv4(&r.start), parse_ipv4(&r.end)) else {
+                    continue;
+                };
+                pools.push(Pool {
+                    start,
+                    end,
+                    mask: Ipv4Addr::from(mask),
+                    gateway: s.gateway.as_deref().and_then(|g| parse_ipv4(g).ok()),
+                    dns: s.dns.iter().filter_map(|d| parse_ipv4(d).ok()).collect(),
+                });
+            }
+        }
+        pools
+    }
+
+    fn is_reserved(&self, ip: Ipv4Addr) -> bool {
+        self.sm
+            .read()
+            .state
+            .machine_by_ip(&ip.to_string())
+            .is_some()
+    }
+}
+
+/// Record machines that DHCP discovered (unknown MACs in a discovery location) as `new`,
+/// once each: the idempotency key and the MAC's cluster-wide uniqueness make retries and
+/// several location nodes seeing the same client harmless.
+async fn record_discovered(
+    node: Arc<Node>,
+    location: String,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    while let Some(mac) = rx.recv().await {
+        if node.sm.read().state.machine_by_mac(&mac).is_some() {
+            continue;
+        }
+        let cmd = Command::CreateMachine(CreateMachine {
+            hostname: format!("discovered-{}", mac.replace(':', "")),
+            location: location.clone(),
+            rack_id: None,
+            rack_unit: None,
+            macs: vec![mac.clone()],
+            ips: vec![],
+            bmc: None,
+            state: Some(rackd_types::MachineState::New),
+            description: format!("discovered by DHCP on node {}", node.id),
+            tags: vec!["discovered".into()],
+        });
+        let actor = format!("node:{}", node.id);
+        let mut delay = std::time::Duration::from_secs(1);
+        for attempt in 1..=6 {
+            match node
+                .propose_anywhere(&actor, Some(format!("discover:{mac}")), cmd.clone())
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(%mac, %location, "recorded discovered machine");
+                    break;
+                }
+                Err(e) if e.code == ErrorCode::Conflict => break, // already known
+                Err(e) => {
+                    tracing::warn!(%mac, attempt, error = %e.message, "could not record discovered machine yet");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(30));
+                }
+            }
+        }
+    }
 }
 
 /// DHCP settings from the command line.
@@ -77,10 +175,11 @@ pub struct DhcpOptions {
 
 /// Start the DHCP server of `location` on the provisioning interface.
 pub fn start_dhcp(
-    sm: StateMachineStore,
+    node: Arc<Node>,
     location: &str,
     o: &DhcpOptions,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let sm = node.sm.clone();
     use anyhow::Context;
     let addr = o
         .listen
@@ -104,7 +203,9 @@ pub fn start_dhcp(
         sm,
         location: location.to_string(),
     });
-    let server = rackd_net::dhcp::DhcpServer::new(socket, core, inv)?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(record_discovered(node, location.to_string(), rx));
+    let server = rackd_net::dhcp::DhcpServer::new(socket, core, inv)?.with_discovery_channel(tx);
     tracing::info!(interface = %o.interface, server_ip = %o.server_ip, %location, proxy = o.proxy, "DHCP server started");
     Ok(tokio::spawn(async move {
         if let Err(e) = server.run().await {

@@ -138,6 +138,47 @@ impl Node {
         }
     }
 
+    /// Propose a command wherever the leader is (cluster-internal writes, e.g. discovery):
+    /// locally when leading, else through the leader's `Propose` RPC. Retried until the write
+    /// timeout; use an idempotency key so a retry is applied at most once.
+    pub async fn propose_anywhere(
+        &self,
+        actor: &str,
+        idempotency_key: Option<String>,
+        cmd: Command,
+    ) -> Result<Value, ApiError> {
+        let deadline = tokio::time::Instant::now() + self.write_timeout;
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some((leader, info)) = self.wait_leader(remaining).await else {
+                return Err(ApiError::unavailable("no leader"));
+            };
+            let err = if leader == self.id {
+                match self
+                    .propose(actor, idempotency_key.clone(), cmd.clone())
+                    .await
+                {
+                    Err(e) if e.code == ErrorCode::Unavailable => e.message,
+                    other => return other,
+                }
+            } else {
+                let req = rackd_raft::network::ProposeRequest {
+                    actor: actor.to_string(),
+                    idempotency_key: idempotency_key.clone(),
+                    cmd: cmd.clone(),
+                };
+                match self.net.propose(leader, &info.peer, &req, remaining).await {
+                    Ok(resp) => return resp.0,
+                    Err(e) => e,
+                }
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::unavailable(format!("write not confirmed: {err}")));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Make the next local read linearizable: obtain a ReadIndex from the leader (or confirm
     /// our own leadership) and wait until the local state machine has applied it.
     pub async fn linearize(&self) -> Result<(), ApiError> {
@@ -221,16 +262,33 @@ pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
             }
             Some(url) => {
                 let token = opts.token.clone().context("--join needs --token")?;
-                let resp = join_call(
-                    &http,
-                    url,
-                    &token,
-                    &api_addr,
-                    &peer_addr,
-                    opts.learner,
-                    None,
-                )
-                .await?;
+                // Transient failures (no leader yet, leader busy, connection refused) are
+                // retried; a rejected token is final.
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                let resp = loop {
+                    match join_call(
+                        &http,
+                        url,
+                        &token,
+                        &api_addr,
+                        &peer_addr,
+                        opts.learner,
+                        None,
+                    )
+                    .await
+                    {
+                        Ok(r) => break r,
+                        Err(e) if e.to_string().starts_with("join rejected") => return Err(e),
+                        Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                        Err(e) => {
+                            tracing::warn!(
+                                error = format!("{e:#}"),
+                                "join (phase 1) failed; retrying"
+                            );
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                    }
+                };
                 let id = Identity {
                     version: crate::identity::IDENTITY_VERSION,
                     node_id: resp.node_id,
@@ -373,7 +431,7 @@ pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
                 None
             };
             Some((
-                AbortOnDrop(crate::location::start_dhcp(node.sm.clone(), &location, &d)?),
+                AbortOnDrop(crate::location::start_dhcp(node.clone(), &location, &d)?),
                 ra,
             ))
         }

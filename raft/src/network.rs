@@ -36,6 +36,14 @@ pub const MAX_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
 /// Result shape carried in every RPC reply: the remote's answer or its error text.
 type Remote<T> = Result<T, String>;
 
+/// A command proposed by another node; the leader stamps `time_ms`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ProposeRequest {
+    pub actor: String,
+    pub idempotency_key: Option<String>,
+    pub cmd: crate::cmd::Command,
+}
+
 #[derive(Serialize, Deserialize)]
 struct SnapshotHeader {
     vote: Vote,
@@ -96,6 +104,31 @@ impl PeerNetwork {
             .await
             .map_err(|s| format!("read_index rpc: {}", s.message()))?;
         let r: Remote<u64> = codec::decode(&reply.into_inner().data).map_err(|e| e.to_string())?;
+        r
+    }
+}
+
+impl PeerNetwork {
+    /// Ask `leader` to propose a command. `Err` is a transport or leadership error (the write
+    /// may be retried with the same idempotency key); `Ok` carries the applied result.
+    pub async fn propose(
+        &self,
+        leader: NodeId,
+        addr: &str,
+        req: &ProposeRequest,
+        timeout: Duration,
+    ) -> Result<crate::cmd::Response, String> {
+        let mut c = self.client(leader, addr)?;
+        let mut r = tonic::Request::new(Payload {
+            data: codec::encode(req),
+        });
+        r.set_timeout(timeout);
+        let reply = c
+            .propose(r)
+            .await
+            .map_err(|s| format!("propose rpc: {}", s.message()))?;
+        let r: Remote<crate::cmd::Response> =
+            codec::decode(&reply.into_inner().data).map_err(|e| e.to_string())?;
         r
     }
 }
@@ -314,6 +347,26 @@ where
             snapshot: Cursor::new(data[4 + hlen..].to_vec()),
         };
         reply(self.raft.install_full_snapshot(header.vote, snapshot).await)
+    }
+
+    async fn propose(
+        &self,
+        req: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let p: ProposeRequest = codec::decode(&req.into_inner().data).map_err(bad_request)?;
+        // Time is stamped here, on the leader, never in apply.
+        let time_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let request = crate::cmd::Request {
+            time_ms,
+            actor: p.actor,
+            idempotency_key: p.idempotency_key,
+            cmd: p.cmd,
+        };
+        let r = self.raft.client_write(request).await.map(|resp| resp.data);
+        reply(r)
     }
 
     async fn read_index(

@@ -418,6 +418,14 @@ impl State {
             .map(|m| &m.machine)
     }
 
+    pub fn machine_by_ip(&self, ip: &str) -> Option<&Machine> {
+        self.idx
+            .ip
+            .get(ip)
+            .and_then(|id| self.machines.get(id))
+            .map(|m| &m.machine)
+    }
+
     pub fn api_token_by_hash(&self, hash: &str) -> Option<&StoredApiToken> {
         self.idx
             .api_token_by_hash

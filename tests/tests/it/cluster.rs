@@ -367,7 +367,7 @@ async fn interrupted_join_is_retried_by_restarting_the_node() {
     ];
     let mut n = rackd_tests::NodeProc {
         name: "joiner".into(),
-        ip: c.nodes[1].ip.replace(".2", ".7"),
+        ip: format!("{}.7", c.nodes[1].ip.rsplit_once('.').unwrap().0),
         data_dir: c.dir.join("joiner"),
         log: c.dir.join("joiner.log"),
         child: None,

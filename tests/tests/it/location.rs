@@ -352,3 +352,77 @@ async fn http_boot_serves_per_machine_scripts_and_the_tftp_root() {
     assert_ne!(get("/tftp/..%2Fnode.json".into()).await.0, 200);
     assert_ne!(get("/tftp/%2E%2E/admin-token".into()).await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_gives_unknown_machines_a_dynamic_address_and_records_them_once() {
+    let lab = ClientNs::new(2);
+    let server_ip = format!("{}.1", lab.net);
+    let c = Cluster::start(
+        "discover",
+        3,
+        &[
+            "--location",
+            "dc1",
+            "--dhcp-interface",
+            &lab.host_if,
+            "--dhcp-server-ip",
+            &server_ip,
+            "--no-router-advertisements",
+        ],
+    )
+    .await
+    .expect("cluster");
+    let _: serde_json::Value = c
+        .post_json(
+            0,
+            "/v1/locations",
+            &json!({"name": "dc1", "discovery": true}),
+        )
+        .await
+        .unwrap();
+    let _: serde_json::Value = c
+        .post_json(
+            1,
+            "/v1/subnets",
+            &json!({"location": "dc1", "cidr": format!("{}.0/24", lab.net), "gateway": server_ip,
+                    "dynamic_ranges": [{"start": format!("{}.200", lab.net), "end": format!("{}.210", lab.net)}]}),
+        )
+        .await
+        .unwrap();
+    // Every node answers DHCP (all three see the client); the machine must be recorded once.
+    for round in 0..2 {
+        let (ok, out) = lab.udhcpc();
+        assert!(
+            ok && out.contains(&format!("{}.2", lab.net)),
+            "round {round}: {out}"
+        );
+        let got = out
+            .split_whitespace()
+            .find(|w| w.starts_with(&format!("{}.", lab.net)) && w.ends_with("/24"))
+            .unwrap_or_default()
+            .trim_end_matches("/24")
+            .to_string();
+        let last: u32 = got.rsplit('.').next().unwrap().parse().unwrap();
+        assert!(
+            (200..=210).contains(&last),
+            "address {got} outside the dynamic range"
+        );
+    }
+    c.wait_until(
+        Duration::from_secs(30),
+        "discovered machine recorded",
+        |c| async move {
+            c.get_json::<serde_json::Value>(2, "/v1/machines?location=dc1")
+                .await
+                .is_ok_and(|p| p["items"].as_array().is_some_and(|a| !a.is_empty()))
+        },
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let page: serde_json::Value = c.get_json(0, "/v1/machines?location=dc1").await.unwrap();
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "recorded once: {page}");
+    assert_eq!(items[0]["macs"][0], "02:77:00:00:01:01");
+    assert_eq!(items[0]["state"], "new");
+}
