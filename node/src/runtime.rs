@@ -478,6 +478,7 @@ async fn start_tftp(opts: &NodeOptions, listen: &str) -> anyhow::Result<AbortOnD
         .unwrap_or_else(|| opts.data_dir.join("tftp"));
     std::fs::create_dir_all(&root)
         .with_context(|| format!("create TFTP root {}", root.display()))?;
+    install_ipxe_binaries(&root, std::path::Path::new(IPXE_DIR));
     let addr: std::net::SocketAddr = listen
         .parse()
         .with_context(|| format!("TFTP address {listen}"))?;
@@ -492,6 +493,32 @@ async fn start_tftp(opts: &NodeOptions, listen: &str) -> anyhow::Result<AbortOnD
             tracing::error!(error = %e, "TFTP server stopped");
         }
     })))
+}
+
+/// Where Debian's `ipxe` package installs the iPXE first stages.
+pub const IPXE_DIR: &str = "/usr/lib/ipxe";
+/// First stages handed to PXE ROMs (see `rackd_net::dhcp::boot::first_stage`).
+pub const IPXE_FILES: &[&str] = &["undionly.kpxe", "ipxe.efi", "snponly.efi", "ipxe.pxe"];
+
+/// Copy the iPXE first stages into the TFTP root where they are missing (copies, not
+/// symlinks: the TFTP server refuses symlinks that leave its root). Files an operator put there
+/// are never overwritten.
+pub fn install_ipxe_binaries(root: &std::path::Path, from: &std::path::Path) {
+    for f in IPXE_FILES {
+        let (src, dst) = (from.join(f), root.join(f));
+        if dst.exists() || !src.is_file() {
+            continue;
+        }
+        match std::fs::copy(&src, &dst) {
+            Ok(_) => {
+                tracing::info!(file = %f, from = %src.display(), "installed iPXE first stage into the TFTP root")
+            }
+            Err(e) => tracing::warn!(file = %f, error = %e, "could not copy iPXE binary"),
+        }
+    }
+    if !root.join("undionly.kpxe").exists() {
+        tracing::warn!(root = %root.display(), "no undionly.kpxe in the TFTP root: BIOS PXE clients cannot chain to iPXE (apt-get install ipxe)");
+    }
 }
 
 /// Aborts a background task when dropped.
@@ -712,5 +739,27 @@ async fn finish_join(
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ipxe_binaries_are_copied_but_never_overwrite() {
+        let from = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(from.path().join("undionly.kpxe"), b"debian").unwrap();
+        std::fs::write(from.path().join("ipxe.efi"), b"debian-efi").unwrap();
+        std::fs::write(root.path().join("ipxe.efi"), b"operator").unwrap();
+        super::install_ipxe_binaries(root.path(), from.path());
+        assert_eq!(
+            std::fs::read(root.path().join("undionly.kpxe")).unwrap(),
+            b"debian"
+        );
+        assert_eq!(
+            std::fs::read(root.path().join("ipxe.efi")).unwrap(),
+            b"operator"
+        );
+        assert!(!root.path().join("snponly.efi").exists());
     }
 }

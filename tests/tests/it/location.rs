@@ -57,6 +57,11 @@ async fn location_learner_keeps_serving_tftp_when_voters_are_gone() {
     };
     let (ok, got) = fetch("before");
     assert!(ok && got == payload, "TFTP download before the cut");
+    // The iPXE first stages from Debian's ipxe package were installed into the root, without
+    // overwriting the operator's own undionly.kpxe.
+    let shipped = std::fs::read("/usr/lib/ipxe/ipxe.efi").expect("ipxe package installed");
+    assert!(std::fs::read(root.join("ipxe.efi")).unwrap() == shipped);
+    assert!(std::fs::read(root.join("undionly.kpxe")).unwrap() == payload);
 
     // Cut the site off: every voter dies. The site's writes now fail clearly...
     for i in 0..3 {
