@@ -145,6 +145,10 @@ pub struct UpArgs {
     /// Lease time handed out with reservations (seconds).
     #[arg(long, default_value_t = 3600)]
     pub dhcp_lease_secs: u32,
+    /// Image artifacts (kernels, initrds) served by the HTTP boot server (default
+    /// DATA_DIR/artifacts).
+    #[arg(long)]
+    pub artifacts_dir: Option<PathBuf>,
     /// HTTP boot server listen address (per-machine iPXE scripts, TFTP root over HTTP).
     #[arg(long)]
     pub http_boot_listen: Option<String>,

@@ -56,6 +56,8 @@ pub async fn up(args: UpArgs, join: Option<String>) -> anyhow::Result<()> {
         tftp_listen: args.tftp_listen,
         tftp_root: args.tftp_root,
         http_boot_listen: args.http_boot_listen,
+        http_boot_base: args.http_boot_base.clone(),
+        artifacts_dir: args.artifacts_dir,
         dhcp: match args.dhcp_interface {
             None => None,
             Some(interface) => Some(crate::location::DhcpOptions {

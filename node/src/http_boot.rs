@@ -7,8 +7,10 @@
 //! - `GET /tftp/{path}`: files of the TFTP root over HTTP (UEFI HTTP boot, iPXE), with the
 //!   same path rules as TFTP (no `..`, no symlink out of the root).
 //!
-//! Not done yet: image artifacts (kernel/initrd) and the install callback with a one-time
-//! per-deployment token (they need the image and deployment model).
+//! - `GET /artifacts/{path}`: image artifacts (kernel, initrd) from the node's artifacts
+//!   directory, same path rules.
+//! - `POST /boot/{mac}/done?token=T`: install callback. The deploying machine presents the
+//!   one-time token its script carried; on a match it becomes `deployed` and the token is burnt.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,14 +26,20 @@ use rackd_types::MachineState;
 
 pub struct BootState {
     pub sm: StateMachineStore,
+    pub node: Arc<crate::runtime::Node>,
     pub location: String,
     pub tftp_root: PathBuf,
+    pub artifacts: PathBuf,
+    /// Base URL of this server as machines reach it (e.g. `http://10.1.0.2:8080`).
+    pub base: String,
 }
 
 pub fn router(state: Arc<BootState>) -> Router {
     Router::new()
         .route("/boot/{file}", get(script))
         .route("/tftp/{*path}", get(tftp_file))
+        .route("/artifacts/{*path}", get(artifact))
+        .route("/boot/{mac}/done", axum::routing::post(deploy_done))
         .with_state(state)
 }
 
@@ -72,7 +80,16 @@ async fn script(State(st): State<Arc<BootState>>, Path(file): Path<String>) -> R
     match a.state.machine_by_mac(&mac) {
         Some(m) if m.location == st.location => {
             tracing::info!(%mac, hostname = %m.hostname, state = m.state.as_str(), "served boot script");
-            text(StatusCode::OK, script_for(&m.hostname, m.state))
+            let deploy = a.state.stored_machine_by_mac(&mac).and_then(|sm| {
+                let token = sm.deploy_token.as_deref()?;
+                let image = a.state.image_by_name(m.image.as_deref()?)?;
+                (m.state == MachineState::Deploying)
+                    .then(|| deploy_script(&st.base, &mac, &m.hostname, image, token))
+            });
+            text(
+                StatusCode::OK,
+                deploy.unwrap_or_else(|| script_for(&m.hostname, m.state)),
+            )
         }
         _ => text(
             StatusCode::NOT_FOUND,
@@ -81,11 +98,74 @@ async fn script(State(st): State<Arc<BootState>>, Path(file): Path<String>) -> R
     }
 }
 
+/// The iPXE script of a deploying machine: boot the image's kernel with the install callback
+/// URL and the one-time token on its command line.
+pub fn deploy_script(
+    base: &str,
+    mac: &str,
+    hostname: &str,
+    image: &rackd_types::Image,
+    token: &str,
+) -> String {
+    let base = base.trim_end_matches('/');
+    format!(
+        "#!ipxe\necho rackd: deploying {img} on {hostname}\n\
+         kernel {base}/artifacts/{kernel} {cmdline} rackd.callback={base}/boot/{mac}/done rackd.token={token}\n\
+         initrd {base}/artifacts/{initrd}\nboot\n",
+        img = image.name,
+        kernel = image.kernel,
+        initrd = image.initrd,
+        cmdline = image.cmdline,
+    )
+}
+
+async fn artifact(State(st): State<Arc<BootState>>, Path(path): Path<String>) -> Response {
+    serve_file(&st.artifacts, &path).await
+}
+
+#[derive(serde::Deserialize)]
+struct DoneQuery {
+    token: Option<String>,
+}
+
+async fn deploy_done(
+    State(st): State<Arc<BootState>>,
+    Path(mac): Path<String>,
+    query: Result<axum::extract::Query<DoneQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(mac) = normalize_mac(&mac) else {
+        return text(StatusCode::BAD_REQUEST, "invalid MAC address\n".into());
+    };
+    let Some(token) = query.ok().and_then(|q| q.0.token).filter(|t| !t.is_empty()) else {
+        return text(StatusCode::UNAUTHORIZED, "missing token\n".into());
+    };
+    let cmd = rackd_raft::cmd::Command::DeployDone {
+        mac: mac.clone(),
+        token: rackd_raft::cmd::Secret(token),
+    };
+    match st
+        .node
+        .propose_anywhere(&format!("machine:{mac}"), None, cmd)
+        .await
+    {
+        Ok(v) => (StatusCode::OK, axum::Json(v)).into_response(),
+        Err(e) => {
+            tracing::info!(%mac, error = %e.message, "install callback refused");
+            crate::api::HttpError(e).into_response()
+        }
+    }
+}
+
 async fn tftp_file(State(st): State<Arc<BootState>>, Path(path): Path<String>) -> Response {
-    let Ok(root) = st.tftp_root.canonicalize() else {
+    serve_file(&st.tftp_root, &path).await
+}
+
+/// A file under `root` (no `..`, no symlink out of the root).
+async fn serve_file(root: &std::path::Path, path: &str) -> Response {
+    let Ok(root) = root.canonicalize() else {
         return text(StatusCode::NOT_FOUND, "not found\n".into());
     };
-    match rackd_net::tftp::server::resolve(&root, &path) {
+    match rackd_net::tftp::server::resolve(&root, path) {
         Ok(p) => match tokio::fs::read(&p).await {
             Ok(bytes) => (
                 StatusCode::OK,

@@ -46,6 +46,10 @@ pub struct NodeOptions {
     pub tftp_root: Option<PathBuf>,
     pub dhcp: Option<crate::location::DhcpOptions>,
     pub http_boot_listen: Option<String>,
+    /// Base URL machines use to reach the HTTP boot server (default: its bound address).
+    pub http_boot_base: Option<String>,
+    /// Image artifacts served at /artifacts (default DATA_DIR/artifacts).
+    pub artifacts_dir: Option<PathBuf>,
 }
 
 impl Default for NodeOptions {
@@ -68,6 +72,8 @@ impl Default for NodeOptions {
             tftp_root: None,
             dhcp: None,
             http_boot_listen: None,
+            http_boot_base: None,
+            artifacts_dir: None,
         }
     }
 }
@@ -395,10 +401,22 @@ pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
             let tftp_root = opts.tftp_root.clone().unwrap_or_else(|| dir.join("tftp"));
             std::fs::create_dir_all(&tftp_root)
                 .with_context(|| format!("create {}", tftp_root.display()))?;
+            let artifacts = opts
+                .artifacts_dir
+                .clone()
+                .unwrap_or_else(|| dir.join("artifacts"));
+            std::fs::create_dir_all(&artifacts)
+                .with_context(|| format!("create {}", artifacts.display()))?;
             let app = crate::http_boot::router(Arc::new(crate::http_boot::BootState {
                 sm: node.sm.clone(),
+                node: node.clone(),
                 location,
                 tftp_root,
+                artifacts,
+                base: opts
+                    .http_boot_base
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{bound}")),
             }));
             tracing::info!(%bound, "HTTP boot server started");
             Some(AbortOnDrop(tokio::spawn(async move {

@@ -177,6 +177,9 @@ pub struct Machine {
     pub description: String,
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Image deployed (or being deployed) on the machine.
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -200,6 +203,19 @@ pub struct Subnet {
     /// Ranges never handed out (infrastructure).
     #[serde(default)]
     pub reserved_ranges: Vec<IpRange>,
+}
+
+/// An OS image (template) machines are deployed with. `kernel`/`initrd` are artifact paths
+/// served by location nodes' HTTP boot servers (from their artifacts directory).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Image {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub name: String,
+    pub kernel: String,
+    pub initrd: String,
+    #[serde(default)]
+    pub cmdline: String,
 }
 
 /// One journal record: who did what, when.

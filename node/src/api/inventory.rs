@@ -9,9 +9,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use rackd_raft::cmd::Command;
 use rackd_types::{
-    ApiError, CreateLocation, CreateMachine, CreateRack, CreateSubnet, ListQuery, Location,
-    Machine, MachineState, Page, Rack, Subnet, UpdateLocation, UpdateMachine, UpdateRack,
-    UpdateSubnet, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT,
+    ApiError, CreateImage, CreateLocation, CreateMachine, CreateRack, CreateSubnet, DeployMachine,
+    Image, ListQuery, Location, Machine, MachineState, Page, Rack, Subnet, UpdateImage,
+    UpdateLocation, UpdateMachine, UpdateRack, UpdateSubnet, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT,
 };
 use serde_json::Value;
 
@@ -257,4 +257,40 @@ crud! {
     delete: delete_subnet => DeleteSubnet,
     list: list_subnets,
     get: get_subnet,
+}
+
+crud! {
+    what: "image",
+    table: images,
+    view: Image,
+    extract: |v: &Image| v,
+    filter: |_q, _v| Ok(true),
+    create: create_image(CreateImage) => CreateImage,
+    update: update_image(UpdateImage) => UpdateImage,
+    delete: delete_image => DeleteImage,
+    list: list_images,
+    get: get_image,
+}
+
+/// `POST /v1/machines/{id}/deploy {"image"}`: ready → deploying. The one-time install-callback
+/// token is generated here, on the leader (writes are forwarded), and never returned.
+pub async fn deploy_machine(
+    State(node): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> HttpResult<Json<Value>> {
+    let id = parse_id(&id)?;
+    let d: DeployMachine = parse_json(&body)?;
+    let cmd = Command::Deploy {
+        id,
+        if_match: if_match(&headers)?,
+        image: d.image,
+        token: rackd_raft::cmd::Secret(crate::new_secret("")),
+    };
+    let v = node
+        .propose(&actor.0, idempotency_key(&headers)?, cmd)
+        .await?;
+    Ok(Json(v))
 }

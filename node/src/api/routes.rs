@@ -32,6 +32,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/machines/{id}"),
     ("patch", "/v1/machines/{id}"),
     ("delete", "/v1/machines/{id}"),
+    ("post", "/v1/machines/{id}/deploy"),
+    ("get", "/v1/images"),
+    ("post", "/v1/images"),
+    ("get", "/v1/images/{id}"),
+    ("patch", "/v1/images/{id}"),
+    ("delete", "/v1/images/{id}"),
     ("get", "/v1/subnets"),
     ("post", "/v1/subnets"),
     ("get", "/v1/subnets/{id}"),
@@ -76,6 +82,12 @@ pub fn router(node: AppState) -> Router {
             get(get_machine)
                 .patch(update_machine)
                 .delete(delete_machine),
+        )
+        .route("/v1/machines/{id}/deploy", post(deploy_machine))
+        .route("/v1/images", get(list_images).post(create_image))
+        .route(
+            "/v1/images/{id}",
+            get(get_image).patch(update_image).delete(delete_image),
         )
         .route("/v1/subnets", get(list_subnets).post(create_subnet))
         .route(

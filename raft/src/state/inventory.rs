@@ -493,6 +493,7 @@ impl State {
             state_cause: "created".to_string(),
             description: c.description.clone(),
             tags: c.tags.clone(),
+            image: None,
         };
         self.index_machine(id, None, Some(&machine));
         self.machines.insert(
@@ -500,6 +501,7 @@ impl State {
             StoredMachine {
                 machine: machine.clone(),
                 bmc_password: c.bmc.as_ref().and_then(|b| b.password.clone()),
+                deploy_token: None,
             },
         );
         self.journal(
@@ -535,6 +537,7 @@ impl State {
         let old = stored.machine.clone();
         let mut m = stored.machine;
         let mut password = stored.bmc_password;
+        let mut stored_token = stored.deploy_token;
 
         if let Some(h) = &p.hostname {
             check_name("hostname", h)?;
@@ -619,6 +622,9 @@ impl State {
                     ),
                 );
             }
+            if s != rackd_types::MachineState::Deploying {
+                stored_token = None;
+            }
             m.state = s;
         }
         if let Some(d) = &p.description {
@@ -634,6 +640,7 @@ impl State {
             StoredMachine {
                 machine: m.clone(),
                 bmc_password: password,
+                deploy_token: stored_token,
             },
         );
         self.journal(

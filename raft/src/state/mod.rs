@@ -9,6 +9,7 @@
 //! maintained by apply; they are never persisted.
 
 pub mod cluster;
+mod deploy;
 mod inventory;
 pub mod table;
 
@@ -18,7 +19,7 @@ mod tests;
 use std::collections::BTreeMap;
 
 use rackd_types::{
-    ApiError, ApiTokenView, ErrorCode, Event, JoinTokenView, Location, Machine, Rack, Subnet,
+    ApiError, ApiTokenView, ErrorCode, Event, Image, JoinTokenView, Location, Machine, Rack, Subnet,
 };
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +47,7 @@ pub mod tables {
     pub const JOIN_TOKENS: u8 = 7;
     pub const API_TOKENS: u8 = 8;
     pub const IDEMPOTENCY: u8 = 9;
+    pub const IMAGES: u8 = 10;
 }
 
 /// Singleton counters and cluster identity (stored as one row of the META table).
@@ -67,6 +69,9 @@ pub struct StoredMachine {
     /// BMC password; write-only over the API, never logged.
     #[serde(default)]
     pub bmc_password: Option<String>,
+    /// One-time install-callback token of the current deployment; never returned or logged.
+    #[serde(default)]
+    pub deploy_token: Option<String>,
 }
 
 impl std::fmt::Debug for StoredMachine {
@@ -116,6 +121,8 @@ pub struct State {
     pub join_tokens: Table<u64, StoredJoinToken>,
     pub api_tokens: Table<u64, StoredApiToken>,
     pub idempotency: Table<String, IdempotencyRecord>,
+    #[serde(default)]
+    pub images: Table<u64, Image>,
     #[serde(skip)]
     meta_dirty: bool,
     #[serde(skip)]
@@ -249,6 +256,20 @@ impl State {
             Command::DeleteSubnet { id, if_match } => {
                 self.delete_subnet(now, actor, *id, *if_match)
             }
+            Command::CreateImage(c) => self.create_image(now, actor, c),
+            Command::UpdateImage {
+                id,
+                if_match,
+                patch,
+            } => self.update_image(now, actor, *id, *if_match, patch),
+            Command::DeleteImage { id, if_match } => self.delete_image(now, actor, *id, *if_match),
+            Command::Deploy {
+                id,
+                if_match,
+                image,
+                token,
+            } => self.deploy(now, actor, *id, *if_match, image, &token.0),
+            Command::DeployDone { mac, token } => self.deploy_done(now, actor, mac, &token.0),
             Command::CreateJoinToken {
                 token_hash,
                 ttl_ms,
@@ -367,6 +388,8 @@ impl State {
         self.join_tokens.all_rows(tables::JOIN_TOKENS, &mut out);
         self.api_tokens.all_rows(tables::API_TOKENS, &mut out);
         self.idempotency.all_rows(tables::IDEMPOTENCY, &mut out);
+        self.images.all_rows(tables::IMAGES, &mut out);
+        self.images.clear_dirty();
         self.locations.clear_dirty();
         self.racks.clear_dirty();
         self.machines.clear_dirty();
@@ -393,6 +416,7 @@ impl State {
             tables::JOIN_TOKENS => self.join_tokens.load(key, value),
             tables::API_TOKENS => self.api_tokens.load(key, value),
             tables::IDEMPOTENCY => self.idempotency.load(key, value),
+            tables::IMAGES => self.images.load(key, value),
             other => Err(format!("unknown state table id {other}")),
         }
     }
@@ -416,6 +440,15 @@ impl State {
             .get(mac)
             .and_then(|id| self.machines.get(id))
             .map(|m| &m.machine)
+    }
+
+    pub fn image_by_name(&self, name: &str) -> Option<&Image> {
+        self.images.values().find(|i| i.name == name)
+    }
+
+    /// The stored record (with secrets) of the machine owning `mac`.
+    pub fn stored_machine_by_mac(&self, mac: &str) -> Option<&StoredMachine> {
+        self.idx.mac.get(mac).and_then(|id| self.machines.get(id))
     }
 
     pub fn machine_by_ip(&self, ip: &str) -> Option<&Machine> {

@@ -406,3 +406,75 @@ fn events_are_bounded() {
     }
     assert_eq!(s.events.len(), MAX_EVENTS);
 }
+
+#[test]
+fn deploy_needs_a_ready_machine_and_the_callback_token_is_one_time() {
+    use crate::cmd::Secret;
+    let mut s = base();
+    ok(
+        &mut s,
+        10,
+        Command::CreateImage(rackd_types::CreateImage {
+            name: "deb".into(),
+            kernel: "deb/vmlinuz".into(),
+            initrd: "deb/initrd".into(),
+            cmdline: String::new(),
+        }),
+    );
+    let id = ok(&mut s, 11, machine("a", &["02:00:00:00:00:aa"], &[]))["id"]
+        .as_u64()
+        .unwrap();
+    let token = "t".repeat(64);
+    let deploy = |tok: &str| Command::Deploy {
+        id,
+        if_match: None,
+        image: "deb".into(),
+        token: Secret(tok.into()),
+    };
+    // `new` machines are not deployable.
+    assert_eq!(err(&mut s, 12, deploy(&token)).code, ErrorCode::Conflict);
+    ok(
+        &mut s,
+        13,
+        Command::UpdateMachine {
+            id,
+            if_match: None,
+            patch: UpdateMachine {
+                state: Some(MachineStateAlias::Ready),
+                ..Default::default()
+            },
+        },
+    );
+    let v = ok(&mut s, 14, deploy(&token));
+    assert_eq!(v["state"], "deploying");
+    assert!(!v.to_string().contains(&token));
+    let done = |tok: &str| Command::DeployDone {
+        mac: "02:00:00:00:00:aa".into(),
+        token: Secret(tok.into()),
+    };
+    assert_eq!(err(&mut s, 15, done("nope")).code, ErrorCode::Unauthorized);
+    ok(&mut s, 16, done(&token));
+    assert_eq!(
+        s.machines.get(&id).unwrap().machine.state,
+        MachineStateAlias::Deployed
+    );
+    assert_eq!(err(&mut s, 17, done(&token)).code, ErrorCode::Unauthorized);
+    assert!(
+        !format!("{:?}", deploy(&token)).contains(&token),
+        "Debug redacts the token"
+    );
+    // An image in use cannot be deleted.
+    let img = *s.images.iter().next().unwrap().0;
+    assert_eq!(
+        err(
+            &mut s,
+            18,
+            Command::DeleteImage {
+                id: img,
+                if_match: None
+            }
+        )
+        .code,
+        ErrorCode::Conflict
+    );
+}

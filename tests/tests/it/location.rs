@@ -431,3 +431,166 @@ async fn discovery_gives_unknown_machines_a_dynamic_address_and_records_them_onc
     assert_eq!(items[0]["macs"][0], "02:77:00:00:01:01");
     assert_eq!(items[0]["state"], "new");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_flow_with_artifacts_and_a_one_time_install_callback() {
+    let c = Cluster::start(
+        "deploy",
+        2,
+        &[
+            "--location",
+            "dc1",
+            "--http-boot-listen",
+            "{ip}:0",
+            "--artifacts-dir",
+            "{dir}/art",
+        ],
+    )
+    .await
+    .expect("cluster");
+    // Node 2 (a follower) serves the machine: the callback must reach the leader.
+    let site = 1;
+    let art = c.nodes[site].data_dir.join("art");
+    std::fs::create_dir_all(art.join("debian")).unwrap();
+    std::fs::write(art.join("debian/vmlinuz"), b"KERNEL").unwrap();
+    std::fs::write(art.join("debian/initrd.img"), b"INITRD").unwrap();
+    let base = format!(
+        "http://{}",
+        std::fs::read_to_string(c.nodes[site].data_dir.join("http-boot.addr"))
+            .unwrap()
+            .trim()
+    );
+    let _: serde_json::Value = c
+        .post_json(0, "/v1/locations", &json!({"name": "dc1"}))
+        .await
+        .unwrap();
+    let _: serde_json::Value = c
+        .post_json(
+            0,
+            "/v1/images",
+            &json!({"name": "debian12", "kernel": "debian/vmlinuz", "initrd": "debian/initrd.img", "cmdline": "console=ttyS0"}),
+        )
+        .await
+        .unwrap();
+    let (s, _) = c
+        .request(
+            0,
+            Method::POST,
+            "/v1/images",
+            Some(json!({"name": "bad", "kernel": "../x", "initrd": "y"})),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 400);
+    let m: serde_json::Value = c
+        .post_json(0, "/v1/machines", &json!({"hostname": "web1", "location": "dc1", "macs": ["52:54:00:aa:cc:01"], "state": "ready"}))
+        .await
+        .unwrap();
+    let id = m["id"].as_u64().unwrap();
+    let deploy = |img: &str| json!({"image": img});
+    let (s, _) = c
+        .request(
+            1,
+            Method::POST,
+            &format!("/v1/machines/{id}/deploy"),
+            Some(deploy("nope")),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 400, "unknown image");
+    let (s, v) = c
+        .request(
+            1,
+            Method::POST,
+            &format!("/v1/machines/{id}/deploy"),
+            Some(deploy("debian12")),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (s, v["state"].as_str(), v["image"].as_str()),
+        (200, Some("deploying"), Some("debian12")),
+        "{v}"
+    );
+    let (s, _) = c
+        .request(
+            1,
+            Method::POST,
+            &format!("/v1/machines/{id}/deploy"),
+            Some(deploy("debian12")),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 409, "only ready machines deploy");
+
+    let http = c.http.clone();
+    let get = |p: String| {
+        let http = http.clone();
+        let url = format!("{base}{p}");
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
+        }
+    };
+    // The replica of the serving node may lag the write by a moment.
+    let mut script = String::new();
+    for _ in 0..100 {
+        let (_, body) = get("/boot/52:54:00:aa:cc:01.ipxe".into()).await;
+        script = String::from_utf8(body).unwrap();
+        if script.contains("kernel ") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        script.contains(&format!("kernel {base}/artifacts/debian/vmlinuz console=ttyS0 rackd.callback={base}/boot/52:54:00:aa:cc:01/done rackd.token=")),
+        "{script}"
+    );
+    assert!(
+        script.contains(&format!("initrd {base}/artifacts/debian/initrd.img"))
+            && script.ends_with("boot\n")
+    );
+    let token = script
+        .split("rackd.token=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        get("/artifacts/debian/vmlinuz".into()).await,
+        (200, b"KERNEL".to_vec())
+    );
+    assert_ne!(get("/artifacts/../node.json".into()).await.0, 200);
+
+    // The token is never shown by the API, the journal or the logs.
+    let m: serde_json::Value = c.get_json(0, &format!("/v1/machines/{id}")).await.unwrap();
+    let ev: serde_json::Value = c.get_json(0, "/v1/events?limit=1000").await.unwrap();
+    assert!(!m.to_string().contains(&token) && !ev.to_string().contains(&token));
+
+    // Install callback: wrong token refused; the right one once; then it is burnt.
+    let cb = |t: String| {
+        let http = http.clone();
+        let url = format!("{base}/boot/52:54:00:aa:cc:01/done?token={t}");
+        async move { http.post(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(cb("wrong".into()).await, 401);
+    assert_eq!(cb(token.clone()).await, 200);
+    assert_eq!(cb(token.clone()).await, 401, "token is one-time");
+    let m: serde_json::Value = c.get_json(1, &format!("/v1/machines/{id}")).await.unwrap();
+    assert_eq!(m["state"], "deployed");
+    let (_, body) = get("/boot/52:54:00:aa:cc:01.ipxe".into()).await;
+    assert!(String::from_utf8(body).unwrap().contains("\nexit\n"));
+    for n in &c.nodes {
+        assert!(
+            !std::fs::read_to_string(&n.log).unwrap().contains(&token),
+            "token in {}",
+            n.log.display()
+        );
+    }
+}

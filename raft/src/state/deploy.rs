@@ -1,0 +1,238 @@
+//! Apply handlers for images and the deployment flow: `Deploy` (ready → deploying, with a
+//! one-time callback token) and `DeployDone` (the machine presents the token → deployed, the
+//! token is burnt).
+
+use rackd_types::{ApiError, CreateImage, ErrorCode, Image, MachineState, Meta, UpdateImage};
+use serde_json::Value;
+
+use super::{precondition, to_value, State};
+
+fn check_artifact(what: &str, p: &str) -> Result<(), ApiError> {
+    if p.is_empty() || p.len() > 512 || p.split('/').any(|c| c == "..") || p.starts_with('/') {
+        return Err(ApiError::invalid(format!(
+            "{what} must be a relative artifact path without '..'"
+        )));
+    }
+    Ok(())
+}
+
+impl State {
+    pub(super) fn create_image(
+        &mut self,
+        now: u64,
+        actor: &str,
+        c: &CreateImage,
+    ) -> Result<Value, ApiError> {
+        if c.name.is_empty()
+            || c.name.len() > 128
+            || !c
+                .name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "-._".contains(ch))
+        {
+            return Err(ApiError::invalid(
+                "image name must be 1..=128 of [A-Za-z0-9-._]",
+            ));
+        }
+        check_artifact("kernel", &c.kernel)?;
+        check_artifact("initrd", &c.initrd)?;
+        if self.image_by_name(&c.name).is_some() {
+            return Err(ApiError::conflict(format!(
+                "image {:?} already exists",
+                c.name
+            )));
+        }
+        let id = self.alloc_id();
+        let img = Image {
+            meta: Meta {
+                id,
+                version: 1,
+                created_at: now,
+                updated_at: now,
+            },
+            name: c.name.clone(),
+            kernel: c.kernel.clone(),
+            initrd: c.initrd.clone(),
+            cmdline: c.cmdline.clone(),
+        };
+        self.images.insert(id, img.clone());
+        self.journal(
+            now,
+            actor,
+            "image.created",
+            "image",
+            Some(id),
+            format!("image {} created", c.name),
+        );
+        to_value(&img)
+    }
+
+    pub(super) fn update_image(
+        &mut self,
+        now: u64,
+        actor: &str,
+        id: u64,
+        if_match: Option<u64>,
+        p: &UpdateImage,
+    ) -> Result<Value, ApiError> {
+        let mut img = self
+            .images
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("image {id} not found")))?;
+        precondition(img.meta.version, if_match)?;
+        if let Some(k) = &p.kernel {
+            check_artifact("kernel", k)?;
+            img.kernel = k.clone();
+        }
+        if let Some(i) = &p.initrd {
+            check_artifact("initrd", i)?;
+            img.initrd = i.clone();
+        }
+        if let Some(c) = &p.cmdline {
+            img.cmdline = c.clone();
+        }
+        img.meta.version += 1;
+        img.meta.updated_at = now;
+        self.images.insert(id, img.clone());
+        self.journal(
+            now,
+            actor,
+            "image.updated",
+            "image",
+            Some(id),
+            format!("image {} updated", img.name),
+        );
+        to_value(&img)
+    }
+
+    pub(super) fn delete_image(
+        &mut self,
+        now: u64,
+        actor: &str,
+        id: u64,
+        if_match: Option<u64>,
+    ) -> Result<Value, ApiError> {
+        let img = self
+            .images
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("image {id} not found")))?;
+        precondition(img.meta.version, if_match)?;
+        if self
+            .machines
+            .values()
+            .any(|m| m.machine.image.as_deref() == Some(img.name.as_str()))
+        {
+            return Err(ApiError::conflict(format!(
+                "image {} is used by machines",
+                img.name
+            )));
+        }
+        self.images.remove(&id);
+        self.journal(
+            now,
+            actor,
+            "image.deleted",
+            "image",
+            Some(id),
+            format!("image {} deleted", img.name),
+        );
+        Ok(Value::Null)
+    }
+
+    pub(super) fn deploy(
+        &mut self,
+        now: u64,
+        actor: &str,
+        id: u64,
+        if_match: Option<u64>,
+        image: &str,
+        token: &str,
+    ) -> Result<Value, ApiError> {
+        let mut stored = self
+            .machines
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("machine {id} not found")))?;
+        precondition(stored.machine.meta.version, if_match)?;
+        if self.image_by_name(image).is_none() {
+            return Err(ApiError::invalid(format!("image {image:?} does not exist")));
+        }
+        if stored.machine.state != MachineState::Ready {
+            return Err(ApiError::conflict(format!(
+                "machine {id} is {}, only ready machines can be deployed",
+                stored.machine.state.as_str()
+            )));
+        }
+        if token.len() < 32 {
+            return Err(ApiError::internal("deploy token too short"));
+        }
+        let m = &mut stored.machine;
+        m.state = MachineState::Deploying;
+        m.state_cause = format!("deploy {image} requested by {actor}");
+        m.image = Some(image.to_string());
+        m.meta.version += 1;
+        m.meta.updated_at = now;
+        let view = m.clone();
+        stored.deploy_token = Some(token.to_string());
+        self.machines.insert(id, stored);
+        self.journal(
+            now,
+            actor,
+            "machine.state_changed",
+            "machine",
+            Some(id),
+            format!(
+                "machine {} ready -> deploying (image {image})",
+                view.hostname
+            ),
+        );
+        to_value(&view)
+    }
+
+    pub(super) fn deploy_done(
+        &mut self,
+        now: u64,
+        actor: &str,
+        mac: &str,
+        token: &str,
+    ) -> Result<Value, ApiError> {
+        let reject = || {
+            ApiError::new(
+                ErrorCode::Unauthorized,
+                "no deployment with this token for this machine",
+            )
+        };
+        let mut stored = self
+            .stored_machine_by_mac(mac)
+            .cloned()
+            .ok_or_else(reject)?;
+        if stored.machine.state != MachineState::Deploying
+            || stored.deploy_token.as_deref() != Some(token)
+        {
+            return Err(reject());
+        }
+        let id = stored.machine.meta.id;
+        let m = &mut stored.machine;
+        m.state = MachineState::Deployed;
+        m.state_cause = "install callback".to_string();
+        m.meta.version += 1;
+        m.meta.updated_at = now;
+        let view = m.clone();
+        stored.deploy_token = None; // one-time
+        self.machines.insert(id, stored);
+        self.journal(
+            now,
+            actor,
+            "machine.state_changed",
+            "machine",
+            Some(id),
+            format!(
+                "machine {} deploying -> deployed (install callback)",
+                view.hostname
+            ),
+        );
+        Ok(serde_json::json!({"machine_id": id, "state": "deployed"}))
+    }
+}
