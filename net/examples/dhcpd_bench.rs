@@ -45,6 +45,7 @@ fn main() -> std::io::Result<()> {
             boot: BootServers {
                 tftp: server_ip,
                 http_base: format!("http://{server_ip}:8080"),
+                ipxe_via_tftp: false,
             },
             lease_secs: 3600,
             proxy: false,

@@ -152,6 +152,7 @@ async fn start_server(lab: &Lab, reserved: &[(&str, Ipv4Addr)]) -> Arc<DhcpStats
         boot: BootServers {
             tftp: server_ip,
             http_base: format!("http://{server_ip}:8080"),
+            ipxe_via_tftp: false,
         },
         lease_secs: 600,
         proxy: false,
@@ -402,6 +403,7 @@ async fn relayed_requests_through_isc_dhcrelay() {
         boot: BootServers {
             tftp: server_ip,
             http_base: format!("http://{server_ip}:8080"),
+            ipxe_via_tftp: false,
         },
         lease_secs: 600,
         proxy: false,

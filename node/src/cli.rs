@@ -142,6 +142,10 @@ pub struct UpArgs {
     /// with router lifetime 0, so iPXE does not wait ~13 s for IPv6 routers).
     #[arg(long)]
     pub no_router_advertisements: bool,
+    /// Send iPXE clients to a first-stage `boot.ipxe` over TFTP (chaining their HTTP script)
+    /// instead of straight to the HTTP script.
+    #[arg(long)]
+    pub ipxe_via_tftp: bool,
     /// Lease time handed out with reservations (seconds).
     #[arg(long, default_value_t = 3600)]
     pub dhcp_lease_secs: u32,

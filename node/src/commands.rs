@@ -70,6 +70,7 @@ pub async fn up(args: UpArgs, join: Option<String>) -> anyhow::Result<()> {
                 proxy: args.dhcp_proxy,
                 lease_secs: args.dhcp_lease_secs,
                 router_advertisements: !args.no_router_advertisements,
+                ipxe_via_tftp: args.ipxe_via_tftp,
             }),
         },
     };

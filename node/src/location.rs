@@ -171,6 +171,8 @@ pub struct DhcpOptions {
     pub lease_secs: u32,
     /// Send IPv6 Router Advertisements (lifetime 0) so iPXE does not wait ~13 s for routers.
     pub router_advertisements: bool,
+    /// iPXE clients load `boot.ipxe` over TFTP first (it chains their HTTP script).
+    pub ipxe_via_tftp: bool,
 }
 
 /// Start the DHCP server of `location` on the provisioning interface.
@@ -195,6 +197,7 @@ pub fn start_dhcp(
                 .http_base
                 .clone()
                 .unwrap_or_else(|| format!("http://{}:8080", o.server_ip)),
+            ipxe_via_tftp: o.ipxe_via_tftp,
         },
         lease_secs: o.lease_secs,
         proxy: o.proxy,

@@ -437,6 +437,19 @@ pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
             if d.http_base.is_none() {
                 d.http_base = http_base.clone();
             }
+            if opts.tftp_listen.is_some() {
+                // The first-stage script iPXE clients get over TFTP with --ipxe-via-tftp.
+                let base = d
+                    .http_base
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{}:8080", d.server_ip));
+                let root = opts.tftp_root.clone().unwrap_or_else(|| dir.join("tftp"));
+                std::fs::write(
+                    root.join(rackd_net::dhcp::boot::IPXE_TFTP_SCRIPT),
+                    rackd_net::dhcp::boot::ipxe_tftp_script(&base),
+                )
+                .context("write boot.ipxe into the TFTP root")?;
+            }
             let ra = if d.router_advertisements {
                 match rackd_net::ra::RaSender::start(&d.interface, Duration::from_secs(3)) {
                     Ok(r) => Some(r),

@@ -35,6 +35,21 @@ pub struct BootServers {
     pub tftp: Ipv4Addr,
     /// Base URL of the HTTP boot server, e.g. `http://10.0.0.1:8080`.
     pub http_base: String,
+    /// Send iPXE clients to [`IPXE_TFTP_SCRIPT`] over TFTP (which chains their HTTP script)
+    /// instead of straight to the HTTP script.
+    pub ipxe_via_tftp: bool,
+}
+
+/// The first-stage iPXE script a location node writes into its TFTP root: it chains the
+/// requesting machine's own script on the HTTP boot server.
+pub const IPXE_TFTP_SCRIPT: &str = "boot.ipxe";
+
+/// Contents of [`IPXE_TFTP_SCRIPT`] for an HTTP boot server at `http_base`.
+pub fn ipxe_tftp_script(http_base: &str) -> String {
+    format!(
+        "#!ipxe\necho rackd: chaining the per-machine script\nchain {}/boot/${{net0/mac}}.ipxe\n",
+        http_base.trim_end_matches('/')
+    )
 }
 
 /// The answer to put in the reply.
@@ -105,6 +120,12 @@ pub fn answer(
     );
     Some(match client {
         Client::Plain => return None,
+        Client::Ipxe { .. } if servers.ipxe_via_tftp => BootAnswer {
+            filename: IPXE_TFTP_SCRIPT.to_string(),
+            next_server: Some(servers.tftp),
+            vendor_class: None,
+            ipxe_no_pxedhcp: true,
+        },
         Client::Ipxe { .. } => BootAnswer {
             filename: script,
             next_server: None,
@@ -138,7 +159,25 @@ mod tests {
         BootServers {
             tftp: Ipv4Addr::new(10, 77, 0, 1),
             http_base: "http://10.77.0.1:8080".into(),
+            ipxe_via_tftp: false,
         }
+    }
+
+    #[test]
+    fn ipxe_via_tftp_gets_the_chain_script() {
+        let s = BootServers {
+            ipxe_via_tftp: true,
+            ..servers()
+        };
+        let a = answer(Client::Ipxe { arch: 0 }, BootMode::Network, "m", &s).unwrap();
+        assert_eq!(
+            (a.filename.as_str(), a.next_server),
+            (IPXE_TFTP_SCRIPT, Some(s.tftp))
+        );
+        assert_eq!(
+            ipxe_tftp_script("http://10.77.0.1:8080/"),
+            "#!ipxe\necho rackd: chaining the per-machine script\nchain http://10.77.0.1:8080/boot/${net0/mac}.ipxe\n"
+        );
     }
 
     #[test]

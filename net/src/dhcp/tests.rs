@@ -45,6 +45,7 @@ fn core(proxy: bool) -> DhcpCore {
         boot: BootServers {
             tftp: SERVER,
             http_base: "http://10.77.0.1:8080".into(),
+            ipxe_via_tftp: false,
         },
         lease_secs: 3600,
         proxy,

@@ -154,6 +154,7 @@ impl TftpServer {
                             continue;
                         }
                     };
+                    tracing::info!(%peer, file = %filename, "tftp read request");
                     let limits = self.limits.clone();
                     let stats = self.stats.clone();
                     tokio::spawn(async move {

@@ -41,16 +41,27 @@ impl Drop for Tap {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qemu_ipxe_rom_boots_its_per_machine_script_from_rackd() {
+    boot_vm(0, false).await;
+}
+
+/// The lab's flow: DHCP, then a first stage over TFTP (`boot.ipxe`), then the per-machine
+/// script over HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_ipxe_rom_loads_a_first_stage_over_tftp_then_its_script_over_http() {
+    boot_vm(1, true).await;
+}
+
+async fn boot_vm(tag: u32, via_tftp: bool) {
     assert!(
         sh(&["sh", "-c", "command -v qemu-system-x86_64"]).0,
         "qemu-system-x86_64 missing (apt-get install qemu-system-x86 ipxe-qemu)"
     );
     let n = std::process::id() % 200 + 20;
     let mut tap = Tap {
-        name: format!("rkt{}", std::process::id() % 100_000),
+        name: format!("rkt{}x{tag}", std::process::id() % 100_000),
         vm: None,
     };
-    let net = format!("10.196.{n}");
+    let net = format!("10.{}.{n}", 196 + tag);
     let server_ip = format!("{net}.1");
     for a in [
         vec!["ip", "tuntap", "add", "dev", &tap.name, "mode", "tap"],
@@ -67,22 +78,22 @@ async fn qemu_ipxe_rom_boots_its_per_machine_script_from_rackd() {
         let (ok, out) = sh(&a);
         assert!(ok, "{a:?}: {out}");
     }
-    let c = Cluster::start(
-        "pxe",
-        1,
-        &[
-            "--location",
-            "dc1",
-            "--dhcp-interface",
-            &tap.name,
-            "--dhcp-server-ip",
-            &server_ip,
-            "--http-boot-listen",
-            &format!("{server_ip}:0"),
-        ],
-    )
-    .await
-    .expect("cluster");
+    let http_listen = format!("{server_ip}:0");
+    let tftp_listen = format!("{server_ip}:69");
+    let mut args = vec![
+        "--location",
+        "dc1",
+        "--dhcp-interface",
+        &tap.name,
+        "--dhcp-server-ip",
+        &server_ip,
+        "--http-boot-listen",
+        &http_listen,
+    ];
+    if via_tftp {
+        args.extend(["--tftp-listen", &tftp_listen, "--ipxe-via-tftp"]);
+    }
+    let c = Cluster::start("pxe", 1, &args).await.expect("cluster");
     let _: serde_json::Value = c
         .post_json(0, "/v1/locations", &json!({"name": "dc1"}))
         .await
@@ -171,4 +182,17 @@ async fn qemu_ipxe_rom_boots_its_per_machine_script_from_rackd() {
         log.contains("served boot script") && log.contains(mac),
         "HTTP boot server did not log the script"
     );
+    if via_tftp {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("tftp read request") && l.contains("boot.ipxe")),
+            "the VM did not load boot.ipxe over TFTP"
+        );
+        let console =
+            String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).to_string();
+        assert!(
+            console.contains("rackd: chaining the per-machine script"),
+            "first stage did not run"
+        );
+    }
 }
