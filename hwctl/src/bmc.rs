@@ -1,0 +1,61 @@
+//! The `Bmc` trait every driver implements (IPMI, simulated, …).
+
+use std::future::Future;
+
+use serde::{Deserialize, Serialize};
+
+/// Chassis power as reported by the BMC. `Unknown` means the BMC could not say; it is never
+/// treated as `Off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PowerState {
+    On,
+    Off,
+    Unknown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BootDevice {
+    Pxe,
+    Disk,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BmcInfo {
+    pub manufacturer_id: u32,
+    pub product_id: u16,
+    pub firmware: String,
+    pub ipmi_version: String,
+}
+
+/// BMC failures. Messages from the BMC are kept verbatim; no variant carries a password.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BmcError {
+    #[error("BMC {address} did not answer within {timeout_ms} ms")]
+    Timeout { address: String, timeout_ms: u64 },
+    #[error("BMC {address} rejected the credentials")]
+    Auth { address: String },
+    #[error("BMC {address} returned an error: {message}")]
+    Bmc { address: String, message: String },
+    #[error("BMC {address} does not support {operation}")]
+    Unsupported { address: String, operation: String },
+}
+
+/// One baseboard management controller. Implementations do one round trip per call; retries,
+/// verification and serialization live in [`crate::power`].
+pub trait Bmc: Send + Sync {
+    /// Address for logs and errors (never the password).
+    fn address(&self) -> String;
+    fn power_status(&self) -> impl Future<Output = Result<PowerState, BmcError>> + Send;
+    fn power_on(&self) -> impl Future<Output = Result<(), BmcError>> + Send;
+    fn power_off(&self) -> impl Future<Output = Result<(), BmcError>> + Send;
+    fn power_cycle(&self) -> impl Future<Output = Result<(), BmcError>> + Send;
+    fn hard_reset(&self) -> impl Future<Output = Result<(), BmcError>> + Send;
+    fn set_boot_device(
+        &self,
+        dev: BootDevice,
+        persistent: bool,
+    ) -> impl Future<Output = Result<(), BmcError>> + Send;
+    fn info(&self) -> impl Future<Output = Result<BmcInfo, BmcError>> + Send;
+}
