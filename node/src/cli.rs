@@ -69,6 +69,9 @@ pub enum Cmd {
     /// Cluster members.
     #[command(subcommand)]
     Members(MemberCmd),
+    /// Tasks (power actions).
+    #[command(subcommand)]
+    Tasks(TaskCmd),
     /// Join and API tokens.
     #[command(subcommand)]
     Tokens(TokenCmd),
@@ -194,6 +197,19 @@ pub enum MachineCmd {
         #[arg(long)]
         if_match: Option<u64>,
     },
+    /// Power action (on, off, cycle, reset, status); waits for the task unless --no-wait.
+    Power {
+        id: u64,
+        action: String,
+        #[arg(long)]
+        no_wait: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TaskCmd {
+    List,
+    Show { id: u64 },
 }
 
 #[derive(Debug, Args)]

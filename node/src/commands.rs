@@ -11,7 +11,7 @@ use rackd_types::{
 };
 
 use crate::cli::{
-    Cmd, LocationCmd, MachineCmd, MemberCmd, Output, RackCmd, SubnetCmd, TokenCmd, UpArgs,
+    Cmd, LocationCmd, MachineCmd, MemberCmd, Output, RackCmd, SubnetCmd, TaskCmd, TokenCmd, UpArgs,
 };
 use crate::client::Client;
 use crate::output::{opt, table, time};
@@ -111,6 +111,30 @@ fn machine_rows(ms: &[Machine]) {
     table(
         &[
             "ID", "HOSTNAME", "LOCATION", "STATE", "MACS", "IPS", "VERSION",
+        ],
+        &rows,
+    );
+}
+
+fn task_rows(ts: &[rackd_types::Task]) {
+    let rows: Vec<Vec<String>> = ts
+        .iter()
+        .map(|t| {
+            vec![
+                t.meta.id.to_string(),
+                format!("{:?}", t.kind),
+                t.machine_id.to_string(),
+                format!("{:?}", t.state),
+                t.attempt.to_string(),
+                opt(&t.assignee),
+                opt(&t.observed_power),
+                t.error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID", "KIND", "MACHINE", "STATE", "ATTEMPT", "NODE", "POWER", "ERROR",
         ],
         &rows,
     );
@@ -280,11 +304,57 @@ pub async fn client(
                 }
                 machine_rows(&[m]);
             }
+            MachineCmd::Power {
+                id,
+                action,
+                no_wait,
+            } => {
+                let mut t: rackd_types::Task = c
+                    .post(
+                        &format!("/v1/machines/{id}/power"),
+                        &rackd_types::PowerRequest { action },
+                    )
+                    .await?;
+                let deadline = std::time::Instant::now() + Duration::from_secs(300);
+                while !no_wait
+                    && matches!(
+                        t.state,
+                        rackd_types::TaskState::Pending | rackd_types::TaskState::Running
+                    )
+                    && std::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    t = c.get(&format!("/v1/tasks/{}", t.meta.id)).await?;
+                }
+                if json {
+                    return json_out(&t);
+                }
+                task_rows(&[t.clone()]);
+                if t.state == rackd_types::TaskState::Failed {
+                    bail!("power task failed: {}", t.error.unwrap_or_default());
+                }
+            }
             MachineCmd::Delete { id, if_match } => {
                 c.delete(&format!("/v1/machines/{id}"), if_match).await?;
                 if !json {
                     println!("machine {id} deleted");
                 }
+            }
+        },
+        Cmd::Tasks(tc) => match tc {
+            TaskCmd::List => {
+                let ts: Vec<rackd_types::Task> = c.get_all("/v1/tasks").await?;
+                if json {
+                    return json_out(&ts);
+                }
+                task_rows(&ts);
+            }
+            TaskCmd::Show { id } => {
+                let t: rackd_types::Task = c.get(&format!("/v1/tasks/{id}")).await?;
+                if json {
+                    return json_out(&t);
+                }
+                task_rows(&[t]);
             }
         },
         Cmd::Locations(lc) => match lc {

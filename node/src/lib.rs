@@ -12,6 +12,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod commands;
+pub mod executor;
 pub mod http_boot;
 pub mod identity;
 pub mod location;

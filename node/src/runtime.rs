@@ -468,6 +468,11 @@ pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
         }
     };
 
+    let _executor = opts
+        .location
+        .clone()
+        .map(|loc| AbortOnDrop(crate::executor::Executor::new(node.clone(), loc).spawn()));
+
     if !identity.complete {
         let node = node.clone();
         let opts = opts.clone();

@@ -102,6 +102,26 @@ pub enum Command {
         mac: String,
         token: Secret,
     },
+    /// Create a task on a machine (power actions need a BMC).
+    CreateTask {
+        kind: rackd_types::TaskKind,
+        machine_id: u64,
+    },
+    /// An executor on `node` takes a pending task: compare-and-set on `generation`, so exactly
+    /// one executor wins; the attempt counter and generation advance.
+    ClaimTask {
+        id: u64,
+        node: u64,
+        generation: u64,
+        lease_ms: u64,
+    },
+    /// Result of the attempt started by the claim with `generation` (stale results are refused).
+    FinishTask {
+        id: u64,
+        generation: u64,
+        error: Option<String>,
+        observed_power: Option<String>,
+    },
     CreateJoinToken {
         token_hash: String,
         ttl_ms: u64,
@@ -148,6 +168,9 @@ impl Command {
             Command::DeleteImage { .. } => "delete_image",
             Command::Deploy { .. } => "deploy",
             Command::DeployDone { .. } => "deploy_done",
+            Command::CreateTask { .. } => "create_task",
+            Command::ClaimTask { .. } => "claim_task",
+            Command::FinishTask { .. } => "finish_task",
             Command::CreateJoinToken { .. } => "create_join_token",
             Command::AllocateNodeId { .. } => "allocate_node_id",
             Command::CreateApiToken { .. } => "create_api_token",

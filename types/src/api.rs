@@ -149,6 +149,14 @@ pub struct DeployMachine {
     pub image: String,
 }
 
+/// `POST /v1/machines/{id}/power`.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PowerRequest {
+    /// on | off | cycle | reset | status
+    pub action: String,
+}
+
 /// `POST /boot/{mac}/done?token=...` body-less callback answer.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DeployDone {

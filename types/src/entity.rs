@@ -180,6 +180,53 @@ pub struct Machine {
     /// Image deployed (or being deployed) on the machine.
     #[serde(default)]
     pub image: Option<String>,
+    /// Power state as last observed through the BMC (`on`, `off`, `unknown`).
+    #[serde(default)]
+    pub power_state: Option<String>,
+    /// When `power_state` was observed (ms since the epoch, leader-stamped).
+    #[serde(default)]
+    pub power_observed_at: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    PowerOn,
+    PowerOff,
+    PowerCycle,
+    PowerReset,
+    PowerStatus,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+/// A replicated unit of work on one machine (DESIGN §5). `generation` fences executors: a
+/// result is accepted only with the generation of the claim that started the attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Task {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub kind: TaskKind,
+    pub machine_id: u64,
+    pub state: TaskState,
+    pub attempt: u32,
+    pub assignee: Option<u64>,
+    pub generation: u64,
+    pub lease_expires_at: Option<u64>,
+    pub started_at: Option<u64>,
+    pub finished_at: Option<u64>,
+    /// BMC error text, verbatim.
+    pub error: Option<String>,
+    /// Power state observed when the task finished.
+    pub observed_power: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

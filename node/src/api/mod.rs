@@ -11,6 +11,7 @@ pub mod forward;
 pub mod inventory;
 pub mod openapi;
 pub mod routes;
+pub mod tasks;
 
 use std::sync::Arc;
 

@@ -33,6 +33,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("patch", "/v1/machines/{id}"),
     ("delete", "/v1/machines/{id}"),
     ("post", "/v1/machines/{id}/deploy"),
+    ("post", "/v1/machines/{id}/power"),
+    ("get", "/v1/tasks"),
+    ("get", "/v1/tasks/{id}"),
     ("get", "/v1/images"),
     ("post", "/v1/images"),
     ("get", "/v1/images/{id}"),
@@ -84,6 +87,9 @@ pub fn router(node: AppState) -> Router {
                 .delete(delete_machine),
         )
         .route("/v1/machines/{id}/deploy", post(deploy_machine))
+        .route("/v1/machines/{id}/power", post(super::tasks::power))
+        .route("/v1/tasks", get(super::tasks::list_tasks))
+        .route("/v1/tasks/{id}", get(super::tasks::get_task))
         .route("/v1/images", get(list_images).post(create_image))
         .route(
             "/v1/images/{id}",

@@ -494,6 +494,8 @@ impl State {
             description: c.description.clone(),
             tags: c.tags.clone(),
             image: None,
+            power_state: None,
+            power_observed_at: None,
         };
         self.index_machine(id, None, Some(&machine));
         self.machines.insert(

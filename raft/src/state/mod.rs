@@ -12,6 +12,7 @@ pub mod cluster;
 mod deploy;
 mod inventory;
 pub mod table;
+mod tasks;
 
 #[cfg(test)]
 mod tests;
@@ -19,7 +20,8 @@ mod tests;
 use std::collections::BTreeMap;
 
 use rackd_types::{
-    ApiError, ApiTokenView, ErrorCode, Event, Image, JoinTokenView, Location, Machine, Rack, Subnet,
+    ApiError, ApiTokenView, ErrorCode, Event, Image, JoinTokenView, Location, Machine, Rack,
+    Subnet, Task,
 };
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +50,7 @@ pub mod tables {
     pub const API_TOKENS: u8 = 8;
     pub const IDEMPOTENCY: u8 = 9;
     pub const IMAGES: u8 = 10;
+    pub const TASKS: u8 = 11;
 }
 
 /// Singleton counters and cluster identity (stored as one row of the META table).
@@ -123,6 +126,8 @@ pub struct State {
     pub idempotency: Table<String, IdempotencyRecord>,
     #[serde(default)]
     pub images: Table<u64, Image>,
+    #[serde(default)]
+    pub tasks: Table<u64, Task>,
     #[serde(skip)]
     meta_dirty: bool,
     #[serde(skip)]
@@ -270,6 +275,28 @@ impl State {
                 token,
             } => self.deploy(now, actor, *id, *if_match, image, &token.0),
             Command::DeployDone { mac, token } => self.deploy_done(now, actor, mac, &token.0),
+            Command::CreateTask { kind, machine_id } => {
+                self.create_task(now, actor, *kind, *machine_id)
+            }
+            Command::ClaimTask {
+                id,
+                node,
+                generation,
+                lease_ms,
+            } => self.claim_task(now, actor, *id, *node, *generation, *lease_ms),
+            Command::FinishTask {
+                id,
+                generation,
+                error,
+                observed_power,
+            } => self.finish_task(
+                now,
+                actor,
+                *id,
+                *generation,
+                error.clone(),
+                observed_power.clone(),
+            ),
             Command::CreateJoinToken {
                 token_hash,
                 ttl_ms,
@@ -390,6 +417,8 @@ impl State {
         self.idempotency.all_rows(tables::IDEMPOTENCY, &mut out);
         self.images.all_rows(tables::IMAGES, &mut out);
         self.images.clear_dirty();
+        self.tasks.all_rows(tables::TASKS, &mut out);
+        self.tasks.clear_dirty();
         self.locations.clear_dirty();
         self.racks.clear_dirty();
         self.machines.clear_dirty();
@@ -417,6 +446,7 @@ impl State {
             tables::API_TOKENS => self.api_tokens.load(key, value),
             tables::IDEMPOTENCY => self.idempotency.load(key, value),
             tables::IMAGES => self.images.load(key, value),
+            tables::TASKS => self.tasks.load(key, value),
             other => Err(format!("unknown state table id {other}")),
         }
     }

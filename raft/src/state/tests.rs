@@ -478,3 +478,84 @@ fn deploy_needs_a_ready_machine_and_the_callback_token_is_one_time() {
         ErrorCode::Conflict
     );
 }
+
+#[test]
+fn tasks_are_claimed_once_fenced_by_generation_and_ordered_per_machine() {
+    use rackd_types::{TaskKind, TaskState};
+    let mut s = base();
+    let mut c = machine("a", &[], &[]);
+    if let Command::CreateMachine(cm) = &mut c {
+        cm.bmc = Some(BmcSpec {
+            driver: "sim".into(),
+            address: "x".into(),
+            port: 623,
+            username: String::new(),
+            password: None,
+        });
+    }
+    let mid = ok(&mut s, 10, c)["id"].as_u64().unwrap();
+    let t1 = ok(
+        &mut s,
+        11,
+        Command::CreateTask {
+            kind: TaskKind::PowerOn,
+            machine_id: mid,
+        },
+    )["id"]
+        .as_u64()
+        .unwrap();
+    let t2 = ok(
+        &mut s,
+        12,
+        Command::CreateTask {
+            kind: TaskKind::PowerOff,
+            machine_id: mid,
+        },
+    )["id"]
+        .as_u64()
+        .unwrap();
+    let claim = |id, node, generation| Command::ClaimTask {
+        id,
+        node,
+        generation,
+        lease_ms: 1000,
+    };
+    // The later task cannot start before the earlier one.
+    assert_eq!(
+        err(&mut s, 13, claim(t2, 1, 0)).code,
+        ErrorCode::PreconditionFailed
+    );
+    let c1 = ok(&mut s, 14, claim(t1, 1, 0));
+    assert_eq!(
+        (c1["generation"].as_u64(), c1["attempt"].as_u64()),
+        (Some(1), Some(1))
+    );
+    // A second executor with the old generation loses.
+    assert_eq!(
+        err(&mut s, 15, claim(t1, 2, 0)).code,
+        ErrorCode::PreconditionFailed
+    );
+    // A stale result is refused; the current one is accepted once.
+    let finish = |generation| Command::FinishTask {
+        id: t1,
+        generation,
+        error: None,
+        observed_power: Some("on".into()),
+    };
+    assert_eq!(
+        err(&mut s, 16, finish(0)).code,
+        ErrorCode::PreconditionFailed
+    );
+    ok(&mut s, 17, finish(1));
+    assert_eq!(
+        err(&mut s, 18, finish(1)).code,
+        ErrorCode::PreconditionFailed
+    );
+    assert_eq!(s.tasks.get(&t1).unwrap().state, TaskState::Succeeded);
+    assert_eq!(
+        s.machines.get(&mid).unwrap().machine.power_state.as_deref(),
+        Some("on")
+    );
+    // Now the second task may run.
+    ok(&mut s, 19, claim(t2, 2, 0));
+}

@@ -3,5 +3,6 @@
 mod api;
 mod cluster;
 mod location;
+mod power;
 mod pxe;
 mod util;

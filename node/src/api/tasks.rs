@@ -1,0 +1,84 @@
+//! Power actions and tasks: `POST /v1/machines/{id}/power` creates a replicated task that a
+//! node serving the machine's location executes; `GET /v1/tasks[/{id}]` shows its progress.
+
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use rackd_raft::cmd::Command;
+use rackd_types::{ApiError, ListQuery, Page, PowerRequest, Task, TaskKind};
+use serde_json::Value;
+
+use super::auth::Actor;
+use super::inventory::{collect_page, page_params, query, read_barrier};
+use super::{idempotency_key, parse_id, parse_json, AppState, HttpError, HttpResult};
+
+pub fn task_kind(action: &str) -> Option<TaskKind> {
+    Some(match action {
+        "on" => TaskKind::PowerOn,
+        "off" => TaskKind::PowerOff,
+        "cycle" => TaskKind::PowerCycle,
+        "reset" => TaskKind::PowerReset,
+        "status" => TaskKind::PowerStatus,
+        _ => return None,
+    })
+}
+
+pub async fn power(
+    State(node): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> HttpResult<(StatusCode, Json<Value>)> {
+    let machine_id = parse_id(&id)?;
+    let r: PowerRequest = parse_json(&body)?;
+    let kind = task_kind(&r.action).ok_or_else(|| {
+        HttpError(ApiError::invalid(format!(
+            "unknown power action {:?} (on, off, cycle, reset, status)",
+            r.action
+        )))
+    })?;
+    let v = node
+        .propose(
+            &actor.0,
+            idempotency_key(&headers)?,
+            Command::CreateTask { kind, machine_id },
+        )
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(v)))
+}
+
+pub async fn list_tasks(
+    State(node): State<AppState>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> HttpResult<Json<Page<Task>>> {
+    let q = query(q)?;
+    let (cursor, limit) = page_params(&q)?;
+    read_barrier(&node, q.stale).await?;
+    let a = node.sm.read();
+    let it = a
+        .state
+        .tasks
+        .range_after(cursor.as_ref())
+        .map(|(k, v)| (*k, v));
+    Ok(Json(collect_page(it, limit, |_| true)))
+}
+
+pub async fn get_task(
+    State(node): State<AppState>,
+    Path(id): Path<String>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> HttpResult<Json<Task>> {
+    let id = parse_id(&id)?;
+    let q = query(q)?;
+    read_barrier(&node, q.stale).await?;
+    let a = node.sm.read();
+    a.state
+        .tasks
+        .get(&id)
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| HttpError(ApiError::not_found(format!("task {id} not found"))))
+}
