@@ -7,12 +7,22 @@ use std::sync::Arc;
 
 use rackd_net::dhcp::{BootMode, Inventory, Pool, Reservation};
 use rackd_raft::cmd::Command;
-use rackd_types::{CreateMachine, ErrorCode};
+use rackd_types::{CreateMachine, ErrorCode, Subnet};
 
 use crate::runtime::Node;
 use rackd_storage::StateMachineStore;
 use rackd_types::net::{parse_ipv4, Cidr4};
 use rackd_types::MachineState;
+
+/// Netmask, gateway and DNS servers a subnet hands to its clients.
+fn subnet_options(s: &Subnet) -> Option<(Ipv4Addr, Option<Ipv4Addr>, Vec<Ipv4Addr>)> {
+    let cidr = Cidr4::parse(&s.cidr).ok()?;
+    Some((
+        cidr.netmask(),
+        s.gateway.as_deref().and_then(|g| parse_ipv4(g).ok()),
+        s.dns.iter().filter_map(|d| parse_ipv4(d).ok()).collect(),
+    ))
+}
 
 /// Reservations of one location, read from the local state machine at request time (so a
 /// changed reservation takes effect on the next request).
@@ -34,30 +44,18 @@ impl Inventory for ReplicaInventory {
         };
         for ip in &m.ips {
             let Ok(ip) = parse_ipv4(ip) else { continue };
-            let Some(subnet) = a
+            let Some((mask, gateway, dns)) = a
                 .state
-                .subnets
-                .values()
-                .filter(|s| s.location == self.location)
-                .find(|s| Cidr4::parse(&s.cidr).is_ok_and(|c| c.contains(ip)))
+                .subnet_containing(&self.location, ip)
+                .and_then(subnet_options)
             else {
                 continue;
             };
-            let prefix = Cidr4::parse(&subnet.cidr).ok()?.prefix;
-            let mask = if prefix == 0 {
-                0
-            } else {
-                u32::MAX << (32 - prefix)
-            };
             return Some(Reservation {
                 ip,
-                mask: Ipv4Addr::from(mask),
-                gateway: subnet.gateway.as_deref().and_then(|g| parse_ipv4(g).ok()),
-                dns: subnet
-                    .dns
-                    .iter()
-                    .filter_map(|d| parse_ipv4(d).ok())
-                    .collect(),
+                mask,
+                gateway,
+                dns,
                 hostname: m.hostname.clone(),
                 boot,
             });
@@ -81,13 +79,8 @@ impl Inventory for ReplicaInventory {
             .values()
             .filter(|s| s.location == self.location)
         {
-            let Ok(cidr) = Cidr4::parse(&s.cidr) else {
+            let Some((mask, gateway, dns)) = subnet_options(s) else {
                 continue;
-            };
-            let mask = if cidr.prefix == 0 {
-                0
-            } else {
-                u32::MAX << (32 - cidr.prefix)
             };
             for r in &s.dynamic_ranges {
                 let (Ok(start), Ok(end)) = (parse_ipv4(&r.start), parse_ipv4(&r.end)) else {
@@ -96,9 +89,9 @@ impl Inventory for ReplicaInventory {
                 pools.push(Pool {
                     start,
                     end,
-                    mask: Ipv4Addr::from(mask),
-                    gateway: s.gateway.as_deref().and_then(|g| parse_ipv4(g).ok()),
-                    dns: s.dns.iter().filter_map(|d| parse_ipv4(d).ok()).collect(),
+                    mask,
+                    gateway,
+                    dns: dns.clone(),
                 });
             }
         }
@@ -175,6 +168,16 @@ pub struct DhcpOptions {
     pub ipxe_via_tftp: bool,
 }
 
+impl DhcpOptions {
+    /// Base URL of the HTTP boot server given to iPXE: `--http-boot-base`, else the HTTP boot
+    /// server's own address (set by the runtime), else http://SERVER_IP:8080.
+    pub fn http_base(&self) -> String {
+        self.http_base
+            .clone()
+            .unwrap_or_else(|| format!("http://{}:8080", self.server_ip))
+    }
+}
+
 /// Start the DHCP server of `location` on the provisioning interface.
 pub fn start_dhcp(
     node: Arc<Node>,
@@ -193,10 +196,7 @@ pub fn start_dhcp(
         server_id: o.server_ip,
         boot: rackd_net::dhcp::BootServers {
             tftp: o.server_ip,
-            http_base: o
-                .http_base
-                .clone()
-                .unwrap_or_else(|| format!("http://{}:8080", o.server_ip)),
+            http_base: o.http_base(),
             ipxe_via_tftp: o.ipxe_via_tftp,
         },
         lease_secs: o.lease_secs,

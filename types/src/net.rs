@@ -62,6 +62,16 @@ impl Cidr4 {
         }
     }
 
+    /// The netmask, e.g. 255.255.255.0 for a /24.
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(Self::mask(self.prefix))
+    }
+
+    /// The broadcast address (the last address of the block).
+    pub fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network) | !Self::mask(self.prefix))
+    }
+
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         (u32::from(ip) & Self::mask(self.prefix)) == u32::from(self.network)
     }
@@ -113,5 +123,13 @@ mod tests {
         let all = Cidr4::parse("0.0.0.0/0").unwrap();
         assert!(all.contains("192.0.2.1".parse().unwrap()));
         assert!(all.overlaps(&c));
+        assert_eq!(c.netmask(), Ipv4Addr::new(255, 255, 0, 0));
+        assert_eq!(c.broadcast(), Ipv4Addr::new(10, 1, 255, 255));
+        assert_eq!(all.netmask(), Ipv4Addr::UNSPECIFIED);
+        let host = Cidr4::parse("10.1.2.3/32").unwrap();
+        assert_eq!(
+            (host.netmask(), host.broadcast()),
+            (Ipv4Addr::BROADCAST, Ipv4Addr::new(10, 1, 2, 3))
+        );
     }
 }

@@ -75,11 +75,7 @@ impl State {
         if_match: Option<u64>,
         p: &UpdateImage,
     ) -> Result<Value, ApiError> {
-        let mut img = self
-            .images
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(format!("image {id} not found")))?;
+        let mut img = self.images.fetch(id, "image")?;
         precondition(img.meta.version, if_match)?;
         if let Some(k) = &p.kernel {
             check_artifact("kernel", k)?;
@@ -113,11 +109,7 @@ impl State {
         id: u64,
         if_match: Option<u64>,
     ) -> Result<Value, ApiError> {
-        let img = self
-            .images
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(format!("image {id} not found")))?;
+        let img = self.images.fetch(id, "image")?;
         precondition(img.meta.version, if_match)?;
         if self
             .machines
@@ -150,11 +142,7 @@ impl State {
         image: &str,
         token: &str,
     ) -> Result<Value, ApiError> {
-        let mut stored = self
-            .machines
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(format!("machine {id} not found")))?;
+        let mut stored = self.machines.fetch(id, "machine")?;
         precondition(stored.machine.meta.version, if_match)?;
         if self.image_by_name(image).is_none() {
             return Err(ApiError::invalid(format!("image {image:?} does not exist")));

@@ -117,11 +117,7 @@ impl State {
         if_match: Option<u64>,
         patch: &UpdateLocation,
     ) -> Result<Value, ApiError> {
-        let mut loc = self
-            .locations
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(format!("location {id} not found")))?;
+        let mut loc = self.locations.fetch(id, "location")?;
         precondition(loc.meta.version, if_match)?;
         if let Some(d) = &patch.description {
             loc.description = d.clone();
@@ -149,11 +145,7 @@ impl State {
         id: u64,
         if_match: Option<u64>,
     ) -> Result<Value, ApiError> {
-        let loc = self
-            .locations
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(format!("location {id} not found")))?;
+        let loc = self.locations.fetch(id, "location")?;
         precondition(loc.meta.version, if_match)?;
         let used = self
             .machines
@@ -239,11 +231,7 @@ impl State {
         if_match: Option<u64>,
         patch: &UpdateRack,
     ) -> Result<Value, ApiError> {
-        let mut rack = self
-            .racks
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(format!("rack {id} not found")))?;
+        let mut rack = self.racks.fetch(id, "rack")?;
         precondition(rack.meta.version, if_match)?;
         if let Some(n) = &patch.name {
             check_name("rack name", n)?;
@@ -288,11 +276,7 @@ impl State {
         id: u64,
         if_match: Option<u64>,
     ) -> Result<Value, ApiError> {
-        let rack = self
-            .racks
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(format!("rack {id} not found")))?;
+        let rack = self.racks.fetch(id, "rack")?;
         precondition(rack.meta.version, if_match)?;
         if self
             .machines
@@ -357,24 +341,16 @@ impl State {
                     )));
                 }
             }
-            let subnet = self
-                .subnets
-                .values()
-                .filter(|sn| sn.location == location)
-                .find(|sn| Cidr4::parse(&sn.cidr).is_ok_and(|c| c.contains(ip)))
-                .ok_or_else(|| {
-                    ApiError::invalid(format!(
-                        "IP {n} is not inside any subnet of location {location:?}"
-                    ))
-                })?;
+            let subnet = self.subnet_containing(location, ip).ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "IP {n} is not inside any subnet of location {location:?}"
+                ))
+            })?;
             let cidr = Cidr4::parse(&subnet.cidr).map_err(ApiError::internal)?;
-            if cidr.prefix < 31 {
-                let bcast = u32::from(cidr.network) | (u32::MAX >> cidr.prefix);
-                if ip == cidr.network || u32::from(ip) == bcast {
-                    return Err(ApiError::invalid(format!(
-                        "IP {n} is the network or broadcast address of {cidr}"
-                    )));
-                }
+            if cidr.prefix < 31 && (ip == cidr.network || ip == cidr.broadcast()) {
+                return Err(ApiError::invalid(format!(
+                    "IP {n} is the network or broadcast address of {cidr}"
+                )));
             }
             if subnet.gateway.as_deref() == Some(n.as_str()) {
                 return Err(ApiError::conflict(format!("IP {n} is the subnet gateway")));
@@ -530,11 +506,7 @@ impl State {
         if_match: Option<u64>,
         p: &UpdateMachine,
     ) -> Result<Value, ApiError> {
-        let stored = self
-            .machines
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(format!("machine {id} not found")))?;
+        let stored = self.machines.fetch(id, "machine")?;
         precondition(stored.machine.meta.version, if_match)?;
         let old = stored.machine.clone();
         let mut m = stored.machine;
@@ -663,11 +635,7 @@ impl State {
         id: u64,
         if_match: Option<u64>,
     ) -> Result<Value, ApiError> {
-        let stored = self
-            .machines
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(format!("machine {id} not found")))?;
+        let stored = self.machines.fetch(id, "machine")?;
         precondition(stored.machine.meta.version, if_match)?;
         self.index_machine(id, Some(&stored.machine), None);
         self.machines.remove(&id);
@@ -768,11 +736,7 @@ impl State {
         if_match: Option<u64>,
         p: &UpdateSubnet,
     ) -> Result<Value, ApiError> {
-        let mut s = self
-            .subnets
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(format!("subnet {id} not found")))?;
+        let mut s = self.subnets.fetch(id, "subnet")?;
         precondition(s.meta.version, if_match)?;
         if let Some(g) = &p.gateway {
             s.gateway = g.clone();
@@ -826,11 +790,7 @@ impl State {
         id: u64,
         if_match: Option<u64>,
     ) -> Result<Value, ApiError> {
-        let s = self
-            .subnets
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(format!("subnet {id} not found")))?;
+        let s = self.subnets.fetch(id, "subnet")?;
         precondition(s.meta.version, if_match)?;
         let cidr = Cidr4::parse(&s.cidr).map_err(ApiError::internal)?;
         if self

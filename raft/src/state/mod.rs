@@ -472,6 +472,14 @@ impl State {
             .map(|m| &m.machine)
     }
 
+    /// The subnet of `location` whose CIDR contains `ip`.
+    pub fn subnet_containing(&self, location: &str, ip: std::net::Ipv4Addr) -> Option<&Subnet> {
+        self.subnets
+            .values()
+            .filter(|s| s.location == location)
+            .find(|s| rackd_types::net::Cidr4::parse(&s.cidr).is_ok_and(|c| c.contains(ip)))
+    }
+
     pub fn image_by_name(&self, name: &str) -> Option<&Image> {
         self.images.values().find(|i| i.name == name)
     }

@@ -55,6 +55,16 @@ impl<K: TableKey, V> Default for Table<K, V> {
     }
 }
 
+impl<V: Serialize + DeserializeOwned + Clone> Table<u64, V> {
+    /// A copy of row `id`, or the API's 404 naming the entity (`"{what} {id} not found"`).
+    pub fn fetch(&self, id: u64, what: &str) -> Result<V, rackd_types::ApiError> {
+        self.rows
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| rackd_types::ApiError::not_found(format!("{what} {id} not found")))
+    }
+}
+
 impl<K: TableKey, V: Serialize + DeserializeOwned> Table<K, V> {
     pub fn get(&self, k: &K) -> Option<&V> {
         self.rows.get(k)

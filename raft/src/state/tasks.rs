@@ -66,11 +66,7 @@ impl State {
         generation: u64,
         lease_ms: u64,
     ) -> Result<Value, ApiError> {
-        let mut t = self
-            .tasks
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(format!("task {id} not found")))?;
+        let mut t = self.tasks.fetch(id, "task")?;
         if t.state != TaskState::Pending || t.generation != generation {
             return Err(ApiError::new(
                 ErrorCode::PreconditionFailed,
@@ -118,11 +114,7 @@ impl State {
         error: Option<String>,
         observed_power: Option<String>,
     ) -> Result<Value, ApiError> {
-        let mut t = self
-            .tasks
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(format!("task {id} not found")))?;
+        let mut t = self.tasks.fetch(id, "task")?;
         if t.state != TaskState::Running || t.generation != generation {
             return Err(ApiError::new(
                 ErrorCode::PreconditionFailed,
