@@ -52,6 +52,15 @@ pub struct NodeOptions {
     pub artifacts_dir: Option<PathBuf>,
 }
 
+impl NodeOptions {
+    /// The TFTP root (also served over HTTP): `--tftp-root` or DATA_DIR/tftp.
+    pub fn tftp_root(&self) -> PathBuf {
+        self.tftp_root
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("tftp"))
+    }
+}
+
 impl Default for NodeOptions {
     fn default() -> Self {
         Self {
@@ -398,7 +407,7 @@ pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
             let bound = listener.local_addr()?;
             std::fs::write(dir.join("http-boot.addr"), bound.to_string())?;
             http_base = Some(format!("http://{bound}"));
-            let tftp_root = opts.tftp_root.clone().unwrap_or_else(|| dir.join("tftp"));
+            let tftp_root = opts.tftp_root();
             std::fs::create_dir_all(&tftp_root)
                 .with_context(|| format!("create {}", tftp_root.display()))?;
             let artifacts = opts
@@ -439,14 +448,10 @@ pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
             }
             if opts.tftp_listen.is_some() {
                 // The first-stage script iPXE clients get over TFTP with --ipxe-via-tftp.
-                let base = d
-                    .http_base
-                    .clone()
-                    .unwrap_or_else(|| format!("http://{}:8080", d.server_ip));
-                let root = opts.tftp_root.clone().unwrap_or_else(|| dir.join("tftp"));
                 std::fs::write(
-                    root.join(rackd_net::dhcp::boot::IPXE_TFTP_SCRIPT),
-                    rackd_net::dhcp::boot::ipxe_tftp_script(&base),
+                    opts.tftp_root()
+                        .join(rackd_net::dhcp::boot::IPXE_TFTP_SCRIPT),
+                    rackd_net::dhcp::boot::ipxe_tftp_script(&d.http_base()),
                 )
                 .context("write boot.ipxe into the TFTP root")?;
             }
@@ -508,10 +513,7 @@ pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
 
 /// Start the TFTP server of the location services; returns its task (aborted on drop).
 async fn start_tftp(opts: &NodeOptions, listen: &str) -> anyhow::Result<AbortOnDrop> {
-    let root = opts
-        .tftp_root
-        .clone()
-        .unwrap_or_else(|| opts.data_dir.join("tftp"));
+    let root = opts.tftp_root();
     std::fs::create_dir_all(&root)
         .with_context(|| format!("create TFTP root {}", root.display()))?;
     install_ipxe_binaries(&root, std::path::Path::new(IPXE_DIR));
