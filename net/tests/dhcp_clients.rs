@@ -89,21 +89,21 @@ impl Lab {
     fn client_addr(&self) -> String {
         sh(&["ip", "-n", &self.cli, "-4", "-br", "addr", "show", "eth0"]).1
     }
+}
 
-    /// A DHCP server socket created inside the server namespace.
-    fn server_socket(&self) -> std::net::UdpSocket {
-        let ns = self.srv.clone();
-        std::thread::spawn(move || {
-            let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("netns file");
-            // setns only affects this helper thread; the socket stays in the namespace.
-            #[allow(unsafe_code)]
-            let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(r, 0, "setns");
-            dhcp_socket("0.0.0.0:67".parse().unwrap(), Some("srv0")).expect("dhcp socket")
-        })
-        .join()
-        .unwrap()
-    }
+/// A DHCP server socket on `device`, created inside namespace `ns`.
+fn socket_in(ns: &str, device: &str) -> std::net::UdpSocket {
+    let (ns, device) = (ns.to_string(), device.to_string());
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("netns file");
+        // setns only affects this helper thread; the socket stays in the namespace.
+        #[allow(unsafe_code)]
+        let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns");
+        dhcp_socket("0.0.0.0:67".parse().unwrap(), Some(&device)).expect("dhcp socket")
+    })
+    .join()
+    .unwrap()
 }
 
 impl Drop for Lab {
@@ -131,7 +131,7 @@ impl Inventory for Inv {
     }
 }
 
-async fn start_server(lab: &Lab, reserved: &[(&str, Ipv4Addr)]) -> Arc<DhcpStats> {
+fn start_server(lab: &Lab, reserved: &[(&str, Ipv4Addr)]) -> Arc<DhcpStats> {
     let server_ip: Ipv4Addr = format!("{}.1", lab.net).parse().unwrap();
     let mut m = HashMap::new();
     for (mac, ip) in reserved {
@@ -147,6 +147,15 @@ async fn start_server(lab: &Lab, reserved: &[(&str, Ipv4Addr)]) -> Arc<DhcpStats
             },
         );
     }
+    serve(socket_in(&lab.srv, "srv0"), server_ip, m)
+}
+
+/// Run rackd's DHCP server on `socket` with these reservations.
+fn serve(
+    socket: std::net::UdpSocket,
+    server_ip: Ipv4Addr,
+    reserved: HashMap<String, Reservation>,
+) -> Arc<DhcpStats> {
     let core = DhcpCore::new(Config {
         server_id: server_ip,
         boot: BootServers {
@@ -157,7 +166,7 @@ async fn start_server(lab: &Lab, reserved: &[(&str, Ipv4Addr)]) -> Arc<DhcpStats
         lease_secs: 600,
         proxy: false,
     });
-    let server = DhcpServer::new(lab.server_socket(), core, Arc::new(Inv(m))).unwrap();
+    let server = DhcpServer::new(socket, core, Arc::new(Inv(reserved))).unwrap();
     let stats = server.stats();
     tokio::spawn(server.run());
     stats
@@ -187,7 +196,7 @@ async fn udhcpc_and_dhclient_get_their_reservation() {
     }
     let lab = Lab::new();
     let ip: Ipv4Addr = format!("{}.50", lab.net).parse().unwrap();
-    let stats = start_server(&lab, &[("02:77:00:00:00:11", ip)]).await;
+    let stats = start_server(&lab, &[("02:77:00:00:00:11", ip)]);
     lab.set_client_mac("02:77:00:00:00:11");
 
     // busybox udhcpc: DISCOVER/OFFER/REQUEST/ACK, then its script configures eth0.
@@ -255,8 +264,7 @@ async fn unknown_mac_gets_no_address() {
             "02:77:00:00:00:11",
             format!("{}.50", lab.net).parse().unwrap(),
         )],
-    )
-    .await;
+    );
     lab.set_client_mac("02:77:00:00:00:99");
     let (ok, _) = run([
         "ip", "netns", "exec", &lab.cli, "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "2", "-T",
@@ -373,17 +381,6 @@ async fn relayed_requests_through_isc_dhcrelay() {
     std::fs::create_dir_all(format!("/etc/netns/{cli}")).unwrap();
     std::fs::write(format!("/etc/netns/{cli}/resolv.conf"), "").unwrap();
 
-    // The server listens on its uplink to the relay.
-    let ns = lab.srv.clone();
-    let sock = std::thread::spawn(move || {
-        let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
-        #[allow(unsafe_code)]
-        let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(r, 0);
-        dhcp_socket("0.0.0.0:67".parse().unwrap(), Some("up0")).unwrap()
-    })
-    .join()
-    .unwrap();
     let server_ip: Ipv4Addr = format!("{srv_net}.1").parse().unwrap();
     let ip: Ipv4Addr = format!("{cli_net}.50").parse().unwrap();
     let mut m = HashMap::new();
@@ -398,19 +395,8 @@ async fn relayed_requests_through_isc_dhcrelay() {
             boot: BootMode::Network,
         },
     );
-    let core = DhcpCore::new(Config {
-        server_id: server_ip,
-        boot: BootServers {
-            tftp: server_ip,
-            http_base: format!("http://{server_ip}:8080"),
-            ipxe_via_tftp: false,
-        },
-        lease_secs: 600,
-        proxy: false,
-    });
-    let server = DhcpServer::new(sock, core, Arc::new(Inv(m))).unwrap();
-    let stats = server.stats();
-    tokio::spawn(server.run());
+    // The server listens on its uplink to the relay.
+    let stats = serve(socket_in(&lab.srv, "up0"), server_ip, m);
 
     // ISC dhcrelay between the client segment (r0) and the server (via r1).
     let relay = std::process::Command::new("ip")

@@ -5,6 +5,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use rackd_tests::Cluster;
+
+use crate::util::sh;
 use reqwest::Method;
 use serde_json::json;
 
@@ -87,21 +89,6 @@ async fn location_learner_keeps_serving_tftp_when_voters_are_gone() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (ok, got) = fetch("after");
     assert!(ok && got == payload, "TFTP download after the cut");
-}
-
-fn sh(args: &[&str]) -> (bool, String) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("spawn");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
 }
 
 /// A client namespace joined by a veth to the test's namespace (where rackd runs); removed on

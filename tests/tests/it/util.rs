@@ -56,3 +56,19 @@ pub async fn machine_count(c: &Cluster, node: usize, stale: bool) -> anyhow::Res
         }
     }
 }
+
+/// Run a command; (success, stdout+stderr).
+pub fn sh(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("spawn");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
