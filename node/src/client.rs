@@ -48,10 +48,6 @@ impl Client {
         }
     }
 
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
     fn req(&self, method: reqwest::Method, path: &str) -> (String, reqwest::RequestBuilder) {
         let url = format!("{}{}", self.base, path);
         let mut rb = self.http.request(method, &url);

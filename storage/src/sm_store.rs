@@ -210,11 +210,6 @@ impl StateMachineStore {
         self.inner.applied.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Index of the last applied entry (0 when nothing was applied).
-    pub fn applied_index(&self) -> u64 {
-        *self.inner.applied_tx.borrow()
-    }
-
     /// Wait until the state machine has applied `index` (or the timeout passes).
     pub async fn wait_applied(&self, index: u64, timeout: std::time::Duration) -> bool {
         let mut rx = self.inner.applied_tx.subscribe();
