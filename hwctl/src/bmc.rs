@@ -34,8 +34,16 @@ pub struct BmcInfo {
 pub enum BmcError {
     #[error("BMC {address} did not answer within {timeout_ms} ms")]
     Timeout { address: String, timeout_ms: u64 },
-    #[error("BMC {address} rejected the credentials")]
-    Auth { address: String },
+    #[error("BMC {address} rejected the credentials: {reason}")]
+    Auth { address: String, reason: String },
+    /// A non-idempotent command (cycle, reset) was sent but never acknowledged: it may or may
+    /// not have happened, so it is not repeated.
+    #[error("BMC {address}: {operation} was sent but not acknowledged within {timeout_ms} ms; its effect is unknown")]
+    Unconfirmed {
+        address: String,
+        operation: String,
+        timeout_ms: u64,
+    },
     #[error("BMC {address} returned an error: {message}")]
     Bmc { address: String, message: String },
     #[error("BMC {address} does not support {operation}")]

@@ -8,13 +8,21 @@
 //!   with backoff; a status the BMC cannot report is `unknown`, never `off`; one command at a
 //!   time per BMC and a global bound on concurrent BMC sessions.
 //!
-//! Not done yet (issue 4): the IPMI driver (RMCP+/lanplus, IPMI 1.5), the IPMI proxy relay,
-//! power tasks in the replicated state. Must not depend on storage or on the HTTP API.
+//! - [`ipmi`]: the IPMI-over-LAN driver (RMCP+ and IPMI 1.5), sans-IO core plus tokio shell.
+//! - [`relay`]: the sans-IO core of the IPMI proxy (UDP relay to a location's BMCs).
+//! - [`any`]: one type over the drivers, picked at run time.
+//!
+//! Must not depend on storage, the replicated state or the HTTP API.
 
+pub mod any;
 pub mod bmc;
+pub mod ipmi;
 pub mod power;
+pub mod relay;
 pub mod sim;
 
+pub use any::AnyBmc;
 pub use bmc::{Bmc, BmcError, BmcInfo, BootDevice, PowerState};
 pub use power::{PowerAction, PowerController, PowerError, PowerOutcome, VerifyPolicy};
+pub use ipmi::IpmiBmc;
 pub use sim::SimBmc;

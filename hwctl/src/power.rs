@@ -159,15 +159,19 @@ impl PowerController {
             PowerAction::On if before == PowerState::On => return Ok(done(before, false, 0)),
             PowerAction::Off if before == PowerState::Off => return Ok(done(before, false, 0)),
             PowerAction::On => {
-                self.call(policy, || bmc.power_on())
-                    .await
-                    .map_err(PowerError::Bmc)?;
+                // An unacknowledged on/off is settled by the verification below.
+                match self.call(policy, || bmc.power_on()).await {
+                    Ok(()) | Err(BmcError::Unconfirmed { .. }) => {}
+                    Err(e) => return Err(PowerError::Bmc(e)),
+                }
                 PowerState::On
             }
             PowerAction::Off => {
-                self.call(policy, || bmc.power_off())
-                    .await
-                    .map_err(PowerError::Bmc)?;
+                // An unacknowledged on/off is settled by the verification below.
+                match self.call(policy, || bmc.power_off()).await {
+                    Ok(()) | Err(BmcError::Unconfirmed { .. }) => {}
+                    Err(e) => return Err(PowerError::Bmc(e)),
+                }
                 PowerState::Off
             }
             PowerAction::Cycle => {

@@ -163,6 +163,28 @@ pub struct UpArgs {
     /// address, else http://SERVER_IP:8080).
     #[arg(long)]
     pub http_boot_base: Option<String>,
+    /// Bound on concurrent BMC sessions of this node (power tasks and sync).
+    #[arg(long, default_value_t = 32)]
+    pub bmc_sessions: usize,
+    /// Re-read each machine's power state through its BMC when the last observation is older
+    /// than this many seconds (0 turns the sync off).
+    #[arg(long, default_value_t = 60)]
+    pub power_sync_secs: u64,
+    /// At most this many power-sync polls started per second.
+    #[arg(long, default_value_t = 50)]
+    pub power_sync_rate: u32,
+    /// IPMI datagram timeout (ms) before a retransmission.
+    #[arg(long, default_value_t = 1000)]
+    pub ipmi_timeout_ms: u64,
+    /// IPMI proxy: relay IPMI-over-LAN to the location's BMCs on this address (machine N is
+    /// reached on port --ipmi-proxy-base-port + N). Off when unset.
+    #[arg(long)]
+    pub ipmi_proxy_listen: Option<std::net::IpAddr>,
+    #[arg(long, default_value_t = 20000)]
+    pub ipmi_proxy_base_port: u16,
+    /// Close an IPMI proxy flow after this many idle seconds.
+    #[arg(long, default_value_t = 60)]
+    pub ipmi_proxy_idle_secs: u64,
     /// Seconds a write waits for a quorum before answering 503.
     #[arg(long, default_value_t = 10)]
     pub write_timeout_secs: u64,
@@ -237,6 +259,9 @@ pub struct MachineArgs {
     /// BMC password (or env RACKD_BMC_PASSWORD).
     #[arg(long, env = "RACKD_BMC_PASSWORD", hide_env_values = true)]
     pub bmc_password: Option<String>,
+    /// RMCP+ cipher suite (0-3) for the ipmi driver; 3 when unset.
+    #[arg(long)]
+    pub bmc_cipher_suite: Option<u8>,
     #[arg(long)]
     pub state: Option<String>,
     #[arg(long, default_value = "")]

@@ -58,6 +58,19 @@ pub async fn up(args: UpArgs, join: Option<String>) -> anyhow::Result<()> {
         http_boot_listen: args.http_boot_listen,
         http_boot_base: args.http_boot_base.clone(),
         artifacts_dir: args.artifacts_dir,
+        power: crate::executor::PowerOptions {
+            max_sessions: args.bmc_sessions.max(1),
+            sync_interval: (args.power_sync_secs > 0)
+                .then(|| Duration::from_secs(args.power_sync_secs)),
+            sync_rate: args.power_sync_rate.max(1),
+            ipmi_timeout: Duration::from_millis(args.ipmi_timeout_ms.max(10)),
+            ipmi_retries: 2,
+        },
+        ipmi_proxy: args.ipmi_proxy_listen.map(|ip| crate::ipmi_proxy::ProxyOptions {
+            listen: ip,
+            base_port: args.ipmi_proxy_base_port,
+            idle: Duration::from_secs(args.ipmi_proxy_idle_secs.max(1)),
+        }),
         dhcp: match args.dhcp_interface {
             None => None,
             Some(interface) => Some(crate::location::DhcpOptions {
@@ -234,6 +247,7 @@ pub async fn client(
                     port: a.bmc_port,
                     username: a.bmc_user,
                     password: a.bmc_password,
+                    cipher_suite: a.bmc_cipher_suite,
                 });
                 let body = CreateMachine {
                     hostname: a.hostname,

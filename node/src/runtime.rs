@@ -50,6 +50,10 @@ pub struct NodeOptions {
     pub http_boot_base: Option<String>,
     /// Image artifacts served at /artifacts (default DATA_DIR/artifacts).
     pub artifacts_dir: Option<PathBuf>,
+    /// Power tasks and the power-state sync of a location node.
+    pub power: crate::executor::PowerOptions,
+    /// The IPMI proxy (UDP relay to the location's BMCs); off when unset.
+    pub ipmi_proxy: Option<crate::ipmi_proxy::ProxyOptions>,
 }
 
 impl NodeOptions {
@@ -83,6 +87,8 @@ impl Default for NodeOptions {
             http_boot_listen: None,
             http_boot_base: None,
             artifacts_dir: None,
+            power: crate::executor::PowerOptions::default(),
+            ipmi_proxy: None,
         }
     }
 }
@@ -473,10 +479,16 @@ pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
         }
     };
 
-    let _executor = opts
-        .location
-        .clone()
-        .map(|loc| AbortOnDrop(crate::executor::Executor::new(node.clone(), loc).spawn()));
+    let _executor = opts.location.clone().map(|loc| {
+        AbortOnDrop(crate::executor::Executor::new(node.clone(), loc, opts.power.clone()).spawn())
+    });
+    let _ipmi_proxy = match (&opts.location, &opts.ipmi_proxy) {
+        (Some(loc), Some(p)) => Some(AbortOnDrop(
+            crate::ipmi_proxy::start(node.clone(), loc.clone(), p.clone()).await?,
+        )),
+        (None, Some(_)) => anyhow::bail!("--ipmi-proxy-listen needs --location"),
+        _ => None,
+    };
 
     if !identity.complete {
         let node = node.clone();

@@ -122,6 +122,9 @@ pub enum Command {
         error: Option<String>,
         observed_power: Option<String>,
     },
+    /// Power states observed by a location node's periodic sync: `(machine id, on|off|unknown)`.
+    /// Stamped with the entry's time; machines deleted meanwhile are skipped.
+    ObservePower { observations: Vec<(u64, String)> },
     CreateJoinToken {
         token_hash: String,
         ttl_ms: u64,
@@ -171,6 +174,7 @@ impl Command {
             Command::CreateTask { .. } => "create_task",
             Command::ClaimTask { .. } => "claim_task",
             Command::FinishTask { .. } => "finish_task",
+            Command::ObservePower { .. } => "observe_power",
             Command::CreateJoinToken { .. } => "create_join_token",
             Command::AllocateNodeId { .. } => "allocate_node_id",
             Command::CreateApiToken { .. } => "create_api_token",

@@ -120,6 +120,9 @@ pub struct BmcView {
     pub username: String,
     /// True when a password is stored; the password itself is never returned.
     pub password_set: bool,
+    /// RMCP+ cipher suite for the `ipmi` driver (0–3; 3 when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cipher_suite: Option<u8>,
 }
 
 /// BMC settings as submitted by an operator.
@@ -135,6 +138,9 @@ pub struct BmcSpec {
     /// Write-only. Redacted in Debug.
     #[serde(default)]
     pub password: Option<String>,
+    /// RMCP+ cipher suite for the `ipmi` driver (0–3; default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cipher_suite: Option<u8>,
 }
 
 impl std::fmt::Debug for BmcSpec {
@@ -145,6 +151,7 @@ impl std::fmt::Debug for BmcSpec {
             .field("port", &self.port)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("cipher_suite", &self.cipher_suite)
             .finish()
     }
 }

@@ -413,6 +413,11 @@ impl State {
                 b.driver
             )));
         }
+        if b.cipher_suite.is_some_and(|c| c > 3) {
+            return Err(ApiError::invalid(
+                "BMC cipher_suite must be 0, 1, 2 or 3 (RAKP-HMAC-SHA1 suites)",
+            ));
+        }
         if b.address.trim().is_empty() {
             return Err(ApiError::invalid("BMC address is empty"));
         }
@@ -824,5 +829,6 @@ fn bmc_view(b: &BmcSpec) -> BmcView {
         port: b.port,
         username: b.username.clone(),
         password_set: b.password.is_some(),
+        cipher_suite: b.cipher_suite,
     }
 }

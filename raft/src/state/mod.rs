@@ -297,6 +297,7 @@ impl State {
                 error.clone(),
                 observed_power.clone(),
             ),
+            Command::ObservePower { observations } => self.observe_power(now, actor, observations),
             Command::CreateJoinToken {
                 token_hash,
                 ttl_ms,

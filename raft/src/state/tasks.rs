@@ -105,6 +105,42 @@ impl State {
         to_value(&t)
     }
 
+    pub(super) fn observe_power(
+        &mut self,
+        now: u64,
+        actor: &str,
+        observations: &[(u64, String)],
+    ) -> Result<Value, ApiError> {
+        if let Some((_, bad)) = observations
+            .iter()
+            .find(|(_, p)| !matches!(p.as_str(), "on" | "off" | "unknown"))
+        {
+            return Err(ApiError::invalid(format!("power state {bad:?}")));
+        }
+        let mut recorded = 0u64;
+        for (id, power) in observations {
+            let Some(mut m) = self.machines.get(id).cloned() else {
+                continue;
+            };
+            let changed = m.machine.power_state.as_deref() != Some(power.as_str());
+            m.machine.power_state = Some(power.clone());
+            m.machine.power_observed_at = Some(now);
+            self.machines.insert(*id, m);
+            recorded += 1;
+            if changed {
+                self.journal(
+                    now,
+                    actor,
+                    "machine.power_observed",
+                    "machine",
+                    Some(*id),
+                    format!("machine {id} power is {power}"),
+                );
+            }
+        }
+        Ok(serde_json::json!({ "recorded": recorded }))
+    }
+
     pub(super) fn finish_task(
         &mut self,
         now: u64,

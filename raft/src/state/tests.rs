@@ -241,6 +241,7 @@ fn bmc_password_is_write_only() {
             port: 623,
             username: "admin".into(),
             password: Some("hunter2".into()),
+            cipher_suite: None,
         });
     }
     let v = ok(&mut s, 10, c);
@@ -491,6 +492,7 @@ fn tasks_are_claimed_once_fenced_by_generation_and_ordered_per_machine() {
             port: 623,
             username: String::new(),
             password: None,
+            cipher_suite: None,
         });
     }
     let mid = ok(&mut s, 10, c)["id"].as_u64().unwrap();
@@ -558,4 +560,26 @@ fn tasks_are_claimed_once_fenced_by_generation_and_ordered_per_machine() {
     );
     // Now the second task may run.
     ok(&mut s, 19, claim(t2, 2, 0));
+}
+
+#[test]
+fn observed_power_is_stamped_with_the_entry_time_and_all_or_nothing() {
+    let mut s = base();
+    let a = ok(&mut s, 20, machine("a", &[], &[]))["id"].as_u64().unwrap();
+    let b = ok(&mut s, 21, machine("b", &[], &[]))["id"].as_u64().unwrap();
+    let obs = |v: Vec<(u64, &str)>| Command::ObservePower {
+        observations: v.into_iter().map(|(i, p)| (i, p.to_string())).collect(),
+    };
+    // One bad state refuses the whole batch; nothing is recorded.
+    err(&mut s, 22, obs(vec![(a, "on"), (b, "maybe")]));
+    assert_eq!(s.machines.get(&a).unwrap().machine.power_state, None);
+    // Unknown machines are skipped; time comes from the entry.
+    let v = ok(&mut s, 23, obs(vec![(a, "on"), (b, "unknown"), (999, "off")]));
+    assert_eq!(v["recorded"], 2);
+    let m = &s.machines.get(&a).unwrap().machine;
+    assert_eq!((m.power_state.as_deref(), m.power_observed_at), (Some("on"), Some(23)));
+    assert_eq!(
+        s.machines.get(&b).unwrap().machine.power_state.as_deref(),
+        Some("unknown")
+    );
 }

@@ -1,0 +1,228 @@
+//! The IPMI proxy of a location node: the tokio shell around [`rackd_hwctl::relay::Relay`].
+//! Machine N of this location is reached at `LISTEN:BASE+N` (`ipmitool -I lanplus -H node -p
+//! BASE+N …`); ports are stable (derived from the machine id, no extra replicated state) and the
+//! same on every node of the location. Listening sockets follow the replica (opened for machines
+//! with an IPMI BMC in this location, closed when they leave); each flow has its own upstream
+//! socket. Must not depend on the HTTP API.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rackd_hwctl::relay::{FlowId, Input, Output, Relay, RelayConfig};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::runtime::Node;
+
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    pub listen: IpAddr,
+    pub base_port: u16,
+    pub idle: Duration,
+}
+
+enum Event {
+    Client {
+        port: u16,
+        client: SocketAddr,
+        data: Vec<u8>,
+    },
+    Bmc {
+        flow: FlowId,
+        from: SocketAddr,
+        data: Vec<u8>,
+    },
+    Tick,
+}
+
+/// Machine id → BMC address of machines of `location` with an IPMI BMC (IP literals only).
+fn bmc_table(node: &Node, location: &str) -> HashMap<u64, SocketAddr> {
+    let a = node.sm.read();
+    a.state
+        .machines
+        .values()
+        .filter(|m| m.machine.location == location)
+        .filter_map(|m| {
+            let b = m.machine.bmc.as_ref()?;
+            if !matches!(b.driver.as_str(), "ipmi" | "ipmi15") {
+                return None;
+            }
+            let ip: IpAddr = b.address.trim().parse().ok()?;
+            Some((m.machine.meta.id, SocketAddr::new(ip, b.port)))
+        })
+        .collect()
+}
+
+struct Shell {
+    node: Arc<Node>,
+    location: String,
+    opts: ProxyOptions,
+    tx: mpsc::Sender<Event>,
+    table: HashMap<u64, SocketAddr>,
+    listeners: HashMap<u16, (Arc<UdpSocket>, JoinHandle<()>)>,
+    upstream: HashMap<FlowId, (Arc<UdpSocket>, SocketAddr, JoinHandle<()>)>,
+}
+
+impl Shell {
+    fn port_of(&self, id: u64) -> Option<u16> {
+        u16::try_from(self.opts.base_port as u64 + id).ok()
+    }
+
+    /// The BMC a listening port reaches (from the table refreshed every second).
+    fn lookup(&self, port: u16) -> Option<SocketAddr> {
+        let id = (port as u64).checked_sub(self.opts.base_port as u64)?;
+        self.table.get(&id).copied()
+    }
+
+    /// Opens listeners for new machines and closes those of machines that left.
+    async fn reconcile(&mut self) {
+        self.table = bmc_table(&self.node, &self.location);
+        let want: std::collections::HashSet<u16> = self
+            .table
+            .keys()
+            .filter_map(|id| self.port_of(*id))
+            .collect();
+        self.listeners.retain(|port, (_, task)| {
+            let keep = want.contains(port);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for port in want {
+            if self.listeners.contains_key(&port) {
+                continue;
+            }
+            match UdpSocket::bind(SocketAddr::new(self.opts.listen, port)).await {
+                Ok(sock) => {
+                    let sock = Arc::new(sock);
+                    let (s, tx) = (sock.clone(), self.tx.clone());
+                    let task = tokio::spawn(async move {
+                        let mut buf = vec![0u8; 2048];
+                        while let Ok((n, client)) = s.recv_from(&mut buf).await {
+                            let data = buf[..n].to_vec();
+                            if tx.send(Event::Client { port, client, data }).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    tracing::info!(port, "IPMI proxy listening");
+                    self.listeners.insert(port, (sock, task));
+                }
+                Err(e) => tracing::warn!(port, error = %e, "IPMI proxy cannot listen"),
+            }
+        }
+    }
+
+    async fn apply(&mut self, outputs: Vec<Output>) {
+        for o in outputs {
+            match o {
+                Output::Open { flow, bmc } => {
+                    let bind = if bmc.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+                    let Ok(sock) = UdpSocket::bind(bind).await else {
+                        continue;
+                    };
+                    let sock = Arc::new(sock);
+                    let (s, tx) = (sock.clone(), self.tx.clone());
+                    let task = tokio::spawn(async move {
+                        let mut buf = vec![0u8; 2048];
+                        while let Ok((n, from)) = s.recv_from(&mut buf).await {
+                            let data = buf[..n].to_vec();
+                            if tx.send(Event::Bmc { flow, from, data }).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    self.upstream.insert(flow, (sock, bmc, task));
+                    tracing::debug!(flow, %bmc, "IPMI proxy flow opened");
+                }
+                Output::ToBmc { flow, data } => {
+                    if let Some((sock, bmc, _)) = self.upstream.get(&flow) {
+                        let _ = sock.send_to(&data, *bmc).await;
+                    }
+                }
+                Output::ToClient { port, client, data } => {
+                    if let Some((sock, _)) = self.listeners.get(&port) {
+                        let _ = sock.send_to(&data, client).await;
+                    }
+                }
+                Output::Close { flow } => {
+                    if let Some((_, _, task)) = self.upstream.remove(&flow) {
+                        task.abort();
+                    }
+                    tracing::debug!(flow, "IPMI proxy flow closed");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Shell {
+    fn drop(&mut self) {
+        for (_, (_, task)) in self.listeners.drain() {
+            task.abort();
+        }
+        for (_, (_, _, task)) in self.upstream.drain() {
+            task.abort();
+        }
+    }
+}
+
+/// Starts the proxy; the returned task owns every socket (abort it to stop the proxy).
+pub async fn start(
+    node: Arc<Node>,
+    location: String,
+    opts: ProxyOptions,
+) -> anyhow::Result<JoinHandle<()>> {
+    let (tx, mut rx) = mpsc::channel(1024);
+    let mut shell = Shell {
+        node,
+        location,
+        opts: opts.clone(),
+        tx: tx.clone(),
+        table: HashMap::new(),
+        listeners: HashMap::new(),
+        upstream: HashMap::new(),
+    };
+    shell.reconcile().await;
+    let mut relay = Relay::new(RelayConfig {
+        idle: opts.idle,
+        ..RelayConfig::default()
+    });
+    Ok(tokio::spawn(async move {
+        let ticker = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if tx.send(Event::Tick).await.is_err() {
+                    break;
+                }
+            }
+        });
+        while let Some(ev) = rx.recv().await {
+            let now = std::time::Instant::now();
+            let input = match &ev {
+                Event::Client { port, client, data } => Input::FromClient {
+                    port: *port,
+                    client: *client,
+                    data,
+                },
+                Event::Bmc { flow, from, data } => Input::FromBmc {
+                    flow: *flow,
+                    from: *from,
+                    data,
+                },
+                Event::Tick => Input::Tick,
+            };
+            let outputs = relay.handle(now, input, |p| shell.lookup(p));
+            shell.apply(outputs).await;
+            if matches!(ev, Event::Tick) {
+                shell.reconcile().await;
+                tracing::trace!(stats = ?relay.stats, flows = relay.flows(), "IPMI proxy");
+            }
+        }
+        ticker.abort();
+    }))
+}
