@@ -2,6 +2,8 @@
 
 mod api;
 mod cluster;
+mod ipmi;
+mod ipmi_sim;
 mod location;
 mod power;
 mod pxe;

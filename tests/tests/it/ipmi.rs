@@ -1,0 +1,288 @@
+//! IPMI against OpenIPMI's `ipmi_sim` in a network namespace: the rackd driver over RMCP+
+//! (every supported cipher suite) and IPMI 1.5, safe power semantics, errors for a wrong
+//! password and a dead BMC, session cleanup; then end to end through a rackd node: power
+//! tasks, the power-state sync, and `ipmitool` through the rackd IPMI proxy.
+
+use std::time::{Duration, Instant};
+
+use rackd_hwctl::ipmi::LanVersion;
+use rackd_hwctl::{Bmc, BmcError, BootDevice, IpmiBmc, PowerAction, PowerController, PowerState};
+use rackd_hwctl::{PowerError, VerifyPolicy};
+use rackd_tests::Cluster;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::ipmi_sim::{ipmitool, IpmiSim, PASS, USER};
+
+fn policy() -> VerifyPolicy {
+    VerifyPolicy {
+        timeout: Duration::from_secs(15),
+        initial_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(500),
+        retries: 2,
+    }
+}
+
+fn bmc(sim: &IpmiSim, v: LanVersion, pass: &str) -> IpmiBmc {
+    let mut b = IpmiBmc::new(sim.target(), v, USER, pass);
+    b.timeout = Duration::from_millis(400);
+    b
+}
+
+fn count(s: &str, what: &str) -> usize {
+    s.lines().filter(|l| l.contains(what)).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipmi_driver_drives_openipmi_bmc_over_lanplus_and_lan15() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = IpmiSim::in_netns(0, tmp.path());
+    let pc = PowerController::new(4);
+    for v in [LanVersion::V20, LanVersion::V15] {
+        let b = bmc(&sim, v, PASS);
+        b.power_off().await.unwrap();
+        assert_eq!(b.power_status().await.unwrap(), PowerState::Off, "{v:?}");
+
+        let on0 = count(&sim.calls(), "set power 1");
+        let o = pc.execute(&b, PowerAction::On, &policy()).await.unwrap();
+        assert_eq!((o.before, o.after, o.command_sent), (PowerState::Off, PowerState::On, true));
+        assert_eq!(count(&sim.calls(), "set power 1"), on0 + 1, "{v:?}: one power-up");
+        // Already on: nothing is sent (a cycle would show as "set power 0").
+        let off0 = count(&sim.calls(), "set power 0");
+        let o = pc.execute(&b, PowerAction::On, &policy()).await.unwrap();
+        assert!(!o.command_sent);
+        assert_eq!(count(&sim.calls(), "set power 0"), off0);
+
+        // Cycle of a machine that is on: the chassis goes off, then on again.
+        let (on1, off1) = (count(&sim.calls(), "set power 1"), count(&sim.calls(), "set power 0"));
+        let o = pc.execute(&b, PowerAction::Cycle, &policy()).await.unwrap();
+        assert_eq!(o.after, PowerState::On);
+        let t0 = Instant::now();
+        while count(&sim.calls(), "set power 1") == on1 && t0.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(count(&sim.calls(), "set power 0"), off1 + 1, "{v:?}");
+        assert_eq!(count(&sim.calls(), "set power 1"), on1 + 1, "{v:?}");
+
+        let r0 = count(&sim.calls(), "set reset 1");
+        pc.execute(&b, PowerAction::Reset, &policy()).await.unwrap();
+        assert_eq!(count(&sim.calls(), "set reset 1"), r0 + 1);
+
+        let o = pc.execute(&b, PowerAction::Off, &policy()).await.unwrap();
+        assert_eq!(o.after, PowerState::Off);
+
+        let p0 = count(&sim.calls(), "set boot pxe");
+        b.set_boot_device(BootDevice::Pxe, false).await.unwrap();
+        assert_eq!(count(&sim.calls(), "set boot pxe"), p0 + 1, "{v:?}");
+
+        let info = b.info().await.unwrap();
+        assert_eq!((info.manufacturer_id, info.product_id), (0x1291, 0x0f02));
+    }
+
+    // Every RMCP+ cipher suite we offer works against the BMC.
+    for suite in 0..=3u8 {
+        let mut b = bmc(&sim, LanVersion::V20, PASS);
+        b.config.cipher_suite = suite;
+        assert_eq!(b.power_status().await.unwrap(), PowerState::Off, "suite {suite}");
+    }
+
+    // Wrong password: a clear credentials error without the password in it.
+    for v in [LanVersion::V20, LanVersion::V15] {
+        let e = bmc(&sim, v, "not-the-password").power_status().await.unwrap_err();
+        assert!(matches!(e, BmcError::Auth { .. }), "{v:?}: {e}");
+        assert!(!e.to_string().contains("not-the-password"));
+        eprintln!("{v:?} wrong password: {e}");
+    }
+
+    // Dead BMC (nothing at .3): a timeout error, bounded, not a hang.
+    let mut dead = bmc(&sim, LanVersion::V20, PASS);
+    let net = sim.addr.rsplit_once('.').unwrap().0;
+    dead.target = format!("{net}.3:623").parse().unwrap();
+    let t0 = Instant::now();
+    let e = dead.power_status().await.unwrap_err();
+    assert!(matches!(e, BmcError::Timeout { .. }), "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    let e = pc.execute(&dead, PowerAction::On, &policy()).await.unwrap_err();
+    assert!(matches!(e, PowerError::Bmc(BmcError::Timeout { .. })), "{e}");
+
+    // Sessions are closed: after 80 more calls (more than the BMC's 63 session slots) the
+    // BMC reports at most ipmitool's own session as active.
+    let b = bmc(&sim, LanVersion::V20, PASS);
+    for i in 0..80 {
+        b.power_status()
+            .await
+            .unwrap_or_else(|e| panic!("call {i}: {e}"));
+    }
+    let ns = sim.ns.clone().unwrap();
+    let (ok, out) = crate::util::sh(&[
+        "ip", "netns", "exec", &ns, "ipmitool", "-I", "lanplus", "-C", "3", "-H", &sim.addr, "-U",
+        USER, "-P", PASS, "session", "info", "active",
+    ]);
+    assert!(ok, "{out}");
+    let active: u32 = out
+        .lines()
+        .find(|l| l.starts_with("active sessions"))
+        .and_then(|l| l.split(':').nth(1))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no session count in {out}"));
+    assert!(active <= 2, "sessions leaked: {out}");
+}
+
+async fn run_task(c: &Cluster, machine: u64, action: &str) -> Value {
+    let (s, t) = c
+        .request(
+            0,
+            Method::POST,
+            &format!("/v1/machines/{machine}/power"),
+            Some(json!({"action": action})),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 202, "{t}");
+    let id = t["id"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let t: Value = c.get_json(0, &format!("/v1/tasks/{id}")).await.unwrap();
+        if t["state"] == "succeeded" || t["state"] == "failed" {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "task {id} stuck: {t}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn machine(c: &Cluster, id: u64) -> Value {
+    c.get_json(0, &format!("/v1/machines/{id}")).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_tasks_sync_and_ipmitool_through_the_rackd_proxy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = IpmiSim::in_netns(1, tmp.path());
+    let base = 21000u16;
+    let base_arg = base.to_string();
+    let c = Cluster::start(
+        "ipmiproxy",
+        1,
+        &[
+            "--location",
+            "dc1",
+            "--ipmi-proxy-listen",
+            "{ip}",
+            "--ipmi-proxy-base-port",
+            &base_arg,
+            "--ipmi-proxy-idle-secs",
+            "5",
+            "--power-sync-secs",
+            "2",
+            "--ipmi-timeout-ms",
+            "400",
+        ],
+    )
+    .await
+    .expect("cluster");
+    for l in ["dc1", "dc2"] {
+        let _: Value = c.post_json(0, "/v1/locations", &json!({"name": l})).await.unwrap();
+    }
+    let mk = |host: &str, loc: &str, driver: &str, pass: &str| {
+        json!({"hostname": host, "location": loc,
+               "bmc": {"driver": driver, "address": sim.addr, "username": USER, "password": pass}})
+    };
+    let mut ids = vec![];
+    for (h, l, d, p) in [
+        ("m-plus", "dc1", "ipmi", PASS),
+        ("m-15", "dc1", "ipmi15", PASS),
+        ("m-wrong", "dc1", "ipmi", "wrong-secret"),
+        ("m-other", "dc2", "ipmi", PASS),
+    ] {
+        let v: Value = c.post_json(0, "/v1/machines", &mk(h, l, d, p)).await.unwrap();
+        ids.push(v["id"].as_u64().unwrap());
+    }
+    let (plus, v15, wrong, other) = (ids[0], ids[1], ids[2], ids[3]);
+
+    // Power on through a task: verified, recorded, and the BMC really got a power-up.
+    let t = run_task(&c, plus, "on").await;
+    assert_eq!(t["state"], "succeeded", "{t}");
+    assert_eq!(t["observed_power"], "on");
+    assert!(sim.calls().contains("set power 1"));
+    let m = machine(&c, plus).await;
+    assert_eq!(m["power_state"], "on");
+    assert!(m["power_observed_at"].as_u64().is_some());
+    let t = run_task(&c, v15, "status").await;
+    assert_eq!((t["state"].as_str(), t["observed_power"].as_str()), (Some("succeeded"), Some("on")));
+
+    // Wrong password: the task fails with a clear error that does not contain the password.
+    let t = run_task(&c, wrong, "on").await;
+    assert_eq!(t["state"], "failed");
+    let err = t["error"].as_str().unwrap();
+    assert!(err.contains("rejected the credentials"), "{err}");
+    assert!(!err.contains("wrong-secret") && !t.to_string().contains("wrong-secret"));
+
+    // ipmitool through the proxy, lanplus and lan 1.5.
+    let node_ip = c.nodes[0].ip.clone();
+    let port = base + plus as u16;
+    let (ok, out) = ipmitool("lanplus", &node_ip, port, PASS, &["chassis", "power", "status"]);
+    assert!(ok && out.contains("Chassis Power is on"), "{out}");
+    let (ok, out) = ipmitool("lan", &node_ip, port, PASS, &["chassis", "power", "status"]);
+    assert!(ok && out.contains("Chassis Power is on"), "{out}");
+    let (ok, out) = ipmitool("lanplus", &node_ip, port, PASS, &["chassis", "power", "off"]);
+    assert!(ok, "{out}");
+    let (ok, out) = ipmitool("lanplus", &node_ip, port, PASS, &["chassis", "power", "status"]);
+    assert!(ok && out.contains("Chassis Power is off"), "{out}");
+    let (ok, out) = ipmitool("lanplus", &node_ip, port, PASS, &["chassis", "power", "on"]);
+    assert!(ok, "{out}");
+
+    // Concurrent operators on the same machine: separate flows, every call answered.
+    let node = node_ip.clone();
+    let workers: Vec<_> = (0..3)
+        .map(|_| {
+            let node = node.clone();
+            std::thread::spawn(move || {
+                (0..4)
+                    .map(|_| ipmitool("lanplus", &node, port, PASS, &["chassis", "power", "status"]))
+                    .filter(|(ok, out)| *ok && out.contains("Chassis Power is on"))
+                    .count()
+            })
+        })
+        .collect();
+    for w in workers {
+        assert_eq!(w.join().unwrap(), 4, "a concurrent ipmitool session failed");
+    }
+
+    // A machine of another location, and a port with no machine, are not reachable.
+    for p in [base + other as u16, base + 999] {
+        let (ok, out) = ipmitool("lanplus", &node_ip, p, PASS, &["chassis", "power", "status"]);
+        assert!(!ok, "port {p} reached a BMC: {out}");
+    }
+
+    // The sync notices a change made behind rackd's back (power off through the proxy).
+    let (ok, out) = ipmitool("lanplus", &node_ip, port, PASS, &["chassis", "power", "off"]);
+    assert!(ok, "{out}");
+    let t0 = Instant::now();
+    loop {
+        let m = machine(&c, plus).await;
+        if m["power_state"] == "off" {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "sync never saw the power-off: {m}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The unreachable-credentials machine is recorded as unknown, never off.
+    let t0 = Instant::now();
+    loop {
+        let m = machine(&c, wrong).await;
+        if m["power_state"] == "unknown" {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "sync never recorded unknown: {m}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let events: Value = c.get_json(0, "/v1/events?limit=1000").await.unwrap();
+    assert!(
+        !events.to_string().contains(PASS) && !events.to_string().contains("wrong-secret"),
+        "a password reached the journal"
+    );
+    let log = std::fs::read_to_string(&c.nodes[0].log).unwrap();
+    assert!(!log.contains("wrong-secret") && !log.contains(PASS), "a password reached the log");
+}
