@@ -27,7 +27,10 @@ async fn main() {
         "off" => bmc.power_off().await.map(|_| "ok".into()),
         "cycle" => bmc.power_cycle().await.map(|_| "ok".into()),
         "reset" => bmc.hard_reset().await.map(|_| "ok".into()),
-        "pxe" => bmc.set_boot_device(BootDevice::Pxe, false).await.map(|_| "ok".into()),
+        "pxe" => bmc
+            .set_boot_device(BootDevice::Pxe, false)
+            .await
+            .map(|_| "ok".into()),
         "info" => bmc.info().await.map(|i| format!("{i:?}")),
         other => {
             eprintln!("unknown action {other}");

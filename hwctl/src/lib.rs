@@ -23,6 +23,6 @@ pub mod sim;
 
 pub use any::AnyBmc;
 pub use bmc::{Bmc, BmcError, BmcInfo, BootDevice, PowerState};
-pub use power::{PowerAction, PowerController, PowerError, PowerOutcome, VerifyPolicy};
 pub use ipmi::IpmiBmc;
+pub use power::{PowerAction, PowerController, PowerError, PowerOutcome, VerifyPolicy};
 pub use sim::SimBmc;

@@ -52,15 +52,23 @@ pub enum Input<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
     /// Open an upstream socket for a new flow toward `bmc`.
-    Open { flow: FlowId, bmc: SocketAddr },
-    ToBmc { flow: FlowId, data: Vec<u8> },
+    Open {
+        flow: FlowId,
+        bmc: SocketAddr,
+    },
+    ToBmc {
+        flow: FlowId,
+        data: Vec<u8>,
+    },
     ToClient {
         port: u16,
         client: SocketAddr,
         data: Vec<u8>,
     },
     /// Close the flow's upstream socket.
-    Close { flow: FlowId },
+    Close {
+        flow: FlowId,
+    },
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -240,29 +248,79 @@ mod tests {
         let t = Instant::now();
         let mut r = Relay::new(RelayConfig::default());
         let (c1, c2) = (a("192.0.2.1:5000"), a("192.0.2.2:5000"));
-        let o = r.handle(t, Input::FromClient { port: 20001, client: c1, data: IPMI }, resolve);
-        assert_eq!(
-            o,
-            vec![
-                Output::Open { flow: 1, bmc: a("10.0.0.1:623") },
-                Output::ToBmc { flow: 1, data: IPMI.to_vec() }
-            ]
-        );
-        // Same client again: same flow, nothing reopened.
-        let o = r.handle(t, Input::FromClient { port: 20001, client: c1, data: PING }, resolve);
-        assert_eq!(o, vec![Output::ToBmc { flow: 1, data: PING.to_vec() }]);
-        // Another user of the same machine: a separate flow (separate upstream source port).
-        let o = r.handle(t, Input::FromClient { port: 20001, client: c2, data: IPMI }, resolve);
-        assert_eq!(o[0], Output::Open { flow: 2, bmc: a("10.0.0.1:623") });
-        // The BMC's answer on flow 2 goes to c2 only.
         let o = r.handle(
             t,
-            Input::FromBmc { flow: 2, from: a("10.0.0.1:623"), data: IPMI },
+            Input::FromClient {
+                port: 20001,
+                client: c1,
+                data: IPMI,
+            },
             resolve,
         );
         assert_eq!(
             o,
-            vec![Output::ToClient { port: 20001, client: c2, data: IPMI.to_vec() }]
+            vec![
+                Output::Open {
+                    flow: 1,
+                    bmc: a("10.0.0.1:623")
+                },
+                Output::ToBmc {
+                    flow: 1,
+                    data: IPMI.to_vec()
+                }
+            ]
+        );
+        // Same client again: same flow, nothing reopened.
+        let o = r.handle(
+            t,
+            Input::FromClient {
+                port: 20001,
+                client: c1,
+                data: PING,
+            },
+            resolve,
+        );
+        assert_eq!(
+            o,
+            vec![Output::ToBmc {
+                flow: 1,
+                data: PING.to_vec()
+            }]
+        );
+        // Another user of the same machine: a separate flow (separate upstream source port).
+        let o = r.handle(
+            t,
+            Input::FromClient {
+                port: 20001,
+                client: c2,
+                data: IPMI,
+            },
+            resolve,
+        );
+        assert_eq!(
+            o[0],
+            Output::Open {
+                flow: 2,
+                bmc: a("10.0.0.1:623")
+            }
+        );
+        // The BMC's answer on flow 2 goes to c2 only.
+        let o = r.handle(
+            t,
+            Input::FromBmc {
+                flow: 2,
+                from: a("10.0.0.1:623"),
+                data: IPMI,
+            },
+            resolve,
+        );
+        assert_eq!(
+            o,
+            vec![Output::ToClient {
+                port: 20001,
+                client: c2,
+                data: IPMI.to_vec()
+            }]
         );
         assert_eq!(r.flows(), 2);
     }
@@ -273,22 +331,67 @@ mod tests {
         let mut r = Relay::new(RelayConfig::default());
         let c = a("192.0.2.1:5000");
         assert!(r
-            .handle(t, Input::FromClient { port: 20009, client: c, data: IPMI }, resolve)
+            .handle(
+                t,
+                Input::FromClient {
+                    port: 20009,
+                    client: c,
+                    data: IPMI
+                },
+                resolve
+            )
             .is_empty());
         assert!(r
-            .handle(t, Input::FromClient { port: 20001, client: c, data: b"GET / HTTP/1.0" }, resolve)
+            .handle(
+                t,
+                Input::FromClient {
+                    port: 20001,
+                    client: c,
+                    data: b"GET / HTTP/1.0"
+                },
+                resolve
+            )
             .is_empty());
-        r.handle(t, Input::FromClient { port: 20001, client: c, data: IPMI }, resolve);
+        r.handle(
+            t,
+            Input::FromClient {
+                port: 20001,
+                client: c,
+                data: IPMI,
+            },
+            resolve,
+        );
         // Not from the flow's BMC, or for a flow that does not exist.
         assert!(r
-            .handle(t, Input::FromBmc { flow: 1, from: a("10.0.0.9:623"), data: IPMI }, resolve)
+            .handle(
+                t,
+                Input::FromBmc {
+                    flow: 1,
+                    from: a("10.0.0.9:623"),
+                    data: IPMI
+                },
+                resolve
+            )
             .is_empty());
         assert!(r
-            .handle(t, Input::FromBmc { flow: 7, from: a("10.0.0.1:623"), data: IPMI }, resolve)
+            .handle(
+                t,
+                Input::FromBmc {
+                    flow: 7,
+                    from: a("10.0.0.1:623"),
+                    data: IPMI
+                },
+                resolve
+            )
             .is_empty());
         let s = &r.stats;
         assert_eq!(
-            (s.dropped_unknown_port, s.dropped_not_rmcp, s.dropped_stray, s.to_bmc),
+            (
+                s.dropped_unknown_port,
+                s.dropped_not_rmcp,
+                s.dropped_stray,
+                s.to_bmc
+            ),
             (1, 1, 2, 1)
         );
     }
@@ -301,26 +404,80 @@ mod tests {
             max_flows: 2,
         });
         let c = a("192.0.2.1:5000");
-        r.handle(t, Input::FromClient { port: 20001, client: c, data: IPMI }, resolve);
-        r.handle(t, Input::FromClient { port: 20002, client: c, data: IPMI }, resolve);
+        r.handle(
+            t,
+            Input::FromClient {
+                port: 20001,
+                client: c,
+                data: IPMI,
+            },
+            resolve,
+        );
+        r.handle(
+            t,
+            Input::FromClient {
+                port: 20002,
+                client: c,
+                data: IPMI,
+            },
+            resolve,
+        );
         // The bound on flows holds.
         let c3 = a("192.0.2.3:5000");
         assert!(r
-            .handle(t, Input::FromClient { port: 20001, client: c3, data: IPMI }, resolve)
+            .handle(
+                t,
+                Input::FromClient {
+                    port: 20001,
+                    client: c3,
+                    data: IPMI
+                },
+                resolve
+            )
             .is_empty());
         assert_eq!(r.stats.dropped_too_many_flows, 1);
         // Flow 2 stays busy, flow 1 goes idle.
         let later = t + Duration::from_secs(50);
-        r.handle(later, Input::FromClient { port: 20002, client: c, data: IPMI }, resolve);
+        r.handle(
+            later,
+            Input::FromClient {
+                port: 20002,
+                client: c,
+                data: IPMI,
+            },
+            resolve,
+        );
         let o = r.handle(t + Duration::from_secs(61), Input::Tick, resolve);
         assert_eq!(o, vec![Output::Close { flow: 1 }]);
         // The machine behind port 20002 now has another BMC address: old flow closed, new one.
         let moved = |p: u16| (p == 20002).then(|| a("10.0.0.22:623"));
-        let o = r.handle(later, Input::FromClient { port: 20002, client: c, data: IPMI }, moved);
+        let o = r.handle(
+            later,
+            Input::FromClient {
+                port: 20002,
+                client: c,
+                data: IPMI,
+            },
+            moved,
+        );
         assert_eq!(o[0], Output::Close { flow: 2 });
-        assert_eq!(o[1], Output::Open { flow: 3, bmc: a("10.0.0.22:623") });
+        assert_eq!(
+            o[1],
+            Output::Open {
+                flow: 3,
+                bmc: a("10.0.0.22:623")
+            }
+        );
         // The machine left the location: its flow closes.
-        let o = r.handle(later, Input::FromClient { port: 20002, client: c, data: IPMI }, |_| None);
+        let o = r.handle(
+            later,
+            Input::FromClient {
+                port: 20002,
+                client: c,
+                data: IPMI,
+            },
+            |_| None,
+        );
         assert_eq!(o, vec![Output::Close { flow: 3 }]);
         assert_eq!(r.flows(), 0);
     }

@@ -66,11 +66,13 @@ pub async fn up(args: UpArgs, join: Option<String>) -> anyhow::Result<()> {
             ipmi_timeout: Duration::from_millis(args.ipmi_timeout_ms.max(10)),
             ipmi_retries: 2,
         },
-        ipmi_proxy: args.ipmi_proxy_listen.map(|ip| crate::ipmi_proxy::ProxyOptions {
-            listen: ip,
-            base_port: args.ipmi_proxy_base_port,
-            idle: Duration::from_secs(args.ipmi_proxy_idle_secs.max(1)),
-        }),
+        ipmi_proxy: args
+            .ipmi_proxy_listen
+            .map(|ip| crate::ipmi_proxy::ProxyOptions {
+                listen: ip,
+                base_port: args.ipmi_proxy_base_port,
+                idle: Duration::from_secs(args.ipmi_proxy_idle_secs.max(1)),
+            }),
         dhcp: match args.dhcp_interface {
             None => None,
             Some(interface) => Some(crate::location::DhcpOptions {

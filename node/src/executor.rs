@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rackd_hwctl::ipmi::LanVersion;
-use rackd_hwctl::{AnyBmc, IpmiBmc, PowerAction, PowerController, PowerState, SimBmc, VerifyPolicy};
+use rackd_hwctl::{
+    AnyBmc, IpmiBmc, PowerAction, PowerController, PowerState, SimBmc, VerifyPolicy,
+};
 use rackd_raft::cmd::Command;
 use rackd_types::{Task, TaskKind, TaskState};
 
@@ -249,7 +251,11 @@ impl Executor {
             if !ids.is_empty() {
                 let n = ids.len();
                 let observations = self.clone().poll_all(ids).await;
-                tracing::debug!(polled = n, recorded = observations.len(), "power sync round");
+                tracing::debug!(
+                    polled = n,
+                    recorded = observations.len(),
+                    "power sync round"
+                );
                 if !observations.is_empty() {
                     let actor = format!("node:{}", self.node.id);
                     let cmd = Command::ObservePower { observations };
@@ -278,7 +284,10 @@ impl Executor {
             set.spawn(async move {
                 let bmc = this.bmc_for(id).await.ok()?;
                 let r = this.power.execute(&bmc, PowerAction::Status, &policy).await;
-                Some((id, power_str(r.map(|o| o.after).unwrap_or(PowerState::Unknown))))
+                Some((
+                    id,
+                    power_str(r.map(|o| o.after).unwrap_or(PowerState::Unknown)),
+                ))
             });
             tokio::time::sleep(gap).await;
         }

@@ -124,7 +124,9 @@ pub enum Command {
     },
     /// Power states observed by a location node's periodic sync: `(machine id, on|off|unknown)`.
     /// Stamped with the entry's time; machines deleted meanwhile are skipped.
-    ObservePower { observations: Vec<(u64, String)> },
+    ObservePower {
+        observations: Vec<(u64, String)>,
+    },
     CreateJoinToken {
         token_hash: String,
         ttl_ms: u64,

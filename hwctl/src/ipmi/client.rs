@@ -175,7 +175,11 @@ impl<R: RngCore> Client<R> {
                 "user names longer than 16 bytes".into(),
             ));
         }
-        let max_pw = if cfg.version == LanVersion::V15 { 16 } else { 20 };
+        let max_pw = if cfg.version == LanVersion::V15 {
+            16
+        } else {
+            20
+        };
         if cfg.password.len() > max_pw {
             return Err(ClientError::Unsupported(format!(
                 "passwords longer than {max_pw} bytes"
@@ -283,7 +287,9 @@ impl<R: RngCore> Client<R> {
     /// duplicates).
     pub fn resend(&mut self) -> Vec<u8> {
         match (&self.phase, self.pending.clone()) {
-            (Phase::Ready, Some((netfn, cmd, data, seq))) => self.in_session(netfn, cmd, &data, seq),
+            (Phase::Ready, Some((netfn, cmd, data, seq))) => {
+                self.in_session(netfn, cmd, &data, seq)
+            }
             _ => self.last.clone(),
         }
     }
@@ -381,7 +387,10 @@ impl<R: RngCore> Client<R> {
 
     fn on_auth_caps(&mut self, rsp: &LanResponse) -> Result<Step, ClientError> {
         if rsp.cc != 0 {
-            return Err(Self::refused("Get Channel Authentication Capabilities", rsp.cc));
+            return Err(Self::refused(
+                "Get Channel Authentication Capabilities",
+                rsp.cc,
+            ));
         }
         let d = &rsp.data;
         if d.len() < 8 {
@@ -487,7 +496,14 @@ impl<R: RngCore> Client<R> {
         p.extend([0x01, 0, 0, 0x08, i, 0, 0, 0]);
         p.extend([0x02, 0, 0, 0x08, c, 0, 0, 0]);
         self.phase = Phase::OpenSession;
-        self.last = wire::encode_v20(wire::PAYLOAD_OPEN_REQ, 0, 0, &p, &V20Keys::default(), [0; 16]);
+        self.last = wire::encode_v20(
+            wire::PAYLOAD_OPEN_REQ,
+            0,
+            0,
+            &p,
+            &V20Keys::default(),
+            [0; 16],
+        );
         Ok(Step::Send(self.last.clone()))
     }
 
@@ -581,10 +597,7 @@ impl<R: RngCore> Client<R> {
         let mut p = vec![0x02, 0, 0, 0];
         p.extend(sid_c);
         if auth_alg != 0 {
-            let code = wire::hmac_sha1(
-                &self.v20.kuid,
-                &[&self.v20.rc, &sid_m, &role, &ulen, user],
-            );
+            let code = wire::hmac_sha1(&self.v20.kuid, &[&self.v20.rc, &sid_m, &role, &ulen, user]);
             p.extend(code);
         }
         self.phase = Phase::Rakp3;

@@ -51,7 +51,9 @@ impl IpmiBmc {
             // IPMI 1.5 BMCs drop an Activate Session whose auth code does not verify.
             return BmcError::Auth {
                 address: self.address(),
-                reason: format!("no answer to Activate Session within {waited} ms (wrong password?)"),
+                reason: format!(
+                    "no answer to Activate Session within {waited} ms (wrong password?)"
+                ),
             };
         }
         BmcError::Timeout {
@@ -73,7 +75,11 @@ impl IpmiBmc {
     }
 
     /// Waits for the next datagram until `deadline`.
-    async fn recv(sock: &UdpSocket, buf: &mut [u8], deadline: tokio::time::Instant) -> Option<usize> {
+    async fn recv(
+        sock: &UdpSocket,
+        buf: &mut [u8],
+        deadline: tokio::time::Instant,
+    ) -> Option<usize> {
         match tokio::time::timeout_at(deadline, sock.recv(buf)).await {
             Ok(Ok(n)) => Some(n),
             _ => None,
@@ -98,8 +104,8 @@ impl IpmiBmc {
         };
         let sock = UdpSocket::bind(bind).await.map_err(io)?;
         sock.connect(self.target).await.map_err(io)?;
-        let mut client =
-            Client::new(self.config.clone(), StdRng::from_os_rng()).map_err(|e| self.client_error(e))?;
+        let mut client = Client::new(self.config.clone(), StdRng::from_os_rng())
+            .map_err(|e| self.client_error(e))?;
         let mut buf = vec![0u8; 1024];
 
         // Session set-up.
@@ -131,7 +137,9 @@ impl IpmiBmc {
         }
 
         // The command.
-        let mut out = client.request(netfn, cmd, &data).map_err(|e| self.client_error(e))?;
+        let mut out = client
+            .request(netfn, cmd, &data)
+            .map_err(|e| self.client_error(e))?;
         let mut tries = 0;
         let rsp = 'cmd: loop {
             sock.send(&out).await.map_err(io)?;
@@ -191,7 +199,9 @@ impl IpmiBmc {
 
     async fn control(&self, name: &str, ctl: ChassisControl) -> Result<(), BmcError> {
         let idempotent = matches!(ctl, ChassisControl::PowerUp | ChassisControl::PowerDown);
-        self.exchange(name, ctl.request(), idempotent).await.map(|_| ())
+        self.exchange(name, ctl.request(), idempotent)
+            .await
+            .map(|_| ())
     }
 }
 
@@ -201,24 +211,30 @@ impl Bmc for IpmiBmc {
     }
 
     async fn power_status(&self) -> Result<PowerState, BmcError> {
-        let r = self.exchange("Get Chassis Status", c::chassis_status(), true).await?;
+        let r = self
+            .exchange("Get Chassis Status", c::chassis_status(), true)
+            .await?;
         Ok(c::parse_chassis_status(&r.data))
     }
 
     async fn power_on(&self) -> Result<(), BmcError> {
-        self.control("Chassis Control power up", ChassisControl::PowerUp).await
+        self.control("Chassis Control power up", ChassisControl::PowerUp)
+            .await
     }
 
     async fn power_off(&self) -> Result<(), BmcError> {
-        self.control("Chassis Control power down", ChassisControl::PowerDown).await
+        self.control("Chassis Control power down", ChassisControl::PowerDown)
+            .await
     }
 
     async fn power_cycle(&self) -> Result<(), BmcError> {
-        self.control("Chassis Control power cycle", ChassisControl::PowerCycle).await
+        self.control("Chassis Control power cycle", ChassisControl::PowerCycle)
+            .await
     }
 
     async fn hard_reset(&self) -> Result<(), BmcError> {
-        self.control("Chassis Control hard reset", ChassisControl::HardReset).await
+        self.control("Chassis Control hard reset", ChassisControl::HardReset)
+            .await
     }
 
     async fn set_boot_device(&self, dev: BootDevice, persistent: bool) -> Result<(), BmcError> {
@@ -232,7 +248,9 @@ impl Bmc for IpmiBmc {
     }
 
     async fn info(&self) -> Result<BmcInfo, BmcError> {
-        let r = self.exchange("Get Device ID", c::get_device_id(), true).await?;
+        let r = self
+            .exchange("Get Device ID", c::get_device_id(), true)
+            .await?;
         c::parse_device_id(&r.data).ok_or_else(|| BmcError::Bmc {
             address: self.address(),
             message: "Get Device ID: short response".into(),

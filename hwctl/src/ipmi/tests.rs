@@ -43,10 +43,19 @@ fn v15_md5_packets_round_trip_and_authenticate() {
     let msg = wire::encode_request(0x06, 0x3b, 3, &[4]);
     let p = wire::encode_v15(wire::AUTH_MD5, &pass, 0x1234, 7, &msg);
     let d = wire::decode_v15(wire::strip_rmcp(&p).unwrap()).unwrap();
-    assert_eq!((d.auth, d.session_id, d.seq, d.msg), (wire::AUTH_MD5, 0x1234, 7, &msg[..]));
+    assert_eq!(
+        (d.auth, d.session_id, d.seq, d.msg),
+        (wire::AUTH_MD5, 0x1234, 7, &msg[..])
+    );
     let want = wire::auth_code_v15(wire::AUTH_MD5, &pass, 0x1234, 7, &msg);
     assert_eq!(d.auth_code, Some(want));
-    let other = wire::auth_code_v15(wire::AUTH_MD5, &wire::pad_password(b"wrong"), 0x1234, 7, &msg);
+    let other = wire::auth_code_v15(
+        wire::AUTH_MD5,
+        &wire::pad_password(b"wrong"),
+        0x1234,
+        7,
+        &msg,
+    );
     assert_ne!(want, other);
 }
 
@@ -68,11 +77,21 @@ fn v20_packets_round_trip_with_integrity_and_aes() {
         for i in [4, 10, p.len() / 2, p.len() - 13, p.len() - 1] {
             let mut t = p.clone();
             t[i] ^= 0x10;
-            assert!(wire::decode_v20(wire::strip_rmcp(&t).unwrap(), &keys).is_err(), "byte {i}");
+            assert!(
+                wire::decode_v20(wire::strip_rmcp(&t).unwrap(), &keys).is_err(),
+                "byte {i}"
+            );
         }
     }
     // Without keys (cipher suite 0) the payload is plain.
-    let p = wire::encode_v20(wire::PAYLOAD_RAKP1, 0, 0, b"abc", &V20Keys::default(), [0; 16]);
+    let p = wire::encode_v20(
+        wire::PAYLOAD_RAKP1,
+        0,
+        0,
+        b"abc",
+        &V20Keys::default(),
+        [0; 16],
+    );
     assert_eq!(&p[p.len() - 3..], b"abc");
 }
 
@@ -85,7 +104,10 @@ fn boot_flags_and_device_id() {
     let info =
         commands::parse_device_id(&[0, 0x23, 9, 8, 0x02, 0x9f, 0x91, 0x12, 0, 0x02, 0x0f]).unwrap();
     assert_eq!((info.manufacturer_id, info.product_id), (0x1291, 0x0f02));
-    assert_eq!((info.firmware.as_str(), info.ipmi_version.as_str()), ("9.08", "2.0"));
+    assert_eq!(
+        (info.firmware.as_str(), info.ipmi_version.as_str()),
+        ("9.08", "2.0")
+    );
     assert!(commands::parse_device_id(&[0; 5]).is_none());
 }
 
@@ -110,7 +132,10 @@ fn first_packet_asks_for_authentication_capabilities() {
     let d = wire::decode_v15(wire::strip_rmcp(&p).unwrap()).unwrap();
     assert_eq!(d.auth, wire::AUTH_NONE);
     assert_eq!(&d.msg[5..8], &[0x38, 0x8e, 0x04]);
-    assert!(c.request(0, 1, &[]).is_err(), "no request before the session exists");
+    assert!(
+        c.request(0, 1, &[]).is_err(),
+        "no request before the session exists"
+    );
     assert_eq!(c.resend(), p);
 }
 
@@ -123,8 +148,22 @@ fn random_and_truncated_input_never_panics() {
         aes: Some([2; 16]),
     };
     let valid = [
-        wire::encode_v20(wire::PAYLOAD_OPEN_RSP, 0, 0, &[0u8; 36], &V20Keys::default(), [0; 16]),
-        wire::encode_v20(wire::PAYLOAD_RAKP2, 0, 0, &[0u8; 60], &V20Keys::default(), [0; 16]),
+        wire::encode_v20(
+            wire::PAYLOAD_OPEN_RSP,
+            0,
+            0,
+            &[0u8; 36],
+            &V20Keys::default(),
+            [0; 16],
+        ),
+        wire::encode_v20(
+            wire::PAYLOAD_RAKP2,
+            0,
+            0,
+            &[0u8; 60],
+            &V20Keys::default(),
+            [0; 16],
+        ),
         wire::encode_v20(wire::PAYLOAD_IPMI, 1, 1, &[0u8; 20], &keys, [0; 16]),
         wire::encode_v15(wire::AUTH_MD5, &[0; 16], 1, 1, &[0u8; 12]),
     ];

@@ -302,7 +302,7 @@ pub fn decode_v20(after_rmcp: &[u8], keys: &V20Keys) -> Result<V20Packet, WireEr
     }
     let payload = if ptype & 0x80 != 0 {
         let key = keys.aes.as_ref().ok_or(WireError::Padding)?;
-        if body.len() < 32 || body.len() % 16 != 0 {
+        if body.len() < 32 || !body.len().is_multiple_of(16) {
             return Err(WireError::Padding);
         }
         let (iv, data) = body.split_at(16);

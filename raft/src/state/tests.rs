@@ -565,8 +565,12 @@ fn tasks_are_claimed_once_fenced_by_generation_and_ordered_per_machine() {
 #[test]
 fn observed_power_is_stamped_with_the_entry_time_and_all_or_nothing() {
     let mut s = base();
-    let a = ok(&mut s, 20, machine("a", &[], &[]))["id"].as_u64().unwrap();
-    let b = ok(&mut s, 21, machine("b", &[], &[]))["id"].as_u64().unwrap();
+    let a = ok(&mut s, 20, machine("a", &[], &[]))["id"]
+        .as_u64()
+        .unwrap();
+    let b = ok(&mut s, 21, machine("b", &[], &[]))["id"]
+        .as_u64()
+        .unwrap();
     let obs = |v: Vec<(u64, &str)>| Command::ObservePower {
         observations: v.into_iter().map(|(i, p)| (i, p.to_string())).collect(),
     };
@@ -574,10 +578,17 @@ fn observed_power_is_stamped_with_the_entry_time_and_all_or_nothing() {
     err(&mut s, 22, obs(vec![(a, "on"), (b, "maybe")]));
     assert_eq!(s.machines.get(&a).unwrap().machine.power_state, None);
     // Unknown machines are skipped; time comes from the entry.
-    let v = ok(&mut s, 23, obs(vec![(a, "on"), (b, "unknown"), (999, "off")]));
+    let v = ok(
+        &mut s,
+        23,
+        obs(vec![(a, "on"), (b, "unknown"), (999, "off")]),
+    );
     assert_eq!(v["recorded"], 2);
     let m = &s.machines.get(&a).unwrap().machine;
-    assert_eq!((m.power_state.as_deref(), m.power_observed_at), (Some("on"), Some(23)));
+    assert_eq!(
+        (m.power_state.as_deref(), m.power_observed_at),
+        (Some("on"), Some(23))
+    );
     assert_eq!(
         s.machines.get(&b).unwrap().machine.power_state.as_deref(),
         Some("unknown")

@@ -45,8 +45,15 @@ async fn ipmi_driver_drives_openipmi_bmc_over_lanplus_and_lan15() {
 
         let on0 = count(&sim.calls(), "set power 1");
         let o = pc.execute(&b, PowerAction::On, &policy()).await.unwrap();
-        assert_eq!((o.before, o.after, o.command_sent), (PowerState::Off, PowerState::On, true));
-        assert_eq!(count(&sim.calls(), "set power 1"), on0 + 1, "{v:?}: one power-up");
+        assert_eq!(
+            (o.before, o.after, o.command_sent),
+            (PowerState::Off, PowerState::On, true)
+        );
+        assert_eq!(
+            count(&sim.calls(), "set power 1"),
+            on0 + 1,
+            "{v:?}: one power-up"
+        );
         // Already on: nothing is sent (a cycle would show as "set power 0").
         let off0 = count(&sim.calls(), "set power 0");
         let o = pc.execute(&b, PowerAction::On, &policy()).await.unwrap();
@@ -54,7 +61,10 @@ async fn ipmi_driver_drives_openipmi_bmc_over_lanplus_and_lan15() {
         assert_eq!(count(&sim.calls(), "set power 0"), off0);
 
         // Cycle of a machine that is on: the chassis goes off, then on again.
-        let (on1, off1) = (count(&sim.calls(), "set power 1"), count(&sim.calls(), "set power 0"));
+        let (on1, off1) = (
+            count(&sim.calls(), "set power 1"),
+            count(&sim.calls(), "set power 0"),
+        );
         let o = pc.execute(&b, PowerAction::Cycle, &policy()).await.unwrap();
         assert_eq!(o.after, PowerState::On);
         let t0 = Instant::now();
@@ -83,12 +93,19 @@ async fn ipmi_driver_drives_openipmi_bmc_over_lanplus_and_lan15() {
     for suite in 0..=3u8 {
         let mut b = bmc(&sim, LanVersion::V20, PASS);
         b.config.cipher_suite = suite;
-        assert_eq!(b.power_status().await.unwrap(), PowerState::Off, "suite {suite}");
+        assert_eq!(
+            b.power_status().await.unwrap(),
+            PowerState::Off,
+            "suite {suite}"
+        );
     }
 
     // Wrong password: a clear credentials error without the password in it.
     for v in [LanVersion::V20, LanVersion::V15] {
-        let e = bmc(&sim, v, "not-the-password").power_status().await.unwrap_err();
+        let e = bmc(&sim, v, "not-the-password")
+            .power_status()
+            .await
+            .unwrap_err();
         assert!(matches!(e, BmcError::Auth { .. }), "{v:?}: {e}");
         assert!(!e.to_string().contains("not-the-password"));
         eprintln!("{v:?} wrong password: {e}");
@@ -102,8 +119,14 @@ async fn ipmi_driver_drives_openipmi_bmc_over_lanplus_and_lan15() {
     let e = dead.power_status().await.unwrap_err();
     assert!(matches!(e, BmcError::Timeout { .. }), "{e}");
     assert!(t0.elapsed() < Duration::from_secs(5));
-    let e = pc.execute(&dead, PowerAction::On, &policy()).await.unwrap_err();
-    assert!(matches!(e, PowerError::Bmc(BmcError::Timeout { .. })), "{e}");
+    let e = pc
+        .execute(&dead, PowerAction::On, &policy())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, PowerError::Bmc(BmcError::Timeout { .. })),
+        "{e}"
+    );
 
     // Sessions are closed: after 80 more calls (more than the BMC's 63 session slots) the
     // BMC reports at most ipmitool's own session as active.
@@ -183,7 +206,10 @@ async fn power_tasks_sync_and_ipmitool_through_the_rackd_proxy() {
     .await
     .expect("cluster");
     for l in ["dc1", "dc2"] {
-        let _: Value = c.post_json(0, "/v1/locations", &json!({"name": l})).await.unwrap();
+        let _: Value = c
+            .post_json(0, "/v1/locations", &json!({"name": l}))
+            .await
+            .unwrap();
     }
     let mk = |host: &str, loc: &str, driver: &str, pass: &str| {
         json!({"hostname": host, "location": loc,
@@ -196,7 +222,10 @@ async fn power_tasks_sync_and_ipmitool_through_the_rackd_proxy() {
         ("m-wrong", "dc1", "ipmi", "wrong-secret"),
         ("m-other", "dc2", "ipmi", PASS),
     ] {
-        let v: Value = c.post_json(0, "/v1/machines", &mk(h, l, d, p)).await.unwrap();
+        let v: Value = c
+            .post_json(0, "/v1/machines", &mk(h, l, d, p))
+            .await
+            .unwrap();
         ids.push(v["id"].as_u64().unwrap());
     }
     let (plus, v15, wrong, other) = (ids[0], ids[1], ids[2], ids[3]);
@@ -210,7 +239,10 @@ async fn power_tasks_sync_and_ipmitool_through_the_rackd_proxy() {
     assert_eq!(m["power_state"], "on");
     assert!(m["power_observed_at"].as_u64().is_some());
     let t = run_task(&c, v15, "status").await;
-    assert_eq!((t["state"].as_str(), t["observed_power"].as_str()), (Some("succeeded"), Some("on")));
+    assert_eq!(
+        (t["state"].as_str(), t["observed_power"].as_str()),
+        (Some("succeeded"), Some("on"))
+    );
 
     // Wrong password: the task fails with a clear error that does not contain the password.
     let t = run_task(&c, wrong, "on").await;
@@ -222,13 +254,31 @@ async fn power_tasks_sync_and_ipmitool_through_the_rackd_proxy() {
     // ipmitool through the proxy, lanplus and lan 1.5.
     let node_ip = c.nodes[0].ip.clone();
     let port = base + plus as u16;
-    let (ok, out) = ipmitool("lanplus", &node_ip, port, PASS, &["chassis", "power", "status"]);
+    let (ok, out) = ipmitool(
+        "lanplus",
+        &node_ip,
+        port,
+        PASS,
+        &["chassis", "power", "status"],
+    );
     assert!(ok && out.contains("Chassis Power is on"), "{out}");
     let (ok, out) = ipmitool("lan", &node_ip, port, PASS, &["chassis", "power", "status"]);
     assert!(ok && out.contains("Chassis Power is on"), "{out}");
-    let (ok, out) = ipmitool("lanplus", &node_ip, port, PASS, &["chassis", "power", "off"]);
+    let (ok, out) = ipmitool(
+        "lanplus",
+        &node_ip,
+        port,
+        PASS,
+        &["chassis", "power", "off"],
+    );
     assert!(ok, "{out}");
-    let (ok, out) = ipmitool("lanplus", &node_ip, port, PASS, &["chassis", "power", "status"]);
+    let (ok, out) = ipmitool(
+        "lanplus",
+        &node_ip,
+        port,
+        PASS,
+        &["chassis", "power", "status"],
+    );
     assert!(ok && out.contains("Chassis Power is off"), "{out}");
     let (ok, out) = ipmitool("lanplus", &node_ip, port, PASS, &["chassis", "power", "on"]);
     assert!(ok, "{out}");
@@ -240,7 +290,15 @@ async fn power_tasks_sync_and_ipmitool_through_the_rackd_proxy() {
             let node = node.clone();
             std::thread::spawn(move || {
                 (0..4)
-                    .map(|_| ipmitool("lanplus", &node, port, PASS, &["chassis", "power", "status"]))
+                    .map(|_| {
+                        ipmitool(
+                            "lanplus",
+                            &node,
+                            port,
+                            PASS,
+                            &["chassis", "power", "status"],
+                        )
+                    })
                     .filter(|(ok, out)| *ok && out.contains("Chassis Power is on"))
                     .count()
             })
@@ -252,12 +310,24 @@ async fn power_tasks_sync_and_ipmitool_through_the_rackd_proxy() {
 
     // A machine of another location, and a port with no machine, are not reachable.
     for p in [base + other as u16, base + 999] {
-        let (ok, out) = ipmitool("lanplus", &node_ip, p, PASS, &["chassis", "power", "status"]);
+        let (ok, out) = ipmitool(
+            "lanplus",
+            &node_ip,
+            p,
+            PASS,
+            &["chassis", "power", "status"],
+        );
         assert!(!ok, "port {p} reached a BMC: {out}");
     }
 
     // The sync notices a change made behind rackd's back (power off through the proxy).
-    let (ok, out) = ipmitool("lanplus", &node_ip, port, PASS, &["chassis", "power", "off"]);
+    let (ok, out) = ipmitool(
+        "lanplus",
+        &node_ip,
+        port,
+        PASS,
+        &["chassis", "power", "off"],
+    );
     assert!(ok, "{out}");
     let t0 = Instant::now();
     loop {
@@ -265,7 +335,10 @@ async fn power_tasks_sync_and_ipmitool_through_the_rackd_proxy() {
         if m["power_state"] == "off" {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(30), "sync never saw the power-off: {m}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "sync never saw the power-off: {m}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     // The unreachable-credentials machine is recorded as unknown, never off.
@@ -275,7 +348,10 @@ async fn power_tasks_sync_and_ipmitool_through_the_rackd_proxy() {
         if m["power_state"] == "unknown" {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(30), "sync never recorded unknown: {m}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "sync never recorded unknown: {m}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let events: Value = c.get_json(0, "/v1/events?limit=1000").await.unwrap();
@@ -284,5 +360,8 @@ async fn power_tasks_sync_and_ipmitool_through_the_rackd_proxy() {
         "a password reached the journal"
     );
     let log = std::fs::read_to_string(&c.nodes[0].log).unwrap();
-    assert!(!log.contains("wrong-secret") && !log.contains(PASS), "a password reached the log");
+    assert!(
+        !log.contains("wrong-secret") && !log.contains(PASS),
+        "a password reached the log"
+    );
 }

@@ -21,8 +21,6 @@ pub struct IpmiSim {
     host_if: Option<String>,
     /// The BMC's address (port 623).
     pub addr: String,
-    /// Host side address of the management network (netns mode).
-    pub host_ip: String,
     pub dir: PathBuf,
     child: Option<Child>,
 }
@@ -41,7 +39,6 @@ impl IpmiSim {
             ns: Some(name.clone()),
             host_if: Some(format!("{name}h")),
             addr: format!("{net}.2"),
-            host_ip: format!("{net}.1"),
             dir: dir.to_path_buf(),
             child: None,
         };
@@ -50,13 +47,30 @@ impl IpmiSim {
         let _ = sh(&["ip", "link", "del", &hif]);
         for a in [
             vec!["ip", "netns", "add", &name],
-            vec!["ip", "link", "add", &hif, "type", "veth", "peer", "name", &nif],
+            vec![
+                "ip", "link", "add", &hif, "type", "veth", "peer", "name", &nif,
+            ],
             vec!["ip", "link", "set", &nif, "netns", &name],
             vec!["ip", "addr", "add", &format!("{net}.1/24"), "dev", &hif],
             vec!["ip", "link", "set", &hif, "up"],
-            vec!["ip", "netns", "exec", &name, "ip", "addr", "add", &format!("{net}.2/24"), "dev", &nif],
-            vec!["ip", "netns", "exec", &name, "ip", "link", "set", &nif, "up"],
-            vec!["ip", "netns", "exec", &name, "ip", "link", "set", "lo", "up"],
+            vec![
+                "ip",
+                "netns",
+                "exec",
+                &name,
+                "ip",
+                "addr",
+                "add",
+                &format!("{net}.2/24"),
+                "dev",
+                &nif,
+            ],
+            vec![
+                "ip", "netns", "exec", &name, "ip", "link", "set", &nif, "up",
+            ],
+            vec![
+                "ip", "netns", "exec", &name, "ip", "link", "set", "lo", "up",
+            ],
         ] {
             let (ok, out) = sh(&a);
             assert!(ok, "{a:?}: {out}");
@@ -71,7 +85,6 @@ impl IpmiSim {
             ns: None,
             host_if: None,
             addr: addr.to_string(),
-            host_ip: addr.to_string(),
             dir: dir.to_path_buf(),
             child: None,
         };
@@ -82,7 +95,11 @@ impl IpmiSim {
     fn start(&mut self, template: &str, extra: &[(&str, String)]) {
         let f = fixtures();
         std::fs::create_dir_all(self.dir.join("state")).unwrap();
-        std::fs::copy(f.join("chassis_control.sh"), self.dir.join("chassis_control.sh")).unwrap();
+        std::fs::copy(
+            f.join("chassis_control.sh"),
+            self.dir.join("chassis_control.sh"),
+        )
+        .unwrap();
         let mut conf = std::fs::read_to_string(f.join(template))
             .unwrap()
             .replace("@ADDR@", &self.addr)
@@ -167,7 +184,9 @@ pub fn ipmitool(intf: &str, host: &str, port: u16, pass: &str, args: &[&str]) ->
     if intf == "lanplus" {
         a.extend(["-C", "3"]);
     }
-    a.extend(["-H", host, "-p", &port, "-U", USER, "-P", pass, "-R", "2", "-N", "1"]);
+    a.extend([
+        "-H", host, "-p", &port, "-U", USER, "-P", pass, "-R", "2", "-N", "1",
+    ]);
     a.extend(args);
     sh(&a)
 }

@@ -11,6 +11,8 @@ use rackd_tests::Cluster;
 use crate::util::sh;
 use serde_json::json;
 
+const MAC: &str = "52:54:00:77:00:01";
+
 struct Tap {
     name: String,
     vm: Option<Child>,
@@ -38,13 +40,19 @@ async fn qemu_ipxe_rom_loads_a_first_stage_over_tftp_then_its_script_over_http()
     boot_vm(1, true).await;
 }
 
-async fn boot_vm(tag: u32, via_tftp: bool) {
+/// A location node serving DHCP (with RAs), HTTP boot and optionally TFTP on a fresh tap, with
+/// one machine `pxevm` (MAC, reserved IP, optional BMC settings) in location dc1.
+async fn pxe_site(
+    tag: u32,
+    via_tftp: bool,
+    bmc: Option<serde_json::Value>,
+) -> (Tap, Cluster, String) {
     assert!(
         sh(&["sh", "-c", "command -v qemu-system-x86_64"]).0,
         "qemu-system-x86_64 missing (apt-get install qemu-system-x86 ipxe-qemu)"
     );
     let n = std::process::id() % 200 + 20;
-    let mut tap = Tap {
+    let tap = Tap {
         name: format!("rkt{}x{tag}", std::process::id() % 100_000),
         vm: None,
     };
@@ -93,15 +101,17 @@ async fn boot_vm(tag: u32, via_tftp: bool) {
         )
         .await
         .unwrap();
-    let mac = "52:54:00:77:00:01";
-    let _: serde_json::Value = c
-        .post_json(
-            0,
-            "/v1/machines",
-            &json!({"hostname": "pxevm", "location": "dc1", "macs": [mac], "ips": [format!("{net}.50")]}),
-        )
-        .await
-        .unwrap();
+    let mut m = json!({"hostname": "pxevm", "location": "dc1", "macs": [MAC], "ips": [format!("{net}.50")]});
+    if let Some(b) = bmc {
+        m["bmc"] = b;
+    }
+    let _: serde_json::Value = c.post_json(0, "/v1/machines", &m).await.unwrap();
+    (tap, c, net)
+}
+
+async fn boot_vm(tag: u32, via_tftp: bool) {
+    let (mut tap, c, net) = pxe_site(tag, via_tftp, None).await;
+    let mac = MAC;
 
     let sercon = c.dir.join("sercon-port.bin");
     std::fs::write(&sercon, [0xf8u8, 0x03]).unwrap();
@@ -182,4 +192,135 @@ async fn boot_vm(tag: u32, via_tftp: bool) {
             "first stage did not run"
         );
     }
+}
+
+/// The lab's VM-backed BMC: `ipmi_sim` whose chassis is a qemu VM (its `startcmd` starts qemu,
+/// power-off goes to qemu over the VM codec). A power-on task through rackd starts the VM, which
+/// then PXE-boots from the same rackd node; a power-off task stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipmi_power_on_starts_a_qemu_vm_that_pxe_boots_from_rackd() {
+    use crate::ipmi_sim::{IpmiSim, PASS, USER};
+    let n = std::process::id() % 200 + 20;
+    let bmc_ip = format!("10.198.{n}.1"); // the tap's address (pxe_site tag 2)
+    let (_tap, c, net) = pxe_site(
+        2,
+        false,
+        Some(json!({"driver": "ipmi", "address": bmc_ip, "username": USER, "password": PASS})),
+    )
+    .await;
+    assert!(bmc_ip.starts_with(&net));
+    let machine: serde_json::Value = c.get_json(0, "/v1/machines").await.unwrap();
+    let id = machine["items"][0]["id"].as_u64().expect("machine id");
+
+    let dir = c.dir.join("bmc");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("sercon-port.bin"), [0xf8u8, 0x03]).unwrap();
+    let vm_port = 9100 + (std::process::id() % 500) as u16;
+    let script = format!(
+        "#!/bin/sh\n\
+         # started by ipmi_sim on chassis power on; the VM lives as long as this process\n\
+         echo $$ >> {d}/vm.pids\n\
+         exec qemu-system-x86_64 -accel tcg -m 256 -nodefaults -display none -name rackdipmivm \
+         -serial file:{d}/vm.serial -fw_cfg name=etc/sercon-port,file={d}/sercon-port.bin \
+         -netdev tap,id=n0,ifname={tap},script=no,downscript=no \
+         -device virtio-net-pci,netdev=n0,mac={MAC} -boot n \
+         -chardev socket,id=ipmi0,host=127.0.0.1,port={vm_port},reconnect=10 \
+         -device ipmi-bmc-extern,id=bmc0,chardev=ipmi0 -device isa-ipmi-kcs,bmc=bmc0\n",
+        d = dir.display(),
+        tap = _tap.name,
+    );
+    let start = dir.join("vm-start.sh");
+    std::fs::write(&start, script).unwrap();
+    sh(&["chmod", "+x", &start.display().to_string()]);
+    let sim = IpmiSim::with_vm(&bmc_ip, &dir, vm_port);
+    let vm_pids = || -> Vec<u32> {
+        std::fs::read_to_string(dir.join("vm.pids"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    };
+    let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
+    struct KillVms(std::path::PathBuf);
+    impl Drop for KillVms {
+        fn drop(&mut self) {
+            for pid in std::fs::read_to_string(self.0.join("vm.pids"))
+                .unwrap_or_default()
+                .lines()
+            {
+                let _ = sh(&["kill", "-9", pid.trim()]);
+            }
+        }
+    }
+    let _kill = KillVms(dir.clone());
+
+    let task = |action: &'static str| {
+        let c = &c;
+        async move {
+            let (s, t) = c
+                .request(
+                    0,
+                    reqwest::Method::POST,
+                    &format!("/v1/machines/{id}/power"),
+                    Some(json!({"action": action})),
+                    &[],
+                )
+                .await
+                .unwrap();
+            assert_eq!(s, 202, "{t}");
+            let tid = t["id"].as_u64().unwrap();
+            let t0 = Instant::now();
+            loop {
+                let t: serde_json::Value =
+                    c.get_json(0, &format!("/v1/tasks/{tid}")).await.unwrap();
+                if t["state"] == "succeeded" || t["state"] == "failed" {
+                    return t;
+                }
+                assert!(t0.elapsed() < Duration::from_secs(60), "task stuck: {t}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+
+    assert!(vm_pids().is_empty(), "VM running before power on");
+    let t0 = Instant::now();
+    let t = task("on").await;
+    assert_eq!(t["state"], "succeeded", "{t}");
+    assert_eq!(t["observed_power"], "on");
+    let pids = vm_pids();
+    assert_eq!(pids.len(), 1, "ipmi_sim started qemu once");
+    assert!(alive(pids[0]));
+    let serial = dir.join("vm.serial");
+    loop {
+        let console =
+            String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).replace('\r', "");
+        if console.contains("rackd: pxevm is new") {
+            eprintln!(
+                "VM powered on over IPMI ran its rackd boot script {:.1}s after the task was created",
+                t0.elapsed().as_secs_f64()
+            );
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "VM did not PXE-boot from rackd; console tail:\n{}",
+            console
+                .lines()
+                .rev()
+                .take(15)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    let t = task("off").await;
+    assert_eq!(t["state"], "succeeded", "{t}");
+    assert_eq!(t["observed_power"], "off");
+    let t1 = Instant::now();
+    while alive(pids[0]) && t1.elapsed() < Duration::from_secs(15) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!alive(pids[0]), "qemu still running after power off");
+    drop(sim);
 }
