@@ -82,7 +82,12 @@ impl IpmiBmc {
     ) -> Option<usize> {
         match tokio::time::timeout_at(deadline, sock.recv(buf)).await {
             Ok(Ok(n)) => Some(n),
-            _ => None,
+            Err(_) => None,
+            // ICMP unreachable and the like: treat as silence, keep the pacing.
+            Ok(Err(_)) => {
+                tokio::time::sleep_until(deadline).await;
+                None
+            }
         }
     }
 
