@@ -1,7 +1,36 @@
-//! rackd-installer: builds the bootable appliance image and installs it to a disk (issue 5).
+//! rackd-installer: the bootable appliance (DESIGN §1, §8).
 //!
-//! Planned: `build` (kernel + initramfs with rackd + bootloader + persistent data partition),
-//! seed configuration (kernel command line / TOML seed partition), `install --disk`, and
-//! upgrades that keep the data partition. Must not depend on the node runtime.
+//! - [`layout`]: the disk layout (system / seed / data partitions) and its MBR.
+//! - [`seed`]: a node's settings (TOML seed partition + `rackd.*` kernel parameters).
+//! - [`cpio`]: the initramfs archive writer.
+//! - [`build`]: `rackd image build` — kernel, initramfs with rackd, syslinux, partitions.
+//! - [`install`]: `install --disk`, `upgrade` (system part only), `seed`.
+//! - [`init`]: PID 1 of the appliance: mounts, seed, network, runs and supervises rackd.
 //!
-//! Nothing is implemented yet; this crate exists so the workspace layout matches the design.
+//! Must not depend on the node runtime (the `rackd` binary calls in here, not the reverse).
+
+pub mod build;
+pub mod cpio;
+pub mod init;
+pub mod install;
+pub mod layout;
+pub mod seed;
+pub mod tools;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{tool}: {detail}")]
+    Tool { tool: String, detail: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error(transparent)]
+    Seed(#[from] seed::SeedError),
+}

@@ -54,6 +54,12 @@ pub enum Cmd {
     },
     /// Cluster and node status.
     Status,
+    /// The bootable appliance image: build, install to a disk, upgrade, write a node's seed.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// PID 1 of the appliance image (run by its /init; not for interactive use).
+    #[command(hide = true)]
+    ApplianceInit,
     /// Machines.
     #[command(subcommand)]
     Machines(MachineCmd),
@@ -373,4 +379,63 @@ pub enum TokenCmd {
     CreateApi { name: String },
     /// List API tokens.
     ListApi,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCmd {
+    /// Build rackd.raw and rackd.qcow2 (kernel, initramfs with this rackd, syslinux, seed and
+    /// data partitions). Works offline from installed packages.
+    Build {
+        /// Output directory.
+        #[arg(long, default_value = "rackd-image")]
+        out: PathBuf,
+        /// A linux-image-*.deb to take the kernel and modules from (default: the newest
+        /// installed kernel under /boot and /lib/modules).
+        #[arg(long)]
+        kernel_deb: Option<PathBuf>,
+        /// The rackd binary to put in the image (default: this one).
+        #[arg(long)]
+        rackd: Option<PathBuf>,
+        /// Seed (rackd.toml) to put on the image's seed partition.
+        #[arg(long)]
+        seed: Option<PathBuf>,
+        /// Disk image size in MiB.
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+        /// Extra kernel command line (e.g. rackd.bootstrap=1).
+        #[arg(long, default_value = "")]
+        cmdline: String,
+        /// Skip the qcow2 conversion.
+        #[arg(long)]
+        no_qcow2: bool,
+    },
+    /// Write the appliance onto DISK (from the booted appliance's disk, or --from IMAGE).
+    Install {
+        #[arg(long)]
+        disk: PathBuf,
+        /// Source appliance disk or image (default: the disk holding the RACKDSYS partition).
+        #[arg(long)]
+        from: Option<PathBuf>,
+        /// Seed for the installed node.
+        #[arg(long)]
+        seed: Option<PathBuf>,
+        /// Overwrite a disk that holds data.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Replace the system part of an installed appliance disk with a newer image's; the seed
+    /// and the data partition are kept.
+    Upgrade {
+        #[arg(long)]
+        disk: PathBuf,
+        #[arg(long)]
+        image: PathBuf,
+    },
+    /// Write a node's seed (rackd.toml) onto an appliance disk or image.
+    Seed {
+        #[arg(long)]
+        disk: PathBuf,
+        #[arg(long)]
+        seed: PathBuf,
+    },
 }

@@ -187,7 +187,9 @@ pub async fn client(
     let c = Client::new(server, token);
     let json = out == Output::Json;
     match cmd {
-        Cmd::Up(_) | Cmd::Join { .. } => unreachable!("handled by main"),
+        Cmd::Up(_) | Cmd::Join { .. } | Cmd::Image(_) | Cmd::ApplianceInit => {
+            unreachable!("handled by main")
+        }
         Cmd::Status => {
             let h: Health = c.get("/v1/health").await?;
             // Served from the node's replica so status works even without a quorum.

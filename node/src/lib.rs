@@ -15,6 +15,7 @@ pub mod commands;
 pub mod executor;
 pub mod http_boot;
 pub mod identity;
+pub mod image;
 pub mod ipmi_proxy;
 pub mod location;
 pub mod output;

@@ -16,6 +16,11 @@ fn main() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Cmd::ApplianceInit => rackd_installer::init::run(),
+        Cmd::Image(cmd) => return rackd::image::run(cmd),
+        _ => {}
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
