@@ -328,6 +328,31 @@ fn initramfs(
         let data = std::fs::read(lib).map_err(io(format!("read {lib}")))?;
         c.file(rel, 0o755, &data);
     }
+    // mtools (seed writing during `install`) converts file names through glibc's iconv.
+    let gconv = Path::new("/usr/lib/x86_64-linux-gnu/gconv");
+    if gconv.is_dir() {
+        for d in [
+            "usr/lib",
+            "usr/lib/x86_64-linux-gnu",
+            "usr/lib/x86_64-linux-gnu/gconv",
+            "usr/lib/x86_64-linux-gnu/gconv/gconv-modules.d",
+        ] {
+            if dirs_made.insert(d.to_string()) {
+                c.dir(d);
+            }
+        }
+        for f in [
+            "gconv-modules",
+            "gconv-modules.cache",
+            "IBM850.so",
+            "IBM437.so",
+            "gconv-modules.d/gconv-modules-extra.conf",
+        ] {
+            if let Ok(data) = std::fs::read(gconv.join(f)) {
+                c.file(&format!("usr/lib/x86_64-linux-gnu/gconv/{f}"), 0o644, &data);
+            }
+        }
+    }
     for a in APPLETS {
         c.symlink(&format!("bin/{a}"), "busybox");
     }
@@ -335,7 +360,7 @@ fn initramfs(
     c.file(
         "init",
         0o755,
-        b"#!/bin/sh\n# rackd appliance: PID 1 is rackd's supervisor (mounts, seed, network, rackd).\nexec /bin/rackd appliance-init\n",
+        b"#!/bin/sh\n# rackd appliance: PID 1 is rackd's supervisor (mounts, seed, network, rackd).\nexport PATH=/sbin:/bin:/usr/sbin:/usr/bin\nexec /bin/rackd appliance-init\n",
     );
     c.file("etc/udhcpc/default.script", 0o755, UDHCPC_SCRIPT.as_bytes());
     c.file("etc/hosts", 0o644, b"127.0.0.1 localhost\n");

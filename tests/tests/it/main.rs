@@ -1,6 +1,7 @@
 //! Integration tests: real `rackd` processes on loopback addresses.
 
 mod api;
+mod appliance;
 mod cluster;
 mod ipmi;
 mod ipmi_sim;

@@ -1,0 +1,515 @@
+//! The bootable appliance, end to end under qemu (TCG): build the image with `rackd image
+//! build`, boot three VMs from it on a bridge in a network namespace (one bootstraps, two join
+//! through their seeds), reach all three APIs from the host; power a VM off with the ACPI power
+//! button and on again (it rejoins with its data); replace a VM's system part with a rebuilt
+//! image (it rejoins); install onto an empty disk from the booted image and boot that disk
+//! alone. The kernel comes from $RACKD_KERNEL_DEB, ~/.cache/rackd-kernel/*.deb (.ci/run
+//! downloads it) or the installed kernel. Namespace, links and VMs are removed on drop.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::util::sh;
+
+fn kernel_deb() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("RACKD_KERNEL_DEB") {
+        return Some(p.into());
+    }
+    let dir = Path::new(&std::env::var("HOME").unwrap_or_default()).join(".cache/rackd-kernel");
+    let mut debs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "deb"))
+        .collect();
+    debs.sort();
+    debs.pop()
+}
+
+/// `rackd image build` into `out`; returns the build time in seconds.
+fn build_image(out: &Path, extra: &[&str]) -> f64 {
+    let t0 = Instant::now();
+    let mut cmd = Command::new(rackd_tests::rackd_bin());
+    cmd.args(["image", "build", "--out"]).arg(out).args(extra);
+    if let Some(deb) = kernel_deb() {
+        cmd.arg("--kernel-deb").arg(deb);
+    }
+    let o = cmd.output().expect("run rackd image build");
+    assert!(
+        o.status.success(),
+        "image build failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    t0.elapsed().as_secs_f64()
+}
+
+fn rackd(args: &[&str]) -> String {
+    let o = Command::new(rackd_tests::rackd_bin())
+        .args(args)
+        .output()
+        .expect("run rackd");
+    assert!(
+        o.status.success(),
+        "rackd {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+struct Vm {
+    name: String,
+    child: Option<Child>,
+    serial: PathBuf,
+    monitor: PathBuf,
+}
+
+impl Vm {
+    fn console(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.serial).unwrap_or_default()).replace('\r', "")
+    }
+
+    fn tail(&self) -> String {
+        let c = self.console();
+        let lines: Vec<&str> = c.lines().collect();
+        lines[lines.len().saturating_sub(25)..].join("\n")
+    }
+
+    /// The ACPI power button (qemu `system_powerdown`).
+    fn power_button(&self) {
+        let mut s = std::os::unix::net::UnixStream::connect(&self.monitor).expect("monitor");
+        s.write_all(b"system_powerdown\n").unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let t0 = Instant::now();
+        while t0.elapsed() < timeout {
+            if let Some(c) = self.child.as_mut() {
+                if c.try_wait().ok().flatten().is_some() {
+                    self.child = None;
+                    return true;
+                }
+            } else {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A bridge in a fresh namespace, reachable from the host through a veth at NET.1.
+struct Lab {
+    ns: String,
+    host_if: String,
+    net: String,
+    dir: PathBuf,
+    vms: Vec<Vm>,
+}
+
+impl Lab {
+    fn new(tag: u32, dir: &Path) -> Self {
+        let n = std::process::id() % 200 + 20;
+        let ns = format!("rka{}t{tag}", std::process::id() % 100_000);
+        let lab = Lab {
+            host_if: format!("{ns}h"),
+            net: format!("10.{}.{n}", 210 + tag),
+            ns: ns.clone(),
+            dir: dir.to_path_buf(),
+            vms: Vec::new(),
+        };
+        let _ = sh(&["ip", "netns", "del", &ns]);
+        let _ = sh(&["ip", "link", "del", &lab.host_if]);
+        let peer = format!("{ns}p");
+        let nsx = |args: &[&str]| {
+            let mut v = vec!["ip", "netns", "exec", ns.as_str()];
+            v.extend_from_slice(args);
+            v.iter().map(|s| s.to_string()).collect::<Vec<String>>()
+        };
+        let mut cmds: Vec<Vec<String>> = vec![
+            vec!["ip", "netns", "add", &ns],
+            vec!["ip", "link", "add", &lab.host_if, "type", "veth", "peer", "name", &peer],
+            vec!["ip", "link", "set", &peer, "netns", &ns],
+            vec!["ip", "addr", "add", &format!("{}.1/24", lab.net), "dev", &lab.host_if],
+            vec!["ip", "link", "set", &lab.host_if, "up"],
+        ]
+        .into_iter()
+        .map(|v| v.into_iter().map(String::from).collect())
+        .collect();
+        cmds.push(nsx(&["ip", "link", "add", "br0", "type", "bridge"]));
+        cmds.push(nsx(&["ip", "link", "set", "br0", "up"]));
+        cmds.push(nsx(&["ip", "link", "set", &peer, "master", "br0"]));
+        cmds.push(nsx(&["ip", "link", "set", &peer, "up"]));
+        cmds.push(nsx(&["ip", "link", "set", "lo", "up"]));
+        for c in cmds {
+            let a: Vec<&str> = c.iter().map(|s| s.as_str()).collect();
+            let (ok, out) = sh(&a);
+            assert!(ok, "{a:?}: {out}");
+        }
+        lab
+    }
+
+    fn ip(&self, i: u32) -> String {
+        format!("{}.{}", self.net, 10 + i)
+    }
+
+    /// Boots a VM (inside the namespace, on a tap in br0) from `disks`; returns its index.
+    fn boot(&mut self, name: &str, i: u32, disks: &[&Path]) -> usize {
+        let tap = format!("{}v{i}", self.ns);
+        let ns = self.ns.clone();
+        let _ = sh(&["ip", "netns", "exec", &ns, "ip", "link", "del", &tap]);
+        for a in [
+            vec!["ip", "netns", "exec", &ns, "ip", "tuntap", "add", "dev", &tap, "mode", "tap"],
+            vec!["ip", "netns", "exec", &ns, "ip", "link", "set", &tap, "master", "br0"],
+            vec!["ip", "netns", "exec", &ns, "ip", "link", "set", &tap, "up"],
+        ] {
+            let (ok, out) = sh(&a);
+            assert!(ok, "{a:?}: {out}");
+        }
+        let serial = self.dir.join(format!("{name}.serial"));
+        let monitor = self.dir.join(format!("{name}.mon"));
+        let _ = std::fs::remove_file(&monitor);
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns, "qemu-system-x86_64", "-accel", "tcg", "-m", "768"])
+            .args(["-nodefaults", "-display", "none", "-name", name])
+            .arg("-serial")
+            .arg(format!("file:{}", serial.display()))
+            .arg("-monitor")
+            .arg(format!("unix:{},server,nowait", monitor.display()))
+            .args(["-netdev", &format!("tap,id=n0,ifname={tap},script=no,downscript=no")])
+            .args([
+                "-device",
+                &format!("virtio-net-pci,netdev=n0,mac=52:54:00:aa:00:{:02x}", i),
+            ]);
+        for d in disks {
+            let fmt = if d.extension().is_some_and(|x| x == "qcow2") {
+                "qcow2"
+            } else {
+                "raw"
+            };
+            cmd.arg("-drive")
+                .arg(format!("file={},format={fmt},if=virtio", d.display()));
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start qemu");
+        self.vms.push(Vm {
+            name: name.to_string(),
+            child: Some(child),
+            serial,
+            monitor,
+        });
+        self.vms.len() - 1
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for vm in &mut self.vms {
+            vm.kill();
+        }
+        let _ = sh(&["ip", "netns", "del", &self.ns]);
+        let _ = sh(&["ip", "link", "del", &self.host_if]);
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
+async fn get(ip: &str, path: &str, token: &str) -> Option<Value> {
+    let r = client()
+        .get(format!("http://{ip}:7080{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    r.json().await.ok()
+}
+
+async fn wait_api(lab: &Lab, vm: usize, ip: &str, timeout: Duration) -> f64 {
+    let t0 = Instant::now();
+    loop {
+        if get(ip, "/v1/health", "").await.is_some() {
+            return t0.elapsed().as_secs_f64();
+        }
+        assert!(
+            t0.elapsed() < timeout,
+            "{} ({ip}) API never answered; console:\n{}",
+            lab.vms[vm].name,
+            lab.vms[vm].tail()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Waits until every node reports the same three voters and one leader.
+async fn wait_three_voters(ips: &[String], token: &str, timeout: Duration) -> Value {
+    let t0 = Instant::now();
+    loop {
+        let mut ok = true;
+        let mut last = Value::Null;
+        for ip in ips {
+            match get(ip, "/v1/cluster", token).await {
+                Some(c) => {
+                    let voters = c["members"]
+                        .as_array()
+                        .map(|m| m.iter().filter(|m| m["role"] == "voter").count())
+                        .unwrap_or(0);
+                    ok &= voters == 3 && c["leader_id"].as_u64().is_some();
+                    last = c;
+                }
+                None => ok = false,
+            }
+        }
+        if ok {
+            return last;
+        }
+        assert!(t0.elapsed() < timeout, "no 3-voter cluster: {last}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn seed(path: &Path, text: &str) -> PathBuf {
+    std::fs::write(path, text).unwrap();
+    path.to_path_buf()
+}
+
+fn vm_disk(image: &Path, disk: &Path, seed_file: &Path) {
+    let (ok, out) = sh(&[
+        "cp",
+        "--sparse=always",
+        &image.display().to_string(),
+        &disk.display().to_string(),
+    ]);
+    assert!(ok, "{out}");
+    rackd(&[
+        "image",
+        "seed",
+        "--disk",
+        &disk.display().to_string(),
+        "--seed",
+        &seed_file.display().to_string(),
+    ]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appliance_image_forms_a_three_node_cluster_survives_power_cycle_and_upgrade() {
+    let tmp = tempfile::Builder::new()
+        .prefix("rackd-appliance-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path().to_path_buf();
+    let mut lab = Lab::new(0, &dir);
+    let img = dir.join("img1");
+    let build_s = build_image(&img, &["--no-qcow2"]);
+    let image = img.join("rackd.raw");
+    let ips: Vec<String> = (1..=3).map(|i| lab.ip(i)).collect();
+    let net = lab.net.clone();
+
+    // Node 1 bootstraps.
+    let s1 = seed(
+        &dir.join("s1.toml"),
+        &format!(
+            "hostname = \"rk1\"\n[network]\naddress = \"{}/24\"\n[cluster]\nbootstrap = true\n",
+            ips[0]
+        ),
+    );
+    let disks: Vec<PathBuf> = (1..=3).map(|i| dir.join(format!("vm{i}.raw"))).collect();
+    vm_disk(&image, &disks[0], &s1);
+    let v1 = lab.boot("vm1", 1, &[&disks[0]]);
+    let boot_s = wait_api(&lab, v1, &ips[0], Duration::from_secs(240)).await;
+    let t0 = Instant::now();
+    let admin = loop {
+        let c = lab.vms[v1].console();
+        if let Some(l) = c.lines().find(|l| l.starts_with("admin token: ")) {
+            break l["admin token: ".len()..].trim().to_string();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "no admin token on the console");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(
+        lab.vms[v1].console().contains("=== rackd appliance ==="),
+        "no status screen"
+    );
+
+    // Nodes 2 and 3 join through their seeds.
+    for i in 2..=3u32 {
+        let tok: Value = client()
+            .post(format!("http://{}:7080/v1/tokens/join", ips[0]))
+            .bearer_auth(&admin)
+            .json(&json!({"description": format!("vm{i}")}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let s = seed(
+            &dir.join(format!("s{i}.toml")),
+            &format!(
+                "hostname = \"rk{i}\"\n[network]\naddress = \"{}/24\"\ngateway = \"{net}.1\"\n\
+                 [cluster]\njoin = \"http://{}:7080\"\ntoken = \"{}\"\n",
+                ips[i as usize - 1],
+                ips[0],
+                tok["token"].as_str().unwrap()
+            ),
+        );
+        vm_disk(&image, &disks[i as usize - 1], &s);
+        lab.boot(&format!("vm{i}"), i, &[&disks[i as usize - 1]]);
+    }
+    let c = wait_three_voters(&ips, &admin, Duration::from_secs(300)).await;
+    eprintln!(
+        "image built in {build_s:.1}s; vm1 API answered {boot_s:.1}s after start; cluster: {c}"
+    );
+
+    // Power button on vm2: clean shutdown; a write while it is away; power on: it rejoins
+    // with its data (same node id) and sees the write.
+    let id2 = get(&ips[1], "/v1/health", "").await.unwrap()["node_id"].clone();
+    lab.vms[1].power_button();
+    assert!(
+        lab.vms[1].wait_exit(Duration::from_secs(90)),
+        "vm2 ignored the power button:\n{}",
+        lab.vms[1].tail()
+    );
+    assert!(lab.vms[1].console().contains("powering off"));
+    let r = client()
+        .post(format!("http://{}:7080/v1/locations", ips[0]))
+        .bearer_auth(&admin)
+        .json(&json!({"name": "while-away"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let v2b = lab.boot("vm2b", 2, &[&disks[1]]);
+    wait_api(&lab, v2b, &ips[1], Duration::from_secs(240)).await;
+    assert_eq!(get(&ips[1], "/v1/health", "").await.unwrap()["node_id"], id2);
+    wait_three_voters(&ips, &admin, Duration::from_secs(120)).await;
+    let locs = get(&ips[1], "/v1/locations", &admin).await.unwrap();
+    assert!(locs.to_string().contains("while-away"), "{locs}");
+
+    // Upgrade vm3: rebuilt image (marked on the kernel command line), system part replaced,
+    // seed and data kept; it boots the new system and rejoins as the same node.
+    let img2 = dir.join("img2");
+    build_image(&img2, &["--no-qcow2", "--cmdline", "rackd.build=2"]);
+    let id3 = get(&ips[2], "/v1/health", "").await.unwrap()["node_id"].clone();
+    lab.vms[2].power_button();
+    assert!(lab.vms[2].wait_exit(Duration::from_secs(90)), "vm3 did not power off");
+    rackd(&[
+        "image",
+        "upgrade",
+        "--disk",
+        &disks[2].display().to_string(),
+        "--image",
+        &img2.join("rackd.raw").display().to_string(),
+    ]);
+    let v3b = lab.boot("vm3b", 3, &[&disks[2]]);
+    wait_api(&lab, v3b, &ips[2], Duration::from_secs(240)).await;
+    assert!(
+        lab.vms[v3b].console().contains("rackd.build=2"),
+        "vm3 did not boot the new system part"
+    );
+    assert_eq!(get(&ips[2], "/v1/health", "").await.unwrap()["node_id"], id3);
+    wait_three_voters(&ips, &admin, Duration::from_secs(120)).await;
+    let locs = get(&ips[2], "/v1/locations", &admin).await.unwrap();
+    assert!(locs.to_string().contains("while-away"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appliance_installs_itself_onto_an_empty_disk_that_then_boots_alone() {
+    let tmp = tempfile::Builder::new()
+        .prefix("rackd-install-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path().to_path_buf();
+    let mut lab = Lab::new(1, &dir);
+    let ip = lab.ip(1);
+    // The image itself carries an install seed: write the appliance to /dev/vdb, power off.
+    let s = seed(
+        &dir.join("install.toml"),
+        &format!(
+            "hostname = \"rk-installed\"\n[network]\naddress = \"{ip}/24\"\n[cluster]\n\
+             bootstrap = true\n[install]\ndisk = \"/dev/vdb\"\nthen = \"poweroff\"\n"
+        ),
+    );
+    let img = dir.join("img");
+    build_image(&img, &["--seed", &s.display().to_string()]);
+    let qcow2 = img.join("rackd.qcow2");
+    assert!(qcow2.exists(), "no qcow2 image");
+
+    // Host-side checks of install's refusal: a disk with data is refused unless forced.
+    let used = dir.join("used.raw");
+    std::fs::write(&used, vec![1u8; 4096]).unwrap();
+    let (ok, _) = sh(&["truncate", "-s", "1G", &used.display().to_string()]);
+    assert!(ok);
+    let o = Command::new(rackd_tests::rackd_bin())
+        .args(["image", "install", "--from"])
+        .arg(img.join("rackd.raw"))
+        .arg("--disk")
+        .arg(&used)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("holds data"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(std::fs::read(&used).unwrap()[..4096], vec![1u8; 4096][..], "refused install wrote");
+
+    // Boot the installer (qcow2 overlay over the built image) with an empty second disk.
+    let overlay = dir.join("installer.qcow2");
+    let (ok, out) = sh(&[
+        "qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
+        &qcow2.display().to_string(), &overlay.display().to_string(),
+    ]);
+    assert!(ok, "{out}");
+    let target = dir.join("target.raw");
+    let (ok, out) = sh(&["truncate", "-s", "2G", &target.display().to_string()]);
+    assert!(ok, "{out}");
+    let v = lab.boot("installer", 1, &[&overlay, &target]);
+    assert!(
+        lab.vms[v].wait_exit(Duration::from_secs(240)),
+        "installer did not power off:\n{}",
+        lab.vms[v].tail()
+    );
+    assert!(
+        lab.vms[v].console().contains("installed onto /dev/vdb"),
+        "{}",
+        lab.vms[v].tail()
+    );
+
+    // The installed disk alone boots and becomes a (bootstrapped) node.
+    let t0 = Instant::now();
+    let v2 = lab.boot("installed", 1, &[&target]);
+    let s = wait_api(&lab, v2, &ip, Duration::from_secs(240)).await;
+    eprintln!("installed disk: API answered {s:.1}s after start ({:.1}s)", t0.elapsed().as_secs_f64());
+    let t1 = Instant::now();
+    while !lab.vms[v2].console().contains("bootstrapped new cluster") {
+        assert!(t1.elapsed() < Duration::from_secs(60), "{}", lab.vms[v2].tail());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        !lab.vms[v2].console().contains("installing the appliance"),
+        "the installed disk re-installed"
+    );
+}
