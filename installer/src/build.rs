@@ -21,17 +21,45 @@ use crate::ImageError;
 /// Kernel modules loaded at boot (with their dependencies): virtual and common server disks
 /// and NICs, filesystems, the ACPI power button and input events.
 pub const DEFAULT_MODULES: &[&str] = &[
-    "virtio_pci", "virtio_blk", "virtio_scsi", "virtio_net", "sd_mod", "ahci", "ata_piix",
-    "nvme", "megaraid_sas", "mpt3sas", "e1000", "e1000e", "igb", "ixgbe", "i40e", "ice", "tg3",
-    "bnx2", "bnxt_en", "r8169", "mlx4_en", "mlx5_core", "crc32c_generic", "crc32c-intel",
-    "ext4", "vfat", "nls_cp437", "nls_ascii", "nls_utf8", "button", "evdev", "af_packet",
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_scsi",
+    "virtio_net",
+    "sd_mod",
+    "ahci",
+    "ata_piix",
+    "nvme",
+    "megaraid_sas",
+    "mpt3sas",
+    "e1000",
+    "e1000e",
+    "igb",
+    "ixgbe",
+    "i40e",
+    "ice",
+    "tg3",
+    "bnx2",
+    "bnxt_en",
+    "r8169",
+    "mlx4_en",
+    "mlx5_core",
+    "crc32c_generic",
+    "crc32c-intel",
+    "ext4",
+    "vfat",
+    "nls_cp437",
+    "nls_ascii",
+    "nls_utf8",
+    "button",
+    "evdev",
+    "af_packet",
 ];
 
 /// Busybox applets linked into /bin.
 const APPLETS: &[&str] = &[
-    "sh", "mount", "umount", "insmod", "ip", "udhcpc", "blkid", "hostname", "poweroff",
-    "reboot", "sleep", "cat", "ls", "mkdir", "sync", "dd", "kill", "ps", "dmesg", "echo",
-    "grep", "sed", "route", "ifconfig", "blockdev", "mdev", "uname", "df", "free", "top", "vi",
+    "sh", "mount", "umount", "insmod", "ip", "udhcpc", "blkid", "hostname", "poweroff", "reboot",
+    "sleep", "cat", "ls", "mkdir", "sync", "dd", "kill", "ps", "dmesg", "echo", "grep", "sed",
+    "route", "ifconfig", "blockdev", "mdev", "uname", "df", "free", "top", "vi",
 ];
 
 #[derive(Debug, Clone)]
@@ -140,7 +168,9 @@ fn find_kernel(deb: Option<&Path>) -> Result<Kernel, ImageError> {
         .filter(|v| root.join("lib/modules").join(v).is_dir())
         .collect();
     versions.sort();
-    let version = versions.pop().ok_or_else(|| ImageError::Invalid(no_kernel()))?;
+    let version = versions
+        .pop()
+        .ok_or_else(|| ImageError::Invalid(no_kernel()))?;
     Ok(Kernel {
         vmlinuz: root.join("boot").join(format!("vmlinuz-{version}")),
         modules: root.join("lib/modules").join(&version),
@@ -160,7 +190,9 @@ fn module_index(dir: &Path) -> BTreeMap<String, PathBuf> {
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if p.is_dir() {
@@ -274,8 +306,26 @@ fn initramfs(
 ) -> Result<Vec<u8>, ImageError> {
     let mut c = Cpio::new();
     for d in [
-        "bin", "sbin", "etc", "etc/udhcpc", "lib", "lib64", "lib/modules", "usr", "usr/bin",
-        "usr/sbin", "proc", "sys", "dev", "run", "tmp", "data", "seed", "mnt", "root", "var",
+        "bin",
+        "sbin",
+        "etc",
+        "etc/udhcpc",
+        "lib",
+        "lib64",
+        "lib/modules",
+        "usr",
+        "usr/bin",
+        "usr/sbin",
+        "proc",
+        "sys",
+        "dev",
+        "run",
+        "tmp",
+        "data",
+        "seed",
+        "mnt",
+        "root",
+        "var",
     ] {
         c.dir(d);
     }
@@ -439,7 +489,10 @@ pub fn read_full(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 
 /// syslinux's BIOS MBR boot code (440 bytes).
 pub fn mbr_code() -> Result<Vec<u8>, ImageError> {
-    for p in ["/usr/lib/syslinux/mbr/mbr.bin", "/usr/share/syslinux/mbr.bin"] {
+    for p in [
+        "/usr/lib/syslinux/mbr/mbr.bin",
+        "/usr/share/syslinux/mbr.bin",
+    ] {
         if let Ok(b) = std::fs::read(p) {
             return Ok(b[..440.min(b.len())].to_vec());
         }
@@ -453,7 +506,14 @@ pub fn mbr_code() -> Result<Vec<u8>, ImageError> {
 /// Writes the seed partition image: a FAT16 filesystem labelled RACKDSEED with rackd.toml.
 pub fn seed_image(out: &Path, seed_toml: Option<&Path>) -> Result<(), ImageError> {
     let files: Vec<(&str, &Path)> = seed_toml.map(|s| ("rackd.toml", s)).into_iter().collect();
-    tools::fat_image(out, 16, layout::LABEL_SEED, layout::SEED_SIZE / 1024, &[], &files)
+    tools::fat_image(
+        out,
+        16,
+        layout::LABEL_SEED,
+        layout::SEED_SIZE / 1024,
+        &[],
+        &files,
+    )
 }
 
 pub fn build(opts: &BuildOptions) -> Result<BuildReport, ImageError> {
@@ -476,7 +536,12 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, ImageError> {
     std::fs::write(w("syslinux.cfg"), syslinux_cfg(&opts.cmdline)).map_err(io("write cfg"))?;
     std::fs::write(
         w("rackd-release"),
-        format!("rackd {}\nlayout {}\nkernel {}\n", env!("CARGO_PKG_VERSION"), layout::LAYOUT_VERSION, kernel.version),
+        format!(
+            "rackd {}\nlayout {}\nkernel {}\n",
+            env!("CARGO_PKG_VERSION"),
+            layout::LAYOUT_VERSION,
+            kernel.version
+        ),
     )
     .map_err(io("write release"))?;
 
@@ -517,7 +582,13 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, ImageError> {
     run(
         "mke2fs",
         &[
-            "-q", "-F", "-t", "ext4", "-L", layout::LABEL_DATA, path_str(&w("data.img"))?,
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-L",
+            layout::LABEL_DATA,
+            path_str(&w("data.img"))?,
             &format!("{}k", parts[2].size / 1024),
         ],
     )?;
@@ -551,7 +622,9 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, ImageError> {
     };
     let report = BuildReport {
         kernel_version: kernel.version.clone(),
-        kernel_bytes: std::fs::metadata(&kernel.vmlinuz).map(|m| m.len()).unwrap_or(0),
+        kernel_bytes: std::fs::metadata(&kernel.vmlinuz)
+            .map(|m| m.len())
+            .unwrap_or(0),
         initramfs_bytes: initrd.len() as u64,
         qcow2_bytes: qcow2
             .as_ref()

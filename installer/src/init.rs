@@ -77,7 +77,11 @@ fn load_modules() {
         if failed.is_empty() {
             String::new()
         } else {
-            format!(" ({} not for this hardware: {})", failed.len(), failed.join(" "))
+            format!(
+                " ({} not for this hardware: {})",
+                failed.len(),
+                failed.join(" ")
+            )
         }
     ));
 }
@@ -87,7 +91,8 @@ fn device_with_label(label: &str) -> Option<String> {
     let out = sh("/bin/blkid", &[]).ok()?;
     out.lines().find_map(|l| {
         let (dev, rest) = l.split_once(':')?;
-        rest.contains(&format!("LABEL=\"{label}\"")).then(|| dev.to_string())
+        rest.contains(&format!("LABEL=\"{label}\""))
+            .then(|| dev.to_string())
     })
 }
 
@@ -144,7 +149,10 @@ fn maybe_install(seed: &Seed, sys_dev: &str, stop: &Arc<AtomicBool>) {
     if inst.disk == source {
         return; // running from the installed disk
     }
-    say(&format!("installing the appliance from {source} onto {}", inst.disk));
+    say(&format!(
+        "installing the appliance from {source} onto {}",
+        inst.disk
+    ));
     // The installed node keeps this seed without its [install] section.
     let mut target_seed = seed.clone();
     target_seed.install = None;
@@ -223,15 +231,31 @@ fn network(seed: &Seed) -> Option<(String, String)> {
         }) => {
             let _ = sh(
                 "/bin/ip",
-                &["addr", "add", &format!("{address}/{prefix}"), "dev", &ifname],
+                &[
+                    "addr",
+                    "add",
+                    &format!("{address}/{prefix}"),
+                    "dev",
+                    &ifname,
+                ],
             );
             if let Some(g) = gateway {
-                let _ = sh("/bin/ip", &["route", "add", "default", "via", &g.to_string()]);
+                let _ = sh(
+                    "/bin/ip",
+                    &["route", "add", "default", "via", &g.to_string()],
+                );
             }
         }
         Ok(Addressing::Dhcp) => {
             let _ = Command::new("/bin/udhcpc")
-                .args(["-i", &ifname, "-s", "/etc/udhcpc/default.script", "-t", "60"])
+                .args([
+                    "-i",
+                    &ifname,
+                    "-s",
+                    "/etc/udhcpc/default.script",
+                    "-t",
+                    "60",
+                ])
                 .args(["-T", "1", "-b", "-p", "/run/udhcpc.pid"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -263,8 +287,7 @@ fn watch_power_button(stop: Arc<AtomicBool>) {
         if !name.starts_with("event") {
             continue;
         }
-        let dev_name =
-            std::fs::read_to_string(e.path().join("device/name")).unwrap_or_default();
+        let dev_name = std::fs::read_to_string(e.path().join("device/name")).unwrap_or_default();
         if !dev_name.contains("Power Button") {
             continue;
         }
@@ -326,7 +349,11 @@ impl Status {
             health["node_id"],
             health["raft_state"].as_str().unwrap_or("?"),
             health["leader_id"],
-            if self.seed.cluster.learner { "learner" } else { "voter" },
+            if self.seed.cluster.learner {
+                "learner"
+            } else {
+                "voter"
+            },
             self.seed
                 .cluster
                 .location
@@ -387,7 +414,11 @@ fn spawn_rackd(args: &[String], join_token: &Arc<Mutex<Option<String>>>) -> Opti
 }
 
 fn shutdown(rackd: Option<Pid>, power_off: bool) -> ! {
-    say(if power_off { "powering off" } else { "rebooting" });
+    say(if power_off {
+        "powering off"
+    } else {
+        "rebooting"
+    });
     if let Some(pid) = rackd {
         let _ = kill(pid, Signal::SIGTERM);
         let t0 = Instant::now();
@@ -466,7 +497,9 @@ pub fn run() -> ! {
         maybe_install(&seed, sys, &stop);
     }
     if let Err(e) = seed.validate_cluster() {
-        say(&format!("{e}; fix the seed (rackd.toml on the RACKDSEED partition)"));
+        say(&format!(
+            "{e}; fix the seed (rackd.toml on the RACKDSEED partition)"
+        ));
     }
     // Data partition.
     let _ = std::fs::create_dir_all(DATA);
@@ -547,7 +580,11 @@ fn redact_args(args: &[String]) -> String {
     let mut out = Vec::new();
     let mut hide = false;
     for a in args {
-        out.push(if hide { "<redacted>".to_string() } else { a.clone() });
+        out.push(if hide {
+            "<redacted>".to_string()
+        } else {
+            a.clone()
+        });
         hide = a == "--token";
     }
     out.join(" ")

@@ -225,13 +225,20 @@ token = "secret-token"
 
     #[test]
     fn bad_seeds_get_clear_errors() {
-        assert!(matches!(Seed::parse("hostname = "), Err(SeedError::Toml(_))));
+        assert!(matches!(
+            Seed::parse("hostname = "),
+            Err(SeedError::Toml(_))
+        ));
         assert!(Seed::parse("colour = 1").is_err(), "unknown keys refused");
         let s = Seed::default();
         assert!(s.validate_cluster().is_err());
         let mut s = Seed::default();
         s.cluster.join = Some("http://x".into());
-        assert!(s.validate_cluster().unwrap_err().to_string().contains("token"));
+        assert!(s
+            .validate_cluster()
+            .unwrap_err()
+            .to_string()
+            .contains("token"));
         let mut s = Seed::default();
         s.cluster.bootstrap = true;
         s.network.address = Some("10.0.0.1".into());

@@ -23,12 +23,16 @@ fn package_of(tool: &str) -> &'static str {
 }
 
 pub fn run(tool: &str, args: &[&str]) -> Result<String, ImageError> {
-    let out = Command::new(tool).args(args).output().map_err(|e| {
-        ImageError::Tool {
+    let out = Command::new(tool)
+        .args(args)
+        .output()
+        .map_err(|e| ImageError::Tool {
             tool: tool.into(),
-            detail: format!("cannot run it ({e}); install the {} package", package_of(tool)),
-        }
-    })?;
+            detail: format!(
+                "cannot run it ({e}); install the {} package",
+                package_of(tool)
+            ),
+        })?;
     if !out.status.success() {
         return Err(ImageError::Tool {
             tool: tool.into(),
@@ -85,13 +89,24 @@ pub fn fat_image(
     let o = path_str(out)?;
     run(
         "mkfs.fat",
-        &["-F", &fat_bits.to_string(), "-n", label, "-C", o, &size_kib.to_string()],
+        &[
+            "-F",
+            &fat_bits.to_string(),
+            "-n",
+            label,
+            "-C",
+            o,
+            &size_kib.to_string(),
+        ],
     )?;
     for d in dirs {
         run("mmd", &["-i", o, &format!("::/{d}")])?;
     }
     for (dest, src) in files {
-        run("mcopy", &["-o", "-i", o, path_str(src)?, &format!("::/{dest}")])?;
+        run(
+            "mcopy",
+            &["-o", "-i", o, path_str(src)?, &format!("::/{dest}")],
+        )?;
     }
     Ok(())
 }

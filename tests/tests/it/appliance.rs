@@ -138,9 +138,26 @@ impl Lab {
         };
         let mut cmds: Vec<Vec<String>> = vec![
             vec!["ip", "netns", "add", &ns],
-            vec!["ip", "link", "add", &lab.host_if, "type", "veth", "peer", "name", &peer],
+            vec![
+                "ip",
+                "link",
+                "add",
+                &lab.host_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &peer,
+            ],
             vec!["ip", "link", "set", &peer, "netns", &ns],
-            vec!["ip", "addr", "add", &format!("{}.1/24", lab.net), "dev", &lab.host_if],
+            vec![
+                "ip",
+                "addr",
+                "add",
+                &format!("{}.1/24", lab.net),
+                "dev",
+                &lab.host_if,
+            ],
             vec!["ip", "link", "set", &lab.host_if, "up"],
         ]
         .into_iter()
@@ -169,8 +186,12 @@ impl Lab {
         let ns = self.ns.clone();
         let _ = sh(&["ip", "netns", "exec", &ns, "ip", "link", "del", &tap]);
         for a in [
-            vec!["ip", "netns", "exec", &ns, "ip", "tuntap", "add", "dev", &tap, "mode", "tap"],
-            vec!["ip", "netns", "exec", &ns, "ip", "link", "set", &tap, "master", "br0"],
+            vec![
+                "ip", "netns", "exec", &ns, "ip", "tuntap", "add", "dev", &tap, "mode", "tap",
+            ],
+            vec![
+                "ip", "netns", "exec", &ns, "ip", "link", "set", &tap, "master", "br0",
+            ],
             vec!["ip", "netns", "exec", &ns, "ip", "link", "set", &tap, "up"],
         ] {
             let (ok, out) = sh(&a);
@@ -180,17 +201,29 @@ impl Lab {
         let monitor = self.dir.join(format!("{name}.mon"));
         let _ = std::fs::remove_file(&monitor);
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &ns, "qemu-system-x86_64", "-accel", "tcg", "-m", "768"])
-            .args(["-nodefaults", "-display", "none", "-name", name])
-            .arg("-serial")
-            .arg(format!("file:{}", serial.display()))
-            .arg("-monitor")
-            .arg(format!("unix:{},server,nowait", monitor.display()))
-            .args(["-netdev", &format!("tap,id=n0,ifname={tap},script=no,downscript=no")])
-            .args([
-                "-device",
-                &format!("virtio-net-pci,netdev=n0,mac=52:54:00:aa:00:{:02x}", i),
-            ]);
+        cmd.args([
+            "netns",
+            "exec",
+            &ns,
+            "qemu-system-x86_64",
+            "-accel",
+            "tcg",
+            "-m",
+            "768",
+        ])
+        .args(["-nodefaults", "-display", "none", "-name", name])
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()))
+        .arg("-monitor")
+        .arg(format!("unix:{},server,nowait", monitor.display()))
+        .args([
+            "-netdev",
+            &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+        ])
+        .args([
+            "-device",
+            &format!("virtio-net-pci,netdev=n0,mac=52:54:00:aa:00:{:02x}", i),
+        ]);
         for d in disks {
             let fmt = if d.extension().is_some_and(|x| x == "qcow2") {
                 "qcow2"
@@ -289,6 +322,20 @@ async fn wait_three_voters(ips: &[String], token: &str, timeout: Duration) -> Va
     }
 }
 
+/// Waits until a VM's serial console shows `needle` (e.g. the status screen's token line).
+async fn wait_console(lab: &Lab, vm: usize, needle: &str, timeout: Duration) {
+    let t0 = Instant::now();
+    while !lab.vms[vm].console().contains(needle) {
+        assert!(
+            t0.elapsed() < timeout,
+            "{} never showed {needle:?}:\n{}",
+            lab.vms[vm].name,
+            lab.vms[vm].tail()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 fn seed(path: &Path, text: &str) -> PathBuf {
     std::fs::write(path, text).unwrap();
     path.to_path_buf()
@@ -344,13 +391,13 @@ async fn appliance_image_forms_a_three_node_cluster_survives_power_cycle_and_upg
         if let Some(l) = c.lines().find(|l| l.starts_with("admin token: ")) {
             break l["admin token: ".len()..].trim().to_string();
         }
-        assert!(t0.elapsed() < Duration::from_secs(60), "no admin token on the console");
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no admin token on the console"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
-    assert!(
-        lab.vms[v1].console().contains("=== rackd appliance ==="),
-        "no status screen"
-    );
+    wait_console(&lab, v1, "admin    rackd-admin-", Duration::from_secs(30)).await;
 
     // Nodes 2 and 3 join through their seeds.
     for i in 2..=3u32 {
@@ -402,7 +449,10 @@ async fn appliance_image_forms_a_three_node_cluster_survives_power_cycle_and_upg
     assert!(r.status().is_success(), "{}", r.text().await.unwrap());
     let v2b = lab.boot("vm2b", 2, &[&disks[1]]);
     wait_api(&lab, v2b, &ips[1], Duration::from_secs(240)).await;
-    assert_eq!(get(&ips[1], "/v1/health", "").await.unwrap()["node_id"], id2);
+    assert_eq!(
+        get(&ips[1], "/v1/health", "").await.unwrap()["node_id"],
+        id2
+    );
     wait_three_voters(&ips, &admin, Duration::from_secs(120)).await;
     let locs = get(&ips[1], "/v1/locations", &admin).await.unwrap();
     assert!(locs.to_string().contains("while-away"), "{locs}");
@@ -413,7 +463,10 @@ async fn appliance_image_forms_a_three_node_cluster_survives_power_cycle_and_upg
     build_image(&img2, &["--no-qcow2", "--cmdline", "rackd.build=2"]);
     let id3 = get(&ips[2], "/v1/health", "").await.unwrap()["node_id"].clone();
     lab.vms[2].power_button();
-    assert!(lab.vms[2].wait_exit(Duration::from_secs(90)), "vm3 did not power off");
+    assert!(
+        lab.vms[2].wait_exit(Duration::from_secs(90)),
+        "vm3 did not power off"
+    );
     rackd(&[
         "image",
         "upgrade",
@@ -428,7 +481,10 @@ async fn appliance_image_forms_a_three_node_cluster_survives_power_cycle_and_upg
         lab.vms[v3b].console().contains("rackd.build=2"),
         "vm3 did not boot the new system part"
     );
-    assert_eq!(get(&ips[2], "/v1/health", "").await.unwrap()["node_id"], id3);
+    assert_eq!(
+        get(&ips[2], "/v1/health", "").await.unwrap()["node_id"],
+        id3
+    );
     wait_three_voters(&ips, &admin, Duration::from_secs(120)).await;
     let locs = get(&ips[2], "/v1/locations", &admin).await.unwrap();
     assert!(locs.to_string().contains("while-away"));
@@ -474,13 +530,25 @@ async fn appliance_installs_itself_onto_an_empty_disk_that_then_boots_alone() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    assert_eq!(std::fs::read(&used).unwrap()[..4096], vec![1u8; 4096][..], "refused install wrote");
+    assert_eq!(
+        std::fs::read(&used).unwrap()[..4096],
+        vec![1u8; 4096][..],
+        "refused install wrote"
+    );
 
     // Boot the installer (qcow2 overlay over the built image) with an empty second disk.
     let overlay = dir.join("installer.qcow2");
     let (ok, out) = sh(&[
-        "qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
-        &qcow2.display().to_string(), &overlay.display().to_string(),
+        "qemu-img",
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-F",
+        "qcow2",
+        "-b",
+        &qcow2.display().to_string(),
+        &overlay.display().to_string(),
     ]);
     assert!(ok, "{out}");
     let target = dir.join("target.raw");
@@ -502,12 +570,17 @@ async fn appliance_installs_itself_onto_an_empty_disk_that_then_boots_alone() {
     let t0 = Instant::now();
     let v2 = lab.boot("installed", 1, &[&target]);
     let s = wait_api(&lab, v2, &ip, Duration::from_secs(240)).await;
-    eprintln!("installed disk: API answered {s:.1}s after start ({:.1}s)", t0.elapsed().as_secs_f64());
-    let t1 = Instant::now();
-    while !lab.vms[v2].console().contains("bootstrapped new cluster") {
-        assert!(t1.elapsed() < Duration::from_secs(60), "{}", lab.vms[v2].tail());
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    eprintln!(
+        "installed disk: API answered {s:.1}s after start ({:.1}s)",
+        t0.elapsed().as_secs_f64()
+    );
+    wait_console(
+        &lab,
+        v2,
+        "bootstrapped new cluster",
+        Duration::from_secs(60),
+    )
+    .await;
     assert!(
         !lab.vms[v2].console().contains("installing the appliance"),
         "the installed disk re-installed"
