@@ -2,8 +2,8 @@
 //! build`, boot three VMs from it on a bridge in a network namespace (one bootstraps, two join
 //! through their seeds), reach all three APIs from the host; power a VM off with the ACPI power
 //! button and on again (it rejoins with its data); replace a VM's system part with a rebuilt
-//! image (it rejoins); install onto an empty disk from the booted image and boot that disk
-//! alone. The kernel comes from $RACKD_KERNEL_DEB, ~/.cache/rackd-kernel/*.deb (.ci/run
+//! image (it rejoins); install onto an empty disk from the booted image (BIOS) and boot that
+//! disk alone (UEFI). The kernel comes from $RACKD_KERNEL_DEB, ~/.cache/rackd-kernel/*.deb (.ci/run
 //! downloads it) or the installed kernel. Namespace, links and VMs are removed on drop.
 
 use std::io::Write;
@@ -182,6 +182,11 @@ impl Lab {
 
     /// Boots a VM (inside the namespace, on a tap in br0) from `disks`; returns its index.
     fn boot(&mut self, name: &str, i: u32, disks: &[&Path]) -> usize {
+        self.boot_with(name, i, disks, None)
+    }
+
+    /// Like [`Lab::boot`], with UEFI firmware when `bios` names an OVMF image.
+    fn boot_with(&mut self, name: &str, i: u32, disks: &[&Path], bios: Option<&str>) -> usize {
         let tap = format!("{}v{i}", self.ns);
         let ns = self.ns.clone();
         let _ = sh(&["ip", "netns", "exec", &ns, "ip", "link", "del", &tap]);
@@ -224,6 +229,9 @@ impl Lab {
             "-device",
             &format!("virtio-net-pci,netdev=n0,mac=52:54:00:aa:00:{:02x}", i),
         ]);
+        if let Some(b) = bios {
+            cmd.args(["-bios", b]);
+        }
         for d in disks {
             let fmt = if d.extension().is_some_and(|x| x == "qcow2") {
                 "qcow2"
@@ -566,9 +574,15 @@ async fn appliance_installs_itself_onto_an_empty_disk_that_then_boots_alone() {
         lab.vms[v].tail()
     );
 
-    // The installed disk alone boots and becomes a (bootstrapped) node.
+    // The installed disk alone boots, with UEFI firmware this time (syslinux.efi on the system
+    // part; the installer VM booted through the BIOS path), and becomes a bootstrapped node.
+    let ovmf = "/usr/share/ovmf/OVMF.fd";
+    assert!(
+        Path::new(ovmf).exists(),
+        "OVMF missing (apt-get install ovmf)"
+    );
     let t0 = Instant::now();
-    let v2 = lab.boot("installed", 1, &[&target]);
+    let v2 = lab.boot_with("installed", 1, &[&target], Some(ovmf));
     let s = wait_api(&lab, v2, &ip, Duration::from_secs(240)).await;
     eprintln!(
         "installed disk: API answered {s:.1}s after start ({:.1}s)",
