@@ -191,6 +191,22 @@ impl PowerController {
         Ok(done(after, true, polls))
     }
 
+    /// Sets the boot device, one command at a time per BMC (retried on transient errors; the
+    /// command is idempotent).
+    pub async fn set_boot_device<B: Bmc>(
+        &self,
+        bmc: &B,
+        dev: crate::bmc::BootDevice,
+        persistent: bool,
+        policy: &VerifyPolicy,
+    ) -> Result<(), PowerError> {
+        let lock = self.lock_for(&bmc.address());
+        let _one_at_a_time = lock.lock().await;
+        self.call(policy, || bmc.set_boot_device(dev, persistent))
+            .await
+            .map_err(PowerError::Bmc)
+    }
+
     async fn verify<B: Bmc>(
         &self,
         bmc: &B,

@@ -232,6 +232,15 @@ pub enum MachineCmd {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Set the boot device through the BMC (pxe or disk; the next boot unless --persistent).
+    BootDevice {
+        id: u64,
+        device: String,
+        #[arg(long)]
+        persistent: bool,
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

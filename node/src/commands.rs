@@ -131,6 +131,34 @@ fn machine_rows(ms: &[Machine]) {
     );
 }
 
+/// Waits for a task to finish (unless `no_wait`), prints it, and fails when the task failed.
+async fn follow_task(
+    c: &Client,
+    mut t: rackd_types::Task,
+    no_wait: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    while !no_wait
+        && matches!(
+            t.state,
+            rackd_types::TaskState::Pending | rackd_types::TaskState::Running
+        )
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        t = c.get(&format!("/v1/tasks/{}", t.meta.id)).await?;
+    }
+    if json {
+        return json_out(&t);
+    }
+    task_rows(std::slice::from_ref(&t));
+    if t.state == rackd_types::TaskState::Failed {
+        bail!("task failed: {}", t.error.unwrap_or_default());
+    }
+    Ok(())
+}
+
 fn task_rows(ts: &[rackd_types::Task]) {
     let rows: Vec<Vec<String>> = ts
         .iter()
@@ -327,30 +355,27 @@ pub async fn client(
                 action,
                 no_wait,
             } => {
-                let mut t: rackd_types::Task = c
+                let t: rackd_types::Task = c
                     .post(
                         &format!("/v1/machines/{id}/power"),
                         &rackd_types::PowerRequest { action },
                     )
                     .await?;
-                let deadline = std::time::Instant::now() + Duration::from_secs(300);
-                while !no_wait
-                    && matches!(
-                        t.state,
-                        rackd_types::TaskState::Pending | rackd_types::TaskState::Running
+                follow_task(&c, t, no_wait, json).await?;
+            }
+            MachineCmd::BootDevice {
+                id,
+                device,
+                persistent,
+                no_wait,
+            } => {
+                let t: rackd_types::Task = c
+                    .post(
+                        &format!("/v1/machines/{id}/boot-device"),
+                        &rackd_types::BootDeviceRequest { device, persistent },
                     )
-                    && std::time::Instant::now() < deadline
-                {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    t = c.get(&format!("/v1/tasks/{}", t.meta.id)).await?;
-                }
-                if json {
-                    return json_out(&t);
-                }
-                task_rows(&[t.clone()]);
-                if t.state == rackd_types::TaskState::Failed {
-                    bail!("power task failed: {}", t.error.unwrap_or_default());
-                }
+                    .await?;
+                follow_task(&c, t, no_wait, json).await?;
             }
             MachineCmd::Delete { id, if_match } => {
                 c.delete(&format!("/v1/machines/{id}"), if_match).await?;

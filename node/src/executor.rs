@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use rackd_hwctl::ipmi::LanVersion;
 use rackd_hwctl::{
-    AnyBmc, IpmiBmc, PowerAction, PowerController, PowerState, SimBmc, VerifyPolicy,
+    AnyBmc, BootDevice, IpmiBmc, PowerAction, PowerController, PowerState, SimBmc, VerifyPolicy,
 };
 use rackd_raft::cmd::Command;
 use rackd_types::{Task, TaskKind, TaskState};
@@ -54,13 +54,23 @@ impl Default for PowerOptions {
     }
 }
 
-fn action(kind: TaskKind) -> PowerAction {
+/// What a task asks of the BMC.
+enum Work {
+    Power(PowerAction),
+    Boot(BootDevice, bool),
+}
+
+fn work(kind: TaskKind) -> Work {
     match kind {
-        TaskKind::PowerOn => PowerAction::On,
-        TaskKind::PowerOff => PowerAction::Off,
-        TaskKind::PowerCycle => PowerAction::Cycle,
-        TaskKind::PowerReset => PowerAction::Reset,
-        TaskKind::PowerStatus => PowerAction::Status,
+        TaskKind::PowerOn => Work::Power(PowerAction::On),
+        TaskKind::PowerOff => Work::Power(PowerAction::Off),
+        TaskKind::PowerCycle => Work::Power(PowerAction::Cycle),
+        TaskKind::PowerReset => Work::Power(PowerAction::Reset),
+        TaskKind::PowerStatus => Work::Power(PowerAction::Status),
+        TaskKind::BootPxe => Work::Boot(BootDevice::Pxe, false),
+        TaskKind::BootPxePersistent => Work::Boot(BootDevice::Pxe, true),
+        TaskKind::BootDisk => Work::Boot(BootDevice::Disk, false),
+        TaskKind::BootDiskPersistent => Work::Boot(BootDevice::Disk, true),
     }
 }
 
@@ -205,13 +215,19 @@ impl Executor {
             Ok(b) => b,
             Err(e) => return (Some(e), None),
         };
-        match self
-            .power
-            .execute(&bmc, action(task.kind), &self.policy)
-            .await
-        {
-            Ok(o) => (None, Some(power_str(o.after))),
-            Err(e) => (Some(error_text(&e)), None),
+        match work(task.kind) {
+            Work::Power(action) => match self.power.execute(&bmc, action, &self.policy).await {
+                Ok(o) => (None, Some(power_str(o.after))),
+                Err(e) => (Some(error_text(&e)), None),
+            },
+            Work::Boot(dev, persistent) => match self
+                .power
+                .set_boot_device(&bmc, dev, persistent, &self.policy)
+                .await
+            {
+                Ok(()) => (None, None),
+                Err(e) => (Some(error_text(&e)), None),
+            },
         }
     }
 

@@ -157,6 +157,17 @@ pub struct PowerRequest {
     pub action: String,
 }
 
+/// `POST /v1/machines/{id}/boot-device`: set the BMC's boot device (a task).
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BootDeviceRequest {
+    /// pxe | disk
+    pub device: String,
+    /// Keep the setting for every boot (default: the next boot only).
+    #[serde(default)]
+    pub persistent: bool,
+}
+
 /// `POST /boot/{mac}/done?token=...` body-less callback answer.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DeployDone {

@@ -203,6 +203,14 @@ pub enum TaskKind {
     PowerCycle,
     PowerReset,
     PowerStatus,
+    /// Next boot from the network (one time).
+    BootPxe,
+    /// Every boot from the network.
+    BootPxePersistent,
+    /// Next boot from the local disk (one time).
+    BootDisk,
+    /// Every boot from the local disk.
+    BootDiskPersistent,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

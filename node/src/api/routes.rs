@@ -34,6 +34,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("delete", "/v1/machines/{id}"),
     ("post", "/v1/machines/{id}/deploy"),
     ("post", "/v1/machines/{id}/power"),
+    ("post", "/v1/machines/{id}/boot-device"),
     ("get", "/v1/tasks"),
     ("get", "/v1/tasks/{id}"),
     ("get", "/v1/images"),
@@ -88,6 +89,10 @@ pub fn router(node: AppState) -> Router {
         )
         .route("/v1/machines/{id}/deploy", post(deploy_machine))
         .route("/v1/machines/{id}/power", post(super::tasks::power))
+        .route(
+            "/v1/machines/{id}/boot-device",
+            post(super::tasks::boot_device),
+        )
         .route("/v1/tasks", get(super::tasks::list_tasks))
         .route("/v1/tasks/{id}", get(super::tasks::get_task))
         .route("/v1/images", get(list_images).post(create_image))

@@ -1,5 +1,6 @@
-//! Power actions and tasks: `POST /v1/machines/{id}/power` creates a replicated task that a
-//! node serving the machine's location executes; `GET /v1/tasks[/{id}]` shows its progress.
+//! Power actions and tasks: `POST /v1/machines/{id}/power` and `…/boot-device` create a
+//! replicated task that a node serving the machine's location executes; `GET /v1/tasks[/{id}]`
+//! shows its progress.
 
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
@@ -7,7 +8,7 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use rackd_raft::cmd::Command;
-use rackd_types::{ApiError, ListQuery, Page, PowerRequest, Task, TaskKind};
+use rackd_types::{ApiError, BootDeviceRequest, ListQuery, Page, PowerRequest, Task, TaskKind};
 use serde_json::Value;
 
 use super::auth::Actor;
@@ -40,6 +41,36 @@ pub async fn power(
             r.action
         )))
     })?;
+    let v = node
+        .propose(
+            &actor.0,
+            idempotency_key(&headers)?,
+            Command::CreateTask { kind, machine_id },
+        )
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(v)))
+}
+
+pub async fn boot_device(
+    State(node): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> HttpResult<(StatusCode, Json<Value>)> {
+    let machine_id = parse_id(&id)?;
+    let r: BootDeviceRequest = parse_json(&body)?;
+    let kind = match (r.device.as_str(), r.persistent) {
+        ("pxe", false) => TaskKind::BootPxe,
+        ("pxe", true) => TaskKind::BootPxePersistent,
+        ("disk", false) => TaskKind::BootDisk,
+        ("disk", true) => TaskKind::BootDiskPersistent,
+        (other, _) => {
+            return Err(HttpError(ApiError::invalid(format!(
+                "unknown boot device {other:?} (pxe, disk)"
+            ))))
+        }
+    };
     let v = node
         .propose(
             &actor.0,

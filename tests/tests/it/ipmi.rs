@@ -151,15 +151,10 @@ async fn ipmi_driver_drives_openipmi_bmc_over_lanplus_and_lan15() {
     assert!(active <= 2, "sessions leaked: {out}");
 }
 
-async fn run_task(c: &Cluster, machine: u64, action: &str) -> Value {
+/// Creates a task with `POST path` and waits until it has finished.
+async fn post_task(c: &Cluster, path: &str, body: Value) -> Value {
     let (s, t) = c
-        .request(
-            0,
-            Method::POST,
-            &format!("/v1/machines/{machine}/power"),
-            Some(json!({"action": action})),
-            &[],
-        )
+        .request(0, Method::POST, path, Some(body), &[])
         .await
         .unwrap();
     assert_eq!(s, 202, "{t}");
@@ -173,6 +168,19 @@ async fn run_task(c: &Cluster, machine: u64, action: &str) -> Value {
         assert!(Instant::now() < deadline, "task {id} stuck: {t}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+async fn run_task(c: &Cluster, machine: u64, action: &str) -> Value {
+    post_task(
+        c,
+        &format!("/v1/machines/{machine}/power"),
+        json!({"action": action}),
+    )
+    .await
+}
+
+async fn boot_task(c: &Cluster, machine: u64, body: Value) -> Value {
+    post_task(c, &format!("/v1/machines/{machine}/boot-device"), body).await
 }
 
 async fn machine(c: &Cluster, id: u64) -> Value {
@@ -243,6 +251,31 @@ async fn power_tasks_sync_and_ipmitool_through_the_rackd_proxy() {
         (t["state"].as_str(), t["observed_power"].as_str()),
         (Some("succeeded"), Some("on"))
     );
+
+    // Boot device through a task: next boot from PXE, then disk for every boot.
+    let (s, b) = c
+        .request(
+            0,
+            Method::POST,
+            &format!("/v1/machines/{plus}/boot-device"),
+            Some(json!({"device": "floppy"})),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 400, "{b}");
+    let boots = count(&sim.calls(), "set boot");
+    let t = boot_task(&c, plus, json!({"device": "pxe"})).await;
+    assert_eq!(
+        (t["state"].as_str(), t["kind"].as_str()),
+        (Some("succeeded"), Some("boot_pxe")),
+        "{t}"
+    );
+    assert!(sim.calls().contains("set boot pxe"));
+    let t = boot_task(&c, v15, json!({"device": "disk", "persistent": true})).await;
+    assert_eq!(t["kind"], "boot_disk_persistent");
+    assert_eq!(t["state"], "succeeded", "{t}");
+    assert_eq!(count(&sim.calls(), "set boot"), boots + 2);
 
     // Wrong password: the task fails with a clear error that does not contain the password.
     let t = run_task(&c, wrong, "on").await;
