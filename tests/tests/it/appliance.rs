@@ -1,6 +1,6 @@
 //! The bootable appliance, end to end under qemu (TCG): build the image with `rackd image
 //! build`, boot three VMs from it on a bridge in a network namespace (one bootstraps, two join
-//! through their seeds), reach all three APIs from the host; power a VM off with the ACPI power
+//! through their seeds; one of them takes its address from a DHCP server), reach all three APIs from the host; power a VM off with the ACPI power
 //! button and on again (it rejoins with its data); replace a VM's system part with a rebuilt
 //! image (it rejoins); install onto an empty disk from the booted image (BIOS) and boot that
 //! disk alone (UEFI). The kernel comes from $RACKD_KERNEL_DEB, ~/.cache/rackd-kernel/*.deb (.ci/run
@@ -115,6 +115,7 @@ struct Lab {
     net: String,
     dir: PathBuf,
     vms: Vec<Vm>,
+    dhcpd: Option<Child>,
 }
 
 impl Lab {
@@ -127,6 +128,7 @@ impl Lab {
             ns: ns.clone(),
             dir: dir.to_path_buf(),
             vms: Vec::new(),
+            dhcpd: None,
         };
         let _ = sh(&["ip", "netns", "del", &ns]);
         let _ = sh(&["ip", "link", "del", &lab.host_if]);
@@ -174,6 +176,47 @@ impl Lab {
             assert!(ok, "{a:?}: {out}");
         }
         lab
+    }
+
+    /// A DHCP server on the bridge (busybox udhcpd at NET.2) that gives VM `i` (by its MAC)
+    /// the address [`Lab::ip`]`(i)`.
+    fn dhcp_server(&mut self, static_vms: &[u32]) {
+        let ns = self.ns.clone();
+        let (ok, out) = sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns,
+            "ip",
+            "addr",
+            "add",
+            &format!("{}.2/24", self.net),
+            "dev",
+            "br0",
+        ]);
+        assert!(ok, "{out}");
+        let mut conf = format!(
+            "interface br0\nstart {n}.100\nend {n}.150\noption subnet 255.255.255.0\n\
+             option router {n}.1\noption lease 3600\nlease_file {d}/udhcpd.leases\n\
+             pidfile {d}/udhcpd.pid\n",
+            n = self.net,
+            d = self.dir.display()
+        );
+        for i in static_vms {
+            conf.push_str(&format!("static_lease {} {}\n", mac(*i), self.ip(*i)));
+        }
+        let path = self.dir.join("udhcpd.conf");
+        std::fs::write(&path, conf).unwrap();
+        std::fs::write(self.dir.join("udhcpd.leases"), b"").unwrap();
+        self.dhcpd = Some(
+            Command::new("ip")
+                .args(["netns", "exec", &ns, "busybox", "udhcpd", "-f"])
+                .arg(&path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start udhcpd"),
+        );
     }
 
     fn ip(&self, i: u32) -> String {
@@ -227,7 +270,7 @@ impl Lab {
         ])
         .args([
             "-device",
-            &format!("virtio-net-pci,netdev=n0,mac=52:54:00:aa:00:{:02x}", i),
+            &format!("virtio-net-pci,netdev=n0,mac={}", mac(i)),
         ]);
         if let Some(b) = bios {
             cmd.args(["-bios", b]);
@@ -257,10 +300,18 @@ impl Lab {
     }
 }
 
+fn mac(i: u32) -> String {
+    format!("52:54:00:aa:00:{i:02x}")
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         for vm in &mut self.vms {
             vm.kill();
+        }
+        if let Some(mut d) = self.dhcpd.take() {
+            let _ = d.kill();
+            let _ = d.wait();
         }
         let _ = sh(&["ip", "netns", "del", &self.ns]);
         let _ = sh(&["ip", "link", "del", &self.host_if]);
@@ -375,6 +426,7 @@ async fn appliance_image_forms_a_three_node_cluster_survives_power_cycle_and_upg
         .unwrap();
     let dir = tmp.path().to_path_buf();
     let mut lab = Lab::new(0, &dir);
+    lab.dhcp_server(&[3]);
     let img = dir.join("img1");
     let build_s = build_image(&img, &["--no-qcow2"]);
     let image = img.join("rackd.raw");
@@ -419,12 +471,17 @@ async fn appliance_image_forms_a_three_node_cluster_survives_power_cycle_and_upg
             .json()
             .await
             .unwrap();
+        // vm2 has a static address; vm3 gets its address over DHCP (a static lease).
+        let network = if i == 2 {
+            format!("address = \"{}/24\"\ngateway = \"{net}.1\"\n", ips[1])
+        } else {
+            "address = \"dhcp\"\n".to_string()
+        };
         let s = seed(
             &dir.join(format!("s{i}.toml")),
             &format!(
-                "hostname = \"rk{i}\"\n[network]\naddress = \"{}/24\"\ngateway = \"{net}.1\"\n\
+                "hostname = \"rk{i}\"\n[network]\n{network}\
                  [cluster]\njoin = \"http://{}:7080\"\ntoken = \"{}\"\n",
-                ips[i as usize - 1],
                 ips[0],
                 tok["token"].as_str().unwrap()
             ),
