@@ -533,8 +533,10 @@ pub fn run() -> ! {
     say(&format!("starting rackd {}", redact_args(&args)));
     let mut rackd = spawn_rackd(&args, &join_token);
     let mut started = Instant::now();
-    let mut backoff = Duration::from_secs(1);
-    let mut restart_at: Option<Instant> = None;
+    let mut backoff = Backoff::default();
+    let mut restart_at: Option<Instant> = rackd
+        .is_none()
+        .then(|| Instant::now() + backoff.next(Duration::ZERO));
     let mut shown = String::new();
     let mut last_check = Instant::now() - Duration::from_secs(10);
     loop {
@@ -548,19 +550,18 @@ pub fn run() -> ! {
                 _ => break,
             };
             if Some(pid) == rackd {
-                if started.elapsed() > Duration::from_secs(60) {
-                    backoff = Duration::from_secs(1);
-                }
-                say(&format!("rackd exited ({ws:?}); restarting in {backoff:?}"));
+                let wait = backoff.next(started.elapsed());
+                say(&format!("rackd exited ({ws:?}); restarting in {wait:?}"));
                 rackd = None;
-                restart_at = Some(Instant::now() + backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                restart_at = Some(Instant::now() + wait);
             }
         }
         if rackd.is_none() && restart_at.is_some_and(|t| Instant::now() >= t) {
             rackd = spawn_rackd(&args, &join_token);
             started = Instant::now();
-            restart_at = None;
+            restart_at = rackd
+                .is_none()
+                .then(|| Instant::now() + backoff.next(Duration::ZERO));
         }
         if last_check.elapsed() > Duration::from_secs(3) {
             last_check = Instant::now();
@@ -573,6 +574,33 @@ pub fn run() -> ! {
             }
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Restart delays for rackd: 1 s, doubling to 30 s while it keeps failing; back to 1 s after
+/// it ran for a minute.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            next: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before the next start, given how long the last run lasted.
+    pub fn next(&mut self, ran_for: Duration) -> Duration {
+        if ran_for > Duration::from_secs(60) {
+            self.next = Duration::from_secs(1);
+        }
+        let d = self.next;
+        self.next = (self.next * 2).min(Duration::from_secs(30));
+        d
     }
 }
 
@@ -598,6 +626,16 @@ pub fn data_dir() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restarts_back_off_and_recover_after_a_long_run() {
+        let mut b = Backoff::default();
+        let quick = Duration::from_secs(2);
+        let waits: Vec<u64> = (0..7).map(|_| b.next(quick).as_secs()).collect();
+        assert_eq!(waits, vec![1, 2, 4, 8, 16, 30, 30]);
+        assert_eq!(b.next(Duration::from_secs(120)).as_secs(), 1);
+        assert_eq!(b.next(quick).as_secs(), 2);
+    }
 
     #[test]
     fn parent_disks_and_rackd_arguments() {
