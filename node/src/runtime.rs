@@ -490,6 +490,9 @@ pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
         _ => None,
     };
 
+    let _readvertise = AbortOnDrop(tokio::spawn(readvertise(node.clone())));
+    let _address_book = AbortOnDrop(tokio::spawn(follow_addresses(node.clone())));
+
     if !identity.complete {
         let node = node.clone();
         let opts = opts.clone();
@@ -660,6 +663,82 @@ async fn bootstrap(node: &Node, mut identity: Identity) -> anyhow::Result<()> {
         node.api_addr, join.token
     );
     Ok(())
+}
+
+/// Keeps the peer network's address book equal to the replicated membership, so existing
+/// replication streams follow a member that moved.
+async fn follow_addresses(node: Arc<Node>) {
+    let mut rx = node.raft.metrics();
+    loop {
+        let book: Vec<(u64, String)> = {
+            let m = rx.borrow_watched();
+            m.membership_config
+                .membership()
+                .nodes()
+                .map(|(id, i)| (*id, i.peer.clone()))
+                .collect()
+        };
+        node.net.set_addresses(book);
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A member that restarted on new addresses (a new DHCP lease, a moved VM) asks the leader to
+/// record them, retrying until the replicated membership shows this node's current addresses.
+async fn readvertise(node: Arc<Node>) {
+    let me = NodeInfo {
+        api: node.api_addr.clone(),
+        peer: node.peer_addr.clone(),
+    };
+    loop {
+        let m = node.raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        if let Some(old) = membership.get_node(&node.id).filter(|i| **i != me) {
+            let done = if m.current_leader == Some(node.id) {
+                node.raft
+                    .change_membership(
+                        openraft::ChangeMembers::SetNodes(BTreeMap::from([(node.id, me.clone())])),
+                        false,
+                    )
+                    .await
+                    .is_ok()
+            } else {
+                // The leader first (if known), then every other member: non-leaders refuse.
+                let mut targets: Vec<(u64, String)> = m
+                    .current_leader
+                    .and_then(|l| membership.get_node(&l).map(|i| (l, i.peer.clone())))
+                    .into_iter()
+                    .collect();
+                targets.extend(
+                    membership
+                        .nodes()
+                        .filter(|(id, _)| **id != node.id)
+                        .map(|(id, i)| (*id, i.peer.clone())),
+                );
+                let mut ok = false;
+                for (target, addr) in targets {
+                    let r = node
+                        .net
+                        .update_node(target, &addr, node.id, &me, Duration::from_secs(5))
+                        .await;
+                    if r.is_ok() {
+                        ok = true;
+                        break;
+                    }
+                }
+                ok
+            };
+            if done {
+                tracing::info!(
+                    old_api = %old.api, old_peer = %old.peer, api = %me.api, peer = %me.peer,
+                    "re-advertised this node's new addresses"
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }
 
 fn write_secret_file(path: &std::path::Path, secret: &str) -> anyhow::Result<()> {

@@ -11,6 +11,7 @@ use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{NetworkError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::storage::RaftStateMachine;
@@ -54,9 +55,24 @@ struct SnapshotHeader {
 #[derive(Clone, Default)]
 pub struct PeerNetwork {
     channels: Arc<Mutex<HashMap<(NodeId, String), Channel>>>,
+    /// Latest peer address of each member (from the replicated membership). Replication
+    /// streams outlive address changes, so every RPC looks the address up here first.
+    book: Arc<Mutex<HashMap<NodeId, String>>>,
 }
 
 impl PeerNetwork {
+    /// Records the members' current peer addresses (called whenever the membership changes).
+    pub fn set_addresses(&self, addrs: impl IntoIterator<Item = (NodeId, String)>) {
+        if let Ok(mut b) = self.book.lock() {
+            b.clear();
+            b.extend(addrs);
+        }
+    }
+
+    fn current_addr(&self, target: NodeId) -> Option<String> {
+        self.book.lock().ok()?.get(&target).cloned()
+    }
+
     pub fn new() -> Self {
         Self::default()
     }
@@ -133,6 +149,30 @@ impl PeerNetwork {
     }
 }
 
+impl PeerNetwork {
+    /// Ask `target` (the leader, if it is one) to record new addresses for member `id`.
+    pub async fn update_node(
+        &self,
+        target: NodeId,
+        addr: &str,
+        id: NodeId,
+        info: &NodeInfo,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let mut c = self.client(target, addr)?;
+        let mut r = tonic::Request::new(Payload {
+            data: codec::encode(&(id, info)),
+        });
+        r.set_timeout(timeout);
+        let reply = c
+            .update_node(r)
+            .await
+            .map_err(|s| format!("update_node rpc: {}", s.message()))?;
+        let r: Remote<()> = codec::decode(&reply.into_inner().data).map_err(|e| e.to_string())?;
+        r
+    }
+}
+
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerClient;
 
@@ -171,9 +211,11 @@ fn status_to_rpc(s: tonic::Status) -> RPCError {
 
 impl PeerClient {
     fn client(&self) -> Result<RaftPeerClient<Channel>, RPCError> {
-        self.net
-            .client(self.target, &self.addr)
-            .map_err(unreachable)
+        let addr = self
+            .net
+            .current_addr(self.target)
+            .unwrap_or_else(|| self.addr.clone());
+        self.net.client(self.target, &addr).map_err(unreachable)
     }
 
     fn request(data: Vec<u8>, option: &RPCOption) -> tonic::Request<Payload> {
@@ -366,6 +408,38 @@ where
             cmd: p.cmd,
         };
         let r = self.raft.client_write(request).await.map(|resp| resp.data);
+        reply(r)
+    }
+
+    async fn update_node(
+        &self,
+        req: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let (id, info): (NodeId, NodeInfo) =
+            codec::decode(&req.into_inner().data).map_err(bad_request)?;
+        let m = self.raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        if membership.get_node(&id).is_none() {
+            return reply::<(), _>(Err(format!("node {id} is not a member")));
+        }
+        // Never let one member take another member's addresses.
+        if let Some((other, _)) = membership
+            .nodes()
+            .find(|(n, i)| **n != id && (i.api == info.api || i.peer == info.peer))
+        {
+            return reply::<(), _>(Err(format!(
+                "addresses {}/{} belong to node {other}",
+                info.api, info.peer
+            )));
+        }
+        let r = self
+            .raft
+            .change_membership(
+                openraft::ChangeMembers::SetNodes(std::collections::BTreeMap::from([(id, info)])),
+                false,
+            )
+            .await
+            .map(|_| ());
         reply(r)
     }
 

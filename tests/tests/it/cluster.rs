@@ -461,3 +461,45 @@ async fn half_joined_member_can_be_removed() {
     let ci: ClusterInfo = c.get_json(0, "/v1/cluster").await.unwrap();
     assert_eq!(ci.members.len(), 2);
 }
+
+/// A member restarted on new addresses (a new DHCP lease, a moved VM) re-advertises them: the
+/// membership is updated and the node gets the cluster's writes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_restarted_on_new_addresses_readvertises_them() {
+    let mut c = Cluster::start("readvert", 3, &[]).await.expect("cluster");
+    setup_location(&c, 0).await;
+    let leader = c.wait_leader(T).await.unwrap();
+    let moved = (leader + 1) % 3;
+    let id = c.health(moved).await.unwrap().node_id;
+    c.nodes[moved].stop();
+    let old_ip = c.nodes[moved].ip.clone();
+    let new_ip = format!("{}.9", old_ip.rsplit_once('.').unwrap().0);
+    c.nodes[moved].ip = new_ip.clone();
+    c.nodes[moved].api = None;
+    c.nodes[moved].peer = None;
+    create_machine(&c, leader, 1).await; // written while it is away
+    c.nodes[moved].start().unwrap();
+    let new_peer = c.nodes[moved].peer.clone().unwrap();
+    assert!(new_peer.starts_with(&new_ip));
+    c.wait_until(T, "membership shows the new addresses", |c| {
+        let new_peer = new_peer.clone();
+        async move {
+            c.get_json::<ClusterInfo>(leader, "/v1/cluster")
+                .await
+                .is_ok_and(|ci| {
+                    ci.members
+                        .iter()
+                        .any(|m| m.id == id && m.peer_addr == new_peer)
+                })
+        }
+    })
+    .await
+    .unwrap();
+    // It receives replication at the new address: a new write is readable there.
+    create_machine(&c, leader, 2).await;
+    c.wait_until(T, "the moved node has both machines", |c| async move {
+        machine_count(c, moved, false).await.is_ok_and(|n| n == 2)
+    })
+    .await
+    .unwrap();
+}
