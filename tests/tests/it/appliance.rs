@@ -504,14 +504,28 @@ async fn appliance_image_forms_a_three_node_cluster_survives_power_cycle_and_upg
         lab.vms[1].tail()
     );
     assert!(lab.vms[1].console().contains("powering off"));
-    let r = client()
-        .post(format!("http://{}:7080/v1/locations", ips[0]))
-        .bearer_auth(&admin)
-        .json(&json!({"name": "while-away"}))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    // vm2 may have been the leader: the write is retried (same idempotency key) through the
+    // election, as any client does with a 503.
+    let t0 = Instant::now();
+    loop {
+        let r = client()
+            .post(format!("http://{}:7080/v1/locations", ips[0]))
+            .bearer_auth(&admin)
+            .header("Idempotency-Key", "while-away")
+            .json(&json!({"name": "while-away"}))
+            .send()
+            .await;
+        match r {
+            Ok(r) if r.status().is_success() => break,
+            Ok(r) if r.status() != 503 => panic!("write failed: {}", r.text().await.unwrap()),
+            _ => {}
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no leader after vm2 left"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let v2b = lab.boot("vm2b", 2, &[&disks[1]]);
     wait_api(&lab, v2b, &ips[1], Duration::from_secs(240)).await;
     assert_eq!(
