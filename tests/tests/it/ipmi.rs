@@ -398,3 +398,97 @@ async fn power_tasks_sync_and_ipmitool_through_the_rackd_proxy() {
         "a password reached the log"
     );
 }
+
+/// A UDP link between the driver and the BMC that drops chosen datagrams: the Nth datagram
+/// toward the BMC (`up`) or toward the driver (`down`), counted from 0.
+struct LossyLink {
+    addr: std::net::SocketAddr,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LossyLink {
+    async fn start(bmc: std::net::SocketAddr, up: &[usize], down: &[usize]) -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let back = tokio::net::UdpSocket::bind("0.0.0.0:0").await.unwrap();
+        back.connect(bmc).await.unwrap();
+        let addr = front.local_addr().unwrap();
+        let dropped = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (up, down) = (up.to_vec(), down.to_vec());
+        let d = dropped.clone();
+        let task = tokio::spawn(async move {
+            let (mut nu, mut nd) = (0usize, 0usize);
+            let mut client = None;
+            let (mut a, mut b) = (vec![0u8; 2048], vec![0u8; 2048]);
+            loop {
+                tokio::select! {
+                    Ok((n, from)) = front.recv_from(&mut a) => {
+                        client = Some(from);
+                        if up.contains(&nu) { d.fetch_add(1, SeqCst); } else { let _ = back.send(&a[..n]).await; }
+                        nu += 1;
+                    }
+                    Ok(n) = back.recv(&mut b) => {
+                        if down.contains(&nd) { d.fetch_add(1, SeqCst); }
+                        else if let Some(c) = client { let _ = front.send_to(&b[..n], c).await; }
+                        nd += 1;
+                    }
+                }
+            }
+        });
+        LossyLink {
+            addr,
+            dropped,
+            task,
+        }
+    }
+}
+
+impl Drop for LossyLink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Lost datagrams: set-up packets and idempotent commands are retransmitted; a cycle whose
+/// answer is lost is reported as unconfirmed and never sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipmi_driver_retransmits_lost_datagrams_and_never_repeats_a_cycle() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = IpmiSim::in_netns(2, tmp.path());
+    let via = |link: &LossyLink| {
+        let mut b = IpmiBmc::new(link.addr, LanVersion::V20, USER, PASS);
+        b.timeout = Duration::from_millis(300);
+        b
+    };
+    // RMCP+ set-up is 5 exchanges (auth caps, open session, RAKP 1/3, set privilege), then the
+    // command (6th), then close. Lose the open-session request and the RAKP 2 answer.
+    let link = LossyLink::start(sim.target(), &[1], &[2]).await;
+    assert_eq!(via(&link).power_status().await.unwrap(), PowerState::Off);
+    assert_eq!(link.dropped.load(SeqCst), 2);
+
+    // Lose the answer to "power up": the command is retransmitted and succeeds.
+    let link = LossyLink::start(sim.target(), &[], &[5]).await;
+    via(&link).power_on().await.unwrap();
+    assert_eq!(link.dropped.load(SeqCst), 1);
+    assert_eq!(
+        bmc(&sim, LanVersion::V20, PASS)
+            .power_status()
+            .await
+            .unwrap(),
+        PowerState::On
+    );
+
+    // Lose the answer to "power cycle": unconfirmed, and the chassis was cycled exactly once.
+    let offs = count(&sim.calls(), "set power 0");
+    let link = LossyLink::start(sim.target(), &[], &[5]).await;
+    let e = via(&link).power_cycle().await.unwrap_err();
+    assert!(matches!(e, BmcError::Unconfirmed { .. }), "{e}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        count(&sim.calls(), "set power 0"),
+        offs + 1,
+        "cycle sent twice"
+    );
+}
