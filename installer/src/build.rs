@@ -16,7 +16,7 @@ use std::time::Instant;
 use crate::cpio::Cpio;
 use crate::layout::{self, MIB};
 use crate::tools::{self, path_str, run};
-use crate::ImageError;
+use crate::{io, ImageError};
 
 /// Kernel modules loaded at boot (with their dependencies): virtual and common server disks
 /// and NICs, filesystems, the ACPI power button and input events.
@@ -116,11 +116,6 @@ pub struct BuildReport {
     pub seconds: f64,
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ImageError {
-    let what = what.into();
-    move |source| ImageError::Io { what, source }
-}
-
 struct Progress {
     step: u32,
     total: u32,
@@ -211,9 +206,9 @@ fn module_index(dir: &Path) -> BTreeMap<String, PathBuf> {
 fn read_module(path: &Path) -> Result<(Vec<u8>, Vec<String>), ImageError> {
     let name = path.to_string_lossy();
     let bytes = if name.ends_with(".xz") {
-        run_bytes("xz", &["-dc", path_str(path)?])?
+        tools::run_bytes("xz", &["-dc", path_str(path)?])?
     } else if name.ends_with(".zst") {
-        run_bytes("zstd", &["-dc", path_str(path)?])?
+        tools::run_bytes("zstd", &["-dc", path_str(path)?])?
     } else {
         std::fs::read(path).map_err(io(format!("read {name}")))?
     };
@@ -232,23 +227,6 @@ fn read_module(path: &Path) -> Result<(Vec<u8>, Vec<String>), ImageError> {
         })
         .unwrap_or_default();
     Ok((bytes, deps))
-}
-
-fn run_bytes(tool: &str, args: &[&str]) -> Result<Vec<u8>, ImageError> {
-    let out = std::process::Command::new(tool)
-        .args(args)
-        .output()
-        .map_err(|e| ImageError::Tool {
-            tool: tool.into(),
-            detail: e.to_string(),
-        })?;
-    if !out.status.success() {
-        return Err(ImageError::Tool {
-            tool: tool.into(),
-            detail: String::from_utf8_lossy(&out.stderr).into(),
-        });
-    }
-    Ok(out.stdout)
 }
 
 /// The wanted modules and their dependencies, dependencies first. Modules built into the kernel
@@ -414,17 +392,7 @@ fn initramfs(
     );
     c.file("etc/udhcpc/default.script", 0o755, UDHCPC_SCRIPT.as_bytes());
     c.file("etc/hosts", 0o644, b"127.0.0.1 localhost\n");
-    c.file(
-        "etc/rackd-release",
-        0o644,
-        format!(
-            "rackd {}\nlayout {}\nkernel {}\n",
-            env!("CARGO_PKG_VERSION"),
-            layout::LAYOUT_VERSION,
-            kernel.version
-        )
-        .as_bytes(),
-    );
+    c.file("etc/rackd-release", 0o644, release(kernel).as_bytes());
     p.next(&format!(
         "kernel {}: resolving modules {}",
         kernel.version,
@@ -449,6 +417,16 @@ fn initramfs(
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
     gz.write_all(&raw).map_err(io("compress initramfs"))?;
     gz.finish().map_err(io("compress initramfs"))
+}
+
+/// What the image holds (in the initramfs and on the system part).
+fn release(kernel: &Kernel) -> String {
+    format!(
+        "rackd {}\nlayout {}\nkernel {}\n",
+        env!("CARGO_PKG_VERSION"),
+        layout::LAYOUT_VERSION,
+        kernel.version
+    )
 }
 
 fn syslinux_cfg(cmdline: &str) -> String {
@@ -534,16 +512,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, ImageError> {
     let w = |n: &str| work.path().join(n);
     std::fs::write(w("initrd.img"), &initrd).map_err(io("write initrd"))?;
     std::fs::write(w("syslinux.cfg"), syslinux_cfg(&opts.cmdline)).map_err(io("write cfg"))?;
-    std::fs::write(
-        w("rackd-release"),
-        format!(
-            "rackd {}\nlayout {}\nkernel {}\n",
-            env!("CARGO_PKG_VERSION"),
-            layout::LAYOUT_VERSION,
-            kernel.version
-        ),
-    )
-    .map_err(io("write release"))?;
+    std::fs::write(w("rackd-release"), release(&kernel)).map_err(io("write release"))?;
 
     p.next("system partition (FAT32): kernel, initramfs, syslinux (BIOS + UEFI)");
     let mut files: Vec<(&str, PathBuf)> = vec![

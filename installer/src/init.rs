@@ -9,7 +9,7 @@
 //! panic. Uses busybox for mount/ip/udhcpc/insmod/blkid.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -86,9 +86,9 @@ fn load_modules() {
     ));
 }
 
-/// Device holding the filesystem labelled `label`, from busybox blkid.
-fn device_with_label(label: &str) -> Option<String> {
-    let out = sh("/bin/blkid", &[]).ok()?;
+/// Device holding the filesystem labelled `label`, from blkid (busybox's on the appliance).
+pub fn device_with_label(label: &str) -> Option<String> {
+    let out = sh("blkid", &[]).ok()?;
     out.lines().find_map(|l| {
         let (dev, rest) = l.split_once(':')?;
         rest.contains(&format!("LABEL=\"{label}\""))
@@ -616,11 +616,6 @@ fn redact_args(args: &[String]) -> String {
         hide = a == "--token";
     }
     out.join(" ")
-}
-
-/// Where the data directory lives on the appliance.
-pub fn data_dir() -> PathBuf {
-    PathBuf::from(DATA).join("rackd")
 }
 
 #[cfg(test)]

@@ -9,12 +9,7 @@ use std::path::Path;
 use crate::build::{read_full, seed_image};
 use crate::layout::{self, Partition, MIB};
 use crate::tools::{path_str, run};
-use crate::ImageError;
-
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ImageError {
-    let what = what.into();
-    move |source| ImageError::Io { what, source }
-}
+use crate::{io, ImageError};
 
 fn open_rw(p: &Path) -> Result<File, ImageError> {
     OpenOptions::new()

@@ -34,3 +34,9 @@ pub enum ImageError {
     #[error(transparent)]
     Seed(#[from] seed::SeedError),
 }
+
+/// Maps an I/O error to [`ImageError::Io`] saying what was being done.
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ImageError {
+    let what = what.into();
+    move |source| ImageError::Io { what, source }
+}

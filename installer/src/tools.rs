@@ -23,6 +23,11 @@ fn package_of(tool: &str) -> &'static str {
 }
 
 pub fn run(tool: &str, args: &[&str]) -> Result<String, ImageError> {
+    run_bytes(tool, args).map(|out| String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Like [`run`], with stdout as bytes (decompressors).
+pub fn run_bytes(tool: &str, args: &[&str]) -> Result<Vec<u8>, ImageError> {
     let out = Command::new(tool)
         .args(args)
         .output()
@@ -44,7 +49,7 @@ pub fn run(tool: &str, args: &[&str]) -> Result<String, ImageError> {
             ),
         });
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(out.stdout)
 }
 
 pub fn path_str(p: &Path) -> Result<&str, ImageError> {

@@ -7,17 +7,7 @@ use crate::cli::ImageCmd;
 
 /// The disk the running appliance booted from (parent of the RACKDSYS partition).
 fn running_disk() -> anyhow::Result<std::path::PathBuf> {
-    let out = std::process::Command::new("blkid")
-        .output()
-        .context("run blkid")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let dev = text
-        .lines()
-        .find_map(|l| {
-            let (dev, rest) = l.split_once(':')?;
-            rest.contains(&format!("LABEL=\"{}\"", layout::LABEL_SYS))
-                .then(|| dev.to_string())
-        })
+    let dev = rackd_installer::init::device_with_label(layout::LABEL_SYS)
         .context("no RACKDSYS partition found: pass --from IMAGE")?;
     Ok(rackd_installer::init::parent_disk(&dev).into())
 }
