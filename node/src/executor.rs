@@ -148,14 +148,11 @@ impl Executor {
             let on = m.machine.power_state.as_deref() == Some("on");
             (view, m.bmc_password.clone().unwrap_or_default(), on)
         };
-        let version = match view.driver.as_str() {
-            "sim" => {
-                return Ok(AnyBmc::Sim(SimBmc::new(&format!("sim-{machine_id}"), on)));
-            }
-            "ipmi" => LanVersion::V20,
-            "ipmi15" => LanVersion::V15,
-            other => return Err(format!("unknown BMC driver {other:?}")),
-        };
+        if view.driver == "sim" {
+            return Ok(AnyBmc::Sim(SimBmc::new(&format!("sim-{machine_id}"), on)));
+        }
+        let version = LanVersion::parse(&view.driver)
+            .ok_or_else(|| format!("unknown BMC driver {:?}", view.driver))?;
         let target: SocketAddr = tokio::net::lookup_host((view.address.as_str(), view.port))
             .await
             .ok()

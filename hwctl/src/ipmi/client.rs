@@ -356,10 +356,7 @@ impl<R: RngCore> Client<R> {
             Phase::Activate if self.expect(&rsp, CMD_ACTIVATE) => self.on_activate(&rsp),
             Phase::SetPrivilege if self.expect(&rsp, CMD_SET_PRIV) => {
                 if rsp.cc != 0 {
-                    return Err(ClientError::Refused {
-                        step: "Set Session Privilege Level",
-                        reason: format!("completion code {:#04x}", rsp.cc),
-                    });
+                    return Err(Self::refused("Set Session Privilege Level", rsp.cc));
                 }
                 self.phase = Phase::Ready;
                 self.pending = None;

@@ -264,11 +264,12 @@ impl Bmc for IpmiBmc {
 }
 
 impl LanVersion {
-    /// `lanplus` (IPMI 2.0) or `lan` (IPMI 1.5), as ipmitool names them.
+    /// `lanplus` (IPMI 2.0) or `lan` (IPMI 1.5), as ipmitool names them, or rackd's BMC
+    /// driver names `ipmi` and `ipmi15`.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "lanplus" | "ipmi" | "2.0" => Some(Self::V20),
-            "lan" | "1.5" => Some(Self::V15),
+            "lan" | "ipmi15" | "1.5" => Some(Self::V15),
             _ => None,
         }
     }

@@ -26,6 +26,24 @@ pub fn task_kind(action: &str) -> Option<TaskKind> {
     })
 }
 
+/// Proposes a task for a machine; 202 with the task record.
+async fn create_task(
+    node: &AppState,
+    actor: &Actor,
+    headers: &HeaderMap,
+    machine_id: u64,
+    kind: TaskKind,
+) -> HttpResult<(StatusCode, Json<Value>)> {
+    let v = node
+        .propose(
+            &actor.0,
+            idempotency_key(headers)?,
+            Command::CreateTask { kind, machine_id },
+        )
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(v)))
+}
+
 pub async fn power(
     State(node): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -41,14 +59,7 @@ pub async fn power(
             r.action
         )))
     })?;
-    let v = node
-        .propose(
-            &actor.0,
-            idempotency_key(&headers)?,
-            Command::CreateTask { kind, machine_id },
-        )
-        .await?;
-    Ok((StatusCode::ACCEPTED, Json(v)))
+    create_task(&node, &actor, &headers, machine_id, kind).await
 }
 
 pub async fn boot_device(
@@ -71,14 +82,7 @@ pub async fn boot_device(
             ))))
         }
     };
-    let v = node
-        .propose(
-            &actor.0,
-            idempotency_key(&headers)?,
-            Command::CreateTask { kind, machine_id },
-        )
-        .await?;
-    Ok((StatusCode::ACCEPTED, Json(v)))
+    create_task(&node, &actor, &headers, machine_id, kind).await
 }
 
 pub async fn list_tasks(
