@@ -77,6 +77,23 @@ impl Shell {
         self.table.get(&id).copied()
     }
 
+    /// Feeds every datagram received on `sock` to the relay loop as `event(from, data)`.
+    fn reader(
+        &self,
+        sock: &Arc<UdpSocket>,
+        event: impl Fn(SocketAddr, Vec<u8>) -> Event + Send + 'static,
+    ) -> JoinHandle<()> {
+        let (s, tx) = (sock.clone(), self.tx.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            while let Ok((n, from)) = s.recv_from(&mut buf).await {
+                if tx.send(event(from, buf[..n].to_vec())).await.is_err() {
+                    break;
+                }
+            }
+        })
+    }
+
     /// Opens listeners for new machines and closes those of machines that left.
     async fn reconcile(&mut self) {
         self.table = bmc_table(&self.node, &self.location);
@@ -99,15 +116,10 @@ impl Shell {
             match UdpSocket::bind(SocketAddr::new(self.opts.listen, port)).await {
                 Ok(sock) => {
                     let sock = Arc::new(sock);
-                    let (s, tx) = (sock.clone(), self.tx.clone());
-                    let task = tokio::spawn(async move {
-                        let mut buf = vec![0u8; 2048];
-                        while let Ok((n, client)) = s.recv_from(&mut buf).await {
-                            let data = buf[..n].to_vec();
-                            if tx.send(Event::Client { port, client, data }).await.is_err() {
-                                break;
-                            }
-                        }
+                    let task = self.reader(&sock, move |client, data| Event::Client {
+                        port,
+                        client,
+                        data,
                     });
                     tracing::info!(port, "IPMI proxy listening");
                     self.listeners.insert(port, (sock, task));
@@ -126,16 +138,8 @@ impl Shell {
                         continue;
                     };
                     let sock = Arc::new(sock);
-                    let (s, tx) = (sock.clone(), self.tx.clone());
-                    let task = tokio::spawn(async move {
-                        let mut buf = vec![0u8; 2048];
-                        while let Ok((n, from)) = s.recv_from(&mut buf).await {
-                            let data = buf[..n].to_vec();
-                            if tx.send(Event::Bmc { flow, from, data }).await.is_err() {
-                                break;
-                            }
-                        }
-                    });
+                    let task =
+                        self.reader(&sock, move |from, data| Event::Bmc { flow, from, data });
                     self.upstream.insert(flow, (sock, bmc, task));
                     tracing::debug!(flow, %bmc, "IPMI proxy flow opened");
                 }

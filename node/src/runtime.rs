@@ -669,16 +669,24 @@ async fn bootstrap(node: &Node, mut identity: Identity) -> anyhow::Result<()> {
 /// replication streams follow a member that moved.
 async fn follow_addresses(node: Arc<Node>) {
     let mut rx = node.raft.metrics();
+    let mut seen = None;
     loop {
-        let book: Vec<(u64, String)> = {
+        // Metrics change with every applied entry; the book only when the membership does.
+        let book: Option<Vec<(u64, String)>> = {
             let m = rx.borrow_watched();
-            m.membership_config
-                .membership()
-                .nodes()
-                .map(|(id, i)| (*id, i.peer.clone()))
-                .collect()
+            let at = *m.membership_config.log_id();
+            (seen != Some(at)).then(|| {
+                seen = Some(at);
+                m.membership_config
+                    .membership()
+                    .nodes()
+                    .map(|(id, i)| (*id, i.peer.clone()))
+                    .collect()
+            })
         };
-        node.net.set_addresses(book);
+        if let Some(book) = book {
+            node.net.set_addresses(book);
+        }
         if rx.changed().await.is_err() {
             return;
         }
