@@ -13,6 +13,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::ipmi_sim::{ipmitool, IpmiSim, PASS, USER};
+use crate::util::post_task;
 
 fn policy() -> VerifyPolicy {
     VerifyPolicy {
@@ -151,36 +152,29 @@ async fn ipmi_driver_drives_openipmi_bmc_over_lanplus_and_lan15() {
     assert!(active <= 2, "sessions leaked: {out}");
 }
 
-/// Creates a task with `POST path` and waits until it has finished.
-async fn post_task(c: &Cluster, path: &str, body: Value) -> Value {
-    let (s, t) = c
-        .request(0, Method::POST, path, Some(body), &[])
-        .await
-        .unwrap();
-    assert_eq!(s, 202, "{t}");
-    let id = t["id"].as_u64().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let t: Value = c.get_json(0, &format!("/v1/tasks/{id}")).await.unwrap();
-        if t["state"] == "succeeded" || t["state"] == "failed" {
-            return t;
-        }
-        assert!(Instant::now() < deadline, "task {id} stuck: {t}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn run_task(c: &Cluster, machine: u64, action: &str) -> Value {
-    post_task(
-        c,
-        &format!("/v1/machines/{machine}/power"),
-        json!({"action": action}),
-    )
-    .await
+    let path = format!("/v1/machines/{machine}/power");
+    post_task(c, 0, 0, &path, json!({"action": action}), TASK_WAIT).await
 }
 
 async fn boot_task(c: &Cluster, machine: u64, body: Value) -> Value {
-    post_task(c, &format!("/v1/machines/{machine}/boot-device"), body).await
+    let path = format!("/v1/machines/{machine}/boot-device");
+    post_task(c, 0, 0, &path, body, TASK_WAIT).await
+}
+
+const TASK_WAIT: Duration = Duration::from_secs(60);
+
+/// Waits (30 s) until the machine's observed power state is `want`.
+async fn wait_power_state(c: &Cluster, id: u64, want: &str, what: &str) {
+    let t0 = Instant::now();
+    loop {
+        let m = machine(c, id).await;
+        if m["power_state"] == want {
+            return;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "{what}: {m}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 async fn machine(c: &Cluster, id: u64) -> Value {
@@ -362,31 +356,9 @@ async fn power_tasks_sync_and_ipmitool_through_the_rackd_proxy() {
         &["chassis", "power", "off"],
     );
     assert!(ok, "{out}");
-    let t0 = Instant::now();
-    loop {
-        let m = machine(&c, plus).await;
-        if m["power_state"] == "off" {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "sync never saw the power-off: {m}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_power_state(&c, plus, "off", "sync never saw the power-off").await;
     // The unreachable-credentials machine is recorded as unknown, never off.
-    let t0 = Instant::now();
-    loop {
-        let m = machine(&c, wrong).await;
-        if m["power_state"] == "unknown" {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "sync never recorded unknown: {m}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_power_state(&c, wrong, "unknown", "sync never recorded unknown").await;
     let events: Value = c.get_json(0, "/v1/events?limit=1000").await.unwrap();
     assert!(
         !events.to_string().contains(PASS) && !events.to_string().contains("wrong-secret"),

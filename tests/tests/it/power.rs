@@ -7,29 +7,20 @@ use rackd_tests::Cluster;
 use reqwest::Method;
 use serde_json::{json, Value};
 
+use crate::util::post_task;
+
+/// Posted through node 1, followed on node 2.
 async fn run_task(c: &Cluster, machine: u64, action: &str) -> Value {
-    let (s, t) = c
-        .request(
-            1,
-            Method::POST,
-            &format!("/v1/machines/{machine}/power"),
-            Some(json!({"action": action})),
-            &[],
-        )
-        .await
-        .unwrap();
-    assert_eq!(s, 202, "{t}");
-    assert_eq!(t["state"], "pending");
-    let id = t["id"].as_u64().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let t: Value = c.get_json(2, &format!("/v1/tasks/{id}")).await.unwrap();
-        if t["state"] == "succeeded" || t["state"] == "failed" {
-            return t;
-        }
-        assert!(std::time::Instant::now() < deadline, "task {id} stuck: {t}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let path = format!("/v1/machines/{machine}/power");
+    post_task(
+        c,
+        1,
+        2,
+        &path,
+        json!({"action": action}),
+        Duration::from_secs(30),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -254,32 +254,16 @@ async fn ipmi_power_on_starts_a_qemu_vm_that_pxe_boots_from_rackd() {
     }
     let _kill = KillVms(dir.clone());
 
+    let power = format!("/v1/machines/{id}/power");
     let task = |action: &'static str| {
-        let c = &c;
-        async move {
-            let (s, t) = c
-                .request(
-                    0,
-                    reqwest::Method::POST,
-                    &format!("/v1/machines/{id}/power"),
-                    Some(json!({"action": action})),
-                    &[],
-                )
-                .await
-                .unwrap();
-            assert_eq!(s, 202, "{t}");
-            let tid = t["id"].as_u64().unwrap();
-            let t0 = Instant::now();
-            loop {
-                let t: serde_json::Value =
-                    c.get_json(0, &format!("/v1/tasks/{tid}")).await.unwrap();
-                if t["state"] == "succeeded" || t["state"] == "failed" {
-                    return t;
-                }
-                assert!(t0.elapsed() < Duration::from_secs(60), "task stuck: {t}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
+        crate::util::post_task(
+            &c,
+            0,
+            0,
+            &power,
+            json!({"action": action}),
+            Duration::from_secs(60),
+        )
     };
 
     assert!(vm_pids().is_empty(), "VM running before power on");

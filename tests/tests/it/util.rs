@@ -1,5 +1,7 @@
 //! Helpers shared by the integration tests.
 
+use std::time::{Duration, Instant};
+
 use rackd_tests::Cluster;
 use serde_json::{json, Value};
 
@@ -71,4 +73,32 @@ pub fn sh(args: &[&str]) -> (bool, String) {
             String::from_utf8_lossy(&out.stderr)
         ),
     )
+}
+
+/// Creates a task with `POST path` through node `via`, then polls it on node `read` until it
+/// has finished (or `timeout` passes).
+pub async fn post_task(
+    c: &Cluster,
+    via: usize,
+    read: usize,
+    path: &str,
+    body: Value,
+    timeout: Duration,
+) -> Value {
+    let (s, t) = c
+        .request(via, reqwest::Method::POST, path, Some(body), &[])
+        .await
+        .unwrap();
+    assert_eq!(s, 202, "{t}");
+    assert_eq!(t["state"], "pending");
+    let id = t["id"].as_u64().unwrap();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let t: Value = c.get_json(read, &format!("/v1/tasks/{id}")).await.unwrap();
+        if t["state"] == "succeeded" || t["state"] == "failed" {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "task {id} stuck: {t}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
