@@ -182,6 +182,10 @@ pub struct UpArgs {
     /// IPMI datagram timeout (ms) before a retransmission.
     #[arg(long, default_value_t = 1000)]
     pub ipmi_timeout_ms: u64,
+    /// Lease (seconds) of a task this node's executor claims; renewed every third of it while
+    /// the task runs. When an executor dies, its task is taken over once the lease expires.
+    #[arg(long, default_value_t = 30)]
+    pub task_lease_secs: u64,
     /// IPMI proxy: relay IPMI-over-LAN to the location's BMCs on this address (machine N is
     /// reached on port --ipmi-proxy-base-port + N). Off when unset.
     #[arg(long)]

@@ -65,6 +65,7 @@ pub async fn up(args: UpArgs, join: Option<String>) -> anyhow::Result<()> {
             sync_rate: args.power_sync_rate.max(1),
             ipmi_timeout: Duration::from_millis(args.ipmi_timeout_ms.max(10)),
             ipmi_retries: 2,
+            task_lease: Duration::from_secs(args.task_lease_secs.max(1)),
         },
         ipmi_proxy: args
             .ipmi_proxy_listen

@@ -1,4 +1,4 @@
-//! Task executor of a location node: takes pending tasks of machines in its location from its
+//! Task executor of a location node: takes tasks of machines in its location from its
 //! replica, claims them through the leader (compare-and-set on the generation, so one node
 //! wins), runs them through [`rackd_hwctl::PowerController`] and records the result. It also
 //! runs the periodic power-state sync: machines of the location whose observed power state is
@@ -12,21 +12,40 @@
 //! the machine's last observed (replicated) power state, so every node of the location
 //! simulates the same machine (tests and demos). Only one task per machine runs at a time,
 //! cluster-wide (enforced when a task is claimed).
+//!
+//! Liveness: a claim comes with a lease (`--task-lease-secs`), renewed every third of it while
+//! the task runs and until its result is recorded. A task whose lease expired is taken over
+//! under a new generation by the next claim (or failed as "executor lost" after the last
+//! attempt), so a killed executor does not wedge its machine. The executor proposes a claim
+//! only when its replica says the leader will accept it ([`rackd_raft::state::State::claimable`],
+//! the rule apply uses), so blocked tasks cost no log entries. Internal writes carry
+//! deterministic idempotency keys ([`Command::internal_key`]): a retry after a lost answer gets
+//! the first answer. A result is retried until it commits or is refused as stale.
 
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rackd_hwctl::ipmi::LanVersion;
 use rackd_hwctl::{
     AnyBmc, BootDevice, IpmiBmc, PowerAction, PowerController, PowerState, SimBmc, VerifyPolicy,
 };
-use rackd_raft::cmd::Command;
-use rackd_types::{Task, TaskKind, TaskState};
+use rackd_raft::cmd::{Command, PowerObservation};
+use rackd_types::{ApiError, ErrorCode, Task, TaskKind, TaskState};
 
 use crate::runtime::Node;
 
-const LEASE_MS: u64 = 120_000;
+/// Default lease of a running task (`--task-lease-secs`).
+pub const DEFAULT_TASK_LEASE: Duration = Duration::from_secs(30);
+
+/// An expired lease is taken over only this long after it ended by the local clock, so a clock
+/// slightly ahead of the leader's does not propose claims the leader refuses.
+const TAKEOVER_MARGIN_MS: u64 = 500;
+
+/// Bounds of the backoff between attempts to record a result.
+const FINISH_FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const FINISH_MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Power control settings of a location node.
 #[derive(Debug, Clone)]
@@ -40,6 +59,8 @@ pub struct PowerOptions {
     /// Per-datagram IPMI timeout and retransmissions.
     pub ipmi_timeout: Duration,
     pub ipmi_retries: u32,
+    /// Lease of a claimed task; the executor renews it every third of it.
+    pub task_lease: Duration,
 }
 
 impl Default for PowerOptions {
@@ -50,6 +71,7 @@ impl Default for PowerOptions {
             sync_rate: 50,
             ipmi_timeout: Duration::from_millis(1000),
             ipmi_retries: 2,
+            task_lease: DEFAULT_TASK_LEASE,
         }
     }
 }
@@ -83,6 +105,16 @@ fn power_str(p: PowerState) -> String {
     .to_string()
 }
 
+/// Whether the outcome of a failed internal write is unknown (it may have committed: no
+/// quorum, a lost answer, a timeout) rather than refused by apply.
+fn outcome_unknown(e: &ApiError) -> bool {
+    matches!(e.code, ErrorCode::Unavailable | ErrorCode::Internal)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Error text with its source chain (BMC text verbatim; never a password).
 fn error_text(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -101,6 +133,27 @@ pub struct Executor {
     power: Arc<PowerController>,
     policy: VerifyPolicy,
     opts: PowerOptions,
+    /// Tasks this process runs (or records the result of): never claimed again here.
+    active: Mutex<HashSet<u64>>,
+    /// Claims whose answer was lost: task id -> the generation it was claimed from.
+    unconfirmed: Mutex<HashMap<u64, u64>>,
+}
+
+/// What `tick` does with a task of its location.
+enum Next {
+    /// Propose a claim (the local replica says the leader accepts it).
+    Claim(Task),
+    /// Our claim whose answer was lost did commit: run the task.
+    Adopt(Task),
+}
+
+/// Removes a task from the executor's active set when its run ends, even by a panic.
+struct ActiveGuard(Arc<Executor>, u64);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        lock(&self.0.active).remove(&self.1);
+    }
 }
 
 impl Executor {
@@ -116,7 +169,17 @@ impl Executor {
                 retries: 3,
             },
             opts,
+            active: Mutex::new(HashSet::new()),
+            unconfirmed: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn actor(&self) -> String {
+        format!("node:{}", self.node.id)
+    }
+
+    fn lease_ms(&self) -> u64 {
+        (self.opts.task_lease.as_millis() as u64).max(1)
     }
 
     pub fn spawn(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
@@ -165,46 +228,166 @@ impl Executor {
         Ok(AnyBmc::Ipmi(bmc))
     }
 
+    /// One pass over the location's tasks, oldest first: claim what the leader would grant
+    /// now (pending tasks whose machine is free, running tasks whose lease expired), judged on
+    /// the local replica with the rule apply uses, and adopt claims whose answer was lost.
     async fn tick(self: Arc<Self>) {
-        let mine: Vec<Task> = {
+        let now = crate::now_ms().saturating_sub(TAKEOVER_MARGIN_MS);
+        let next: Vec<Next> = {
             let a = self.node.sm.read();
+            let active = lock(&self.active);
+            let unconfirmed = lock(&self.unconfirmed);
             a.state
-                .pending_tasks()
+                .tasks
+                .values()
+                .filter(|t| matches!(t.state, TaskState::Pending | TaskState::Running))
+                .filter(|t| !active.contains(&t.meta.id))
                 .filter(|t| {
                     a.state
                         .machines
                         .get(&t.machine_id)
                         .is_some_and(|m| m.machine.location == self.location)
                 })
-                .cloned()
+                .filter_map(|t| {
+                    let ours = t.state == TaskState::Running
+                        && t.assignee == Some(self.node.id)
+                        && unconfirmed
+                            .get(&t.meta.id)
+                            .is_some_and(|g| g + 1 == t.generation);
+                    if ours {
+                        Some(Next::Adopt(t.clone()))
+                    } else {
+                        a.state
+                            .claimable(t.meta.id, now)
+                            .ok()
+                            .map(|_| Next::Claim(t.clone()))
+                    }
+                })
                 .collect()
         };
-        for task in mine {
-            let claim = Command::ClaimTask {
-                id: task.meta.id,
-                node: self.node.id,
-                generation: task.generation,
-                lease_ms: LEASE_MS,
-            };
-            let actor = format!("node:{}", self.node.id);
-            let Ok(v) = self.node.propose_anywhere(&actor, None, claim).await else {
-                continue; // another node took it, or no quorum right now
-            };
-            let generation = v["generation"].as_u64().unwrap_or(task.generation + 1);
-            let this = self.clone();
-            tokio::spawn(async move {
-                let (error, observed) = this.run(&task).await;
-                let finish = Command::FinishTask {
-                    id: task.meta.id,
-                    generation,
-                    error,
-                    observed_power: observed,
-                };
-                if let Err(e) = this.node.propose_anywhere(&actor, None, finish).await {
-                    tracing::warn!(task = task.meta.id, error = %e.message, "could not record task result");
+        for n in next {
+            match n {
+                Next::Adopt(task) => {
+                    lock(&self.unconfirmed).remove(&task.meta.id);
+                    tracing::info!(
+                        task = task.meta.id,
+                        generation = task.generation,
+                        "claim committed although its answer was lost; running the task"
+                    );
+                    self.clone().start(task);
                 }
-            });
+                Next::Claim(task) => self.clone().claim(task).await,
+            }
         }
+    }
+
+    async fn claim(self: Arc<Self>, task: Task) {
+        let id = task.meta.id;
+        let cmd = Command::ClaimTask {
+            id,
+            node: self.node.id,
+            generation: task.generation,
+            lease_ms: self.lease_ms(),
+        };
+        let key = cmd.internal_key();
+        match self.node.propose_anywhere(&self.actor(), key, cmd).await {
+            Ok(v) => {
+                lock(&self.unconfirmed).remove(&id);
+                match serde_json::from_value::<Task>(v) {
+                    Ok(t) if t.state == TaskState::Running && t.assignee == Some(self.node.id) => {
+                        if t.attempt > 1 {
+                            tracing::info!(
+                                task = id,
+                                attempt = t.attempt,
+                                generation = t.generation,
+                                "took over a task whose lease expired"
+                            );
+                        }
+                        self.start(t)
+                    }
+                    Ok(t) => {
+                        tracing::warn!(task = id, state = ?t.state, error = ?t.error, "task ended without a live executor")
+                    }
+                    Err(e) => tracing::warn!(task = id, error = %e, "undecodable claim answer"),
+                }
+            }
+            // Outcome unknown: the claim may have committed. The task is re-read on the next
+            // tick: ours (adopted) if it did, else claimed again with the same key, which
+            // returns the first answer.
+            Err(e) if outcome_unknown(&e) => {
+                lock(&self.unconfirmed).insert(id, task.generation);
+                tracing::warn!(task = id, error = %e.message, "claim not confirmed; re-reading the task");
+            }
+            // Refused: another node took it, or this replica was behind.
+            Err(e) => {
+                lock(&self.unconfirmed).remove(&id);
+                tracing::debug!(task = id, error = %e.message, "claim refused");
+            }
+        }
+    }
+
+    /// Runs a task claimed by this node in the background.
+    fn start(self: Arc<Self>, task: Task) {
+        let id = task.meta.id;
+        if !lock(&self.active).insert(id) {
+            return;
+        }
+        let guard = ActiveGuard(self.clone(), id);
+        tokio::spawn(async move {
+            let _guard = guard;
+            self.execute(task).await;
+        });
+    }
+
+    /// One attempt: run the task under a renewed lease, then record the result until it commits
+    /// or is refused as stale (retried with the same key, so it is applied once).
+    async fn execute(&self, task: Task) {
+        let (id, generation) = (task.meta.id, task.generation);
+        let actor = self.actor();
+        let mut lease = tokio::spawn(renew_lease(
+            self.node.clone(),
+            actor.clone(),
+            id,
+            generation,
+            self.opts.task_lease,
+        ));
+        let outcome = tokio::select! {
+            r = self.run(&task) => Some(r),
+            lost = &mut lease => {
+                let why = lost.unwrap_or_else(|e| e.to_string());
+                tracing::warn!(task = id, generation, reason = %why, "lease lost; attempt abandoned");
+                None
+            }
+        };
+        if let Some((error, observed_power)) = outcome {
+            let finish = Command::FinishTask {
+                id,
+                generation,
+                error,
+                observed_power,
+            };
+            let key = finish.internal_key();
+            let mut delay = FINISH_FIRST_BACKOFF;
+            loop {
+                match self
+                    .node
+                    .propose_anywhere(&actor, key.clone(), finish.clone())
+                    .await
+                {
+                    Ok(_) => break,
+                    Err(e) if outcome_unknown(&e) => {
+                        tracing::warn!(task = id, error = %e.message, retry_in = ?delay, "task result not recorded yet");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(FINISH_MAX_BACKOFF);
+                    }
+                    Err(e) => {
+                        tracing::warn!(task = id, generation, error = %e.message, "task result refused");
+                        break;
+                    }
+                }
+            }
+        }
+        lease.abort();
     }
 
     async fn run(&self, task: &Task) -> (Option<String>, Option<String>) {
@@ -232,7 +415,7 @@ impl Executor {
     /// state older than `every` (or none).
     fn stale_machines(&self, every: Duration) -> Vec<u64> {
         let a = self.node.sm.read();
-        let busy: std::collections::HashSet<u64> = a
+        let busy: HashSet<u64> = a
             .state
             .tasks
             .values()
@@ -270,9 +453,9 @@ impl Executor {
                     "power sync round"
                 );
                 if !observations.is_empty() {
-                    let actor = format!("node:{}", self.node.id);
                     let cmd = Command::ObservePower { observations };
-                    if let Err(e) = self.node.propose_anywhere(&actor, None, cmd).await {
+                    let key = cmd.internal_key();
+                    if let Err(e) = self.node.propose_anywhere(&self.actor(), key, cmd).await {
                         tracing::warn!(error = %e.message, "could not record power sync");
                     }
                 }
@@ -283,8 +466,9 @@ impl Executor {
     }
 
     /// Polls the machines' power status at no more than `sync_rate` starts per second; the
-    /// power controller bounds the concurrent sessions.
-    async fn poll_all(self: Arc<Self>, ids: Vec<u64>) -> Vec<(u64, String)> {
+    /// power controller bounds the concurrent sessions. Each observation carries the time its
+    /// poll started, so apply never lets it overwrite a newer result.
+    async fn poll_all(self: Arc<Self>, ids: Vec<u64>) -> Vec<PowerObservation> {
         let gap = Duration::from_secs(1) / self.opts.sync_rate.max(1);
         let policy = VerifyPolicy {
             retries: 0,
@@ -296,11 +480,13 @@ impl Executor {
             let policy = policy.clone();
             set.spawn(async move {
                 let bmc = this.bmc_for(id).await.ok()?;
+                let observed_at_ms = crate::now_ms();
                 let r = this.power.execute(&bmc, PowerAction::Status, &policy).await;
-                Some((
-                    id,
-                    power_str(r.map(|o| o.after).unwrap_or(PowerState::Unknown)),
-                ))
+                Some(PowerObservation {
+                    machine_id: id,
+                    power: power_str(r.map(|o| o.after).unwrap_or(PowerState::Unknown)),
+                    observed_at_ms,
+                })
             });
             tokio::time::sleep(gap).await;
         }
@@ -311,5 +497,34 @@ impl Executor {
             }
         }
         out
+    }
+}
+
+/// Renews a task's lease every third of it; returns why it stopped when a renewal is refused
+/// (another executor took the task over, or it finished). A renewal that cannot reach a quorum
+/// is retried at the next period.
+async fn renew_lease(
+    node: Arc<Node>,
+    actor: String,
+    id: u64,
+    generation: u64,
+    lease: Duration,
+) -> String {
+    let every = (lease / 3).max(Duration::from_millis(50));
+    let lease_ms = (lease.as_millis() as u64).max(1);
+    loop {
+        tokio::time::sleep(every).await;
+        let cmd = Command::RenewTaskLease {
+            id,
+            generation,
+            lease_ms,
+        };
+        match node.propose_anywhere(&actor, None, cmd).await {
+            Ok(_) => {}
+            Err(e) if outcome_unknown(&e) => {
+                tracing::warn!(task = id, error = %e.message, "task lease not renewed; retrying");
+            }
+            Err(e) => return e.message,
+        }
     }
 }

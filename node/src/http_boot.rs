@@ -143,9 +143,12 @@ async fn deploy_done(
         mac: mac.clone(),
         token: rackd_raft::cmd::Secret(token),
     };
+    // `deploy-done:<mac>:<sha256(token)>`: a retry after a lost answer (the first attempt
+    // committed and burnt the token) returns the first answer instead of 401.
+    let key = cmd.internal_key();
     match st
         .node
-        .propose_anywhere(&format!("machine:{mac}"), None, cmd)
+        .propose_anywhere(&format!("machine:{mac}"), key, cmd)
         .await
     {
         Ok(v) => (StatusCode::OK, axum::Json(v)).into_response(),

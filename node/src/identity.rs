@@ -29,6 +29,9 @@ pub struct Identity {
     pub complete: bool,
     #[serde(default)]
     pub cluster_id: Option<String>,
+    /// The cluster removed this node (see `removal`): it must not start again on this data.
+    #[serde(default)]
+    pub removed: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

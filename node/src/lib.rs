@@ -19,6 +19,7 @@ pub mod image;
 pub mod ipmi_proxy;
 pub mod location;
 pub mod output;
+pub mod removal;
 pub mod runtime;
 
 /// openraft instance of this node.

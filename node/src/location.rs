@@ -110,15 +110,26 @@ impl Inventory for ReplicaInventory {
 /// Record machines that DHCP discovered (unknown MACs in a discovery location) as `new`,
 /// once each: the idempotency key and the MAC's cluster-wide uniqueness make retries and
 /// several location nodes seeing the same client harmless.
+///
+/// The key is `discover:<mac>:<next entity id>` as this replica sees it when the MAC turns up
+/// unknown: the same for every retry of one discovery, and new once a machine was created for
+/// the MAC (which advanced the id), so a discovered machine that an operator deleted is
+/// discovered again when it boots (with the bare MAC as key, the cached answer of the first
+/// discovery would be returned for 24 h and nothing created).
 async fn record_discovered(
     node: Arc<Node>,
     location: String,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<String>,
 ) {
     while let Some(mac) = rx.recv().await {
-        if node.sm.read().state.machine_by_mac(&mac).is_some() {
-            continue;
-        }
+        let next_id = {
+            let a = node.sm.read();
+            if a.state.machine_by_mac(&mac).is_some() {
+                continue;
+            }
+            a.state.meta.next_id
+        };
+        let key = format!("discover:{mac}:{next_id}");
         let cmd = Command::CreateMachine(CreateMachine {
             hostname: format!("discovered-{}", mac.replace(':', "")),
             location: location.clone(),
@@ -135,7 +146,7 @@ async fn record_discovered(
         let mut delay = std::time::Duration::from_secs(1);
         for attempt in 1..=6 {
             match node
-                .propose_anywhere(&actor, Some(format!("discover:{mac}")), cmd.clone())
+                .propose_anywhere(&actor, Some(key.clone()), cmd.clone())
                 .await
             {
                 Ok(_) => {

@@ -104,6 +104,8 @@ pub struct Node {
     pub peer_addr: String,
     pub data_dir: PathBuf,
     pub write_timeout: Duration,
+    /// Set once this node learned that the cluster removed it (Raft is then shut down).
+    pub removed: std::sync::atomic::AtomicBool,
 }
 
 impl Node {
@@ -260,6 +262,13 @@ pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
         .context("build HTTP client")?;
 
     let identity = match Identity::load(&dir)? {
+        Some(id) if id.removed => anyhow::bail!(
+            "node {} was removed from cluster {}; it does not start again on this data \
+             directory. To add this machine back, start it with an empty data directory and a \
+             new join token",
+            id.node_id,
+            id.cluster_id.as_deref().unwrap_or("?")
+        ),
         Some(id) => {
             if opts.join.is_some() && id.complete {
                 tracing::warn!(
@@ -269,6 +278,13 @@ pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
             }
             id
         }
+        None if dir.join("db").exists() => anyhow::bail!(
+            "{} holds a Raft database but no node.json: this node's identity is lost, and \
+             starting it as a new node would reuse another member's vote and log. Restore \
+             node.json from a backup, or remove this member from the cluster and start with an \
+             empty data directory",
+            dir.display()
+        ),
         None => match &opts.join {
             None => {
                 let id = Identity {
@@ -277,6 +293,7 @@ pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
                     origin: Origin::Bootstrap,
                     complete: false,
                     cluster_id: None,
+                    removed: false,
                 };
                 id.save(&dir)?;
                 id
@@ -319,6 +336,7 @@ pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
                     },
                     complete: false,
                     cluster_id: Some(resp.cluster_id),
+                    removed: false,
                 };
                 id.save(&dir)?;
                 eprintln!("rackd: allocated node id {} by the cluster", resp.node_id);
@@ -329,6 +347,16 @@ pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
     tracing::info!(node_id = identity.node_id, %api_addr, %peer_addr, "starting node");
 
     let (log, sm) = rackd_storage::open(&dir).await.context("open storage")?;
+    // The node id is also kept in the database: a node.json from another node (or a restored
+    // old one) can never run this database under the wrong identity.
+    if let Err(stored) = log.bind_node_id(identity.node_id).context("node id in the database")? {
+        anyhow::bail!(
+            "the database in {} belongs to node {stored}, but node.json says node {}; restore \
+             this node's own node.json",
+            dir.display(),
+            identity.node_id
+        );
+    }
     let config = Config {
         cluster_name: "rackd".into(),
         heartbeat_interval: opts.heartbeat_ms,
@@ -381,6 +409,7 @@ pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
         peer_addr: peer_addr.clone(),
         data_dir: dir.clone(),
         write_timeout: opts.write_timeout,
+        removed: std::sync::atomic::AtomicBool::new(false),
     });
     let api = {
         let app = crate::api::router(node.clone());
@@ -492,6 +521,7 @@ pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
 
     let _readvertise = AbortOnDrop(tokio::spawn(readvertise(node.clone())));
     let _address_book = AbortOnDrop(tokio::spawn(follow_addresses(node.clone())));
+    let _removal = AbortOnDrop(tokio::spawn(crate::removal::watch(node.clone())));
 
     if !identity.complete {
         let node = node.clone();
@@ -624,6 +654,11 @@ async fn bootstrap(node: &Node, mut identity: Identity) -> anyhow::Result<()> {
             t
         }
     };
+    // Read after a linearizable barrier: a Bootstrap entry committed before a crash may not be
+    // re-applied yet, and proposing a second one would fail forever.
+    node.linearize()
+        .await
+        .map_err(|e| anyhow::anyhow!("read barrier before bootstrap: {e}"))?;
     let existing = node.sm.read().state.cluster_id().to_string();
     let cluster_id = if existing.is_empty() {
         let cid = new_secret("")[..16].to_string();
@@ -641,7 +676,7 @@ async fn bootstrap(node: &Node, mut identity: Identity) -> anyhow::Result<()> {
     } else {
         existing
     };
-    let join = create_join_token(node, "system", 3600, "created at bootstrap")
+    let join = create_join_token(node, "system", None, 3600, "created at bootstrap")
         .await
         .map_err(|e| anyhow::anyhow!("create join token: {e}"))?;
     identity.complete = true;
@@ -771,16 +806,18 @@ fn write_secret_file(path: &std::path::Path, secret: &str) -> anyhow::Result<()>
 pub async fn create_join_token(
     node: &Node,
     actor: &str,
+    idempotency_key: Option<String>,
     ttl_secs: u64,
     description: &str,
 ) -> Result<CreatedJoinToken, ApiError> {
     let token = new_secret("rackd-join-");
+    let hash = hash_secret(&token);
     let v = node
         .propose(
             actor,
-            None,
+            idempotency_key,
             Command::CreateJoinToken {
-                token_hash: hash_secret(&token),
+                token_hash: hash.clone(),
                 ttl_ms: ttl_secs.saturating_mul(1000),
                 description: description.to_string(),
             },
@@ -788,6 +825,20 @@ pub async fn create_join_token(
         .await?;
     let view: rackd_types::JoinTokenView =
         serde_json::from_value(v).map_err(|e| ApiError::internal(format!("decode: {e}")))?;
+    let ours = node
+        .sm
+        .read()
+        .state
+        .join_tokens
+        .get(&view.id)
+        .is_none_or(|t| t.hash == hash);
+    if !ours {
+        return Err(ApiError::conflict(format!(
+            "join token {} was already created with this Idempotency-Key; its secret cannot be \
+             shown again (create a new one)",
+            view.id
+        )));
+    }
     Ok(CreatedJoinToken {
         id: view.id,
         token,

@@ -107,11 +107,21 @@ pub enum Command {
         kind: rackd_types::TaskKind,
         machine_id: u64,
     },
-    /// An executor on `node` takes a pending task: compare-and-set on `generation`, so exactly
-    /// one executor wins; the attempt counter and generation advance.
+    /// An executor on `node` takes a task: compare-and-set on `generation`, so exactly one
+    /// executor wins; the attempt counter and generation advance. A pending task is started
+    /// when no earlier or running task of its machine exists; a running task whose lease
+    /// expired (leader time) is taken over, or failed as "executor lost" after
+    /// [`crate::state::tasks::MAX_TASK_ATTEMPTS`] attempts. The rule is `State::claimable`.
     ClaimTask {
         id: u64,
         node: u64,
+        generation: u64,
+        lease_ms: u64,
+    },
+    /// The executor of the attempt with `generation` extends its lease to `now + lease_ms`
+    /// (refused once another claim took the task over, or after the task finished).
+    RenewTaskLease {
+        id: u64,
         generation: u64,
         lease_ms: u64,
     },
@@ -122,10 +132,11 @@ pub enum Command {
         error: Option<String>,
         observed_power: Option<String>,
     },
-    /// Power states observed by a location node's periodic sync: `(machine id, on|off|unknown)`.
-    /// Stamped with the entry's time; machines deleted meanwhile are skipped.
+    /// Power states observed by a location node's periodic sync. An observation older than the
+    /// machine's current `power_observed_at`, or of a machine with a running task, is dropped;
+    /// machines deleted meanwhile are skipped.
     ObservePower {
-        observations: Vec<(u64, String)>,
+        observations: Vec<PowerObservation>,
     },
     CreateJoinToken {
         token_hash: String,
@@ -153,6 +164,45 @@ pub enum Command {
 }
 
 impl Command {
+    /// What an idempotency record is bound to: SHA-256 of the command's encoding, with the
+    /// secrets a handler generates afresh for every attempt (deploy token, token hashes) left
+    /// out, so a retry of the same request matches and any other request does not.
+    pub fn idempotency_digest(&self) -> String {
+        let mut c = self.clone();
+        match &mut c {
+            Command::Deploy { token, .. } => token.0.clear(),
+            Command::CreateJoinToken { token_hash, .. }
+            | Command::CreateApiToken { token_hash, .. } => token_hash.clear(),
+            Command::Bootstrap {
+                admin_token_hash, ..
+            } => admin_token_hash.clear(),
+            _ => {}
+        }
+        let bytes = serde_json::to_vec(&c).expect("commands always serialize");
+        sha256_hex(&bytes)
+    }
+
+    /// The idempotency key of a cluster-internal write, derived from the command alone, so a
+    /// retry after a lost answer (same command) carries the same key and gets the first result,
+    /// and a different command never shares it. `None` for commands that carry no key (client
+    /// writes bring their own; a lease renewal is idempotent by itself).
+    pub fn internal_key(&self) -> Option<String> {
+        match self {
+            Command::ClaimTask { id, generation, .. } => Some(format!("claim:{id}:{generation}")),
+            Command::FinishTask { id, generation, .. } => Some(format!("finish:{id}:{generation}")),
+            Command::ObservePower { observations } => {
+                // Every round has its own poll times, so its own key.
+                let body = serde_json::to_vec(observations).unwrap_or_default();
+                Some(format!("observe:{}", &sha256_hex(&body)[..32]))
+            }
+            Command::DeployDone { mac, token } => Some(format!(
+                "deploy-done:{mac}:{}",
+                sha256_hex(token.0.as_bytes())
+            )),
+            _ => None,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Command::Bootstrap { .. } => "bootstrap",
@@ -175,12 +225,61 @@ impl Command {
             Command::DeployDone { .. } => "deploy_done",
             Command::CreateTask { .. } => "create_task",
             Command::ClaimTask { .. } => "claim_task",
+            Command::RenewTaskLease { .. } => "renew_task_lease",
             Command::FinishTask { .. } => "finish_task",
             Command::ObservePower { .. } => "observe_power",
             Command::CreateJoinToken { .. } => "create_join_token",
             Command::AllocateNodeId { .. } => "allocate_node_id",
             Command::CreateApiToken { .. } => "create_api_token",
             Command::Journal { .. } => "journal",
+        }
+    }
+}
+
+/// One power state read by a location node's sync: `on`, `off` or `unknown`.
+///
+/// Entries written before `observed_at_ms` existed encode an observation as the pair
+/// `[machine_id, power]`; they still decode (with `observed_at_ms` 0, meaning the entry's time).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "ObservationRepr")]
+pub struct PowerObservation {
+    pub machine_id: u64,
+    pub power: String,
+    /// When the BMC was asked (the polling node's clock, ms since the Unix epoch). Apply caps
+    /// it at the entry's time; 0 means the entry's time.
+    #[serde(default)]
+    pub observed_at_ms: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ObservationRepr {
+    Pair(u64, String),
+    Full {
+        machine_id: u64,
+        power: String,
+        #[serde(default)]
+        observed_at_ms: u64,
+    },
+}
+
+impl From<ObservationRepr> for PowerObservation {
+    fn from(r: ObservationRepr) -> Self {
+        match r {
+            ObservationRepr::Pair(machine_id, power) => Self {
+                machine_id,
+                power,
+                observed_at_ms: 0,
+            },
+            ObservationRepr::Full {
+                machine_id,
+                power,
+                observed_at_ms,
+            } => Self {
+                machine_id,
+                power,
+                observed_at_ms,
+            },
         }
     }
 }
@@ -211,4 +310,9 @@ impl Response {
     pub fn err(e: ApiError) -> Self {
         Response(Err(e))
     }
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
 }

@@ -100,3 +100,74 @@ async fn state_behind_its_snapshot_is_restored_at_open() {
         "state restored from the snapshot"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn format_1_is_migrated_by_rebuilding_from_the_log_or_refused_when_compacted() {
+    let td = TempDir::new().unwrap();
+    {
+        let (_log, _sm) = crate::open(td.path()).await.unwrap();
+    }
+    // A format-1 directory with an uncompacted log: the state machine is dropped (to be
+    // re-applied from the log) and the log itself is kept.
+    {
+        let (db, _) = crate::open_db_any(&td.path().join("db")).unwrap();
+        let logs = db.cf_handle(crate::CF_LOGS).unwrap();
+        db.put_cf(logs, 1u64.to_be_bytes(), b"entry").unwrap();
+        let data = db.cf_handle(crate::CF_SM_DATA).unwrap();
+        db.put_cf(data, [2u8, 0, 0, 0, 0, 0, 0, 0, 1], b"{}").unwrap();
+        let sm_meta = db.cf_handle(crate::CF_SM_META).unwrap();
+        db.put_cf(sm_meta, b"last_applied", b"x").unwrap();
+        let meta = db.cf_handle(crate::CF_RAFT_META).unwrap();
+        db.put_cf(meta, b"format_version", 1u32.to_be_bytes())
+            .unwrap();
+        std::fs::write(td.path().join("snapshots/00000000000000000005-0.snap"), b"old").unwrap();
+    }
+    {
+        let (db, found) = crate::open_db_any(&td.path().join("db")).unwrap();
+        assert_eq!(found, 1);
+        crate::migrate_v1(&db, td.path(), &td.path().join("snapshots")).unwrap();
+        let data = db.cf_handle(crate::CF_SM_DATA).unwrap();
+        assert!(db
+            .iterator_cf(data, rocksdb::IteratorMode::Start)
+            .next()
+            .is_none());
+        let sm_meta = db.cf_handle(crate::CF_SM_META).unwrap();
+        assert!(db.get_cf(sm_meta, b"last_applied").unwrap().is_none());
+        let logs = db.cf_handle(crate::CF_LOGS).unwrap();
+        assert_eq!(
+            db.get_cf(logs, 1u64.to_be_bytes()).unwrap().as_deref(),
+            Some(b"entry".as_slice())
+        );
+        assert_eq!(
+            std::fs::read_dir(td.path().join("snapshots"))
+                .unwrap()
+                .count(),
+            0,
+            "snapshots of a possibly incomplete state are dropped"
+        );
+    }
+    let (found_after, _) = {
+        let (db, found) = crate::open_db_any(&td.path().join("db")).unwrap();
+        (found, db)
+    };
+    assert_eq!(found_after, crate::DISK_FORMAT_VERSION);
+
+    // A format-1 directory whose log was compacted cannot be rebuilt: refused, with the way out.
+    {
+        let (db, _) = crate::open_db_any(&td.path().join("db")).unwrap();
+        let meta = db.cf_handle(crate::CF_RAFT_META).unwrap();
+        let purged = openraft::testing::log_id::<TypeConfig>(1, 1, 40);
+        db.put_cf(meta, b"last_purged", rackd_raft::codec::encode(&purged))
+            .unwrap();
+        db.put_cf(meta, b"format_version", 1u32.to_be_bytes())
+            .unwrap();
+    }
+    match crate::open(td.path()).await {
+        Err(e @ crate::OpenError::UnrecoverableV1 { purged: 40, .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("rackd members remove"), "{msg}");
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("opened a compacted format-1 directory"),
+    }
+}

@@ -2,13 +2,14 @@
 //!
 //! Column families (big-endian keys):
 //! - `logs`: `u64 index` → codec(Entry)
-//! - `raft_meta`: `vote`, `last_purged`, `committed`, `format_version`
+//! - `raft_meta`: `vote`, `last_purged`, `committed`, `format_version`, `node_id`
 //! - `sm_data`: `[table id] ++ key` → JSON row of [`rackd_raft::state::State`]
 //! - `sm_meta`: `last_applied`, `last_membership`
 //!
 //! Durability rules: log appends are WAL-synced before openraft is told they are flushed
 //! ([`log_store`]); the vote is synced before `save_vote` returns; each apply batch writes its
-//! rows together with `last_applied` in one synced `WriteBatch` ([`sm_store`]).
+//! rows together with `last_applied` in one `WriteBatch`, made durable (WAL fsync shared with
+//! the log's group commit) before its results are answered or read ([`sm_store`]).
 //!
 //! This crate must not depend on the HTTP API or on the node runtime.
 
@@ -23,13 +24,17 @@ use std::sync::Arc;
 
 use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 
-pub use log_store::LogStore;
+pub use log_store::{LogStore, WalSync};
 pub use sm_store::StateMachineStore;
 
 /// On-disk layout version. Bump with a migration when the layout or an encoding changes.
 ///
 /// - 1 (2026-11-22): initial layout described in the module docs.
-pub const DISK_FORMAT_VERSION: u32 = 1;
+/// - 2 (2026-11-29): same layout; every state table is persisted (format 1 never wrote the
+///   `images` and `tasks` rows, which were lost at every restart). A format-1 directory whose
+///   log was never compacted is migrated by rebuilding its state machine from the log
+///   ([`migrate_v1`]); one whose log was compacted is refused with recovery instructions.
+pub const DISK_FORMAT_VERSION: u32 = 2;
 
 pub const CF_LOGS: &str = "logs";
 pub const CF_RAFT_META: &str = "raft_meta";
@@ -50,6 +55,17 @@ pub enum OpenError {
         found: u32,
         expected: u32,
     },
+    #[error(
+        "data directory {path} was written by rackd with on-disk format 1, which kept images \
+         and tasks only in memory (they were lost at every restart), and its Raft log was \
+         compacted up to index {purged}, so they cannot be rebuilt from it. Recover: if the \
+         cluster has other members, remove this one (`rackd members remove ID`), move the data \
+         directory aside and join again with a new join token (the leader sends a full \
+         snapshot); if this was the only node, list images and tasks with the previous rackd \
+         (`GET /v1/images`, `GET /v1/tasks`), then bootstrap a new data directory and recreate \
+         them"
+    )]
+    UnrecoverableV1 { path: String, purged: u64 },
     #[error("data directory {path} holds a corrupt format marker")]
     BadMarker { path: String },
     #[error("cannot load the state machine from {path}: {message}")]
@@ -63,7 +79,28 @@ pub enum OpenError {
 }
 
 /// Open (or create) the node's database with all column families and check its format version.
+/// A format-1 directory is refused here; [`open`] migrates it.
 pub fn open_db(dir: &Path) -> Result<Arc<DB>, OpenError> {
+    let (db, found) = open_db_any(dir)?;
+    if found != DISK_FORMAT_VERSION {
+        return Err(OpenError::Version {
+            path: dir.display().to_string(),
+            found,
+            expected: DISK_FORMAT_VERSION,
+        });
+    }
+    Ok(db)
+}
+
+fn rocks_err(path: &str) -> impl Fn(rocksdb::Error) -> OpenError + '_ {
+    move |source| OpenError::Rocks {
+        path: path.to_string(),
+        source,
+    }
+}
+
+/// Open the database and return it with the format it holds (a new one gets the current one).
+fn open_db_any(dir: &Path) -> Result<(Arc<DB>, u32), OpenError> {
     let path = dir.display().to_string();
     let mut opts = Options::default();
     opts.create_if_missing(true);
@@ -72,52 +109,124 @@ pub fn open_db(dir: &Path) -> Result<Arc<DB>, OpenError> {
     let cfs = [CF_LOGS, CF_RAFT_META, CF_SM_DATA, CF_SM_META]
         .into_iter()
         .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
-    let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|source| OpenError::Rocks {
-        path: path.clone(),
-        source,
-    })?;
+    let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(rocks_err(&path))?;
     let cf = db.cf_handle(CF_RAFT_META).expect("created above");
-    match db
-        .get_cf(cf, b"format_version")
-        .map_err(|source| OpenError::Rocks {
-            path: path.clone(),
-            source,
-        })? {
+    let found = match db.get_cf(cf, b"format_version").map_err(rocks_err(&path))? {
         None => {
             let mut w = rocksdb::WriteOptions::default();
             w.set_sync(true);
             db.put_cf_opt(cf, b"format_version", DISK_FORMAT_VERSION.to_be_bytes(), &w)
-                .map_err(|source| OpenError::Rocks {
-                    path: path.clone(),
-                    source,
-                })?;
+                .map_err(rocks_err(&path))?;
+            DISK_FORMAT_VERSION
         }
-        Some(v) => {
-            let found = u32::from_be_bytes(
-                v.as_slice()
-                    .try_into()
-                    .map_err(|_| OpenError::BadMarker { path: path.clone() })?,
-            );
-            if found != DISK_FORMAT_VERSION {
-                return Err(OpenError::Version {
-                    path,
-                    found,
-                    expected: DISK_FORMAT_VERSION,
-                });
-            }
-        }
-    }
-    Ok(Arc::new(db))
+        Some(v) => u32::from_be_bytes(
+            v.as_slice()
+                .try_into()
+                .map_err(|_| OpenError::BadMarker { path: path.clone() })?,
+        ),
+    };
+    Ok((Arc::new(db), found))
 }
 
-/// Open both stores on `dir` (`dir/db` for RocksDB, `dir/snapshots` for snapshot files).
+/// Format 1 → 2. Format 1 applied images and tasks in memory but never wrote their rows, while
+/// `last_applied` moved past them, so its `sm_data` is silently incomplete. When the log still
+/// starts at index 1 (never purged), drop the state machine (rows, `last_applied`, membership)
+/// and the snapshot files, whose content may come from an incomplete state: openraft then
+/// re-applies every committed entry, rebuilding all tables. Otherwise refuse with the way out.
+fn migrate_v1(db: &DB, dir: &Path, snapshot_dir: &Path) -> Result<(), OpenError> {
+    let path = dir.display().to_string();
+    let meta = db.cf_handle(CF_RAFT_META).expect("cf exists");
+    if let Some(b) = db.get_cf(meta, b"last_purged").map_err(rocks_err(&path))? {
+        let purged: rackd_raft::typ::LogId =
+            rackd_raft::codec::decode(&b).map_err(|e| OpenError::Load {
+                path: path.clone(),
+                message: format!("last_purged: {e}"),
+            })?;
+        return Err(OpenError::UnrecoverableV1 {
+            path,
+            purged: purged.index(),
+        });
+    }
+    tracing::warn!(
+        dir = %path,
+        "data directory has on-disk format 1 (images and tasks were not persisted); \
+         rebuilding the state machine by re-applying the Raft log"
+    );
+    if snapshot_dir.exists() {
+        for e in std::fs::read_dir(snapshot_dir)
+            .map_err(|source| OpenError::Io {
+                path: snapshot_dir.display().to_string(),
+                source,
+            })?
+            .flatten()
+        {
+            std::fs::remove_file(e.path()).map_err(|source| OpenError::Io {
+                path: e.path().display().to_string(),
+                source,
+            })?;
+        }
+    }
+    let data = db.cf_handle(CF_SM_DATA).expect("cf exists");
+    let sm_meta = db.cf_handle(CF_SM_META).expect("cf exists");
+    let mut batch = rocksdb::WriteBatch::default();
+    batch.delete_range_cf(data, [0u8].as_slice(), [0xffu8; 9].as_slice());
+    batch.delete_cf(sm_meta, b"last_applied");
+    batch.delete_cf(sm_meta, b"last_membership");
+    batch.put_cf(meta, b"format_version", DISK_FORMAT_VERSION.to_be_bytes());
+    let mut w = rocksdb::WriteOptions::default();
+    w.set_sync(true);
+    db.write_opt(batch, &w).map_err(rocks_err(&path))
+}
+
+/// Open both stores on `dir` (`dir/db` for RocksDB, `dir/snapshots` for snapshot files),
+/// migrating an older on-disk format where that is safe.
 pub async fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
-    let db = open_db(&dir.join("db"))?;
+    let db_dir = dir.join("db");
+    let snapshot_dir = dir.join("snapshots");
+    let (db, found) = open_db_any(&db_dir)?;
+    match found {
+        DISK_FORMAT_VERSION => {}
+        1 => migrate_v1(&db, &db_dir, &snapshot_dir)?,
+        _ => {
+            return Err(OpenError::Version {
+                path: db_dir.display().to_string(),
+                found,
+                expected: DISK_FORMAT_VERSION,
+            })
+        }
+    }
     let log = LogStore::new(db.clone());
-    let sm = StateMachineStore::open(db, dir.join("snapshots"))?;
+    let sm = StateMachineStore::open(db, snapshot_dir, log.wal_sync())?;
     Ok((log, sm))
 }
 
 pub(crate) fn io_err(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(e.to_string())
+}
+
+/// Test support: turn a (stopped) node's data directory into what a format-1 build would have
+/// left on disk: the marker says 1 and the `images` and `tasks` rows are missing.
+#[doc(hidden)]
+pub mod testing {
+    use std::path::Path;
+
+    use super::*;
+
+    pub fn make_v1(data_dir: &Path) -> Result<(), OpenError> {
+        let (db, _) = open_db_any(&data_dir.join("db"))?;
+        let path = data_dir.display().to_string();
+        let data = db.cf_handle(CF_SM_DATA).expect("cf exists");
+        let meta = db.cf_handle(CF_RAFT_META).expect("cf exists");
+        let mut batch = rocksdb::WriteBatch::default();
+        for t in [
+            rackd_raft::state::tables::IMAGES,
+            rackd_raft::state::tables::TASKS,
+        ] {
+            batch.delete_range_cf(data, [t].as_slice(), [t + 1].as_slice());
+        }
+        batch.put_cf(meta, b"format_version", 1u32.to_be_bytes());
+        let mut w = rocksdb::WriteOptions::default();
+        w.set_sync(true);
+        db.write_opt(batch, &w).map_err(rocks_err(&path))
+    }
 }

@@ -3,6 +3,8 @@
 //! `append` writes the batch into RocksDB (so the entries are readable at once) and hands the
 //! flush callback to a group-commit thread that syncs the WAL once for every callback queued
 //! meanwhile: many appends share one fsync, and none is reported flushed before its fsync.
+//! The state machine waits on the same thread ([`WalSync`]) before it exposes an applied batch,
+//! so its syncs coalesce with the log's.
 
 use std::fmt::Debug;
 use std::io;
@@ -23,23 +25,69 @@ use crate::{io_err, CF_LOGS, CF_RAFT_META};
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
 const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_NODE_ID: &[u8] = b"node_id";
+
+/// One request to the group-commit thread: openraft's flush callback, or a waiter.
+enum FlushReq {
+    Raft(IOFlushed<TypeConfig>),
+    Wait(tokio::sync::oneshot::Sender<Result<(), String>>),
+}
 
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
-    flusher: mpsc::Sender<IOFlushed<TypeConfig>>,
+    flusher: mpsc::Sender<FlushReq>,
+}
+
+/// A handle on the group-commit thread: [`WalSync::sync`] returns once every write made before
+/// the call is durable (one fsync shared with concurrent log appends).
+#[derive(Clone)]
+pub struct WalSync {
+    tx: mpsc::Sender<FlushReq>,
+}
+
+impl WalSync {
+    pub async fn sync(&self) -> io::Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(FlushReq::Wait(tx))
+            .map_err(|_| io_err("WAL sync thread is gone"))?;
+        rx.await
+            .map_err(|_| io_err("WAL sync thread is gone"))?
+            .map_err(|e| io_err(format!("WAL sync: {e}")))
+    }
 }
 
 impl LogStore {
     pub fn new(db: Arc<DB>) -> Self {
         assert!(db.cf_handle(CF_LOGS).is_some() && db.cf_handle(CF_RAFT_META).is_some());
-        let (tx, rx) = mpsc::channel::<IOFlushed<TypeConfig>>();
+        let (tx, rx) = mpsc::channel::<FlushReq>();
         let fdb = Arc::downgrade(&db);
         std::thread::Builder::new()
             .name("rackd-wal-sync".into())
             .spawn(move || group_commit(fdb, rx))
             .expect("spawn WAL sync thread");
         Self { db, flusher: tx }
+    }
+
+    /// Record this database's node id on first use (synced); later, `Err(stored)` when the
+    /// caller claims another id than the one stored.
+    pub fn bind_node_id(&self, id: u64) -> io::Result<Result<(), u64>> {
+        match self.get_meta::<u64>(KEY_NODE_ID)? {
+            Some(stored) if stored != id => Ok(Err(stored)),
+            Some(_) => Ok(Ok(())),
+            None => {
+                self.put_meta(KEY_NODE_ID, &id, true)?;
+                Ok(Ok(()))
+            }
+        }
+    }
+
+    /// The handle the state machine uses to make an applied batch durable.
+    pub fn wal_sync(&self) -> WalSync {
+        WalSync {
+            tx: self.flusher.clone(),
+        }
     }
 
     fn cf_logs(&self) -> &ColumnFamily {
@@ -67,7 +115,7 @@ impl LogStore {
 }
 
 /// Holds only a weak reference so the database closes when the last store handle is dropped.
-fn group_commit(db: std::sync::Weak<DB>, rx: mpsc::Receiver<IOFlushed<TypeConfig>>) {
+fn group_commit(db: std::sync::Weak<DB>, rx: mpsc::Receiver<FlushReq>) {
     while let Ok(first) = rx.recv() {
         let mut pending = vec![first];
         while let Ok(more) = rx.try_recv() {
@@ -77,8 +125,15 @@ fn group_commit(db: std::sync::Weak<DB>, rx: mpsc::Receiver<IOFlushed<TypeConfig
             Some(db) => db.flush_wal(true).map_err(|e| e.to_string()),
             None => Err("database closed before the WAL was synced".to_string()),
         };
-        for cb in pending {
-            cb.io_completed(res.clone().map_err(|e| io_err(format!("WAL sync: {e}"))));
+        for req in pending {
+            match req {
+                FlushReq::Raft(cb) => {
+                    cb.io_completed(res.clone().map_err(|e| io_err(format!("WAL sync: {e}"))))
+                }
+                FlushReq::Wait(tx) => {
+                    let _ = tx.send(res.clone());
+                }
+            }
         }
     }
 }
@@ -165,6 +220,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         .map_err(io_err)?
     }
 
+    /// Not synced on its own: the state machine makes every applied batch durable before it
+    /// exposes it (see `sm_store`), so a replica never serves a state older than one it served;
+    /// this key only lets a restart re-apply sooner and is covered by the next WAL sync.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         self.put_meta(KEY_COMMITTED, &committed, false)
     }
@@ -189,7 +247,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Written (readable) now; durable when the group-commit thread has synced the WAL.
         self.db.write(batch).map_err(io_err)?;
         self.flusher
-            .send(callback)
+            .send(FlushReq::Raft(callback))
             .map_err(|_| io_err("WAL sync thread is gone"))?;
         Ok(())
     }
@@ -206,13 +264,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        self.put_meta(KEY_LAST_PURGED, &log_id, true)?;
-        self.db
-            .delete_range_cf(
-                self.cf_logs(),
-                0u64.to_be_bytes(),
-                (log_id.index() + 1).to_be_bytes(),
-            )
-            .map_err(io_err)
+        // A synced write and a range delete: off the runtime's threads.
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            this.put_meta(KEY_LAST_PURGED, &log_id, true)?;
+            this.db
+                .delete_range_cf(
+                    this.cf_logs(),
+                    0u64.to_be_bytes(),
+                    (log_id.index() + 1).to_be_bytes(),
+                )
+                .map_err(io_err)
+        })
+        .await
+        .map_err(io_err)?
     }
 }

@@ -1,14 +1,21 @@
 //! The state machine store: [`rackd_raft::state::State`] in memory, its rows in `sm_data`, and
-//! `last_applied`/`last_membership` in `sm_meta`, always written in one synced `WriteBatch`.
+//! `last_applied`/`last_membership` in `sm_meta`, always written in one `WriteBatch` that is
+//! durable (WAL fsynced through the log's group-commit thread) before any of its results is
+//! answered or read, so a replica never goes back in time after a power loss.
 //!
 //! Snapshots are the whole state serialized ([`StateSnapshot`], versioned) and kept as one file
-//! under `snapshots/` (the newest replaces older ones). Installing a snapshot rewrites `sm_data`
-//! in one batch.
+//! under `snapshots/` (the newest replaces older ones). One mutex owns every snapshot-file
+//! operation (build, install, serve), and all of them run on blocking threads: the state is
+//! cloned under the read lock in O(1) (persistent tables) and encoded outside it. Installing
+//! writes and fsyncs the file first, then rewrites `sm_data` in one synced batch, so a crash in
+//! between is repaired at open (`recover_from_snapshot`).
+//!
+//! Must not depend on the node runtime or the HTTP API.
 
 use std::io::{self, Cursor};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use futures::{Stream, TryStreamExt};
 use openraft::entry::RaftEntry;
@@ -21,6 +28,7 @@ use rackd_raft::typ::{LogId, Snapshot, SnapshotMeta, StoredMembership};
 use rackd_raft::TypeConfig;
 use rocksdb::{WriteBatch, DB};
 
+use crate::log_store::WalSync;
 use crate::{io_err, OpenError, CF_SM_DATA, CF_SM_META};
 
 const KEY_LAST_APPLIED: &[u8] = b"last_applied";
@@ -39,6 +47,9 @@ struct Inner {
     applied: RwLock<Applied>,
     snapshot_dir: PathBuf,
     snapshot_seq: AtomicU64,
+    /// Held by every operation on the files in `snapshot_dir` (they run on blocking threads).
+    files: Mutex<()>,
+    wal: WalSync,
     /// Notified after every applied batch (used by readers waiting for an index).
     applied_tx: tokio::sync::watch::Sender<u64>,
 }
@@ -57,7 +68,7 @@ fn sm_key(table: u8, key: &[u8]) -> Vec<u8> {
 }
 
 impl StateMachineStore {
-    pub fn open(db: Arc<DB>, snapshot_dir: PathBuf) -> Result<Self, OpenError> {
+    pub fn open(db: Arc<DB>, snapshot_dir: PathBuf, wal: WalSync) -> Result<Self, OpenError> {
         let load = |m: String| OpenError::Load {
             path: snapshot_dir.display().to_string(),
             message: m,
@@ -109,6 +120,8 @@ impl StateMachineStore {
                 }),
                 snapshot_dir,
                 snapshot_seq: AtomicU64::new(0),
+                files: Mutex::new(()),
+                wal,
                 applied_tx,
             }),
         };
@@ -122,7 +135,8 @@ impl StateMachineStore {
     /// If the newest snapshot file covers more than the persisted state (unsynced apply batches
     /// lost in a crash after the log was purged behind that snapshot), restore from it.
     fn recover_from_snapshot(&self) -> io::Result<()> {
-        let Some((meta, data)) = self.read_newest_snapshot()? else {
+        let _files = self.lock_files();
+        let Some((meta, data)) = self.read_newest_snapshot_locked()? else {
             return Ok(());
         };
         let persisted = self.read().last_applied.map(|l| l.index());
@@ -144,11 +158,7 @@ impl StateMachineStore {
     fn replace_state(&self, state: State, meta: &SnapshotMeta) {
         let idx = meta.last_log_id.as_ref().map(|l| l.index()).unwrap_or(0);
         {
-            let mut a = self
-                .inner
-                .applied
-                .write()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut a = self.write_lock();
             a.state = state;
             a.last_applied = meta.last_log_id;
             a.membership = meta.last_membership.clone();
@@ -158,17 +168,11 @@ impl StateMachineStore {
 
     /// Decode a snapshot and rewrite `sm_data`/`sm_meta` from it in one synced batch.
     fn write_state_from_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<State> {
-        let snap: StateSnapshot = serde_json::from_slice(data).map_err(|e| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("snapshot decode: {e}"))
-        })?;
-        if snap.format_version != STATE_FORMAT_VERSION {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("snapshot format {} unsupported", snap.format_version),
-            ));
-        }
-        let mut state = snap.state;
-        state.rebuild_indexes();
+        let state = decode_snapshot(data)?;
+        self.write_state(meta, state)
+    }
+
+    fn write_state(&self, meta: &SnapshotMeta, mut state: State) -> io::Result<State> {
         let rows = state.all_rows();
         let mut batch = WriteBatch::default();
         let cf = self
@@ -183,16 +187,26 @@ impl StateMachineStore {
         Ok(state)
     }
 
-    fn read_newest_snapshot(&self) -> io::Result<Option<(SnapshotMeta, Vec<u8>)>> {
-        let mut newest: Option<PathBuf> = None;
-        for e in std::fs::read_dir(&self.inner.snapshot_dir)?.flatten() {
-            let p = e.path();
-            if p.extension().is_some_and(|x| x == "snap") && newest.as_ref().is_none_or(|n| p > *n)
-            {
-                newest = Some(p);
-            }
-        }
-        let Some(p) = newest else { return Ok(None) };
+    fn lock_files(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.inner.files.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The `.snap` files, oldest first (names sort by index, then sequence).
+    fn snapshot_files_locked(&self) -> io::Result<Vec<PathBuf>> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&self.inner.snapshot_dir)?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "snap"))
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
+    /// Call with the file lock held.
+    fn read_newest_snapshot_locked(&self) -> io::Result<Option<(SnapshotMeta, Vec<u8>)>> {
+        let Some(p) = self.snapshot_files_locked()?.pop() else {
+            return Ok(None);
+        };
         let buf = std::fs::read(&p)?;
         if buf.len() < 4 {
             return Err(io_err(format!("snapshot file {} truncated", p.display())));
@@ -207,7 +221,11 @@ impl StateMachineStore {
 
     /// Read access to the applied state (for API reads). Hold it briefly.
     pub fn read(&self) -> RwLockReadGuard<'_, Applied> {
-        self.inner.applied.read().unwrap_or_else(|p| p.into_inner())
+        self.inner.applied.read().unwrap_or_else(|_| poisoned())
+    }
+
+    fn write_lock(&self) -> std::sync::RwLockWriteGuard<'_, Applied> {
+        self.inner.applied.write().unwrap_or_else(|_| poisoned())
     }
 
     /// Wait until the state machine has applied `index` (or the timeout passes).
@@ -257,8 +275,9 @@ impl StateMachineStore {
             .join(format!("{idx:020}-{seq:010}.snap"))
     }
 
-    /// Persist a snapshot file (header + data) and remove older ones.
-    fn save_snapshot_file(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
+    /// Persist a snapshot file (header + data), durably (file and directory fsynced), and remove
+    /// older ones. Call with the file lock held.
+    fn save_snapshot_file_locked(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
         let header = codec::encode(meta);
         let mut buf = Vec::with_capacity(4 + header.len() + data.len());
         buf.extend_from_slice(&(header.len() as u32).to_be_bytes());
@@ -269,16 +288,23 @@ impl StateMachineStore {
         std::fs::write(&tmp, &buf)?;
         std::fs::File::open(&tmp)?.sync_all()?;
         std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(&self.inner.snapshot_dir)?.sync_all()?;
+        // Keep only the newest file. Under the lock no other writer has a `.tmp` in flight, so
+        // any `.tmp` left is from a crash. A newer file (an install that finished first) stays.
+        let mut files = self.snapshot_files_locked()?;
+        files.pop();
+        for p in files {
+            let _ = std::fs::remove_file(p);
+        }
         for e in std::fs::read_dir(&self.inner.snapshot_dir)?.flatten() {
-            let p = e.path();
-            if p != path {
-                let _ = std::fs::remove_file(p);
+            if e.path().extension().is_some_and(|x| x == "tmp") {
+                let _ = std::fs::remove_file(e.path());
             }
         }
         Ok(())
     }
 
-    fn encode_state(applied: &Applied) -> io::Result<Vec<u8>> {
+    fn encode_state(state: &State) -> io::Result<Vec<u8>> {
         #[derive(serde::Serialize)]
         struct Borrowed<'a> {
             format_version: u32,
@@ -286,31 +312,66 @@ impl StateMachineStore {
         }
         serde_json::to_vec(&Borrowed {
             format_version: STATE_FORMAT_VERSION,
-            state: &applied.state,
+            state,
         })
         .map_err(io_err)
     }
+}
+
+/// An apply panicked while holding the state lock, so the in-memory state may be half-applied.
+/// Serving it (DHCP, reads, the executor) would be wrong; the batch was never persisted, so the
+/// process exits and restarts from its durable state instead.
+fn poisoned() -> ! {
+    tracing::error!("state machine lock poisoned (apply panicked); exiting to restart from disk");
+    eprintln!("rackd: state machine lock poisoned (apply panicked); exiting to restart from disk");
+    std::process::abort()
+}
+
+fn decode_snapshot(data: &[u8]) -> io::Result<State> {
+    let snap: StateSnapshot = serde_json::from_slice(data).map_err(|e| {
+        io::Error::new(io::ErrorKind::InvalidData, format!("snapshot decode: {e}"))
+    })?;
+    if snap.format_version != STATE_FORMAT_VERSION {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("snapshot format {} unsupported", snap.format_version),
+        ));
+    }
+    let mut state = snap.state;
+    state.rebuild_indexes();
+    Ok(state)
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     type SnapshotData = Cursor<Vec<u8>>;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let (meta, data) = {
+        // O(1) under the lock (persistent tables); encoding and file I/O on a blocking thread.
+        let (state, meta) = {
             let a = self.read();
-            let data = Self::encode_state(&a)?;
             let meta = SnapshotMeta {
                 last_log_id: a.last_applied,
                 last_membership: a.membership.clone(),
             };
-            (meta, data)
+            (a.state.clone(), meta)
         };
         let this = self.clone();
-        let (m2, d2) = (meta.clone(), data.clone());
-        tokio::task::spawn_blocking(move || this.save_snapshot_file(&m2, &d2))
-            .await
-            .map_err(io_err)??;
-        tracing::info!(last = ?meta.last_log_id, bytes = data.len(), "built snapshot");
+        let m2 = meta.clone();
+        let started = std::time::Instant::now();
+        let data = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
+            let data = Self::encode_state(&state)?;
+            let _files = this.lock_files();
+            this.save_snapshot_file_locked(&m2, &data)?;
+            Ok(data)
+        })
+        .await
+        .map_err(io_err)??;
+        tracing::info!(
+            last = ?meta.last_log_id,
+            bytes = data.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "built snapshot"
+        );
         Ok(Snapshot {
             meta,
             snapshot: Cursor::new(data),
@@ -342,11 +403,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut batch = WriteBatch::default();
         let last_index;
         {
-            let mut a = self
-                .inner
-                .applied
-                .write()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut a = self.write_lock();
             for (entry, responder) in items {
                 let resp = match &entry.payload {
                     EntryPayload::Blank => Response(Ok(serde_json::Value::Null)),
@@ -366,11 +423,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             self.meta_to_batch(&mut batch, &a.last_applied, &a.membership);
             last_index = a.last_applied.as_ref().map(|l| l.index()).unwrap_or(0);
         }
-        // Not fsynced on its own: the log holds these entries durably, the next WAL sync (every
-        // append syncs the shared WAL) covers this batch, and a restart re-applies whatever
-        // was lost. Snapshots, which let the log be purged, are fsynced and restored at open
-        // when they are ahead of the persisted state (see `recover_from_snapshot`).
+        // Durable before anything is answered or waited on: one fsync shared with the log's
+        // group commit. A replica restarted after a power loss is therefore never behind a
+        // state it already served (stale reads, DHCP, the executor read the local replica).
         self.inner.db.write(batch).map_err(io_err)?;
+        self.inner.wal.sync().await?;
         self.inner.applied_tx.send_replace(last_index);
         for (r, resp) in responses {
             r.send(resp);
@@ -391,9 +448,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let this = self.clone();
         let m2 = meta.clone();
         let state = tokio::task::spawn_blocking(move || -> io::Result<State> {
-            let state = this.write_state_from_snapshot(&m2, &data)?;
-            this.save_snapshot_file(&m2, &data)?;
-            Ok(state)
+            let state = decode_snapshot(&data)?;
+            // File first (fsynced), then the tables: a crash in between leaves a file ahead of
+            // the tables, which `recover_from_snapshot` restores at open.
+            let _files = this.lock_files();
+            this.save_snapshot_file_locked(&m2, &data)?;
+            this.write_state(&m2, state)
         })
         .await
         .map_err(io_err)??;
@@ -403,7 +463,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        Ok(self.read_newest_snapshot()?.map(|(meta, data)| Snapshot {
+        let this = self.clone();
+        let newest = tokio::task::spawn_blocking(move || {
+            let _files = this.lock_files();
+            this.read_newest_snapshot_locked()
+        })
+        .await
+        .map_err(io_err)??;
+        Ok(newest.map(|(meta, data)| Snapshot {
             meta,
             snapshot: Cursor::new(data),
         }))

@@ -6,6 +6,8 @@
 //! when a test fails (the harness is dropped while panicking) the directory is kept and its path
 //! printed, otherwise it is removed. Every process is killed on drop.
 
+pub mod linearizability;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -68,7 +70,10 @@ impl NodeProc {
     pub fn start(&mut self) -> anyhow::Result<()> {
         let api = self.api.clone().unwrap_or(format!("{}:0", self.ip));
         let peer = self.peer.clone().unwrap_or(format!("{}:0", self.ip));
+        // Both files are rewritten at every start; remove them so that a stale or half-written
+        // one (rackd truncates, then writes) is never read back as this start's address.
         let _ = std::fs::remove_file(self.data_dir.join("api.addr"));
+        let _ = std::fs::remove_file(self.data_dir.join("peer.addr"));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -93,17 +98,19 @@ impl NodeProc {
             .context("spawn rackd")?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
+        let dir = self.data_dir.clone();
+        let read = |f: &str| {
+            std::fs::read_to_string(dir.join(f))
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        };
         loop {
-            if let Ok(a) = std::fs::read_to_string(self.data_dir.join("api.addr")) {
-                if !a.is_empty() {
-                    self.api = Some(a.trim().to_string());
-                    self.peer = Some(
-                        std::fs::read_to_string(self.data_dir.join("peer.addr"))?
-                            .trim()
-                            .to_string(),
-                    );
-                    break;
-                }
+            // rackd writes api.addr, then peer.addr: wait for both.
+            if let (Some(a), Some(p)) = (read("api.addr"), read("peer.addr")) {
+                self.api = Some(a);
+                self.peer = Some(p);
+                break;
             }
             if !self.is_running() {
                 bail!(

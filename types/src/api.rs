@@ -209,7 +209,7 @@ pub struct UpdateSubnet {
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Health {
     pub node_id: u64,
-    /// leader | follower | learner | candidate | shutdown
+    /// leader | follower | learner | candidate | shutdown | removed
     pub raft_state: String,
     pub leader_id: Option<u64>,
     pub term: u64,
@@ -219,6 +219,14 @@ pub struct Health {
     pub snapshot_index: Option<u64>,
     /// Log entries up to this index have been purged.
     pub purged_index: Option<u64>,
+    #[serde(default)]
+    pub cluster_id: String,
+    /// Node ids of the membership this node applies (voters and learners).
+    #[serde(default)]
+    pub members: Vec<u64>,
+    /// This node learned that the cluster removed it; Raft is stopped.
+    #[serde(default)]
+    pub removed: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]

@@ -23,6 +23,8 @@ pub enum ErrorCode {
     JoinRejected,
     /// Something unexpected on the server.
     Internal,
+    /// An `Idempotency-Key` was reused with a different request.
+    IdempotencyKeyReused,
 }
 
 impl ErrorCode {
@@ -37,6 +39,7 @@ impl ErrorCode {
             ErrorCode::PreconditionFailed => 412,
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
+            ErrorCode::IdempotencyKeyReused => 422,
         }
     }
 }

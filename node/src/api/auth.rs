@@ -11,9 +11,10 @@ use rackd_types::ErrorCode;
 use super::{error_response, AppState};
 use crate::hash_secret;
 
-/// Who is making the request (the API token's name).
+/// Who is making the request: the API token's name (recorded in the journal) and its id, which
+/// scopes the request's `Idempotency-Key` (names are not unique; ids are never reused).
 #[derive(Debug, Clone)]
-pub struct Actor(pub String);
+pub struct Actor(pub String, pub Option<u64>);
 
 fn is_open(method: &axum::http::Method, path: &str) -> bool {
     (method == axum::http::Method::GET && path == "/v1/health")
@@ -22,7 +23,7 @@ fn is_open(method: &axum::http::Method, path: &str) -> bool {
 
 pub async fn require_token(State(node): State<AppState>, mut req: Request, next: Next) -> Response {
     if is_open(req.method(), req.uri().path()) {
-        req.extensions_mut().insert(Actor("anonymous".into()));
+        req.extensions_mut().insert(Actor("anonymous".into(), None));
         return next.run(req).await;
     }
     let token = req
@@ -43,7 +44,7 @@ pub async fn require_token(State(node): State<AppState>, mut req: Request, next:
             .read()
             .state
             .api_token_by_hash(&hash)
-            .map(|t| t.view.name.clone())
+            .map(|t| (t.view.name.clone(), t.view.id))
     };
     let mut name = lookup(&node);
     if name.is_none() {
@@ -53,8 +54,8 @@ pub async fn require_token(State(node): State<AppState>, mut req: Request, next:
         }
     }
     match name {
-        Some(n) => {
-            req.extensions_mut().insert(Actor(n));
+        Some((n, id)) => {
+            req.extensions_mut().insert(Actor(n, Some(id)));
             next.run(req).await
         }
         None => error_response(ErrorCode::Unauthorized, "unknown API token"),

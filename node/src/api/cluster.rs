@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Extension, Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use openraft::async_runtime::WatchReceiver;
 use openraft::{ChangeMembers, ServerState};
@@ -36,9 +36,23 @@ fn state_name(s: ServerState) -> &'static str {
 
 pub async fn health(State(node): State<AppState>) -> Json<Health> {
     let m = node.raft.metrics().borrow_watched().clone();
+    let removed = node.removed.load(std::sync::atomic::Ordering::SeqCst);
     Json(Health {
         node_id: node.id,
-        raft_state: state_name(m.state).to_string(),
+        raft_state: if removed {
+            "removed"
+        } else {
+            state_name(m.state)
+        }
+        .to_string(),
+        cluster_id: node.sm.read().state.cluster_id().to_string(),
+        members: m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect(),
+        removed,
         leader_id: m.current_leader,
         term: m.current_term,
         last_applied: m.last_applied.as_ref().map(|l| l.index()),
@@ -102,6 +116,12 @@ pub async fn join(State(node): State<AppState>, body: Bytes) -> HttpResult<Json<
     let hash = hash_secret(&req.token);
     let actor = "join";
     let Some(id) = req.node_id else {
+        // Only a token this cluster issued may cost a Raft entry: unknown tokens are refused
+        // from the (linearized) replica, so junk join attempts never reach the log.
+        node.linearize().await?;
+        if node.sm.read().state.join_token_by_hash(&hash).is_none() {
+            return Err(ApiError::new(ErrorCode::JoinRejected, "unknown join token").into());
+        }
         let v = node
             .propose(
                 actor,
@@ -126,7 +146,8 @@ pub async fn join(State(node): State<AppState>, body: Bytes) -> HttpResult<Json<
         }));
     };
 
-    // Phase 2: the token must be the one that allocated this id, for these addresses.
+    // Phase 2: the token must be the one that allocated this id. The addresses may have
+    // changed since phase 1 (a node on DHCP); the token binds the node id, not its addresses.
     node.linearize().await?;
     let cluster_id = {
         let a = node.sm.read();
@@ -134,10 +155,7 @@ pub async fn join(State(node): State<AppState>, body: Bytes) -> HttpResult<Json<
             .state
             .join_token_by_hash(&hash)
             .ok_or_else(|| ApiError::new(ErrorCode::JoinRejected, "unknown join token"))?;
-        if tok.view.used_by_node != Some(id)
-            || tok.joined_api.as_deref() != Some(req.api_addr.as_str())
-            || tok.joined_peer.as_deref() != Some(req.peer_addr.as_str())
-        {
+        if tok.view.used_by_node != Some(id) {
             return Err(ApiError::new(
                 ErrorCode::JoinRejected,
                 "join token does not belong to this node",
@@ -315,6 +333,7 @@ pub async fn events(
 pub async fn create_join_token(
     State(node): State<AppState>,
     Extension(actor): Extension<Actor>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> HttpResult<(StatusCode, Json<CreatedJoinToken>)> {
     let c: CreateJoinToken = if body.is_empty() {
@@ -329,7 +348,8 @@ pub async fn create_join_token(
     if ttl == 0 || ttl > 30 * 24 * 3600 {
         return Err(ApiError::invalid("ttl_secs must be 1..=2592000").into());
     }
-    let t = crate::runtime::create_join_token(&node, &actor.0, ttl, &c.description).await?;
+    let key = super::idempotency_key(&headers, &actor)?;
+    let t = crate::runtime::create_join_token(&node, &actor.0, key, ttl, &c.description).await?;
     Ok((StatusCode::CREATED, Json(t)))
 }
 
@@ -352,22 +372,34 @@ pub async fn list_join_tokens(
 pub async fn create_api_token(
     State(node): State<AppState>,
     Extension(actor): Extension<Actor>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> HttpResult<(StatusCode, Json<CreatedApiToken>)> {
     let c: CreateApiToken = parse_json(&body)?;
     let token = new_secret("rackd-api-");
+    let hash = hash_secret(&token);
     let v = node
         .propose(
             &actor.0,
-            None,
+            super::idempotency_key(&headers, &actor)?,
             Command::CreateApiToken {
                 name: c.name.clone(),
-                token_hash: hash_secret(&token),
+                token_hash: hash.clone(),
             },
         )
         .await?;
     let view: ApiTokenView =
         serde_json::from_value(v).map_err(|e| HttpError(ApiError::internal(e.to_string())))?;
+    let ours = node
+        .sm
+        .read()
+        .state
+        .api_tokens
+        .get(&view.id)
+        .is_none_or(|t| t.hash == hash);
+    if !ours {
+        return Err(token_already_created("API", view.id));
+    }
     Ok((
         StatusCode::CREATED,
         Json(CreatedApiToken {
@@ -392,4 +424,13 @@ pub async fn list_api_tokens(
         .range_after(cursor.as_ref())
         .map(|(k, v)| (*k, &v.view));
     Ok(Json(collect_page(it, limit, |_| true)))
+}
+
+/// A retried token creation whose first attempt committed: the token exists, but its secret was
+/// only ever in the first answer (it is stored hashed), so it cannot be shown again.
+fn token_already_created(what: &str, id: u64) -> HttpError {
+    HttpError(ApiError::conflict(format!(
+        "{what} token {id} was already created with this Idempotency-Key; its secret cannot \
+         be shown again (create a new token and revoke {id} if the secret was lost)"
+    )))
 }

@@ -90,7 +90,20 @@ pub async fn to_leader(State(node): State<AppState>, req: Request, next: Next) -
             Ok(resp) => {
                 let status = resp.status();
                 let ctype = resp.headers().get("content-type").cloned();
-                let bytes = resp.bytes().await.unwrap_or_default();
+                let bytes = match resp.bytes().await {
+                    Ok(b) => b,
+                    // The leader answered (the write may be committed) but its body was lost:
+                    // never pass on a success status with an empty body.
+                    Err(e) => {
+                        return error_response(
+                            ErrorCode::Unavailable,
+                            format!(
+                                "leader {leader} answered {status} but its body was lost ({e}); \
+                                 the outcome is unknown: retry with the same Idempotency-Key"
+                            ),
+                        )
+                    }
+                };
                 let mut out = Response::new(Body::from(bytes));
                 *out.status_mut() = status;
                 if let Some(c) = ctype {

@@ -150,7 +150,7 @@ macro_rules! crud {
         ) -> HttpResult<(StatusCode, Json<Value>)> {
             let c: $Create = parse_json(&body)?;
             let v = node
-                .propose(&actor.0, idempotency_key(&headers)?, Command::$CCmd(c))
+                .propose(&actor.0, idempotency_key(&headers, &actor)?, Command::$CCmd(c))
                 .await?;
             Ok((StatusCode::CREATED, Json(v)))
         }
@@ -170,7 +170,7 @@ macro_rules! crud {
                 patch,
             };
             let v = node
-                .propose(&actor.0, idempotency_key(&headers)?, cmd)
+                .propose(&actor.0, idempotency_key(&headers, &actor)?, cmd)
                 .await?;
             Ok(Json(v))
         }
@@ -186,7 +186,7 @@ macro_rules! crud {
                 id,
                 if_match: if_match(&headers)?,
             };
-            node.propose(&actor.0, idempotency_key(&headers)?, cmd)
+            node.propose(&actor.0, idempotency_key(&headers, &actor)?, cmd)
                 .await?;
             Ok(StatusCode::NO_CONTENT)
         }
@@ -290,7 +290,7 @@ pub async fn deploy_machine(
         token: rackd_raft::cmd::Secret(crate::new_secret("")),
     };
     let v = node
-        .propose(&actor.0, idempotency_key(&headers)?, cmd)
+        .propose(&actor.0, idempotency_key(&headers, &actor)?, cmd)
         .await?;
     Ok(Json(v))
 }

@@ -83,7 +83,10 @@ pub fn if_match(h: &HeaderMap) -> HttpResult<Option<u64>> {
     })
 }
 
-pub fn idempotency_key(h: &HeaderMap) -> HttpResult<Option<String>> {
+/// The request's `Idempotency-Key`, scoped by the caller's token id (`t{id}:{key}`): two
+/// tokens never share a key space, whatever their names, and no API key can collide with the
+/// keys nodes use for their own writes.
+pub fn idempotency_key(h: &HeaderMap, actor: &auth::Actor) -> HttpResult<Option<String>> {
     match h.get("idempotency-key") {
         None => Ok(None),
         Some(v) => {
@@ -95,7 +98,7 @@ pub fn idempotency_key(h: &HeaderMap) -> HttpResult<Option<String>> {
                     "Idempotency-Key must be 1..=255 characters",
                 )));
             }
-            Ok(Some(s.to_string()))
+            Ok(Some(format!("t{}:{s}", actor.1.unwrap_or(0))))
         }
     }
 }

@@ -37,7 +37,7 @@ async fn create_task(
     let v = node
         .propose(
             &actor.0,
-            idempotency_key(headers)?,
+            idempotency_key(headers, actor)?,
             Command::CreateTask { kind, machine_id },
         )
         .await?;

@@ -6,6 +6,9 @@ use serde_json::{json, Value};
 
 use super::{State, StoredApiToken, StoredJoinToken};
 
+/// How long a join token is kept after it expired.
+pub const JOIN_TOKEN_RETAIN_MS: u64 = 7 * 24 * 3600 * 1000;
+
 /// The node id of the node that bootstraps a cluster.
 pub const BOOTSTRAP_NODE_ID: u64 = 1;
 
@@ -19,6 +22,13 @@ impl State {
     ) -> Result<Value, ApiError> {
         if !self.meta.cluster_id.is_empty() {
             return Err(ApiError::conflict("cluster already bootstrapped"));
+        }
+        // Everything that can fail comes before the first mutation: an error leaves no trace.
+        if admin_hash.len() != 64 {
+            return Err(ApiError::invalid("token hash must be 64 hex characters"));
+        }
+        if cluster_id.is_empty() {
+            return Err(ApiError::invalid("cluster id must not be empty"));
         }
         self.meta.cluster_id = cluster_id.to_string();
         self.meta.next_node_id = BOOTSTRAP_NODE_ID + 1;
@@ -49,6 +59,7 @@ impl State {
         if self.idx.join_token_by_hash.contains_key(hash) {
             return Err(ApiError::conflict("join token already exists"));
         }
+        self.prune_join_tokens(now);
         let id = self.alloc_id();
         let view = JoinTokenView {
             id,
@@ -76,6 +87,23 @@ impl State {
             format!("join token {id} created"),
         );
         super::to_value(&view)
+    }
+
+    /// Join tokens are kept for [`JOIN_TOKEN_RETAIN_MS`] after they expire (a used one keeps
+    /// refusing replays meanwhile; after that it is unknown, which refuses them too), so the
+    /// table stays bounded. Deterministic: leader time only.
+    fn prune_join_tokens(&mut self, now: u64) {
+        let cutoff = now.saturating_sub(JOIN_TOKEN_RETAIN_MS);
+        let old: Vec<(u64, String)> = self
+            .join_tokens
+            .iter()
+            .filter(|(_, t)| t.view.expires_at < cutoff)
+            .map(|(id, t)| (*id, t.hash.clone()))
+            .collect();
+        for (id, hash) in old {
+            self.join_tokens.remove(&id);
+            self.idx.join_token_by_hash.remove(&hash);
+        }
     }
 
     pub(super) fn allocate_node_id(

@@ -716,7 +716,10 @@ impl State {
             meta: new_meta(id, now),
             location: c.location.clone(),
             cidr: cidr.to_string(),
-            gateway: c.gateway.as_ref().map(|g| g.trim().to_string()),
+            gateway: match c.gateway.as_deref().map(str::trim) {
+                None => None,
+                Some(g) => Some(parse_ipv4(g).map_err(ApiError::invalid)?.to_string()),
+            },
             dns: c.dns.clone(),
             dynamic_ranges: c.dynamic_ranges.clone(),
             reserved_ranges: c.reserved_ranges.clone(),
@@ -744,7 +747,18 @@ impl State {
         let mut s = self.subnets.fetch(id, "subnet")?;
         precondition(s.meta.version, if_match)?;
         if let Some(g) = &p.gateway {
-            s.gateway = g.clone();
+            // Stored in canonical form, so the equality checks against machine IPs hold.
+            s.gateway = match g.as_deref().map(str::trim) {
+                None => None,
+                Some(g) => Some(parse_ipv4(g).map_err(ApiError::invalid)?.to_string()),
+            };
+            if let Some(g) = &s.gateway {
+                if let Some(m) = self.idx.ip.get(g) {
+                    return Err(ApiError::conflict(format!(
+                        "gateway {g} is assigned to machine {m}"
+                    )));
+                }
+            }
         }
         if let Some(d) = &p.dns {
             s.dns = d.clone();

@@ -12,8 +12,12 @@ pub mod cluster;
 mod deploy;
 mod inventory;
 pub mod table;
-mod tasks;
+pub mod tasks;
 
+#[cfg(test)]
+mod idempotency_tests;
+#[cfg(test)]
+mod registry_tests;
 #[cfg(test)]
 mod tests;
 
@@ -26,7 +30,7 @@ use rackd_types::{
 use serde::{Deserialize, Serialize};
 
 use crate::cmd::{Command, Request, Response};
-pub use table::{RowChange, Table, TableKey};
+pub use table::{PersistedTable, RowChange, Table, TableKey};
 
 /// Maximum number of journal events kept; older ones are dropped (deterministically, in apply).
 pub const MAX_EVENTS: usize = 10_000;
@@ -51,6 +55,38 @@ pub mod tables {
     pub const IDEMPOTENCY: u8 = 9;
     pub const IMAGES: u8 = 10;
     pub const TASKS: u8 = 11;
+}
+
+/// THE registry of state-machine tables: persistence ([`State::drain_changes`]), snapshot
+/// install ([`State::all_rows`]) and loading ([`State::load_row`]) all walk this one list, so a
+/// table cannot be persisted by one path and forgotten by another. Each entry names the table id
+/// (never reused) and the `State` field; a unit test checks that every serialized field of
+/// `State` other than `meta` is registered here, so a new field that is not fails the build's
+/// tests rather than losing rows on restart.
+macro_rules! state_tables {
+    ($($id:ident => $field:ident),* $(,)?) => {
+        /// Registered tables: (id, `State` field name).
+        pub const TABLES: &[(u8, &str)] = &[$((tables::$id, stringify!($field))),*];
+
+        impl State {
+            fn tables_mut(&mut self) -> Vec<(u8, &'static str, &mut dyn PersistedTable)> {
+                vec![$((tables::$id, stringify!($field), &mut self.$field as &mut dyn PersistedTable)),*]
+            }
+        }
+    };
+}
+
+state_tables! {
+    LOCATIONS => locations,
+    RACKS => racks,
+    MACHINES => machines,
+    SUBNETS => subnets,
+    EVENTS => events,
+    JOIN_TOKENS => join_tokens,
+    API_TOKENS => api_tokens,
+    IDEMPOTENCY => idempotency,
+    IMAGES => images,
+    TASKS => tasks,
 }
 
 /// Singleton counters and cluster identity (stored as one row of the META table).
@@ -110,6 +146,11 @@ pub struct StoredApiToken {
 pub struct IdempotencyRecord {
     pub time: u64,
     pub response: Response,
+    /// [`Command::idempotency_digest`] of the request that made the record; a later request
+    /// with the same key and another digest is refused. Empty in records written before the
+    /// digest existed (they match any request, as they did then).
+    #[serde(default)]
+    pub digest: String,
 }
 
 /// The replicated state.
@@ -134,7 +175,7 @@ pub struct State {
     idx: Indexes,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 struct Indexes {
     mac: BTreeMap<String, u64>,
     ip: BTreeMap<String, u64>,
@@ -191,9 +232,16 @@ impl State {
             .idempotency_key
             .as_ref()
             .map(|k| format!("{}\u{0}{}", req.actor, k));
-        if let Some(k) = &idem_key {
+        let digest = idem_key.as_ref().map(|_| req.cmd.idempotency_digest());
+        if let (Some(k), Some(d)) = (&idem_key, &digest) {
             if let Some(rec) = self.idempotency.get(k) {
-                return rec.response.clone();
+                if rec.digest.is_empty() || rec.digest == *d {
+                    return rec.response.clone();
+                }
+                return Response(Err(ApiError::new(
+                    ErrorCode::IdempotencyKeyReused,
+                    "this Idempotency-Key was used for a different request",
+                )));
             }
         }
 
@@ -209,6 +257,7 @@ impl State {
                 IdempotencyRecord {
                     time: now,
                     response: resp.clone(),
+                    digest: digest.unwrap_or_default(),
                 },
             );
         }
@@ -284,6 +333,11 @@ impl State {
                 generation,
                 lease_ms,
             } => self.claim_task(now, actor, *id, *node, *generation, *lease_ms),
+            Command::RenewTaskLease {
+                id,
+                generation,
+                lease_ms,
+            } => self.renew_task_lease(now, *id, *generation, *lease_ms),
             Command::FinishTask {
                 id,
                 generation,
@@ -381,75 +435,50 @@ impl State {
     pub fn drain_changes(&mut self) -> Vec<RowChange> {
         let mut out = Vec::new();
         if std::mem::take(&mut self.meta_dirty) {
-            out.push(RowChange {
-                table: tables::META,
-                key: b"meta".to_vec(),
-                value: Some(serde_json::to_vec(&self.meta).expect("meta serializes")),
-            });
+            out.push(self.meta_row());
         }
-        self.locations.drain_changes(tables::LOCATIONS, &mut out);
-        self.racks.drain_changes(tables::RACKS, &mut out);
-        self.machines.drain_changes(tables::MACHINES, &mut out);
-        self.subnets.drain_changes(tables::SUBNETS, &mut out);
-        self.events.drain_changes(tables::EVENTS, &mut out);
-        self.join_tokens
-            .drain_changes(tables::JOIN_TOKENS, &mut out);
-        self.api_tokens.drain_changes(tables::API_TOKENS, &mut out);
-        self.idempotency
-            .drain_changes(tables::IDEMPOTENCY, &mut out);
+        for (id, _, t) in self.tables_mut() {
+            t.drain_changes_dyn(id, &mut out);
+        }
         out
     }
 
     /// Every row (after a snapshot install the storage rewrites the tables from this).
     pub fn all_rows(&mut self) -> Vec<RowChange> {
         self.meta_dirty = false;
-        let mut out = vec![RowChange {
+        let mut out = vec![self.meta_row()];
+        for (id, _, t) in self.tables_mut() {
+            t.all_rows_dyn(id, &mut out);
+        }
+        out
+    }
+
+    fn meta_row(&self) -> RowChange {
+        RowChange {
             table: tables::META,
             key: b"meta".to_vec(),
             value: Some(serde_json::to_vec(&self.meta).expect("meta serializes")),
-        }];
-        self.locations.all_rows(tables::LOCATIONS, &mut out);
-        self.racks.all_rows(tables::RACKS, &mut out);
-        self.machines.all_rows(tables::MACHINES, &mut out);
-        self.subnets.all_rows(tables::SUBNETS, &mut out);
-        self.events.all_rows(tables::EVENTS, &mut out);
-        self.join_tokens.all_rows(tables::JOIN_TOKENS, &mut out);
-        self.api_tokens.all_rows(tables::API_TOKENS, &mut out);
-        self.idempotency.all_rows(tables::IDEMPOTENCY, &mut out);
-        self.images.all_rows(tables::IMAGES, &mut out);
-        self.images.clear_dirty();
-        self.tasks.all_rows(tables::TASKS, &mut out);
-        self.tasks.clear_dirty();
-        self.locations.clear_dirty();
-        self.racks.clear_dirty();
-        self.machines.clear_dirty();
-        self.subnets.clear_dirty();
-        self.events.clear_dirty();
-        self.join_tokens.clear_dirty();
-        self.api_tokens.clear_dirty();
-        self.idempotency.clear_dirty();
-        out
+        }
     }
 
     /// Load one persisted row at startup. Call [`State::rebuild_indexes`] after the last row.
     pub fn load_row(&mut self, table: u8, key: &[u8], value: &[u8]) -> Result<(), String> {
-        match table {
-            tables::META => {
-                self.meta = serde_json::from_slice(value).map_err(|e| e.to_string())?;
-                Ok(())
-            }
-            tables::LOCATIONS => self.locations.load(key, value),
-            tables::RACKS => self.racks.load(key, value),
-            tables::MACHINES => self.machines.load(key, value),
-            tables::SUBNETS => self.subnets.load(key, value),
-            tables::EVENTS => self.events.load(key, value),
-            tables::JOIN_TOKENS => self.join_tokens.load(key, value),
-            tables::API_TOKENS => self.api_tokens.load(key, value),
-            tables::IDEMPOTENCY => self.idempotency.load(key, value),
-            tables::IMAGES => self.images.load(key, value),
-            tables::TASKS => self.tasks.load(key, value),
-            other => Err(format!("unknown state table id {other}")),
+        if table == tables::META {
+            self.meta = serde_json::from_slice(value).map_err(|e| e.to_string())?;
+            return Ok(());
         }
+        match self.tables_mut().into_iter().find(|(id, _, _)| *id == table) {
+            Some((_, _, t)) => t.load_dyn(key, value),
+            None => Err(format!("unknown state table id {table}")),
+        }
+    }
+
+    /// Row counts per registered table, by name (diagnostics and tests).
+    pub fn table_sizes(&mut self) -> Vec<(&'static str, usize)> {
+        self.tables_mut()
+            .into_iter()
+            .map(|(_, name, t)| (name, t.len_dyn()))
+            .collect()
     }
 
     // ---- read helpers used by the API layer -------------------------------------------------

@@ -1,7 +1,13 @@
 //! `Table<K, V>`: one typed table of the state machine, kept in memory, with change tracking so
 //! the storage layer persists only the rows an apply batch touched.
+//!
+//! Rows live in a persistent (copy-on-write) B-tree ([`imbl::OrdMap`]): cloning a table is
+//! O(1), so a snapshot clones the whole state under the lock in microseconds and encodes the
+//! clone elsewhere, never blocking apply or readers while it does.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
+
+use imbl::OrdMap;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
@@ -40,16 +46,16 @@ pub struct RowChange {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(bound(serialize = "K: Serialize, V: Serialize"))]
 #[serde(bound(deserialize = "K: DeserializeOwned, V: DeserializeOwned"))]
-pub struct Table<K: TableKey, V> {
-    rows: BTreeMap<K, V>,
+pub struct Table<K: TableKey, V: Clone> {
+    rows: OrdMap<K, V>,
     #[serde(skip)]
     dirty: BTreeSet<K>,
 }
 
-impl<K: TableKey, V> Default for Table<K, V> {
+impl<K: TableKey, V: Clone> Default for Table<K, V> {
     fn default() -> Self {
         Self {
-            rows: BTreeMap::new(),
+            rows: OrdMap::new(),
             dirty: BTreeSet::new(),
         }
     }
@@ -65,7 +71,7 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<u64, V> {
     }
 }
 
-impl<K: TableKey, V: Serialize + DeserializeOwned> Table<K, V> {
+impl<K: TableKey, V: Serialize + DeserializeOwned + Clone> Table<K, V> {
     pub fn get(&self, k: &K) -> Option<&V> {
         self.rows.get(k)
     }
@@ -152,5 +158,34 @@ impl<K: TableKey, V: Serialize + DeserializeOwned> Table<K, V> {
 
     pub fn clear_dirty(&mut self) {
         self.dirty.clear();
+    }
+}
+
+/// What the storage layer needs of any table, whatever its key and row types: the one interface
+/// through which persistence, snapshots and loading reach every table of [`super::State`] (see
+/// `State::tables_mut`, the registry).
+pub trait PersistedTable {
+    /// Take the rows changed since the last drain as row changes of table `id`.
+    fn drain_changes_dyn(&mut self, id: u8, out: &mut Vec<RowChange>);
+    /// Every row as a change of table `id`, and forget pending changes (snapshot install).
+    fn all_rows_dyn(&mut self, id: u8, out: &mut Vec<RowChange>);
+    /// Load one persisted row (startup); not marked dirty.
+    fn load_dyn(&mut self, key: &[u8], value: &[u8]) -> Result<(), String>;
+    fn len_dyn(&self) -> usize;
+}
+
+impl<K: TableKey, V: Serialize + DeserializeOwned + Clone> PersistedTable for Table<K, V> {
+    fn drain_changes_dyn(&mut self, id: u8, out: &mut Vec<RowChange>) {
+        self.drain_changes(id, out);
+    }
+    fn all_rows_dyn(&mut self, id: u8, out: &mut Vec<RowChange>) {
+        self.all_rows(id, out);
+        self.clear_dirty();
+    }
+    fn load_dyn(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
+        self.load(key, value)
+    }
+    fn len_dyn(&self) -> usize {
+        self.len()
     }
 }

@@ -1,11 +1,42 @@
 //! Apply handlers for tasks: create, claim (compare-and-set on the generation: one executor
-//! wins) and finish (accepted only for the current generation, so a stale executor cannot
-//! complete a task twice). Power results update the machine's observed power state.
+//! wins), lease renewal and finish (accepted only for the current generation, so a stale
+//! executor cannot complete a task twice). Power results update the machine's observed power
+//! state.
+//!
+//! Leases: a claim gives the executor a lease (leader time). The executor renews it while it
+//! works; once it has expired, the next claim takes the task over under a new generation (or
+//! fails it as "executor lost" after [`MAX_TASK_ATTEMPTS`] attempts), so no task stays
+//! running without a live executor. [`State::claimable`] is the one rule, used by apply and
+//! by executors deciding what to propose.
+
+use std::collections::BTreeSet;
 
 use rackd_types::{ApiError, ErrorCode, Meta, Task, TaskKind, TaskState};
 use serde_json::Value;
 
 use super::{to_value, State};
+use crate::cmd::PowerObservation;
+
+/// Attempts a task gets: when the lease of the last one expires, the task fails.
+pub const MAX_TASK_ATTEMPTS: u32 = 3;
+
+/// Error text of a task whose last executor stopped renewing its lease.
+pub const EXECUTOR_LOST: &str = "executor lost";
+
+/// What a claim of a task does at a given time (see [`State::claimable`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Start the first attempt of a pending task.
+    Start,
+    /// Take over a running task whose lease expired: a new attempt under a new generation.
+    TakeOver,
+    /// The lease of the last allowed attempt expired: the task fails ("executor lost").
+    Fail,
+}
+
+fn precondition_failed(message: String) -> ApiError {
+    ApiError::new(ErrorCode::PreconditionFailed, message)
+}
 
 impl State {
     pub(super) fn create_task(
@@ -57,6 +88,52 @@ impl State {
         to_value(&t)
     }
 
+    /// Whether a claim of task `id` at leader time `now` is accepted, and what it does. Apply
+    /// uses it for `ClaimTask`; executors use it on their replica (with their own clock) to
+    /// propose only claims that can succeed, so the two cannot disagree on the rule:
+    ///
+    /// - a pending task may start when its machine has no running task and no earlier pending
+    ///   one (one command per machine, so per BMC, cluster-wide, in task order);
+    /// - a running task whose lease expired before `now` is taken over, or failed after
+    ///   [`MAX_TASK_ATTEMPTS`] attempts;
+    /// - nothing else can be claimed.
+    pub fn claimable(&self, id: u64, now: u64) -> Result<Claim, ApiError> {
+        let t = self
+            .tasks
+            .get(&id)
+            .ok_or_else(|| ApiError::not_found(format!("task {id} not found")))?;
+        match t.state {
+            TaskState::Pending => {
+                if let Some(o) = self.tasks.values().find(|o| {
+                    o.machine_id == t.machine_id
+                        && o.meta.id != id
+                        && (o.state == TaskState::Running
+                            || (o.state == TaskState::Pending && o.meta.id < id))
+                }) {
+                    return Err(precondition_failed(format!(
+                        "machine {} has an earlier or running task ({})",
+                        t.machine_id, o.meta.id
+                    )));
+                }
+                Ok(Claim::Start)
+            }
+            TaskState::Running => {
+                let expires = t.lease_expires_at.unwrap_or(0);
+                if expires >= now {
+                    Err(precondition_failed(format!(
+                        "task {id} is running at generation {} under a lease until {expires}",
+                        t.generation
+                    )))
+                } else if t.attempt >= MAX_TASK_ATTEMPTS {
+                    Ok(Claim::Fail)
+                } else {
+                    Ok(Claim::TakeOver)
+                }
+            }
+            state => Err(precondition_failed(format!("task {id} is {state:?}"))),
+        }
+    }
+
     pub(super) fn claim_task(
         &mut self,
         now: u64,
@@ -67,41 +144,75 @@ impl State {
         lease_ms: u64,
     ) -> Result<Value, ApiError> {
         let mut t = self.tasks.fetch(id, "task")?;
-        if t.state != TaskState::Pending || t.generation != generation {
-            return Err(ApiError::new(
-                ErrorCode::PreconditionFailed,
-                format!("task {id} is {:?} at generation {}", t.state, t.generation),
-            ));
+        if t.generation != generation {
+            return Err(precondition_failed(format!(
+                "task {id} is {:?} at generation {}",
+                t.state, t.generation
+            )));
         }
-        // One command at a time per machine (so per BMC), cluster-wide, in task order.
-        if self.tasks.values().any(|o| {
-            o.machine_id == t.machine_id
-                && o.meta.id != id
-                && (o.state == TaskState::Running
-                    || (o.state == TaskState::Pending && o.meta.id < id))
-        }) {
-            return Err(ApiError::new(
-                ErrorCode::PreconditionFailed,
-                format!("machine {} has an earlier or running task", t.machine_id),
-            ));
-        }
-        t.state = TaskState::Running;
-        t.assignee = Some(node);
-        t.attempt += 1;
+        let claim = self.claimable(id, now)?;
+        let previous = t.assignee;
         t.generation += 1;
-        t.started_at = Some(now);
-        t.lease_expires_at = Some(now.saturating_add(lease_ms));
+        t.meta.version += 1;
+        t.meta.updated_at = now;
+        let (kind, message) = match claim {
+            Claim::Start | Claim::TakeOver => {
+                t.state = TaskState::Running;
+                t.assignee = Some(node);
+                t.attempt += 1;
+                t.started_at = Some(now);
+                t.lease_expires_at = Some(now.saturating_add(lease_ms));
+                let mut m = format!("task {id} attempt {} on node {node}", t.attempt);
+                if claim == Claim::TakeOver {
+                    m.push_str(&format!(
+                        " (lease of node {} expired)",
+                        previous.unwrap_or_default()
+                    ));
+                }
+                ("task.started", m)
+            }
+            Claim::Fail => {
+                let error = format!(
+                    "{EXECUTOR_LOST}: the lease of attempt {} (node {}) expired",
+                    t.attempt,
+                    previous.unwrap_or_default()
+                );
+                t.state = TaskState::Failed;
+                t.finished_at = Some(now);
+                t.lease_expires_at = None;
+                let m = format!("task {id} Failed: {error}");
+                t.error = Some(error);
+                ("task.finished", m)
+            }
+        };
+        self.tasks.insert(id, t.clone());
+        self.journal(now, actor, kind, "task", Some(id), message);
+        to_value(&t)
+    }
+
+    pub(super) fn renew_task_lease(
+        &mut self,
+        now: u64,
+        id: u64,
+        generation: u64,
+        lease_ms: u64,
+    ) -> Result<Value, ApiError> {
+        let mut t = self.tasks.fetch(id, "task")?;
+        if t.state != TaskState::Running || t.generation != generation {
+            return Err(precondition_failed(format!(
+                "stale lease renewal for task {id} (generation {generation}; task is {:?} at \
+                 generation {})",
+                t.state, t.generation
+            )));
+        }
+        let until = now.saturating_add(lease_ms);
+        if t.lease_expires_at.is_some_and(|e| e >= until) {
+            return to_value(&t);
+        }
+        t.lease_expires_at = Some(until);
         t.meta.version += 1;
         t.meta.updated_at = now;
         self.tasks.insert(id, t.clone());
-        self.journal(
-            now,
-            actor,
-            "task.started",
-            "task",
-            Some(id),
-            format!("task {id} attempt {} on node {node}", t.attempt),
-        );
         to_value(&t)
     }
 
@@ -109,23 +220,44 @@ impl State {
         &mut self,
         now: u64,
         actor: &str,
-        observations: &[(u64, String)],
+        observations: &[PowerObservation],
     ) -> Result<Value, ApiError> {
-        if let Some((_, bad)) = observations
+        if let Some(bad) = observations
             .iter()
-            .find(|(_, p)| !matches!(p.as_str(), "on" | "off" | "unknown"))
+            .find(|o| !matches!(o.power.as_str(), "on" | "off" | "unknown"))
         {
-            return Err(ApiError::invalid(format!("power state {bad:?}")));
+            return Err(ApiError::invalid(format!("power state {:?}", bad.power)));
         }
+        // A running task changes the power state and records the result itself.
+        let busy: BTreeSet<u64> = self
+            .tasks
+            .values()
+            .filter(|t| t.state == TaskState::Running)
+            .map(|t| t.machine_id)
+            .collect();
         let mut recorded = 0u64;
-        for (id, power) in observations {
-            let Some(mut m) = self.machines.get(id).cloned() else {
+        for o in observations {
+            if busy.contains(&o.machine_id) {
+                continue;
+            }
+            let Some(mut m) = self.machines.get(&o.machine_id).cloned() else {
                 continue;
             };
+            // The poll time, never later than the entry's (a fast clock cannot make an
+            // observation win over later ones); 0 is an entry from before the field existed.
+            let at = match o.observed_at_ms {
+                0 => now,
+                t => t.min(now),
+            };
+            if m.machine.power_observed_at.is_some_and(|cur| at < cur) {
+                continue; // a newer result (task or poll) is already recorded
+            }
+            let id = o.machine_id;
+            let power = &o.power;
             let changed = m.machine.power_state.as_deref() != Some(power.as_str());
             m.machine.power_state = Some(power.clone());
-            m.machine.power_observed_at = Some(now);
-            self.machines.insert(*id, m);
+            m.machine.power_observed_at = Some(at);
+            self.machines.insert(id, m);
             recorded += 1;
             if changed {
                 self.journal(
@@ -133,7 +265,7 @@ impl State {
                     actor,
                     "machine.power_observed",
                     "machine",
-                    Some(*id),
+                    Some(id),
                     format!("machine {id} power is {power}"),
                 );
             }
@@ -152,13 +284,11 @@ impl State {
     ) -> Result<Value, ApiError> {
         let mut t = self.tasks.fetch(id, "task")?;
         if t.state != TaskState::Running || t.generation != generation {
-            return Err(ApiError::new(
-                ErrorCode::PreconditionFailed,
-                format!(
-                    "stale result for task {id} (generation {generation}, current {})",
-                    t.generation
-                ),
-            ));
+            return Err(precondition_failed(format!(
+                "stale result for task {id} (generation {generation}; task is {:?} at \
+                 generation {})",
+                t.state, t.generation
+            )));
         }
         t.state = if error.is_none() {
             TaskState::Succeeded
@@ -203,3 +333,7 @@ impl State {
             .filter(|t| t.state == TaskState::Pending)
     }
 }
+
+#[cfg(test)]
+#[path = "task_tests.rs"]
+mod tests;

@@ -572,7 +572,14 @@ fn observed_power_is_stamped_with_the_entry_time_and_all_or_nothing() {
         .as_u64()
         .unwrap();
     let obs = |v: Vec<(u64, &str)>| Command::ObservePower {
-        observations: v.into_iter().map(|(i, p)| (i, p.to_string())).collect(),
+        observations: v
+            .into_iter()
+            .map(|(i, p)| crate::cmd::PowerObservation {
+                machine_id: i,
+                power: p.to_string(),
+                observed_at_ms: 0,
+            })
+            .collect(),
     };
     // One bad state refuses the whole batch; nothing is recorded.
     err(&mut s, 22, obs(vec![(a, "on"), (b, "maybe")]));

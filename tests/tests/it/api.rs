@@ -195,6 +195,66 @@ async fn if_match_idempotency_uniqueness_and_pagination() {
         .unwrap();
     assert_eq!((s1, s2), (201, 201));
     assert_eq!(v1["id"], v2["id"]);
+    // The key answers only the request it was made for: a DELETE reusing it gets 422 with a
+    // JSON error and deletes nothing.
+    let (s, v) = c
+        .request(0, Method::DELETE, &format!("/v1/machines/{}", v1["id"]), None, &hdr)
+        .await
+        .unwrap();
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (422, Some("IdempotencyKeyReused")),
+        "{v}"
+    );
+    let (s, _) = c
+        .request(0, Method::GET, &format!("/v1/machines/{}", v1["id"]), None, &[])
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "the machine is still there");
+    // Keys are scoped by token id, not name: a second token named like the first uses the same
+    // key for its own request.
+    let other: Value = c
+        .post_json(0, "/v1/tokens/api", &json!({"name": "admin"}))
+        .await
+        .unwrap();
+    let (s3, v3) = {
+        let r = c
+            .http
+            .post(format!("{}/v1/machines", c.url(2)))
+            .bearer_auth(other["token"].as_str().unwrap())
+            .header("Idempotency-Key", "create-host-7")
+            .json(&machine_body(9))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    assert_eq!(s3, 201, "{v3}");
+    assert_ne!(v3["id"], v1["id"]);
+    // Token creation takes a key too: a retry does not mint a second live credential.
+    let tk = [("Idempotency-Key", "token-1")];
+    let (s, t1) = c
+        .request(1, Method::POST, "/v1/tokens/api", Some(json!({"name": "ci"})), &tk)
+        .await
+        .unwrap();
+    assert_eq!(s, 201, "{t1}");
+    let (s, t2) = c
+        .request(2, Method::POST, "/v1/tokens/api", Some(json!({"name": "ci"})), &tk)
+        .await
+        .unwrap();
+    assert_eq!(s, 409, "{t2}");
+    assert!(t2["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("token {}", t1["id"])));
+    let tokens: Value = c.get_json(0, "/v1/tokens/api").await.unwrap();
+    let named_ci = tokens["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["name"] == "ci")
+        .count();
+    assert_eq!(named_ci, 1);
     // Without the key the same body conflicts on the MAC (unique cluster-wide).
     let (s, v) = c
         .request(0, Method::POST, "/v1/machines", Some(machine_body(7)), &[])

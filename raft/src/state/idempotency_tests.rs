@@ -1,0 +1,131 @@
+//! An idempotency record answers only the request it was made for.
+
+use rackd_types::{CreateLocation, ErrorCode, UpdateLocation};
+
+use super::*;
+use crate::cmd::{Command, Request, Secret};
+
+fn keyed(t: u64, key: &str, cmd: Command) -> Request {
+    Request {
+        time_ms: t,
+        actor: "ops".into(),
+        idempotency_key: Some(key.into()),
+        cmd,
+    }
+}
+
+fn loc(name: &str) -> Command {
+    Command::CreateLocation(CreateLocation {
+        name: name.into(),
+        description: String::new(),
+        discovery: false,
+    })
+}
+
+#[test]
+fn a_reused_key_with_another_request_is_refused_and_changes_nothing() {
+    let mut s = State::default();
+    let first = s.apply(&keyed(1, "t1:K", loc("dc1")));
+    let id = first.0.as_ref().unwrap()["id"].as_u64().unwrap();
+    assert_eq!(s.apply(&keyed(2, "t1:K", loc("dc1"))), first, "a retry");
+    let before = serde_json::to_string(&s).unwrap();
+    let other = s.apply(&keyed(
+        3,
+        "t1:K",
+        Command::DeleteLocation { id, if_match: None },
+    ));
+    assert_eq!(
+        other.0.unwrap_err().code,
+        ErrorCode::IdempotencyKeyReused,
+        "a delete reusing a create's key is not answered with the create's result"
+    );
+    let other = s.apply(&keyed(
+        4,
+        "t1:K",
+        Command::UpdateLocation {
+            id,
+            if_match: None,
+            patch: UpdateLocation {
+                description: Some("x".into()),
+                ..Default::default()
+            },
+        },
+    ));
+    assert_eq!(other.0.unwrap_err().code, ErrorCode::IdempotencyKeyReused);
+    // Only leader time moved; no row changed.
+    let mut after: serde_json::Value = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+    let mut want: serde_json::Value = serde_json::from_str(&before).unwrap();
+    after["meta"]["last_time"] = 0.into();
+    want["meta"]["last_time"] = 0.into();
+    assert_eq!(after, want);
+    assert_eq!(s.locations.get(&id).unwrap().meta.version, 1);
+}
+
+#[test]
+fn secrets_generated_per_attempt_do_not_change_the_digest() {
+    let a = Command::Deploy {
+        id: 5,
+        if_match: None,
+        image: "debian".into(),
+        token: Secret("one".into()),
+    };
+    let b = Command::Deploy {
+        id: 5,
+        if_match: None,
+        image: "debian".into(),
+        token: Secret("two".into()),
+    };
+    let c = Command::Deploy {
+        id: 6,
+        if_match: None,
+        image: "debian".into(),
+        token: Secret("one".into()),
+    };
+    assert_eq!(a.idempotency_digest(), b.idempotency_digest());
+    assert_ne!(a.idempotency_digest(), c.idempotency_digest());
+    let t1 = Command::CreateApiToken {
+        name: "n".into(),
+        token_hash: "a".repeat(64),
+    };
+    let t2 = Command::CreateApiToken {
+        name: "n".into(),
+        token_hash: "b".repeat(64),
+    };
+    assert_eq!(t1.idempotency_digest(), t2.idempotency_digest());
+}
+
+#[test]
+fn records_written_before_digests_existed_still_answer() {
+    let mut s = State::default();
+    let first = s.apply(&keyed(1, "t1:K", loc("dc1")));
+    let k = "ops\u{0}t1:K".to_string();
+    let mut rec = s.idempotency.get(&k).unwrap().clone();
+    rec.digest.clear();
+    s.idempotency.insert(k, rec);
+    assert_eq!(s.apply(&keyed(2, "t1:K", loc("dc1"))), first);
+}
+
+#[test]
+fn expired_join_tokens_are_pruned_deterministically() {
+    let mut s = State::default();
+    let mk = |t: u64, h: char| Request {
+        time_ms: t,
+        actor: "ops".into(),
+        idempotency_key: None,
+        cmd: Command::CreateJoinToken {
+            token_hash: h.to_string().repeat(64),
+            ttl_ms: 1000,
+            description: String::new(),
+        },
+    };
+    assert!(s.apply(&mk(1, 'a')).0.is_ok());
+    assert!(s.apply(&mk(2, 'b')).0.is_ok());
+    assert_eq!(s.join_tokens.len(), 2);
+    let later = 2 + 1000 + super::cluster::JOIN_TOKEN_RETAIN_MS + 1;
+    assert!(s.apply(&mk(later, 'c')).0.is_ok());
+    assert_eq!(s.join_tokens.len(), 1);
+    assert!(s.join_token_by_hash(&"a".repeat(64)).is_none());
+    let mut rebuilt = s.clone();
+    rebuilt.rebuild_indexes();
+    assert_eq!(rebuilt.idx, s.idx);
+}

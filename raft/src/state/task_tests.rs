@@ -1,0 +1,339 @@
+//! Task leases, fencing, internal idempotency keys and power-observation ordering.
+
+use rackd_types::{
+    ApiError, BmcSpec, CreateLocation, CreateMachine, ErrorCode, TaskKind, TaskState,
+};
+use serde_json::Value;
+
+use super::{Claim, EXECUTOR_LOST, MAX_TASK_ATTEMPTS};
+use crate::cmd::{Command, PowerObservation, Request};
+use crate::state::State;
+
+fn apply(s: &mut State, t: u64, actor: &str, cmd: Command) -> Result<Value, ApiError> {
+    let idempotency_key = cmd.internal_key();
+    s.apply(&Request {
+        time_ms: t,
+        actor: actor.into(),
+        idempotency_key,
+        cmd,
+    })
+    .0
+}
+
+fn ok(s: &mut State, t: u64, cmd: Command) -> Value {
+    apply(s, t, "node:1", cmd).unwrap_or_else(|e| panic!("unexpected error {e:?}"))
+}
+
+fn refused(s: &mut State, t: u64, cmd: Command) -> ErrorCode {
+    match apply(s, t, "node:1", cmd) {
+        Ok(v) => panic!("unexpected success {v}"),
+        Err(e) => e.code,
+    }
+}
+
+/// A state with one machine (with a BMC) and two tasks on it: (state, machine, t1, t2).
+fn setup() -> (State, u64, u64, u64) {
+    let mut s = State::default();
+    ok(
+        &mut s,
+        1,
+        Command::Bootstrap {
+            cluster_id: "c1".into(),
+            admin_token_hash: "a".repeat(64),
+        },
+    );
+    ok(
+        &mut s,
+        2,
+        Command::CreateLocation(CreateLocation {
+            name: "dc1".into(),
+            description: String::new(),
+            discovery: false,
+        }),
+    );
+    let m = ok(
+        &mut s,
+        3,
+        Command::CreateMachine(CreateMachine {
+            hostname: "m".into(),
+            location: "dc1".into(),
+            rack_id: None,
+            rack_unit: None,
+            macs: vec![],
+            ips: vec![],
+            bmc: Some(BmcSpec {
+                driver: "sim".into(),
+                address: "x".into(),
+                port: 623,
+                username: String::new(),
+                password: None,
+                cipher_suite: None,
+            }),
+            state: None,
+            description: String::new(),
+            tags: vec![],
+        }),
+    )["id"]
+        .as_u64()
+        .unwrap();
+    let task = |s: &mut State, t, kind| {
+        ok(
+            s,
+            t,
+            Command::CreateTask {
+                kind,
+                machine_id: m,
+            },
+        )["id"]
+            .as_u64()
+            .unwrap()
+    };
+    let t1 = task(&mut s, 4, TaskKind::PowerOff);
+    let t2 = task(&mut s, 5, TaskKind::PowerOn);
+    (s, m, t1, t2)
+}
+
+fn claim(id: u64, node: u64, generation: u64) -> Command {
+    Command::ClaimTask {
+        id,
+        node,
+        generation,
+        lease_ms: 1000,
+    }
+}
+
+fn renew(id: u64, generation: u64) -> Command {
+    Command::RenewTaskLease {
+        id,
+        generation,
+        lease_ms: 1000,
+    }
+}
+
+fn finish(id: u64, generation: u64, power: &str) -> Command {
+    Command::FinishTask {
+        id,
+        generation,
+        error: None,
+        observed_power: Some(power.into()),
+    }
+}
+
+fn observe(machine_id: u64, power: &str, observed_at_ms: u64) -> Command {
+    Command::ObservePower {
+        observations: vec![PowerObservation {
+            machine_id,
+            power: power.into(),
+            observed_at_ms,
+        }],
+    }
+}
+
+#[test]
+fn an_expired_lease_is_taken_over_with_a_new_generation_and_the_old_result_is_refused() {
+    let (mut s, _, t1, t2) = setup();
+    let c = ok(&mut s, 100, claim(t1, 1, 0));
+    assert_eq!(
+        (c["generation"].as_u64(), c["lease_expires_at"].as_u64()),
+        (Some(1), Some(1100))
+    );
+    // While the lease runs, nobody takes the task, and the next task of the machine waits.
+    assert_eq!(
+        s.claimable(t1, 1100).unwrap_err().code,
+        ErrorCode::PreconditionFailed
+    );
+    assert_eq!(
+        refused(&mut s, 1100, claim(t1, 2, 1)),
+        ErrorCode::PreconditionFailed
+    );
+    assert_eq!(
+        s.claimable(t2, 5000).unwrap_err().code,
+        ErrorCode::PreconditionFailed
+    );
+    // Expired (leader time): node 2 takes it over under generation 2, as attempt 2.
+    assert_eq!(s.claimable(t1, 1101), Ok(Claim::TakeOver));
+    let c = ok(&mut s, 1101, claim(t1, 2, 1));
+    assert_eq!(
+        (
+            c["state"].as_str(),
+            c["generation"].as_u64(),
+            c["attempt"].as_u64()
+        ),
+        (Some("running"), Some(2), Some(2)),
+        "{c}"
+    );
+    assert_eq!(
+        (c["assignee"].as_u64(), c["lease_expires_at"].as_u64()),
+        (Some(2), Some(2101))
+    );
+    // The lost executor's renewal and result are stale now; the new executor's are accepted.
+    assert_eq!(
+        refused(&mut s, 1200, renew(t1, 1)),
+        ErrorCode::PreconditionFailed
+    );
+    assert_eq!(
+        refused(&mut s, 1200, finish(t1, 1, "on")),
+        ErrorCode::PreconditionFailed
+    );
+    assert_eq!(s.tasks.get(&t1).unwrap().state, TaskState::Running);
+    ok(&mut s, 1300, finish(t1, 2, "off"));
+    assert_eq!(s.tasks.get(&t1).unwrap().state, TaskState::Succeeded);
+    // Now the second task may start.
+    assert_eq!(s.claimable(t2, 1301), Ok(Claim::Start));
+    ok(&mut s, 1301, claim(t2, 1, 0));
+}
+
+#[test]
+fn renewal_keeps_the_lease_and_a_stale_generation_cannot_renew() {
+    let (mut s, _, t1, _) = setup();
+    ok(&mut s, 100, claim(t1, 1, 0));
+    // Renewed at 800: the lease runs to 1800, so a claim at 1500 is refused.
+    let r = ok(&mut s, 800, renew(t1, 1));
+    assert_eq!(r["lease_expires_at"].as_u64(), Some(1800));
+    assert_eq!(
+        refused(&mut s, 1500, claim(t1, 2, 1)),
+        ErrorCode::PreconditionFailed
+    );
+    // A renewal for a generation that never existed, or after the take-over, is refused.
+    assert_eq!(
+        refused(&mut s, 1500, renew(t1, 0)),
+        ErrorCode::PreconditionFailed
+    );
+    ok(&mut s, 1801, claim(t1, 2, 1));
+    assert_eq!(
+        refused(&mut s, 1802, renew(t1, 1)),
+        ErrorCode::PreconditionFailed
+    );
+    let r = ok(&mut s, 1900, renew(t1, 2));
+    assert_eq!(r["lease_expires_at"].as_u64(), Some(2900));
+    // A renewal of a finished task is refused.
+    ok(&mut s, 2000, finish(t1, 2, "off"));
+    assert_eq!(
+        refused(&mut s, 2001, renew(t1, 2)),
+        ErrorCode::PreconditionFailed
+    );
+}
+
+#[test]
+fn a_task_fails_as_executor_lost_after_the_last_attempt_and_frees_the_machine() {
+    let (mut s, _, t1, t2) = setup();
+    let mut now = 100;
+    for generation in 0..u64::from(MAX_TASK_ATTEMPTS) {
+        ok(&mut s, now, claim(t1, 1 + generation, generation));
+        now += 2000; // every executor vanishes
+    }
+    assert_eq!(s.claimable(t1, now), Ok(Claim::Fail));
+    let c = ok(&mut s, now, claim(t1, 9, u64::from(MAX_TASK_ATTEMPTS)));
+    assert_eq!(c["state"], "failed", "{c}");
+    assert!(
+        c["error"].as_str().unwrap().starts_with(EXECUTOR_LOST),
+        "{c}"
+    );
+    assert_eq!(c["attempt"].as_u64(), Some(u64::from(MAX_TASK_ATTEMPTS)));
+    // No executor runs it any more, and the machine's next task may start.
+    assert!(s.claimable(t1, now + 1).is_err());
+    assert_eq!(
+        refused(&mut s, now, finish(t1, u64::from(MAX_TASK_ATTEMPTS), "on")),
+        ErrorCode::PreconditionFailed
+    );
+    assert_eq!(s.claimable(t2, now + 1), Ok(Claim::Start));
+}
+
+#[test]
+fn a_retried_claim_or_result_gets_the_first_answer() {
+    let (mut s, _, t1, _) = setup();
+    // The first claim commits but its answer is lost; the retry (same command, same key)
+    // returns the same claim instead of "task is running at generation 1".
+    let first = ok(&mut s, 100, claim(t1, 1, 0));
+    let retry = ok(&mut s, 150, claim(t1, 1, 0));
+    assert_eq!(first, retry);
+    assert_eq!(s.tasks.get(&t1).unwrap().attempt, 1);
+    // Another node's claim of the same generation is still refused.
+    assert_eq!(
+        apply(&mut s, 160, "node:2", claim(t1, 2, 0))
+            .unwrap_err()
+            .code,
+        ErrorCode::PreconditionFailed
+    );
+    let done = ok(&mut s, 200, finish(t1, 1, "off"));
+    assert_eq!(ok(&mut s, 250, finish(t1, 1, "off")), done);
+    // Keys are derived from the command: deterministic, and distinct per task and generation.
+    assert_eq!(
+        claim(t1, 1, 0).internal_key(),
+        claim(t1, 1, 0).internal_key()
+    );
+    assert_ne!(
+        claim(t1, 1, 0).internal_key(),
+        claim(t1, 1, 1).internal_key()
+    );
+    assert_ne!(
+        finish(t1, 1, "on").internal_key(),
+        claim(t1, 1, 1).internal_key()
+    );
+    assert_ne!(
+        observe(1, "on", 5).internal_key(),
+        observe(1, "on", 6).internal_key()
+    );
+    let done = |token: &str| Command::DeployDone {
+        mac: "02:00:00:00:00:01".into(),
+        token: crate::cmd::Secret(token.into()),
+    };
+    let k = done("secret-token").internal_key().unwrap();
+    assert!(k.starts_with("deploy-done:02:00:00:00:00:01:") && !k.contains("secret-token"));
+    assert_ne!(done("other").internal_key(), Some(k));
+}
+
+#[test]
+fn power_observations_never_overwrite_newer_results() {
+    let (mut s, m, t1, _) = setup();
+    let power = |s: &State| {
+        let m = &s.machines.get(&m).unwrap().machine;
+        (m.power_state.clone(), m.power_observed_at)
+    };
+    // Polled at 900 (on), committed at 1000.
+    assert_eq!(ok(&mut s, 1000, observe(m, "on", 900))["recorded"], 1);
+    assert_eq!(power(&s), (Some("on".into()), Some(900)));
+    // An older poll that commits later is dropped.
+    assert_eq!(ok(&mut s, 1100, observe(m, "off", 800))["recorded"], 0);
+    assert_eq!(power(&s), (Some("on".into()), Some(900)));
+    // While a task runs, polls are dropped: the task records the result.
+    ok(&mut s, 1200, claim(t1, 1, 0));
+    assert_eq!(ok(&mut s, 1250, observe(m, "unknown", 1240))["recorded"], 0);
+    ok(&mut s, 2000, finish(t1, 1, "off"));
+    assert_eq!(power(&s), (Some("off".into()), Some(2000)));
+    // A poll started before the task's result, committed after it, does not undo it.
+    assert_eq!(ok(&mut s, 3000, observe(m, "on", 1900))["recorded"], 0);
+    assert_eq!(power(&s), (Some("off".into()), Some(2000)));
+    // A newer poll is recorded with its own time; a clock ahead of the leader is capped.
+    assert_eq!(ok(&mut s, 3100, observe(m, "off", 3050))["recorded"], 1);
+    assert_eq!(power(&s), (Some("off".into()), Some(3050)));
+    assert_eq!(ok(&mut s, 3200, observe(m, "on", 99_999))["recorded"], 1);
+    assert_eq!(power(&s), (Some("on".into()), Some(3200)));
+}
+
+#[test]
+fn observations_from_old_log_entries_still_decode() {
+    let old = r#"{"type":"observe_power","observations":[[7,"on"],[8,"off"]]}"#;
+    let Command::ObservePower { observations } = serde_json::from_str(old).unwrap() else {
+        panic!("wrong command");
+    };
+    assert_eq!(
+        observations[0],
+        PowerObservation {
+            machine_id: 7,
+            power: "on".into(),
+            observed_at_ms: 0
+        }
+    );
+    let new = observe(7, "on", 5);
+    let back: Command = serde_json::from_str(&serde_json::to_string(&new).unwrap()).unwrap();
+    assert_eq!(back.internal_key(), new.internal_key());
+    // An old entry (no poll time) is stamped with the entry's time.
+    let (mut s, m, _, _) = setup();
+    let c: Command = serde_json::from_str(&old.replace('7', &m.to_string())).unwrap();
+    assert_eq!(ok(&mut s, 500, c)["recorded"], 1);
+    assert_eq!(
+        s.machines.get(&m).unwrap().machine.power_observed_at,
+        Some(500)
+    );
+}

@@ -1,0 +1,51 @@
+//! A member removed while it was down learns of its removal when it comes back: it stops
+//! campaigning (its term stops rising), says so in its health answer and its log, and refuses
+//! to start again on the same data directory.
+
+use std::time::{Duration, Instant};
+
+use rackd_tests::Cluster;
+use reqwest::Method;
+
+const T: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_removed_while_down_stops_and_says_so() {
+    let mut c = Cluster::start("removed", 3, &[]).await.expect("cluster");
+    let gone = 2;
+    let gone_id = c.health(gone).await.unwrap().node_id;
+    c.nodes[gone].kill();
+    let l = c.wait_leader(T).await.unwrap();
+    let (s, v) = c
+        .request(l, Method::DELETE, &format!("/v1/cluster/members/{gone_id}"), None, &[])
+        .await
+        .unwrap();
+    assert_eq!(s, 204, "{v}");
+
+    // Back up: it never saw the entry that removed it.
+    c.nodes[gone].start().unwrap();
+    c.wait_until(T, "removed node reports its removal", |c| async move {
+        c.health(gone).await.is_ok_and(|h| h.removed && h.raft_state == "removed")
+    })
+    .await
+    .unwrap();
+    let t1 = c.health(gone).await.unwrap().term;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(c.health(gone).await.unwrap().term, t1, "no more campaigns");
+    let log = std::fs::read_to_string(&c.nodes[gone].log).unwrap();
+    assert!(log.contains("this node was removed from the cluster"), "logged");
+    // The remaining members are unaffected.
+    let l = c.wait_leader(T).await.unwrap();
+    assert_ne!(l, gone);
+
+    // Restarted on the same data directory it refuses to run, with the reason.
+    c.nodes[gone].stop();
+    let _ = c.nodes[gone].start();
+    let deadline = Instant::now() + T;
+    while c.nodes[gone].is_running() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!c.nodes[gone].is_running(), "a removed node must not run again");
+    let log = std::fs::read_to_string(&c.nodes[gone].log).unwrap();
+    assert!(log.contains("was removed from cluster"), "says why: {log}");
+}
