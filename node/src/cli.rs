@@ -155,6 +155,11 @@ pub struct UpArgs {
     /// instead of straight to the HTTP script.
     #[arg(long)]
     pub ipxe_via_tftp: bool,
+    /// This node's share of the location's dynamic (discovery) ranges, `K/N`: give each of the
+    /// N location nodes of a site its own K, so two of them never offer one free address to
+    /// two unknown machines. Default `1/1` (one location node hands out the whole range).
+    #[arg(long, default_value = "1/1", value_parser = rackd_net::dhcp::PoolShare::parse)]
+    pub dhcp_pool_share: rackd_net::dhcp::PoolShare,
     /// Lease time handed out with reservations (seconds).
     #[arg(long, default_value_t = 3600)]
     pub dhcp_lease_secs: u32,

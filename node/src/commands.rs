@@ -85,6 +85,7 @@ pub async fn up(args: UpArgs, join: Option<String>) -> anyhow::Result<()> {
                 http_base: args.http_boot_base,
                 proxy: args.dhcp_proxy,
                 lease_secs: args.dhcp_lease_secs,
+                pool_share: args.dhcp_pool_share,
                 router_advertisements: !args.no_router_advertisements,
                 ipxe_via_tftp: args.ipxe_via_tftp,
             }),

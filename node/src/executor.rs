@@ -236,11 +236,17 @@ impl Executor {
         let next: Vec<Next> = {
             let a = self.node.sm.read();
             let active = lock(&self.active);
-            let unconfirmed = lock(&self.unconfirmed);
-            a.state
-                .tasks
-                .values()
-                .filter(|t| matches!(t.state, TaskState::Pending | TaskState::Running))
+            let mut unconfirmed = lock(&self.unconfirmed);
+            unconfirmed.retain(|id, _| {
+                a.state
+                    .tasks
+                    .get(id)
+                    .is_some_and(|t| !t.state.is_terminal())
+            });
+            let mut tasks: Vec<&Task> = a.state.active_tasks().collect();
+            tasks.sort_by_key(|t| t.meta.id); // oldest first
+            tasks
+                .into_iter()
                 .filter(|t| !active.contains(&t.meta.id))
                 .filter(|t| {
                     a.state
@@ -415,13 +421,7 @@ impl Executor {
     /// state older than `every` (or none).
     fn stale_machines(&self, every: Duration) -> Vec<u64> {
         let a = self.node.sm.read();
-        let busy: HashSet<u64> = a
-            .state
-            .tasks
-            .values()
-            .filter(|t| matches!(t.state, TaskState::Pending | TaskState::Running))
-            .map(|t| t.machine_id)
-            .collect();
+        let busy: HashSet<u64> = a.state.active_tasks().map(|t| t.machine_id).collect();
         let now = crate::now_ms();
         let every = every.as_millis() as u64;
         let mut v: Vec<(u64, u64)> = a

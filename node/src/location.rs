@@ -173,6 +173,8 @@ pub struct DhcpOptions {
     pub http_base: Option<String>,
     pub proxy: bool,
     pub lease_secs: u32,
+    /// This node's share of the discovery pools (`--dhcp-pool-share`).
+    pub pool_share: rackd_net::dhcp::PoolShare,
     /// Send IPv6 Router Advertisements (lifetime 0) so iPXE does not wait ~13 s for routers.
     pub router_advertisements: bool,
     /// iPXE clients load `boot.ipxe` over TFTP first (it chains their HTTP script).
@@ -212,6 +214,7 @@ pub fn start_dhcp(
         },
         lease_secs: o.lease_secs,
         proxy: o.proxy,
+        pool_share: o.pool_share,
     });
     let inv = Arc::new(ReplicaInventory {
         sm,

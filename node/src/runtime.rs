@@ -349,7 +349,10 @@ pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
     let (log, sm) = rackd_storage::open(&dir).await.context("open storage")?;
     // The node id is also kept in the database: a node.json from another node (or a restored
     // old one) can never run this database under the wrong identity.
-    if let Err(stored) = log.bind_node_id(identity.node_id).context("node id in the database")? {
+    if let Err(stored) = log
+        .bind_node_id(identity.node_id)
+        .context("node id in the database")?
+    {
         anyhow::bail!(
             "the database in {} belongs to node {stored}, but node.json says node {}; restore \
              this node's own node.json",
@@ -547,13 +550,30 @@ pub async fn run(opts: NodeOptions) -> anyhow::Result<()> {
         });
     }
 
-    shutdown_signal().await;
+    // A removed member stops its location services at once (they would serve a replica that
+    // no longer follows the cluster); its API stays up to report the removal.
+    let location_services = (_tftp, _http_boot, _dhcp, _executor, _ipmi_proxy);
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        _ = wait_removed(&node) => {
+            drop(location_services);
+            tracing::warn!("location services stopped: this node was removed from the cluster");
+            shutdown_signal().await;
+        }
+    }
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = raft.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), api).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), grpc).await;
     Ok(())
+}
+
+/// Returns once this node learned that the cluster removed it.
+async fn wait_removed(node: &Node) {
+    while !node.removed.load(std::sync::atomic::Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Start the TFTP server of the location services; returns its task (aborted on drop).
@@ -831,7 +851,7 @@ pub async fn create_join_token(
         .state
         .join_tokens
         .get(&view.id)
-        .is_none_or(|t| t.hash == hash);
+        .is_some_and(|t| t.hash == hash);
     if !ours {
         return Err(ApiError::conflict(format!(
             "join token {} was already created with this Idempotency-Key; its secret cannot be \

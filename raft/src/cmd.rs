@@ -190,11 +190,8 @@ impl Command {
         match self {
             Command::ClaimTask { id, generation, .. } => Some(format!("claim:{id}:{generation}")),
             Command::FinishTask { id, generation, .. } => Some(format!("finish:{id}:{generation}")),
-            Command::ObservePower { observations } => {
-                // Every round has its own poll times, so its own key.
-                let body = serde_json::to_vec(observations).unwrap_or_default();
-                Some(format!("observe:{}", &sha256_hex(&body)[..32]))
-            }
+            // No key: applying a round again changes nothing (an observation replaces only
+            // older ones), and a key per round would fill the shared idempotency bound.
             Command::DeployDone { mac, token } => Some(format!(
                 "deploy-done:{mac}:{}",
                 sha256_hex(token.0.as_bytes())

@@ -114,13 +114,18 @@ async fn format_1_is_migrated_by_rebuilding_from_the_log_or_refused_when_compact
         let logs = db.cf_handle(crate::CF_LOGS).unwrap();
         db.put_cf(logs, 1u64.to_be_bytes(), b"entry").unwrap();
         let data = db.cf_handle(crate::CF_SM_DATA).unwrap();
-        db.put_cf(data, [2u8, 0, 0, 0, 0, 0, 0, 0, 1], b"{}").unwrap();
+        db.put_cf(data, [2u8, 0, 0, 0, 0, 0, 0, 0, 1], b"{}")
+            .unwrap();
         let sm_meta = db.cf_handle(crate::CF_SM_META).unwrap();
         db.put_cf(sm_meta, b"last_applied", b"x").unwrap();
         let meta = db.cf_handle(crate::CF_RAFT_META).unwrap();
         db.put_cf(meta, b"format_version", 1u32.to_be_bytes())
             .unwrap();
-        std::fs::write(td.path().join("snapshots/00000000000000000005-0.snap"), b"old").unwrap();
+        std::fs::write(
+            td.path().join("snapshots/00000000000000000005-0.snap"),
+            b"old",
+        )
+        .unwrap();
     }
     {
         let (db, found) = crate::open_db_any(&td.path().join("db")).unwrap();

@@ -244,8 +244,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for e in entries {
             batch.put_cf(self.cf_logs(), e.index().to_be_bytes(), codec::encode(&e));
         }
-        // Written (readable) now; durable when the group-commit thread has synced the WAL.
-        self.db.write(batch).map_err(io_err)?;
+        // Written (readable) when this returns, on a blocking thread (a RocksDB write can
+        // stall); durable when the group-commit thread has synced the WAL.
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.write(batch))
+            .await
+            .map_err(io_err)?
+            .map_err(io_err)?;
         self.flusher
             .send(FlushReq::Raft(callback))
             .map_err(|_| io_err("WAL sync thread is gone"))?;
@@ -254,13 +259,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last: Option<LogId>) -> Result<(), io::Error> {
         let from = last.map(|l| l.index() + 1).unwrap_or(0);
-        self.db
-            .delete_range_cf(self.cf_logs(), from.to_be_bytes(), u64::MAX.to_be_bytes())
-            .map_err(io_err)?;
-        // delete_range excludes the end key; remove it explicitly.
-        self.db
-            .delete_cf(self.cf_logs(), u64::MAX.to_be_bytes())
-            .map_err(io_err)
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            this.db
+                .delete_range_cf(this.cf_logs(), from.to_be_bytes(), u64::MAX.to_be_bytes())
+                .map_err(io_err)?;
+            // delete_range excludes the end key; remove it explicitly.
+            this.db
+                .delete_cf(this.cf_logs(), u64::MAX.to_be_bytes())
+                .map_err(io_err)
+        })
+        .await
+        .map_err(io_err)?
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {

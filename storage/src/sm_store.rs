@@ -1,7 +1,8 @@
 //! The state machine store: [`rackd_raft::state::State`] in memory, its rows in `sm_data`, and
 //! `last_applied`/`last_membership` in `sm_meta`, always written in one `WriteBatch` that is
 //! durable (WAL fsynced through the log's group-commit thread) before any of its results is
-//! answered or read, so a replica never goes back in time after a power loss.
+//! answered or read: entries are applied to an O(1) copy of the state, and the copy is
+//! published only after the fsync, so a replica never goes back in time after a power loss.
 //!
 //! Snapshots are the whole state serialized ([`StateSnapshot`], versioned) and kept as one file
 //! under `snapshots/` (the newest replaces older ones). One mutex owns every snapshot-file
@@ -328,9 +329,8 @@ fn poisoned() -> ! {
 }
 
 fn decode_snapshot(data: &[u8]) -> io::Result<State> {
-    let snap: StateSnapshot = serde_json::from_slice(data).map_err(|e| {
-        io::Error::new(io::ErrorKind::InvalidData, format!("snapshot decode: {e}"))
-    })?;
+    let snap: StateSnapshot = serde_json::from_slice(data)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("snapshot decode: {e}")))?;
     if snap.format_version != STATE_FORMAT_VERSION {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -400,34 +400,48 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             return Ok(());
         }
         let mut responses = Vec::with_capacity(items.len());
-        let mut batch = WriteBatch::default();
-        let last_index;
-        {
-            let mut a = self.write_lock();
-            for (entry, responder) in items {
-                let resp = match &entry.payload {
-                    EntryPayload::Blank => Response(Ok(serde_json::Value::Null)),
-                    EntryPayload::Normal(req) => a.state.apply(req),
-                    EntryPayload::Membership(m) => {
-                        a.membership = StoredMembership::new(Some(entry.log_id()), m.clone());
-                        Response(Ok(serde_json::Value::Null))
-                    }
-                };
-                a.last_applied = Some(entry.log_id());
-                if let Some(r) = responder {
-                    responses.push((r, resp));
-                }
+        // Apply to a copy (O(1): persistent tables and indexes), outside the lock: readers keep
+        // the published state until the new one is durable. Only the state machine worker
+        // mutates the state (apply and install run one at a time), so the copy cannot race.
+        let mut next = {
+            let a = self.read();
+            Applied {
+                state: a.state.clone(),
+                last_applied: a.last_applied,
+                membership: a.membership.clone(),
             }
-            let rows = a.state.drain_changes();
-            self.rows_to_batch(&mut batch, rows);
-            self.meta_to_batch(&mut batch, &a.last_applied, &a.membership);
-            last_index = a.last_applied.as_ref().map(|l| l.index()).unwrap_or(0);
+        };
+        for (entry, responder) in items {
+            let resp = match &entry.payload {
+                EntryPayload::Blank => Response(Ok(serde_json::Value::Null)),
+                EntryPayload::Normal(req) => next.state.apply(req),
+                EntryPayload::Membership(m) => {
+                    next.membership = StoredMembership::new(Some(entry.log_id()), m.clone());
+                    Response(Ok(serde_json::Value::Null))
+                }
+            };
+            next.last_applied = Some(entry.log_id());
+            if let Some(r) = responder {
+                responses.push((r, resp));
+            }
         }
-        // Durable before anything is answered or waited on: one fsync shared with the log's
-        // group commit. A replica restarted after a power loss is therefore never behind a
-        // state it already served (stale reads, DHCP, the executor read the local replica).
-        self.inner.db.write(batch).map_err(io_err)?;
+        let mut batch = WriteBatch::default();
+        let rows = next.state.drain_changes();
+        self.rows_to_batch(&mut batch, rows);
+        self.meta_to_batch(&mut batch, &next.last_applied, &next.membership);
+        let last_index = next.last_applied.as_ref().map(|l| l.index()).unwrap_or(0);
+        // Durable before anything is answered, waited on or read: the RocksDB write on a
+        // blocking thread, then one fsync shared with the log's group commit. Only then is the
+        // new state published, so nothing that reads the local replica (stale reads, DHCP,
+        // the executor, auth) can see a state a power loss would take back.
+        let db = self.inner.db.clone();
+        tokio::task::spawn_blocking(move || db.write(batch))
+            .await
+            .map_err(io_err)?
+            .map_err(io_err)?;
         self.inner.wal.sync().await?;
+        let old = std::mem::replace(&mut *self.write_lock(), next);
+        drop(old); // outside the lock
         self.inner.applied_tx.send_replace(last_index);
         for (r, resp) in responses {
             r.send(resp);

@@ -52,6 +52,8 @@ pub struct NodeProc {
     pub peer: Option<String>,
     /// Extra `rackd up` arguments used at every start (e.g. `--join`, `--learner`).
     pub args: Vec<String>,
+    /// The network namespace the process runs in ([`Cluster::new_in_netns`]), if any.
+    pub netns: Option<String>,
 }
 
 impl NodeProc {
@@ -79,7 +81,17 @@ impl NodeProc {
             .append(true)
             .open(&self.log)
             .context("open node log")?;
-        let child = Command::new(rackd_bin())
+        let mut cmd = match &self.netns {
+            // `ip netns exec` execs rackd in place: the child's pid is rackd's, so signals
+            // (SIGKILL, SIGSTOP) reach the node itself.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(rackd_bin());
+                c
+            }
+            None => Command::new(rackd_bin()),
+        };
+        let child = cmd
             .arg("up")
             .arg("--data-dir")
             .arg(&self.data_dir)
@@ -166,6 +178,85 @@ pub struct Cluster {
     pub token: String,
     net: (u32, u32),
     pub common_args: Vec<String>,
+    /// Per-node network namespaces on one bridge, when partitions are wanted.
+    netns: Option<Netns>,
+}
+
+/// Network namespaces for the nodes of one cluster: node `i` runs in its own namespace with
+/// address `10.A.B.(i+1)` on a veth whose other end is on a bridge in the root namespace
+/// (`10.A.B.254`, so the test process reaches every node). A partition is a pair of blackhole
+/// routes between two nodes' namespaces: their traffic is dropped both ways while clients keep
+/// reaching both. Everything is deleted on drop, also when the test fails.
+struct Netns {
+    tag: String,
+    prefix: String,
+    bridge: String,
+    spaces: Vec<String>,
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip").args(args).output().context("run ip")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+impl Netns {
+    fn new(net: (u32, u32)) -> anyhow::Result<Self> {
+        let tag = format!("{}{}", std::process::id() % 10_000, net.1);
+        let prefix = format!("10.{}.{}", 150 + net.0 % 100, net.1);
+        let bridge = format!("rkb{tag}");
+        let _ = ip(&["link", "del", &bridge]);
+        ip(&["link", "add", &bridge, "type", "bridge"])?;
+        ip(&["addr", "add", &format!("{prefix}.254/24"), "dev", &bridge])?;
+        ip(&["link", "set", &bridge, "up"])?;
+        Ok(Self {
+            tag,
+            prefix,
+            bridge,
+            spaces: Vec::new(),
+        })
+    }
+
+    /// Namespace and address of node `i` (created here).
+    fn add(&mut self, i: usize) -> anyhow::Result<(String, String)> {
+        let ns = format!("rk{}-{}", self.tag, i + 1);
+        let host = format!("rkh{}-{}", self.tag, i + 1);
+        let addr = format!("{}.{}", self.prefix, i + 1);
+        let _ = ip(&["netns", "del", &ns]);
+        ip(&["netns", "add", &ns])?;
+        self.spaces.push(ns.clone());
+        ip(&[
+            "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ])?;
+        ip(&["link", "set", &host, "master", &self.bridge, "up"])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        Ok((ns, addr))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for ns in &self.spaces {
+            let _ = ip(&["netns", "del", ns]); // its veth end goes with it
+        }
+        let _ = ip(&["link", "del", &self.bridge]);
+    }
 }
 
 impl Cluster {
@@ -190,13 +281,58 @@ impl Cluster {
             token: String::new(),
             net,
             common_args: Vec::new(),
+            netns: None,
         }
+    }
+
+    /// Like [`Cluster::new`], but every node runs in its own network namespace, so that
+    /// [`Cluster::partition`] can cut links between nodes (needs root and `ip`).
+    pub fn new_in_netns(test: &str) -> anyhow::Result<Self> {
+        let mut c = Self::new(test);
+        c.netns = Some(Netns::new(c.net)?);
+        Ok(c)
+    }
+
+    /// Cut the link between nodes `a` and `b` (both directions); clients still reach both.
+    pub fn partition(&self, a: usize, b: usize) -> anyhow::Result<()> {
+        self.netns.as_ref().context("not a netns cluster")?;
+        for (x, y) in [(a, b), (b, a)] {
+            let ns = self.nodes[x]
+                .netns
+                .as_deref()
+                .context("node without netns")?;
+            ip(&[
+                "-n",
+                ns,
+                "route",
+                "add",
+                "blackhole",
+                &format!("{}/32", self.nodes[y].ip),
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// Remove every cut made by [`Cluster::partition`].
+    pub fn heal(&self) -> anyhow::Result<()> {
+        for node in &self.nodes {
+            if let Some(ns) = &node.netns {
+                ip(&["-n", ns, "route", "flush", "type", "blackhole"])?;
+            }
+        }
+        Ok(())
     }
 
     fn add_node(&mut self, args: Vec<String>) -> usize {
         let i = self.nodes.len();
         let name = format!("n{}", i + 1);
-        let ip = format!("127.{}.{}.{}", self.net.0, self.net.1, i + 1);
+        let (netns, ip) = match &mut self.netns {
+            Some(n) => {
+                let (ns, addr) = n.add(i).expect("create the node's network namespace");
+                (Some(ns), addr)
+            }
+            None => (None, format!("127.{}.{}.{}", self.net.0, self.net.1, i + 1)),
+        };
         let data_dir = self.dir.join(&name);
         let mut all: Vec<String> = self
             .common_args
@@ -216,6 +352,7 @@ impl Cluster {
             api: None,
             peer: None,
             args: all,
+            netns,
         });
         i
     }
@@ -471,6 +608,7 @@ impl Drop for Cluster {
         for n in &mut self.nodes {
             n.kill();
         }
+        // The namespaces go after their processes: the `netns` field is dropped after this.
         if std::thread::panicking() {
             if let Some(t) = self._tmp.take() {
                 let p = t.keep();

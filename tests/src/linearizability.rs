@@ -572,9 +572,8 @@ fn check_key(ops: &[&Op], initial: &State, budget: u64) -> (KeyResult, u64) {
         if !is_ret[entry] {
             let eligible = class_of[i].is_none_or(|(c, rank)| class_applied[c] == rank);
             let next_state = if eligible {
-                step(&state, &iops[i]).filter(|ns| {
-                    min_need_without(&needs, i).is_none_or(|r| version(ns) <= r)
-                })
+                step(&state, &iops[i])
+                    .filter(|ns| min_need_without(&needs, i).is_none_or(|r| version(ns) <= r))
             } else {
                 None
             };
@@ -626,7 +625,9 @@ fn check_key(ops: &[&Op], initial: &State, budget: u64) -> (KeyResult, u64) {
             let holder = min_need_without(&needs, i).and_then(|r| {
                 let blocked_by_bound = step(&state, &iops[i]).is_some_and(|ns| version(&ns) > r);
                 (0..n).filter(|&j| j != i).find(|&j| {
-                    blocked_by_bound && need[j] == Some(r) && linearized[j / 64] & (1 << (j % 64)) == 0
+                    blocked_by_bound
+                        && need[j] == Some(r)
+                        && linearized[j / 64] & (1 << (j % 64)) == 0
                 })
             });
             best = Some((stack.len(), order, state, i, pending, holder));
@@ -798,7 +799,10 @@ mod tests {
         // v1) and cannot come after the read (the read was called after it returned).
         assert_eq!(v.blocked, h[0], "{r}");
         assert_eq!(v.needed_by.as_ref(), Some(&h[1]), "{r}");
-        assert!(text.contains("NOT LINEARIZABLE") && text.contains("init"), "{text}");
+        assert!(
+            text.contains("NOT LINEARIZABLE") && text.contains("init"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -851,15 +855,15 @@ mod tests {
         let r = check(&h, &init());
         assert!(!r.is_linearizable());
         let text = r.to_string();
-        assert!(text.contains("was written by") && text.contains("not accepted"), "{text}");
+        assert!(
+            text.contains("was written by") && text.contains("not accepted"),
+            "{text}"
+        );
     }
 
     #[test]
     fn keys_are_independent() {
-        let mut h = vec![
-            write(1, "a", val(2, "a"), 0, 10),
-            read(2, 2, "a", 20, 30),
-        ];
+        let mut h = vec![write(1, "a", val(2, "a"), 0, 10), read(2, 2, "a", 20, 30)];
         let mut other = read(3, 1, "x", 15, 40);
         other.key = "other".into();
         h.push(other);

@@ -223,6 +223,13 @@ pub enum TaskState {
     Cancelled,
 }
 
+impl TaskState {
+    /// Succeeded, failed or cancelled: the task will not run again.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
 /// A replicated unit of work on one machine (DESIGN §5). `generation` fences executors: a
 /// result is accepted only with the generation of the claim that started the attempt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

@@ -91,14 +91,15 @@ impl Leases {
         now: Instant,
         mac: &str,
         pools: &[Pool],
+        share: PoolShare,
         inv: &dyn Inventory,
     ) -> Option<DynLease> {
+        let in_share = |p: &Pool, ip: Ipv4Addr| {
+            p.start <= ip && ip <= p.end && share.holds(u32::from(ip) - u32::from(p.start))
+        };
         if let Some(l) = self.by_mac.get(mac) {
             let still_ours = self.holder(l.ip, now).is_none_or(|m| m == mac);
-            if still_ours
-                && pools.iter().any(|p| p.start <= l.ip && l.ip <= p.end)
-                && !inv.is_reserved(l.ip)
-            {
+            if still_ours && pools.iter().any(|p| in_share(p, l.ip)) && !inv.is_reserved(l.ip) {
                 return Some(l.clone());
             }
         }
@@ -106,7 +107,8 @@ impl Leases {
         for p in pools {
             for n in u32::from(p.start)..=u32::from(p.end) {
                 let ip = Ipv4Addr::from(n);
-                if self.holder(ip, now).is_some()
+                if !in_share(p, ip)
+                    || self.holder(ip, now).is_some()
                     || self.declined.contains_key(&ip)
                     || inv.is_reserved(ip)
                 {
@@ -156,6 +158,52 @@ pub struct Config {
     pub lease_secs: u32,
     /// Proxy-DHCP: answer only the PXE part, never hand out addresses (RFC 4578 style).
     pub proxy: bool,
+    /// The part of the discovery pools this server hands out (several location nodes of one
+    /// site each take their own share, so they never offer one free address to two machines).
+    pub pool_share: PoolShare,
+}
+
+/// Share `index` of `count` of every dynamic range: the addresses whose offset in the range
+/// is `index` modulo `count` (interleaved, so every share spans every range).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolShare {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Default for PoolShare {
+    fn default() -> Self {
+        Self { index: 0, count: 1 }
+    }
+}
+
+impl PoolShare {
+    /// Parses `K/N` (1-based K, as operators number their nodes: `1/2` and `2/2`).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (k, n) = s
+            .split_once('/')
+            .ok_or_else(|| format!("pool share {s:?}: expected K/N, e.g. 1/2"))?;
+        let k: u32 = k
+            .trim()
+            .parse()
+            .map_err(|_| format!("pool share {s:?}: bad K"))?;
+        let n: u32 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("pool share {s:?}: bad N"))?;
+        if n == 0 || k == 0 || k > n {
+            return Err(format!("pool share {s:?}: need 1 <= K <= N"));
+        }
+        Ok(Self {
+            index: k - 1,
+            count: n,
+        })
+    }
+
+    /// Whether the address at `offset` in its range belongs to this share.
+    pub fn holds(&self, offset: u32) -> bool {
+        offset % self.count.max(1) == self.index
+    }
 }
 
 /// Where a reply goes.
@@ -314,7 +362,8 @@ impl DhcpCore {
                     return None;
                 }
                 let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
-                let Some(lease) = leases.allocate(now, &mac, &pools, inv) else {
+                let Some(lease) = leases.allocate(now, &mac, &pools, self.cfg.pool_share, inv)
+                else {
                     tracing::warn!(%mac, "discovery pool exhausted");
                     DhcpStats::inc(&self.stats.unknown_client);
                     return None;

@@ -12,7 +12,9 @@ pub mod boot;
 pub mod core;
 pub mod server;
 
-pub use self::core::{Config, Dest, DhcpCore, DhcpStats, Inventory, Pool, Reservation, OFFER_HOLD};
+pub use self::core::{
+    Config, Dest, DhcpCore, DhcpStats, Inventory, Pool, PoolShare, Reservation, OFFER_HOLD,
+};
 pub use boot::{BootMode, BootServers};
 pub use server::{dhcp_socket, DhcpServer};
 

@@ -40,6 +40,10 @@ fn inv(boot: BootMode) -> Inv {
 }
 
 fn core(proxy: bool) -> DhcpCore {
+    core_with(proxy, PoolShare::default())
+}
+
+fn core_with(proxy: bool, pool_share: PoolShare) -> DhcpCore {
     DhcpCore::new(Config {
         server_id: SERVER,
         boot: BootServers {
@@ -49,6 +53,7 @@ fn core(proxy: bool) -> DhcpCore {
         },
         lease_secs: 3600,
         proxy,
+        pool_share,
     })
 }
 
@@ -413,4 +418,33 @@ fn declined_addresses_are_kept_out_of_the_pool() {
         .is_none());
     let next = dyn_offer(&c, t0, &[2, 0, 0, 0, 0, 10], &inv).unwrap();
     assert_ne!(next, ip);
+}
+
+#[test]
+fn location_nodes_with_their_own_pool_shares_never_offer_one_address_twice() {
+    let with_share = |index, count| core_with(false, PoolShare { index, count });
+    // Two location nodes of one site; every unknown machine asks both (broadcast).
+    let (a, b) = (with_share(0, 2), with_share(1, 2));
+    let inv = pool_inv(100, 109);
+    let t0 = Instant::now();
+    let mut from_a = std::collections::BTreeSet::new();
+    let mut from_b = std::collections::BTreeSet::new();
+    for i in 0..5u8 {
+        let mac = [2, 0, 0, 0, 1, i];
+        from_a.insert(dyn_offer(&a, t0, &mac, &inv).unwrap());
+        from_b.insert(dyn_offer(&b, t0, &mac, &inv).unwrap());
+    }
+    // Each share holds half the range, the shares are disjoint and cover it all.
+    assert_eq!((from_a.len(), from_b.len()), (5, 5));
+    assert!(from_a.is_disjoint(&from_b), "{from_a:?} {from_b:?}");
+    assert_eq!(from_a.len() + from_b.len(), 10);
+    // A share is exhausted on its own half.
+    assert_eq!(dyn_offer(&a, t0, &[2, 0, 0, 0, 1, 9], &inv), None);
+    assert_eq!(
+        PoolShare::parse("2/2"),
+        Ok(PoolShare { index: 1, count: 2 })
+    );
+    for bad in ["0/2", "3/2", "1/0", "x", "1/"] {
+        assert!(PoolShare::parse(bad).is_err(), "{bad}");
+    }
 }

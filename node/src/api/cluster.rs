@@ -118,9 +118,27 @@ pub async fn join(State(node): State<AppState>, body: Bytes) -> HttpResult<Json<
     let Some(id) = req.node_id else {
         // Only a token this cluster issued may cost a Raft entry: unknown tokens are refused
         // from the (linearized) replica, so junk join attempts never reach the log.
+        // Used and expired tokens are refused the same way (apply would refuse them too).
         node.linearize().await?;
-        if node.sm.read().state.join_token_by_hash(&hash).is_none() {
-            return Err(ApiError::new(ErrorCode::JoinRejected, "unknown join token").into());
+        {
+            let a = node.sm.read();
+            let reject = |m: &str| HttpError(ApiError::new(ErrorCode::JoinRejected, m));
+            let tok = a
+                .state
+                .join_token_by_hash(&hash)
+                .ok_or_else(|| reject("unknown join token"))?;
+            match tok.view.used_by_node {
+                Some(_)
+                    if tok.joined_api.as_deref() != Some(req.api_addr.as_str())
+                        || tok.joined_peer.as_deref() != Some(req.peer_addr.as_str()) =>
+                {
+                    return Err(reject("join token already used by another node"));
+                }
+                None if crate::now_ms() >= tok.view.expires_at => {
+                    return Err(reject("join token expired"));
+                }
+                _ => {}
+            }
         }
         let v = node
             .propose(
@@ -396,7 +414,7 @@ pub async fn create_api_token(
         .state
         .api_tokens
         .get(&view.id)
-        .is_none_or(|t| t.hash == hash);
+        .is_some_and(|t| t.hash == hash);
     if !ours {
         return Err(token_already_created("API", view.id));
     }

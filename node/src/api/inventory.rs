@@ -150,7 +150,11 @@ macro_rules! crud {
         ) -> HttpResult<(StatusCode, Json<Value>)> {
             let c: $Create = parse_json(&body)?;
             let v = node
-                .propose(&actor.0, idempotency_key(&headers, &actor)?, Command::$CCmd(c))
+                .propose(
+                    &actor.0,
+                    idempotency_key(&headers, &actor)?,
+                    Command::$CCmd(c),
+                )
                 .await?;
             Ok((StatusCode::CREATED, Json(v)))
         }

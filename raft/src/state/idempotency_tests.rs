@@ -53,7 +53,8 @@ fn a_reused_key_with_another_request_is_refused_and_changes_nothing() {
     ));
     assert_eq!(other.0.unwrap_err().code, ErrorCode::IdempotencyKeyReused);
     // Only leader time moved; no row changed.
-    let mut after: serde_json::Value = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+    let mut after: serde_json::Value =
+        serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
     let mut want: serde_json::Value = serde_json::from_str(&before).unwrap();
     after["meta"]["last_time"] = 0.into();
     want["meta"]["last_time"] = 0.into();

@@ -21,7 +21,7 @@ mod registry_tests;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use imbl::OrdMap;
 
 use rackd_types::{
     ApiError, ApiTokenView, ErrorCode, Event, Image, JoinTokenView, Location, Machine, Rack,
@@ -34,8 +34,27 @@ pub use table::{PersistedTable, RowChange, Table, TableKey};
 
 /// Maximum number of journal events kept; older ones are dropped (deterministically, in apply).
 pub const MAX_EVENTS: usize = 10_000;
-/// How long a successful response is remembered for an `Idempotency-Key`.
+/// How long a successful response is remembered for a client's `Idempotency-Key`.
 pub const IDEMPOTENCY_TTL_MS: u64 = 24 * 3600 * 1000;
+/// How long the answer to an internal write (claim, finish, discovery, install callback) is
+/// remembered: long enough for its retries (seconds to minutes), short enough that the
+/// records of a busy site do not push clients' keys out of the shared bound.
+pub const INTERNAL_IDEMPOTENCY_TTL_MS: u64 = 3600 * 1000;
+
+/// The time-to-live of a stored idempotency key (`actor NUL key`). Client keys are scoped by
+/// token id (`t<id>:<key>`, see the API); every other key is an internal write's.
+pub fn idempotency_ttl(full_key: &str) -> u64 {
+    let key = full_key.split_once('\u{0}').map_or(full_key, |(_, k)| k);
+    let client = key
+        .strip_prefix('t')
+        .and_then(|r| r.split_once(':'))
+        .is_some_and(|(id, _)| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()));
+    if client {
+        IDEMPOTENCY_TTL_MS
+    } else {
+        INTERNAL_IDEMPOTENCY_TTL_MS
+    }
+}
 /// Upper bound on remembered idempotency keys.
 pub const MAX_IDEMPOTENCY_KEYS: usize = 100_000;
 
@@ -175,15 +194,22 @@ pub struct State {
     idx: Indexes,
 }
 
+/// Derived indexes: persistent maps like the tables, so cloning a `State` (snapshot builds,
+/// apply on a copy) is O(1) and never copies per-row data under a lock.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Indexes {
-    mac: BTreeMap<String, u64>,
-    ip: BTreeMap<String, u64>,
-    location_by_name: BTreeMap<String, u64>,
-    join_token_by_hash: BTreeMap<String, u64>,
-    api_token_by_hash: BTreeMap<String, u64>,
-    /// (time, key) for idempotency expiry.
-    idem_by_time: BTreeMap<(u64, String), ()>,
+    mac: OrdMap<String, u64>,
+    ip: OrdMap<String, u64>,
+    location_by_name: OrdMap<String, u64>,
+    join_token_by_hash: OrdMap<String, u64>,
+    api_token_by_hash: OrdMap<String, u64>,
+    /// (expiry time, key) for idempotency expiry, soonest first.
+    idem_by_expiry: OrdMap<(u64, String), ()>,
+    /// (machine, task) of every pending or running task: the per-machine checks of claims,
+    /// observations and executors never scan finished tasks.
+    active_tasks: OrdMap<(u64, u64), ()>,
+    /// (finished at, task) of every finished task, oldest first, for retention.
+    finished_tasks: OrdMap<(u64, u64), ()>,
 }
 
 /// Versioned envelope of a serialized snapshot.
@@ -214,8 +240,19 @@ impl State {
         for (id, t) in self.api_tokens.iter() {
             idx.api_token_by_hash.insert(t.hash.clone(), *id);
         }
+        for (id, t) in self.tasks.iter() {
+            match (t.state.is_terminal(), t.finished_at) {
+                (false, _) => {
+                    idx.active_tasks.insert((t.machine_id, *id), ());
+                }
+                (true, f) => {
+                    idx.finished_tasks.insert((f.unwrap_or(0), *id), ());
+                }
+            }
+        }
         for (k, r) in self.idempotency.iter() {
-            idx.idem_by_time.insert((r.time, k.clone()), ());
+            let expires = r.time.saturating_add(idempotency_ttl(k));
+            idx.idem_by_expiry.insert((expires, k.clone()), ());
         }
         self.idx = idx;
     }
@@ -233,6 +270,8 @@ impl State {
             .as_ref()
             .map(|k| format!("{}\u{0}{}", req.actor, k));
         let digest = idem_key.as_ref().map(|_| req.cmd.idempotency_digest());
+        // Expired records are gone before the lookup, not only after the next write.
+        self.expire_idempotency(now);
         if let (Some(k), Some(d)) = (&idem_key, &digest) {
             if let Some(rec) = self.idempotency.get(k) {
                 if rec.digest.is_empty() || rec.digest == *d {
@@ -251,7 +290,8 @@ impl State {
         };
 
         if let (Some(k), Ok(_)) = (idem_key, &resp.0) {
-            self.idx.idem_by_time.insert((now, k.clone()), ());
+            let expires = now.saturating_add(idempotency_ttl(&k));
+            self.idx.idem_by_expiry.insert((expires, k.clone()), ());
             self.idempotency.insert(
                 k,
                 IdempotencyRecord {
@@ -420,13 +460,12 @@ impl State {
     }
 
     fn expire_idempotency(&mut self, now: u64) {
-        let cutoff = now.saturating_sub(IDEMPOTENCY_TTL_MS);
-        while let Some(((t, k), _)) = self.idx.idem_by_time.iter().next() {
-            if *t >= cutoff && self.idempotency.len() <= MAX_IDEMPOTENCY_KEYS {
+        while let Some(((t, k), _)) = self.idx.idem_by_expiry.iter().next() {
+            if *t >= now && self.idempotency.len() <= MAX_IDEMPOTENCY_KEYS {
                 break;
             }
             let key = (*t, k.clone());
-            self.idx.idem_by_time.remove(&key);
+            self.idx.idem_by_expiry.remove(&key);
             self.idempotency.remove(&key.1);
         }
     }
@@ -467,7 +506,11 @@ impl State {
             self.meta = serde_json::from_slice(value).map_err(|e| e.to_string())?;
             return Ok(());
         }
-        match self.tables_mut().into_iter().find(|(id, _, _)| *id == table) {
+        match self
+            .tables_mut()
+            .into_iter()
+            .find(|(id, _, _)| *id == table)
+        {
             Some((_, _, t)) => t.load_dyn(key, value),
             None => Err(format!("unknown state table id {table}")),
         }

@@ -186,7 +186,10 @@ fn every_table_survives_every_persistence_path() {
     }
     full.rebuild_indexes();
     assert_eq!(json(&full), want, "all_rows → load_row");
-    assert!(via_all.drain_changes().is_empty(), "all_rows clears changes");
+    assert!(
+        via_all.drain_changes().is_empty(),
+        "all_rows clears changes"
+    );
 
     // Path 3: the snapshot encoding.
     let snap = serde_json::to_vec(&StateSnapshot {

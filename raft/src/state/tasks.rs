@@ -20,6 +20,11 @@ use crate::cmd::PowerObservation;
 /// Attempts a task gets: when the lease of the last one expires, the task fails.
 pub const MAX_TASK_ATTEMPTS: u32 = 3;
 
+/// Finished tasks are kept this long (leader time) ...
+pub const TASK_RETENTION_MS: u64 = 7 * 24 * 3600 * 1000;
+/// ... and at most this many; older ones are dropped in apply (the journal keeps their story).
+pub const MAX_FINISHED_TASKS: usize = 50_000;
+
 /// Error text of a task whose last executor stopped renewing its lease.
 pub const EXECUTOR_LOST: &str = "executor lost";
 
@@ -76,7 +81,7 @@ impl State {
             error: None,
             observed_power: None,
         };
-        self.tasks.insert(id, t.clone());
+        self.put_task(now, t.clone());
         self.journal(
             now,
             actor,
@@ -104,9 +109,8 @@ impl State {
             .ok_or_else(|| ApiError::not_found(format!("task {id} not found")))?;
         match t.state {
             TaskState::Pending => {
-                if let Some(o) = self.tasks.values().find(|o| {
-                    o.machine_id == t.machine_id
-                        && o.meta.id != id
+                if let Some(o) = self.machine_active_tasks(t.machine_id).find(|o| {
+                    o.meta.id != id
                         && (o.state == TaskState::Running
                             || (o.state == TaskState::Pending && o.meta.id < id))
                 }) {
@@ -185,7 +189,7 @@ impl State {
                 ("task.finished", m)
             }
         };
-        self.tasks.insert(id, t.clone());
+        self.put_task(now, t.clone());
         self.journal(now, actor, kind, "task", Some(id), message);
         to_value(&t)
     }
@@ -212,7 +216,7 @@ impl State {
         t.lease_expires_at = Some(until);
         t.meta.version += 1;
         t.meta.updated_at = now;
-        self.tasks.insert(id, t.clone());
+        self.put_task(now, t.clone());
         to_value(&t)
     }
 
@@ -230,8 +234,7 @@ impl State {
         }
         // A running task changes the power state and records the result itself.
         let busy: BTreeSet<u64> = self
-            .tasks
-            .values()
+            .active_tasks()
             .filter(|t| t.state == TaskState::Running)
             .map(|t| t.machine_id)
             .collect();
@@ -307,7 +310,7 @@ impl State {
             m.machine.power_observed_at = Some(now);
             self.machines.insert(t.machine_id, m);
         }
-        self.tasks.insert(id, t.clone());
+        self.put_task(now, t.clone());
         self.journal(
             now,
             actor,
@@ -326,11 +329,54 @@ impl State {
         to_value(&t)
     }
 
+    /// Store a task and keep the task indexes in step: every task write goes through here.
+    /// A finished task enters retention; the oldest finished tasks beyond
+    /// [`TASK_RETENTION_MS`] or [`MAX_FINISHED_TASKS`] are dropped (deterministic: leader time).
+    fn put_task(&mut self, now: u64, t: Task) {
+        let id = t.meta.id;
+        if t.state.is_terminal() {
+            self.idx.active_tasks.remove(&(t.machine_id, id));
+            self.idx
+                .finished_tasks
+                .insert((t.finished_at.unwrap_or(now), id), ());
+        } else {
+            self.idx.active_tasks.insert((t.machine_id, id), ());
+        }
+        self.tasks.insert(id, t);
+        let cutoff = now.saturating_sub(TASK_RETENTION_MS);
+        while let Some(&(at, old)) = self.idx.finished_tasks.keys().next() {
+            if at >= cutoff && self.idx.finished_tasks.len() <= MAX_FINISHED_TASKS {
+                break;
+            }
+            self.idx.finished_tasks.remove(&(at, old));
+            self.tasks.remove(&old);
+        }
+    }
+
+    /// Pending and running tasks, by machine then task id (oldest first per machine).
+    pub fn active_tasks(&self) -> impl Iterator<Item = &Task> + '_ {
+        self.idx
+            .active_tasks
+            .keys()
+            .filter_map(|(_, id)| self.tasks.get(id))
+    }
+
+    /// Pending and running tasks of one machine, oldest first.
+    pub fn machine_active_tasks(&self, machine: u64) -> impl Iterator<Item = &Task> + '_ {
+        self.idx
+            .active_tasks
+            .range((machine, 0)..=(machine, u64::MAX))
+            .filter_map(|((_, id), _)| self.tasks.get(id))
+    }
+
     /// Pending tasks (for executors), oldest first.
     pub fn pending_tasks(&self) -> impl Iterator<Item = &Task> {
-        self.tasks
-            .values()
+        let mut v: Vec<&Task> = self
+            .active_tasks()
             .filter(|t| t.state == TaskState::Pending)
+            .collect();
+        v.sort_by_key(|t| t.meta.id);
+        v.into_iter()
     }
 }
 

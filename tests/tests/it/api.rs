@@ -198,7 +198,13 @@ async fn if_match_idempotency_uniqueness_and_pagination() {
     // The key answers only the request it was made for: a DELETE reusing it gets 422 with a
     // JSON error and deletes nothing.
     let (s, v) = c
-        .request(0, Method::DELETE, &format!("/v1/machines/{}", v1["id"]), None, &hdr)
+        .request(
+            0,
+            Method::DELETE,
+            &format!("/v1/machines/{}", v1["id"]),
+            None,
+            &hdr,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -207,7 +213,13 @@ async fn if_match_idempotency_uniqueness_and_pagination() {
         "{v}"
     );
     let (s, _) = c
-        .request(0, Method::GET, &format!("/v1/machines/{}", v1["id"]), None, &[])
+        .request(
+            0,
+            Method::GET,
+            &format!("/v1/machines/{}", v1["id"]),
+            None,
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(s, 200, "the machine is still there");
@@ -231,15 +243,38 @@ async fn if_match_idempotency_uniqueness_and_pagination() {
     };
     assert_eq!(s3, 201, "{v3}");
     assert_ne!(v3["id"], v1["id"]);
+    let (s, _) = c
+        .request(
+            0,
+            Method::DELETE,
+            &format!("/v1/machines/{}", v3["id"]),
+            None,
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 204);
     // Token creation takes a key too: a retry does not mint a second live credential.
     let tk = [("Idempotency-Key", "token-1")];
     let (s, t1) = c
-        .request(1, Method::POST, "/v1/tokens/api", Some(json!({"name": "ci"})), &tk)
+        .request(
+            1,
+            Method::POST,
+            "/v1/tokens/api",
+            Some(json!({"name": "ci"})),
+            &tk,
+        )
         .await
         .unwrap();
     assert_eq!(s, 201, "{t1}");
     let (s, t2) = c
-        .request(2, Method::POST, "/v1/tokens/api", Some(json!({"name": "ci"})), &tk)
+        .request(
+            2,
+            Method::POST,
+            "/v1/tokens/api",
+            Some(json!({"name": "ci"})),
+            &tk,
+        )
         .await
         .unwrap();
     assert_eq!(s, 409, "{t2}");

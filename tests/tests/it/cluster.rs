@@ -374,6 +374,7 @@ async fn interrupted_join_is_retried_by_restarting_the_node() {
         api: None,
         peer: None,
         args,
+        netns: None,
     };
     n.start().unwrap();
     let id_file = n.data_dir.join("node.json");

@@ -17,7 +17,13 @@ async fn a_member_removed_while_down_stops_and_says_so() {
     c.nodes[gone].kill();
     let l = c.wait_leader(T).await.unwrap();
     let (s, v) = c
-        .request(l, Method::DELETE, &format!("/v1/cluster/members/{gone_id}"), None, &[])
+        .request(
+            l,
+            Method::DELETE,
+            &format!("/v1/cluster/members/{gone_id}"),
+            None,
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(s, 204, "{v}");
@@ -25,7 +31,9 @@ async fn a_member_removed_while_down_stops_and_says_so() {
     // Back up: it never saw the entry that removed it.
     c.nodes[gone].start().unwrap();
     c.wait_until(T, "removed node reports its removal", |c| async move {
-        c.health(gone).await.is_ok_and(|h| h.removed && h.raft_state == "removed")
+        c.health(gone)
+            .await
+            .is_ok_and(|h| h.removed && h.raft_state == "removed")
     })
     .await
     .unwrap();
@@ -33,7 +41,10 @@ async fn a_member_removed_while_down_stops_and_says_so() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(c.health(gone).await.unwrap().term, t1, "no more campaigns");
     let log = std::fs::read_to_string(&c.nodes[gone].log).unwrap();
-    assert!(log.contains("this node was removed from the cluster"), "logged");
+    assert!(
+        log.contains("this node was removed from the cluster"),
+        "logged"
+    );
     // The remaining members are unaffected.
     let l = c.wait_leader(T).await.unwrap();
     assert_ne!(l, gone);
@@ -45,7 +56,10 @@ async fn a_member_removed_while_down_stops_and_says_so() {
     while c.nodes[gone].is_running() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(!c.nodes[gone].is_running(), "a removed node must not run again");
+    assert!(
+        !c.nodes[gone].is_running(),
+        "a removed node must not run again"
+    );
     let log = std::fs::read_to_string(&c.nodes[gone].log).unwrap();
     assert!(log.contains("was removed from cluster"), "says why: {log}");
 }

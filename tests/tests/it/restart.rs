@@ -26,7 +26,11 @@ fn collections() -> Vec<&'static str> {
 }
 
 /// Every item of every collection as node `i` sees it (all pages).
-async fn dump(c: &Cluster, i: usize, stale: bool) -> anyhow::Result<BTreeMap<&'static str, Vec<Value>>> {
+async fn dump(
+    c: &Cluster,
+    i: usize,
+    stale: bool,
+) -> anyhow::Result<BTreeMap<&'static str, Vec<Value>>> {
     let mut out = BTreeMap::new();
     for coll in collections() {
         let mut items = Vec::new();
@@ -34,7 +38,11 @@ async fn dump(c: &Cluster, i: usize, stale: bool) -> anyhow::Result<BTreeMap<&'s
         loop {
             let path = format!(
                 "{coll}?limit=1000&stale={stale}{}",
-                if cursor.is_empty() { String::new() } else { format!("&cursor={cursor}") }
+                if cursor.is_empty() {
+                    String::new()
+                } else {
+                    format!("&cursor={cursor}")
+                }
             );
             let page: Value = c.get_json(i, &path).await?;
             match &page {
@@ -71,7 +79,11 @@ fn same_state(before: &BTreeMap<&str, Vec<Value>>, after: &BTreeMap<&str, Vec<Va
 async fn populate(c: &Cluster) {
     setup_location(c, 0).await;
     let rack: Value = c
-        .post_json(0, "/v1/racks", &json!({"location": "dc1", "name": "r1", "height_units": 42}))
+        .post_json(
+            0,
+            "/v1/racks",
+            &json!({"location": "dc1", "name": "r1", "height_units": 42}),
+        )
         .await
         .unwrap();
     let m: Value = c
@@ -115,7 +127,9 @@ async fn populate(c: &Cluster) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_collection_survives_restarts_on_every_node() {
-    let mut c = Cluster::start("restart-all", 3, &[]).await.expect("cluster");
+    let mut c = Cluster::start("restart-all", 3, &[])
+        .await
+        .expect("cluster");
     populate(&c).await;
     let before = dump(&c, 0, false).await.unwrap();
     for (coll, items) in &before {
@@ -127,7 +141,11 @@ async fn every_collection_survives_restarts_on_every_node() {
     for i in 0..3 {
         c.wait_until(T, "replica caught up", |c| {
             let before = before.clone();
-            async move { dump(c, i, true).await.is_ok_and(|d| same_state(&before, &d)) }
+            async move {
+                dump(c, i, true)
+                    .await
+                    .is_ok_and(|d| same_state(&before, &d))
+            }
         })
         .await
         .unwrap();
@@ -145,11 +163,18 @@ async fn every_collection_survives_restarts_on_every_node() {
     c.wait_leader(T).await.unwrap();
     for i in 0..3 {
         let after = dump(&c, i, false).await.unwrap();
-        assert!(same_state(&before, &after), "node {i} lost data:\nbefore {before:#?}\nafter {after:#?}");
+        assert!(
+            same_state(&before, &after),
+            "node {i} lost data:\nbefore {before:#?}\nafter {after:#?}"
+        );
         // The local replica too (what DHCP, the executor and ?stale=true read).
         c.wait_until(T, "replica equal after restart", |c| {
             let before = before.clone();
-            async move { dump(c, i, true).await.is_ok_and(|d| same_state(&before, &d)) }
+            async move {
+                dump(c, i, true)
+                    .await
+                    .is_ok_and(|d| same_state(&before, &d))
+            }
         })
         .await
         .unwrap();
@@ -162,7 +187,11 @@ async fn every_collection_survives_restarts_on_every_node() {
     c.nodes[2].start().unwrap();
     c.wait_until(T, "format-1 node rebuilt from its log", |c| {
         let before = before.clone();
-        async move { dump(c, 2, true).await.is_ok_and(|d| same_state(&before, &d)) }
+        async move {
+            dump(c, 2, true)
+                .await
+                .is_ok_and(|d| same_state(&before, &d))
+        }
     })
     .await
     .unwrap();

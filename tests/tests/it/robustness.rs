@@ -6,9 +6,11 @@
 //! every node are part of the checked history) and for replica convergence (every node's local
 //! replica, read with `?stale=true`, ends in the same state).
 //!
-//! Network partitions are not injected: that needs iptables or nft to drop traffic between
-//! loopback addresses, and neither is installed on the machines this suite runs on. Paused
-//! processes (SIGSTOP) stand in for a node cut off from its peers and clients.
+//! Network partitions: every node runs in its own network namespace on one bridge
+//! ([`Cluster::new_in_netns`]); the nemesis cuts the leader off from both peers (it keeps
+//! answering clients, which must never see a stale read or a write acknowledged without a
+//! quorum) and cuts single links (a node that reaches only one of two peers), with blackhole
+//! routes, then heals them.
 //!
 //! Everything stays on loopback. The history is written as JSON lines to
 //! `<test dir>/history.jsonl` (with the nemesis actions interleaved as `{"nemesis": ...}` lines);
@@ -276,9 +278,13 @@ enum Fault {
     PauseLeader,
     TermLeader,
     KillMajority,
+    PartitionLeader,
+    PartitionLink,
 }
 
-const ALL_FAULTS: [Fault; 6] = [
+const ALL_FAULTS: [Fault; 8] = [
+    Fault::PartitionLeader,
+    Fault::PartitionLink,
     Fault::KillNode,
     Fault::KillLeader,
     Fault::PauseNode,
@@ -286,6 +292,12 @@ const ALL_FAULTS: [Fault; 6] = [
     Fault::TermLeader,
     Fault::KillMajority,
 ];
+
+fn heal(c: &Cluster, env: &Env, say: &mut impl FnMut(&Env, String)) -> Result<(), String> {
+    c.heal().map_err(|e| format!("heal: {e:#}"))?;
+    say(env, "healed the network".into());
+    Ok(())
+}
 
 /// Inject faults until `until` (or [`MAX_FAULTS`]); every fault is healed before the next one.
 /// The kinds are drawn round by round, each round a shuffle of all of them, so that a run covers
@@ -319,9 +331,11 @@ async fn nemesis(
         let fault = round.pop().expect("refilled");
         let random = rng.below(NODES as u64) as usize;
         let target = match fault {
-            Fault::KillLeader | Fault::PauseLeader | Fault::TermLeader => {
-                c.leader().await.unwrap_or(random)
-            }
+            Fault::KillLeader
+            | Fault::PauseLeader
+            | Fault::TermLeader
+            | Fault::PartitionLeader
+            | Fault::PartitionLink => c.leader().await.unwrap_or(random),
             _ => random,
         };
         let res = match fault {
@@ -352,6 +366,32 @@ async fn nemesis(
                     say(env, format!("restarted n{}", target + 1));
                 }
                 r
+            }
+            Fault::PartitionLeader => {
+                let others: Vec<usize> = (0..NODES).filter(|i| *i != target).collect();
+                say(
+                    env,
+                    format!("{fault:?}: cut n{} off from its peers", target + 1),
+                );
+                let r = others
+                    .iter()
+                    .try_for_each(|o| c.partition(target, *o))
+                    .map_err(|e| format!("partition: {e:#}"));
+                tokio::time::sleep(rng.millis(1500, 4000)).await;
+                r.and_then(|()| heal(c, env, &mut say))
+            }
+            Fault::PartitionLink => {
+                // The leader loses one follower: it keeps a quorum through the other one.
+                let other = (target + 1 + rng.below(NODES as u64 - 1) as usize) % NODES;
+                say(
+                    env,
+                    format!("{fault:?}: cut the link n{} - n{}", target + 1, other + 1),
+                );
+                let r = c
+                    .partition(target, other)
+                    .map_err(|e| format!("partition: {e:#}"));
+                tokio::time::sleep(rng.millis(1500, 4000)).await;
+                r.and_then(|()| heal(c, env, &mut say))
             }
             Fault::KillMajority => {
                 let other = (target + 1 + rng.below(NODES as u64 - 1) as usize) % NODES;
@@ -449,7 +489,7 @@ fn write_history(path: &std::path::Path, history: &[Op], faults: &[(u64, String)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn robustness_kills_pauses_linearizable() {
+async fn robustness_kills_pauses_partitions_linearizable() {
     let started = Instant::now();
     let seed = std::env::var("RACKD_ROBUSTNESS_SEED")
         .ok()
@@ -477,13 +517,14 @@ async fn robustness_kills_pauses_linearizable() {
 
     // A small snapshot threshold so restarted nodes also catch up by snapshot and logs are
     // purged while faults happen.
-    let mut c = Cluster::start(
-        "robust",
-        NODES,
-        &["--write-timeout-secs", "2", "--snapshot-logs", "300"],
-    )
-    .await
-    .expect("cluster");
+    let mut c = Cluster::new_in_netns("robust").expect("network namespaces (needs root)");
+    c.common_args = ["--write-timeout-secs", "2", "--snapshot-logs", "300"]
+        .map(String::from)
+        .to_vec();
+    c.bootstrap().await.expect("bootstrap");
+    for _ in 1..NODES {
+        c.join(0, false).await.expect("join");
+    }
     c.wait_leader(T).await.unwrap();
 
     let mut keys = Vec::new();
@@ -513,22 +554,14 @@ async fn robustness_kills_pauses_linearizable() {
     };
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..CLIENTS)
-        .map(|id| {
-            tokio::spawn(client(
-                id,
-                env.clone(),
-                rng.next(),
-                Arc::clone(&stop),
-            ))
-        })
+        .map(|id| tokio::spawn(client(id, env.clone(), rng.next(), Arc::clone(&stop))))
         .collect();
 
     // Faults during all but the last ~12 s; the clients keep going on the healed cluster
     // afterwards so the history ends with ordinary traffic.
     let workload_end = env.t0 + Duration::from_secs(secs);
     let nemesis_end = workload_end - Duration::from_secs(12.min(secs / 2));
-    let (fault_count, faults, nemesis_error) =
-        nemesis(&mut c, &env, &mut rng, nemesis_end).await;
+    let (fault_count, faults, nemesis_error) = nemesis(&mut c, &env, &mut rng, nemesis_end).await;
     let mut problems: Vec<String> = Vec::new();
     problems.extend(nemesis_error);
     // Heal: every node resumed and running (a node that died by itself is restarted, and
@@ -568,7 +601,10 @@ async fn robustness_kills_pauses_linearizable() {
     let mut finals: BTreeMap<u64, Vec<Op>> = BTreeMap::new();
     let mut live: Vec<bool> = (0..NODES).map(|i| c.nodes[i].is_running()).collect();
     for &key in &keys {
-        for node in (0..NODES).filter(|n| live[*n]) {
+        for node in 0..NODES {
+            if !live[node] {
+                continue;
+            }
             match final_read(&http, &env, node, key).await {
                 Ok(op) => {
                     finals.entry(key).or_default().push(op.clone());
@@ -634,7 +670,10 @@ async fn robustness_kills_pauses_linearizable() {
             ..
         }) = fin.first().map(|o| &o.output)
         else {
-            problems.push(format!("record {key} is gone at the end: {:?}", fin.first()));
+            problems.push(format!(
+                "record {key} is gone at the end: {:?}",
+                fin.first()
+            ));
             continue;
         };
         for o in history.iter().filter(|o| o.key == key.to_string()) {
