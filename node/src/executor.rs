@@ -137,6 +137,27 @@ pub struct Executor {
     active: Mutex<HashSet<u64>>,
     /// Claims whose answer was lost: task id -> the generation it was claimed from.
     unconfirmed: Mutex<HashMap<u64, u64>>,
+    /// The power-sync loop and every task run: all aborted when the executor's task is
+    /// (shutdown, or this node learned that it was removed).
+    children: Mutex<tokio::task::JoinSet<()>>,
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Aborts the executor's children when the executor's own task ends or is aborted.
+struct AbortChildren(Arc<Executor>);
+
+impl Drop for AbortChildren {
+    fn drop(&mut self) {
+        lock(&self.0.children).abort_all();
+    }
 }
 
 /// What `tick` does with a task of its location.
@@ -171,6 +192,7 @@ impl Executor {
             opts,
             active: Mutex::new(HashSet::new()),
             unconfirmed: Mutex::new(HashMap::new()),
+            children: Mutex::new(tokio::task::JoinSet::new()),
         })
     }
 
@@ -184,11 +206,14 @@ impl Executor {
 
     pub fn spawn(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
+            let _children = AbortChildren(self.clone());
             if let Some(every) = self.opts.sync_interval {
-                tokio::spawn(self.clone().sync_loop(every));
+                lock(&self.children).spawn(self.clone().sync_loop(every));
             }
             loop {
                 self.clone().tick().await;
+                // Reap finished runs.
+                while lock(&self.children).try_join_next().is_some() {}
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         })
@@ -339,9 +364,10 @@ impl Executor {
             return;
         }
         let guard = ActiveGuard(self.clone(), id);
-        tokio::spawn(async move {
+        let this = self.clone();
+        lock(&self.children).spawn(async move {
             let _guard = guard;
-            self.execute(task).await;
+            this.execute(task).await;
         });
     }
 
@@ -357,6 +383,8 @@ impl Executor {
             generation,
             self.opts.task_lease,
         ));
+        // The renewals stop with this attempt, also when the run is aborted.
+        let _stop_lease = AbortOnDrop(lease.abort_handle());
         let outcome = tokio::select! {
             r = self.run(&task) => Some(r),
             lost = &mut lease => {

@@ -176,3 +176,78 @@ async fn format_1_is_migrated_by_rebuilding_from_the_log_or_refused_when_compact
         Ok(_) => panic!("opened a compacted format-1 directory"),
     }
 }
+
+/// Building, installing and serving snapshots at the same time never fails and never leaves
+/// an older snapshot as the newest file (one owner of the snapshot files; F5 in the review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_snapshot_build_install_and_serve_do_not_race() {
+    use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+    use rackd_raft::cmd::{Command, Request};
+    use rackd_raft::state::{State, StateSnapshot, STATE_FORMAT_VERSION};
+    use rackd_raft::typ::{SnapshotMeta, StoredMembership};
+
+    let td = TempDir::new().unwrap();
+    let (_log, sm) = crate::open(td.path()).await.unwrap();
+    let mut state = State::default();
+    for i in 0..2000 {
+        let r = state.apply(&Request {
+            time_ms: 1,
+            actor: "t".into(),
+            idempotency_key: None,
+            cmd: Command::CreateLocation(rackd_types::CreateLocation {
+                name: format!("dc{i}"),
+                description: "x".repeat(200),
+                discovery: false,
+            }),
+        });
+        assert!(r.0.is_ok());
+    }
+    let data = serde_json::to_vec(&StateSnapshot {
+        format_version: STATE_FORMAT_VERSION,
+        state,
+    })
+    .unwrap();
+    let mut installed = 0;
+    for round in 1..=25u64 {
+        let index = round * 100;
+        let meta = SnapshotMeta {
+            last_log_id: Some(openraft::testing::log_id::<TypeConfig>(1, 1, index)),
+            last_membership: StoredMembership::default(),
+        };
+        let (mut b, mut i, mut g) = (sm.clone(), sm.clone(), sm.clone());
+        let build = tokio::spawn(async move {
+            let mut builder = b.get_snapshot_builder().await;
+            builder.build_snapshot().await.map(|s| s.meta.last_log_id)
+        });
+        let d = data.clone();
+        let install =
+            tokio::spawn(async move { i.install_snapshot(&meta, std::io::Cursor::new(d)).await });
+        let serve =
+            tokio::spawn(async move { g.get_current_snapshot().await.map(|s| s.is_some()) });
+        build.await.unwrap().expect("build");
+        install.await.unwrap().expect("install");
+        let served = serve.await.unwrap().expect("serve");
+        assert!(served || round == 1);
+        installed = index;
+        let newest = sm
+            .clone()
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .expect("a snapshot")
+            .meta
+            .last_log_id
+            .map(|l| l.index());
+        assert!(
+            newest >= Some(installed),
+            "round {round}: newest snapshot {newest:?} is older than the installed {installed}"
+        );
+    }
+    let files: Vec<_> = std::fs::read_dir(td.path().join("snapshots"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "snap"))
+        .collect();
+    assert_eq!(files.len(), 1, "only the newest snapshot file is kept");
+    assert_eq!(sm.read().last_applied.map(|l| l.index()), Some(installed));
+}

@@ -319,12 +319,19 @@ impl StateMachineStore {
     }
 }
 
-/// An apply panicked while holding the state lock, so the in-memory state may be half-applied.
-/// Serving it (DHCP, reads, the executor) would be wrong; the batch was never persisted, so the
-/// process exits and restarts from its durable state instead.
+/// A thread panicked while holding the state lock, so the in-memory state may be half-written.
+/// Serving it (DHCP, reads, the executor) would be wrong, so the process exits and restarts
+/// from its durable state instead.
 fn poisoned() -> ! {
-    tracing::error!("state machine lock poisoned (apply panicked); exiting to restart from disk");
-    eprintln!("rackd: state machine lock poisoned (apply panicked); exiting to restart from disk");
+    tracing::error!("state machine lock poisoned; exiting to restart from disk");
+    eprintln!("rackd: state machine lock poisoned; exiting to restart from disk");
+    std::process::abort()
+}
+
+/// `State::apply` panicked: the batch was never persisted or published; restart from disk.
+fn apply_panicked() -> ! {
+    tracing::error!("state machine apply panicked; exiting to restart from disk");
+    eprintln!("rackd: state machine apply panicked; exiting to restart from disk");
     std::process::abort()
 }
 
@@ -411,19 +418,27 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 membership: a.membership.clone(),
             }
         };
-        for (entry, responder) in items {
-            let resp = match &entry.payload {
-                EntryPayload::Blank => Response(Ok(serde_json::Value::Null)),
-                EntryPayload::Normal(req) => next.state.apply(req),
-                EntryPayload::Membership(m) => {
-                    next.membership = StoredMembership::new(Some(entry.log_id()), m.clone());
-                    Response(Ok(serde_json::Value::Null))
+        // A panic in apply leaves `next` half-applied; it is never published or persisted,
+        // but the state machine worker would be gone while the process kept serving a frozen
+        // replica, so the process exits and restarts from its durable state instead.
+        let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            for (entry, responder) in items {
+                let resp = match &entry.payload {
+                    EntryPayload::Blank => Response(Ok(serde_json::Value::Null)),
+                    EntryPayload::Normal(req) => next.state.apply(req),
+                    EntryPayload::Membership(m) => {
+                        next.membership = StoredMembership::new(Some(entry.log_id()), m.clone());
+                        Response(Ok(serde_json::Value::Null))
+                    }
+                };
+                next.last_applied = Some(entry.log_id());
+                if let Some(r) = responder {
+                    responses.push((r, resp));
                 }
-            };
-            next.last_applied = Some(entry.log_id());
-            if let Some(r) = responder {
-                responses.push((r, resp));
             }
+        }));
+        if applied.is_err() {
+            apply_panicked();
         }
         let mut batch = WriteBatch::default();
         let rows = next.state.drain_changes();

@@ -208,19 +208,27 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
 
 impl Netns {
     fn new(net: (u32, u32)) -> anyhow::Result<Self> {
-        let tag = format!("{}{}", std::process::id() % 10_000, net.1);
+        let tag = format!("{}x{}", std::process::id() % 10_000, net.1);
         let prefix = format!("10.{}.{}", 150 + net.0 % 100, net.1);
         let bridge = format!("rkb{tag}");
         let _ = ip(&["link", "del", &bridge]);
         ip(&["link", "add", &bridge, "type", "bridge"])?;
-        ip(&["addr", "add", &format!("{prefix}.254/24"), "dev", &bridge])?;
-        ip(&["link", "set", &bridge, "up"])?;
-        Ok(Self {
+        // From here on the bridge is deleted on drop, also if the rest fails.
+        let me = Self {
             tag,
             prefix,
             bridge,
             spaces: Vec::new(),
-        })
+        };
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}.254/24", me.prefix),
+            "dev",
+            &me.bridge,
+        ])?;
+        ip(&["link", "set", &me.bridge, "up"])?;
+        Ok(me)
     }
 
     /// Namespace and address of node `i` (created here).

@@ -381,8 +381,42 @@ fn finished_tasks_are_dropped_after_the_retention_and_the_active_index_follows()
     assert!(s.tasks.get(&t1).is_none(), "t1 pruned");
     assert!(s.tasks.get(&t2).is_some() && s.tasks.get(&t3).is_some());
     assert!(indexes_consistent(&s));
-    // The count bound holds too (checked on a small scale of the same rule).
-    assert!(MAX_FINISHED_TASKS >= 1000);
+    let _ = MAX_FINISHED_TASKS;
+}
+
+#[test]
+fn at_most_max_finished_tasks_are_kept() {
+    use super::MAX_FINISHED_TASKS;
+    let (mut s, m, t1, t2) = setup();
+    let mut t = 10;
+    let mut run = |s: &mut State, id: u64| {
+        t += 1;
+        ok(s, t, claim(id, 1, 0));
+        ok(s, t, finish(id, 1, "on"));
+    };
+    run(&mut s, t1);
+    run(&mut s, t2);
+    let mut last = 0;
+    for _ in 0..MAX_FINISHED_TASKS {
+        last = ok(
+            &mut s,
+            20,
+            Command::CreateTask {
+                kind: TaskKind::PowerStatus,
+                machine_id: m,
+            },
+        )["id"]
+            .as_u64()
+            .unwrap();
+        run(&mut s, last);
+    }
+    assert_eq!(s.tasks.len(), MAX_FINISHED_TASKS);
+    assert!(
+        s.tasks.get(&t1).is_none() && s.tasks.get(&t2).is_none(),
+        "oldest dropped"
+    );
+    assert!(s.tasks.get(&last).is_some());
+    assert!(indexes_consistent(&s));
 }
 
 #[test]
@@ -414,6 +448,32 @@ fn internal_idempotency_keys_expire_sooner_than_clients_keys() {
     let later = 200 + INTERNAL_IDEMPOTENCY_TTL_MS;
     assert_eq!(
         refused(&mut s, later, claim(t1, 1, 0)),
+        ErrorCode::PreconditionFailed
+    );
+    assert!(indexes_consistent(&s));
+}
+
+#[test]
+fn deleting_a_machine_cancels_its_active_tasks() {
+    let (mut s, m, t1, t2) = setup();
+    ok(&mut s, 100, claim(t1, 1, 0));
+    ok(
+        &mut s,
+        200,
+        Command::DeleteMachine {
+            id: m,
+            if_match: None,
+        },
+    );
+    for t in [t1, t2] {
+        let task = s.tasks.get(&t).unwrap();
+        assert_eq!(task.state, TaskState::Cancelled, "{task:?}");
+        assert_eq!(task.finished_at, Some(200));
+    }
+    assert_eq!(s.active_tasks().count(), 0);
+    // The running attempt's result is refused as stale.
+    assert_eq!(
+        refused(&mut s, 300, finish(t1, 1, "off")),
         ErrorCode::PreconditionFailed
     );
     assert!(indexes_consistent(&s));

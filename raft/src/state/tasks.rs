@@ -332,13 +332,13 @@ impl State {
     /// Store a task and keep the task indexes in step: every task write goes through here.
     /// A finished task enters retention; the oldest finished tasks beyond
     /// [`TASK_RETENTION_MS`] or [`MAX_FINISHED_TASKS`] are dropped (deterministic: leader time).
-    fn put_task(&mut self, now: u64, t: Task) {
+    pub(super) fn put_task(&mut self, now: u64, t: Task) {
         let id = t.meta.id;
         if t.state.is_terminal() {
             self.idx.active_tasks.remove(&(t.machine_id, id));
             self.idx
                 .finished_tasks
-                .insert((t.finished_at.unwrap_or(now), id), ());
+                .insert((t.finished_at.unwrap_or(0), id), ());
         } else {
             self.idx.active_tasks.insert((t.machine_id, id), ());
         }

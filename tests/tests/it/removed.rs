@@ -1,6 +1,6 @@
 //! A member removed while it was down learns of its removal when it comes back: it stops
-//! campaigning (its term stops rising), says so in its health answer and its log, and refuses
-//! to start again on the same data directory.
+//! campaigning (its term stops rising) and its location services, says so in its health
+//! answer and its log, and refuses to start again on the same data directory.
 
 use std::time::{Duration, Instant};
 
@@ -28,8 +28,17 @@ async fn a_member_removed_while_down_stops_and_says_so() {
         .unwrap();
     assert_eq!(s, 204, "{v}");
 
-    // Back up: it never saw the entry that removed it.
+    // Back up, now also serving a location (HTTP boot): it never saw the entry that removed
+    // it.
+    let ip = c.nodes[gone].ip.clone();
+    c.nodes[gone].args.extend([
+        "--location".to_string(),
+        "dc1".to_string(),
+        "--http-boot-listen".to_string(),
+        format!("{ip}:0"),
+    ]);
     c.nodes[gone].start().unwrap();
+    let boot = std::fs::read_to_string(c.nodes[gone].data_dir.join("http-boot.addr")).unwrap();
     c.wait_until(T, "removed node reports its removal", |c| async move {
         c.health(gone)
             .await
@@ -37,6 +46,17 @@ async fn a_member_removed_while_down_stops_and_says_so() {
     })
     .await
     .unwrap();
+    // Its location services stop (they would serve a replica that no longer follows the
+    // cluster); the API stays up to say why.
+    let deadline = Instant::now() + T;
+    while std::net::TcpStream::connect(boot.trim()).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "HTTP boot still serving after the removal"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(c.health(gone).await.is_ok());
     let t1 = c.health(gone).await.unwrap().term;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(c.health(gone).await.unwrap().term, t1, "no more campaigns");

@@ -378,7 +378,8 @@ async fn nemesis(
                     .try_for_each(|o| c.partition(target, *o))
                     .map_err(|e| format!("partition: {e:#}"));
                 tokio::time::sleep(rng.millis(1500, 4000)).await;
-                r.and_then(|()| heal(c, env, &mut say))
+                let healed = heal(c, env, &mut say);
+                r.and(healed)
             }
             Fault::PartitionLink => {
                 // The leader loses one follower: it keeps a quorum through the other one.
@@ -391,7 +392,8 @@ async fn nemesis(
                     .partition(target, other)
                     .map_err(|e| format!("partition: {e:#}"));
                 tokio::time::sleep(rng.millis(1500, 4000)).await;
-                r.and_then(|()| heal(c, env, &mut say))
+                let healed = heal(c, env, &mut say);
+                r.and(healed)
             }
             Fault::KillMajority => {
                 let other = (target + 1 + rng.below(NODES as u64 - 1) as usize) % NODES;
@@ -601,8 +603,8 @@ async fn robustness_kills_pauses_partitions_linearizable() {
     let mut finals: BTreeMap<u64, Vec<Op>> = BTreeMap::new();
     let mut live: Vec<bool> = (0..NODES).map(|i| c.nodes[i].is_running()).collect();
     for &key in &keys {
-        for node in 0..NODES {
-            if !live[node] {
+        for (node, up) in live.iter_mut().enumerate() {
+            if !*up {
                 continue;
             }
             match final_read(&http, &env, node, key).await {
@@ -612,7 +614,7 @@ async fn robustness_kills_pauses_partitions_linearizable() {
                 }
                 Err(e) => {
                     problems.push(e);
-                    live[node] = false;
+                    *up = false;
                 }
             }
         }

@@ -136,4 +136,40 @@ async fn snapshots_of_100k_machines_do_not_stall_reads_or_cause_elections() {
         .await
         .unwrap();
     assert_eq!(n, MACHINES as usize);
+
+    // Restart time of a follower with the large state (for the notes): SIGTERM, start, then
+    // the first linearizable page read it answers.
+    let mut c = Arc::try_unwrap(c)
+        .ok()
+        .expect("no other handle on the cluster");
+    let t = Instant::now();
+    tokio::task::block_in_place(|| {
+        c.nodes[follower].stop();
+        c.nodes[follower].start()
+    })
+    .expect("restart the follower");
+    let up = t.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c
+        .get_json::<Value>(follower, "/v1/machines?limit=100")
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted follower never served"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "follower restart with {MACHINES} machines: API up {up:?}, serving linearizable reads \
+         {:?} after the stop",
+        t.elapsed()
+    );
+    assert_eq!(
+        crate::util::machine_count(&c, follower, false)
+            .await
+            .unwrap(),
+        MACHINES as usize
+    );
 }
