@@ -19,6 +19,38 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for Builder 
     }
 }
 
+/// An encoded snapshot of a state holding one location per name.
+fn snapshot_of_locations(names: impl Iterator<Item = String>, description: &str) -> Vec<u8> {
+    use rackd_raft::cmd::{Command, Request};
+    use rackd_raft::state::{State, StateSnapshot, STATE_FORMAT_VERSION};
+    let mut state = State::default();
+    for name in names {
+        let r = state.apply(&Request {
+            time_ms: 1,
+            actor: "t".into(),
+            idempotency_key: None,
+            cmd: Command::CreateLocation(rackd_types::CreateLocation {
+                name,
+                description: description.to_string(),
+                discovery: false,
+            }),
+        });
+        assert!(r.0.is_ok());
+    }
+    serde_json::to_vec(&StateSnapshot {
+        format_version: STATE_FORMAT_VERSION,
+        state,
+    })
+    .unwrap()
+}
+
+fn snapshot_meta(index: u64) -> rackd_raft::typ::SnapshotMeta {
+    rackd_raft::typ::SnapshotMeta {
+        last_log_id: Some(openraft::testing::log_id::<TypeConfig>(1, 1, index)),
+        last_membership: rackd_raft::typ::StoredMembership::default(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openraft_storage_conformance_suite() {
     Suite::test_all(Builder).await.expect("conformance suite");
@@ -49,32 +81,10 @@ async fn reopen_keeps_state_and_refuses_other_format() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_behind_its_snapshot_is_restored_at_open() {
     use openraft::storage::RaftStateMachine;
-    use rackd_raft::cmd::{Command, Request};
-    use rackd_raft::state::{State, StateSnapshot, STATE_FORMAT_VERSION};
-    use rackd_raft::typ::{SnapshotMeta, StoredMembership};
 
     let td = TempDir::new().unwrap();
-    let mut state = State::default();
-    let r = state.apply(&Request {
-        time_ms: 1,
-        actor: "t".into(),
-        idempotency_key: None,
-        cmd: Command::CreateLocation(rackd_types::CreateLocation {
-            name: "dc9".into(),
-            description: String::new(),
-            discovery: false,
-        }),
-    });
-    assert!(r.0.is_ok());
-    let data = serde_json::to_vec(&StateSnapshot {
-        format_version: STATE_FORMAT_VERSION,
-        state,
-    })
-    .unwrap();
-    let meta = SnapshotMeta {
-        last_log_id: Some(openraft::testing::log_id::<TypeConfig>(1, 1, 10)),
-        last_membership: StoredMembership::default(),
-    };
+    let data = snapshot_of_locations(std::iter::once("dc9".to_string()), "");
+    let meta = snapshot_meta(10);
     {
         let (_log, mut sm) = crate::open(td.path()).await.unwrap();
         sm.install_snapshot(&meta, std::io::Cursor::new(data))
@@ -182,38 +192,14 @@ async fn format_1_is_migrated_by_rebuilding_from_the_log_or_refused_when_compact
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_snapshot_build_install_and_serve_do_not_race() {
     use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
-    use rackd_raft::cmd::{Command, Request};
-    use rackd_raft::state::{State, StateSnapshot, STATE_FORMAT_VERSION};
-    use rackd_raft::typ::{SnapshotMeta, StoredMembership};
 
     let td = TempDir::new().unwrap();
     let (_log, sm) = crate::open(td.path()).await.unwrap();
-    let mut state = State::default();
-    for i in 0..2000 {
-        let r = state.apply(&Request {
-            time_ms: 1,
-            actor: "t".into(),
-            idempotency_key: None,
-            cmd: Command::CreateLocation(rackd_types::CreateLocation {
-                name: format!("dc{i}"),
-                description: "x".repeat(200),
-                discovery: false,
-            }),
-        });
-        assert!(r.0.is_ok());
-    }
-    let data = serde_json::to_vec(&StateSnapshot {
-        format_version: STATE_FORMAT_VERSION,
-        state,
-    })
-    .unwrap();
+    let data = snapshot_of_locations((0..2000).map(|i| format!("dc{i}")), &"x".repeat(200));
     let mut installed = 0;
     for round in 1..=25u64 {
         let index = round * 100;
-        let meta = SnapshotMeta {
-            last_log_id: Some(openraft::testing::log_id::<TypeConfig>(1, 1, index)),
-            last_membership: StoredMembership::default(),
-        };
+        let meta = snapshot_meta(index);
         let (mut b, mut i, mut g) = (sm.clone(), sm.clone(), sm.clone());
         let build = tokio::spawn(async move {
             let mut builder = b.get_snapshot_builder().await;

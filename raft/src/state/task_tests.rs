@@ -76,21 +76,23 @@ fn setup() -> (State, u64, u64, u64) {
     )["id"]
         .as_u64()
         .unwrap();
-    let task = |s: &mut State, t, kind| {
-        ok(
-            s,
-            t,
-            Command::CreateTask {
-                kind,
-                machine_id: m,
-            },
-        )["id"]
-            .as_u64()
-            .unwrap()
-    };
-    let t1 = task(&mut s, 4, TaskKind::PowerOff);
-    let t2 = task(&mut s, 5, TaskKind::PowerOn);
+    let t1 = create_task(&mut s, 4, m, TaskKind::PowerOff);
+    let t2 = create_task(&mut s, 5, m, TaskKind::PowerOn);
     (s, m, t1, t2)
+}
+
+/// Creates a task of `kind` on machine `m` at time `t`; its id.
+fn create_task(s: &mut State, t: u64, m: u64, kind: TaskKind) -> u64 {
+    ok(
+        s,
+        t,
+        Command::CreateTask {
+            kind,
+            machine_id: m,
+        },
+    )["id"]
+        .as_u64()
+        .unwrap()
 }
 
 fn claim(id: u64, node: u64, generation: u64) -> Command {
@@ -347,7 +349,7 @@ fn indexes_consistent(s: &State) -> bool {
 
 #[test]
 fn finished_tasks_are_dropped_after_the_retention_and_the_active_index_follows() {
-    use super::{MAX_FINISHED_TASKS, TASK_RETENTION_MS};
+    use super::TASK_RETENTION_MS;
     let (mut s, m, t1, t2) = setup();
     assert_eq!(s.active_tasks().count(), 2);
     assert_eq!(
@@ -365,23 +367,18 @@ fn finished_tasks_are_dropped_after_the_retention_and_the_active_index_follows()
     );
     assert_eq!(s.claimable(t2, 300), Ok(Claim::Start));
     // The finished task is still there within the retention...
-    let t3 = ok(
+    let t3 = create_task(
         &mut s,
         201 + TASK_RETENTION_MS / 2,
-        Command::CreateTask {
-            kind: TaskKind::PowerStatus,
-            machine_id: m,
-        },
-    )["id"]
-        .as_u64()
-        .unwrap();
+        m,
+        TaskKind::PowerStatus,
+    );
     assert!(s.tasks.get(&t1).is_some());
     // ... and dropped by the first task write after it (leader time, so on every replica).
     ok(&mut s, 201 + TASK_RETENTION_MS, claim(t2, 1, 0));
     assert!(s.tasks.get(&t1).is_none(), "t1 pruned");
     assert!(s.tasks.get(&t2).is_some() && s.tasks.get(&t3).is_some());
     assert!(indexes_consistent(&s));
-    let _ = MAX_FINISHED_TASKS;
 }
 
 #[test]
@@ -398,16 +395,7 @@ fn at_most_max_finished_tasks_are_kept() {
     run(&mut s, t2);
     let mut last = 0;
     for _ in 0..MAX_FINISHED_TASKS {
-        last = ok(
-            &mut s,
-            20,
-            Command::CreateTask {
-                kind: TaskKind::PowerStatus,
-                machine_id: m,
-            },
-        )["id"]
-            .as_u64()
-            .unwrap();
+        last = create_task(&mut s, 20, m, TaskKind::PowerStatus);
         run(&mut s, last);
     }
     assert_eq!(s.tasks.len(), MAX_FINISHED_TASKS);

@@ -565,7 +565,19 @@ async fn appliance_image_forms_a_three_node_cluster_survives_power_cycle_and_upg
         id3
     );
     wait_three_voters(&ips, &admin, Duration::from_secs(120)).await;
-    let locs = get(&ips[2], "/v1/locations", &admin).await.unwrap();
+    // A linearizable read on the upgraded node (retried: under emulation a read right after
+    // the membership settles may still meet a 503 while the node catches up).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let locs = loop {
+        if let Some(v) = get(&ips[2], "/v1/locations", &admin).await {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "vm3 never answered a linearizable read"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     assert!(locs.to_string().contains("while-away"));
 }
 

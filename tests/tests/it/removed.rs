@@ -38,7 +38,17 @@ async fn a_member_removed_while_down_stops_and_says_so() {
         format!("{ip}:0"),
     ]);
     c.nodes[gone].start().unwrap();
-    let boot = std::fs::read_to_string(c.nodes[gone].data_dir.join("http-boot.addr")).unwrap();
+    let boot_file = c.nodes[gone].data_dir.join("http-boot.addr");
+    let deadline = Instant::now() + T;
+    let boot = loop {
+        match std::fs::read_to_string(&boot_file) {
+            Ok(a) if !a.trim().is_empty() => break a,
+            _ => {
+                assert!(Instant::now() < deadline, "HTTP boot never started");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
     c.wait_until(T, "removed node reports its removal", |c| async move {
         c.health(gone)
             .await

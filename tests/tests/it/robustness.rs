@@ -367,29 +367,25 @@ async fn nemesis(
                 }
                 r
             }
-            Fault::PartitionLeader => {
-                let others: Vec<usize> = (0..NODES).filter(|i| *i != target).collect();
+            Fault::PartitionLeader | Fault::PartitionLink => {
+                // The leader cut off from both peers, or from one (it keeps a quorum through
+                // the other).
+                let cut: Vec<usize> = match fault {
+                    Fault::PartitionLeader => (0..NODES).filter(|i| *i != target).collect(),
+                    _ => vec![(target + 1 + rng.below(NODES as u64 - 1) as usize) % NODES],
+                };
+                let names: Vec<String> = cut.iter().map(|o| format!("n{}", o + 1)).collect();
                 say(
                     env,
-                    format!("{fault:?}: cut n{} off from its peers", target + 1),
+                    format!(
+                        "{fault:?}: cut n{} off from {}",
+                        target + 1,
+                        names.join(", ")
+                    ),
                 );
-                let r = others
+                let r = cut
                     .iter()
                     .try_for_each(|o| c.partition(target, *o))
-                    .map_err(|e| format!("partition: {e:#}"));
-                tokio::time::sleep(rng.millis(1500, 4000)).await;
-                let healed = heal(c, env, &mut say);
-                r.and(healed)
-            }
-            Fault::PartitionLink => {
-                // The leader loses one follower: it keeps a quorum through the other one.
-                let other = (target + 1 + rng.below(NODES as u64 - 1) as usize) % NODES;
-                say(
-                    env,
-                    format!("{fault:?}: cut the link n{} - n{}", target + 1, other + 1),
-                );
-                let r = c
-                    .partition(target, other)
                     .map_err(|e| format!("partition: {e:#}"));
                 tokio::time::sleep(rng.millis(1500, 4000)).await;
                 let healed = heal(c, env, &mut say);
