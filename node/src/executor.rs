@@ -34,7 +34,7 @@ use rackd_hwctl::{
 use rackd_raft::cmd::{Command, PowerObservation};
 use rackd_types::{ApiError, ErrorCode, Task, TaskKind, TaskState};
 
-use crate::runtime::Node;
+use crate::runtime::{AbortOnDrop, Node};
 
 /// Default lease of a running task (`--task-lease-secs`).
 pub const DEFAULT_TASK_LEASE: Duration = Duration::from_secs(30);
@@ -140,15 +140,6 @@ pub struct Executor {
     /// The power-sync loop and every task run: all aborted when the executor's task is
     /// (shutdown, or this node learned that it was removed).
     children: Mutex<tokio::task::JoinSet<()>>,
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Aborts the executor's children when the executor's own task ends or is aborted.
@@ -376,18 +367,17 @@ impl Executor {
     async fn execute(&self, task: Task) {
         let (id, generation) = (task.meta.id, task.generation);
         let actor = self.actor();
-        let mut lease = tokio::spawn(renew_lease(
+        // The renewals stop with this attempt, also when the run is aborted.
+        let mut lease = AbortOnDrop(tokio::spawn(renew_lease(
             self.node.clone(),
             actor.clone(),
             id,
             generation,
             self.opts.task_lease,
-        ));
-        // The renewals stop with this attempt, also when the run is aborted.
-        let _stop_lease = AbortOnDrop(lease.abort_handle());
+        )));
         let outcome = tokio::select! {
             r = self.run(&task) => Some(r),
-            lost = &mut lease => {
+            lost = &mut lease.0 => {
                 let why = lost.unwrap_or_else(|e| e.to_string());
                 tracing::warn!(task = id, generation, reason = %why, "lease lost; attempt abandoned");
                 None
@@ -421,7 +411,6 @@ impl Executor {
                 }
             }
         }
-        lease.abort();
     }
 
     async fn run(&self, task: &Task) -> (Option<String>, Option<String>) {

@@ -368,16 +368,6 @@ impl State {
             .range((machine, 0)..=(machine, u64::MAX))
             .filter_map(|((_, id), _)| self.tasks.get(id))
     }
-
-    /// Pending tasks (for executors), oldest first.
-    pub fn pending_tasks(&self) -> impl Iterator<Item = &Task> {
-        let mut v: Vec<&Task> = self
-            .active_tasks()
-            .filter(|t| t.state == TaskState::Pending)
-            .collect();
-        v.sort_by_key(|t| t.meta.id);
-        v.into_iter()
-    }
 }
 
 #[cfg(test)]
