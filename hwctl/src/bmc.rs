@@ -4,22 +4,8 @@ use std::future::Future;
 
 use serde::{Deserialize, Serialize};
 
-/// Chassis power as reported by the BMC. `Unknown` means the BMC could not say; it is never
-/// treated as `Off`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PowerState {
-    On,
-    Off,
-    Unknown,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BootDevice {
-    Pxe,
-    Disk,
-}
+/// Power states and boot devices are the workspace's one definition (`rackd-types`).
+pub use rackd_types::{BootDevice, PowerState};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BmcInfo {

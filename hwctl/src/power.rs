@@ -21,15 +21,8 @@ use tokio::sync::Semaphore;
 
 use crate::bmc::{Bmc, BmcError, PowerState};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PowerAction {
-    On,
-    Off,
-    Cycle,
-    Reset,
-    Status,
-}
+/// The workspace's one definition of a power action (`rackd-types`).
+pub use rackd_types::PowerAction;
 
 #[derive(Debug, Clone)]
 pub struct VerifyPolicy {

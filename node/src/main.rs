@@ -18,16 +18,16 @@ fn main() {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Cmd::ApplianceInit => rackd_installer::init::run(),
-        Cmd::Image(cmd) => return rackd::image::run(cmd),
+        Cmd::Image(cmd) => return rackd::cli::image::run(cmd),
         _ => {}
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     match cli.command {
-        Cmd::Up(args) => rt.block_on(rackd::commands::up(args, None)),
-        Cmd::Join { url, up } => rt.block_on(rackd::commands::up(up, Some(url))),
-        other => rt.block_on(rackd::commands::client(
+        Cmd::Up(args) => rt.block_on(rackd::cli::commands::up(args, None)),
+        Cmd::Join { url, up } => rt.block_on(rackd::cli::commands::up(up, Some(url))),
+        other => rt.block_on(rackd::cli::commands::client(
             &cli.server,
             cli.api_token,
             cli.output,

@@ -4,9 +4,12 @@
 //! uses that stamp and never the local clock. Fields added later must carry `#[serde(default)]`
 //! so old log entries still decode.
 
-use rackd_types::{
-    ApiError, CreateImage, CreateLocation, CreateMachine, CreateRack, CreateSubnet, UpdateImage,
+use rackd_types::payload::{
+    CreateImage, CreateLocation, CreateMachine, CreateRack, CreateSubnet, UpdateImage,
     UpdateLocation, UpdateMachine, UpdateRack, UpdateSubnet,
+};
+use rackd_types::{
+    ApiError, ApiTokenView, DeployDone, Image, JoinTokenView, Location, Machine, Rack, Subnet, Task,
 };
 use serde::{Deserialize, Serialize};
 
@@ -130,7 +133,7 @@ pub enum Command {
         id: u64,
         generation: u64,
         error: Option<String>,
-        observed_power: Option<String>,
+        observed_power: Option<rackd_types::PowerState>,
     },
     /// Power states observed by a location node's periodic sync. An observation older than the
     /// machine's current `power_observed_at`, or of a machine with a running task, is dropped;
@@ -241,7 +244,7 @@ impl Command {
 #[serde(from = "ObservationRepr")]
 pub struct PowerObservation {
     pub machine_id: u64,
-    pub power: String,
+    pub power: rackd_types::PowerState,
     /// When the BMC was asked (the polling node's clock, ms since the Unix epoch). Apply caps
     /// it at the entry's time; 0 means the entry's time.
     #[serde(default)]
@@ -251,10 +254,10 @@ pub struct PowerObservation {
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum ObservationRepr {
-    Pair(u64, String),
+    Pair(u64, rackd_types::PowerState),
     Full {
         machine_id: u64,
-        power: String,
+        power: rackd_types::PowerState,
         #[serde(default)]
         observed_at_ms: u64,
     },
@@ -293,19 +296,130 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// What applying a [`Request`] produced: the JSON body of the API answer, or an API error.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Response(pub Result<serde_json::Value, ApiError>);
+/// What applying a [`Request`] produced: a typed result, or an API error. It decodes also the
+/// untyped form older builds wrote (`{"Ok": <json>}` becomes [`Applied::Legacy`]), in stored
+/// idempotency records and in answers forwarded by an older leader.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Response(pub Result<Applied, ApiError>);
 
 impl Response {
-    pub fn ok<T: Serialize>(v: &T) -> Self {
-        match serde_json::to_value(v) {
-            Ok(v) => Response(Ok(v)),
-            Err(e) => Response(Err(ApiError::internal(format!("encode response: {e}")))),
-        }
-    }
     pub fn err(e: ApiError) -> Self {
         Response(Err(e))
+    }
+}
+
+/// The typed result of one applied command (one variant per kind of answer).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum Applied {
+    /// Nothing to return (deletes, journal entries, blank and membership entries).
+    Done,
+    Bootstrapped {
+        cluster_id: String,
+    },
+    Location(Location),
+    Rack(Rack),
+    Machine(Machine),
+    Subnet(Subnet),
+    Image(Image),
+    Task(Task),
+    JoinToken(JoinTokenView),
+    ApiToken(ApiTokenView),
+    /// Join phase 1: the node id allocated for the joiner.
+    NodeAllocated {
+        node_id: u64,
+        cluster_id: String,
+    },
+    DeployDone(DeployDone),
+    /// Power observations applied (older ones and busy machines are skipped).
+    PowerObserved {
+        recorded: u64,
+    },
+    /// The JSON answer of an idempotency record written before answers were typed (such
+    /// records expire within 24 h of the upgrade). Only [`Applied::into`] reads it.
+    Legacy(serde_json::Value),
+}
+
+/// Answer of a kind the caller did not expect (a bug, or a legacy record of another shape).
+fn unexpected(want: &str, got: &Applied) -> ApiError {
+    ApiError::internal(format!("expected a {want} result, got {got:?}"))
+}
+
+macro_rules! applied_into {
+    ($($fn:ident => $variant:ident($T:ty)),* $(,)?) => {
+        impl Applied {
+            $(
+                #[doc = concat!("The `", stringify!($variant), "` result (also from a legacy record of its shape).")]
+                pub fn $fn(self) -> Result<$T, ApiError> {
+                    match self {
+                        Applied::$variant(v) => Ok(v),
+                        Applied::Legacy(v) => serde_json::from_value(v)
+                            .map_err(|e| ApiError::internal(format!("legacy answer: {e}"))),
+                        other => Err(unexpected(stringify!($variant), &other)),
+                    }
+                }
+            )*
+        }
+    };
+}
+
+applied_into! {
+    into_location => Location(Location),
+    into_rack => Rack(Rack),
+    into_machine => Machine(Machine),
+    into_subnet => Subnet(Subnet),
+    into_image => Image(Image),
+    into_task => Task(Task),
+    into_join_token => JoinToken(JoinTokenView),
+    into_api_token => ApiToken(ApiTokenView),
+    into_deploy_done => DeployDone(DeployDone),
+}
+
+impl Applied {
+    /// The JSON of the answer's value, as an API body would carry it (`null` for
+    /// [`Applied::Done`]).
+    pub fn body(&self) -> serde_json::Value {
+        match self {
+            Applied::Legacy(v) => v.clone(),
+            other => match serde_json::to_value(other) {
+                Ok(mut v) => v["value"].take(),
+                Err(_) => serde_json::Value::Null,
+            },
+        }
+    }
+
+    /// The `(node_id, cluster_id)` of join phase 1.
+    pub fn into_node_allocated(self) -> Result<(u64, String), ApiError> {
+        #[derive(Deserialize)]
+        struct Alloc {
+            node_id: u64,
+            cluster_id: String,
+        }
+        match self {
+            Applied::NodeAllocated {
+                node_id,
+                cluster_id,
+            } => Ok((node_id, cluster_id)),
+            Applied::Legacy(v) => serde_json::from_value::<Alloc>(v)
+                .map(|a| (a.node_id, a.cluster_id))
+                .map_err(|e| ApiError::internal(format!("legacy answer: {e}"))),
+            other => Err(unexpected("NodeAllocated", &other)),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Response {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Typed(Result<Applied, ApiError>);
+        #[derive(Deserialize)]
+        struct Untyped(Result<serde_json::Value, ApiError>);
+        let v = serde_json::Value::deserialize(d)?;
+        if let Ok(Typed(r)) = Typed::deserialize(&v) {
+            return Ok(Response(r));
+        }
+        let Untyped(u) = Untyped::deserialize(v).map_err(serde::de::Error::custom)?;
+        Ok(Response(u.map(Applied::Legacy)))
     }
 }
 

@@ -15,6 +15,9 @@ pub mod codec;
 pub mod network;
 pub mod state;
 
+#[cfg(test)]
+mod compat_tests;
+
 use serde::{Deserialize, Serialize};
 
 /// Address book entry of a member, replicated in the membership config.

@@ -29,7 +29,7 @@ fn snapshot_of_locations(names: impl Iterator<Item = String>, description: &str)
             time_ms: 1,
             actor: "t".into(),
             idempotency_key: None,
-            cmd: Command::CreateLocation(rackd_types::CreateLocation {
+            cmd: Command::CreateLocation(rackd_types::payload::CreateLocation {
                 name,
                 description: description.to_string(),
                 discovery: false,

@@ -424,11 +424,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             for (entry, responder) in items {
                 let resp = match &entry.payload {
-                    EntryPayload::Blank => Response(Ok(serde_json::Value::Null)),
+                    EntryPayload::Blank => Response(Ok(rackd_raft::cmd::Applied::Done)),
                     EntryPayload::Normal(req) => next.state.apply(req),
                     EntryPayload::Membership(m) => {
                         next.membership = StoredMembership::new(Some(entry.log_id()), m.clone());
-                        Response(Ok(serde_json::Value::Null))
+                        Response(Ok(rackd_raft::cmd::Applied::Done))
                     }
                 };
                 next.last_applied = Some(entry.log_id());

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::entity::{BmcSpec, IpRange, MachineState};
+use crate::hw::{BootDevice, PowerAction};
 
 /// One page of a collection.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
@@ -28,120 +28,6 @@ pub struct ListQuery {
 pub const DEFAULT_PAGE_LIMIT: usize = 100;
 pub const MAX_PAGE_LIMIT: usize = 1000;
 
-#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateLocation {
-    pub name: String,
-    #[serde(default)]
-    pub description: String,
-    /// Hand out dynamic addresses to unknown machines and record them (default off).
-    #[serde(default)]
-    pub discovery: bool,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateLocation {
-    pub description: Option<String>,
-    pub discovery: Option<bool>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateRack {
-    pub location: String,
-    pub name: String,
-    #[serde(default = "default_rack_height")]
-    pub height_units: u32,
-}
-
-fn default_rack_height() -> u32 {
-    42
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateRack {
-    pub name: Option<String>,
-    pub height_units: Option<u32>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateMachine {
-    pub hostname: String,
-    pub location: String,
-    #[serde(default)]
-    pub rack_id: Option<u64>,
-    #[serde(default)]
-    pub rack_unit: Option<u32>,
-    #[serde(default)]
-    pub macs: Vec<String>,
-    #[serde(default)]
-    pub ips: Vec<String>,
-    #[serde(default)]
-    pub bmc: Option<BmcSpec>,
-    #[serde(default)]
-    pub state: Option<MachineState>,
-    #[serde(default)]
-    pub description: String,
-    #[serde(default)]
-    pub tags: Vec<String>,
-}
-
-/// `PATCH /v1/machines/{id}`. `rack_id`/`rack_unit`/`bmc` use `Some(None)` to clear.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateMachine {
-    pub hostname: Option<String>,
-    pub location: Option<String>,
-    #[serde(
-        default,
-        with = "double_option",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schemars(with = "Option<u64>")]
-    pub rack_id: Option<Option<u64>>,
-    #[serde(
-        default,
-        with = "double_option",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schemars(with = "Option<u32>")]
-    pub rack_unit: Option<Option<u32>>,
-    pub macs: Option<Vec<String>>,
-    pub ips: Option<Vec<String>>,
-    #[serde(
-        default,
-        with = "double_option",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schemars(with = "Option<BmcSpec>")]
-    pub bmc: Option<Option<BmcSpec>>,
-    pub state: Option<MachineState>,
-    pub state_cause: Option<String>,
-    pub description: Option<String>,
-    pub tags: Option<Vec<String>>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateImage {
-    pub name: String,
-    pub kernel: String,
-    pub initrd: String,
-    #[serde(default)]
-    pub cmdline: String,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateImage {
-    pub kernel: Option<String>,
-    pub initrd: Option<String>,
-    pub cmdline: Option<String>,
-}
-
 /// `POST /v1/machines/{id}/deploy`: deploy `image` on a ready machine.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -153,56 +39,24 @@ pub struct DeployMachine {
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PowerRequest {
-    /// on | off | cycle | reset | status
-    pub action: String,
+    pub action: PowerAction,
 }
 
 /// `POST /v1/machines/{id}/boot-device`: set the BMC's boot device (a task).
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BootDeviceRequest {
-    /// pxe | disk
-    pub device: String,
+    pub device: BootDevice,
     /// Keep the setting for every boot (default: the next boot only).
     #[serde(default)]
     pub persistent: bool,
 }
 
 /// `POST /boot/{mac}/done?token=...` body-less callback answer.
-#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DeployDone {
     pub machine_id: u64,
     pub state: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateSubnet {
-    pub location: String,
-    pub cidr: String,
-    #[serde(default)]
-    pub gateway: Option<String>,
-    #[serde(default)]
-    pub dns: Vec<String>,
-    #[serde(default)]
-    pub dynamic_ranges: Vec<IpRange>,
-    #[serde(default)]
-    pub reserved_ranges: Vec<IpRange>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateSubnet {
-    #[serde(
-        default,
-        with = "double_option",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schemars(with = "Option<String>")]
-    pub gateway: Option<Option<String>>,
-    pub dns: Option<Vec<String>>,
-    pub dynamic_ranges: Option<Vec<IpRange>>,
-    pub reserved_ranges: Option<Vec<IpRange>>,
 }
 
 /// `GET /v1/health` (no auth).

@@ -4,6 +4,7 @@
 //! `created_at`/`updated_at` in milliseconds since the Unix epoch. Secrets (BMC password, token
 //! hashes) live in separate stored types and are never part of an API view.
 
+use crate::hw::{BmcDriver, BootDevice, PowerAction, PowerState};
 use serde::{Deserialize, Serialize};
 
 /// Common metadata of every entity.
@@ -114,7 +115,7 @@ impl MachineState {
 /// BMC connection details as shown by the API (the password is write-only).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct BmcView {
-    pub driver: String,
+    pub driver: BmcDriver,
     pub address: String,
     pub port: u16,
     pub username: String,
@@ -128,8 +129,8 @@ pub struct BmcView {
 /// BMC settings as submitted by an operator.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct BmcSpec {
-    #[serde(default = "default_bmc_driver")]
-    pub driver: String,
+    #[serde(default)]
+    pub driver: BmcDriver,
     pub address: String,
     #[serde(default = "default_bmc_port")]
     pub port: u16,
@@ -156,9 +157,6 @@ impl std::fmt::Debug for BmcSpec {
     }
 }
 
-fn default_bmc_driver() -> String {
-    "ipmi".to_string()
-}
 fn default_bmc_port() -> u16 {
     623
 }
@@ -187,9 +185,9 @@ pub struct Machine {
     /// Image deployed (or being deployed) on the machine.
     #[serde(default)]
     pub image: Option<String>,
-    /// Power state as last observed through the BMC (`on`, `off`, `unknown`).
+    /// Power state as last observed through the BMC.
     #[serde(default)]
-    pub power_state: Option<String>,
+    pub power_state: Option<PowerState>,
     /// When `power_state` was observed (ms since the epoch, leader-stamped).
     #[serde(default)]
     pub power_observed_at: Option<u64>,
@@ -211,6 +209,55 @@ pub enum TaskKind {
     BootDisk,
     /// Every boot from the local disk.
     BootDiskPersistent,
+}
+
+/// What a task asks of the BMC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskWork {
+    Power(PowerAction),
+    Boot {
+        device: BootDevice,
+        persistent: bool,
+    },
+}
+
+impl TaskKind {
+    pub const ALL: [TaskKind; 9] = [
+        TaskKind::PowerOn,
+        TaskKind::PowerOff,
+        TaskKind::PowerCycle,
+        TaskKind::PowerReset,
+        TaskKind::PowerStatus,
+        TaskKind::BootPxe,
+        TaskKind::BootPxePersistent,
+        TaskKind::BootDisk,
+        TaskKind::BootDiskPersistent,
+    ];
+
+    /// What this kind of task does.
+    pub fn work(self) -> TaskWork {
+        use BootDevice::{Disk, Pxe};
+        let boot = |device, persistent| TaskWork::Boot { device, persistent };
+        match self {
+            TaskKind::PowerOn => TaskWork::Power(PowerAction::On),
+            TaskKind::PowerOff => TaskWork::Power(PowerAction::Off),
+            TaskKind::PowerCycle => TaskWork::Power(PowerAction::Cycle),
+            TaskKind::PowerReset => TaskWork::Power(PowerAction::Reset),
+            TaskKind::PowerStatus => TaskWork::Power(PowerAction::Status),
+            TaskKind::BootPxe => boot(Pxe, false),
+            TaskKind::BootPxePersistent => boot(Pxe, true),
+            TaskKind::BootDisk => boot(Disk, false),
+            TaskKind::BootDiskPersistent => boot(Disk, true),
+        }
+    }
+
+    /// The kind of task that does `w` (the inverse of [`TaskKind::work`]).
+    pub fn for_work(w: TaskWork) -> TaskKind {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.work() == w)
+            .expect("every TaskWork has a TaskKind")
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -248,7 +295,7 @@ pub struct Task {
     /// BMC error text, verbatim.
     pub error: Option<String>,
     /// Power state observed when the task finished.
-    pub observed_power: Option<String>,
+    pub observed_power: Option<PowerState>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

@@ -7,8 +7,12 @@
 pub mod api;
 pub mod entity;
 pub mod error;
+pub mod hw;
 pub mod net;
+pub mod write;
 
 pub use api::*;
 pub use entity::*;
 pub use error::{ApiError, ErrorBody, ErrorCode};
+pub use hw::*;
+pub use write::*;

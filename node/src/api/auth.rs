@@ -1,28 +1,18 @@
 //! Bearer-token authentication. Tokens are stored hashed (SHA-256) in the replicated state; the
-//! request's token is hashed and looked up. `GET /v1/health` and the join endpoint (which is
-//! authenticated by its join token) are open. The authenticated token's name becomes the
-//! request's [`Actor`] (recorded in the journal).
+//! request's token is hashed and looked up. The endpoints the table marks `Auth::Open` (health,
+//! and join, which checks its join token) need none. The authenticated token's name becomes the
+//! request's [`super::Actor`] (recorded in the journal).
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use rackd_types::ErrorCode;
 
-use super::{error_response, AppState};
-use crate::hash_secret;
-
-/// Who is making the request: the API token's name (recorded in the journal) and its id, which
-/// scopes the request's `Idempotency-Key` (names are not unique; ids are never reused).
-#[derive(Debug, Clone)]
-pub struct Actor(pub String, pub Option<u64>);
-
-fn is_open(method: &axum::http::Method, path: &str) -> bool {
-    (method == axum::http::Method::GET && path == "/v1/health")
-        || (method == axum::http::Method::POST && path == "/v1/cluster/join")
-}
+use super::{error_response, Actor, AppState};
+use crate::cluster::secrets::hash_secret;
 
 pub async fn require_token(State(node): State<AppState>, mut req: Request, next: Next) -> Response {
-    if is_open(req.method(), req.uri().path()) {
+    if super::endpoints::is_open(req.method(), req.uri().path()) {
         req.extensions_mut().insert(Actor("anonymous".into(), None));
         return next.run(req).await;
     }
@@ -40,9 +30,7 @@ pub async fn require_token(State(node): State<AppState>, mut req: Request, next:
     };
     let hash = hash_secret(&token);
     let lookup = |node: &AppState| {
-        node.sm
-            .read()
-            .state
+        node.state()
             .api_token_by_hash(&hash)
             .map(|t| (t.view.name.clone(), t.view.id))
     };

@@ -1,15 +1,10 @@
 //! Cluster endpoints: health, membership, join, member removal, join/API tokens, the journal.
 
-use std::collections::BTreeSet;
-use std::time::Duration;
-
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use openraft::async_runtime::WatchReceiver;
-use openraft::{ChangeMembers, ServerState};
 use rackd_raft::cmd::Command;
 use rackd_raft::NodeInfo;
 use rackd_types::{
@@ -19,46 +14,26 @@ use rackd_types::{
 };
 use serde::Deserialize;
 
-use super::auth::Actor;
 use super::inventory::{collect_page, page_params, query, read_barrier};
-use super::{parse_id, parse_json, AppState, HttpError, HttpResult};
-use crate::{hash_secret, new_secret};
-
-fn state_name(s: ServerState) -> &'static str {
-    match s {
-        ServerState::Leader => "leader",
-        ServerState::Follower => "follower",
-        ServerState::Learner => "learner",
-        ServerState::Candidate => "candidate",
-        ServerState::Shutdown => "shutdown",
-    }
-}
+use super::{parse_id, parse_json, Actor, AppState, HttpError, HttpResult};
+use crate::cluster::secrets::{hash_secret, new_secret};
+use crate::cluster::MemberRole;
 
 pub async fn health(State(node): State<AppState>) -> Json<Health> {
-    let m = node.raft.metrics().borrow_watched().clone();
-    let removed = node.removed.load(std::sync::atomic::Ordering::SeqCst);
+    let m = node.status();
+    let removed = node.is_removed();
     Json(Health {
-        node_id: node.id,
-        raft_state: if removed {
-            "removed"
-        } else {
-            state_name(m.state)
-        }
-        .to_string(),
-        cluster_id: node.sm.read().state.cluster_id().to_string(),
-        members: m
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(id, _)| *id)
-            .collect(),
+        node_id: node.id(),
+        raft_state: if removed { "removed" } else { m.role.as_str() }.to_string(),
+        cluster_id: node.state().cluster_id().to_string(),
+        members: m.members.keys().copied().collect(),
         removed,
-        leader_id: m.current_leader,
-        term: m.current_term,
-        last_applied: m.last_applied.as_ref().map(|l| l.index()),
+        leader_id: m.leader_id,
+        term: m.term,
+        last_applied: m.last_applied,
         last_log_index: m.last_log_index,
-        snapshot_index: m.snapshot.as_ref().map(|l| l.index()),
-        purged_index: m.purged.as_ref().map(|l| l.index()),
+        snapshot_index: m.snapshot_index,
+        purged_index: m.purged_index,
     })
 }
 
@@ -68,40 +43,31 @@ pub async fn cluster_info(
 ) -> HttpResult<Json<ClusterInfo>> {
     let q = query(q)?;
     read_barrier(&node, q.stale).await?;
-    let m = node.raft.metrics().borrow_watched().clone();
-    let membership = m.membership_config.membership();
-    let voters: BTreeSet<u64> = membership.voter_ids().collect();
-    let members = membership
-        .nodes()
+    let m = node.status();
+    let members = m
+        .members
+        .iter()
         .map(|(id, info)| Member {
             id: *id,
             api_addr: info.api.clone(),
             peer_addr: info.peer.clone(),
-            role: if voters.contains(id) {
-                "voter"
+            role: if m.voters.contains(id) {
+                MemberRole::Voter
             } else {
-                "learner"
+                MemberRole::Learner
             }
+            .as_str()
             .to_string(),
         })
         .collect();
     Ok(Json(ClusterInfo {
-        cluster_id: node.sm.read().state.cluster_id().to_string(),
+        cluster_id: node.state().cluster_id().to_string(),
         members,
-        leader_id: m.current_leader,
-        term: m.current_term,
-        commit_index: m.local_committed.as_ref().map(|l| l.index()),
-        last_applied: m.last_applied.as_ref().map(|l| l.index()),
+        leader_id: m.leader_id,
+        term: m.term,
+        commit_index: m.commit_index,
+        last_applied: m.last_applied,
     }))
-}
-
-fn journal_cmd(kind: &str, id: u64, message: String) -> Command {
-    Command::Journal {
-        kind: kind.to_string(),
-        entity: "node".to_string(),
-        entity_id: Some(id),
-        message,
-    }
 }
 
 /// Join (runs on the leader; followers forward). Phase 1 (`node_id` absent) trades the join
@@ -114,17 +80,15 @@ pub async fn join(State(node): State<AppState>, body: Bytes) -> HttpResult<Json<
         return Err(ApiError::invalid("api_addr and peer_addr are required").into());
     }
     let hash = hash_secret(&req.token);
-    let actor = "join";
     let Some(id) = req.node_id else {
         // Only a token this cluster issued may cost a Raft entry: unknown tokens are refused
         // from the (linearized) replica, so junk join attempts never reach the log.
         // Used and expired tokens are refused the same way (apply would refuse them too).
         node.linearize().await?;
         {
-            let a = node.sm.read();
+            let st = node.state();
             let reject = |m: &str| HttpError(ApiError::new(ErrorCode::JoinRejected, m));
-            let tok = a
-                .state
+            let tok = st
                 .join_token_by_hash(&hash)
                 .ok_or_else(|| reject("unknown join token"))?;
             match tok.view.used_by_node {
@@ -134,7 +98,7 @@ pub async fn join(State(node): State<AppState>, body: Bytes) -> HttpResult<Json<
                 {
                     return Err(reject("join token already used by another node"));
                 }
-                None if crate::now_ms() >= tok.view.expires_at => {
+                None if crate::cluster::now_ms() >= tok.view.expires_at => {
                     return Err(reject("join token expired"));
                 }
                 _ => {}
@@ -142,7 +106,7 @@ pub async fn join(State(node): State<AppState>, body: Bytes) -> HttpResult<Json<
         }
         let v = node
             .propose(
-                actor,
+                "join",
                 None,
                 Command::AllocateNodeId {
                     token_hash: hash,
@@ -151,15 +115,10 @@ pub async fn join(State(node): State<AppState>, body: Bytes) -> HttpResult<Json<
                 },
             )
             .await?;
-        #[derive(Deserialize)]
-        struct Alloc {
-            node_id: u64,
-            cluster_id: String,
-        }
-        let a: Alloc = serde_json::from_value(v).map_err(|e| ApiError::internal(e.to_string()))?;
+        let (node_id, cluster_id) = v.into_node_allocated()?;
         return Ok(Json(JoinResponse {
-            node_id: a.node_id,
-            cluster_id: a.cluster_id,
+            node_id,
+            cluster_id,
             role: None,
         }));
     };
@@ -168,9 +127,8 @@ pub async fn join(State(node): State<AppState>, body: Bytes) -> HttpResult<Json<
     // changed since phase 1 (a node on DHCP); the token binds the node id, not its addresses.
     node.linearize().await?;
     let cluster_id = {
-        let a = node.sm.read();
-        let tok = a
-            .state
+        let st = node.state();
+        let tok = st
             .join_token_by_hash(&hash)
             .ok_or_else(|| ApiError::new(ErrorCode::JoinRejected, "unknown join token"))?;
         if tok.view.used_by_node != Some(id) {
@@ -180,109 +138,18 @@ pub async fn join(State(node): State<AppState>, body: Bytes) -> HttpResult<Json<
             )
             .into());
         }
-        a.state.cluster_id().to_string()
+        st.cluster_id().to_string()
     };
     let info = NodeInfo {
         api: req.api_addr.clone(),
         peer: req.peer_addr.clone(),
     };
-    let (is_voter, is_member) = {
-        let m = node.raft.metrics().borrow_watched().clone();
-        let mem = m.membership_config.membership();
-        let is_voter = mem.voter_ids().any(|v| v == id);
-        (is_voter, mem.get_node(&id).is_some())
-    };
-    let role = if is_voter {
-        "voter"
-    } else {
-        if !is_member {
-            tokio::time::timeout(
-                Duration::from_secs(240),
-                node.raft.add_learner(id, info, true),
-            )
-            .await
-            .map_err(|_| {
-                ApiError::unavailable("new node did not catch up in time; retry the join")
-            })?
-            .map_err(|e| ApiError::unavailable(format!("add learner: {e}")))?;
-            let _ = node
-                .propose(
-                    actor,
-                    None,
-                    journal_cmd(
-                        "cluster.learner_added",
-                        id,
-                        format!("node {id} added as learner"),
-                    ),
-                )
-                .await;
-        }
-        // openraft's blocking add_learner only waits until the learner is within
-        // replication_lag_threshold entries, which a node that never answered satisfies on a
-        // small log. Wait until it has really replicated our log before promoting it.
-        wait_caught_up(&node, id, Duration::from_secs(240)).await?;
-        if req.learner {
-            "learner"
-        } else {
-            node.raft
-                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
-                .await
-                .map_err(|e| ApiError::unavailable(format!("promote to voter: {e}")))?;
-            let _ = node
-                .propose(
-                    actor,
-                    None,
-                    journal_cmd(
-                        "cluster.voter_added",
-                        id,
-                        format!("node {id} promoted to voter"),
-                    ),
-                )
-                .await;
-            "voter"
-        }
-    };
+    let role = node.add_node(id, info, req.learner).await?;
     Ok(Json(JoinResponse {
         node_id: id,
         cluster_id,
-        role: Some(role.to_string()),
+        role: Some(role.as_str().to_string()),
     }))
-}
-
-/// Wait until node `id` has replicated at least the leader's last log index as of now.
-async fn wait_caught_up(node: &AppState, id: u64, timeout: Duration) -> Result<(), ApiError> {
-    let mut rx = node.raft.metrics();
-    let target = rx.borrow_watched().last_log_index.unwrap_or(0);
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        {
-            let m = rx.borrow_watched();
-            let matched = m
-                .replication
-                .as_ref()
-                .and_then(|r| r.get(&id).cloned())
-                .flatten()
-                .map(|l| l.index());
-            if matched.is_some_and(|i| i >= target) {
-                return Ok(());
-            }
-            if m.replication.is_none() {
-                return Err(ApiError::unavailable(
-                    "leadership lost while the new node was catching up; retry",
-                ));
-            }
-        }
-        match tokio::time::timeout_at(deadline, rx.changed()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(ApiError::unavailable("raft stopped")),
-            Err(_) => {
-                return Err(ApiError::unavailable(format!(
-                    "node {id} did not catch up to index {target} in {}s; retry the join",
-                    timeout.as_secs()
-                )))
-            }
-        }
-    }
 }
 
 pub async fn remove_member(
@@ -291,34 +158,7 @@ pub async fn remove_member(
     Path(id): Path<String>,
 ) -> HttpResult<StatusCode> {
     let id = parse_id(&id)?;
-    let m = node.raft.metrics().borrow_watched().clone();
-    let mem = m.membership_config.membership();
-    let voters: BTreeSet<u64> = mem.voter_ids().collect();
-    if mem.get_node(&id).is_none() {
-        return Err(ApiError::not_found(format!("node {id} is not a member")).into());
-    }
-    let change = if voters.contains(&id) {
-        if voters.len() == 1 {
-            return Err(ApiError::conflict("cannot remove the last voter").into());
-        }
-        ChangeMembers::RemoveVoters(BTreeSet::from([id]))
-    } else {
-        ChangeMembers::RemoveNodes(BTreeSet::from([id]))
-    };
-    tokio::time::timeout(
-        node.write_timeout,
-        node.raft.change_membership(change, false),
-    )
-    .await
-    .map_err(|_| ApiError::unavailable("membership change not confirmed in time"))?
-    .map_err(|e| ApiError::unavailable(format!("membership change: {e}")))?;
-    let _ = node
-        .propose(
-            &actor.0,
-            None,
-            journal_cmd("cluster.member_removed", id, format!("node {id} removed")),
-        )
-        .await;
+    node.remove_member(&actor.0, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -339,9 +179,8 @@ pub async fn events(
         ..Default::default()
     })?;
     read_barrier(&node, q.stale).await?;
-    let a = node.sm.read();
-    let it = a
-        .state
+    let st = node.state();
+    let it = st
         .events
         .range_after(q.after.as_ref())
         .map(|(k, v)| (*k, v));
@@ -367,7 +206,14 @@ pub async fn create_join_token(
         return Err(ApiError::invalid("ttl_secs must be 1..=2592000").into());
     }
     let key = super::idempotency_key(&headers, &actor)?;
-    let t = crate::runtime::create_join_token(&node, &actor.0, key, ttl, &c.description).await?;
+    let t = crate::cluster::membership::create_join_token(
+        &*node.cluster,
+        &actor.0,
+        key,
+        ttl,
+        &c.description,
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(t)))
 }
 
@@ -378,9 +224,8 @@ pub async fn list_join_tokens(
     let q = query(q)?;
     let (cursor, limit) = page_params(&q)?;
     read_barrier(&node, q.stale).await?;
-    let a = node.sm.read();
-    let it = a
-        .state
+    let st = node.state();
+    let it = st
         .join_tokens
         .range_after(cursor.as_ref())
         .map(|(k, v)| (*k, &v.view));
@@ -406,12 +251,9 @@ pub async fn create_api_token(
             },
         )
         .await?;
-    let view: ApiTokenView =
-        serde_json::from_value(v).map_err(|e| HttpError(ApiError::internal(e.to_string())))?;
+    let view = v.into_api_token()?;
     let ours = node
-        .sm
-        .read()
-        .state
+        .state()
         .api_tokens
         .get(&view.id)
         .is_some_and(|t| t.hash == hash);
@@ -435,9 +277,8 @@ pub async fn list_api_tokens(
     let q = query(q)?;
     let (cursor, limit) = page_params(&q)?;
     read_barrier(&node, q.stale).await?;
-    let a = node.sm.read();
-    let it = a
-        .state
+    let st = node.state();
+    let it = st
         .api_tokens
         .range_after(cursor.as_ref())
         .map(|(k, v)| (*k, &v.view));

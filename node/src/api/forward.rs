@@ -43,9 +43,9 @@ pub async fn to_leader(State(node): State<AppState>, req: Request, next: Next) -
     let timeout = if is_join {
         Duration::from_secs(300)
     } else {
-        node.write_timeout + Duration::from_secs(5)
+        node.write_timeout() + Duration::from_secs(5)
     };
-    let deadline = tokio::time::Instant::now() + node.write_timeout;
+    let deadline = tokio::time::Instant::now() + node.write_timeout();
     loop {
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         let Some((leader, info)) = node.wait_leader(remaining).await else {
@@ -54,7 +54,7 @@ pub async fn to_leader(State(node): State<AppState>, req: Request, next: Next) -
                 "no leader elected: write not accepted",
             );
         };
-        if leader == node.id {
+        if leader == node.id() {
             let req = Request::from_parts(parts, Body::from(body));
             return next.run(req).await;
         }
@@ -74,7 +74,7 @@ pub async fn to_leader(State(node): State<AppState>, req: Request, next: Next) -
             .http
             .request(parts.method.clone(), &url)
             .timeout(timeout)
-            .header(FORWARDED_HEADER, node.id.to_string())
+            .header(FORWARDED_HEADER, node.id().to_string())
             .body(body.clone());
         for h in [
             "authorization",

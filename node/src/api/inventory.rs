@@ -1,6 +1,6 @@
 //! Inventory endpoints: locations, racks, machines, subnets — create, list (cursor pagination,
 //! filters), get, update (`If-Match`), delete. Writes become Raft commands; reads are served
-//! from the local replica after [`crate::runtime::Node::linearize`] unless `?stale=true`.
+//! from the local replica after [`crate::cluster::ClusterHandle::linearize`] unless `?stale=true`.
 
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
@@ -13,10 +13,10 @@ use rackd_types::{
     Image, ListQuery, Location, Machine, MachineState, Page, Rack, Subnet, UpdateImage,
     UpdateLocation, UpdateMachine, UpdateRack, UpdateSubnet, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT,
 };
-use serde_json::Value;
 
-use super::auth::Actor;
-use super::{idempotency_key, if_match, parse_id, parse_json, AppState, HttpError, HttpResult};
+use super::{
+    idempotency_key, if_match, parse_id, parse_json, Actor, AppState, HttpError, HttpResult,
+};
 
 pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>) -> HttpResult<T> {
     q.map(|Query(v)| v).map_err(|e| {
@@ -90,6 +90,7 @@ macro_rules! crud {
         view: $View:ty,
         extract: $extract:expr,
         filter: $filter:expr,
+        into: $into:ident,
         create: $create:ident($Create:ty) => $CCmd:ident,
         update: $update:ident($Update:ty) => $UCmd:ident,
         delete: $delete:ident => $DCmd:ident,
@@ -104,10 +105,9 @@ macro_rules! crud {
             let (cursor, limit) = page_params(&q)?;
             let filter: fn(&ListQuery, &$View) -> HttpResult<bool> = $filter;
             read_barrier(&node, q.stale).await?;
-            let a = node.sm.read();
+            let st = node.state();
             let extract: fn(&_) -> &$View = $extract;
-            let views = a
-                .state
+            let views = st
                 .$table
                 .range_after(cursor.as_ref())
                 .map(|(id, v)| (*id, extract(v)));
@@ -133,10 +133,9 @@ macro_rules! crud {
             let id = parse_id(&id)?;
             let q = query(q)?;
             read_barrier(&node, q.stale).await?;
-            let a = node.sm.read();
+            let st = node.state();
             let extract: fn(&_) -> &$View = $extract;
-            a.state
-                .$table
+            st.$table
                 .get(&id)
                 .map(|v| Json(extract(v).clone()))
                 .ok_or_else(|| HttpError(ApiError::not_found(format!("{} {id} not found", $what))))
@@ -147,15 +146,16 @@ macro_rules! crud {
             Extension(actor): Extension<Actor>,
             headers: HeaderMap,
             body: Bytes,
-        ) -> HttpResult<(StatusCode, Json<Value>)> {
+        ) -> HttpResult<(StatusCode, Json<$View>)> {
             let c: $Create = parse_json(&body)?;
             let v = node
                 .propose(
                     &actor.0,
                     idempotency_key(&headers, &actor)?,
-                    Command::$CCmd(c),
+                    Command::$CCmd(c.into()),
                 )
-                .await?;
+                .await?
+                .$into()?;
             Ok((StatusCode::CREATED, Json(v)))
         }
 
@@ -165,17 +165,18 @@ macro_rules! crud {
             Path(id): Path<String>,
             headers: HeaderMap,
             body: Bytes,
-        ) -> HttpResult<Json<Value>> {
+        ) -> HttpResult<Json<$View>> {
             let id = parse_id(&id)?;
             let patch: $Update = parse_json(&body)?;
             let cmd = Command::$UCmd {
                 id,
                 if_match: if_match(&headers)?,
-                patch,
+                patch: patch.into(),
             };
             let v = node
                 .propose(&actor.0, idempotency_key(&headers, &actor)?, cmd)
-                .await?;
+                .await?
+                .$into()?;
             Ok(Json(v))
         }
 
@@ -207,6 +208,7 @@ crud! {
     view: Location,
     extract: |v: &Location| v,
     filter: |_q, _v| Ok(true),
+    into: into_location,
     create: create_location(CreateLocation) => CreateLocation,
     update: update_location(UpdateLocation) => UpdateLocation,
     delete: delete_location => DeleteLocation,
@@ -220,6 +222,7 @@ crud! {
     view: Rack,
     extract: |v: &Rack| v,
     filter: |q, v| Ok(by_location(q, &v.location)),
+    into: into_rack,
     create: create_rack(CreateRack) => CreateRack,
     update: update_rack(UpdateRack) => UpdateRack,
     delete: delete_rack => DeleteRack,
@@ -243,6 +246,7 @@ crud! {
         };
         Ok(state_ok && by_location(q, &m.location) && q.rack.is_none_or(|r| m.rack_id == Some(r)))
     },
+    into: into_machine,
     create: create_machine(CreateMachine) => CreateMachine,
     update: update_machine(UpdateMachine) => UpdateMachine,
     delete: delete_machine => DeleteMachine,
@@ -256,6 +260,7 @@ crud! {
     view: Subnet,
     extract: |v: &Subnet| v,
     filter: |q, v| Ok(by_location(q, &v.location)),
+    into: into_subnet,
     create: create_subnet(CreateSubnet) => CreateSubnet,
     update: update_subnet(UpdateSubnet) => UpdateSubnet,
     delete: delete_subnet => DeleteSubnet,
@@ -269,6 +274,7 @@ crud! {
     view: Image,
     extract: |v: &Image| v,
     filter: |_q, _v| Ok(true),
+    into: into_image,
     create: create_image(CreateImage) => CreateImage,
     update: update_image(UpdateImage) => UpdateImage,
     delete: delete_image => DeleteImage,
@@ -284,17 +290,18 @@ pub async fn deploy_machine(
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> HttpResult<Json<Value>> {
+) -> HttpResult<Json<Machine>> {
     let id = parse_id(&id)?;
     let d: DeployMachine = parse_json(&body)?;
     let cmd = Command::Deploy {
         id,
         if_match: if_match(&headers)?,
         image: d.image,
-        token: rackd_raft::cmd::Secret(crate::new_secret("")),
+        token: rackd_raft::cmd::Secret(crate::cluster::secrets::new_secret("")),
     };
     let v = node
         .propose(&actor.0, idempotency_key(&headers, &actor)?, cmd)
-        .await?;
+        .await?
+        .into_machine()?;
     Ok(Json(v))
 }

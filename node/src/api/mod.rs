@@ -1,16 +1,22 @@
 //! The HA HTTP API under `/v1` (axum on hyper).
 //!
-//! Layers, outermost first: [`forward`] sends every write to the leader (the client need not
-//! know who leads), then [`auth`] checks the bearer token, then the handlers in [`inventory`]
-//! and [`cluster`]. Every error is JSON `{"error":{"code","message"}}` with its status code;
-//! malformed JSON, paths and queries answer 400, unknown routes 404, wrong methods 405.
+//! Every route is one row of [`endpoints::ENDPOINTS`] (method, path, handler, auth, request
+//! and response types); [`router`] serves that table, `openapi` documents it. Layers,
+//! outermost first: [`forward`] sends every write to the leader (the client need not know who
+//! leads), then [`auth`] checks the bearer token, then the handlers in [`inventory`],
+//! [`tasks`] and [`cluster`]. Handlers reach the replicated core only through the
+//! [`Cluster`] trait (a `FakeCluster` in the unit tests). Every error is JSON
+//! `{"error":{"code","message"}}` with its status code; malformed JSON, paths and queries
+//! answer 400, unknown routes 404, wrong methods 405.
+//!
+//! Layer: above `cluster`; never imports `services`, `server` or `cli`.
 
 pub mod auth;
 pub mod cluster;
+pub mod endpoints;
 pub mod forward;
 pub mod inventory;
 pub mod openapi;
-pub mod routes;
 pub mod tasks;
 
 use std::sync::Arc;
@@ -18,11 +24,36 @@ use std::sync::Arc;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use axum::Router;
 use rackd_types::{ApiError, ErrorBody, ErrorCode};
 
-use crate::runtime::Node;
+use crate::cluster::Cluster;
 
-pub type AppState = Arc<Node>;
+/// What every handler gets: the cluster (through the [`Cluster`] trait only) and the HTTP
+/// client that forwards writes to the leader. Derefs to the cluster.
+#[derive(Clone)]
+pub struct AppState {
+    pub cluster: Arc<dyn Cluster>,
+    pub http: reqwest::Client,
+}
+
+impl AppState {
+    pub fn new(cluster: Arc<dyn Cluster>, http: reqwest::Client) -> Self {
+        AppState { cluster, http }
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = dyn Cluster;
+    fn deref(&self) -> &Self::Target {
+        &*self.cluster
+    }
+}
+
+/// Who is making the request: the API token's name (recorded in the journal) and its id, which
+/// scopes the request's `Idempotency-Key` (names are not unique; ids are never reused).
+#[derive(Debug, Clone)]
+pub struct Actor(pub String, pub Option<u64>);
 
 /// An [`ApiError`] as an HTTP response.
 #[derive(Debug)]
@@ -86,7 +117,7 @@ pub fn if_match(h: &HeaderMap) -> HttpResult<Option<u64>> {
 /// The request's `Idempotency-Key`, scoped by the caller's token id (`t{id}:{key}`): two
 /// tokens never share a key space, whatever their names, and no API key can collide with the
 /// keys nodes use for their own writes.
-pub fn idempotency_key(h: &HeaderMap, actor: &auth::Actor) -> HttpResult<Option<String>> {
+pub fn idempotency_key(h: &HeaderMap, actor: &Actor) -> HttpResult<Option<String>> {
     match h.get("idempotency-key") {
         None => Ok(None),
         Some(v) => {
@@ -103,4 +134,32 @@ pub fn idempotency_key(h: &HeaderMap, actor: &auth::Actor) -> HttpResult<Option<
     }
 }
 
-pub use routes::router;
+/// The API router: every endpoint of the table, then (outermost first) write forwarding,
+/// authentication and the body limit; unknown routes answer 404 and wrong methods 405, both
+/// as JSON errors.
+pub fn router(node: AppState) -> Router {
+    let mut r = Router::new();
+    for e in endpoints::ENDPOINTS {
+        r = r.route(e.path, (e.route)());
+    }
+    r.fallback(|| async { error_response(rackd_types::ErrorCode::NotFound, "no such route") })
+        .method_not_allowed_fallback(|| async {
+            let mut r =
+                error_response(rackd_types::ErrorCode::InvalidRequest, "method not allowed");
+            *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+            r
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            auth::require_token,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            forward::to_leader,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
+        .with_state(node)
+}
+
+#[cfg(test)]
+mod tests;

@@ -8,23 +8,12 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use rackd_raft::cmd::Command;
-use rackd_types::{ApiError, BootDeviceRequest, ListQuery, Page, PowerRequest, Task, TaskKind};
-use serde_json::Value;
+use rackd_types::{
+    ApiError, BootDeviceRequest, ListQuery, Page, PowerRequest, Task, TaskKind, TaskWork,
+};
 
-use super::auth::Actor;
 use super::inventory::{collect_page, page_params, query, read_barrier};
-use super::{idempotency_key, parse_id, parse_json, AppState, HttpError, HttpResult};
-
-pub fn task_kind(action: &str) -> Option<TaskKind> {
-    Some(match action {
-        "on" => TaskKind::PowerOn,
-        "off" => TaskKind::PowerOff,
-        "cycle" => TaskKind::PowerCycle,
-        "reset" => TaskKind::PowerReset,
-        "status" => TaskKind::PowerStatus,
-        _ => return None,
-    })
-}
+use super::{idempotency_key, parse_id, parse_json, Actor, AppState, HttpError, HttpResult};
 
 /// Proposes a task for a machine; 202 with the task record.
 async fn create_task(
@@ -33,14 +22,15 @@ async fn create_task(
     headers: &HeaderMap,
     machine_id: u64,
     kind: TaskKind,
-) -> HttpResult<(StatusCode, Json<Value>)> {
+) -> HttpResult<(StatusCode, Json<Task>)> {
     let v = node
         .propose(
             &actor.0,
             idempotency_key(headers, actor)?,
             Command::CreateTask { kind, machine_id },
         )
-        .await?;
+        .await?
+        .into_task()?;
     Ok((StatusCode::ACCEPTED, Json(v)))
 }
 
@@ -50,15 +40,10 @@ pub async fn power(
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> HttpResult<(StatusCode, Json<Value>)> {
+) -> HttpResult<(StatusCode, Json<Task>)> {
     let machine_id = parse_id(&id)?;
     let r: PowerRequest = parse_json(&body)?;
-    let kind = task_kind(&r.action).ok_or_else(|| {
-        HttpError(ApiError::invalid(format!(
-            "unknown power action {:?} (on, off, cycle, reset, status)",
-            r.action
-        )))
-    })?;
+    let kind = TaskKind::for_work(TaskWork::Power(r.action));
     create_task(&node, &actor, &headers, machine_id, kind).await
 }
 
@@ -68,20 +53,13 @@ pub async fn boot_device(
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> HttpResult<(StatusCode, Json<Value>)> {
+) -> HttpResult<(StatusCode, Json<Task>)> {
     let machine_id = parse_id(&id)?;
     let r: BootDeviceRequest = parse_json(&body)?;
-    let kind = match (r.device.as_str(), r.persistent) {
-        ("pxe", false) => TaskKind::BootPxe,
-        ("pxe", true) => TaskKind::BootPxePersistent,
-        ("disk", false) => TaskKind::BootDisk,
-        ("disk", true) => TaskKind::BootDiskPersistent,
-        (other, _) => {
-            return Err(HttpError(ApiError::invalid(format!(
-                "unknown boot device {other:?} (pxe, disk)"
-            ))))
-        }
-    };
+    let kind = TaskKind::for_work(TaskWork::Boot {
+        device: r.device,
+        persistent: r.persistent,
+    });
     create_task(&node, &actor, &headers, machine_id, kind).await
 }
 
@@ -92,12 +70,8 @@ pub async fn list_tasks(
     let q = query(q)?;
     let (cursor, limit) = page_params(&q)?;
     read_barrier(&node, q.stale).await?;
-    let a = node.sm.read();
-    let it = a
-        .state
-        .tasks
-        .range_after(cursor.as_ref())
-        .map(|(k, v)| (*k, v));
+    let st = node.state();
+    let it = st.tasks.range_after(cursor.as_ref()).map(|(k, v)| (*k, v));
     Ok(Json(collect_page(it, limit, |_| true)))
 }
 
@@ -109,9 +83,8 @@ pub async fn get_task(
     let id = parse_id(&id)?;
     let q = query(q)?;
     read_barrier(&node, q.stale).await?;
-    let a = node.sm.read();
-    a.state
-        .tasks
+    let st = node.state();
+    st.tasks
         .get(&id)
         .cloned()
         .map(Json)

@@ -1,8 +1,8 @@
 //! Apply handlers for cluster metadata: bootstrap, join tokens (stored hashed, expiring, one
 //! node each), node id allocation (monotonic, never reused) and API tokens (stored hashed).
 
+use crate::cmd::Applied;
 use rackd_types::{ApiError, ApiTokenView, ErrorCode, JoinTokenView};
-use serde_json::{json, Value};
 
 use super::{State, StoredApiToken, StoredJoinToken};
 
@@ -19,7 +19,7 @@ impl State {
         actor: &str,
         cluster_id: &str,
         admin_hash: &str,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Applied, ApiError> {
         if !self.meta.cluster_id.is_empty() {
             return Err(ApiError::conflict("cluster already bootstrapped"));
         }
@@ -42,7 +42,9 @@ impl State {
             None,
             format!("cluster {cluster_id} bootstrapped"),
         );
-        Ok(json!({ "cluster_id": cluster_id }))
+        Ok(Applied::Bootstrapped {
+            cluster_id: cluster_id.to_string(),
+        })
     }
 
     pub(super) fn create_join_token(
@@ -52,7 +54,7 @@ impl State {
         hash: &str,
         ttl_ms: u64,
         description: &str,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Applied, ApiError> {
         if hash.len() != 64 {
             return Err(ApiError::invalid("token hash must be 64 hex characters"));
         }
@@ -86,7 +88,7 @@ impl State {
             Some(id),
             format!("join token {id} created"),
         );
-        super::to_value(&view)
+        Ok(Applied::JoinToken(view))
     }
 
     /// Join tokens are kept for [`JOIN_TOKEN_RETAIN_MS`] after they expire (a used one keeps
@@ -113,7 +115,7 @@ impl State {
         hash: &str,
         api: &str,
         peer: &str,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Applied, ApiError> {
         let reject = |m: &str| ApiError::new(ErrorCode::JoinRejected, m.to_string());
         let id = *self
             .idx
@@ -128,7 +130,10 @@ impl State {
         if let Some(node) = tok.view.used_by_node {
             // Retrying an interrupted join from the same addresses gets the same id back.
             if tok.joined_api.as_deref() == Some(api) && tok.joined_peer.as_deref() == Some(peer) {
-                return Ok(json!({ "node_id": node, "cluster_id": self.meta.cluster_id }));
+                return Ok(Applied::NodeAllocated {
+                    node_id: node,
+                    cluster_id: self.meta.cluster_id.clone(),
+                });
             }
             return Err(reject("join token already used by another node"));
         }
@@ -153,7 +158,10 @@ impl State {
             Some(node),
             format!("node id {node} allocated to api={api} peer={peer} (join token {id})"),
         );
-        Ok(json!({ "node_id": node, "cluster_id": self.meta.cluster_id }))
+        Ok(Applied::NodeAllocated {
+            node_id: node,
+            cluster_id: self.meta.cluster_id.clone(),
+        })
     }
 
     pub(super) fn create_api_token(
@@ -162,7 +170,7 @@ impl State {
         actor: &str,
         name: &str,
         hash: &str,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Applied, ApiError> {
         if name.is_empty() || name.len() > 64 {
             return Err(ApiError::invalid("token name must be 1..=64 characters"));
         }
@@ -194,6 +202,6 @@ impl State {
             Some(id),
             format!("API token {name:?} created"),
         );
-        super::to_value(&view)
+        Ok(Applied::ApiToken(view))
     }
 }

@@ -2,10 +2,11 @@
 //! one-time callback token) and `DeployDone` (the machine presents the token → deployed, the
 //! token is burnt).
 
-use rackd_types::{ApiError, CreateImage, ErrorCode, Image, MachineState, Meta, UpdateImage};
-use serde_json::Value;
+use crate::cmd::Applied;
+use rackd_types::payload::{CreateImage, UpdateImage};
+use rackd_types::{ApiError, ErrorCode, Image, MachineState, Meta};
 
-use super::{precondition, to_value, State};
+use super::{precondition, State};
 
 fn check_artifact(what: &str, p: &str) -> Result<(), ApiError> {
     if p.is_empty() || p.len() > 512 || p.split('/').any(|c| c == "..") || p.starts_with('/') {
@@ -22,7 +23,7 @@ impl State {
         now: u64,
         actor: &str,
         c: &CreateImage,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Applied, ApiError> {
         if c.name.is_empty()
             || c.name.len() > 128
             || !c
@@ -64,7 +65,7 @@ impl State {
             Some(id),
             format!("image {} created", c.name),
         );
-        to_value(&img)
+        Ok(Applied::Image(img))
     }
 
     pub(super) fn update_image(
@@ -74,7 +75,7 @@ impl State {
         id: u64,
         if_match: Option<u64>,
         p: &UpdateImage,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Applied, ApiError> {
         let mut img = self.images.fetch(id, "image")?;
         precondition(img.meta.version, if_match)?;
         if let Some(k) = &p.kernel {
@@ -99,7 +100,7 @@ impl State {
             Some(id),
             format!("image {} updated", img.name),
         );
-        to_value(&img)
+        Ok(Applied::Image(img))
     }
 
     pub(super) fn delete_image(
@@ -108,7 +109,7 @@ impl State {
         actor: &str,
         id: u64,
         if_match: Option<u64>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Applied, ApiError> {
         let img = self.images.fetch(id, "image")?;
         precondition(img.meta.version, if_match)?;
         if self
@@ -130,7 +131,7 @@ impl State {
             Some(id),
             format!("image {} deleted", img.name),
         );
-        Ok(Value::Null)
+        Ok(Applied::Done)
     }
 
     pub(super) fn deploy(
@@ -141,7 +142,7 @@ impl State {
         if_match: Option<u64>,
         image: &str,
         token: &str,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Applied, ApiError> {
         let mut stored = self.machines.fetch(id, "machine")?;
         precondition(stored.machine.meta.version, if_match)?;
         if self.image_by_name(image).is_none() {
@@ -176,7 +177,7 @@ impl State {
                 view.hostname
             ),
         );
-        to_value(&view)
+        Ok(Applied::Machine(view))
     }
 
     pub(super) fn deploy_done(
@@ -185,7 +186,7 @@ impl State {
         actor: &str,
         mac: &str,
         token: &str,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Applied, ApiError> {
         let reject = || {
             ApiError::new(
                 ErrorCode::Unauthorized,
@@ -221,6 +222,9 @@ impl State {
                 view.hostname
             ),
         );
-        Ok(serde_json::json!({"machine_id": id, "state": "deployed"}))
+        Ok(Applied::DeployDone(rackd_types::DeployDone {
+            machine_id: id,
+            state: "deployed".into(),
+        }))
     }
 }

@@ -1,6 +1,7 @@
 //! An idempotency record answers only the request it was made for.
 
-use rackd_types::{CreateLocation, ErrorCode, UpdateLocation};
+use rackd_types::payload::{CreateLocation, UpdateLocation};
+use rackd_types::ErrorCode;
 
 use super::*;
 use crate::cmd::{Command, Request, Secret};
@@ -26,7 +27,7 @@ fn loc(name: &str) -> Command {
 fn a_reused_key_with_another_request_is_refused_and_changes_nothing() {
     let mut s = State::default();
     let first = s.apply(&keyed(1, "t1:K", loc("dc1")));
-    let id = first.0.as_ref().unwrap()["id"].as_u64().unwrap();
+    let id = first.0.as_ref().unwrap().body()["id"].as_u64().unwrap();
     assert_eq!(s.apply(&keyed(2, "t1:K", loc("dc1"))), first, "a retry");
     let before = serde_json::to_string(&s).unwrap();
     let other = s.apply(&keyed(
@@ -129,4 +130,27 @@ fn expired_join_tokens_are_pruned_deterministically() {
     let mut rebuilt = s.clone();
     rebuilt.rebuild_indexes();
     assert_eq!(rebuilt.idx, s.idx);
+}
+
+#[test]
+fn a_record_written_before_answers_were_typed_still_answers_its_retry() {
+    // A record as older builds stored it: the answer's JSON under "Ok".
+    let mut s = State::default();
+    let first = s.apply(&keyed(1, "t1:K", loc("dc1")));
+    let loc_json = first.0.as_ref().unwrap().body();
+    let k = "ops\u{0}t1:K".to_string();
+    let digest = s.idempotency.get(&k).unwrap().digest.clone();
+    let old = serde_json::json!({ "time": 1, "response": { "Ok": loc_json }, "digest": digest });
+    let rec: IdempotencyRecord = serde_json::from_value(old).unwrap();
+    assert!(matches!(rec.response.0, Ok(Applied::Legacy(_))));
+    s.idempotency.insert(k, rec);
+    let retry = s.apply(&keyed(2, "t1:K", loc("dc1")));
+    let got = retry.0.unwrap().into_location().unwrap();
+    assert_eq!(got, first.0.unwrap().into_location().unwrap());
+    // An old error record decodes as the same error.
+    let err: Response = serde_json::from_value(
+        serde_json::json!({ "Err": { "code": "NotFound", "message": "x" } }),
+    )
+    .unwrap();
+    assert_eq!(err.0.unwrap_err().code, ErrorCode::NotFound);
 }

@@ -3,15 +3,18 @@
 
 use std::net::Ipv4Addr;
 
+use crate::cmd::Applied;
 use rackd_types::net::{normalize_mac, parse_ipv4, Cidr4};
-use rackd_types::{
-    ApiError, BmcSpec, BmcView, CreateLocation, CreateMachine, CreateRack, CreateSubnet, IpRange,
-    Location, Machine, MachineState, Meta, Rack, Subnet, UpdateLocation, UpdateMachine, UpdateRack,
-    UpdateSubnet,
+use rackd_types::payload::{
+    CreateLocation, CreateMachine, CreateRack, CreateSubnet, UpdateLocation, UpdateMachine,
+    UpdateRack, UpdateSubnet,
 };
-use serde_json::Value;
+use rackd_types::{
+    ApiError, BmcDriver, BmcSpec, BmcView, IpRange, Location, Machine, MachineState, Meta, Rack,
+    Subnet,
+};
 
-use super::{precondition, to_value, State, StoredMachine};
+use super::{precondition, State, StoredMachine};
 
 const MAX_NAME: usize = 253;
 
@@ -81,7 +84,7 @@ impl State {
         now: u64,
         actor: &str,
         c: &CreateLocation,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Applied, ApiError> {
         check_name("location name", &c.name)?;
         if self.location_by_name(&c.name).is_some() {
             return Err(ApiError::conflict(format!(
@@ -106,7 +109,7 @@ impl State {
             Some(id),
             format!("location {} created", c.name),
         );
-        to_value(&loc)
+        Ok(Applied::Location(loc))
     }
 
     pub(super) fn update_location(
@@ -116,7 +119,7 @@ impl State {
         id: u64,
         if_match: Option<u64>,
         patch: &UpdateLocation,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Applied, ApiError> {
         let mut loc = self.locations.fetch(id, "location")?;
         precondition(loc.meta.version, if_match)?;
         if let Some(d) = &patch.description {
@@ -135,7 +138,7 @@ impl State {
             Some(id),
             format!("location {} updated", loc.name),
         );
-        to_value(&loc)
+        Ok(Applied::Location(loc))
     }
 
     pub(super) fn delete_location(
@@ -144,7 +147,7 @@ impl State {
         actor: &str,
         id: u64,
         if_match: Option<u64>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Applied, ApiError> {
         let loc = self.locations.fetch(id, "location")?;
         precondition(loc.meta.version, if_match)?;
         let used = self
@@ -169,7 +172,7 @@ impl State {
             Some(id),
             format!("location {} deleted", loc.name),
         );
-        Ok(Value::Null)
+        Ok(Applied::Done)
     }
 
     fn require_location(&self, name: &str) -> Result<(), ApiError> {
@@ -188,7 +191,7 @@ impl State {
         now: u64,
         actor: &str,
         c: &CreateRack,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Applied, ApiError> {
         check_name("rack name", &c.name)?;
         self.require_location(&c.location)?;
         if c.height_units == 0 || c.height_units > 100 {
@@ -220,7 +223,7 @@ impl State {
             Some(id),
             format!("rack {} created in {}", c.name, c.location),
         );
-        to_value(&rack)
+        Ok(Applied::Rack(rack))
     }
 
     pub(super) fn update_rack(
@@ -230,7 +233,7 @@ impl State {
         id: u64,
         if_match: Option<u64>,
         patch: &UpdateRack,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Applied, ApiError> {
         let mut rack = self.racks.fetch(id, "rack")?;
         precondition(rack.meta.version, if_match)?;
         if let Some(n) = &patch.name {
@@ -266,7 +269,7 @@ impl State {
             Some(id),
             format!("rack {} updated", rack.name),
         );
-        to_value(&rack)
+        Ok(Applied::Rack(rack))
     }
 
     pub(super) fn delete_rack(
@@ -275,7 +278,7 @@ impl State {
         actor: &str,
         id: u64,
         if_match: Option<u64>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Applied, ApiError> {
         let rack = self.racks.fetch(id, "rack")?;
         precondition(rack.meta.version, if_match)?;
         if self
@@ -297,7 +300,7 @@ impl State {
             Some(id),
             format!("rack {} deleted", rack.name),
         );
-        Ok(Value::Null)
+        Ok(Applied::Done)
     }
 
     // ---- machines ------------------------------------------------------------------------
@@ -407,11 +410,10 @@ impl State {
     }
 
     fn validate_bmc(b: &BmcSpec) -> Result<(), ApiError> {
-        if !matches!(b.driver.as_str(), "ipmi" | "ipmi15" | "sim") {
-            return Err(ApiError::invalid(format!(
-                "unknown BMC driver {:?} (ipmi, ipmi15, sim)",
-                b.driver
-            )));
+        if !BmcDriver::SUPPORTED.contains(&b.driver) {
+            return Err(ApiError::invalid(
+                "unknown BMC driver (supported: ipmi, ipmi15, sim)",
+            ));
         }
         if b.cipher_suite.is_some_and(|c| c > 3) {
             return Err(ApiError::invalid(
@@ -451,7 +453,7 @@ impl State {
         now: u64,
         actor: &str,
         c: &CreateMachine,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Applied, ApiError> {
         check_name("hostname", &c.hostname)?;
         self.require_location(&c.location)?;
         self.validate_rack(&c.location, c.rack_id, c.rack_unit)?;
@@ -500,7 +502,7 @@ impl State {
                 machine.state.as_str()
             ),
         );
-        to_value(&machine)
+        Ok(Applied::Machine(machine))
     }
 
     pub(super) fn update_machine(
@@ -510,7 +512,7 @@ impl State {
         id: u64,
         if_match: Option<u64>,
         p: &UpdateMachine,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Applied, ApiError> {
         let stored = self.machines.fetch(id, "machine")?;
         precondition(stored.machine.meta.version, if_match)?;
         let old = stored.machine.clone();
@@ -630,7 +632,7 @@ impl State {
             Some(id),
             format!("machine {} updated", m.hostname),
         );
-        to_value(&m)
+        Ok(Applied::Machine(m))
     }
 
     pub(super) fn delete_machine(
@@ -639,7 +641,7 @@ impl State {
         actor: &str,
         id: u64,
         if_match: Option<u64>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Applied, ApiError> {
         let stored = self.machines.fetch(id, "machine")?;
         precondition(stored.machine.meta.version, if_match)?;
         self.index_machine(id, Some(&stored.machine), None);
@@ -673,7 +675,7 @@ impl State {
             Some(id),
             format!("machine {} deleted", stored.machine.hostname),
         );
-        Ok(Value::Null)
+        Ok(Applied::Done)
     }
 
     // ---- subnets -------------------------------------------------------------------------
@@ -712,7 +714,7 @@ impl State {
         now: u64,
         actor: &str,
         c: &CreateSubnet,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Applied, ApiError> {
         self.require_location(&c.location)?;
         let cidr = Cidr4::parse(&c.cidr).map_err(ApiError::invalid)?;
         Self::validate_subnet_fields(
@@ -754,7 +756,7 @@ impl State {
             Some(id),
             format!("subnet {cidr} created in {}", c.location),
         );
-        to_value(&subnet)
+        Ok(Applied::Subnet(subnet))
     }
 
     pub(super) fn update_subnet(
@@ -764,7 +766,7 @@ impl State {
         id: u64,
         if_match: Option<u64>,
         p: &UpdateSubnet,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Applied, ApiError> {
         let mut s = self.subnets.fetch(id, "subnet")?;
         precondition(s.meta.version, if_match)?;
         if let Some(g) = &p.gateway {
@@ -820,7 +822,7 @@ impl State {
             Some(id),
             format!("subnet {} updated", s.cidr),
         );
-        to_value(&s)
+        Ok(Applied::Subnet(s))
     }
 
     pub(super) fn delete_subnet(
@@ -829,7 +831,7 @@ impl State {
         actor: &str,
         id: u64,
         if_match: Option<u64>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Applied, ApiError> {
         let s = self.subnets.fetch(id, "subnet")?;
         precondition(s.meta.version, if_match)?;
         let cidr = Cidr4::parse(&s.cidr).map_err(ApiError::internal)?;
@@ -853,13 +855,13 @@ impl State {
             Some(id),
             format!("subnet {} deleted", s.cidr),
         );
-        Ok(Value::Null)
+        Ok(Applied::Done)
     }
 }
 
 fn bmc_view(b: &BmcSpec) -> BmcView {
     BmcView {
-        driver: b.driver.clone(),
+        driver: b.driver,
         address: b.address.trim().to_string(),
         port: b.port,
         username: b.username.clone(),

@@ -29,7 +29,7 @@ use rackd_types::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::cmd::{Command, Request, Response};
+use crate::cmd::{Applied, Command, Request, Response};
 pub use table::{PersistedTable, RowChange, Table, TableKey};
 
 /// Maximum number of journal events kept; older ones are dropped (deterministically, in apply).
@@ -164,6 +164,8 @@ pub struct StoredApiToken {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct IdempotencyRecord {
     pub time: u64,
+    /// The first answer. Records written before answers were typed hold the answer's JSON;
+    /// they decode as [`Applied::Legacy`].
     pub response: Response,
     /// [`Command::idempotency_digest`] of the request that made the record; a later request
     /// with the same key and another digest is refused. Empty in records written before the
@@ -305,12 +307,7 @@ impl State {
         resp
     }
 
-    fn dispatch(
-        &mut self,
-        now: u64,
-        actor: &str,
-        cmd: &Command,
-    ) -> Result<serde_json::Value, ApiError> {
+    fn dispatch(&mut self, now: u64, actor: &str, cmd: &Command) -> Result<Applied, ApiError> {
         match cmd {
             Command::Bootstrap {
                 cluster_id,
@@ -383,14 +380,7 @@ impl State {
                 generation,
                 error,
                 observed_power,
-            } => self.finish_task(
-                now,
-                actor,
-                *id,
-                *generation,
-                error.clone(),
-                observed_power.clone(),
-            ),
+            } => self.finish_task(now, actor, *id, *generation, error.clone(), *observed_power),
             Command::ObservePower { observations } => self.observe_power(now, actor, observations),
             Command::CreateJoinToken {
                 token_hash,
@@ -412,7 +402,7 @@ impl State {
                 message,
             } => {
                 self.journal(now, actor, kind, entity, *entity_id, message.clone());
-                Ok(serde_json::Value::Null)
+                Ok(Applied::Done)
             }
         }
     }
@@ -593,8 +583,4 @@ pub(crate) fn precondition(current: u64, if_match: Option<u64>) -> Result<(), Ap
         )),
         _ => Ok(()),
     }
-}
-
-pub(crate) fn to_value<T: Serialize>(v: &T) -> Result<serde_json::Value, ApiError> {
-    serde_json::to_value(v).map_err(|e| ApiError::internal(format!("encode: {e}")))
 }

@@ -4,7 +4,8 @@
 
 use std::collections::BTreeSet;
 
-use rackd_types::{BmcSpec, CreateImage, CreateLocation, CreateMachine, CreateRack, CreateSubnet};
+use rackd_types::payload::{CreateImage, CreateLocation, CreateMachine, CreateRack, CreateSubnet};
+use rackd_types::BmcSpec;
 
 use super::*;
 use crate::cmd::{Command, Request};
@@ -17,6 +18,7 @@ fn apply_ok(s: &mut State, t: u64, key: Option<&str>, cmd: Command) -> serde_jso
         cmd,
     });
     r.0.unwrap_or_else(|e| panic!("unexpected error {e:?}"))
+        .body()
 }
 
 /// A state with at least one row in every table, made through apply only.
@@ -77,7 +79,7 @@ pub(super) fn populated() -> State {
             macs: vec!["52:54:00:00:00:01".into()],
             ips: vec!["10.0.0.10".into()],
             bmc: Some(BmcSpec {
-                driver: "sim".into(),
+                driver: "sim".parse().unwrap(),
                 address: "x".into(),
                 port: 623,
                 username: "u".into(),

@@ -1,8 +1,7 @@
 //! Task leases, fencing, internal idempotency keys and power-observation ordering.
 
-use rackd_types::{
-    ApiError, BmcSpec, CreateLocation, CreateMachine, ErrorCode, TaskKind, TaskState,
-};
+use rackd_types::payload::{CreateLocation, CreateMachine};
+use rackd_types::{ApiError, BmcSpec, ErrorCode, TaskKind, TaskState};
 use serde_json::Value;
 
 use super::{Claim, EXECUTOR_LOST, MAX_TASK_ATTEMPTS};
@@ -18,6 +17,7 @@ fn apply(s: &mut State, t: u64, actor: &str, cmd: Command) -> Result<Value, ApiE
         cmd,
     })
     .0
+    .map(|a| a.body())
 }
 
 fn ok(s: &mut State, t: u64, cmd: Command) -> Value {
@@ -26,7 +26,7 @@ fn ok(s: &mut State, t: u64, cmd: Command) -> Value {
 
 fn refused(s: &mut State, t: u64, cmd: Command) -> ErrorCode {
     match apply(s, t, "node:1", cmd) {
-        Ok(v) => panic!("unexpected success {v}"),
+        Ok(v) => panic!("unexpected success {v:?}"),
         Err(e) => e.code,
     }
 }
@@ -62,7 +62,7 @@ fn setup() -> (State, u64, u64, u64) {
             macs: vec![],
             ips: vec![],
             bmc: Some(BmcSpec {
-                driver: "sim".into(),
+                driver: "sim".parse().unwrap(),
                 address: "x".into(),
                 port: 623,
                 username: String::new(),
@@ -117,7 +117,7 @@ fn finish(id: u64, generation: u64, power: &str) -> Command {
         id,
         generation,
         error: None,
-        observed_power: Some(power.into()),
+        observed_power: Some(power.parse().unwrap()),
     }
 }
 
@@ -125,7 +125,7 @@ fn observe(machine_id: u64, power: &str, observed_at_ms: u64) -> Command {
     Command::ObservePower {
         observations: vec![PowerObservation {
             machine_id,
-            power: power.into(),
+            power: power.parse().unwrap(),
             observed_at_ms,
         }],
     }
@@ -289,27 +289,27 @@ fn power_observations_never_overwrite_newer_results() {
     let (mut s, m, t1, _) = setup();
     let power = |s: &State| {
         let m = &s.machines.get(&m).unwrap().machine;
-        (m.power_state.clone(), m.power_observed_at)
+        (m.power_state, m.power_observed_at)
     };
     // Polled at 900 (on), committed at 1000.
     assert_eq!(ok(&mut s, 1000, observe(m, "on", 900))["recorded"], 1);
-    assert_eq!(power(&s), (Some("on".into()), Some(900)));
+    assert_eq!(power(&s), (Some("on".parse().unwrap()), Some(900)));
     // An older poll that commits later is dropped.
     assert_eq!(ok(&mut s, 1100, observe(m, "off", 800))["recorded"], 0);
-    assert_eq!(power(&s), (Some("on".into()), Some(900)));
+    assert_eq!(power(&s), (Some("on".parse().unwrap()), Some(900)));
     // While a task runs, polls are dropped: the task records the result.
     ok(&mut s, 1200, claim(t1, 1, 0));
     assert_eq!(ok(&mut s, 1250, observe(m, "unknown", 1240))["recorded"], 0);
     ok(&mut s, 2000, finish(t1, 1, "off"));
-    assert_eq!(power(&s), (Some("off".into()), Some(2000)));
+    assert_eq!(power(&s), (Some("off".parse().unwrap()), Some(2000)));
     // A poll started before the task's result, committed after it, does not undo it.
     assert_eq!(ok(&mut s, 3000, observe(m, "on", 1900))["recorded"], 0);
-    assert_eq!(power(&s), (Some("off".into()), Some(2000)));
+    assert_eq!(power(&s), (Some("off".parse().unwrap()), Some(2000)));
     // A newer poll is recorded with its own time; a clock ahead of the leader is capped.
     assert_eq!(ok(&mut s, 3100, observe(m, "off", 3050))["recorded"], 1);
-    assert_eq!(power(&s), (Some("off".into()), Some(3050)));
+    assert_eq!(power(&s), (Some("off".parse().unwrap()), Some(3050)));
     assert_eq!(ok(&mut s, 3200, observe(m, "on", 99_999))["recorded"], 1);
-    assert_eq!(power(&s), (Some("on".into()), Some(3200)));
+    assert_eq!(power(&s), (Some("on".parse().unwrap()), Some(3200)));
 }
 
 #[test]
@@ -322,7 +322,7 @@ fn observations_from_old_log_entries_still_decode() {
         observations[0],
         PowerObservation {
             machine_id: 7,
-            power: "on".into(),
+            power: "on".parse().unwrap(),
             observed_at_ms: 0
         }
     );

@@ -11,10 +11,10 @@
 
 use std::collections::BTreeSet;
 
-use rackd_types::{ApiError, ErrorCode, Meta, Task, TaskKind, TaskState};
-use serde_json::Value;
+use crate::cmd::Applied;
+use rackd_types::{ApiError, ErrorCode, Meta, PowerState, Task, TaskKind, TaskState};
 
-use super::{to_value, State};
+use super::State;
 use crate::cmd::PowerObservation;
 
 /// Attempts a task gets: when the lease of the last one expires, the task fails.
@@ -50,7 +50,7 @@ impl State {
         actor: &str,
         kind: TaskKind,
         machine_id: u64,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Applied, ApiError> {
         let m = self
             .machines
             .get(&machine_id)
@@ -90,7 +90,7 @@ impl State {
             Some(id),
             format!("{kind:?} on {hostname}"),
         );
-        to_value(&t)
+        Ok(Applied::Task(t))
     }
 
     /// Whether a claim of task `id` at leader time `now` is accepted, and what it does. Apply
@@ -146,7 +146,7 @@ impl State {
         node: u64,
         generation: u64,
         lease_ms: u64,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Applied, ApiError> {
         let mut t = self.tasks.fetch(id, "task")?;
         if t.generation != generation {
             return Err(precondition_failed(format!(
@@ -191,7 +191,7 @@ impl State {
         };
         self.put_task(now, t.clone());
         self.journal(now, actor, kind, "task", Some(id), message);
-        to_value(&t)
+        Ok(Applied::Task(t))
     }
 
     pub(super) fn renew_task_lease(
@@ -200,7 +200,7 @@ impl State {
         id: u64,
         generation: u64,
         lease_ms: u64,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Applied, ApiError> {
         let mut t = self.tasks.fetch(id, "task")?;
         if t.state != TaskState::Running || t.generation != generation {
             return Err(precondition_failed(format!(
@@ -211,13 +211,13 @@ impl State {
         }
         let until = now.saturating_add(lease_ms);
         if t.lease_expires_at.is_some_and(|e| e >= until) {
-            return to_value(&t);
+            return Ok(Applied::Task(t));
         }
         t.lease_expires_at = Some(until);
         t.meta.version += 1;
         t.meta.updated_at = now;
         self.put_task(now, t.clone());
-        to_value(&t)
+        Ok(Applied::Task(t))
     }
 
     pub(super) fn observe_power(
@@ -225,13 +225,7 @@ impl State {
         now: u64,
         actor: &str,
         observations: &[PowerObservation],
-    ) -> Result<Value, ApiError> {
-        if let Some(bad) = observations
-            .iter()
-            .find(|o| !matches!(o.power.as_str(), "on" | "off" | "unknown"))
-        {
-            return Err(ApiError::invalid(format!("power state {:?}", bad.power)));
-        }
+    ) -> Result<Applied, ApiError> {
         // A running task changes the power state and records the result itself.
         let busy: BTreeSet<u64> = self
             .active_tasks()
@@ -256,9 +250,9 @@ impl State {
                 continue; // a newer result (task or poll) is already recorded
             }
             let id = o.machine_id;
-            let power = &o.power;
-            let changed = m.machine.power_state.as_deref() != Some(power.as_str());
-            m.machine.power_state = Some(power.clone());
+            let power = o.power;
+            let changed = m.machine.power_state != Some(power);
+            m.machine.power_state = Some(power);
             m.machine.power_observed_at = Some(at);
             self.machines.insert(id, m);
             recorded += 1;
@@ -273,7 +267,7 @@ impl State {
                 );
             }
         }
-        Ok(serde_json::json!({ "recorded": recorded }))
+        Ok(Applied::PowerObserved { recorded })
     }
 
     pub(super) fn finish_task(
@@ -283,8 +277,8 @@ impl State {
         id: u64,
         generation: u64,
         error: Option<String>,
-        observed_power: Option<String>,
-    ) -> Result<Value, ApiError> {
+        observed_power: Option<PowerState>,
+    ) -> Result<Applied, ApiError> {
         let mut t = self.tasks.fetch(id, "task")?;
         if t.state != TaskState::Running || t.generation != generation {
             return Err(precondition_failed(format!(
@@ -299,7 +293,7 @@ impl State {
             TaskState::Failed
         };
         t.error = error;
-        t.observed_power = observed_power.clone();
+        t.observed_power = observed_power;
         t.finished_at = Some(now);
         t.lease_expires_at = None;
         t.meta.version += 1;
@@ -326,7 +320,7 @@ impl State {
                     .unwrap_or_default()
             ),
         );
-        to_value(&t)
+        Ok(Applied::Task(t))
     }
 
     /// Store a task and keep the task indexes in step: every task write goes through here.

@@ -1,9 +1,7 @@
 //! State machine unit tests: uniqueness, If-Match, idempotency, determinism, persistence.
 
-use rackd_types::{
-    ApiError, BmcSpec, CreateLocation, CreateMachine, CreateSubnet, ErrorCode, IpRange,
-    UpdateMachine,
-};
+use rackd_types::payload::{CreateLocation, CreateMachine, CreateSubnet, UpdateMachine};
+use rackd_types::{ApiError, BmcSpec, ErrorCode, IpRange};
 use serde_json::Value;
 
 use super::*;
@@ -20,14 +18,14 @@ fn req(t: u64, cmd: Command) -> Request {
 
 fn ok(s: &mut State, t: u64, cmd: Command) -> Value {
     match s.apply(&req(t, cmd)).0 {
-        Ok(v) => v,
+        Ok(v) => v.body(),
         Err(e) => panic!("unexpected error {e:?}"),
     }
 }
 
 fn err(s: &mut State, t: u64, cmd: Command) -> ApiError {
     match s.apply(&req(t, cmd)).0 {
-        Ok(v) => panic!("unexpected success {v}"),
+        Ok(v) => panic!("unexpected success {v:?}"),
         Err(e) => e,
     }
 }
@@ -236,7 +234,7 @@ fn bmc_password_is_write_only() {
     let mut c = machine("a", &[], &[]);
     if let Command::CreateMachine(cm) = &mut c {
         cm.bmc = Some(BmcSpec {
-            driver: "ipmi".into(),
+            driver: "ipmi".parse().unwrap(),
             address: "10.1.0.5".into(),
             port: 623,
             username: "admin".into(),
@@ -415,7 +413,7 @@ fn deploy_needs_a_ready_machine_and_the_callback_token_is_one_time() {
     ok(
         &mut s,
         10,
-        Command::CreateImage(rackd_types::CreateImage {
+        Command::CreateImage(rackd_types::payload::CreateImage {
             name: "deb".into(),
             kernel: "deb/vmlinuz".into(),
             initrd: "deb/initrd".into(),
@@ -487,7 +485,7 @@ fn tasks_are_claimed_once_fenced_by_generation_and_ordered_per_machine() {
     let mut c = machine("a", &[], &[]);
     if let Command::CreateMachine(cm) = &mut c {
         cm.bmc = Some(BmcSpec {
-            driver: "sim".into(),
+            driver: "sim".parse().unwrap(),
             address: "x".into(),
             port: 623,
             username: String::new(),
@@ -542,7 +540,7 @@ fn tasks_are_claimed_once_fenced_by_generation_and_ordered_per_machine() {
         id: t1,
         generation,
         error: None,
-        observed_power: Some("on".into()),
+        observed_power: Some("on".parse().unwrap()),
     };
     assert_eq!(
         err(&mut s, 16, finish(0)).code,
@@ -555,8 +553,8 @@ fn tasks_are_claimed_once_fenced_by_generation_and_ordered_per_machine() {
     );
     assert_eq!(s.tasks.get(&t1).unwrap().state, TaskState::Succeeded);
     assert_eq!(
-        s.machines.get(&mid).unwrap().machine.power_state.as_deref(),
-        Some("on")
+        s.machines.get(&mid).unwrap().machine.power_state,
+        Some(rackd_types::PowerState::On)
     );
     // Now the second task may run.
     ok(&mut s, 19, claim(t2, 2, 0));
@@ -576,13 +574,15 @@ fn observed_power_is_stamped_with_the_entry_time_and_all_or_nothing() {
             .into_iter()
             .map(|(i, p)| crate::cmd::PowerObservation {
                 machine_id: i,
-                power: p.to_string(),
+                power: p.parse().unwrap(),
                 observed_at_ms: 0,
             })
             .collect(),
     };
-    // One bad state refuses the whole batch; nothing is recorded.
-    err(&mut s, 22, obs(vec![(a, "on"), (b, "maybe")]));
+    // A power state outside the enum cannot even be decoded (the peer RPC refuses it).
+    let bad = serde_json::json!({"type": "observe_power", "observations": [
+        {"machine_id": a, "power": "on"}, {"machine_id": b, "power": "maybe"}]});
+    assert!(serde_json::from_value::<Command>(bad).is_err());
     assert_eq!(s.machines.get(&a).unwrap().machine.power_state, None);
     // Unknown machines are skipped; time comes from the entry.
     let v = ok(
@@ -593,11 +593,11 @@ fn observed_power_is_stamped_with_the_entry_time_and_all_or_nothing() {
     assert_eq!(v["recorded"], 2);
     let m = &s.machines.get(&a).unwrap().machine;
     assert_eq!(
-        (m.power_state.as_deref(), m.power_observed_at),
-        (Some("on"), Some(23))
+        (m.power_state, m.power_observed_at),
+        (Some(rackd_types::PowerState::On), Some(23))
     );
     assert_eq!(
-        s.machines.get(&b).unwrap().machine.power_state.as_deref(),
-        Some("unknown")
+        s.machines.get(&b).unwrap().machine.power_state,
+        Some(rackd_types::PowerState::Unknown)
     );
 }

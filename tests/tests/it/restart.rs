@@ -18,10 +18,13 @@ const T: std::time::Duration = std::time::Duration::from_secs(30);
 const NOT_COLLECTIONS: &[&str] = &["/v1/health", "/v1/cluster"];
 
 fn collections() -> Vec<&'static str> {
-    rackd::api::routes::ROUTES
+    use rackd::api::endpoints::{Verb, ENDPOINTS};
+    ENDPOINTS
         .iter()
-        .filter(|(m, p)| *m == "get" && !p.contains('{') && !NOT_COLLECTIONS.contains(p))
-        .map(|(_, p)| *p)
+        .filter(|e| {
+            e.verb == Verb::Get && !e.path.contains('{') && !NOT_COLLECTIONS.contains(&e.path)
+        })
+        .map(|e| e.path)
         .collect()
 }
 

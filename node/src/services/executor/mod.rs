@@ -22,6 +22,8 @@
 //! deterministic idempotency keys ([`Command::internal_key`]): a retry after a lost answer gets
 //! the first answer. A result is retried until it commits or is refused as stale.
 
+pub mod plan;
+
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -29,15 +31,15 @@ use std::time::Duration;
 
 use rackd_hwctl::ipmi::LanVersion;
 use rackd_hwctl::{
-    AnyBmc, BootDevice, IpmiBmc, PowerAction, PowerController, PowerState, SimBmc, VerifyPolicy,
+    AnyBmc, IpmiBmc, PowerAction, PowerController, PowerState, SimBmc, VerifyPolicy,
 };
 use rackd_raft::cmd::{Command, PowerObservation};
-use rackd_types::{ApiError, ErrorCode, Task, TaskKind, TaskState};
+use rackd_types::{ApiError, BmcDriver, ErrorCode, Task, TaskState, TaskWork};
 
-use crate::runtime::{AbortOnDrop, Node};
-
-/// Default lease of a running task (`--task-lease-secs`).
-pub const DEFAULT_TASK_LEASE: Duration = Duration::from_secs(30);
+use self::plan::Next;
+use crate::abort::AbortOnDrop;
+use crate::cluster::{now_ms, Cluster};
+use crate::config::PowerConfig;
 
 /// An expired lease is taken over only this long after it ended by the local clock, so a clock
 /// slightly ahead of the leader's does not propose claims the leader refuses.
@@ -46,64 +48,6 @@ const TAKEOVER_MARGIN_MS: u64 = 500;
 /// Bounds of the backoff between attempts to record a result.
 const FINISH_FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const FINISH_MAX_BACKOFF: Duration = Duration::from_secs(5);
-
-/// Power control settings of a location node.
-#[derive(Debug, Clone)]
-pub struct PowerOptions {
-    /// Global bound on concurrent BMC sessions of this node.
-    pub max_sessions: usize,
-    /// Poll machines whose observed power is older than this; `None` turns the sync off.
-    pub sync_interval: Option<Duration>,
-    /// At most this many sync polls started per second.
-    pub sync_rate: u32,
-    /// Per-datagram IPMI timeout and retransmissions.
-    pub ipmi_timeout: Duration,
-    pub ipmi_retries: u32,
-    /// Lease of a claimed task; the executor renews it every third of it.
-    pub task_lease: Duration,
-}
-
-impl Default for PowerOptions {
-    fn default() -> Self {
-        Self {
-            max_sessions: 32,
-            sync_interval: Some(Duration::from_secs(60)),
-            sync_rate: 50,
-            ipmi_timeout: Duration::from_millis(1000),
-            ipmi_retries: 2,
-            task_lease: DEFAULT_TASK_LEASE,
-        }
-    }
-}
-
-/// What a task asks of the BMC.
-enum Work {
-    Power(PowerAction),
-    Boot(BootDevice, bool),
-}
-
-fn work(kind: TaskKind) -> Work {
-    match kind {
-        TaskKind::PowerOn => Work::Power(PowerAction::On),
-        TaskKind::PowerOff => Work::Power(PowerAction::Off),
-        TaskKind::PowerCycle => Work::Power(PowerAction::Cycle),
-        TaskKind::PowerReset => Work::Power(PowerAction::Reset),
-        TaskKind::PowerStatus => Work::Power(PowerAction::Status),
-        TaskKind::BootPxe => Work::Boot(BootDevice::Pxe, false),
-        TaskKind::BootPxePersistent => Work::Boot(BootDevice::Pxe, true),
-        TaskKind::BootDisk => Work::Boot(BootDevice::Disk, false),
-        TaskKind::BootDiskPersistent => Work::Boot(BootDevice::Disk, true),
-    }
-}
-
-fn power_str(p: PowerState) -> String {
-    match p {
-        PowerState::On => "on",
-        PowerState::Off => "off",
-        PowerState::Unknown => "unknown",
-    }
-    .to_string()
-}
 
 /// Whether the outcome of a failed internal write is unknown (it may have committed: no
 /// quorum, a lost answer, a timeout) rather than refused by apply.
@@ -128,11 +72,11 @@ fn error_text(e: &dyn std::error::Error) -> String {
 }
 
 pub struct Executor {
-    node: Arc<Node>,
+    node: Arc<dyn Cluster>,
     location: String,
     power: Arc<PowerController>,
     policy: VerifyPolicy,
-    opts: PowerOptions,
+    opts: PowerConfig,
     /// Tasks this process runs (or records the result of): never claimed again here.
     active: Mutex<HashSet<u64>>,
     /// Claims whose answer was lost: task id -> the generation it was claimed from.
@@ -151,14 +95,6 @@ impl Drop for AbortChildren {
     }
 }
 
-/// What `tick` does with a task of its location.
-enum Next {
-    /// Propose a claim (the local replica says the leader accepts it).
-    Claim(Task),
-    /// Our claim whose answer was lost did commit: run the task.
-    Adopt(Task),
-}
-
 /// Removes a task from the executor's active set when its run ends, even by a panic.
 struct ActiveGuard(Arc<Executor>, u64);
 
@@ -169,7 +105,7 @@ impl Drop for ActiveGuard {
 }
 
 impl Executor {
-    pub fn new(node: Arc<Node>, location: String, opts: PowerOptions) -> Arc<Self> {
+    pub fn new(node: Arc<dyn Cluster>, location: String, opts: PowerConfig) -> Arc<Self> {
         Arc::new(Self {
             node,
             location,
@@ -188,7 +124,7 @@ impl Executor {
     }
 
     fn actor(&self) -> String {
-        format!("node:{}", self.node.id)
+        format!("node:{}", self.node.id())
     }
 
     fn lease_ms(&self) -> u64 {
@@ -213,9 +149,8 @@ impl Executor {
     /// Builds the driver for a machine from the local replica.
     async fn bmc_for(&self, machine_id: u64) -> Result<AnyBmc, String> {
         let (view, password, on) = {
-            let a = self.node.sm.read();
-            let m = a
-                .state
+            let state = self.node.state();
+            let m = state
                 .machines
                 .get(&machine_id)
                 .ok_or_else(|| format!("machine {machine_id} no longer exists"))?;
@@ -224,14 +159,17 @@ impl Executor {
                 .bmc
                 .clone()
                 .ok_or_else(|| format!("machine {machine_id} has no BMC"))?;
-            let on = m.machine.power_state.as_deref() == Some("on");
+            let on = m.machine.power_state == Some(PowerState::On);
             (view, m.bmc_password.clone().unwrap_or_default(), on)
         };
-        if view.driver == "sim" {
-            return Ok(AnyBmc::Sim(SimBmc::new(&format!("sim-{machine_id}"), on)));
-        }
-        let version = LanVersion::parse(&view.driver)
-            .ok_or_else(|| format!("unknown BMC driver {:?}", view.driver))?;
+        let version = match view.driver {
+            BmcDriver::Sim => {
+                return Ok(AnyBmc::Sim(SimBmc::new(&format!("sim-{machine_id}"), on)));
+            }
+            BmcDriver::Ipmi => LanVersion::V20,
+            BmcDriver::Ipmi15 => LanVersion::V15,
+            BmcDriver::Unsupported => return Err("unsupported BMC driver".to_string()),
+        };
         let target: SocketAddr = tokio::net::lookup_host((view.address.as_str(), view.port))
             .await
             .ok()
@@ -248,44 +186,20 @@ impl Executor {
     /// now (pending tasks whose machine is free, running tasks whose lease expired), judged on
     /// the local replica with the rule apply uses, and adopt claims whose answer was lost.
     async fn tick(self: Arc<Self>) {
-        let now = crate::now_ms().saturating_sub(TAKEOVER_MARGIN_MS);
+        let now = now_ms().saturating_sub(TAKEOVER_MARGIN_MS);
         let next: Vec<Next> = {
-            let a = self.node.sm.read();
+            let state = self.node.state();
             let active = lock(&self.active);
             let mut unconfirmed = lock(&self.unconfirmed);
-            unconfirmed.retain(|id, _| {
-                a.state
-                    .tasks
-                    .get(id)
-                    .is_some_and(|t| !t.state.is_terminal())
-            });
-            let mut tasks: Vec<&Task> = a.state.active_tasks().collect();
-            tasks.sort_by_key(|t| t.meta.id); // oldest first
-            tasks
-                .into_iter()
-                .filter(|t| !active.contains(&t.meta.id))
-                .filter(|t| {
-                    a.state
-                        .machines
-                        .get(&t.machine_id)
-                        .is_some_and(|m| m.machine.location == self.location)
-                })
-                .filter_map(|t| {
-                    let ours = t.state == TaskState::Running
-                        && t.assignee == Some(self.node.id)
-                        && unconfirmed
-                            .get(&t.meta.id)
-                            .is_some_and(|g| g + 1 == t.generation);
-                    if ours {
-                        Some(Next::Adopt(t.clone()))
-                    } else {
-                        a.state
-                            .claimable(t.meta.id, now)
-                            .ok()
-                            .map(|_| Next::Claim(t.clone()))
-                    }
-                })
-                .collect()
+            plan::forget_finished(&state, &mut unconfirmed);
+            plan::next_tasks(
+                &state,
+                &self.location,
+                self.node.id(),
+                now,
+                &active,
+                &unconfirmed,
+            )
         };
         for n in next {
             match n {
@@ -307,7 +221,7 @@ impl Executor {
         let id = task.meta.id;
         let cmd = Command::ClaimTask {
             id,
-            node: self.node.id,
+            node: self.node.id(),
             generation: task.generation,
             lease_ms: self.lease_ms(),
         };
@@ -315,8 +229,10 @@ impl Executor {
         match self.node.propose_anywhere(&self.actor(), key, cmd).await {
             Ok(v) => {
                 lock(&self.unconfirmed).remove(&id);
-                match serde_json::from_value::<Task>(v) {
-                    Ok(t) if t.state == TaskState::Running && t.assignee == Some(self.node.id) => {
+                match v.into_task() {
+                    Ok(t)
+                        if t.state == TaskState::Running && t.assignee == Some(self.node.id()) =>
+                    {
                         if t.attempt > 1 {
                             tracing::info!(
                                 task = id,
@@ -413,17 +329,20 @@ impl Executor {
         }
     }
 
-    async fn run(&self, task: &Task) -> (Option<String>, Option<String>) {
+    async fn run(&self, task: &Task) -> (Option<String>, Option<PowerState>) {
         let bmc = match self.bmc_for(task.machine_id).await {
             Ok(b) => b,
             Err(e) => return (Some(e), None),
         };
-        match work(task.kind) {
-            Work::Power(action) => match self.power.execute(&bmc, action, &self.policy).await {
-                Ok(o) => (None, Some(power_str(o.after))),
+        match task.kind.work() {
+            TaskWork::Power(action) => match self.power.execute(&bmc, action, &self.policy).await {
+                Ok(o) => (None, Some(o.after)),
                 Err(e) => (Some(error_text(&e)), None),
             },
-            Work::Boot(dev, persistent) => match self
+            TaskWork::Boot {
+                device: dev,
+                persistent,
+            } => match self
                 .power
                 .set_boot_device(&bmc, dev, persistent, &self.policy)
                 .await
@@ -437,21 +356,12 @@ impl Executor {
     /// Machines of this location with a BMC, no task pending or running, and an observed power
     /// state older than `every` (or none).
     fn stale_machines(&self, every: Duration) -> Vec<u64> {
-        let a = self.node.sm.read();
-        let busy: HashSet<u64> = a.state.active_tasks().map(|t| t.machine_id).collect();
-        let now = crate::now_ms();
-        let every = every.as_millis() as u64;
-        let mut v: Vec<(u64, u64)> = a
-            .state
-            .machines
-            .values()
-            .filter(|m| m.machine.location == self.location && m.machine.bmc.is_some())
-            .filter(|m| !busy.contains(&m.machine.meta.id))
-            .map(|m| (m.machine.power_observed_at.unwrap_or(0), m.machine.meta.id))
-            .filter(|(at, _)| now.saturating_sub(*at) >= every)
-            .collect();
-        v.sort(); // oldest observation first
-        v.into_iter().map(|(_, id)| id).collect()
+        plan::stale_machines(
+            &self.node.state(),
+            &self.location,
+            now_ms(),
+            every.as_millis() as u64,
+        )
     }
 
     async fn sync_loop(self: Arc<Self>, every: Duration) {
@@ -497,11 +407,11 @@ impl Executor {
             let policy = policy.clone();
             set.spawn(async move {
                 let bmc = this.bmc_for(id).await.ok()?;
-                let observed_at_ms = crate::now_ms();
+                let observed_at_ms = now_ms();
                 let r = this.power.execute(&bmc, PowerAction::Status, &policy).await;
                 Some(PowerObservation {
                     machine_id: id,
-                    power: power_str(r.map(|o| o.after).unwrap_or(PowerState::Unknown)),
+                    power: r.map(|o| o.after).unwrap_or(PowerState::Unknown),
                     observed_at_ms,
                 })
             });
@@ -521,7 +431,7 @@ impl Executor {
 /// (another executor took the task over, or it finished). A renewal that cannot reach a quorum
 /// is retried at the next period.
 async fn renew_lease(
-    node: Arc<Node>,
+    node: Arc<dyn Cluster>,
     actor: String,
     id: u64,
     generation: u64,

@@ -6,9 +6,9 @@
 //! other members it knows (their open `/v1/health`) and, when a leader of the same cluster
 //! reports a membership without this node (or its own replica already shows one), records the
 //! removal in `node.json`, shuts Raft down and reports `removed` in its health. A node whose
-//! `node.json` says removed refuses to start (see `runtime::run`).
+//! `node.json` says removed refuses to start (see `bootstrap::resolve_identity`).
 //!
-//! Depends on the runtime's [`Node`] only; nothing imports this module but the runtime.
+//! Depends on [`ClusterHandle`] only; nothing imports this module but the server.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,13 +17,13 @@ use std::time::Duration;
 use openraft::async_runtime::WatchReceiver;
 use rackd_types::Health;
 
-use crate::identity::Identity;
-use crate::runtime::Node;
+use super::identity::Identity;
+use super::ClusterHandle;
 
 /// How long without a leader before the node asks the others whether it is still a member.
 const LEADERLESS: Duration = Duration::from_secs(3);
 
-pub async fn watch(node: Arc<Node>) {
+pub async fn watch(node: Arc<ClusterHandle>) {
     let mut leaderless_since: Option<tokio::time::Instant> = None;
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -85,7 +85,7 @@ pub async fn watch(node: Arc<Node>) {
     }
 }
 
-async fn removed(node: &Node, why: &str) {
+async fn removed(node: &ClusterHandle, why: &str) {
     tracing::error!(
         node_id = node.id,
         why,

@@ -20,13 +20,13 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use rackd_storage::StateMachineStore;
 use rackd_types::net::normalize_mac;
 use rackd_types::MachineState;
 
+use crate::cluster::Cluster;
+
 pub struct BootState {
-    pub sm: StateMachineStore,
-    pub node: Arc<crate::runtime::Node>,
+    pub cluster: Arc<dyn Cluster>,
     pub location: String,
     pub tftp_root: PathBuf,
     pub artifacts: PathBuf,
@@ -76,13 +76,13 @@ async fn script(State(st): State<Arc<BootState>>, Path(file): Path<String>) -> R
     let Ok(mac) = normalize_mac(mac) else {
         return text(StatusCode::BAD_REQUEST, "invalid MAC address\n".into());
     };
-    let a = st.sm.read();
-    match a.state.machine_by_mac(&mac) {
+    let state = st.cluster.state();
+    match state.machine_by_mac(&mac) {
         Some(m) if m.location == st.location => {
             tracing::info!(%mac, hostname = %m.hostname, state = m.state.as_str(), "served boot script");
-            let deploy = a.state.stored_machine_by_mac(&mac).and_then(|sm| {
+            let deploy = state.stored_machine_by_mac(&mac).and_then(|sm| {
                 let token = sm.deploy_token.as_deref()?;
-                let image = a.state.image_by_name(m.image.as_deref()?)?;
+                let image = state.image_by_name(m.image.as_deref()?)?;
                 (m.state == MachineState::Deploying)
                     .then(|| deploy_script(&st.base, &mac, &m.hostname, image, token))
             });
@@ -147,14 +147,17 @@ async fn deploy_done(
     // committed and burnt the token) returns the first answer instead of 401.
     let key = cmd.internal_key();
     match st
-        .node
+        .cluster
         .propose_anywhere(&format!("machine:{mac}"), key, cmd)
         .await
+        .and_then(|v| v.into_deploy_done())
     {
         Ok(v) => (StatusCode::OK, axum::Json(v)).into_response(),
         Err(e) => {
             tracing::info!(%mac, error = %e.message, "install callback refused");
-            crate::api::HttpError(e).into_response()
+            let status = StatusCode::from_u16(e.code.http_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            (status, axum::Json(rackd_types::ErrorBody { error: e })).into_response()
         }
     }
 }

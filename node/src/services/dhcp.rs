@@ -1,16 +1,18 @@
-//! Location services of a node started with `--location NAME`: DHCP (and TFTP, started by the
-//! runtime) answering from this node's own replica of the inventory, so a site keeps booting
-//! known machines when it is cut off from the voters.
+//! The DHCP server of a location node: [`ReplicaInventory`] answers the sans-IO DHCP core
+//! (`rackd_net::dhcp`) from this node's own replica of the inventory, so a site keeps booting
+//! known machines when it is cut off from the voters; unknown MACs in a discovery location are
+//! recorded as new machines through the leader.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use rackd_net::dhcp::{BootMode, Inventory, Pool, Reservation};
 use rackd_raft::cmd::Command;
-use rackd_types::{CreateMachine, ErrorCode, Subnet};
+use rackd_types::payload::CreateMachine;
+use rackd_types::{ErrorCode, Subnet};
 
-use crate::runtime::Node;
-use rackd_storage::StateMachineStore;
+use crate::cluster::Cluster;
+use crate::config::DhcpConfig;
 use rackd_types::net::{parse_ipv4, Cidr4};
 use rackd_types::MachineState;
 
@@ -27,14 +29,14 @@ fn subnet_options(s: &Subnet) -> Option<(Ipv4Addr, Option<Ipv4Addr>, Vec<Ipv4Add
 /// Reservations of one location, read from the local state machine at request time (so a
 /// changed reservation takes effect on the next request).
 pub struct ReplicaInventory {
-    pub sm: StateMachineStore,
+    pub cluster: Arc<dyn Cluster>,
     pub location: String,
 }
 
 impl Inventory for ReplicaInventory {
     fn reservation(&self, mac: &str) -> Option<Reservation> {
-        let a = self.sm.read();
-        let m = a.state.machine_by_mac(mac)?;
+        let st = self.cluster.state();
+        let m = st.machine_by_mac(mac)?;
         if m.location != self.location {
             return None;
         }
@@ -44,8 +46,7 @@ impl Inventory for ReplicaInventory {
         };
         for ip in &m.ips {
             let Ok(ip) = parse_ipv4(ip) else { continue };
-            let Some((mask, gateway, dns)) = a
-                .state
+            let Some((mask, gateway, dns)) = st
                 .subnet_containing(&self.location, ip)
                 .and_then(subnet_options)
             else {
@@ -64,21 +65,15 @@ impl Inventory for ReplicaInventory {
     }
 
     fn discovery_pools(&self) -> Vec<Pool> {
-        let a = self.sm.read();
-        if !a
-            .state
+        let st = self.cluster.state();
+        if !st
             .location_by_name(&self.location)
             .is_some_and(|l| l.discovery)
         {
             return Vec::new();
         }
         let mut pools = Vec::new();
-        for s in a
-            .state
-            .subnets
-            .values()
-            .filter(|s| s.location == self.location)
-        {
+        for s in st.subnets.values().filter(|s| s.location == self.location) {
             let Some((mask, gateway, dns)) = subnet_options(s) else {
                 continue;
             };
@@ -99,9 +94,8 @@ impl Inventory for ReplicaInventory {
     }
 
     fn is_reserved(&self, ip: Ipv4Addr) -> bool {
-        self.sm
-            .read()
-            .state
+        self.cluster
+            .state()
             .machine_by_ip(&ip.to_string())
             .is_some()
     }
@@ -117,17 +111,17 @@ impl Inventory for ReplicaInventory {
 /// discovered again when it boots (with the bare MAC as key, the cached answer of the first
 /// discovery would be returned for 24 h and nothing created).
 async fn record_discovered(
-    node: Arc<Node>,
+    node: Arc<dyn Cluster>,
     location: String,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<String>,
 ) {
     while let Some(mac) = rx.recv().await {
         let next_id = {
-            let a = node.sm.read();
-            if a.state.machine_by_mac(&mac).is_some() {
+            let st = node.state();
+            if st.machine_by_mac(&mac).is_some() {
                 continue;
             }
-            a.state.meta.next_id
+            st.meta.next_id
         };
         let key = format!("discover:{mac}:{next_id}");
         let cmd = Command::CreateMachine(CreateMachine {
@@ -139,10 +133,10 @@ async fn record_discovered(
             ips: vec![],
             bmc: None,
             state: Some(rackd_types::MachineState::New),
-            description: format!("discovered by DHCP on node {}", node.id),
+            description: format!("discovered by DHCP on node {}", node.id()),
             tags: vec!["discovered".into()],
         });
-        let actor = format!("node:{}", node.id);
+        let actor = format!("node:{}", node.id());
         let mut delay = std::time::Duration::from_secs(1);
         for attempt in 1..=6 {
             match node
@@ -164,46 +158,15 @@ async fn record_discovered(
     }
 }
 
-/// DHCP settings from the command line.
-#[derive(Debug, Clone)]
-pub struct DhcpOptions {
-    pub interface: String,
-    pub listen: String,
-    pub server_ip: Ipv4Addr,
-    pub http_base: Option<String>,
-    pub proxy: bool,
-    pub lease_secs: u32,
-    /// This node's share of the discovery pools (`--dhcp-pool-share`).
-    pub pool_share: rackd_net::dhcp::PoolShare,
-    /// Send IPv6 Router Advertisements (lifetime 0) so iPXE does not wait ~13 s for routers.
-    pub router_advertisements: bool,
-    /// iPXE clients load `boot.ipxe` over TFTP first (it chains their HTTP script).
-    pub ipxe_via_tftp: bool,
-}
-
-impl DhcpOptions {
-    /// Base URL of the HTTP boot server given to iPXE: `--http-boot-base`, else the HTTP boot
-    /// server's own address (set by the runtime), else http://SERVER_IP:8080.
-    pub fn http_base(&self) -> String {
-        self.http_base
-            .clone()
-            .unwrap_or_else(|| format!("http://{}:8080", self.server_ip))
-    }
-}
-
 /// Start the DHCP server of `location` on the provisioning interface.
-pub fn start_dhcp(
-    node: Arc<Node>,
+/// Returns the server's task and the discovery recorder's.
+pub fn start(
+    node: Arc<dyn Cluster>,
     location: &str,
-    o: &DhcpOptions,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let sm = node.sm.clone();
+    o: &DhcpConfig,
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>)> {
     use anyhow::Context;
-    let addr = o
-        .listen
-        .parse()
-        .with_context(|| format!("DHCP listen address {}", o.listen))?;
-    let socket = rackd_net::dhcp::dhcp_socket(addr, Some(&o.interface))
+    let socket = rackd_net::dhcp::dhcp_socket(o.listen, Some(&o.interface))
         .with_context(|| format!("DHCP socket on {} ({})", o.listen, o.interface))?;
     let core = rackd_net::dhcp::DhcpCore::new(rackd_net::dhcp::Config {
         server_id: o.server_ip,
@@ -217,16 +180,21 @@ pub fn start_dhcp(
         pool_share: o.pool_share,
     });
     let inv = Arc::new(ReplicaInventory {
-        sm,
+        cluster: node.clone(),
         location: location.to_string(),
     });
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(record_discovered(node, location.to_string(), rx));
+    let discovery = tokio::spawn(record_discovered(node, location.to_string(), rx));
     let server = rackd_net::dhcp::DhcpServer::new(socket, core, inv)?.with_discovery_channel(tx);
     tracing::info!(interface = %o.interface, server_ip = %o.server_ip, %location, proxy = o.proxy, "DHCP server started");
-    Ok(tokio::spawn(async move {
+    let server = tokio::spawn(async move {
         if let Err(e) = server.run().await {
             tracing::error!(error = %e, "DHCP server stopped");
         }
-    }))
+    });
+    Ok((server, discovery))
 }
+
+#[cfg(test)]
+#[path = "dhcp_tests.rs"]
+mod tests;

@@ -15,14 +15,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::runtime::Node;
-
-#[derive(Debug, Clone)]
-pub struct ProxyOptions {
-    pub listen: IpAddr,
-    pub base_port: u16,
-    pub idle: Duration,
-}
+use crate::cluster::Cluster;
+use crate::config::ProxyConfig;
 
 enum Event {
     Client {
@@ -39,15 +33,14 @@ enum Event {
 }
 
 /// Machine id → BMC address of machines of `location` with an IPMI BMC (IP literals only).
-fn bmc_table(node: &Node, location: &str) -> HashMap<u64, SocketAddr> {
-    let a = node.sm.read();
-    a.state
+fn bmc_table(node: &dyn Cluster, location: &str) -> HashMap<u64, SocketAddr> {
+    node.state()
         .machines
         .values()
         .filter(|m| m.machine.location == location)
         .filter_map(|m| {
             let b = m.machine.bmc.as_ref()?;
-            if !matches!(b.driver.as_str(), "ipmi" | "ipmi15") {
+            if !b.driver.is_ipmi() {
                 return None;
             }
             let ip: IpAddr = b.address.trim().parse().ok()?;
@@ -57,9 +50,9 @@ fn bmc_table(node: &Node, location: &str) -> HashMap<u64, SocketAddr> {
 }
 
 struct Shell {
-    node: Arc<Node>,
+    node: Arc<dyn Cluster>,
     location: String,
-    opts: ProxyOptions,
+    opts: ProxyConfig,
     tx: mpsc::Sender<Event>,
     table: HashMap<u64, SocketAddr>,
     listeners: HashMap<u16, (Arc<UdpSocket>, JoinHandle<()>)>,
@@ -96,7 +89,7 @@ impl Shell {
 
     /// Opens listeners for new machines and closes those of machines that left.
     async fn reconcile(&mut self) {
-        self.table = bmc_table(&self.node, &self.location);
+        self.table = bmc_table(&*self.node, &self.location);
         let want: std::collections::HashSet<u16> = self
             .table
             .keys()
@@ -177,9 +170,9 @@ impl Drop for Shell {
 
 /// Starts the proxy; the returned task owns every socket (abort it to stop the proxy).
 pub async fn start(
-    node: Arc<Node>,
+    node: Arc<dyn Cluster>,
     location: String,
-    opts: ProxyOptions,
+    opts: ProxyConfig,
 ) -> anyhow::Result<JoinHandle<()>> {
     let (tx, mut rx) = mpsc::channel(1024);
     let mut shell = Shell {

@@ -1,0 +1,508 @@
+//! The endpoint table: every route of the API in one place — method, path, handler, summary,
+//! whether it needs a token, its query parameters and headers, its request type, its success
+//! status and response type. The router (`super::router`), the auth rule ([`is_open`]), the OpenAPI
+//! document (`super::openapi`) and the tests all read [`ENDPOINTS`]; adding an endpoint is one
+//! entry here plus its handler.
+//!
+//! Each entry binds its declared response type to its handler at compile time: the handler's
+//! answer (`Json<T>`, `(StatusCode, Json<T>)`, `StatusCode`, or a `HttpResult` of one) must
+//! carry exactly the declared `returns` type (none for an empty body), or the crate does not
+//! build. At run time `decode_response` checks a body against the same type (used by the
+//! tests that call every endpoint).
+//!
+//! Layer: part of `api`; depends on the handlers beside it and on `rackd_types`.
+
+use std::future::Future;
+
+use axum::http::StatusCode;
+use axum::routing::MethodRouter;
+use axum::Json;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::de::DeserializeOwned;
+
+use rackd_types::*;
+
+use super::{cluster, inventory, tasks, AppState, HttpResult};
+
+/// An HTTP method the API uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Get,
+    Post,
+    Patch,
+    Delete,
+}
+
+impl Verb {
+    /// Lower case, as OpenAPI spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::Get => "get",
+            Verb::Post => "post",
+            Verb::Patch => "patch",
+            Verb::Delete => "delete",
+        }
+    }
+
+    pub fn http(self) -> axum::http::Method {
+        match self {
+            Verb::Get => axum::http::Method::GET,
+            Verb::Post => axum::http::Method::POST,
+            Verb::Patch => axum::http::Method::PATCH,
+            Verb::Delete => axum::http::Method::DELETE,
+        }
+    }
+}
+
+/// Who may call an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// A valid API token (`Authorization: Bearer …`).
+    Token,
+    /// Anyone: the endpoint checks its own credential (join token) or has none (health).
+    Open,
+}
+
+/// A query parameter: name, JSON type, description.
+pub type QueryParam = (&'static str, &'static str, &'static str);
+
+/// A request header an endpoint honours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Header {
+    IfMatch,
+    IdempotencyKey,
+}
+
+impl Header {
+    pub fn name(self) -> &'static str {
+        match self {
+            Header::IfMatch => "If-Match",
+            Header::IdempotencyKey => "Idempotency-Key",
+        }
+    }
+    pub fn description(self) -> &'static str {
+        match self {
+            Header::IfMatch => "Expected entity version; 412 on mismatch",
+            Header::IdempotencyKey => "Client key: a retried request returns the first success",
+        }
+    }
+}
+
+type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
+
+/// One row of the table.
+pub struct Endpoint {
+    pub verb: Verb,
+    /// Path template in OpenAPI (and axum) syntax: `/v1/machines/{id}`.
+    pub path: &'static str,
+    pub summary: &'static str,
+    pub auth: Auth,
+    pub query: &'static [QueryParam],
+    pub headers: &'static [Header],
+    /// The JSON request body's schema, when the endpoint takes one.
+    pub request: Option<SchemaFn>,
+    /// The success status.
+    pub status: u16,
+    /// The success body's schema (none: empty body).
+    pub response: Option<SchemaFn>,
+    /// Decode a success body as the declared response type (an empty body when none).
+    pub decode_response: fn(&[u8]) -> Result<(), String>,
+    /// The handler, as a method router for this verb.
+    pub route: fn() -> MethodRouter<AppState>,
+}
+
+impl Endpoint {
+    /// The OpenAPI `operationId`.
+    pub fn operation_id(&self) -> String {
+        format!(
+            "{}_{}",
+            self.verb.as_str(),
+            self.path
+                .trim_start_matches("/v1/")
+                .replace(['/', '{', '}'], "_")
+                .trim_end_matches('_')
+        )
+    }
+}
+
+/// What a handler answers, reduced to the type of its success body.
+pub trait Answer {
+    type Body;
+}
+impl<T> Answer for Json<T> {
+    type Body = T;
+}
+impl<T> Answer for (StatusCode, Json<T>) {
+    type Body = T;
+}
+impl Answer for StatusCode {
+    type Body = ();
+}
+impl<A: Answer> Answer for HttpResult<A> {
+    type Body = A::Body;
+}
+
+/// An async function of any arity (up to the handlers' six), with its output type.
+pub trait AsyncFn<Args> {
+    type Output;
+}
+macro_rules! async_fn_arity {
+    ($($a:ident),*) => {
+        impl<F, Fut, $($a,)*> AsyncFn<($($a,)*)> for F
+        where
+            F: Fn($($a),*) -> Fut,
+            Fut: Future,
+        {
+            type Output = Fut::Output;
+        }
+    };
+}
+async_fn_arity!();
+async_fn_arity!(A1);
+async_fn_arity!(A2, A1);
+async_fn_arity!(A3, A2, A1);
+async_fn_arity!(A4, A3, A2, A1);
+async_fn_arity!(A5, A4, A3, A2, A1);
+async_fn_arity!(A6, A5, A4, A3, A2, A1);
+
+/// Compiles only when handler `_h` answers a `B`.
+pub fn answers<B, Args, H>(_h: &H)
+where
+    H: AsyncFn<Args>,
+    H::Output: Answer<Body = B>,
+{
+}
+
+fn schema<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
+    g.subschema_for::<T>()
+}
+
+fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<(), String> {
+    serde_json::from_slice::<T>(b)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+fn decode_empty(b: &[u8]) -> Result<(), String> {
+    if b.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("expected an empty body, got {} bytes", b.len()))
+    }
+}
+
+macro_rules! endpoints {
+    (@verb GET) => { Verb::Get };
+    (@verb POST) => { Verb::Post };
+    (@verb PATCH) => { Verb::Patch };
+    (@verb DELETE) => { Verb::Delete };
+    (@route GET $h:path) => { || axum::routing::get($h) };
+    (@route POST $h:path) => { || axum::routing::post($h) };
+    (@route PATCH $h:path) => { || axum::routing::patch($h) };
+    (@route DELETE $h:path) => { || axum::routing::delete($h) };
+    (@schema) => { None };
+    (@schema $t:ty) => { Some(schema::<$t> as SchemaFn) };
+    (@decode) => { decode_empty };
+    (@decode $t:ty) => { decode::<$t> };
+    (@body) => { () };
+    (@body $t:ty) => { $t };
+    ($(
+        $verb:ident $path:literal => $handler:path {
+            $summary:literal,
+            auth: $auth:ident,
+            query: $query:expr,
+            headers: $headers:expr,
+            $(body: $Req:ty,)?
+            status: $status:literal,
+            $(returns: $Resp:ty,)?
+        }
+    )*) => {
+        /// Every endpoint of the API, in documentation order.
+        pub static ENDPOINTS: &[Endpoint] = &[$(
+            Endpoint {
+                verb: endpoints!(@verb $verb),
+                path: $path,
+                summary: $summary,
+                auth: Auth::$auth,
+                query: $query,
+                headers: $headers,
+                request: endpoints!(@schema $($Req)?),
+                status: $status,
+                response: endpoints!(@schema $($Resp)?),
+                decode_response: endpoints!(@decode $($Resp)?),
+                route: endpoints!(@route $verb $handler),
+            },
+        )*];
+
+        /// The declared response types, bound to the handlers (checked by the compiler).
+        #[allow(dead_code)]
+        fn declared_types_match_the_handlers() {
+            $( answers::<endpoints!(@body $($Resp)?), _, _>(&$handler); )*
+        }
+    };
+}
+
+const PAGE_Q: [QueryParam; 3] = [
+    (
+        "cursor",
+        "string",
+        "Opaque cursor from the previous page's next_cursor",
+    ),
+    ("limit", "integer", "Page size, 1..=1000 (default 100)"),
+    (
+        "stale",
+        "boolean",
+        "Serve from the local replica without a ReadIndex round trip",
+    ),
+];
+const LIST_Q: &[QueryParam] = &PAGE_Q;
+const MACHINE_Q: &[QueryParam] = &[
+    PAGE_Q[0],
+    PAGE_Q[1],
+    PAGE_Q[2],
+    ("location", "string", "Only machines of this location"),
+    ("state", "string", "Only machines in this lifecycle state"),
+    ("rack", "integer", "Only machines in this rack"),
+];
+const LOC_Q: &[QueryParam] = &[
+    PAGE_Q[0],
+    PAGE_Q[1],
+    PAGE_Q[2],
+    ("location", "string", "Only entries of this location"),
+];
+const STALE_Q: &[QueryParam] = &[("stale", "boolean", "Serve from the local replica")];
+const EVENT_Q: &[QueryParam] = &[
+    (
+        "after",
+        "integer",
+        "Only events with a sequence number greater than this",
+    ),
+    ("limit", "integer", "Page size, 1..=1000 (default 100)"),
+    ("stale", "boolean", "Serve from the local replica"),
+];
+const NO_Q: &[QueryParam] = &[];
+const NO_H: &[Header] = &[];
+const IDEM: &[Header] = &[Header::IdempotencyKey];
+const IFM: &[Header] = &[Header::IfMatch, Header::IdempotencyKey];
+
+endpoints! {
+    GET "/v1/health" => cluster::health {
+        "Node health and Raft state (no auth)",
+        auth: Open, query: NO_Q, headers: NO_H,
+        status: 200, returns: Health,
+    }
+    GET "/v1/cluster" => cluster::cluster_info {
+        "Members, leader, term, commit index",
+        auth: Token, query: STALE_Q, headers: NO_H,
+        status: 200, returns: ClusterInfo,
+    }
+    POST "/v1/cluster/join" => cluster::join {
+        "Join: phase 1 allocates a node id, phase 2 (node_id set) adds the node (auth: join token)",
+        auth: Open, query: NO_Q, headers: NO_H,
+        body: JoinRequest,
+        status: 200, returns: JoinResponse,
+    }
+    DELETE "/v1/cluster/members/{id}" => cluster::remove_member {
+        "Remove a member (voter or learner)",
+        auth: Token, query: NO_Q, headers: NO_H,
+        status: 204,
+    }
+    GET "/v1/events" => cluster::events {
+        "Journal of changes",
+        auth: Token, query: EVENT_Q, headers: NO_H,
+        status: 200, returns: Page<Event>,
+    }
+    GET "/v1/tokens/join" => cluster::list_join_tokens {
+        "List join tokens (no secrets)",
+        auth: Token, query: LIST_Q, headers: NO_H,
+        status: 200, returns: Page<JoinTokenView>,
+    }
+    POST "/v1/tokens/join" => cluster::create_join_token {
+        "Create a one-time join token",
+        auth: Token, query: NO_Q, headers: NO_H,
+        body: CreateJoinToken,
+        status: 201, returns: CreatedJoinToken,
+    }
+    GET "/v1/tokens/api" => cluster::list_api_tokens {
+        "List API tokens (no secrets)",
+        auth: Token, query: LIST_Q, headers: NO_H,
+        status: 200, returns: Page<ApiTokenView>,
+    }
+    POST "/v1/tokens/api" => cluster::create_api_token {
+        "Create an API token",
+        auth: Token, query: NO_Q, headers: NO_H,
+        body: CreateApiToken,
+        status: 201, returns: CreatedApiToken,
+    }
+    GET "/v1/locations" => inventory::list_locations {
+        "List locations",
+        auth: Token, query: LIST_Q, headers: NO_H,
+        status: 200, returns: Page<Location>,
+    }
+    POST "/v1/locations" => inventory::create_location {
+        "Create a location",
+        auth: Token, query: NO_Q, headers: IDEM,
+        body: CreateLocation,
+        status: 201, returns: Location,
+    }
+    GET "/v1/locations/{id}" => inventory::get_location {
+        "Get a location",
+        auth: Token, query: STALE_Q, headers: NO_H,
+        status: 200, returns: Location,
+    }
+    PATCH "/v1/locations/{id}" => inventory::update_location {
+        "Update a location",
+        auth: Token, query: NO_Q, headers: IFM,
+        body: UpdateLocation,
+        status: 200, returns: Location,
+    }
+    DELETE "/v1/locations/{id}" => inventory::delete_location {
+        "Delete an unused location",
+        auth: Token, query: NO_Q, headers: IFM,
+        status: 204,
+    }
+    GET "/v1/racks" => inventory::list_racks {
+        "List racks",
+        auth: Token, query: LOC_Q, headers: NO_H,
+        status: 200, returns: Page<Rack>,
+    }
+    POST "/v1/racks" => inventory::create_rack {
+        "Create a rack",
+        auth: Token, query: NO_Q, headers: IDEM,
+        body: CreateRack,
+        status: 201, returns: Rack,
+    }
+    GET "/v1/racks/{id}" => inventory::get_rack {
+        "Get a rack",
+        auth: Token, query: STALE_Q, headers: NO_H,
+        status: 200, returns: Rack,
+    }
+    PATCH "/v1/racks/{id}" => inventory::update_rack {
+        "Update a rack",
+        auth: Token, query: NO_Q, headers: IFM,
+        body: UpdateRack,
+        status: 200, returns: Rack,
+    }
+    DELETE "/v1/racks/{id}" => inventory::delete_rack {
+        "Delete an empty rack",
+        auth: Token, query: NO_Q, headers: IFM,
+        status: 204,
+    }
+    GET "/v1/machines" => inventory::list_machines {
+        "List machines",
+        auth: Token, query: MACHINE_Q, headers: NO_H,
+        status: 200, returns: Page<Machine>,
+    }
+    POST "/v1/machines" => inventory::create_machine {
+        "Create a machine",
+        auth: Token, query: NO_Q, headers: IDEM,
+        body: CreateMachine,
+        status: 201, returns: Machine,
+    }
+    GET "/v1/machines/{id}" => inventory::get_machine {
+        "Get a machine",
+        auth: Token, query: STALE_Q, headers: NO_H,
+        status: 200, returns: Machine,
+    }
+    PATCH "/v1/machines/{id}" => inventory::update_machine {
+        "Update a machine",
+        auth: Token, query: NO_Q, headers: IFM,
+        body: UpdateMachine,
+        status: 200, returns: Machine,
+    }
+    DELETE "/v1/machines/{id}" => inventory::delete_machine {
+        "Delete a machine",
+        auth: Token, query: NO_Q, headers: IFM,
+        status: 204,
+    }
+    POST "/v1/machines/{id}/deploy" => inventory::deploy_machine {
+        "Deploy an image on a ready machine (ready -> deploying; one-time install token)",
+        auth: Token, query: NO_Q, headers: IFM,
+        body: DeployMachine,
+        status: 200, returns: Machine,
+    }
+    POST "/v1/machines/{id}/power" => tasks::power {
+        "Power action (on, off, cycle, reset, status) as a task run at the machine's location",
+        auth: Token, query: NO_Q, headers: IDEM,
+        body: PowerRequest,
+        status: 202, returns: Task,
+    }
+    POST "/v1/machines/{id}/boot-device" => tasks::boot_device {
+        "Set the boot device (pxe or disk, next boot or persistent) as a task run at the machine's location",
+        auth: Token, query: NO_Q, headers: IDEM,
+        body: BootDeviceRequest,
+        status: 202, returns: Task,
+    }
+    GET "/v1/tasks" => tasks::list_tasks {
+        "List tasks",
+        auth: Token, query: LIST_Q, headers: NO_H,
+        status: 200, returns: Page<Task>,
+    }
+    GET "/v1/tasks/{id}" => tasks::get_task {
+        "Get a task",
+        auth: Token, query: STALE_Q, headers: NO_H,
+        status: 200, returns: Task,
+    }
+    GET "/v1/images" => inventory::list_images {
+        "List images",
+        auth: Token, query: LIST_Q, headers: NO_H,
+        status: 200, returns: Page<Image>,
+    }
+    POST "/v1/images" => inventory::create_image {
+        "Create an image",
+        auth: Token, query: NO_Q, headers: IDEM,
+        body: CreateImage,
+        status: 201, returns: Image,
+    }
+    GET "/v1/images/{id}" => inventory::get_image {
+        "Get an image",
+        auth: Token, query: STALE_Q, headers: NO_H,
+        status: 200, returns: Image,
+    }
+    PATCH "/v1/images/{id}" => inventory::update_image {
+        "Update an image",
+        auth: Token, query: NO_Q, headers: IFM,
+        body: UpdateImage,
+        status: 200, returns: Image,
+    }
+    DELETE "/v1/images/{id}" => inventory::delete_image {
+        "Delete an unused image",
+        auth: Token, query: NO_Q, headers: IFM,
+        status: 204,
+    }
+    GET "/v1/subnets" => inventory::list_subnets {
+        "List subnets",
+        auth: Token, query: LOC_Q, headers: NO_H,
+        status: 200, returns: Page<Subnet>,
+    }
+    POST "/v1/subnets" => inventory::create_subnet {
+        "Create a subnet",
+        auth: Token, query: NO_Q, headers: IDEM,
+        body: CreateSubnet,
+        status: 201, returns: Subnet,
+    }
+    GET "/v1/subnets/{id}" => inventory::get_subnet {
+        "Get a subnet",
+        auth: Token, query: STALE_Q, headers: NO_H,
+        status: 200, returns: Subnet,
+    }
+    PATCH "/v1/subnets/{id}" => inventory::update_subnet {
+        "Update a subnet",
+        auth: Token, query: NO_Q, headers: IFM,
+        body: UpdateSubnet,
+        status: 200, returns: Subnet,
+    }
+    DELETE "/v1/subnets/{id}" => inventory::delete_subnet {
+        "Delete a subnet without assigned IPs",
+        auth: Token, query: NO_Q, headers: IFM,
+        status: 204,
+    }
+}
+
+/// Whether `method path` is an [`Auth::Open`] endpoint (open endpoints have no path
+/// parameters, so the path is compared as is).
+pub fn is_open(method: &axum::http::Method, path: &str) -> bool {
+    ENDPOINTS
+        .iter()
+        .any(|e| e.auth == Auth::Open && e.path == path && e.verb.http() == *method)
+}

@@ -1,0 +1,597 @@
+//! Handler tests against [`FakeCluster`]: the whole router (forwarding, auth, handlers) in one
+//! process, no Raft, no sockets. Each test checks both the answer and what was (not) proposed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use rackd_raft::cmd::Command;
+use rackd_types::payload::{CreateLocation, CreateMachine};
+use rackd_types::{BmcSpec, Location, Machine, Page, Task};
+use serde_json::Value;
+use tower::ServiceExt;
+
+use super::endpoints::{Auth, Endpoint, Verb, ENDPOINTS};
+use super::{router, AppState};
+use crate::cluster::fake::FakeCluster;
+use crate::cluster::secrets::hash_secret;
+use crate::cluster::Cluster;
+
+const TOKEN: &str = "rackd_admin_test_token";
+
+fn cluster() -> Arc<FakeCluster> {
+    let c = FakeCluster::new(1, 1_000);
+    c.apply_ok(
+        "bootstrap",
+        Command::Bootstrap {
+            cluster_id: "c1".into(),
+            admin_token_hash: hash_secret(TOKEN),
+        },
+    );
+    c
+}
+
+struct Answer {
+    status: StatusCode,
+    body: Value,
+}
+
+async fn call(
+    c: &Arc<FakeCluster>,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Answer {
+    let mut rb = Request::builder().method(method).uri(path);
+    if let Some(t) = token {
+        rb = rb.header("authorization", format!("Bearer {t}"));
+    }
+    for (k, v) in headers {
+        rb = rb.header(*k, *v);
+    }
+    if !body.is_empty() {
+        rb = rb.header("content-type", "application/json");
+    }
+    let req = rb.body(Body::from(body.to_string())).unwrap();
+    let app = router(AppState::new(c.clone(), reqwest::Client::new()));
+    let resp = app.oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("answer is not JSON ({e}): {bytes:?}"))
+    };
+    Answer { status, body }
+}
+
+async fn get(c: &Arc<FakeCluster>, path: &str) -> Answer {
+    call(c, Method::GET, path, Some(TOKEN), &[], "").await
+}
+
+async fn post(c: &Arc<FakeCluster>, path: &str, body: &str) -> Answer {
+    call(c, Method::POST, path, Some(TOKEN), &[], body).await
+}
+
+fn error_code(a: &Answer) -> &str {
+    a.body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not a JSON error: {}", a.body))
+}
+
+fn machine_with_bmc(c: &FakeCluster) -> u64 {
+    c.apply_ok(
+        "t",
+        Command::CreateLocation(CreateLocation {
+            name: "dc1".into(),
+            description: String::new(),
+            discovery: false,
+        }),
+    );
+    c.apply_ok(
+        "t",
+        Command::CreateMachine(CreateMachine {
+            hostname: "m1".into(),
+            location: "dc1".into(),
+            rack_id: None,
+            rack_unit: None,
+            macs: vec!["52:54:00:00:00:01".into()],
+            ips: vec![],
+            bmc: Some(BmcSpec {
+                driver: rackd_types::BmcDriver::Sim,
+                address: "127.0.0.1".into(),
+                port: 623,
+                username: String::new(),
+                password: None,
+                cipher_suite: None,
+            }),
+            state: None,
+            description: String::new(),
+            tags: vec![],
+        }),
+    )
+    .into_machine()
+    .unwrap()
+    .meta
+    .id
+}
+
+#[tokio::test]
+async fn a_created_location_is_answered_typed_and_read_back() {
+    let c = cluster();
+    let a = post(&c, "/v1/locations", r#"{"name":"dc1","discovery":true}"#).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let created: Location = serde_json::from_value(a.body).unwrap();
+    assert_eq!(created.name, "dc1");
+    assert!(created.discovery);
+
+    let a = get(&c, &format!("/v1/locations/{}", created.meta.id)).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let read: Location = serde_json::from_value(a.body).unwrap();
+    assert_eq!(read, created);
+
+    let a = get(&c, "/v1/locations").await;
+    let page: Page<Location> = serde_json::from_value(a.body).unwrap();
+    assert_eq!(page.items, vec![created]);
+    // Bootstrap plus exactly one create.
+    assert_eq!(c.log().len(), 2);
+}
+
+#[tokio::test]
+async fn requests_without_a_valid_token_get_401_and_propose_nothing() {
+    let c = cluster();
+    for token in [None, Some("wrong")] {
+        let a = call(
+            &c,
+            Method::POST,
+            "/v1/locations",
+            token,
+            &[],
+            r#"{"name":"dc1"}"#,
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(error_code(&a), "Unauthorized");
+    }
+    let a = call(&c, Method::GET, "/v1/locations", None, &[], "").await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(c.log().len(), 1, "only the bootstrap entry");
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_400_json_error_and_proposes_nothing() {
+    let c = cluster();
+    let cases: &[(Method, &str, &str)] = &[
+        (Method::POST, "/v1/locations", "{not json"),
+        (
+            Method::POST,
+            "/v1/locations",
+            r#"{"name":"a","colour":"red"}"#,
+        ),
+        (Method::POST, "/v1/locations", r#"{"name":7}"#),
+        (Method::POST, "/v1/machines/abc/power", r#"{"action":"on"}"#),
+        (
+            Method::POST,
+            "/v1/machines/1/power",
+            r#"{"action":"explode"}"#,
+        ),
+        (Method::GET, "/v1/locations?limit=0", ""),
+        (Method::GET, "/v1/locations?cursor=x", ""),
+        (Method::GET, "/v1/machines?state=melted", ""),
+    ];
+    for (m, path, body) in cases {
+        let a = call(&c, m.clone(), path, Some(TOKEN), &[], body).await;
+        assert_eq!(
+            a.status,
+            StatusCode::BAD_REQUEST,
+            "{m} {path} {body}: {}",
+            a.body
+        );
+        assert_eq!(error_code(&a), "InvalidRequest", "{m} {path}");
+    }
+    assert_eq!(c.log().len(), 1, "only the bootstrap entry");
+}
+
+#[tokio::test]
+async fn unknown_ids_get_404_and_stale_versions_conflict() {
+    let c = cluster();
+    let a = get(&c, "/v1/machines/42").await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert_eq!(error_code(&a), "NotFound");
+
+    let a = post(&c, "/v1/locations", r#"{"name":"dc1"}"#).await;
+    let loc: Location = serde_json::from_value(a.body).unwrap();
+    let path = format!("/v1/locations/{}", loc.meta.id);
+    let stale = (loc.meta.version + 1).to_string();
+    let a = call(
+        &c,
+        Method::PATCH,
+        &path,
+        Some(TOKEN),
+        &[("if-match", &stale)],
+        r#"{"description":"x"}"#,
+    )
+    .await;
+    assert!(a.status.is_client_error(), "{}: {}", a.status, a.body);
+    let current = loc.meta.version.to_string();
+    let a = call(
+        &c,
+        Method::PATCH,
+        &path,
+        Some(TOKEN),
+        &[("if-match", &current)],
+        r#"{"description":"x"}"#,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let updated: Location = serde_json::from_value(a.body).unwrap();
+    assert_eq!(updated.description, "x");
+    assert!(updated.meta.version > loc.meta.version);
+}
+
+#[tokio::test]
+async fn a_retried_write_with_the_same_idempotency_key_applies_once() {
+    let c = cluster();
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let a = call(
+            &c,
+            Method::POST,
+            "/v1/locations",
+            Some(TOKEN),
+            &[("idempotency-key", "k1")],
+            r#"{"name":"dc1"}"#,
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+        answers.push(a.body);
+    }
+    assert_eq!(answers[0], answers[1]);
+    assert_eq!(c.state().locations.len(), 1);
+}
+
+#[tokio::test]
+async fn without_a_leader_writes_and_linearizable_reads_answer_503_stale_reads_work() {
+    let c = cluster();
+    post(&c, "/v1/locations", r#"{"name":"dc1"}"#).await;
+    c.set_leading(false);
+    let before = c.log().len();
+
+    let a = post(&c, "/v1/locations", r#"{"name":"dc2"}"#).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.body);
+    assert_eq!(error_code(&a), "Unavailable");
+    assert_eq!(c.log().len(), before, "nothing proposed");
+
+    let a = get(&c, "/v1/locations").await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+
+    let a = get(&c, "/v1/locations?stale=true").await;
+    assert_eq!(a.status, StatusCode::OK);
+    let page: Page<Location> = serde_json::from_value(a.body).unwrap();
+    assert_eq!(page.items.len(), 1);
+}
+
+#[tokio::test]
+async fn a_power_request_creates_one_typed_task_for_the_machine() {
+    let c = cluster();
+    let m = machine_with_bmc(&c);
+    let a = post(
+        &c,
+        &format!("/v1/machines/{m}/power"),
+        r#"{"action":"cycle"}"#,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.body);
+    let task: Task = serde_json::from_value(a.body).unwrap();
+    assert_eq!(task.machine_id, m);
+    assert_eq!(task.kind, rackd_types::TaskKind::PowerCycle);
+
+    let a = get(&c, &format!("/v1/tasks/{}", task.meta.id)).await;
+    let read: Task = serde_json::from_value(a.body).unwrap();
+    assert_eq!(read, task);
+
+    // A machine without a BMC cannot take a power task: refused, nothing created.
+    let a = post(
+        &c,
+        "/v1/machines",
+        r#"{"hostname":"nobmc","location":"dc1"}"#,
+    )
+    .await;
+    let bare: Machine = serde_json::from_value(a.body).unwrap();
+    let a = post(
+        &c,
+        &format!("/v1/machines/{}/power", bare.meta.id),
+        r#"{"action":"on"}"#,
+    )
+    .await;
+    assert!(a.status.is_client_error(), "{}: {}", a.status, a.body);
+    assert_eq!(c.state().tasks.len(), 1);
+}
+
+#[tokio::test]
+async fn health_reports_the_cluster_role_without_a_token() {
+    let c = cluster();
+    let a = call(&c, Method::GET, "/v1/health", None, &[], "").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.body["raft_state"], "leader", "{}", a.body);
+    assert_eq!(a.body["cluster_id"], "c1");
+}
+
+/// A request for one endpoint of the table, against the fixture of
+/// [`every_endpoint_answers_its_declared_status_and_type`]: (path, body).
+fn sample(e: &Endpoint, fx: &Fixture, created: &BTreeMap<&str, u64>) -> (String, String) {
+    let with = |id: u64| e.path.replace("{id}", &id.to_string());
+    let made = |coll: &str| {
+        let id = *created
+            .get(coll)
+            .unwrap_or_else(|| panic!("{} needs POST {coll} to run first", e.path));
+        with(id)
+    };
+    let body = |b: &str| b.to_string();
+    match (e.verb, e.path) {
+        (Verb::Get, "/v1/locations/{id}") => (with(fx.location), String::new()),
+        (Verb::Get, "/v1/racks/{id}") => (with(fx.rack), String::new()),
+        (Verb::Get, "/v1/machines/{id}") => (with(fx.machine), String::new()),
+        (Verb::Get, "/v1/images/{id}") => (with(fx.image), String::new()),
+        (Verb::Get, "/v1/subnets/{id}") => (with(fx.subnet), String::new()),
+        (Verb::Get, "/v1/tasks/{id}") => (with(fx.task), String::new()),
+        (Verb::Get, p) if !p.contains('{') => (p.to_string(), String::new()),
+        (Verb::Post, "/v1/cluster/join") => (
+            e.path.into(),
+            format!(
+                r#"{{"token":"{JOIN_SECRET}","api_addr":"127.0.0.1:1","peer_addr":"127.0.0.1:2"}}"#
+            ),
+        ),
+        (Verb::Post, "/v1/tokens/join") => (e.path.into(), body(r#"{"ttl_secs":60}"#)),
+        (Verb::Post, "/v1/tokens/api") => (e.path.into(), body(r#"{"name":"ci"}"#)),
+        (Verb::Post, "/v1/locations") => (e.path.into(), body(r#"{"name":"dc9"}"#)),
+        (Verb::Post, "/v1/racks") => (e.path.into(), body(r#"{"location":"dc1","name":"r9"}"#)),
+        (Verb::Post, "/v1/machines") => (
+            e.path.into(),
+            body(r#"{"hostname":"m9","location":"dc1","macs":["52:54:00:00:00:99"]}"#),
+        ),
+        (Verb::Post, "/v1/images") => (
+            e.path.into(),
+            body(r#"{"name":"img9","kernel":"vmlinuz","initrd":"initrd"}"#),
+        ),
+        (Verb::Post, "/v1/subnets") => (
+            e.path.into(),
+            body(r#"{"location":"dc1","cidr":"10.9.0.0/24"}"#),
+        ),
+        (Verb::Post, "/v1/machines/{id}/deploy") => (with(fx.machine), body(r#"{"image":"img"}"#)),
+        (Verb::Post, "/v1/machines/{id}/power") => (with(fx.machine), body(r#"{"action":"on"}"#)),
+        (Verb::Post, "/v1/machines/{id}/boot-device") => {
+            (with(fx.machine), body(r#"{"device":"pxe"}"#))
+        }
+        (Verb::Patch, "/v1/locations/{id}") => (with(fx.location), body(r#"{"description":"d"}"#)),
+        (Verb::Patch, "/v1/racks/{id}") => (with(fx.rack), body(r#"{"height_units":48}"#)),
+        (Verb::Patch, "/v1/machines/{id}") => (with(fx.machine), body(r#"{"description":"d"}"#)),
+        (Verb::Patch, "/v1/images/{id}") => (with(fx.image), body(r#"{"cmdline":"quiet"}"#)),
+        (Verb::Patch, "/v1/subnets/{id}") => (with(fx.subnet), body(r#"{"dns":["192.0.2.1"]}"#)),
+        (Verb::Delete, "/v1/cluster/members/{id}") => (with(fx.learner), String::new()),
+        (Verb::Delete, p) => {
+            let coll = p.trim_end_matches("/{id}");
+            (made(coll), String::new())
+        }
+        (v, p) => panic!("no sample request for {v:?} {p}: add one to api/tests.rs"),
+    }
+}
+
+const JOIN_SECRET: &str = "rackd_join_test_secret";
+
+struct Fixture {
+    location: u64,
+    rack: u64,
+    machine: u64,
+    image: u64,
+    subnet: u64,
+    task: u64,
+    learner: u64,
+}
+
+async fn fixture(c: &Arc<FakeCluster>) -> Fixture {
+    use rackd_types::payload::{CreateImage, CreateRack, CreateSubnet};
+    use rackd_types::MachineState;
+    let location = c
+        .apply_ok(
+            "t",
+            Command::CreateLocation(CreateLocation {
+                name: "dc1".into(),
+                description: String::new(),
+                discovery: false,
+            }),
+        )
+        .into_location()
+        .unwrap()
+        .meta
+        .id;
+    let rack = c
+        .apply_ok(
+            "t",
+            Command::CreateRack(CreateRack {
+                location: "dc1".into(),
+                name: "r1".into(),
+                height_units: 42,
+            }),
+        )
+        .into_rack()
+        .unwrap()
+        .meta
+        .id;
+    let image = c
+        .apply_ok(
+            "t",
+            Command::CreateImage(CreateImage {
+                name: "img".into(),
+                kernel: "vmlinuz".into(),
+                initrd: "initrd".into(),
+                cmdline: String::new(),
+            }),
+        )
+        .into_image()
+        .unwrap()
+        .meta
+        .id;
+    let subnet = c
+        .apply_ok(
+            "t",
+            Command::CreateSubnet(CreateSubnet {
+                location: "dc1".into(),
+                cidr: "10.1.0.0/24".into(),
+                gateway: None,
+                dns: vec![],
+                dynamic_ranges: vec![],
+                reserved_ranges: vec![],
+            }),
+        )
+        .into_subnet()
+        .unwrap()
+        .meta
+        .id;
+    let machine = c
+        .apply_ok(
+            "t",
+            Command::CreateMachine(CreateMachine {
+                hostname: "m1".into(),
+                location: "dc1".into(),
+                rack_id: Some(rack),
+                rack_unit: Some(1),
+                macs: vec!["52:54:00:00:00:01".into()],
+                ips: vec![],
+                bmc: Some(BmcSpec {
+                    driver: rackd_types::BmcDriver::Sim,
+                    address: "127.0.0.1".into(),
+                    port: 623,
+                    username: String::new(),
+                    password: None,
+                    cipher_suite: None,
+                }),
+                state: Some(MachineState::Ready),
+                description: String::new(),
+                tags: vec![],
+            }),
+        )
+        .into_machine()
+        .unwrap()
+        .meta
+        .id;
+    let task = c
+        .apply_ok(
+            "t",
+            Command::CreateTask {
+                kind: rackd_types::TaskKind::PowerStatus,
+                machine_id: machine,
+            },
+        )
+        .into_task()
+        .unwrap()
+        .meta
+        .id;
+    c.apply_ok(
+        "t",
+        Command::CreateJoinToken {
+            token_hash: hash_secret(JOIN_SECRET),
+            ttl_ms: 600_000,
+            description: String::new(),
+        },
+    );
+    let learner = 7;
+    let info = rackd_raft::NodeInfo {
+        api: "127.0.0.1:8007".into(),
+        peer: "127.0.0.1:9007".into(),
+    };
+    c.add_node(learner, info, true).await.unwrap();
+    Fixture {
+        location,
+        rack,
+        machine,
+        image,
+        subnet,
+        task,
+        learner,
+    }
+}
+
+/// Every endpoint of the table, called once through the router: it answers the status the
+/// table declares, with a body that decodes as the declared response type (the OpenAPI
+/// document is generated from the same declarations). Writes create what the deletes then
+/// remove, so deletes run last, in reverse order.
+#[tokio::test]
+async fn every_endpoint_answers_its_declared_status_and_type() {
+    let c = FakeCluster::new(1, crate::cluster::now_ms());
+    c.apply_ok(
+        "bootstrap",
+        Command::Bootstrap {
+            cluster_id: "c1".into(),
+            admin_token_hash: hash_secret(TOKEN),
+        },
+    );
+    let fx = fixture(&c).await;
+    let mut order: Vec<&Endpoint> = ENDPOINTS
+        .iter()
+        .filter(|e| e.verb != Verb::Delete)
+        .collect();
+    order.extend(ENDPOINTS.iter().rev().filter(|e| e.verb == Verb::Delete));
+    let mut created: BTreeMap<&str, u64> = BTreeMap::new();
+    for e in order {
+        let (path, body) = sample(e, &fx, &created);
+        let token = (e.auth == Auth::Token).then_some(TOKEN);
+        let mut rb = Request::builder().method(e.verb.http()).uri(&path);
+        if let Some(t) = token {
+            rb = rb.header("authorization", format!("Bearer {t}"));
+        }
+        let app = router(AppState::new(c.clone(), reqwest::Client::new()));
+        let resp = app
+            .oneshot(rb.body(Body::from(body)).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let what = format!("{} {path}", e.verb.as_str());
+        assert_eq!(
+            status,
+            e.status,
+            "{what}: {}",
+            String::from_utf8_lossy(&bytes)
+        );
+        if let Err(err) = (e.decode_response)(&bytes) {
+            panic!(
+                "{what}: body does not match the declared type: {err}: {}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+        if e.verb == Verb::Post && !e.path.contains('{') {
+            let v: Value = serde_json::from_slice(&bytes).unwrap();
+            if let Some(id) = v["id"].as_u64() {
+                created.insert(e.path, id);
+            }
+        }
+    }
+    // Each collection's created entry is gone again.
+    let st = c.state();
+    assert_eq!(st.locations.len(), 1);
+    assert!(!c.status().members.contains_key(&fx.learner));
+}
+
+/// The negative control of the check above: a body of another type is refused.
+#[test]
+fn a_response_of_another_type_fails_the_declared_type_check() {
+    let get_location = ENDPOINTS
+        .iter()
+        .find(|e| e.verb == Verb::Get && e.path == "/v1/locations/{id}")
+        .unwrap();
+    let task_json = br#"{"meta":{"id":1},"kind":"power_on"}"#;
+    assert!((get_location.decode_response)(task_json).is_err());
+    assert!((get_location.decode_response)(b"").is_err());
+    let delete = ENDPOINTS.iter().find(|e| e.verb == Verb::Delete).unwrap();
+    assert!((delete.decode_response)(b"").is_ok());
+    assert!((delete.decode_response)(b"{}").is_err());
+}

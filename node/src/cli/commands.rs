@@ -1,0 +1,643 @@
+//! Implementation of each CLI subcommand (the binary's edge: errors are `anyhow`).
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use rackd_types::{
+    ApiTokenView, BmcSpec, ClusterInfo, CreateApiToken, CreateJoinToken, CreateLocation,
+    CreateMachine, CreateRack, CreateSubnet, CreatedApiToken, CreatedJoinToken, Event, Health,
+    IpRange, JoinTokenView, Location, Machine, MachineState, Rack, Subnet, UpdateMachine,
+};
+
+use crate::cli::output::{opt, table, time};
+use crate::cli::{
+    Cmd, LocationCmd, MachineCmd, MemberCmd, Output, RackCmd, SubnetCmd, TaskCmd, TokenCmd, UpArgs,
+};
+use crate::client::Client;
+use crate::config::NodeConfig;
+
+pub async fn up(args: UpArgs, join: Option<String>) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RACKD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cfg = NodeConfig::from_args(args, join)?;
+    crate::server::run(cfg).await
+}
+
+fn json_out<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn parse_state(s: &Option<String>) -> anyhow::Result<Option<MachineState>> {
+    match s {
+        None => Ok(None),
+        Some(s) => MachineState::parse(s).map(Some).with_context(|| {
+            format!(
+                "unknown state {s:?} (new, ready, deploying, deployed, releasing, failed, broken)"
+            )
+        }),
+    }
+}
+
+fn machine_rows(ms: &[Machine]) {
+    let rows: Vec<Vec<String>> = ms
+        .iter()
+        .map(|m| {
+            vec![
+                m.meta.id.to_string(),
+                m.hostname.clone(),
+                m.location.clone(),
+                m.state.as_str().to_string(),
+                m.macs.join(","),
+                m.ips.join(","),
+                m.meta.version.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID", "HOSTNAME", "LOCATION", "STATE", "MACS", "IPS", "VERSION",
+        ],
+        &rows,
+    );
+}
+
+/// Waits for a task to finish (unless `no_wait`), prints it, and fails when the task failed.
+async fn follow_task(
+    c: &Client,
+    mut t: rackd_types::Task,
+    no_wait: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    while !no_wait
+        && matches!(
+            t.state,
+            rackd_types::TaskState::Pending | rackd_types::TaskState::Running
+        )
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        t = c.get(&format!("/v1/tasks/{}", t.meta.id)).await?;
+    }
+    if json {
+        return json_out(&t);
+    }
+    task_rows(std::slice::from_ref(&t));
+    if t.state == rackd_types::TaskState::Failed {
+        bail!("task failed: {}", t.error.unwrap_or_default());
+    }
+    Ok(())
+}
+
+fn task_rows(ts: &[rackd_types::Task]) {
+    let rows: Vec<Vec<String>> = ts
+        .iter()
+        .map(|t| {
+            vec![
+                t.meta.id.to_string(),
+                format!("{:?}", t.kind),
+                t.machine_id.to_string(),
+                format!("{:?}", t.state),
+                t.attempt.to_string(),
+                opt(&t.assignee),
+                opt(&t.observed_power),
+                t.error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID", "KIND", "MACHINE", "STATE", "ATTEMPT", "NODE", "POWER", "ERROR",
+        ],
+        &rows,
+    );
+}
+
+fn query(pairs: &[(&str, Option<String>)]) -> String {
+    let q: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", urlencode(v))))
+        .collect();
+    if q.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", q.join("&"))
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub async fn client(
+    server: &str,
+    token: Option<String>,
+    out: Output,
+    cmd: Cmd,
+) -> anyhow::Result<()> {
+    let c = Client::new(server, token);
+    let json = out == Output::Json;
+    match cmd {
+        Cmd::Up(_) | Cmd::Join { .. } | Cmd::Image(_) | Cmd::ApplianceInit => {
+            bail!("not a client command (the binary runs it itself)")
+        }
+        Cmd::Status => status(&c, json).await,
+        Cmd::Machines(mc) => machines(&c, json, mc).await,
+        Cmd::Tasks(tc) => tasks(&c, json, tc).await,
+        Cmd::Locations(lc) => locations(&c, json, lc).await,
+        Cmd::Racks(rc) => racks(&c, json, rc).await,
+        Cmd::Subnets(sc) => subnets(&c, json, sc).await,
+        Cmd::Members(mc) => members(&c, json, mc).await,
+        Cmd::Tokens(tc) => tokens(&c, json, tc).await,
+        Cmd::Events { after, limit } => events(&c, json, after, limit).await,
+    }
+}
+
+async fn status(c: &Client, json: bool) -> anyhow::Result<()> {
+    let h: Health = c.get("/v1/health").await?;
+    // Served from the node's replica so status works even without a quorum.
+    let ci: ClusterInfo = c.get("/v1/cluster?stale=true").await?;
+    if json {
+        return json_out(&serde_json::json!({ "node": h, "cluster": ci }));
+    }
+    println!(
+        "cluster {}  leader {}  term {}  commit {}",
+        ci.cluster_id,
+        opt(&ci.leader_id),
+        ci.term,
+        opt(&ci.commit_index)
+    );
+    println!(
+        "this node {} is {} (applied {})",
+        h.node_id,
+        h.raft_state,
+        opt(&h.last_applied)
+    );
+    let rows: Vec<Vec<String>> = ci
+        .members
+        .iter()
+        .map(|m| {
+            let lead = if Some(m.id) == ci.leader_id { "*" } else { "" };
+            vec![
+                format!("{}{lead}", m.id),
+                m.role.clone(),
+                m.api_addr.clone(),
+                m.peer_addr.clone(),
+            ]
+        })
+        .collect();
+    table(&["ID", "ROLE", "API", "PEER"], &rows);
+    Ok(())
+}
+
+async fn machines(c: &Client, json: bool, mc: MachineCmd) -> anyhow::Result<()> {
+    match mc {
+        MachineCmd::List {
+            location,
+            state,
+            rack,
+            stale,
+        } => {
+            let q = query(&[
+                ("location", location),
+                ("state", state),
+                ("rack", rack.map(|r| r.to_string())),
+                ("stale", stale.then(|| "true".to_string())),
+            ]);
+            let ms: Vec<Machine> = c.get_all(&format!("/v1/machines{q}")).await?;
+            if json {
+                return json_out(&ms);
+            }
+            machine_rows(&ms);
+        }
+        MachineCmd::Add(a) => {
+            let bmc = a.bmc_address.map(|address| BmcSpec {
+                driver: a.bmc_driver,
+                address,
+                port: a.bmc_port,
+                username: a.bmc_user,
+                password: a.bmc_password,
+                cipher_suite: a.bmc_cipher_suite,
+            });
+            let body = CreateMachine {
+                hostname: a.hostname,
+                location: a.location,
+                rack_id: a.rack,
+                rack_unit: a.unit,
+                macs: a.macs,
+                ips: a.ips,
+                bmc,
+                state: parse_state(&a.state)?,
+                description: a.description,
+                tags: a.tags,
+            };
+            let m: Machine = c.post("/v1/machines", &body).await?;
+            if json {
+                return json_out(&m);
+            }
+            machine_rows(&[m]);
+        }
+        MachineCmd::Show { id } => {
+            let m: Machine = c.get(&format!("/v1/machines/{id}")).await?;
+            if json {
+                return json_out(&m);
+            }
+            println!("id:          {}", m.meta.id);
+            println!("hostname:    {}", m.hostname);
+            println!("location:    {}", m.location);
+            println!("rack/unit:   {}/{}", opt(&m.rack_id), opt(&m.rack_unit));
+            println!("state:       {} ({})", m.state.as_str(), m.state_cause);
+            println!("macs:        {}", m.macs.join(", "));
+            println!("ips:         {}", m.ips.join(", "));
+            if let Some(b) = &m.bmc {
+                println!(
+                    "bmc:         {} {}:{} user={} password={}",
+                    b.driver,
+                    b.address,
+                    b.port,
+                    b.username,
+                    if b.password_set { "set" } else { "unset" }
+                );
+            }
+            println!("tags:        {}", m.tags.join(", "));
+            println!("description: {}", m.description);
+            println!("version:     {}", m.meta.version);
+            println!("updated:     {}", time(m.meta.updated_at));
+        }
+        MachineCmd::Update {
+            id,
+            if_match,
+            fields,
+        } => {
+            let patch = UpdateMachine {
+                hostname: fields.hostname,
+                location: fields.location,
+                macs: fields.macs,
+                ips: fields.ips,
+                state: parse_state(&fields.state)?,
+                state_cause: fields.cause,
+                description: fields.description,
+                tags: fields.tags,
+                ..Default::default()
+            };
+            let m: Machine = c
+                .patch(&format!("/v1/machines/{id}"), &patch, if_match)
+                .await?;
+            if json {
+                return json_out(&m);
+            }
+            machine_rows(&[m]);
+        }
+        MachineCmd::Power {
+            id,
+            action,
+            no_wait,
+        } => {
+            let t: rackd_types::Task = c
+                .post(
+                    &format!("/v1/machines/{id}/power"),
+                    &rackd_types::PowerRequest { action },
+                )
+                .await?;
+            follow_task(c, t, no_wait, json).await?;
+        }
+        MachineCmd::BootDevice {
+            id,
+            device,
+            persistent,
+            no_wait,
+        } => {
+            let t: rackd_types::Task = c
+                .post(
+                    &format!("/v1/machines/{id}/boot-device"),
+                    &rackd_types::BootDeviceRequest { device, persistent },
+                )
+                .await?;
+            follow_task(c, t, no_wait, json).await?;
+        }
+        MachineCmd::Delete { id, if_match } => {
+            c.delete(&format!("/v1/machines/{id}"), if_match).await?;
+            if !json {
+                println!("machine {id} deleted");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn tasks(c: &Client, json: bool, tc: TaskCmd) -> anyhow::Result<()> {
+    match tc {
+        TaskCmd::List => {
+            let ts: Vec<rackd_types::Task> = c.get_all("/v1/tasks").await?;
+            if json {
+                return json_out(&ts);
+            }
+            task_rows(&ts);
+        }
+        TaskCmd::Show { id } => {
+            let t: rackd_types::Task = c.get(&format!("/v1/tasks/{id}")).await?;
+            if json {
+                return json_out(&t);
+            }
+            task_rows(&[t]);
+        }
+    }
+    Ok(())
+}
+
+async fn locations(c: &Client, json: bool, lc: LocationCmd) -> anyhow::Result<()> {
+    match lc {
+        LocationCmd::List => {
+            let ls: Vec<Location> = c.get_all("/v1/locations").await?;
+            if json {
+                return json_out(&ls);
+            }
+            let rows: Vec<Vec<String>> = ls
+                .iter()
+                .map(|l| vec![l.meta.id.to_string(), l.name.clone(), l.description.clone()])
+                .collect();
+            table(&["ID", "NAME", "DESCRIPTION"], &rows);
+        }
+        LocationCmd::Add {
+            name,
+            description,
+            discovery,
+        } => {
+            let l: Location = c
+                .post(
+                    "/v1/locations",
+                    &CreateLocation {
+                        name,
+                        description,
+                        discovery,
+                    },
+                )
+                .await?;
+            if json {
+                return json_out(&l);
+            }
+            println!("location {} created with id {}", l.name, l.meta.id);
+        }
+        LocationCmd::Show { id } => {
+            let l: Location = c.get(&format!("/v1/locations/{id}")).await?;
+            json_out(&l)?;
+        }
+        LocationCmd::Delete { id } => {
+            c.delete(&format!("/v1/locations/{id}"), None).await?;
+            if !json {
+                println!("location {id} deleted");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn racks(c: &Client, json: bool, rc: RackCmd) -> anyhow::Result<()> {
+    match rc {
+        RackCmd::List { location } => {
+            let rs: Vec<Rack> = c
+                .get_all(&format!("/v1/racks{}", query(&[("location", location)])))
+                .await?;
+            if json {
+                return json_out(&rs);
+            }
+            let rows: Vec<Vec<String>> = rs
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.meta.id.to_string(),
+                        r.name.clone(),
+                        r.location.clone(),
+                        r.height_units.to_string(),
+                    ]
+                })
+                .collect();
+            table(&["ID", "NAME", "LOCATION", "UNITS"], &rows);
+        }
+        RackCmd::Add {
+            location,
+            name,
+            height,
+        } => {
+            let r: Rack = c
+                .post(
+                    "/v1/racks",
+                    &CreateRack {
+                        location,
+                        name,
+                        height_units: height,
+                    },
+                )
+                .await?;
+            if json {
+                return json_out(&r);
+            }
+            println!("rack {} created with id {}", r.name, r.meta.id);
+        }
+        RackCmd::Delete { id } => c.delete(&format!("/v1/racks/{id}"), None).await?,
+    }
+    Ok(())
+}
+
+async fn subnets(c: &Client, json: bool, sc: SubnetCmd) -> anyhow::Result<()> {
+    match sc {
+        SubnetCmd::List { location } => {
+            let ss: Vec<Subnet> = c
+                .get_all(&format!("/v1/subnets{}", query(&[("location", location)])))
+                .await?;
+            if json {
+                return json_out(&ss);
+            }
+            let rows: Vec<Vec<String>> = ss
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.meta.id.to_string(),
+                        s.cidr.clone(),
+                        s.location.clone(),
+                        opt(&s.gateway),
+                        s.dns.join(","),
+                        s.dynamic_ranges
+                            .iter()
+                            .map(|r| format!("{}-{}", r.start, r.end))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    ]
+                })
+                .collect();
+            table(
+                &["ID", "CIDR", "LOCATION", "GATEWAY", "DNS", "DYNAMIC"],
+                &rows,
+            );
+        }
+        SubnetCmd::Add {
+            location,
+            cidr,
+            gateway,
+            dns,
+            dynamic,
+        } => {
+            let mut dynamic_ranges = Vec::new();
+            for d in dynamic {
+                let (s, e) = d
+                    .split_once('-')
+                    .with_context(|| format!("range {d:?} is not START-END"))?;
+                dynamic_ranges.push(IpRange {
+                    start: s.to_string(),
+                    end: e.to_string(),
+                });
+            }
+            let s: Subnet = c
+                .post(
+                    "/v1/subnets",
+                    &CreateSubnet {
+                        location,
+                        cidr,
+                        gateway,
+                        dns,
+                        dynamic_ranges,
+                        reserved_ranges: vec![],
+                    },
+                )
+                .await?;
+            if json {
+                return json_out(&s);
+            }
+            println!("subnet {} created with id {}", s.cidr, s.meta.id);
+        }
+        SubnetCmd::Delete { id } => c.delete(&format!("/v1/subnets/{id}"), None).await?,
+    }
+    Ok(())
+}
+
+async fn members(c: &Client, json: bool, mc: MemberCmd) -> anyhow::Result<()> {
+    match mc {
+        MemberCmd::List => {
+            let ci: ClusterInfo = c.get("/v1/cluster").await?;
+            if json {
+                return json_out(&ci.members);
+            }
+            let rows: Vec<Vec<String>> = ci
+                .members
+                .iter()
+                .map(|m| {
+                    vec![
+                        m.id.to_string(),
+                        m.role.clone(),
+                        m.api_addr.clone(),
+                        m.peer_addr.clone(),
+                    ]
+                })
+                .collect();
+            table(&["ID", "ROLE", "API", "PEER"], &rows);
+        }
+        MemberCmd::Remove { id } => {
+            c.delete(&format!("/v1/cluster/members/{id}"), None).await?;
+            if !json {
+                println!("node {id} removed from the cluster");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn tokens(c: &Client, json: bool, tc: TokenCmd) -> anyhow::Result<()> {
+    match tc {
+        TokenCmd::Create { ttl, description } => {
+            let t: CreatedJoinToken = c
+                .post(
+                    "/v1/tokens/join",
+                    &CreateJoinToken {
+                        ttl_secs: Some(ttl),
+                        description,
+                    },
+                )
+                .await?;
+            if json {
+                return json_out(&t);
+            }
+            println!("{}", t.token);
+            eprintln!(
+                "(join token {}, one node, expires {})",
+                t.id,
+                time(t.expires_at)
+            );
+        }
+        TokenCmd::List => {
+            let ts: Vec<JoinTokenView> = c.get_all("/v1/tokens/join").await?;
+            if json {
+                return json_out(&ts);
+            }
+            let rows: Vec<Vec<String>> = ts
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.id.to_string(),
+                        time(t.expires_at),
+                        opt(&t.used_by_node),
+                        t.description.clone(),
+                    ]
+                })
+                .collect();
+            table(&["ID", "EXPIRES", "USED_BY", "DESCRIPTION"], &rows);
+        }
+        TokenCmd::CreateApi { name } => {
+            let t: CreatedApiToken = c.post("/v1/tokens/api", &CreateApiToken { name }).await?;
+            if json {
+                return json_out(&t);
+            }
+            println!("{}", t.token);
+        }
+        TokenCmd::ListApi => {
+            let ts: Vec<ApiTokenView> = c.get_all("/v1/tokens/api").await?;
+            if json {
+                return json_out(&ts);
+            }
+            let rows: Vec<Vec<String>> = ts
+                .iter()
+                .map(|t| vec![t.id.to_string(), t.name.clone(), time(t.created_at)])
+                .collect();
+            table(&["ID", "NAME", "CREATED"], &rows);
+        }
+    }
+    Ok(())
+}
+
+async fn events(c: &Client, json: bool, after: Option<u64>, limit: usize) -> anyhow::Result<()> {
+    let q = query(&[
+        ("after", after.map(|a| a.to_string())),
+        ("limit", Some(limit.to_string())),
+    ]);
+    let page: rackd_types::Page<Event> = c.get(&format!("/v1/events{q}")).await?;
+    if json {
+        return json_out(&page.items);
+    }
+    let rows: Vec<Vec<String>> = page
+        .items
+        .iter()
+        .map(|e| {
+            vec![
+                e.seq.to_string(),
+                time(e.time),
+                e.actor.clone(),
+                e.kind.clone(),
+                e.message.clone(),
+            ]
+        })
+        .collect();
+    table(&["SEQ", "TIME", "ACTOR", "KIND", "MESSAGE"], &rows);
+    Ok(())
+}

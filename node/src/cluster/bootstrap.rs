@@ -1,0 +1,301 @@
+//! How a node becomes a member: [`resolve_identity`] decides from the data directory whether
+//! this node bootstraps, joins or resumes (never re-initializing a cluster that exists);
+//! [`bootstrap`] initializes a new cluster once; [`join_call`] is both phases of a join seen
+//! from the joiner, and [`finish_join`] retries phase 2 until the cluster accepts or rejects.
+//!
+//! Restart safety: the cluster is initialized only when `node.json` says this node bootstraps
+//! *and* Raft's own persisted state says it is uninitialized; a data directory that holds state
+//! is always resumed.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use openraft::ServerState;
+use rackd_raft::cmd::Command;
+use rackd_raft::NodeInfo;
+use rackd_types::{ErrorCode, JoinRequest, JoinResponse};
+
+use super::identity::{Identity, Origin, IDENTITY_VERSION};
+use super::secrets::{hash_secret, new_secret, write_secret_file};
+use super::ClusterHandle;
+
+/// Why a join call did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The cluster refused (unknown, used or expired token): final, not retried.
+    #[error("join rejected: {0}")]
+    Rejected(String),
+    /// No leader, leader busy, connection refused, timeout: worth retrying.
+    #[error("join failed: {0}")]
+    Transient(String),
+}
+
+/// The joiner's view of what to do with a data directory.
+pub struct JoinParams<'a> {
+    pub join: Option<&'a str>,
+    pub token: Option<&'a str>,
+    pub learner: bool,
+    pub api_addr: &'a str,
+    pub peer_addr: &'a str,
+}
+
+/// Load this node's identity from `dir`, or create it: a bootstrap identity (node 1) for an
+/// empty directory without `--join`, or a node id allocated by the cluster (join phase 1).
+pub async fn resolve_identity(
+    dir: &Path,
+    http: &reqwest::Client,
+    p: JoinParams<'_>,
+) -> anyhow::Result<Identity> {
+    Ok(match Identity::load(dir)? {
+        Some(id) if id.removed => anyhow::bail!(
+            "node {} was removed from cluster {}; it does not start again on this data \
+             directory. To add this machine back, start it with an empty data directory and a \
+             new join token",
+            id.node_id,
+            id.cluster_id.as_deref().unwrap_or("?")
+        ),
+        Some(id) => {
+            if p.join.is_some() && id.complete {
+                tracing::warn!(
+                    "data directory already belongs to node {}; ignoring --join",
+                    id.node_id
+                );
+            }
+            id
+        }
+        None if dir.join("db").exists() => anyhow::bail!(
+            "{} holds a Raft database but no node.json: this node's identity is lost, and \
+             starting it as a new node would reuse another member's vote and log. Restore \
+             node.json from a backup, or remove this member from the cluster and start with an \
+             empty data directory",
+            dir.display()
+        ),
+        None => match p.join {
+            None => {
+                let id = Identity {
+                    version: IDENTITY_VERSION,
+                    node_id: rackd_raft::state::cluster::BOOTSTRAP_NODE_ID,
+                    origin: Origin::Bootstrap,
+                    complete: false,
+                    cluster_id: None,
+                    removed: false,
+                };
+                id.save(dir)?;
+                id
+            }
+            Some(url) => {
+                let token = p.token.context("--join needs --token")?;
+                // Transient failures (no leader yet, leader busy, connection refused) are
+                // retried; a rejected token is final.
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                let resp = loop {
+                    match join_call(http, url, token, p.api_addr, p.peer_addr, p.learner, None)
+                        .await
+                    {
+                        Ok(r) => break r,
+                        Err(e @ JoinError::Rejected(_)) => return Err(e.into()),
+                        Err(e) if tokio::time::Instant::now() >= deadline => return Err(e.into()),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "join (phase 1) failed; retrying");
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                    }
+                };
+                let id = Identity {
+                    version: IDENTITY_VERSION,
+                    node_id: resp.node_id,
+                    origin: Origin::Join {
+                        join_url: url.to_string(),
+                        learner: p.learner,
+                    },
+                    complete: false,
+                    cluster_id: Some(resp.cluster_id),
+                    removed: false,
+                };
+                id.save(dir)?;
+                eprintln!("rackd: allocated node id {} by the cluster", resp.node_id);
+                id
+            }
+        },
+    })
+}
+
+/// Finish what `identity` says is unfinished: bootstrap the cluster or join phase 2.
+pub async fn complete(
+    node: &ClusterHandle,
+    identity: Identity,
+    token: Option<&str>,
+) -> anyhow::Result<()> {
+    match identity.origin.clone() {
+        Origin::Bootstrap => bootstrap(node, identity).await,
+        Origin::Join { join_url, learner } => {
+            finish_join(node, identity, &join_url, token, learner).await
+        }
+    }
+}
+
+/// Initialize a new single-node cluster (once), apply the Bootstrap command, write the admin
+/// token file and print the tokens.
+pub async fn bootstrap(node: &ClusterHandle, mut identity: Identity) -> anyhow::Result<()> {
+    if !node.raft.is_initialized().await? {
+        let mut members = BTreeMap::new();
+        members.insert(
+            node.id,
+            NodeInfo {
+                api: node.api_addr.clone(),
+                peer: node.peer_addr.clone(),
+            },
+        );
+        node.raft
+            .initialize(members)
+            .await
+            .context("initialize cluster")?;
+    }
+    node.raft
+        .wait(Some(Duration::from_secs(60)))
+        .state(ServerState::Leader, "bootstrap leader")
+        .await
+        .context("become leader after bootstrap")?;
+
+    let token_path = node.data_dir.join("admin-token");
+    let admin = match std::fs::read_to_string(&token_path) {
+        Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+        _ => {
+            let t = new_secret("rackd-admin-");
+            write_secret_file(&token_path, &t)?;
+            t
+        }
+    };
+    // Read after a linearizable barrier: a Bootstrap entry committed before a crash may not be
+    // re-applied yet, and proposing a second one would fail forever.
+    node.linearize()
+        .await
+        .map_err(|e| anyhow::anyhow!("read barrier before bootstrap: {e}"))?;
+    let existing = node.sm.read().state.cluster_id().to_string();
+    let cluster_id = if existing.is_empty() {
+        let cid = new_secret("")[..16].to_string();
+        node.propose(
+            "system",
+            None,
+            Command::Bootstrap {
+                cluster_id: cid.clone(),
+                admin_token_hash: hash_secret(&admin),
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("bootstrap command: {e}"))?;
+        cid
+    } else {
+        existing
+    };
+    let join =
+        super::membership::create_join_token(node, "system", None, 3600, "created at bootstrap")
+            .await
+            .map_err(|e| anyhow::anyhow!("create join token: {e}"))?;
+    identity.complete = true;
+    identity.cluster_id = Some(cluster_id.clone());
+    identity.save(&node.data_dir)?;
+    println!(
+        "rackd: bootstrapped new cluster {cluster_id} (node {})",
+        node.id
+    );
+    println!("admin token: {admin}");
+    println!(
+        "  (saved to {}, mode 0600; export RACKD_TOKEN=$(cat {}))",
+        token_path.display(),
+        token_path.display()
+    );
+    println!("join token:  {} (one node, expires in 1h)", join.token);
+    println!(
+        "add a node:  rackd join http://{} --token {} --data-dir DIR --api HOST:PORT --peer HOST:PORT",
+        node.api_addr, join.token
+    );
+    Ok(())
+}
+
+/// POST `{url}/v1/cluster/join`.
+pub async fn join_call(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    api: &str,
+    peer: &str,
+    learner: bool,
+    node_id: Option<u64>,
+) -> Result<JoinResponse, JoinError> {
+    let body = JoinRequest {
+        token: token.to_string(),
+        api_addr: api.to_string(),
+        peer_addr: peer.to_string(),
+        learner,
+        node_id,
+    };
+    let url = format!("{}/v1/cluster/join", url.trim_end_matches('/'));
+    let resp = http
+        .post(&url)
+        .timeout(Duration::from_secs(300))
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| JoinError::Transient(format!("POST {url}: {e}")))?;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    if !status.is_success() {
+        let msg = serde_json::from_str::<rackd_types::ErrorBody>(&text)
+            .map(|b| format!("{:?}: {}", b.error.code, b.error.message))
+            .unwrap_or(text);
+        if status.as_u16() == ErrorCode::JoinRejected.http_status() {
+            return Err(JoinError::Rejected(msg));
+        }
+        return Err(JoinError::Transient(format!("{status}: {msg}")));
+    }
+    serde_json::from_str(&text)
+        .map_err(|e| JoinError::Transient(format!("undecodable join response: {e}")))
+}
+
+/// Phase 2 of join: ask the leader to add us (learner, catch up, then voter). Retries until the
+/// cluster accepts us or rejects the token.
+async fn finish_join(
+    node: &ClusterHandle,
+    mut identity: Identity,
+    url: &str,
+    token: Option<&str>,
+    learner: bool,
+) -> anyhow::Result<()> {
+    let token = token.context("resuming an unfinished join needs --token")?;
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match join_call(
+            &node.http,
+            url,
+            token,
+            &node.api_addr,
+            &node.peer_addr,
+            learner,
+            Some(node.id),
+        )
+        .await
+        {
+            Ok(resp) => {
+                identity.complete = true;
+                identity.cluster_id = Some(resp.cluster_id.clone());
+                identity.save(&node.data_dir)?;
+                println!(
+                    "rackd: node {} joined cluster {} as {}",
+                    node.id,
+                    resp.cluster_id,
+                    resp.role.unwrap_or_default()
+                );
+                return Ok(());
+            }
+            Err(e @ JoinError::Rejected(_)) => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(error = %e, "join not finished yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! The [`Cluster`] trait: the small surface the API and the location services use to reach the
+//! replicated core — propose a command (on the leader, or wherever the leader is), make a read
+//! linearizable, read the local replica, read the Raft status, and change membership. The real
+//! implementation is [`super::ClusterHandle`]; [`super::fake::FakeCluster`] applies commands to
+//! an in-memory state so handlers and planning rules are unit-tested without processes.
+//!
+//! Layer: part of `cluster`; depends on `rackd_raft` types only (no axum, no services).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use rackd_raft::cmd::{Applied, Command};
+use rackd_raft::state::State;
+use rackd_raft::NodeInfo;
+use rackd_types::ApiError;
+
+/// This node's Raft role, as the health endpoint reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RaftRole {
+    Leader,
+    #[default]
+    Follower,
+    Learner,
+    Candidate,
+    Shutdown,
+}
+
+impl RaftRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RaftRole::Leader => "leader",
+            RaftRole::Follower => "follower",
+            RaftRole::Learner => "learner",
+            RaftRole::Candidate => "candidate",
+            RaftRole::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// What a member ends up as after a join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberRole {
+    Voter,
+    Learner,
+}
+
+impl MemberRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberRole::Voter => "voter",
+            MemberRole::Learner => "learner",
+        }
+    }
+}
+
+/// A typed view of this node's Raft metrics (what health and cluster info report).
+#[derive(Debug, Clone, Default)]
+pub struct RaftStatus {
+    pub role: RaftRole,
+    pub leader_id: Option<u64>,
+    pub term: u64,
+    /// Every member (voters and learners) with its addresses.
+    pub members: BTreeMap<u64, NodeInfo>,
+    pub voters: BTreeSet<u64>,
+    pub commit_index: Option<u64>,
+    pub last_applied: Option<u64>,
+    pub last_log_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
+}
+
+/// The node's handle on the replicated core, as the API and the services see it.
+/// Object-safe: used as `Arc<dyn Cluster>`.
+pub trait Cluster: Send + Sync + 'static {
+    /// This node's id.
+    fn id(&self) -> u64;
+    /// How long a write or a linearizable read may wait for a quorum.
+    fn write_timeout(&self) -> Duration;
+    /// The local replica's state (an O(1) copy-on-write clone; may be behind the leader
+    /// unless [`Cluster::linearize`] returned first).
+    fn state(&self) -> State;
+    /// The Raft status of this node.
+    fn status(&self) -> RaftStatus;
+    /// Whether this node learned that the cluster removed it.
+    fn is_removed(&self) -> bool;
+    /// The current leader's id and addresses, as this node knows them.
+    fn leader(&self) -> Option<(u64, NodeInfo)>;
+    fn is_leader(&self) -> bool {
+        self.leader().is_some_and(|(id, _)| id == self.id())
+    }
+    /// Wait (bounded) until some leader is known.
+    fn wait_leader(&self, timeout: Duration) -> BoxFuture<'_, Option<(u64, NodeInfo)>>;
+    /// Propose on this node, which must be the leader; the leader stamps the time.
+    fn propose<'a>(
+        &'a self,
+        actor: &'a str,
+        idempotency_key: Option<String>,
+        cmd: Command,
+    ) -> BoxFuture<'a, Result<Applied, ApiError>>;
+    /// Propose wherever the leader is (cluster-internal writes), retried until the write
+    /// timeout; pass an idempotency key so a retry applies at most once.
+    fn propose_anywhere<'a>(
+        &'a self,
+        actor: &'a str,
+        idempotency_key: Option<String>,
+        cmd: Command,
+    ) -> BoxFuture<'a, Result<Applied, ApiError>>;
+    /// Make the next read of [`Cluster::state`] linearizable.
+    fn linearize(&self) -> BoxFuture<'_, Result<(), ApiError>>;
+    /// Join phase 2 on the leader: add `id` as a learner, wait until it caught up, promote it
+    /// unless `learner`. Safe to retry.
+    fn add_node(
+        &self,
+        id: u64,
+        info: NodeInfo,
+        learner: bool,
+    ) -> BoxFuture<'_, Result<MemberRole, ApiError>>;
+    /// Remove member `id` and journal it; never the last voter.
+    fn remove_member<'a>(&'a self, actor: &'a str, id: u64) -> BoxFuture<'a, Result<(), ApiError>>;
+}
+
+/// The rule for removing member `id`: it must be a member, and never the last voter. Returns
+/// whether it is a voter (voters leave through a joint change, learners directly).
+pub fn check_removal(status: &RaftStatus, id: u64) -> Result<bool, ApiError> {
+    if !status.members.contains_key(&id) {
+        return Err(ApiError::not_found(format!("node {id} is not a member")));
+    }
+    let is_voter = status.voters.contains(&id);
+    if is_voter && status.voters.len() == 1 {
+        return Err(ApiError::conflict("cannot remove the last voter"));
+    }
+    Ok(is_voter)
+}

@@ -1,0 +1,204 @@
+//! [`FakeCluster`]: a [`Cluster`] that applies commands to an in-memory [`State`] with the
+//! real apply rules, stamped with a clock the test sets, so API handlers, the DHCP inventory
+//! view and the executor's planning rules are unit-tested without Raft, RocksDB or processes.
+//! It is one voter that leads unless a test takes its leadership away.
+//!
+//! Layer: test support inside `cluster`; depends on `rackd_raft` only.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use rackd_raft::cmd::{Applied, Command, Request};
+use rackd_raft::state::State;
+use rackd_raft::NodeInfo;
+use rackd_types::ApiError;
+
+use super::contract::{check_removal, Cluster, MemberRole, RaftRole, RaftStatus};
+
+struct Inner {
+    state: State,
+    now_ms: u64,
+    leading: bool,
+    members: BTreeMap<u64, NodeInfo>,
+    voters: BTreeSet<u64>,
+    log: Vec<Request>,
+    removed: bool,
+}
+
+pub struct FakeCluster {
+    id: u64,
+    inner: Mutex<Inner>,
+}
+
+impl FakeCluster {
+    /// A leading one-voter cluster with node id `id`, its clock at `now_ms`.
+    pub fn new(id: u64, now_ms: u64) -> Arc<Self> {
+        let info = NodeInfo {
+            api: format!("127.0.0.1:{}", 8000 + id),
+            peer: format!("127.0.0.1:{}", 9000 + id),
+        };
+        Arc::new(FakeCluster {
+            id,
+            inner: Mutex::new(Inner {
+                state: State::default(),
+                now_ms,
+                leading: true,
+                members: BTreeMap::from([(id, info)]),
+                voters: BTreeSet::from([id]),
+                log: Vec::new(),
+                removed: false,
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Apply `cmd` as the leader would (at the fake clock), panicking on refusal: test setup.
+    pub fn apply_ok(&self, actor: &str, cmd: Command) -> Applied {
+        self.apply(actor, None, cmd)
+            .unwrap_or_else(|e| panic!("setup command refused: {e:?}"))
+    }
+
+    fn apply(
+        &self,
+        actor: &str,
+        idempotency_key: Option<String>,
+        cmd: Command,
+    ) -> Result<Applied, ApiError> {
+        let mut g = self.lock();
+        if !g.leading {
+            return Err(ApiError::unavailable("no leader (fake)"));
+        }
+        let req = Request {
+            time_ms: g.now_ms,
+            actor: actor.to_string(),
+            idempotency_key,
+            cmd,
+        };
+        let r = g.state.apply(&req);
+        g.log.push(req);
+        r.0
+    }
+
+    /// Move the leader's clock.
+    pub fn advance(&self, d: Duration) {
+        self.lock().now_ms += d.as_millis() as u64;
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.lock().now_ms
+    }
+
+    /// Take leadership away (writes and linearizable reads answer `unavailable`) or give it
+    /// back.
+    pub fn set_leading(&self, leading: bool) {
+        self.lock().leading = leading;
+    }
+
+    /// Every request proposed so far (applied or refused), in order.
+    pub fn log(&self) -> Vec<Request> {
+        self.lock().log.clone()
+    }
+}
+
+impl Cluster for FakeCluster {
+    fn id(&self) -> u64 {
+        self.id
+    }
+    fn write_timeout(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn state(&self) -> State {
+        self.lock().state.clone()
+    }
+    fn status(&self) -> RaftStatus {
+        let g = self.lock();
+        let index = g.log.len() as u64;
+        RaftStatus {
+            role: if g.leading {
+                RaftRole::Leader
+            } else {
+                RaftRole::Follower
+            },
+            leader_id: g.leading.then_some(self.id),
+            term: 1,
+            members: g.members.clone(),
+            voters: g.voters.clone(),
+            commit_index: Some(index),
+            last_applied: Some(index),
+            last_log_index: Some(index),
+            snapshot_index: None,
+            purged_index: None,
+        }
+    }
+    fn is_removed(&self) -> bool {
+        self.lock().removed
+    }
+    fn leader(&self) -> Option<(u64, NodeInfo)> {
+        let g = self.lock();
+        g.leading
+            .then(|| g.members.get(&self.id).map(|i| (self.id, i.clone())))
+            .flatten()
+    }
+    fn wait_leader(&self, _timeout: Duration) -> BoxFuture<'_, Option<(u64, NodeInfo)>> {
+        Box::pin(async move { self.leader() })
+    }
+    fn propose<'a>(
+        &'a self,
+        actor: &'a str,
+        idempotency_key: Option<String>,
+        cmd: Command,
+    ) -> BoxFuture<'a, Result<Applied, ApiError>> {
+        Box::pin(async move { self.apply(actor, idempotency_key, cmd) })
+    }
+    fn propose_anywhere<'a>(
+        &'a self,
+        actor: &'a str,
+        idempotency_key: Option<String>,
+        cmd: Command,
+    ) -> BoxFuture<'a, Result<Applied, ApiError>> {
+        Box::pin(async move { self.apply(actor, idempotency_key, cmd) })
+    }
+    fn linearize(&self) -> BoxFuture<'_, Result<(), ApiError>> {
+        Box::pin(async move {
+            if self.lock().leading {
+                Ok(())
+            } else {
+                Err(ApiError::unavailable("no leader (fake)"))
+            }
+        })
+    }
+    fn add_node(
+        &self,
+        id: u64,
+        info: NodeInfo,
+        learner: bool,
+    ) -> BoxFuture<'_, Result<MemberRole, ApiError>> {
+        Box::pin(async move {
+            let mut g = self.lock();
+            g.members.insert(id, info);
+            if learner && !g.voters.contains(&id) {
+                return Ok(MemberRole::Learner);
+            }
+            g.voters.insert(id);
+            Ok(MemberRole::Voter)
+        })
+    }
+    fn remove_member<'a>(
+        &'a self,
+        _actor: &'a str,
+        id: u64,
+    ) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(async move {
+            check_removal(&self.status(), id)?;
+            let mut g = self.lock();
+            g.members.remove(&id);
+            g.voters.remove(&id);
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,179 @@
+//! The node's handle on the replicated core: the Raft instance, the local replica of the state
+//! machine and the peer network, behind [`ClusterHandle`]. Writes ([`write`]) are stamped with
+//! the leader's time here and nowhere else; reads ([`read`]) are made linearizable here;
+//! membership ([`membership`]), bootstrap and join ([`bootstrap`]), the node's identity file
+//! ([`identity`]) and the watcher that notices this node was removed ([`removal`]) live beside
+//! them.
+//!
+//! Layer: below `api`, `services` and `server`; must not import any of them (no axum here).
+
+pub mod bootstrap;
+pub mod contract;
+#[cfg(test)]
+pub mod fake;
+pub mod identity;
+pub mod membership;
+pub mod read;
+pub mod removal;
+pub mod secrets;
+pub mod write;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use openraft::async_runtime::WatchReceiver;
+use openraft::ServerState;
+use rackd_raft::cmd::{Applied, Command};
+use rackd_raft::network::PeerNetwork;
+use rackd_raft::state::State;
+use rackd_raft::NodeInfo;
+use rackd_storage::StateMachineStore;
+use rackd_types::ApiError;
+
+pub use contract::{Cluster, MemberRole, RaftRole, RaftStatus};
+pub use write::now_ms;
+
+/// openraft instance of this node.
+pub type Raft = openraft::Raft<rackd_raft::TypeConfig, rackd_storage::StateMachineStore>;
+
+/// A running node's view of the cluster, shared by the API and the location services.
+pub struct ClusterHandle {
+    pub id: u64,
+    pub raft: Raft,
+    pub sm: StateMachineStore,
+    pub net: PeerNetwork,
+    pub http: reqwest::Client,
+    pub api_addr: String,
+    pub peer_addr: String,
+    pub data_dir: PathBuf,
+    pub write_timeout: Duration,
+    /// Set once this node learned that the cluster removed it (Raft is then shut down).
+    pub removed: std::sync::atomic::AtomicBool,
+}
+
+impl ClusterHandle {
+    /// The current leader's id and addresses, as this node knows them.
+    pub fn leader(&self) -> Option<(u64, NodeInfo)> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let id = m.current_leader?;
+        let info = m.membership_config.get_node(&id)?.clone();
+        Some((id, info))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader().is_some_and(|(id, _)| id == self.id)
+    }
+
+    /// Wait (bounded) until some leader is known.
+    pub async fn wait_leader(&self, timeout: Duration) -> Option<(u64, NodeInfo)> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut rx = self.raft.metrics();
+        loop {
+            if let Some(l) = self.leader() {
+                return Some(l);
+            }
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return None;
+            }
+        }
+    }
+
+    /// This node's Raft metrics as a typed [`RaftStatus`].
+    pub fn status(&self) -> RaftStatus {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let mem = m.membership_config.membership();
+        RaftStatus {
+            role: match m.state {
+                ServerState::Leader => RaftRole::Leader,
+                ServerState::Follower => RaftRole::Follower,
+                ServerState::Learner => RaftRole::Learner,
+                ServerState::Candidate => RaftRole::Candidate,
+                ServerState::Shutdown => RaftRole::Shutdown,
+            },
+            leader_id: m.current_leader,
+            term: m.current_term,
+            members: mem.nodes().map(|(id, n)| (*id, n.clone())).collect(),
+            voters: mem.voter_ids().collect(),
+            commit_index: m.local_committed.as_ref().map(|l| l.index()),
+            last_applied: m.last_applied.as_ref().map(|l| l.index()),
+            last_log_index: m.last_log_index,
+            snapshot_index: m.snapshot.as_ref().map(|l| l.index()),
+            purged_index: m.purged.as_ref().map(|l| l.index()),
+        }
+    }
+
+    /// Whether this node learned that the cluster removed it.
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Returns once this node learned that the cluster removed it.
+    pub async fn wait_removed(&self) {
+        while !self.is_removed() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Cluster for ClusterHandle {
+    fn id(&self) -> u64 {
+        self.id
+    }
+    fn write_timeout(&self) -> Duration {
+        self.write_timeout
+    }
+    fn state(&self) -> State {
+        self.sm.read().state.clone()
+    }
+    fn status(&self) -> RaftStatus {
+        ClusterHandle::status(self)
+    }
+    fn is_removed(&self) -> bool {
+        ClusterHandle::is_removed(self)
+    }
+    fn leader(&self) -> Option<(u64, NodeInfo)> {
+        ClusterHandle::leader(self)
+    }
+    fn wait_leader(&self, timeout: Duration) -> BoxFuture<'_, Option<(u64, NodeInfo)>> {
+        Box::pin(ClusterHandle::wait_leader(self, timeout))
+    }
+    fn propose<'a>(
+        &'a self,
+        actor: &'a str,
+        idempotency_key: Option<String>,
+        cmd: Command,
+    ) -> BoxFuture<'a, Result<Applied, ApiError>> {
+        Box::pin(ClusterHandle::propose(self, actor, idempotency_key, cmd))
+    }
+    fn propose_anywhere<'a>(
+        &'a self,
+        actor: &'a str,
+        idempotency_key: Option<String>,
+        cmd: Command,
+    ) -> BoxFuture<'a, Result<Applied, ApiError>> {
+        Box::pin(ClusterHandle::propose_anywhere(
+            self,
+            actor,
+            idempotency_key,
+            cmd,
+        ))
+    }
+    fn linearize(&self) -> BoxFuture<'_, Result<(), ApiError>> {
+        Box::pin(ClusterHandle::linearize(self))
+    }
+    fn add_node(
+        &self,
+        id: u64,
+        info: NodeInfo,
+        learner: bool,
+    ) -> BoxFuture<'_, Result<MemberRole, ApiError>> {
+        Box::pin(ClusterHandle::add_node(self, id, info, learner))
+    }
+    fn remove_member<'a>(&'a self, actor: &'a str, id: u64) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(ClusterHandle::remove_member(self, actor, id))
+    }
+}

@@ -1,0 +1,122 @@
+//! The command-line flags of `rackd up` / `rackd join` as clap parses them: the wire type of
+//! the node's configuration. Nothing here is validated; [`super::NodeConfig::from_args`] does
+//! that. Must not depend on anything in this crate.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+#[derive(Debug, Clone, Args)]
+pub struct UpArgs {
+    /// Data directory (RocksDB, snapshots, identity, admin token).
+    #[arg(long, env = "RACKD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// HTTP API listen address.
+    #[arg(long, default_value = "127.0.0.1:7080")]
+    pub api: String,
+    /// Raft peer (gRPC) listen address.
+    #[arg(long, default_value = "127.0.0.1:7081")]
+    pub peer: String,
+    /// API address other nodes and clients should use (default: the bound address).
+    #[arg(long)]
+    pub advertise_api: Option<String>,
+    /// Peer address other nodes should use (default: the bound address).
+    #[arg(long)]
+    pub advertise_peer: Option<String>,
+    /// Join the cluster whose member answers at this API URL.
+    #[arg(long)]
+    pub join: Option<String>,
+    /// Join token (from `rackd tokens create`).
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Stay a non-voting learner (remote sites).
+    #[arg(long)]
+    pub learner: bool,
+    /// Snapshot every N applied entries.
+    #[arg(long, default_value_t = 10_000)]
+    pub snapshot_logs: u64,
+    /// Raft heartbeat interval (ms).
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_ms: u64,
+    /// Minimum election timeout (ms); the maximum (and the leader lease) is 1.6 times this.
+    #[arg(long, default_value_t = 500)]
+    pub election_timeout_ms: u64,
+    /// Serve the boot services of this location (site) from the local replica.
+    #[arg(long)]
+    pub location: Option<String>,
+    /// TFTP listen address for the location services (e.g. 0.0.0.0:69); off when unset.
+    #[arg(long)]
+    pub tftp_listen: Option<String>,
+    /// TFTP root directory (default DATA_DIR/tftp).
+    #[arg(long)]
+    pub tftp_root: Option<PathBuf>,
+    /// Provisioning interface for DHCP (enables the DHCP server; needs --location and
+    /// --dhcp-server-ip).
+    #[arg(long)]
+    pub dhcp_interface: Option<String>,
+    /// This node's address on the provisioning network (DHCP server id, TFTP next-server).
+    #[arg(long)]
+    pub dhcp_server_ip: Option<std::net::Ipv4Addr>,
+    /// DHCP listen address.
+    #[arg(long, default_value = "0.0.0.0:67")]
+    pub dhcp_listen: String,
+    /// Proxy-DHCP mode: answer only PXE boot information (the site keeps its own DHCP server).
+    #[arg(long)]
+    pub dhcp_proxy: bool,
+    /// Do not send IPv6 Router Advertisements on the DHCP interface (by default they are sent,
+    /// with router lifetime 0, so iPXE does not wait ~13 s for IPv6 routers).
+    #[arg(long)]
+    pub no_router_advertisements: bool,
+    /// Send iPXE clients to a first-stage `boot.ipxe` over TFTP (chaining their HTTP script)
+    /// instead of straight to the HTTP script.
+    #[arg(long)]
+    pub ipxe_via_tftp: bool,
+    /// This node's share of the location's dynamic (discovery) ranges, `K/N`: give each of the
+    /// N location nodes of a site its own K, so two of them never offer one free address to
+    /// two unknown machines. Default `1/1` (one location node hands out the whole range).
+    #[arg(long, default_value = "1/1", value_parser = rackd_net::dhcp::PoolShare::parse)]
+    pub dhcp_pool_share: rackd_net::dhcp::PoolShare,
+    /// Lease time handed out with reservations (seconds).
+    #[arg(long, default_value_t = 3600)]
+    pub dhcp_lease_secs: u32,
+    /// Image artifacts (kernels, initrds) served by the HTTP boot server (default
+    /// DATA_DIR/artifacts).
+    #[arg(long)]
+    pub artifacts_dir: Option<PathBuf>,
+    /// HTTP boot server listen address (per-machine iPXE scripts, TFTP root over HTTP).
+    #[arg(long)]
+    pub http_boot_listen: Option<String>,
+    /// Base URL of the HTTP boot server given to iPXE (default: the HTTP boot server's
+    /// address, else http://SERVER_IP:8080).
+    #[arg(long)]
+    pub http_boot_base: Option<String>,
+    /// Bound on concurrent BMC sessions of this node (power tasks and sync).
+    #[arg(long, default_value_t = 32)]
+    pub bmc_sessions: usize,
+    /// Re-read each machine's power state through its BMC when the last observation is older
+    /// than this many seconds (0 turns the sync off).
+    #[arg(long, default_value_t = 60)]
+    pub power_sync_secs: u64,
+    /// At most this many power-sync polls started per second.
+    #[arg(long, default_value_t = 50)]
+    pub power_sync_rate: u32,
+    /// IPMI datagram timeout (ms) before a retransmission.
+    #[arg(long, default_value_t = 1000)]
+    pub ipmi_timeout_ms: u64,
+    /// Lease (seconds) of a task this node's executor claims; renewed every third of it while
+    /// the task runs. When an executor dies, its task is taken over once the lease expires.
+    #[arg(long, default_value_t = 30)]
+    pub task_lease_secs: u64,
+    /// IPMI proxy: relay IPMI-over-LAN to the location's BMCs on this address (machine N is
+    /// reached on port --ipmi-proxy-base-port + N). Off when unset.
+    #[arg(long)]
+    pub ipmi_proxy_listen: Option<std::net::IpAddr>,
+    #[arg(long, default_value_t = 20000)]
+    pub ipmi_proxy_base_port: u16,
+    /// Close an IPMI proxy flow after this many idle seconds.
+    #[arg(long, default_value_t = 60)]
+    pub ipmi_proxy_idle_secs: u64,
+    /// Seconds a write waits for a quorum before answering 503.
+    #[arg(long, default_value_t = 10)]
+    pub write_timeout_secs: u64,
+}

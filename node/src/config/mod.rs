@@ -1,0 +1,332 @@
+//! The node's configuration: one validated [`NodeConfig`] built from the command line (or an
+//! appliance seed, which becomes the same flags). Every default and every cross-flag rule
+//! ("--dhcp-interface needs --location", "joining needs --token", lower bounds on timers) lives
+//! here, so the server and the services receive settings that are already consistent.
+//!
+//! Bottom layer: must not depend on any other module of this crate.
+
+pub mod args;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use args::UpArgs;
+
+/// Default lease of a running task (`--task-lease-secs`).
+pub const DEFAULT_TASK_LEASE: Duration = Duration::from_secs(30);
+
+/// A configuration the node refuses to start with.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{flag} needs {needs}")]
+    Needs {
+        flag: &'static str,
+        needs: &'static str,
+    },
+    #[error("{flag}: {value:?} is not an address (HOST:PORT with an IP literal)")]
+    Address { flag: &'static str, value: String },
+}
+
+/// Everything `rackd up` needs, validated.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub data_dir: PathBuf,
+    pub api_listen: String,
+    pub peer_listen: String,
+    pub advertise_api: Option<String>,
+    pub advertise_peer: Option<String>,
+    pub join: Option<String>,
+    pub token: Option<String>,
+    pub learner: bool,
+    /// Build a snapshot every this many applied log entries (and keep as many in the log).
+    pub snapshot_logs: u64,
+    pub heartbeat_ms: u64,
+    pub election_timeout_ms: u64,
+    /// How long a write waits for a quorum before it is answered 503.
+    pub write_timeout: Duration,
+    /// The location services of this node; `None` when it serves no location.
+    pub location: Option<LocationConfig>,
+}
+
+/// The location (site) whose boot services this node runs, and which of them it runs.
+#[derive(Debug, Clone)]
+pub struct LocationConfig {
+    pub name: String,
+    pub tftp_listen: Option<SocketAddr>,
+    /// The TFTP root (also served over HTTP): `--tftp-root` or DATA_DIR/tftp.
+    pub tftp_root: PathBuf,
+    pub dhcp: Option<DhcpConfig>,
+    pub http_boot: Option<HttpBootConfig>,
+    /// Power tasks and the power-state sync.
+    pub power: PowerConfig,
+    /// The IPMI proxy (UDP relay to the location's BMCs); off when unset.
+    pub ipmi_proxy: Option<ProxyConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpBootConfig {
+    pub listen: String,
+    /// Base URL machines use to reach the HTTP boot server (default: its bound address).
+    pub base: Option<String>,
+    /// Image artifacts served at /artifacts (default DATA_DIR/artifacts).
+    pub artifacts_dir: PathBuf,
+}
+
+/// DHCP settings of a location node.
+#[derive(Debug, Clone)]
+pub struct DhcpConfig {
+    pub interface: String,
+    pub listen: SocketAddr,
+    pub server_ip: Ipv4Addr,
+    /// `--http-boot-base`; when unset the server fills in the HTTP boot server's own address.
+    pub http_base: Option<String>,
+    pub proxy: bool,
+    pub lease_secs: u32,
+    /// This node's share of the discovery pools (`--dhcp-pool-share`).
+    pub pool_share: rackd_net::dhcp::PoolShare,
+    /// Send IPv6 Router Advertisements (lifetime 0) so iPXE does not wait ~13 s for routers.
+    pub router_advertisements: bool,
+    /// iPXE clients load `boot.ipxe` over TFTP first (it chains their HTTP script).
+    pub ipxe_via_tftp: bool,
+}
+
+impl DhcpConfig {
+    /// Base URL of the HTTP boot server given to iPXE: `--http-boot-base`, else the HTTP boot
+    /// server's own address (set by the server), else http://SERVER_IP:8080.
+    pub fn http_base(&self) -> String {
+        self.http_base
+            .clone()
+            .unwrap_or_else(|| format!("http://{}:8080", self.server_ip))
+    }
+}
+
+/// Power control settings of a location node.
+#[derive(Debug, Clone)]
+pub struct PowerConfig {
+    /// Global bound on concurrent BMC sessions of this node.
+    pub max_sessions: usize,
+    /// Poll machines whose observed power is older than this; `None` turns the sync off.
+    pub sync_interval: Option<Duration>,
+    /// At most this many sync polls started per second.
+    pub sync_rate: u32,
+    /// Per-datagram IPMI timeout and retransmissions.
+    pub ipmi_timeout: Duration,
+    pub ipmi_retries: u32,
+    /// Lease of a claimed task; the executor renews it every third of it.
+    pub task_lease: Duration,
+}
+
+impl Default for PowerConfig {
+    fn default() -> Self {
+        Self {
+            max_sessions: 32,
+            sync_interval: Some(Duration::from_secs(60)),
+            sync_rate: 50,
+            ipmi_timeout: Duration::from_millis(1000),
+            ipmi_retries: 2,
+            task_lease: DEFAULT_TASK_LEASE,
+        }
+    }
+}
+
+/// The IPMI proxy of a location node.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub listen: IpAddr,
+    pub base_port: u16,
+    pub idle: Duration,
+}
+
+/// The default data directory: `$XDG_DATA_HOME/rackd`, `~/.local/share/rackd`, or
+/// `/var/lib/rackd`.
+pub fn default_data_dir() -> PathBuf {
+    if let Ok(x) = std::env::var("XDG_DATA_HOME") {
+        return PathBuf::from(x).join("rackd");
+    }
+    match std::env::var("HOME") {
+        Ok(h) if !h.is_empty() => PathBuf::from(h).join(".local/share/rackd"),
+        _ => PathBuf::from("/var/lib/rackd"),
+    }
+}
+
+fn addr(flag: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| ConfigError::Address {
+        flag,
+        value: value.to_string(),
+    })
+}
+
+impl NodeConfig {
+    /// Validate the flags of `rackd up` (`join` is the URL of `rackd join URL`, which wins over
+    /// `--join`).
+    pub fn from_args(args: UpArgs, join: Option<String>) -> Result<Self, ConfigError> {
+        let join = join.or(args.join.clone());
+        if join.is_some() && args.token.is_none() {
+            return Err(ConfigError::Needs {
+                flag: "joining",
+                needs: "--token (create one with `rackd tokens create` on a member)",
+            });
+        }
+        let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+        let location = match args.location.clone() {
+            None => {
+                for (set, flag) in [
+                    (args.tftp_listen.is_some(), "--tftp-listen"),
+                    (args.dhcp_interface.is_some(), "--dhcp-interface"),
+                    (args.http_boot_listen.is_some(), "--http-boot-listen"),
+                    (args.ipmi_proxy_listen.is_some(), "--ipmi-proxy-listen"),
+                ] {
+                    if set {
+                        return Err(ConfigError::Needs {
+                            flag,
+                            needs: "--location",
+                        });
+                    }
+                }
+                None
+            }
+            Some(name) => Some(LocationConfig::from_args(name, &args, &data_dir)?),
+        };
+        Ok(Self {
+            data_dir,
+            api_listen: args.api,
+            peer_listen: args.peer,
+            advertise_api: args.advertise_api,
+            advertise_peer: args.advertise_peer,
+            join,
+            token: args.token,
+            learner: args.learner,
+            snapshot_logs: args.snapshot_logs.max(2),
+            heartbeat_ms: args.heartbeat_ms,
+            election_timeout_ms: args.election_timeout_ms,
+            write_timeout: Duration::from_secs(args.write_timeout_secs.max(1)),
+            location,
+        })
+    }
+}
+
+impl LocationConfig {
+    fn from_args(
+        name: String,
+        args: &UpArgs,
+        data_dir: &std::path::Path,
+    ) -> Result<Self, ConfigError> {
+        let dhcp = match &args.dhcp_interface {
+            None => None,
+            Some(interface) => Some(DhcpConfig {
+                interface: interface.clone(),
+                listen: addr("--dhcp-listen", &args.dhcp_listen)?,
+                server_ip: args.dhcp_server_ip.ok_or(ConfigError::Needs {
+                    flag: "--dhcp-interface",
+                    needs: "--dhcp-server-ip (this node's provisioning address)",
+                })?,
+                http_base: args.http_boot_base.clone(),
+                proxy: args.dhcp_proxy,
+                lease_secs: args.dhcp_lease_secs,
+                pool_share: args.dhcp_pool_share,
+                router_advertisements: !args.no_router_advertisements,
+                ipxe_via_tftp: args.ipxe_via_tftp,
+            }),
+        };
+        let tftp_listen = match &args.tftp_listen {
+            None => None,
+            Some(l) => Some(addr("--tftp-listen", l)?),
+        };
+        Ok(Self {
+            name,
+            tftp_listen,
+            tftp_root: args
+                .tftp_root
+                .clone()
+                .unwrap_or_else(|| data_dir.join("tftp")),
+            dhcp,
+            http_boot: args.http_boot_listen.as_ref().map(|listen| HttpBootConfig {
+                listen: listen.clone(),
+                base: args.http_boot_base.clone(),
+                artifacts_dir: args
+                    .artifacts_dir
+                    .clone()
+                    .unwrap_or_else(|| data_dir.join("artifacts")),
+            }),
+            power: PowerConfig {
+                max_sessions: args.bmc_sessions.max(1),
+                sync_interval: (args.power_sync_secs > 0)
+                    .then(|| Duration::from_secs(args.power_sync_secs)),
+                sync_rate: args.power_sync_rate.max(1),
+                ipmi_timeout: Duration::from_millis(args.ipmi_timeout_ms.max(10)),
+                ipmi_retries: 2,
+                task_lease: Duration::from_secs(args.task_lease_secs.max(1)),
+            },
+            ipmi_proxy: args.ipmi_proxy_listen.map(|ip| ProxyConfig {
+                listen: ip,
+                base_port: args.ipmi_proxy_base_port,
+                idle: Duration::from_secs(args.ipmi_proxy_idle_secs.max(1)),
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        up: UpArgs,
+    }
+
+    fn parse(flags: &[&str]) -> Result<NodeConfig, ConfigError> {
+        let mut argv = vec!["rackd"];
+        argv.extend_from_slice(flags);
+        NodeConfig::from_args(T::try_parse_from(argv).expect("flags parse").up, None)
+    }
+
+    #[test]
+    fn every_location_service_needs_a_location() {
+        for flags in [
+            &["--tftp-listen", "127.0.0.1:69"][..],
+            &["--dhcp-interface", "eth1", "--dhcp-server-ip", "10.0.0.1"],
+            &["--http-boot-listen", "127.0.0.1:8080"],
+            &["--ipmi-proxy-listen", "127.0.0.1"],
+        ] {
+            let e = parse(flags).expect_err("refused without --location");
+            assert!(e.to_string().contains("needs --location"), "{e}");
+        }
+    }
+
+    #[test]
+    fn cross_flag_rules_and_defaults() {
+        let e = parse(&["--join", "http://x", "--data-dir", "/tmp/x"]).unwrap_err();
+        assert!(e.to_string().contains("--token"), "{e}");
+        let e = parse(&["--location", "a", "--dhcp-interface", "eth1"]).unwrap_err();
+        assert!(e.to_string().contains("--dhcp-server-ip"), "{e}");
+        let e = parse(&["--location", "a", "--tftp-listen", "nope"]).unwrap_err();
+        assert!(e.to_string().contains("--tftp-listen"), "{e}");
+
+        let c = parse(&[
+            "--data-dir",
+            "/d",
+            "--location",
+            "a",
+            "--http-boot-listen",
+            "127.0.0.1:0",
+            "--power-sync-secs",
+            "0",
+            "--snapshot-logs",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(c.snapshot_logs, 2);
+        let l = c.location.unwrap();
+        assert_eq!(l.tftp_root, PathBuf::from("/d/tftp"));
+        assert_eq!(
+            l.http_boot.unwrap().artifacts_dir,
+            PathBuf::from("/d/artifacts")
+        );
+        assert_eq!(l.power.sync_interval, None);
+        assert_eq!(l.power.task_lease, DEFAULT_TASK_LEASE);
+    }
+}

@@ -1,0 +1,234 @@
+//! The node server: bind listeners, resolve the node's identity, open storage, start Raft, the
+//! peer gRPC server, the HTTP API and the location services, then finish bootstrap or join in
+//! the background. Runs until SIGTERM/SIGINT.
+//!
+//! This module wires everything and owns every task; nothing imports it but the CLI. There is
+//! one shutdown path ([`Server::shutdown`]): the API and peer servers drain gracefully, the
+//! location services ([`ServiceSet`]) and the cluster's background loops are aborted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use openraft::{Config, SnapshotPolicy};
+use rackd_raft::network::{PeerNetwork, PeerService};
+use rackd_storage::StateMachineStore;
+
+use crate::abort::AbortOnDrop;
+use crate::cluster::bootstrap::{self, JoinParams};
+use crate::cluster::{membership, removal, ClusterHandle, Raft};
+use crate::config::NodeConfig;
+use crate::services::ServiceSet;
+
+/// Start a node and run until a shutdown signal.
+pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
+    let dir = cfg.data_dir.clone();
+    std::fs::create_dir_all(&dir).with_context(|| format!("create data dir {}", dir.display()))?;
+    let api_listener = tokio::net::TcpListener::bind(&cfg.api_listen)
+        .await
+        .with_context(|| format!("bind API address {}", cfg.api_listen))?;
+    let peer_listener = tokio::net::TcpListener::bind(&cfg.peer_listen)
+        .await
+        .with_context(|| format!("bind peer address {}", cfg.peer_listen))?;
+    let api_addr = cfg
+        .advertise_api
+        .clone()
+        .unwrap_or(api_listener.local_addr()?.to_string());
+    let peer_addr = cfg
+        .advertise_peer
+        .clone()
+        .unwrap_or(peer_listener.local_addr()?.to_string());
+    std::fs::write(dir.join("api.addr"), &api_addr)?;
+    std::fs::write(dir.join("peer.addr"), &peer_addr)?;
+
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .context("build HTTP client")?;
+
+    let identity = bootstrap::resolve_identity(
+        &dir,
+        &http,
+        JoinParams {
+            join: cfg.join.as_deref(),
+            token: cfg.token.as_deref(),
+            learner: cfg.learner,
+            api_addr: &api_addr,
+            peer_addr: &peer_addr,
+        },
+    )
+    .await?;
+    tracing::info!(node_id = identity.node_id, %api_addr, %peer_addr, "starting node");
+
+    let (raft, net, sm) = start_raft(&cfg, identity.node_id).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let grpc = serve_peers(&raft, peer_listener, stop_rx.clone());
+
+    let node = Arc::new(ClusterHandle {
+        id: identity.node_id,
+        raft: raft.clone(),
+        sm,
+        net,
+        http: http.clone(),
+        api_addr: api_addr.clone(),
+        peer_addr: peer_addr.clone(),
+        data_dir: dir.clone(),
+        write_timeout: cfg.write_timeout,
+        removed: std::sync::atomic::AtomicBool::new(false),
+    });
+    let api = serve_api(
+        crate::api::router(crate::api::AppState::new(node.clone(), http.clone())),
+        api_listener,
+        stop_rx,
+    );
+
+    let services = ServiceSet::start(cfg.location.as_ref(), &dir, node.clone()).await?;
+
+    let mut background = vec![
+        AbortOnDrop(tokio::spawn(membership::readvertise(node.clone()))),
+        AbortOnDrop(tokio::spawn(membership::follow_addresses(node.clone()))),
+        AbortOnDrop(tokio::spawn(removal::watch(node.clone()))),
+    ];
+    if !identity.complete {
+        let node = node.clone();
+        let token = cfg.token.clone();
+        background.push(AbortOnDrop(tokio::spawn(async move {
+            if let Err(e) = bootstrap::complete(&node, identity, token.as_deref()).await {
+                tracing::error!(error = format!("{e:#}"), "bootstrap/join did not finish");
+                eprintln!("rackd: bootstrap/join did not finish: {e:#}");
+            }
+        })));
+    }
+
+    let mut server = Server {
+        raft,
+        stop_tx,
+        api,
+        grpc,
+        services,
+        background,
+    };
+    // A removed member stops its location services at once (they would serve a replica that
+    // no longer follows the cluster); its API stays up to report the removal.
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        _ = node.wait_removed() => {
+            server.stop_services();
+            tracing::warn!("location services stopped: this node was removed from the cluster");
+            shutdown_signal().await;
+        }
+    }
+    server.shutdown().await;
+    Ok(())
+}
+
+/// Open this node's storage (refusing a database of another node) and start Raft on it.
+async fn start_raft(
+    cfg: &NodeConfig,
+    node_id: u64,
+) -> anyhow::Result<(Raft, PeerNetwork, StateMachineStore)> {
+    let dir = &cfg.data_dir;
+    let (log, sm) = rackd_storage::open(dir).await.context("open storage")?;
+    // The node id is also kept in the database: a node.json from another node (or a restored
+    // old one) can never run this database under the wrong identity.
+    if let Err(stored) = log
+        .bind_node_id(node_id)
+        .context("node id in the database")?
+    {
+        anyhow::bail!(
+            "the database in {} belongs to node {stored}, but node.json says node {node_id}; \
+             restore this node's own node.json",
+            dir.display(),
+        );
+    }
+    let config = Config {
+        cluster_name: "rackd".into(),
+        heartbeat_interval: cfg.heartbeat_ms,
+        election_timeout_min: cfg.election_timeout_ms,
+        // openraft's leader lease equals election_timeout_max: voters refuse to elect anyone
+        // before it expires, so a narrow window keeps failover short (~lease + one timeout).
+        election_timeout_max: cfg.election_timeout_ms * 8 / 5,
+        install_snapshot_timeout: 120_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_logs),
+        max_in_snapshot_log_to_keep: cfg.snapshot_logs.min(1000),
+        max_payload_entries: 1000,
+        ..Default::default()
+    }
+    .validate()
+    .context("raft config")?;
+    let net = PeerNetwork::new();
+    let raft = Raft::new(node_id, Arc::new(config), net.clone(), log, sm.clone())
+        .await
+        .context("start raft")?;
+    Ok((raft, net, sm))
+}
+
+/// Serve the peer gRPC service (Raft, forwarding, ReadIndex) until `stop` turns true.
+fn serve_peers(
+    raft: &Raft,
+    listener: tokio::net::TcpListener,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
+    let svc = PeerService::new(raft.clone()).into_server();
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+    })
+}
+
+/// Serve the HTTP API until `stop` turns true, then drain.
+fn serve_api(
+    app: axum::Router,
+    listener: tokio::net::TcpListener,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+    })
+}
+
+/// Every task of a running node.
+struct Server {
+    raft: Raft,
+    stop_tx: tokio::sync::watch::Sender<bool>,
+    api: tokio::task::JoinHandle<std::io::Result<()>>,
+    grpc: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    services: ServiceSet,
+    background: Vec<AbortOnDrop>,
+}
+
+impl Server {
+    fn stop_services(&mut self) {
+        self.services = ServiceSet::default();
+    }
+
+    /// The one shutdown path: stop the location services and background loops, shut Raft
+    /// down, then let the API and peer servers drain (bounded).
+    async fn shutdown(self) {
+        tracing::info!("shutting down");
+        drop(self.services);
+        drop(self.background);
+        let _ = self.stop_tx.send(true);
+        let _ = self.raft.shutdown().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.api).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.grpc).await;
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

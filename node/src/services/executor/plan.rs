@@ -1,0 +1,86 @@
+//! The executor's planning rules, pure functions of a replica snapshot and the clock: which
+//! tasks to claim or adopt ([`next_tasks`]) and which machines' power state to poll
+//! ([`stale_machines`]). No I/O and no locks here, so the rules are unit-tested directly.
+//!
+//! Layer: below `executor`; depends on `rackd_raft::state` and `rackd_types` only.
+
+use std::collections::{HashMap, HashSet};
+
+use rackd_raft::state::State;
+use rackd_types::{Task, TaskState};
+
+/// What to do with one task of the location.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    /// Propose a claim (the local replica says the leader accepts it).
+    Claim(Task),
+    /// Our claim whose answer was lost did commit: run the task.
+    Adopt(Task),
+}
+
+/// Drop the unconfirmed claims whose task finished or vanished.
+pub fn forget_finished(state: &State, unconfirmed: &mut HashMap<u64, u64>) {
+    unconfirmed.retain(|id, _| state.tasks.get(id).is_some_and(|t| !t.state.is_terminal()));
+}
+
+/// The tasks of machines in `location`, oldest first, that node `node` should act on at leader
+/// time `now`: not running here (`active`), and either ours from a claim whose answer was lost
+/// (`unconfirmed`: task → generation we claimed from, adopted when the task now runs under
+/// the next generation assigned to us) or claimable now by the rule apply uses (pending with
+/// the machine free, or running under an expired lease).
+pub fn next_tasks(
+    state: &State,
+    location: &str,
+    node: u64,
+    now: u64,
+    active: &HashSet<u64>,
+    unconfirmed: &HashMap<u64, u64>,
+) -> Vec<Next> {
+    let mut tasks: Vec<&Task> = state.active_tasks().collect();
+    tasks.sort_by_key(|t| t.meta.id);
+    tasks
+        .into_iter()
+        .filter(|t| !active.contains(&t.meta.id))
+        .filter(|t| {
+            state
+                .machines
+                .get(&t.machine_id)
+                .is_some_and(|m| m.machine.location == location)
+        })
+        .filter_map(|t| {
+            let ours = t.state == TaskState::Running
+                && t.assignee == Some(node)
+                && unconfirmed
+                    .get(&t.meta.id)
+                    .is_some_and(|g| g.checked_add(1) == Some(t.generation));
+            if ours {
+                Some(Next::Adopt(t.clone()))
+            } else {
+                state
+                    .claimable(t.meta.id, now)
+                    .ok()
+                    .map(|_| Next::Claim(t.clone()))
+            }
+        })
+        .collect()
+}
+
+/// Machines of `location` with a BMC, no task pending or running, and an observed power state
+/// at least `every_ms` older than `now` (or none), oldest observation first.
+pub fn stale_machines(state: &State, location: &str, now: u64, every_ms: u64) -> Vec<u64> {
+    let busy: HashSet<u64> = state.active_tasks().map(|t| t.machine_id).collect();
+    let mut v: Vec<(u64, u64)> = state
+        .machines
+        .values()
+        .filter(|m| m.machine.location == location && m.machine.bmc.is_some())
+        .filter(|m| !busy.contains(&m.machine.meta.id))
+        .map(|m| (m.machine.power_observed_at.unwrap_or(0), m.machine.meta.id))
+        .filter(|(at, _)| now.saturating_sub(*at) >= every_ms)
+        .collect();
+    v.sort();
+    v.into_iter().map(|(_, id)| id).collect()
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

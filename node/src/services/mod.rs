@@ -1,0 +1,116 @@
+//! The location services of a node started with `--location NAME`: DHCP ([`dhcp`]), TFTP
+//! ([`tftp`]), HTTP boot ([`http_boot`]), the IPMI proxy ([`ipmi_proxy`]) and the task executor
+//! ([`executor`]). They answer from this node's own replica of the inventory, so a site keeps
+//! booting known machines when it is cut off from the voters, and they write through the
+//! cluster handle only.
+//!
+//! [`ServiceSet`] owns every task they run: dropping it (shutdown, or this node learned it was
+//! removed) stops them all. Layer: depends on `config` and `cluster`; must never import `api`
+//! or `server`.
+
+pub mod dhcp;
+pub mod executor;
+pub mod http_boot;
+pub mod ipmi_proxy;
+pub mod tftp;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::abort::AbortOnDrop;
+use crate::cluster::Cluster;
+use crate::config::LocationConfig;
+
+/// The running location services; every task stops when this is dropped.
+#[derive(Default)]
+pub struct ServiceSet {
+    tasks: Vec<AbortOnDrop>,
+    /// Router advertisements on the DHCP interface (a thread, stopped on drop).
+    _ra: Option<rackd_net::ra::RaSender>,
+}
+
+impl ServiceSet {
+    /// Start the services `cfg` asks for (none when the node serves no location).
+    pub async fn start(
+        cfg: Option<&LocationConfig>,
+        data_dir: &Path,
+        cluster: Arc<dyn Cluster>,
+    ) -> anyhow::Result<Self> {
+        let mut set = ServiceSet::default();
+        let Some(cfg) = cfg else {
+            return Ok(set);
+        };
+        let location = cfg.name.as_str();
+        if let Some(addr) = cfg.tftp_listen {
+            set.tasks
+                .push(tftp::start(&cfg.tftp_root, addr, data_dir, location).await?);
+        }
+
+        let mut http_base = None;
+        if let Some(h) = &cfg.http_boot {
+            let listener = tokio::net::TcpListener::bind(&h.listen)
+                .await
+                .with_context(|| format!("bind HTTP boot {}", h.listen))?;
+            let bound = listener.local_addr()?;
+            std::fs::write(data_dir.join("http-boot.addr"), bound.to_string())?;
+            http_base = Some(format!("http://{bound}"));
+            std::fs::create_dir_all(&cfg.tftp_root)
+                .with_context(|| format!("create {}", cfg.tftp_root.display()))?;
+            std::fs::create_dir_all(&h.artifacts_dir)
+                .with_context(|| format!("create {}", h.artifacts_dir.display()))?;
+            let app = http_boot::router(Arc::new(http_boot::BootState {
+                cluster: cluster.clone(),
+                location: location.to_string(),
+                tftp_root: cfg.tftp_root.clone(),
+                artifacts: h.artifacts_dir.clone(),
+                base: h.base.clone().unwrap_or_else(|| format!("http://{bound}")),
+            }));
+            tracing::info!(%bound, "HTTP boot server started");
+            set.tasks.push(AbortOnDrop(tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "HTTP boot server stopped");
+                }
+            })));
+        }
+
+        if let Some(d) = &cfg.dhcp {
+            let mut d = d.clone();
+            if d.http_base.is_none() {
+                d.http_base = http_base.clone();
+            }
+            if cfg.tftp_listen.is_some() {
+                // The first-stage script iPXE clients get over TFTP with --ipxe-via-tftp.
+                std::fs::write(
+                    cfg.tftp_root.join(rackd_net::dhcp::boot::IPXE_TFTP_SCRIPT),
+                    rackd_net::dhcp::boot::ipxe_tftp_script(&d.http_base()),
+                )
+                .context("write boot.ipxe into the TFTP root")?;
+            }
+            if d.router_advertisements {
+                match rackd_net::ra::RaSender::start(&d.interface, Duration::from_secs(3)) {
+                    Ok(r) => set._ra = Some(r),
+                    Err(e) => {
+                        tracing::warn!(interface = %d.interface, error = %e, "cannot send router advertisements")
+                    }
+                }
+            }
+            let (server, discovery) = dhcp::start(cluster.clone(), location, &d)?;
+            set.tasks.push(AbortOnDrop(server));
+            set.tasks.push(AbortOnDrop(discovery));
+        }
+
+        set.tasks.push(AbortOnDrop(
+            executor::Executor::new(cluster.clone(), location.to_string(), cfg.power.clone())
+                .spawn(),
+        ));
+        if let Some(p) = &cfg.ipmi_proxy {
+            set.tasks.push(AbortOnDrop(
+                ipmi_proxy::start(cluster.clone(), location.to_string(), p.clone()).await?,
+            ));
+        }
+        Ok(set)
+    }
+}
