@@ -14,12 +14,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use rackd::client::Client;
 use rackd_types::{ClusterInfo, Health};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 static NEXT_NET: AtomicU32 = AtomicU32::new(0);
-static NEXT_KEY: AtomicU32 = AtomicU32::new(0);
 
 /// Path of the `rackd` binary: `$RACKD_BIN`, or `rackd` next to the test executable's `deps/`.
 pub fn rackd_bin() -> PathBuf {
@@ -512,51 +512,36 @@ impl Cluster {
         Ok((status, v))
     }
 
-    pub async fn get_json<T: DeserializeOwned>(&self, i: usize, path: &str) -> anyhow::Result<T> {
-        let (s, v) = self
-            .request(i, reqwest::Method::GET, path, None, &[])
-            .await?;
-        if !(200..300).contains(&s) {
-            bail!("GET {path} on node {i}: {s} {v}");
-        }
-        Ok(serde_json::from_value(v)?)
+    /// The typed API client (the CLI's, `rackd::client`) for node `i`, with the admin token,
+    /// sharing this cluster's connection pool. Its writes carry one `Idempotency-Key` for all
+    /// attempts and are retried through `503 Unavailable` (elections) and restarts for up to
+    /// 20 s, so a retried write is applied at most once.
+    pub fn client(&self, i: usize) -> Client {
+        Client::with_http(&self.url(i), Some(self.token.clone()), self.http.clone())
+            .with_retry(Duration::from_secs(20))
+            .retry_unreachable()
     }
 
-    /// POST like a careful client: with an `Idempotency-Key`, retrying `503 Unavailable`
-    /// (e.g. a leader election on a loaded machine) for up to 20 s. The key guarantees a retried
-    /// request is applied at most once.
+    /// GET once (no retry: tests measure and count failed reads).
+    pub async fn get_json<T: DeserializeOwned>(&self, i: usize, path: &str) -> anyhow::Result<T> {
+        self.client(i)
+            .with_retry(Duration::ZERO)
+            .get(path)
+            .await
+            .with_context(|| format!("GET {path} on node {i}"))
+    }
+
+    /// POST like a careful client (see [`Cluster::client`]).
     pub async fn post_json<B: Serialize, T: DeserializeOwned>(
         &self,
         i: usize,
         path: &str,
         body: &B,
     ) -> anyhow::Result<T> {
-        let key = format!(
-            "harness-{}-{}",
-            std::process::id(),
-            NEXT_KEY.fetch_add(1, Ordering::SeqCst)
-        );
-        let body = serde_json::to_value(body)?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let r = self
-                .request(
-                    i,
-                    reqwest::Method::POST,
-                    path,
-                    Some(body.clone()),
-                    &[("Idempotency-Key", &key)],
-                )
-                .await;
-            match r {
-                Ok((s, v)) if (200..300).contains(&s) => return Ok(serde_json::from_value(v)?),
-                Ok((503, _)) if Instant::now() < deadline => {}
-                Ok((s, v)) => bail!("POST {path} on node {i}: {s} {v}"),
-                Err(_) if Instant::now() < deadline => {}
-                Err(e) => return Err(e),
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.client(i)
+            .post(path, body)
+            .await
+            .with_context(|| format!("POST {path} on node {i}"))
     }
 
     /// Index of the node that is leader according to the running nodes.

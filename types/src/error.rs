@@ -44,6 +44,10 @@ impl ErrorCode {
     }
 }
 
+/// What a client should do with a `503 Unavailable` write: the outcome is either "not applied"
+/// or "unknown", and a retry carrying the same key is applied at most once.
+pub const RETRY_SAME_KEY: &str = "retry with the same Idempotency-Key";
+
 /// An API error: a code and a human-readable message. Never carries secrets.
 #[derive(
     Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error, schemars::JsonSchema,
@@ -72,6 +76,13 @@ impl ApiError {
     }
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Unavailable, message)
+    }
+    /// A write refused because the cluster has no leader right now (an election is under
+    /// way): it was certainly not applied ("not accepted").
+    pub fn no_leader() -> Self {
+        Self::unavailable(format!(
+            "no leader at the moment (election in progress): write not accepted; {RETRY_SAME_KEY}"
+        ))
     }
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Internal, message)

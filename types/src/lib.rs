@@ -13,6 +13,6 @@ pub mod write;
 
 pub use api::*;
 pub use entity::*;
-pub use error::{ApiError, ErrorBody, ErrorCode};
+pub use error::{ApiError, ErrorBody, ErrorCode, RETRY_SAME_KEY};
 pub use hw::*;
 pub use write::*;

@@ -319,7 +319,7 @@ endpoints! {
     }
     POST "/v1/tokens/join" => cluster::create_join_token {
         "Create a one-time join token",
-        auth: Token, query: NO_Q, headers: NO_H,
+        auth: Token, query: NO_Q, headers: IDEM,
         body: CreateJoinToken,
         status: 201, returns: CreatedJoinToken,
     }
@@ -330,7 +330,7 @@ endpoints! {
     }
     POST "/v1/tokens/api" => cluster::create_api_token {
         "Create an API token",
-        auth: Token, query: NO_Q, headers: NO_H,
+        auth: Token, query: NO_Q, headers: IDEM,
         body: CreateApiToken,
         status: 201, returns: CreatedApiToken,
     }

@@ -9,10 +9,10 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method};
 use axum::middleware::Next;
-use axum::response::Response;
-use rackd_types::ErrorCode;
+use axum::response::{IntoResponse, Response};
+use rackd_types::{ApiError, ErrorCode, RETRY_SAME_KEY};
 
-use super::{error_response, AppState};
+use super::{error_response, AppState, HttpError};
 
 pub const FORWARDED_HEADER: &str = "x-rackd-forwarded-by";
 const MAX_BODY: usize = 1024 * 1024;
@@ -49,10 +49,7 @@ pub async fn to_leader(State(node): State<AppState>, req: Request, next: Next) -
     loop {
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         let Some((leader, info)) = node.wait_leader(remaining).await else {
-            return error_response(
-                ErrorCode::Unavailable,
-                "no leader elected: write not accepted",
-            );
+            return HttpError(ApiError::no_leader()).into_response();
         };
         if leader == node.id() {
             let req = Request::from_parts(parts, Body::from(body));
@@ -61,7 +58,10 @@ pub async fn to_leader(State(node): State<AppState>, req: Request, next: Next) -
         if already_forwarded {
             return error_response(
                 ErrorCode::Unavailable,
-                format!("this node is not the leader (leader is {leader}); write not accepted"),
+                format!(
+                    "this node is not the leader (leader is {leader}); write not accepted: \
+                     {RETRY_SAME_KEY}"
+                ),
             );
         }
         let path = parts
@@ -89,7 +89,10 @@ pub async fn to_leader(State(node): State<AppState>, req: Request, next: Next) -
         match rb.send().await {
             Ok(resp) => {
                 let status = resp.status();
-                let ctype = resp.headers().get("content-type").cloned();
+                let passed: Vec<_> = ["content-type", "retry-after"]
+                    .into_iter()
+                    .filter_map(|h| Some((h, resp.headers().get(h)?.clone())))
+                    .collect();
                 let bytes = match resp.bytes().await {
                     Ok(b) => b,
                     // The leader answered (the write may be committed) but its body was lost:
@@ -99,15 +102,15 @@ pub async fn to_leader(State(node): State<AppState>, req: Request, next: Next) -
                             ErrorCode::Unavailable,
                             format!(
                                 "leader {leader} answered {status} but its body was lost ({e}); \
-                                 the outcome is unknown: retry with the same Idempotency-Key"
+                                 the outcome is unknown: {RETRY_SAME_KEY}"
                             ),
                         )
                     }
                 };
                 let mut out = Response::new(Body::from(bytes));
                 *out.status_mut() = status;
-                if let Some(c) = ctype {
-                    out.headers_mut().insert("content-type", c);
+                for (h, v) in passed {
+                    out.headers_mut().insert(h, v);
                 }
                 out.headers_mut().insert(
                     "x-rackd-leader",
@@ -120,7 +123,9 @@ pub async fn to_leader(State(node): State<AppState>, req: Request, next: Next) -
                 if tokio::time::Instant::now() >= deadline {
                     return error_response(
                         ErrorCode::Unavailable,
-                        format!("leader {leader} unreachable; write not accepted"),
+                        format!(
+                            "leader {leader} unreachable; write not accepted: {RETRY_SAME_KEY}"
+                        ),
                     );
                 }
                 tracing::debug!(leader, "leader unreachable; waiting for a new one");
@@ -130,7 +135,8 @@ pub async fn to_leader(State(node): State<AppState>, req: Request, next: Next) -
                 return error_response(
                     ErrorCode::Unavailable,
                     format!(
-                        "forwarding to leader {leader} failed ({e}); the write is not confirmed"
+                        "forwarding to leader {leader} failed ({e}); the write is not confirmed: \
+                         {RETRY_SAME_KEY}"
                     ),
                 );
             }

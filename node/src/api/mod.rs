@@ -69,7 +69,15 @@ impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.0.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(ErrorBody { error: self.0 })).into_response()
+        let retry = self.0.code == ErrorCode::Unavailable;
+        let mut resp = (status, Json(ErrorBody { error: self.0 })).into_response();
+        if retry {
+            // Elections take about a second; clients (ours included) wait this long and retry
+            // with the same Idempotency-Key.
+            resp.headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        }
+        resp
     }
 }
 

@@ -8,11 +8,20 @@
 use schemars::generate::SchemaSettings;
 use serde_json::{json, Map, Value};
 
-use super::endpoints::{Auth, ENDPOINTS};
+use super::endpoints::{Auth, Verb, ENDPOINTS};
 use rackd_types::ErrorBody;
 
 fn error_ref() -> Value {
     json!({"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}})
+}
+
+/// `503 Unavailable`: no leader or no quorum (e.g. during an election). A write was not applied
+/// or its outcome is unknown; a retry with the same Idempotency-Key is applied at most once.
+fn unavailable() -> Value {
+    let mut v = error_ref();
+    v["description"] = json!("No leader or no quorum (e.g. an election): the write was not applied or its outcome is unknown; retry after Retry-After seconds with the same Idempotency-Key");
+    v["headers"] = json!({"Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}}});
+    v
 }
 
 /// The full OpenAPI document.
@@ -42,6 +51,10 @@ pub fn document() -> Value {
                 None => json!({"description": "Done"}),
             },
         );
+        // Every endpoint but an open read (health) goes through the cluster.
+        if e.auth == Auth::Token || e.verb != Verb::Get {
+            responses.insert("503".into(), unavailable());
+        }
         responses.insert("default".into(), error_ref());
         let mut op = json!({
             "summary": e.summary,

@@ -7,14 +7,14 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use rackd_raft::cmd::Command;
-use rackd_types::payload::{CreateLocation, CreateMachine};
-use rackd_types::{BmcSpec, Location, Machine, Page, Task};
+use rackd_types::payload::CreateMachine;
+use rackd_types::{Location, Machine, Page, Task};
 use serde_json::Value;
 use tower::ServiceExt;
 
 use super::endpoints::{Auth, Endpoint, Verb, ENDPOINTS};
 use super::{router, AppState};
-use crate::cluster::fake::FakeCluster;
+use crate::cluster::fake::{machine_spec, sim_bmc, FakeCluster};
 use crate::cluster::secrets::hash_secret;
 use crate::cluster::Cluster;
 
@@ -35,6 +35,7 @@ fn cluster() -> Arc<FakeCluster> {
 struct Answer {
     status: StatusCode,
     body: Value,
+    retry_after: Option<String>,
 }
 
 async fn call(
@@ -59,6 +60,10 @@ async fn call(
     let app = router(AppState::new(c.clone(), reqwest::Client::new()));
     let resp = app.oneshot(req).await.unwrap();
     let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
     let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
         .await
         .unwrap();
@@ -68,7 +73,11 @@ async fn call(
         serde_json::from_slice(&bytes)
             .unwrap_or_else(|e| panic!("answer is not JSON ({e}): {bytes:?}"))
     };
-    Answer { status, body }
+    Answer {
+        status,
+        body,
+        retry_after,
+    }
 }
 
 async fn get(c: &Arc<FakeCluster>, path: &str) -> Answer {
@@ -86,40 +95,12 @@ fn error_code(a: &Answer) -> &str {
 }
 
 fn machine_with_bmc(c: &FakeCluster) -> u64 {
-    c.apply_ok(
-        "t",
-        Command::CreateLocation(CreateLocation {
-            name: "dc1".into(),
-            description: String::new(),
-            discovery: false,
-        }),
-    );
-    c.apply_ok(
-        "t",
-        Command::CreateMachine(CreateMachine {
-            hostname: "m1".into(),
-            location: "dc1".into(),
-            rack_id: None,
-            rack_unit: None,
-            macs: vec!["52:54:00:00:00:01".into()],
-            ips: vec![],
-            bmc: Some(BmcSpec {
-                driver: rackd_types::BmcDriver::Sim,
-                address: "127.0.0.1".into(),
-                port: 623,
-                username: String::new(),
-                password: None,
-                cipher_suite: None,
-            }),
-            state: None,
-            description: String::new(),
-            tags: vec![],
-        }),
-    )
-    .into_machine()
-    .unwrap()
-    .meta
-    .id
+    c.create_location("dc1");
+    c.create_machine(CreateMachine {
+        macs: vec!["52:54:00:00:00:01".into()],
+        bmc: Some(sim_bmc()),
+        ..machine_spec("m1", "dc1")
+    })
 }
 
 #[tokio::test]
@@ -267,9 +248,15 @@ async fn without_a_leader_writes_and_linearizable_reads_answer_503_stale_reads_w
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.body);
     assert_eq!(error_code(&a), "Unavailable");
     assert_eq!(c.log().len(), before, "nothing proposed");
+    // An election is told in our words, with when and how to retry.
+    let msg = a.body["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("no leader at the moment"), "{msg}");
+    assert!(msg.contains(rackd_types::RETRY_SAME_KEY), "{msg}");
+    assert_eq!(a.retry_after.as_deref(), Some("1"));
 
     let a = get(&c, "/v1/locations").await;
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(a.retry_after.as_deref(), Some("1"));
 
     let a = get(&c, "/v1/locations?stale=true").await;
     assert_eq!(a.status, StatusCode::OK);
@@ -398,19 +385,7 @@ struct Fixture {
 async fn fixture(c: &Arc<FakeCluster>) -> Fixture {
     use rackd_types::payload::{CreateImage, CreateRack, CreateSubnet};
     use rackd_types::MachineState;
-    let location = c
-        .apply_ok(
-            "t",
-            Command::CreateLocation(CreateLocation {
-                name: "dc1".into(),
-                description: String::new(),
-                discovery: false,
-            }),
-        )
-        .into_location()
-        .unwrap()
-        .meta
-        .id;
+    let location = c.create_location("dc1");
     let rack = c
         .apply_ok(
             "t",
@@ -454,33 +429,14 @@ async fn fixture(c: &Arc<FakeCluster>) -> Fixture {
         .unwrap()
         .meta
         .id;
-    let machine = c
-        .apply_ok(
-            "t",
-            Command::CreateMachine(CreateMachine {
-                hostname: "m1".into(),
-                location: "dc1".into(),
-                rack_id: Some(rack),
-                rack_unit: Some(1),
-                macs: vec!["52:54:00:00:00:01".into()],
-                ips: vec![],
-                bmc: Some(BmcSpec {
-                    driver: rackd_types::BmcDriver::Sim,
-                    address: "127.0.0.1".into(),
-                    port: 623,
-                    username: String::new(),
-                    password: None,
-                    cipher_suite: None,
-                }),
-                state: Some(MachineState::Ready),
-                description: String::new(),
-                tags: vec![],
-            }),
-        )
-        .into_machine()
-        .unwrap()
-        .meta
-        .id;
+    let machine = c.create_machine(CreateMachine {
+        rack_id: Some(rack),
+        rack_unit: Some(1),
+        macs: vec!["52:54:00:00:00:01".into()],
+        bmc: Some(sim_bmc()),
+        state: Some(MachineState::Ready),
+        ..machine_spec("m1", "dc1")
+    });
     let task = c
         .apply_ok(
             "t",

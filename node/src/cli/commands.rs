@@ -545,7 +545,7 @@ async fn members(c: &Client, json: bool, mc: MemberCmd) -> anyhow::Result<()> {
             table(&["ID", "ROLE", "API", "PEER"], &rows);
         }
         MemberCmd::Remove { id } => {
-            c.delete(&format!("/v1/cluster/members/{id}"), None).await?;
+            c.delete_once(&format!("/v1/cluster/members/{id}")).await?;
             if !json {
                 println!("node {id} removed from the cluster");
             }

@@ -17,6 +17,8 @@ use rackd_raft::cmd::Command;
 use rackd_raft::NodeInfo;
 use rackd_types::{ErrorCode, JoinRequest, JoinResponse};
 
+use crate::client::{Client, ClientError};
+
 use super::identity::{Identity, Origin, IDENTITY_VERSION};
 use super::secrets::{hash_secret, new_secret, write_secret_file};
 use super::ClusterHandle;
@@ -215,7 +217,7 @@ pub async fn bootstrap(node: &ClusterHandle, mut identity: Identity) -> anyhow::
     Ok(())
 }
 
-/// POST `{url}/v1/cluster/join`.
+/// POST `{url}/v1/cluster/join` once (the callers retry: a join takes no Idempotency-Key).
 pub async fn join_call(
     http: &reqwest::Client,
     url: &str,
@@ -232,27 +234,19 @@ pub async fn join_call(
         learner,
         node_id,
     };
-    let url = format!("{}/v1/cluster/join", url.trim_end_matches('/'));
-    let resp = http
-        .post(&url)
-        .timeout(Duration::from_secs(300))
-        .json(&body)
-        .send()
+    let client = Client::with_http(url, None, http.clone()).with_timeout(Duration::from_secs(300));
+    client
+        .post_once("/v1/cluster/join", &body)
         .await
-        .map_err(|e| JoinError::Transient(format!("POST {url}: {e}")))?;
-    let status = resp.status();
-    let text = resp.text().await.unwrap_or_default();
-    if !status.is_success() {
-        let msg = serde_json::from_str::<rackd_types::ErrorBody>(&text)
-            .map(|b| format!("{:?}: {}", b.error.code, b.error.message))
-            .unwrap_or(text);
-        if status.as_u16() == ErrorCode::JoinRejected.http_status() {
-            return Err(JoinError::Rejected(msg));
-        }
-        return Err(JoinError::Transient(format!("{status}: {msg}")));
-    }
-    serde_json::from_str(&text)
-        .map_err(|e| JoinError::Transient(format!("undecodable join response: {e}")))
+        .map_err(|e| match e {
+            ClientError::Api { error, .. } if error.code == ErrorCode::JoinRejected => {
+                JoinError::Rejected(format!("{:?}: {}", error.code, error.message))
+            }
+            ClientError::Transport { url, source } => {
+                JoinError::Transient(format!("POST {url}: {source}"))
+            }
+            other => JoinError::Transient(other.to_string()),
+        })
 }
 
 /// Phase 2 of join: ask the leader to add us (learner, catch up, then voter). Retries until the

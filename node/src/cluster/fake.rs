@@ -13,7 +13,8 @@ use futures::future::BoxFuture;
 use rackd_raft::cmd::{Applied, Command, Request};
 use rackd_raft::state::State;
 use rackd_raft::NodeInfo;
-use rackd_types::ApiError;
+use rackd_types::payload::{CreateLocation, CreateMachine};
+use rackd_types::{ApiError, BmcDriver, BmcSpec};
 
 use super::contract::{check_removal, Cluster, MemberRole, RaftRole, RaftStatus};
 
@@ -200,5 +201,61 @@ impl Cluster for FakeCluster {
             g.voters.remove(&id);
             Ok(())
         })
+    }
+}
+
+/// Test fixtures: the inventory most tests need, created through the real apply rules.
+impl FakeCluster {
+    /// A location `name` (discovery off); its id.
+    pub fn create_location(&self, name: &str) -> u64 {
+        self.apply_ok(
+            "t",
+            Command::CreateLocation(CreateLocation {
+                name: name.into(),
+                description: String::new(),
+                discovery: false,
+            }),
+        )
+        .into_location()
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .meta
+        .id
+    }
+
+    /// A machine; its id.
+    pub fn create_machine(&self, m: CreateMachine) -> u64 {
+        self.apply_ok("t", Command::CreateMachine(m))
+            .into_machine()
+            .unwrap_or_else(|e| panic!("{e:?}"))
+            .meta
+            .id
+    }
+}
+
+/// A simulated BMC, as tests give machines.
+pub fn sim_bmc() -> BmcSpec {
+    BmcSpec {
+        driver: BmcDriver::Sim,
+        address: "127.0.0.1".into(),
+        port: 623,
+        username: String::new(),
+        password: None,
+        cipher_suite: None,
+    }
+}
+
+/// Machine `host` of `location` with nothing else set (complete it with `..machine_spec(..)`).
+pub fn machine_spec(host: &str, location: &str) -> CreateMachine {
+    CreateMachine {
+        hostname: host.into(),
+        location: location.into(),
+        rack_id: None,
+        rack_unit: None,
+        macs: vec![],
+        ips: vec![],
+        bmc: None,
+        state: None,
+        description: String::new(),
+        tags: vec![],
     }
 }

@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
+use openraft::errors::{ClientWriteError, RaftError};
 use rackd_raft::cmd::{Applied, Command, Request};
-use rackd_types::{ApiError, ErrorCode};
+use rackd_raft::TypeConfig;
+use rackd_types::{ApiError, ErrorCode, RETRY_SAME_KEY};
 
 use super::ClusterHandle;
 
@@ -33,10 +35,11 @@ impl ClusterHandle {
         };
         match tokio::time::timeout(self.write_timeout, self.raft.client_write(req)).await {
             Err(_) => Err(ApiError::unavailable(format!(
-                "write not confirmed by a quorum within {}s; it is not reported as done",
+                "write not confirmed by a quorum within {}s; it is not reported as done: \
+                 {RETRY_SAME_KEY}",
                 self.write_timeout.as_secs()
             ))),
-            Ok(Err(e)) => Err(ApiError::unavailable(format!("write not confirmed: {e}"))),
+            Ok(Err(e)) => Err(write_error(&e)),
             Ok(Ok(resp)) => resp.data.0,
         }
     }
@@ -54,7 +57,7 @@ impl ClusterHandle {
         loop {
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             let Some((leader, info)) = self.wait_leader(remaining).await else {
-                return Err(ApiError::unavailable("no leader"));
+                return Err(ApiError::no_leader());
             };
             let err = if leader == self.id {
                 match self
@@ -79,6 +82,87 @@ impl ClusterHandle {
                 return Err(ApiError::unavailable(format!("write not confirmed: {err}")));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// What a failed `client_write` means to the user, in our words (openraft's own texts, such as
+/// "has to forward request to: None, None", are not for operators). Every case is a 503: the
+/// write was not applied, or its outcome is unknown; a retry with the same key is safe. The
+/// words "not accepted" are kept for writes that were certainly not applied (clients, and the
+/// robustness checker, rely on that); an unknown outcome never says them.
+pub fn write_error(e: &RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> ApiError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => match f.leader_id {
+            None => ApiError::no_leader(),
+            // Refused before its entry was appended (openraft): certainly not applied.
+            Some(l) => ApiError::unavailable(format!(
+                "leadership moved to node {l}: write not accepted; {RETRY_SAME_KEY}"
+            )),
+        },
+        RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => {
+            ApiError::unavailable(format!(
+                "the leader changed during the write and its outcome is unknown; {RETRY_SAME_KEY}"
+            ))
+        }
+        // The entry may have been appended and replicated before Raft stopped (a shutdown
+        // mid-write): the outcome is unknown, never "not accepted".
+        RaftError::Fatal(f) => ApiError::unavailable(format!(
+            "this node's Raft has stopped ({f}); the outcome of the write is unknown: \
+             {RETRY_SAME_KEY}"
+        )),
+        RaftError::APIError(other) => {
+            ApiError::unavailable(format!("write not confirmed ({other}); {RETRY_SAME_KEY}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::errors::ForwardToLeader;
+
+    use super::*;
+
+    fn forward(leader_id: Option<u64>) -> RaftError<TypeConfig, ClientWriteError<TypeConfig>> {
+        let mut f = ForwardToLeader::<TypeConfig>::empty();
+        f.leader_id = leader_id;
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f))
+    }
+
+    #[test]
+    fn elections_are_told_in_our_words_with_the_retry_rule() {
+        let cases = [
+            (
+                forward(None),
+                "no leader at the moment (election in progress)",
+            ),
+            (forward(Some(3)), "leadership moved to node 3"),
+            (
+                RaftError::APIError(ClientWriteError::LogEntryDiscarded(ForwardToLeader::empty())),
+                "outcome is unknown",
+            ),
+            (
+                RaftError::Fatal(openraft::errors::Fatal::Stopped),
+                "outcome of the write is unknown",
+            ),
+        ];
+        for (e, want) in cases {
+            // "not accepted" means certainly not applied (refused before the entry was
+            // appended); an unknown outcome (the entry may have been appended) never says it.
+            let unknown = !matches!(e, RaftError::APIError(ClientWriteError::ForwardToLeader(_)));
+            let a = write_error(&e);
+            assert_eq!(a.code, ErrorCode::Unavailable);
+            assert!(a.message.contains(want), "{:?}", a.message);
+            assert!(a.message.contains(RETRY_SAME_KEY), "{:?}", a.message);
+            // openraft's internal wording never reaches the user.
+            assert!(!a.message.contains("has to forward"), "{:?}", a.message);
+            assert!(!a.message.contains("None"), "{:?}", a.message);
+            assert_eq!(
+                a.message.contains("not accepted"),
+                !unknown,
+                "{:?}",
+                a.message
+            );
         }
     }
 }

@@ -12,7 +12,7 @@ use rackd_types::payload::{
 use rackd_types::{IpRange, MachineState};
 
 use super::ReplicaInventory;
-use crate::cluster::fake::FakeCluster;
+use crate::cluster::fake::{machine_spec, FakeCluster};
 use crate::cluster::Cluster;
 
 fn ip(s: &str) -> Ipv4Addr {
@@ -56,25 +56,11 @@ fn subnet(c: &FakeCluster, location: &str, cidr: &str, gw: &str, range: Option<(
 }
 
 fn machine(c: &FakeCluster, location: &str, host: &str, mac: &str, ips: &[&str]) -> u64 {
-    c.apply_ok(
-        "t",
-        Command::CreateMachine(CreateMachine {
-            hostname: host.into(),
-            location: location.into(),
-            rack_id: None,
-            rack_unit: None,
-            macs: vec![mac.into()],
-            ips: ips.iter().map(|s| s.to_string()).collect(),
-            bmc: None,
-            state: None,
-            description: String::new(),
-            tags: vec![],
-        }),
-    )
-    .into_machine()
-    .unwrap()
-    .meta
-    .id
+    c.create_machine(CreateMachine {
+        macs: vec![mac.into()],
+        ips: ips.iter().map(|s| s.to_string()).collect(),
+        ..machine_spec(host, location)
+    })
 }
 
 fn setup() -> (Arc<FakeCluster>, ReplicaInventory) {

@@ -83,4 +83,4 @@ pub fn stale_machines(state: &State, location: &str, now: u64, every_ms: u64) ->
 
 #[cfg(test)]
 #[path = "plan_tests.rs"]
-mod tests;
+pub(super) mod tests;

@@ -6,56 +6,32 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rackd_raft::cmd::{Command, PowerObservation};
-use rackd_types::payload::{CreateLocation, CreateMachine};
-use rackd_types::{BmcSpec, TaskKind};
+use rackd_types::payload::CreateMachine;
+use rackd_types::TaskKind;
 
 use super::{forget_finished, next_tasks, stale_machines, Next};
-use crate::cluster::fake::FakeCluster;
+use crate::cluster::fake::{machine_spec, sim_bmc, FakeCluster};
 use crate::cluster::Cluster;
 
-const LEASE_MS: u64 = 10_000;
+pub(in crate::services::executor) const LEASE_MS: u64 = 10_000;
 
-fn location(c: &FakeCluster, name: &str) {
-    c.apply_ok(
-        "t",
-        Command::CreateLocation(CreateLocation {
-            name: name.into(),
-            description: String::new(),
-            discovery: false,
-        }),
-    );
+pub(in crate::services::executor) fn location(c: &FakeCluster, name: &str) {
+    c.create_location(name);
 }
 
-fn machine(c: &FakeCluster, location: &str, host: &str, bmc: bool) -> u64 {
-    c.apply_ok(
-        "t",
-        Command::CreateMachine(CreateMachine {
-            hostname: host.into(),
-            location: location.into(),
-            rack_id: None,
-            rack_unit: None,
-            macs: vec![],
-            ips: vec![],
-            bmc: bmc.then(|| BmcSpec {
-                driver: rackd_types::BmcDriver::Sim,
-                address: "127.0.0.1".into(),
-                port: 623,
-                username: String::new(),
-                password: None,
-                cipher_suite: None,
-            }),
-            state: None,
-            description: String::new(),
-            tags: vec![],
-        }),
-    )
-    .into_machine()
-    .unwrap()
-    .meta
-    .id
+pub(in crate::services::executor) fn machine(
+    c: &FakeCluster,
+    location: &str,
+    host: &str,
+    bmc: bool,
+) -> u64 {
+    c.create_machine(CreateMachine {
+        bmc: bmc.then(sim_bmc),
+        ..machine_spec(host, location)
+    })
 }
 
-fn task(c: &FakeCluster, machine_id: u64, kind: TaskKind) -> u64 {
+pub(in crate::services::executor) fn task(c: &FakeCluster, machine_id: u64, kind: TaskKind) -> u64 {
     c.apply_ok("t", Command::CreateTask { kind, machine_id })
         .into_task()
         .unwrap()
@@ -63,7 +39,7 @@ fn task(c: &FakeCluster, machine_id: u64, kind: TaskKind) -> u64 {
         .id
 }
 
-fn claim(c: &FakeCluster, id: u64, node: u64) -> u64 {
+pub(in crate::services::executor) fn claim(c: &FakeCluster, id: u64, node: u64) -> u64 {
     let generation = c.state().tasks.get(&id).unwrap().generation;
     c.apply_ok(
         "node",
