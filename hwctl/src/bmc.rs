@@ -34,6 +34,10 @@ pub enum BmcError {
     Bmc { address: String, message: String },
     #[error("BMC {address} does not support {operation}")]
     Unsupported { address: String, operation: String },
+    /// Not sent: this node's lease on the work ran out by its own clock (it may have been taken
+    /// over by another node). Never retried.
+    #[error("BMC {address}: command not sent: this node's lease on the task has run out")]
+    Fenced { address: String },
 }
 
 /// One baseboard management controller. Implementations do one round trip per call; retries,

@@ -8,6 +8,8 @@
 //!   with backoff; a status the BMC cannot report is `unknown`, never `off`; one command at a
 //!   time per BMC and a global bound on concurrent BMC sessions.
 //!
+//! - [`fence`]: self-fencing: a `Bmc` wrapper that sends nothing once this node's lease on
+//!   the work has run out by its own monotonic clock.
 //! - [`ipmi`]: the IPMI-over-LAN driver (RMCP+ and IPMI 1.5), sans-IO core plus tokio shell.
 //! - [`relay`]: the sans-IO core of the IPMI proxy (UDP relay to a location's BMCs).
 //! - [`any`]: one type over the drivers, picked at run time.
@@ -16,6 +18,7 @@
 
 pub mod any;
 pub mod bmc;
+pub mod fence;
 pub mod ipmi;
 pub mod power;
 pub mod relay;
@@ -23,6 +26,7 @@ pub mod sim;
 
 pub use any::AnyBmc;
 pub use bmc::{Bmc, BmcError, BmcInfo, BootDevice, PowerState};
+pub use fence::{Fence, Fenced};
 pub use ipmi::IpmiBmc;
 pub use power::{PowerAction, PowerController, PowerError, PowerOutcome, VerifyPolicy};
 pub use sim::SimBmc;

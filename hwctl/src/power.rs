@@ -216,6 +216,7 @@ impl PowerController {
             match self.call(policy, || bmc.power_status()).await {
                 Ok(s) if s == wanted => return Ok((s, polls)),
                 Ok(s) => last = s,
+                Err(e @ BmcError::Fenced { .. }) => return Err(PowerError::Bmc(e)),
                 Err(e) => tracing::debug!(error = %e, "status poll failed while verifying"),
             }
             if start.elapsed() >= policy.timeout {

@@ -277,6 +277,9 @@ impl State {
         if let (Some(k), Some(d)) = (&idem_key, &digest) {
             if let Some(rec) = self.idempotency.get(k) {
                 if rec.digest.is_empty() || rec.digest == *d {
+                    if let Some(e) = self.outdated_claim_answer(&req.cmd, &rec.response) {
+                        return Response(Err(e));
+                    }
                     return rec.response.clone();
                 }
                 return Response(Err(ApiError::new(

@@ -285,6 +285,29 @@ fn a_retried_claim_or_result_gets_the_first_answer() {
 }
 
 #[test]
+fn a_retried_claim_is_refused_once_the_task_was_taken_over() {
+    let (mut s, _, t1, _) = setup();
+    // Node 1 claims at 100 (lease 1000); its answer is lost and it stays away past the lease.
+    ok(&mut s, 100, claim(t1, 1, 0));
+    // Node 2 takes the task over at 1101 (generation 1 -> 2).
+    let taken = apply(&mut s, 1101, "node:2", claim(t1, 2, 1)).unwrap();
+    assert_eq!(taken["generation"], 2);
+    assert_eq!(taken["assignee"], 2);
+    // Node 1's retry of its first claim (same command, same key) must not answer "running on
+    // node 1" any more: acting on it would drive the BMC beside node 2.
+    let e = apply(&mut s, 1200, "node:1", claim(t1, 1, 0)).unwrap_err();
+    assert_eq!(e.code, ErrorCode::PreconditionFailed, "{e:?}");
+    assert!(e.message.contains("stale claim"), "{e:?}");
+    // Nothing changed: node 2 holds the task.
+    let t = s.tasks.get(&t1).unwrap();
+    assert_eq!((t.generation, t.assignee), (2, Some(2)));
+    // After the task finished, a retry of node 2's own claim is refused too (nothing to run).
+    ok(&mut s, 1300, finish(t1, 2, "off"));
+    let e = apply(&mut s, 1400, "node:2", claim(t1, 2, 1)).unwrap_err();
+    assert_eq!(e.code, ErrorCode::PreconditionFailed, "{e:?}");
+}
+
+#[test]
 fn power_observations_never_overwrite_newer_results() {
     let (mut s, m, t1, _) = setup();
     let power = |s: &State| {

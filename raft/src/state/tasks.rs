@@ -11,7 +11,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::cmd::Applied;
+use crate::cmd::{Applied, Command, Response};
 use rackd_types::{ApiError, ErrorCode, Meta, PowerState, Task, TaskKind, TaskState};
 
 use super::State;
@@ -192,6 +192,33 @@ impl State {
         self.put_task(now, t.clone());
         self.journal(now, actor, kind, "task", Some(id), message);
         Ok(Applied::Task(t))
+    }
+
+    /// A retried claim gets its first answer only while that answer is still true: the task
+    /// still runs at the generation the claim gave it. Once it was taken over (or finished or
+    /// cancelled), the retry is refused, so a claimer whose answer was lost across a takeover
+    /// never acts on it.
+    pub(super) fn outdated_claim_answer(
+        &self,
+        cmd: &Command,
+        first: &Response,
+    ) -> Option<ApiError> {
+        let Command::ClaimTask { id, .. } = cmd else {
+            return None;
+        };
+        let granted = first.0.clone().ok()?.into_task().ok()?;
+        if granted.state != TaskState::Running {
+            return None; // the claim ended the task ("executor lost"): that answer stays true
+        }
+        match self.tasks.get(id) {
+            Some(t) if t.state == TaskState::Running && t.generation == granted.generation => None,
+            Some(t) => Some(precondition_failed(format!(
+                "stale claim of task {id}: it granted generation {}, but the task is now {:?} at \
+                 generation {}",
+                granted.generation, t.state, t.generation
+            ))),
+            None => Some(ApiError::not_found(format!("task {id} not found"))),
+        }
     }
 
     pub(super) fn renew_task_lease(

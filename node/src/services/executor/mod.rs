@@ -31,7 +31,8 @@ use std::time::Duration;
 
 use rackd_hwctl::ipmi::LanVersion;
 use rackd_hwctl::{
-    AnyBmc, IpmiBmc, PowerAction, PowerController, PowerState, SimBmc, VerifyPolicy,
+    AnyBmc, BmcError, Fence, Fenced, IpmiBmc, PowerAction, PowerController, PowerError, PowerState,
+    SimBmc, VerifyPolicy,
 };
 use rackd_raft::cmd::{Command, PowerObservation};
 use rackd_types::{ApiError, BmcDriver, ErrorCode, Task, TaskState, TaskWork};
@@ -278,78 +279,111 @@ impl Executor {
         });
     }
 
-    /// One attempt: run the task under a renewed lease, then record the result until it commits
-    /// or is refused as stale (retried with the same key, so it is applied once).
+    /// One attempt: confirm the lease, run the task while the lease is kept, then record the
+    /// result until it commits or is refused as stale (retried with the same key, so it is
+    /// applied once).
+    ///
+    /// Fencing: the BMC is driven only through a [`Fenced`] wrapper whose deadline is this
+    /// node's own view of the lease (see [`fence_deadline`]). It is set by a renewal that
+    /// commits before any BMC command (renew-then-act: the claim that started this attempt may
+    /// be an old claim's idempotency record, a claim adopted after its answer was lost, or one
+    /// applied late) and moved forward by each later renewal that commits. When it passes,
+    /// whether renewals were refused or never answered, the run stops and the BMC hears
+    /// nothing more; no result is recorded, so the task is taken over under a new generation.
     async fn execute(&self, task: Task) {
         let (id, generation) = (task.meta.id, task.generation);
         let actor = self.actor();
+        let lease = self.opts.task_lease;
+        let fence = match confirm_lease(&*self.node, &actor, id, generation, lease).await {
+            Ok(f) => f,
+            Err(why) => {
+                tracing::warn!(task = id, generation, reason = %why, "lease not confirmed; attempt not started, nothing sent to the BMC");
+                return;
+            }
+        };
         // The renewals stop with this attempt, also when the run is aborted.
-        let mut lease = AbortOnDrop(tokio::spawn(renew_lease(
+        let mut keeper = AbortOnDrop(tokio::spawn(renew_lease(
             self.node.clone(),
             actor.clone(),
             id,
             generation,
-            self.opts.task_lease,
+            lease,
+            fence.clone(),
         )));
         let outcome = tokio::select! {
-            r = self.run(&task) => Some(r),
-            lost = &mut lease.0 => {
+            r = self.run(&task, &fence) => r,
+            lost = &mut keeper.0 => {
                 let why = lost.unwrap_or_else(|e| e.to_string());
                 tracing::warn!(task = id, generation, reason = %why, "lease lost; attempt abandoned");
                 None
             }
+            _ = fence.closed() => None,
         };
-        if let Some((error, observed_power)) = outcome {
-            let finish = Command::FinishTask {
-                id,
-                generation,
-                error,
-                observed_power,
-            };
-            let key = finish.internal_key();
-            let mut delay = FINISH_FIRST_BACKOFF;
-            loop {
-                match self
-                    .node
-                    .propose_anywhere(&actor, key.clone(), finish.clone())
-                    .await
-                {
-                    Ok(_) => break,
-                    Err(e) if outcome_unknown(&e) => {
-                        tracing::warn!(task = id, error = %e.message, retry_in = ?delay, "task result not recorded yet");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(FINISH_MAX_BACKOFF);
-                    }
-                    Err(e) => {
-                        tracing::warn!(task = id, generation, error = %e.message, "task result refused");
-                        break;
-                    }
+        let Some((error, observed_power)) = outcome else {
+            if !fence.is_open() {
+                tracing::warn!(task = id, generation, "lease ran out by this node's clock; attempt fenced, nothing more sent to the BMC");
+            }
+            return;
+        };
+        let finish = Command::FinishTask {
+            id,
+            generation,
+            error,
+            observed_power,
+        };
+        let key = finish.internal_key();
+        let mut delay = FINISH_FIRST_BACKOFF;
+        loop {
+            match self
+                .node
+                .propose_anywhere(&actor, key.clone(), finish.clone())
+                .await
+            {
+                Ok(_) => break,
+                Err(e) if outcome_unknown(&e) => {
+                    tracing::warn!(task = id, error = %e.message, retry_in = ?delay, "task result not recorded yet");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(FINISH_MAX_BACKOFF);
+                }
+                Err(e) => {
+                    tracing::warn!(task = id, generation, error = %e.message, "task result refused");
+                    break;
                 }
             }
         }
     }
 
-    async fn run(&self, task: &Task) -> (Option<String>, Option<PowerState>) {
+    /// The task's BMC work through a fenced BMC: `(error, observed power)`, or `None` when the
+    /// fence stopped it (nothing to record).
+    async fn run(
+        &self,
+        task: &Task,
+        fence: &Fence,
+    ) -> Option<(Option<String>, Option<PowerState>)> {
         let bmc = match self.bmc_for(task.machine_id).await {
             Ok(b) => b,
-            Err(e) => return (Some(e), None),
+            Err(e) => return Some((Some(e), None)),
         };
-        match task.kind.work() {
-            TaskWork::Power(action) => match self.power.execute(&bmc, action, &self.policy).await {
-                Ok(o) => (None, Some(o.after)),
-                Err(e) => (Some(error_text(&e)), None),
-            },
+        let bmc = Fenced::new(&bmc, fence.clone());
+        let r = match task.kind.work() {
+            TaskWork::Power(action) => self
+                .power
+                .execute(&bmc, action, &self.policy)
+                .await
+                .map(|o| Some(o.after)),
             TaskWork::Boot {
                 device: dev,
                 persistent,
-            } => match self
+            } => self
                 .power
                 .set_boot_device(&bmc, dev, persistent, &self.policy)
                 .await
-            {
-                Ok(()) => (None, None),
-                Err(e) => (Some(error_text(&e)), None),
-            },
+                .map(|()| None),
+        };
+        match r {
+            Ok(observed) => Some((None, observed)),
+            Err(PowerError::Bmc(BmcError::Fenced { .. })) => None,
+            Err(e) => Some((Some(error_text(&e)), None)),
         }
     }
 
@@ -427,27 +461,70 @@ impl Executor {
     }
 }
 
-/// Renews a task's lease every third of it; returns why it stopped when a renewal is refused
-/// (another executor took the task over, or it finished). A renewal that cannot reach a quorum
-/// is retried at the next period.
+/// This node's view of a lease confirmed by a renewal sent at `sent`: the lease less a tenth.
+/// The leader stamps the renewal after it was sent, so the lease it records ends later than
+/// `sent + lease`; the tenth absorbs a difference in clock rates between this node and the
+/// leader, and the takeover waits a further margin (`TAKEOVER_MARGIN_MS`).
+fn fence_deadline(sent: tokio::time::Instant, lease: Duration) -> tokio::time::Instant {
+    sent + lease - lease / 10
+}
+
+fn renewal(id: u64, generation: u64, lease: Duration) -> Command {
+    Command::RenewTaskLease {
+        id,
+        generation,
+        lease_ms: (lease.as_millis() as u64).max(1),
+    }
+}
+
+/// Renew-then-act: a renewal that commits now proves this node still holds attempt
+/// `generation` of the task; it opens the fence. A renewal whose outcome is unknown is retried
+/// for at most one lease; a refused one (the task moved on) ends the attempt before it starts.
+async fn confirm_lease(
+    node: &dyn Cluster,
+    actor: &str,
+    id: u64,
+    generation: u64,
+    lease: Duration,
+) -> Result<Fence, String> {
+    let give_up = tokio::time::Instant::now() + lease;
+    loop {
+        let sent = tokio::time::Instant::now();
+        match node
+            .propose_anywhere(actor, None, renewal(id, generation, lease))
+            .await
+        {
+            Ok(_) => return Ok(Fence::until(fence_deadline(sent, lease))),
+            Err(e) if outcome_unknown(&e) && tokio::time::Instant::now() < give_up => {
+                tracing::warn!(task = id, error = %e.message, "lease not confirmed yet; retrying");
+                tokio::time::sleep((lease / 10).max(Duration::from_millis(50))).await;
+            }
+            Err(e) => return Err(e.message),
+        }
+    }
+}
+
+/// Renews a task's lease every third of it, moving the fence forward after each renewal that
+/// commits; returns why it stopped when a renewal is refused (another executor took the task
+/// over, or it finished). A renewal that cannot reach a quorum is retried at the next period
+/// (the fence is not moved, so the run stops when it passes).
 async fn renew_lease(
     node: Arc<dyn Cluster>,
     actor: String,
     id: u64,
     generation: u64,
     lease: Duration,
+    fence: Fence,
 ) -> String {
     let every = (lease / 3).max(Duration::from_millis(50));
-    let lease_ms = (lease.as_millis() as u64).max(1);
     loop {
         tokio::time::sleep(every).await;
-        let cmd = Command::RenewTaskLease {
-            id,
-            generation,
-            lease_ms,
-        };
-        match node.propose_anywhere(&actor, None, cmd).await {
-            Ok(_) => {}
+        let sent = tokio::time::Instant::now();
+        match node
+            .propose_anywhere(&actor, None, renewal(id, generation, lease))
+            .await
+        {
+            Ok(_) => fence.extend(fence_deadline(sent, lease)),
             Err(e) if outcome_unknown(&e) => {
                 tracing::warn!(task = id, error = %e.message, "task lease not renewed; retrying");
             }
@@ -455,3 +532,6 @@ async fn renew_lease(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
