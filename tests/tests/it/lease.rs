@@ -1,6 +1,7 @@
-//! Task leases: the executor renews the lease of a task while it runs; when the executor is
-//! killed, the task is taken over under a new generation once its lease expires, and the
-//! machine's later tasks run. No task stays `running` without a live executor.
+//! Task leases: the executor renews the lease of a task while it runs, and a second location
+//! node of the same site, alive and ready, does not take it over; when the executor is killed,
+//! the task is taken over under a new generation once its lease expires, and the machine's
+//! later tasks run. No task stays `running` without a live executor.
 
 use std::time::{Duration, Instant};
 
@@ -90,6 +91,26 @@ async fn a_killed_executors_task_is_taken_over_after_its_lease_and_the_machine_i
         (first["attempt"].as_u64(), first["generation"].as_u64()),
         (Some(1), Some(1))
     );
+    // A second executor for dc1, with short IPMI timeouts: it would take t1 over (and fail it
+    // fast) the moment the first executor stopped renewing. Joined now, so t1 started on the
+    // first one.
+    c.join_with(
+        0,
+        false,
+        &[
+            "--location",
+            "dc1",
+            "--task-lease-secs",
+            &lease,
+            "--ipmi-timeout-ms",
+            "100",
+            "--power-sync-secs",
+            "0",
+        ],
+    )
+    .await
+    .expect("join a second location node");
+    let second_up = Instant::now();
     tokio::time::sleep(Duration::from_millis(LEASE_SECS * 1000 + 1500)).await;
     let renewed = task(&c, t1).await;
     assert_eq!(renewed["state"], "running", "{renewed}");
@@ -102,6 +123,10 @@ async fn a_killed_executors_task_is_taken_over_after_its_lease_and_the_machine_i
         "lease renewed: {first} -> {renewed}"
     );
     assert_eq!(task(&c, t2).await["state"], "pending");
+    assert!(
+        second_up.elapsed() > Duration::from_secs(LEASE_SECS),
+        "the second executor watched for longer than a lease"
+    );
 
     // SIGKILL the executor mid-task; it comes back with short IPMI timeouts.
     c.nodes[loc].kill();
