@@ -128,6 +128,12 @@ pub enum Command {
         generation: u64,
         lease_ms: u64,
     },
+    /// An operator cancels a pending or running task. A running attempt is fenced: its lease
+    /// renewals and its result are refused from now on, so its executor stops driving the BMC
+    /// within its lease. Added after format 2; old logs never carry it.
+    CancelTask {
+        id: u64,
+    },
     /// Result of the attempt started by the claim with `generation` (stale results are refused).
     FinishTask {
         id: u64,
@@ -224,6 +230,7 @@ impl Command {
             Command::Deploy { .. } => "deploy",
             Command::DeployDone { .. } => "deploy_done",
             Command::CreateTask { .. } => "create_task",
+            Command::CancelTask { .. } => "cancel_task",
             Command::ClaimTask { .. } => "claim_task",
             Command::RenewTaskLease { .. } => "renew_task_lease",
             Command::FinishTask { .. } => "finish_task",

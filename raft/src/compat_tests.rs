@@ -156,6 +156,7 @@ fn every_command() -> Vec<Command> {
             kind: TaskKind::PowerCycle,
             machine_id: 3,
         },
+        Command::CancelTask { id: 6 },
         Command::ClaimTask {
             id: 6,
             node: 2,
@@ -223,6 +224,7 @@ fn every_command() -> Vec<Command> {
             | Command::Deploy { .. }
             | Command::DeployDone { .. }
             | Command::CreateTask { .. }
+            | Command::CancelTask { .. }
             | Command::ClaimTask { .. }
             | Command::RenewTaskLease { .. }
             | Command::FinishTask { .. }

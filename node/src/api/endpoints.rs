@@ -443,6 +443,11 @@ endpoints! {
         auth: Token, query: STALE_Q, headers: NO_H,
         status: 200, returns: Task,
     }
+    POST "/v1/tasks/{id}/cancel" => tasks::cancel_task {
+        "Cancel a pending or running task (a running attempt is fenced); 409 when finished",
+        auth: Token, query: NO_Q, headers: IDEM,
+        status: 200, returns: Task,
+    }
     GET "/v1/images" => inventory::list_images {
         "List images",
         auth: Token, query: LIST_Q, headers: NO_H,

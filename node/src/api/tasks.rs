@@ -1,6 +1,6 @@
 //! Power actions and tasks: `POST /v1/machines/{id}/power` and `…/boot-device` create a
 //! replicated task that a node serving the machine's location executes; `GET /v1/tasks[/{id}]`
-//! shows its progress.
+//! shows its progress; `POST /v1/tasks/{id}/cancel` ends a pending or running one.
 
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
@@ -89,4 +89,22 @@ pub async fn get_task(
         .cloned()
         .map(Json)
         .ok_or_else(|| HttpError(ApiError::not_found(format!("task {id} not found"))))
+}
+
+pub async fn cancel_task(
+    State(node): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> HttpResult<Json<Task>> {
+    let id = parse_id(&id)?;
+    let t = node
+        .propose(
+            &actor.0,
+            idempotency_key(&headers, &actor)?,
+            Command::CancelTask { id },
+        )
+        .await?
+        .into_task()?;
+    Ok(Json(t))
 }

@@ -302,6 +302,43 @@ async fn a_power_request_creates_one_typed_task_for_the_machine() {
 }
 
 #[tokio::test]
+async fn a_task_is_cancelled_once_and_a_finished_one_is_a_conflict() {
+    let c = cluster();
+    let m = machine_with_bmc(&c);
+    let a = post(
+        &c,
+        &format!("/v1/machines/{m}/power"),
+        r#"{"action":"off"}"#,
+    )
+    .await;
+    let task: Task = serde_json::from_value(a.body).unwrap();
+    let path = format!("/v1/tasks/{}/cancel", task.meta.id);
+
+    let a = post(&c, &path, "").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let cancelled: Task = serde_json::from_value(a.body).unwrap();
+    assert_eq!(cancelled.state, rackd_types::TaskState::Cancelled);
+    assert_eq!(c.state().tasks.get(&task.meta.id), Some(&cancelled));
+
+    // Again: 409 with a JSON error, and the task is not touched.
+    let before = c.log().len();
+    let a = post(&c, &path, "").await;
+    assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.body);
+    assert_eq!(error_code(&a), "Conflict");
+    assert_eq!(c.state().tasks.get(&task.meta.id), Some(&cancelled));
+    assert_eq!(
+        c.log().len(),
+        before + 1,
+        "one refused entry, nothing applied"
+    );
+
+    let a = post(&c, "/v1/tasks/999999/cancel", "").await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND, "{}", a.body);
+    let a = post(&c, "/v1/tasks/x/cancel", "").await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+}
+
+#[tokio::test]
 async fn health_reports_the_cluster_role_without_a_token() {
     let c = cluster();
     let a = call(&c, Method::GET, "/v1/health", None, &[], "").await;
@@ -353,6 +390,7 @@ fn sample(e: &Endpoint, fx: &Fixture, created: &BTreeMap<&str, u64>) -> (String,
         ),
         (Verb::Post, "/v1/machines/{id}/deploy") => (with(fx.machine), body(r#"{"image":"img"}"#)),
         (Verb::Post, "/v1/machines/{id}/power") => (with(fx.machine), body(r#"{"action":"on"}"#)),
+        (Verb::Post, "/v1/tasks/{id}/cancel") => (with(fx.task), String::new()),
         (Verb::Post, "/v1/machines/{id}/boot-device") => {
             (with(fx.machine), body(r#"{"device":"pxe"}"#))
         }

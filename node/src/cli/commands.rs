@@ -354,6 +354,15 @@ async fn tasks(c: &Client, json: bool, tc: TaskCmd) -> anyhow::Result<()> {
             }
             task_rows(&[t]);
         }
+        TaskCmd::Cancel { id } => {
+            let t: rackd_types::Task = c
+                .post(&format!("/v1/tasks/{id}/cancel"), &serde_json::json!({}))
+                .await?;
+            if json {
+                return json_out(&t);
+            }
+            task_rows(&[t]);
+        }
     }
     Ok(())
 }

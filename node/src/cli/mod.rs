@@ -146,7 +146,14 @@ pub enum MachineCmd {
 #[derive(Debug, Subcommand)]
 pub enum TaskCmd {
     List,
-    Show { id: u64 },
+    Show {
+        id: u64,
+    },
+    /// Cancel a pending or running task (a running one is fenced: its executor stops within
+    /// its lease).
+    Cancel {
+        id: u64,
+    },
 }
 
 #[derive(Debug, Args)]

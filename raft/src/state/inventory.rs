@@ -649,23 +649,8 @@ impl State {
         // Its pending and running tasks can never run now: cancel them (a running attempt's
         // result is then refused as stale), so no task stays active for a machine that is gone.
         let active: Vec<rackd_types::Task> = self.machine_active_tasks(id).cloned().collect();
-        for mut t in active {
-            t.state = rackd_types::TaskState::Cancelled;
-            t.error = Some(format!("machine {id} was deleted"));
-            t.finished_at = Some(now);
-            t.lease_expires_at = None;
-            t.meta.version += 1;
-            t.meta.updated_at = now;
-            let tid = t.meta.id;
-            self.put_task(now, t);
-            self.journal(
-                now,
-                actor,
-                "task.finished",
-                "task",
-                Some(tid),
-                format!("task {tid} Cancelled: machine {id} was deleted"),
-            );
+        for t in active {
+            self.cancel_active_task(now, actor, t, format!("machine {id} was deleted"));
         }
         self.journal(
             now,

@@ -367,6 +367,7 @@ impl State {
             Command::CreateTask { kind, machine_id } => {
                 self.create_task(now, actor, *kind, *machine_id)
             }
+            Command::CancelTask { id } => self.cancel_task(now, actor, *id),
             Command::ClaimTask {
                 id,
                 node,

@@ -308,6 +308,78 @@ fn a_retried_claim_is_refused_once_the_task_was_taken_over() {
 }
 
 #[test]
+fn a_cancelled_task_never_runs_and_a_running_attempt_is_fenced() {
+    let (mut s, _, t1, t2) = setup();
+    // t1 runs on node 1; t2 waits behind it.
+    ok(&mut s, 100, claim(t1, 1, 0));
+    let cancel = |id: u64| Command::CancelTask { id };
+    let c = apply(&mut s, 150, "admin", cancel(t1)).unwrap();
+    assert_eq!(c["state"], "cancelled", "{c}");
+    assert!(
+        c["error"].as_str().unwrap().contains("cancelled by admin"),
+        "{c}"
+    );
+    // The running attempt can neither keep its lease nor record a result...
+    assert_eq!(
+        refused(&mut s, 160, renew(t1, 1)),
+        ErrorCode::PreconditionFailed
+    );
+    assert_eq!(
+        refused(&mut s, 170, finish(t1, 1, "off")),
+        ErrorCode::PreconditionFailed
+    );
+    // ... nor be claimed again, also not by a retry of its first claim.
+    assert!(s.claimable(t1, 10_000).is_err());
+    assert_eq!(
+        refused(&mut s, 180, claim(t1, 1, 0)),
+        ErrorCode::PreconditionFailed
+    );
+    // The machine is free for the next task.
+    assert_eq!(s.claimable(t2, 190), Ok(Claim::Start));
+    // A pending task is cancelled before it ever starts; a finished one cannot be (409), and
+    // a missing one is 404; nothing changes on a refusal.
+    assert_eq!(
+        apply(&mut s, 200, "admin", cancel(t2)).unwrap()["state"],
+        "cancelled"
+    );
+    let version = s.tasks.get(&t2).unwrap().meta.version;
+    assert_eq!(
+        apply(&mut s, 210, "admin", cancel(t2)).unwrap_err().code,
+        ErrorCode::Conflict
+    );
+    assert_eq!(s.tasks.get(&t2).unwrap().meta.version, version);
+    assert_eq!(
+        apply(&mut s, 220, "admin", cancel(9_999)).unwrap_err().code,
+        ErrorCode::NotFound
+    );
+    assert!(indexes_consistent(&s));
+    assert_eq!(s.active_tasks().count(), 0);
+}
+
+#[test]
+fn pending_tasks_per_machine_are_bounded() {
+    use super::MAX_ACTIVE_TASKS_PER_MACHINE;
+    let (mut s, m, _, _) = setup();
+    // setup() made two; fill up to the bound.
+    for i in 2..MAX_ACTIVE_TASKS_PER_MACHINE {
+        create_task(&mut s, 100 + i as u64, m, TaskKind::PowerStatus);
+    }
+    let over = Command::CreateTask {
+        kind: TaskKind::PowerStatus,
+        machine_id: m,
+    };
+    let before = s.tasks.len();
+    let e = apply(&mut s, 500, "admin", over.clone()).unwrap_err();
+    assert_eq!(e.code, ErrorCode::Conflict, "{e:?}");
+    assert!(e.message.contains("cancel one"), "{e:?}");
+    assert_eq!(s.tasks.len(), before, "nothing created");
+    // Cancelling one makes room again.
+    let first = s.machine_active_tasks(m).next().unwrap().meta.id;
+    apply(&mut s, 510, "admin", Command::CancelTask { id: first }).unwrap();
+    apply(&mut s, 520, "admin", over).unwrap();
+}
+
+#[test]
 fn power_observations_never_overwrite_newer_results() {
     let (mut s, m, t1, _) = setup();
     let power = |s: &State| {

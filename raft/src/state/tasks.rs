@@ -20,6 +20,10 @@ use crate::cmd::PowerObservation;
 /// Attempts a task gets: when the lease of the last one expires, the task fails.
 pub const MAX_TASK_ATTEMPTS: u32 = 3;
 
+/// At most this many tasks pending or running per machine: more is refused (409) at creation,
+/// so a script in a loop cannot queue unbounded work against one BMC.
+pub const MAX_ACTIVE_TASKS_PER_MACHINE: usize = 16;
+
 /// Finished tasks are kept this long (leader time) ...
 pub const TASK_RETENTION_MS: u64 = 7 * 24 * 3600 * 1000;
 /// ... and at most this many; older ones are dropped in apply (the journal keeps their story).
@@ -60,6 +64,13 @@ impl State {
                 "machine {machine_id} has no BMC configured"
             )));
         }
+        let active = self.machine_active_tasks(machine_id).count();
+        if active >= MAX_ACTIVE_TASKS_PER_MACHINE {
+            return Err(ApiError::conflict(format!(
+                "machine {machine_id} already has {active} tasks pending or running (at most \
+                 {MAX_ACTIVE_TASKS_PER_MACHINE}); wait for them or cancel one"
+            )));
+        }
         let hostname = m.machine.hostname.clone();
         let id = self.alloc_id();
         let t = Task {
@@ -91,6 +102,48 @@ impl State {
             format!("{kind:?} on {hostname}"),
         );
         Ok(Applied::Task(t))
+    }
+
+    /// An operator's cancel: a pending or running task becomes `Cancelled`; a finished one is
+    /// left as it is (409).
+    pub(super) fn cancel_task(
+        &mut self,
+        now: u64,
+        actor: &str,
+        id: u64,
+    ) -> Result<Applied, ApiError> {
+        let t = self.tasks.fetch(id, "task")?;
+        if t.state.is_terminal() {
+            return Err(ApiError::conflict(format!(
+                "task {id} is already {:?}",
+                t.state
+            )));
+        }
+        let t = self.cancel_active_task(now, actor, t, format!("cancelled by {actor}"));
+        Ok(Applied::Task(t))
+    }
+
+    /// End an active task as `Cancelled` with `why`. A running attempt is fenced: its lease
+    /// renewals and its result are refused from now on (the task is no longer running), so
+    /// its executor stops driving the BMC within its lease.
+    pub(super) fn cancel_active_task(
+        &mut self,
+        now: u64,
+        actor: &str,
+        mut t: Task,
+        why: String,
+    ) -> Task {
+        let id = t.meta.id;
+        t.state = TaskState::Cancelled;
+        t.finished_at = Some(now);
+        t.lease_expires_at = None;
+        t.meta.version += 1;
+        t.meta.updated_at = now;
+        let message = format!("task {id} Cancelled: {why}");
+        t.error = Some(why);
+        self.put_task(now, t.clone());
+        self.journal(now, actor, "task.finished", "task", Some(id), message);
+        t
     }
 
     /// Whether a claim of task `id` at leader time `now` is accepted, and what it does. Apply

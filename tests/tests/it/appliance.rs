@@ -331,6 +331,23 @@ fn api(ip: &str, token: &str) -> Client {
         .retry_unreachable()
 }
 
+/// What each node says of itself and of the cluster, and the console tail of every VM still
+/// running (for a failure message).
+async fn diagnose(lab: &Lab, ips: &[String], admin: &str) -> String {
+    let mut out = String::new();
+    for ip in ips {
+        let health = get(ip, "/v1/health", "").await;
+        let cluster = get(ip, "/v1/cluster?stale=true", admin).await;
+        out.push_str(&format!(
+            "--- {ip}: health {health:?}\ncluster {cluster:?}\n"
+        ));
+    }
+    for vm in lab.vms.iter().filter(|v| v.child.is_some()) {
+        out.push_str(&format!("--- console of {}:\n{}\n", vm.name, vm.tail()));
+    }
+    out
+}
+
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
@@ -513,10 +530,15 @@ async fn appliance_image_forms_a_three_node_cluster_survives_power_cycle_and_upg
     assert!(lab.vms[1].console().contains("powering off"));
     // vm2 may have been the leader: the write is retried (same idempotency key) through the
     // election, as any client does with a 503.
-    let _: Value = api(&ips[0], &admin)
-        .post("/v1/locations", &json!({"name": "while-away"}))
+    if let Err(e) = api(&ips[0], &admin)
+        .post::<_, Value>("/v1/locations", &json!({"name": "while-away"}))
         .await
-        .expect("a write while vm2 is away");
+    {
+        panic!(
+            "a write while vm2 is away: {e}\n{}",
+            diagnose(&lab, &ips, &admin).await
+        );
+    }
     let v2b = lab.boot("vm2b", 2, &[&disks[1]]);
     wait_api(&lab, v2b, &ips[1], Duration::from_secs(240)).await;
     assert_eq!(
@@ -575,10 +597,15 @@ async fn appliance_image_forms_a_three_node_cluster_survives_power_cycle_and_upg
     // once (qemu killed: what the guests had not synced is gone with their RAM). vm3 boots
     // alone, with no quorum to catch up from: its local replica must not have gone back in
     // time (applied batches are durable before they are served).
-    let _: Value = api(&ips[0], &admin)
-        .post("/v1/locations", &json!({"name": "before-power-loss"}))
+    if let Err(e) = api(&ips[0], &admin)
+        .post::<_, Value>("/v1/locations", &json!({"name": "before-power-loss"}))
         .await
-        .expect("the write before the power loss");
+    {
+        panic!(
+            "the write before the power loss: {e}\n{}",
+            diagnose(&lab, &ips, &admin).await
+        );
+    }
     let deadline = Instant::now() + Duration::from_secs(60);
     while !get(&ips[2], "/v1/locations?stale=true", &admin)
         .await
