@@ -30,6 +30,20 @@ async fn post_power(c: &Cluster, machine: u64, action: &str) -> u64 {
     t["id"].as_u64().unwrap()
 }
 
+/// A location node for dc1 (no power sync) with the given lease and IPMI timeout.
+fn executor_args<'a>(lease: &'a str, ipmi_timeout_ms: &'a str) -> [&'a str; 8] {
+    [
+        "--location",
+        "dc1",
+        "--task-lease-secs",
+        lease,
+        "--ipmi-timeout-ms",
+        ipmi_timeout_ms,
+        "--power-sync-secs",
+        "0",
+    ]
+}
+
 fn finished(t: &Value) -> bool {
     t["state"] == "succeeded" || t["state"] == "failed"
 }
@@ -43,20 +57,7 @@ async fn a_killed_executors_task_is_taken_over_after_its_lease_and_the_machine_i
     // that never answers runs for about a minute.
     let lease = LEASE_SECS.to_string();
     let loc = c
-        .join_with(
-            0,
-            false,
-            &[
-                "--location",
-                "dc1",
-                "--task-lease-secs",
-                &lease,
-                "--ipmi-timeout-ms",
-                "5000",
-                "--power-sync-secs",
-                "0",
-            ],
-        )
+        .join_with(0, false, &executor_args(&lease, "5000"))
         .await
         .expect("join location node");
     let _: Value = c
@@ -94,22 +95,9 @@ async fn a_killed_executors_task_is_taken_over_after_its_lease_and_the_machine_i
     // A second executor for dc1, with short IPMI timeouts: it would take t1 over (and fail it
     // fast) the moment the first executor stopped renewing. Joined now, so t1 started on the
     // first one.
-    c.join_with(
-        0,
-        false,
-        &[
-            "--location",
-            "dc1",
-            "--task-lease-secs",
-            &lease,
-            "--ipmi-timeout-ms",
-            "100",
-            "--power-sync-secs",
-            "0",
-        ],
-    )
-    .await
-    .expect("join a second location node");
+    c.join_with(0, false, &executor_args(&lease, "100"))
+        .await
+        .expect("join a second location node");
     let second_up = Instant::now();
     tokio::time::sleep(Duration::from_millis(LEASE_SECS * 1000 + 1500)).await;
     let renewed = task(&c, t1).await;
