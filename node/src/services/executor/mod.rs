@@ -128,10 +128,6 @@ impl Executor {
         format!("node:{}", self.node.id())
     }
 
-    fn lease_ms(&self) -> u64 {
-        (self.opts.task_lease.as_millis() as u64).max(1)
-    }
-
     pub fn spawn(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let _children = AbortChildren(self.clone());
@@ -224,7 +220,7 @@ impl Executor {
             id,
             node: self.node.id(),
             generation: task.generation,
-            lease_ms: self.lease_ms(),
+            lease_ms: lease_ms(self.opts.task_lease),
         };
         let key = cmd.internal_key();
         match self.node.propose_anywhere(&self.actor(), key, cmd).await {
@@ -469,11 +465,16 @@ fn fence_deadline(sent: tokio::time::Instant, lease: Duration) -> tokio::time::I
     sent + lease - lease / 10
 }
 
+/// A lease as the log carries it (milliseconds, at least 1).
+fn lease_ms(lease: Duration) -> u64 {
+    (lease.as_millis() as u64).max(1)
+}
+
 fn renewal(id: u64, generation: u64, lease: Duration) -> Command {
     Command::RenewTaskLease {
         id,
         generation,
-        lease_ms: (lease.as_millis() as u64).max(1),
+        lease_ms: lease_ms(lease),
     }
 }
 
