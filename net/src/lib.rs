@@ -2,6 +2,7 @@
 //!
 //! - [`dhcp`]: DHCPv4 with PXE from reservations (sans-IO core + tokio shell).
 //! - [`tftp`]: read-only TFTP server (sans-IO transfer core + tokio shell).
+//! - [`http`]: static-file rules of the HTTP boot server (ranges, validators, stalls), pure.
 //!
 //! Planned (issue 3 and later): `dhcp` (DHCPv4 with PXE, sans-IO core over dhcproto),
 //! `http_boot` (per-machine iPXE scripts, artifacts, install callback) and `quic` (quinn links
@@ -9,5 +10,6 @@
 //! tokio, storage or the clock; only the `server` shells do I/O.
 
 pub mod dhcp;
+pub mod http;
 pub mod ra;
 pub mod tftp;

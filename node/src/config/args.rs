@@ -90,6 +90,14 @@ pub struct UpArgs {
     /// address, else http://SERVER_IP:8080).
     #[arg(long)]
     pub http_boot_base: Option<String>,
+    /// Files (artifacts, TFTP root) the HTTP boot server sends at once; further requests
+    /// wait their turn in arrival order. Each transfer holds about 300 KiB of buffers.
+    #[arg(long, default_value_t = 64)]
+    pub http_boot_max_transfers: usize,
+    /// Cut an HTTP boot client that keeps the server's writes waiting this many seconds
+    /// without reading 64 KiB (a stalled or trickling client frees its transfer slot).
+    #[arg(long, default_value_t = 20)]
+    pub http_boot_stall_secs: u64,
     /// Bound on concurrent BMC sessions of this node (power tasks and sync).
     #[arg(long, default_value_t = 32)]
     pub bmc_sessions: usize,

@@ -71,6 +71,10 @@ pub struct HttpBootConfig {
     pub base: Option<String>,
     /// Image artifacts served at /artifacts (default DATA_DIR/artifacts).
     pub artifacts_dir: PathBuf,
+    /// Files sent at once; further requests queue for a slot.
+    pub max_transfers: usize,
+    /// A client that keeps the server's writes waiting this long without reading is cut.
+    pub stall_window: Duration,
 }
 
 /// DHCP settings of a location node.
@@ -248,6 +252,8 @@ impl LocationConfig {
                     .artifacts_dir
                     .clone()
                     .unwrap_or_else(|| data_dir.join("artifacts")),
+                max_transfers: args.http_boot_max_transfers.max(1),
+                stall_window: Duration::from_secs(args.http_boot_stall_secs.max(1)),
             }),
             power: PowerConfig {
                 max_sessions: args.bmc_sessions.max(1),

@@ -51,29 +51,10 @@ impl ServiceSet {
 
         let mut http_base = None;
         if let Some(h) = &cfg.http_boot {
-            let listener = tokio::net::TcpListener::bind(&h.listen)
-                .await
-                .with_context(|| format!("bind HTTP boot {}", h.listen))?;
-            let bound = listener.local_addr()?;
-            std::fs::write(data_dir.join("http-boot.addr"), bound.to_string())?;
-            http_base = Some(format!("http://{bound}"));
-            std::fs::create_dir_all(&cfg.tftp_root)
-                .with_context(|| format!("create {}", cfg.tftp_root.display()))?;
-            std::fs::create_dir_all(&h.artifacts_dir)
-                .with_context(|| format!("create {}", h.artifacts_dir.display()))?;
-            let app = http_boot::router(Arc::new(http_boot::BootState {
-                cluster: cluster.clone(),
-                location: location.to_string(),
-                tftp_root: cfg.tftp_root.clone(),
-                artifacts: h.artifacts_dir.clone(),
-                base: h.base.clone().unwrap_or_else(|| format!("http://{bound}")),
-            }));
-            tracing::info!(%bound, "HTTP boot server started");
-            set.tasks.push(AbortOnDrop(tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app).await {
-                    tracing::error!(error = %e, "HTTP boot server stopped");
-                }
-            })));
+            let started =
+                http_boot::start(h, cluster.clone(), location, &cfg.tftp_root, data_dir).await?;
+            http_base = Some(format!("http://{}", started.bound));
+            set.tasks.push(started.task);
         }
 
         if let Some(d) = &cfg.dhcp {

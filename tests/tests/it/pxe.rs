@@ -30,14 +30,22 @@ impl Drop for Tap {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qemu_ipxe_rom_boots_its_per_machine_script_from_rackd() {
-    boot_vm(0, false).await;
+    boot_vm(0, false, false).await;
 }
 
 /// The lab's flow: DHCP, then a first stage over TFTP (`boot.ipxe`), then the per-machine
 /// script over HTTP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qemu_ipxe_rom_loads_a_first_stage_over_tftp_then_its_script_over_http() {
-    boot_vm(1, true).await;
+    boot_vm(1, true, false).await;
+}
+
+/// A deploying machine's script makes iPXE fetch the image's kernel and initrd from the HTTP
+/// boot server's artifacts (streamed from disk) and boot them. The kernel is Debian's
+/// `ipxe.lkrn` (a bzImage), so the VM boots a second iPXE rather than an installer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_ipxe_fetches_the_deploy_kernel_and_initrd_over_http() {
+    boot_vm(3, false, true).await;
 }
 
 /// A location node serving DHCP (with RAs), HTTP boot and optionally TFTP on a fresh tap, with
@@ -109,9 +117,51 @@ async fn pxe_site(
     (tap, c, net)
 }
 
-async fn boot_vm(tag: u32, via_tftp: bool) {
+async fn boot_vm(tag: u32, via_tftp: bool, deploy: bool) {
     let (mut tap, c, net) = pxe_site(tag, via_tftp, None).await;
     let mac = MAC;
+    let mut want = vec!["rackd: pxevm is new".to_string()];
+    if deploy {
+        let artifacts = c.nodes[0].data_dir.join("artifacts");
+        std::fs::copy("/boot/ipxe.lkrn", artifacts.join("ipxe.lkrn"))
+            .expect("/boot/ipxe.lkrn (apt-get install ipxe)");
+        let initrd: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
+        std::fs::write(artifacts.join("initrd.img"), &initrd).unwrap();
+        let _: serde_json::Value = c
+            .post_json(
+                0,
+                "/v1/images",
+                &json!({"name": "chain", "kernel": "ipxe.lkrn", "initrd": "initrd.img"}),
+            )
+            .await
+            .unwrap();
+        let machines: serde_json::Value = c.get_json(0, "/v1/machines").await.unwrap();
+        let id = machines["items"][0]["id"].as_u64().expect("machine id");
+        let (s, v) = c
+            .request(
+                0,
+                reqwest::Method::PATCH,
+                &format!("/v1/machines/{id}"),
+                Some(json!({"state": "ready"})),
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(s, 200, "{v}");
+        let _: serde_json::Value = c
+            .post_json(
+                0,
+                &format!("/v1/machines/{id}/deploy"),
+                &json!({"image": "chain"}),
+            )
+            .await
+            .unwrap();
+        want = vec![
+            "rackd: deploying chain on pxevm".into(),
+            "/artifacts/ipxe.lkrn... ok".into(),
+            "/artifacts/initrd.img... ok".into(),
+        ];
+    }
 
     let sercon = c.dir.join("sercon-port.bin");
     std::fs::write(&sercon, [0xf8u8, 0x03]).unwrap();
@@ -150,11 +200,10 @@ async fn boot_vm(tag: u32, via_tftp: bool) {
             .expect("start qemu"),
     );
     let t0 = Instant::now();
-    let want = "rackd: pxevm is new";
     loop {
         let console =
             String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).replace('\r', "");
-        if console.contains(want) {
+        if want.iter().all(|w| console.contains(w.as_str())) {
             let ipxe_ip = console.contains(&format!("{net}.50"));
             eprintln!(
                 "VM ran its rackd script {:.1}s after start (iPXE showed reserved IP: {ipxe_ip})",

@@ -11,19 +11,29 @@
 //!   directory, same path rules.
 //! - `POST /boot/{mac}/done?token=T`: install callback. The deploying machine presents the
 //!   one-time token its script carried; on a match it becomes `deployed` and the token is burnt.
+//!
+//! Files are streamed with bounded memory and a cap on concurrent transfers ([`files`]); the
+//! connections are our own accept loop over hyper ([`conn`]). Layer: `services`; depends on
+//! `cluster` and `config` only.
+
+pub mod conn;
+pub mod files;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use anyhow::Context;
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use rackd_types::net::normalize_mac;
 use rackd_types::MachineState;
 
+use crate::abort::AbortOnDrop;
 use crate::cluster::Cluster;
+use crate::config::HttpBootConfig;
 
 pub struct BootState {
     pub cluster: Arc<dyn Cluster>,
@@ -32,6 +42,51 @@ pub struct BootState {
     pub artifacts: PathBuf,
     /// Base URL of this server as machines reach it (e.g. `http://10.1.0.2:8080`).
     pub base: String,
+    pub transfers: files::Transfers,
+}
+
+/// A started HTTP boot server: its task (dropping it closes every connection) and address.
+pub struct Started {
+    pub task: AbortOnDrop,
+    pub bound: std::net::SocketAddr,
+}
+
+/// Bind and start the server; its bound address is also written to
+/// `DATA_DIR/http-boot.addr`.
+pub async fn start(
+    cfg: &HttpBootConfig,
+    cluster: Arc<dyn Cluster>,
+    location: &str,
+    tftp_root: &std::path::Path,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<Started> {
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .with_context(|| format!("bind HTTP boot {}", cfg.listen))?;
+    let bound = listener.local_addr()?;
+    std::fs::write(data_dir.join("http-boot.addr"), bound.to_string())?;
+    std::fs::create_dir_all(tftp_root)
+        .with_context(|| format!("create {}", tftp_root.display()))?;
+    std::fs::create_dir_all(&cfg.artifacts_dir)
+        .with_context(|| format!("create {}", cfg.artifacts_dir.display()))?;
+    let app = router(Arc::new(BootState {
+        cluster,
+        location: location.to_string(),
+        tftp_root: tftp_root.to_path_buf(),
+        artifacts: cfg.artifacts_dir.clone(),
+        base: cfg
+            .base
+            .clone()
+            .unwrap_or_else(|| format!("http://{bound}")),
+        transfers: files::Transfers::new(cfg.max_transfers),
+    }));
+    let limits = conn::Limits {
+        stall_window: cfg.stall_window,
+        ..Default::default()
+    };
+    tracing::info!(%bound, max_transfers = cfg.max_transfers, "HTTP boot server started");
+    let task = AbortOnDrop(tokio::spawn(conn::serve(listener, app, limits)));
+    Ok(Started { task, bound })
 }
 
 pub fn router(state: Arc<BootState>) -> Router {
@@ -119,8 +174,13 @@ pub fn deploy_script(
     )
 }
 
-async fn artifact(State(st): State<Arc<BootState>>, Path(path): Path<String>) -> Response {
-    serve_file(&st.artifacts, &path).await
+async fn artifact(
+    State(st): State<Arc<BootState>>,
+    Path(path): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    files::serve(st.artifacts.clone(), path, &method, &headers, &st.transfers).await
 }
 
 #[derive(serde::Deserialize)]
@@ -162,30 +222,13 @@ async fn deploy_done(
     }
 }
 
-async fn tftp_file(State(st): State<Arc<BootState>>, Path(path): Path<String>) -> Response {
-    serve_file(&st.tftp_root, &path).await
-}
-
-/// A file under `root` (no `..`, no symlink out of the root).
-async fn serve_file(root: &std::path::Path, path: &str) -> Response {
-    let Ok(root) = root.canonicalize() else {
-        return text(StatusCode::NOT_FOUND, "not found\n".into());
-    };
-    match rackd_net::tftp::server::resolve(&root, path) {
-        Ok(p) => match tokio::fs::read(&p).await {
-            Ok(bytes) => (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, "application/octet-stream")],
-                bytes,
-            )
-                .into_response(),
-            Err(_) => text(StatusCode::NOT_FOUND, "not found\n".into()),
-        },
-        Err(rackd_net::tftp::server::PathError::Escape) => {
-            text(StatusCode::FORBIDDEN, "forbidden\n".into())
-        }
-        Err(_) => text(StatusCode::NOT_FOUND, "not found\n".into()),
-    }
+async fn tftp_file(
+    State(st): State<Arc<BootState>>,
+    Path(path): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    files::serve(st.tftp_root.clone(), path, &method, &headers, &st.transfers).await
 }
 
 #[cfg(test)]

@@ -1,0 +1,169 @@
+//! Static files of the HTTP boot server (the TFTP root over HTTP, image artifacts): streamed
+//! from disk in [`CHUNK`]-sized reads, never read whole, so memory does not grow with image
+//! size; `HEAD`, single `Range`, `ETag`/`Last-Modified` and conditional requests follow
+//! `rackd_net::http::file`.
+//!
+//! Every body holds one of the node's transfer slots ([`Transfers`]) until it is sent or its
+//! connection dies; requests beyond the cap wait in FIFO order (none is refused, none
+//! starves). Memory per transfer is one chunk being read plus what hyper buffers (bounded by
+//! the connection's `max_buf_size`). Path rules are the TFTP server's (no `..`, no symlink out
+//! of the root). Layer: a leaf of `services::http_boot`; no cluster state here.
+
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::Response;
+use rackd_net::http::file::{plan, FileMeta, Plan, Request};
+use rackd_net::tftp::server::{resolve, PathError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Bytes read from disk per step of a transfer.
+pub const CHUNK: usize = 128 * 1024;
+
+/// The node's transfer slots: at most `cap` file bodies are being sent at once.
+#[derive(Clone)]
+pub struct Transfers {
+    slots: Arc<Semaphore>,
+    cap: usize,
+}
+
+impl Transfers {
+    pub fn new(cap: usize) -> Self {
+        let cap = cap.max(1);
+        Self {
+            slots: Arc::new(Semaphore::new(cap)),
+            cap,
+        }
+    }
+
+    /// Transfers being sent now.
+    pub fn active(&self) -> usize {
+        self.cap - self.slots.available_permits()
+    }
+
+    /// Wait (FIFO) for a slot.
+    async fn acquire(&self) -> OwnedSemaphorePermit {
+        // Never closed: `Transfers` owns the semaphore and never calls `close`.
+        self.slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("transfer semaphore is never closed")
+    }
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Response {
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// Open `path` under `root` and read its validators (blocking; run off the async threads).
+fn open(root: &Path, path: &str) -> Result<(std::fs::File, FileMeta), StatusCode> {
+    let root = root.canonicalize().map_err(|_| StatusCode::NOT_FOUND)?;
+    let p = resolve(&root, path).map_err(|e| match e {
+        PathError::Escape => StatusCode::FORBIDDEN,
+        _ => StatusCode::NOT_FOUND,
+    })?;
+    let f = std::fs::File::open(&p).map_err(|_| StatusCode::NOT_FOUND)?;
+    let m = f.metadata().map_err(|_| StatusCode::NOT_FOUND)?;
+    if !m.is_file() {
+        return Err(StatusCode::NOT_FOUND);
+    }
+    let modified = m.modified().unwrap_or(std::time::UNIX_EPOCH);
+    Ok((f, FileMeta::new(m.ino(), m.len(), modified)))
+}
+
+fn header_str(h: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Answer a `GET`/`HEAD` for `path` under `root`.
+pub async fn serve(
+    root: PathBuf,
+    path: String,
+    method: &Method,
+    headers: &HeaderMap,
+    transfers: &Transfers,
+) -> Response {
+    let opened = tokio::task::spawn_blocking(move || open(&root, &path)).await;
+    let (file, meta) = match opened {
+        Ok(Ok(v)) => v,
+        Ok(Err(StatusCode::FORBIDDEN)) => return plain(StatusCode::FORBIDDEN, "forbidden\n"),
+        Ok(Err(_)) => return plain(StatusCode::NOT_FOUND, "not found\n"),
+        Err(_) => return plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"),
+    };
+    let head = *method == Method::HEAD;
+    let req = Request {
+        head,
+        range: header_str(headers, header::RANGE),
+        if_range: header_str(headers, header::IF_RANGE),
+        if_match: header_str(headers, header::IF_MATCH),
+        if_none_match: header_str(headers, header::IF_NONE_MATCH),
+        if_modified_since: header_str(headers, header::IF_MODIFIED_SINCE),
+        if_unmodified_since: header_str(headers, header::IF_UNMODIFIED_SINCE),
+    };
+    let p = plan(&meta, &req);
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::from_u16(p.status()).unwrap_or(StatusCode::OK);
+    let h = resp.headers_mut();
+    let value = |s: &str| HeaderValue::from_str(s).expect("validators are ASCII");
+    h.insert(header::ETAG, value(&meta.etag));
+    h.insert(header::LAST_MODIFIED, value(&meta.last_modified()));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Some(cr) = p.content_range(meta.len) {
+        h.insert(header::CONTENT_RANGE, value(&cr));
+    }
+    let Some((start, len)) = p.body(meta.len) else {
+        // A 304 may only state the length a 200 would have (RFC 9110 §8.6); say it rather
+        // than let a default `0` through.
+        let n = if p == Plan::NotModified { meta.len } else { 0 };
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        return resp;
+    };
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if head || len == 0 {
+        return resp;
+    }
+    let slot = transfers.acquire().await;
+    *resp.body_mut() = file_body(Arc::new(file), start, len, slot);
+    resp
+}
+
+/// `len` bytes of `file` from `start`, read one chunk at a time on the blocking pool as hyper
+/// asks for them; the slot is released when the body is finished or dropped.
+fn file_body(file: Arc<std::fs::File>, start: u64, len: u64, slot: OwnedSemaphorePermit) -> Body {
+    let stream = futures::stream::try_unfold(
+        (file, start, len, slot),
+        |(file, off, left, slot)| async move {
+            if left == 0 {
+                return Ok(None);
+            }
+            let n = left.min(CHUNK as u64) as usize;
+            let f = file.clone();
+            let chunk = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+                let mut buf = vec![0u8; n];
+                // A file truncated under us ends the body early: hyper then aborts the
+                // connection, so the client sees a short transfer, not wrong bytes.
+                f.read_exact_at(&mut buf, off)?;
+                Ok(buf)
+            })
+            .await
+            .map_err(std::io::Error::other)??;
+            let next = (file, off + n as u64, left - n as u64, slot);
+            Ok::<_, std::io::Error>(Some((Bytes::from(chunk), next)))
+        },
+    );
+    Body::from_stream(stream)
+}
