@@ -12,4 +12,5 @@
 pub mod dhcp;
 pub mod http;
 pub mod ra;
+pub mod sockbuf;
 pub mod tftp;

@@ -28,6 +28,8 @@ pub fn dhcp_socket(addr: SocketAddr, device: Option<&str>) -> std::io::Result<st
     }
     s.bind(&addr.into())?;
     s.set_nonblocking(true)?;
+    let rcvbuf = crate::sockbuf::enlarge_receive_buffer(&s, crate::sockbuf::STORM_RCVBUF);
+    tracing::debug!(rcvbuf, "DHCP socket receive buffer");
     Ok(s.into())
 }
 

@@ -79,6 +79,8 @@ impl TftpServer {
     pub async fn bind(listen: SocketAddr, root: &Path, limits: Limits) -> std::io::Result<Self> {
         let root = root.canonicalize()?;
         let socket = UdpSocket::bind(listen).await?;
+        let rcvbuf = crate::sockbuf::enlarge_receive_buffer(&socket, crate::sockbuf::STORM_RCVBUF);
+        tracing::debug!(rcvbuf, "TFTP request socket receive buffer");
         Ok(Self {
             socket,
             root,
@@ -189,6 +191,9 @@ impl TftpServer {
     }
 }
 
+/// Largest datagram a client sends during a read transfer that we read whole.
+const CLIENT_PACKET_MAX: usize = 1024;
+
 /// Run one read transfer on its own socket. `Ok(true)` when the client got the whole file.
 async fn serve_read(
     local_ip: std::net::IpAddr,
@@ -204,7 +209,10 @@ async fn serve_read(
     sock.connect(peer).await?;
     let (mut t, out) = ReadTransfer::start(Instant::now(), len, options, limits);
     let mut pkt = Vec::with_capacity(4 + t.blksize() as usize);
-    let mut recv = vec![0u8; MAX_PACKET + 1];
+    // A client sends ACKs and ERRORs only (4 bytes plus a message): a small buffer keeps a
+    // storm's thousand concurrent transfers from costing 64 KiB each. Longer datagrams are
+    // truncated and then fail to decode, as they would as a whole.
+    let mut recv = vec![0u8; CLIENT_PACKET_MAX];
     let mut result = perform(&sock, &file, out, &mut pkt, stats).await?;
     while result.is_none() {
         let deadline = tokio::time::Instant::from_std(t.deadline());

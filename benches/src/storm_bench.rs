@@ -1,0 +1,387 @@
+//! Boot-storm benchmark: N reserved machines PXE-boot at once from one location node.
+//!
+//! Runs inside the client network namespace (`benches/scripts/storm_bench.sh` makes the two
+//! namespaces and the veth, then runs this). For each server set — a rackd location node, then
+//! dnsmasq (DHCP + TFTP) + nginx (HTTP) from Debian as the yardstick — it runs the phases a
+//! datacenter power-on goes through, each with all N clients at once:
+//!
+//! 1. DHCP: perfdhcp (relay mode) makes N DORA exchanges from the N reserved MACs;
+//! 2. TFTP: N downloads of the iPXE first stage (`undionly.kpxe`), PXE-ROM style;
+//! 3. HTTP: N machines each fetch their script, the kernel and the initrd over one keep-alive
+//!    connection;
+//! 4. image: M clients fetch one large image (default 1 GiB) at once.
+//!
+//! It writes per-phase times, failures, retransmissions, p50/p99 per file, each set's idle and
+//! peak RSS, and the ratios rackd / yardstick, to `--out` (JSON).
+
+mod storm;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+use storm::servers::{self, Net, Running};
+
+struct Args {
+    machines: usize,
+    kernel_mib: u64,
+    initrd_mib: u64,
+    image_mib: u64,
+    image_clients: usize,
+    dhcp_rate: u32,
+    out: PathBuf,
+    net: Net,
+    client_ip: Ipv4Addr,
+    rackd: PathBuf,
+    max_transfers: usize,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        machines: 1000,
+        kernel_mib: 8,
+        initrd_mib: 32,
+        image_mib: 1024,
+        image_clients: 50,
+        dhcp_rate: 2000,
+        out: PathBuf::from("benches/results/storm.json"),
+        net: Net {
+            ns: String::new(),
+            iface: "srv0".into(),
+            server_ip: Ipv4Addr::new(10, 199, 0, 1),
+            work: PathBuf::new(),
+        },
+        client_ip: Ipv4Addr::new(10, 199, 0, 5),
+        rackd: PathBuf::from("rackd"),
+        max_transfers: 64,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let v = it.next().with_context(|| format!("{k} needs a value"))?;
+        match k.as_str() {
+            "--machines" => a.machines = v.parse()?,
+            "--kernel-mib" => a.kernel_mib = v.parse()?,
+            "--initrd-mib" => a.initrd_mib = v.parse()?,
+            "--image-mib" => a.image_mib = v.parse()?,
+            "--image-clients" => a.image_clients = v.parse()?,
+            "--dhcp-rate" => a.dhcp_rate = v.parse()?,
+            "--out" => a.out = v.into(),
+            "--server-ns" => a.net.ns = v,
+            "--iface" => a.net.iface = v,
+            "--server-ip" => a.net.server_ip = v.parse()?,
+            "--client-ip" => a.client_ip = v.parse()?,
+            "--work" => a.net.work = v.into(),
+            "--rackd" => a.rackd = v.into(),
+            "--max-transfers" => a.max_transfers = v.parse()?,
+            _ => bail!("unknown argument {k}"),
+        }
+    }
+    if a.net.ns.is_empty() || a.net.work.as_os_str().is_empty() {
+        bail!("--server-ns and --work are required (run benches/scripts/storm_bench.sh)");
+    }
+    Ok(a)
+}
+
+/// Machine i: MAC 52:54:00:5b:xx:xx, IP in the server's /16 from .1.2 on.
+fn machines(n: usize, server: Ipv4Addr) -> Vec<(String, Ipv4Addr)> {
+    let base = u32::from(server) & 0xffff_0000;
+    (0..n)
+        .map(|i| {
+            let mac = format!("52:54:00:5b:{:02x}:{:02x}", (i >> 8) & 0xff, i & 0xff);
+            let ip = Ipv4Addr::from(base + 0x100 + 2 + (i as u32 / 250) * 256 + i as u32 % 250);
+            (mac, ip)
+        })
+        .collect()
+}
+
+/// A file of `mib` MiB of incompressible bytes (one random MiB repeated).
+fn write_file(path: &std::path::Path, mib: u64) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut block = vec![0u8; 1 << 20];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for b in block.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for _ in 0..mib {
+        f.write_all(&block)?;
+    }
+    f.flush()?;
+    Ok(())
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn time_stats(mut v: Vec<f64>) -> Value {
+    json!({
+        "p50_s": round3(percentile(&mut v, 0.5)),
+        "p99_s": round3(percentile(&mut v, 0.99)),
+        "max_s": round3(percentile(&mut v, 1.0)),
+    })
+}
+
+async fn dhcp_phase(a: &Args, macs_file: &std::path::Path) -> anyhow::Result<Value> {
+    let n = a.machines.to_string();
+    let t0 = Instant::now();
+    let out = tokio::process::Command::new("perfdhcp")
+        .args(["-4", "-l", &a.client_ip.to_string()])
+        .args(["-r", &a.dhcp_rate.to_string(), "-n", &n, "-R", &n])
+        .arg("-M")
+        .arg(macs_file)
+        .args(["-W", "500000", &a.net.server_ip.to_string()])
+        .output()
+        .await
+        .context("perfdhcp (apt-get install kea-admin)")?;
+    let secs = t0.elapsed().as_secs_f64();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let nums = |key: &str| -> Vec<u64> {
+        text.lines()
+            .filter_map(|l| l.trim().strip_prefix(key))
+            .filter_map(|v| v.trim_start_matches(':').trim().parse().ok())
+            .collect()
+    };
+    let sent = nums("sent packets");
+    let received = nums("received packets");
+    let drops = nums("drops");
+    // The second exchange (REQUEST/ACK) completes a DORA.
+    let completed = received.get(1).copied().unwrap_or(0);
+    Ok(json!({
+        "secs": round3(secs),
+        "exchanges": a.machines,
+        "completed": completed,
+        "failed": (a.machines as u64).saturating_sub(completed),
+        "sent": sent, "received": received, "drops": drops,
+    }))
+}
+
+async fn tftp_phase(a: &Args, expect: u64) -> Value {
+    let server = SocketAddr::new(IpAddr::V4(a.net.server_ip), 69);
+    let t0 = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..a.machines {
+        let local = IpAddr::V4(a.client_ip);
+        set.spawn(storm::tftp::fetch(
+            local,
+            server,
+            "undionly.kpxe",
+            expect,
+            Duration::from_secs(1),
+        ));
+    }
+    let mut times = Vec::new();
+    let (mut failed, mut retrans, mut retried_clients) = (0, 0u64, 0);
+    let mut first_error = None;
+    while let Some(r) = set.join_next().await {
+        let Ok(o) = r else {
+            failed += 1;
+            continue;
+        };
+        times.push(o.secs);
+        retrans += o.retransmits as u64;
+        if o.retransmits > 0 {
+            retried_clients += 1;
+        }
+        if let Some(e) = o.error {
+            failed += 1;
+            first_error.get_or_insert(e);
+        }
+    }
+    json!({
+        "secs": round3(t0.elapsed().as_secs_f64()),
+        "clients": a.machines, "failed": failed, "first_error": first_error,
+        "retransmits": retrans, "clients_that_retransmitted": retried_clients,
+        "transfer": time_stats(times),
+    })
+}
+
+async fn http_phase(base: &str, boots: Vec<Vec<(&'static str, String, Option<u64>)>>) -> Value {
+    let t0 = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    let base: Arc<str> = base.into();
+    for files in boots {
+        let base = base.clone();
+        set.spawn(async move { storm::http::boot(&base, &files, Duration::from_secs(900)).await });
+    }
+    let mut per_file: std::collections::BTreeMap<&'static str, Vec<f64>> = Default::default();
+    let (mut failed, mut first_error) = (0, None);
+    while let Some(r) = set.join_next().await {
+        for f in r.unwrap_or_default() {
+            per_file.entry(f.file).or_default().push(f.secs);
+            if let Some(e) = f.error {
+                failed += 1;
+                first_error.get_or_insert(format!("{}: {e}", f.file));
+            }
+        }
+    }
+    let files: serde_json::Map<String, Value> = per_file
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), time_stats(v)))
+        .collect();
+    json!({
+        "secs": round3(t0.elapsed().as_secs_f64()),
+        "failed_fetches": failed, "first_error": first_error, "files": files,
+    })
+}
+
+async fn run_set(
+    a: &Args,
+    server: Running,
+    macs: &[(String, Ipv4Addr)],
+    macs_file: &std::path::Path,
+) -> anyhow::Result<Value> {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = server.rss_kib();
+    let name = server.name;
+    eprintln!("{name}: idle RSS {} MiB; DHCP phase", idle / 1024);
+    let dhcp = dhcp_phase(a, macs_file).await?;
+    eprintln!("{name}: {dhcp}\n{name}: TFTP phase");
+    let kpxe = std::fs::metadata(a.net.work.join("tftp/undionly.kpxe"))?.len();
+    let tftp = tftp_phase(a, kpxe).await;
+    eprintln!("{name}: {tftp}\n{name}: HTTP phase");
+    let boots = macs
+        .iter()
+        .map(|(mac, _)| {
+            vec![
+                ("script", format!("/boot/{mac}.ipxe"), None),
+                (
+                    "kernel",
+                    "/artifacts/vmlinuz".into(),
+                    Some(a.kernel_mib << 20),
+                ),
+                (
+                    "initrd",
+                    "/artifacts/initrd.img".into(),
+                    Some(a.initrd_mib << 20),
+                ),
+            ]
+        })
+        .collect();
+    let http = http_phase(&server.http_base, boots).await;
+    eprintln!("{name}: {http}");
+    let storm_peak = server.peak_rss_kib();
+    let secs = |v: &Value| v["secs"].as_f64().unwrap_or(0.0);
+    let storm_secs = secs(&dhcp) + secs(&tftp) + secs(&http);
+    let mut image = Value::Null;
+    if a.image_clients > 0 && a.image_mib > 0 {
+        eprintln!(
+            "{name}: image phase ({} x {} MiB)",
+            a.image_clients, a.image_mib
+        );
+        let boots = (0..a.image_clients)
+            .map(|_| {
+                vec![(
+                    "image",
+                    "/artifacts/image.img".to_string(),
+                    Some(a.image_mib << 20),
+                )]
+            })
+            .collect();
+        image = http_phase(&server.http_base, boots).await;
+        let secs = image["secs"].as_f64().unwrap_or(0.0);
+        image["gib_per_s"] = json!(round3(
+            (a.image_clients as f64 * a.image_mib as f64 / 1024.0) / secs.max(1e-9)
+        ));
+        eprintln!("{name}: {image}");
+    }
+    let peak = server.peak_rss_kib();
+    Ok(json!({
+        "storm_secs": round3(storm_secs),
+        "dhcp": dhcp, "tftp": tftp, "http": http, "image": image,
+        "rss_idle_mib": idle / 1024,
+        "rss_peak_storm_mib": storm_peak / 1024,
+        "rss_peak_with_image_mib": peak / 1024,
+    }))
+}
+
+fn ratio(a: &Value, b: &Value, path: &[&str]) -> Value {
+    let get = |v: &Value| path.iter().fold(v.clone(), |v, k| v[*k].clone()).as_f64();
+    match (get(a), get(b)) {
+        (Some(x), Some(y)) if y > 0.0 => json!(round3(x / y)),
+        _ => Value::Null,
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let a = parse_args()?;
+    let w = &a.net.work;
+    for d in ["tftp", "www/artifacts", "www/boot"] {
+        std::fs::create_dir_all(w.join(d))?;
+    }
+    std::fs::copy("/usr/lib/ipxe/undionly.kpxe", w.join("tftp/undionly.kpxe"))
+        .context("/usr/lib/ipxe/undionly.kpxe (apt-get install ipxe)")?;
+    write_file(&w.join("www/artifacts/vmlinuz"), a.kernel_mib)?;
+    write_file(&w.join("www/artifacts/initrd.img"), a.initrd_mib)?;
+    if a.image_clients > 0 {
+        write_file(&w.join("www/artifacts/image.img"), a.image_mib)?;
+    }
+    let macs = machines(a.machines, a.net.server_ip);
+    let macs_file = w.join("macs.txt");
+    std::fs::write(
+        &macs_file,
+        macs.iter()
+            .map(|(m, _)| format!("{m}\n"))
+            .collect::<String>(),
+    )?;
+    // nginx serves each machine's script as a static file with what rackd would send.
+    for (i, (mac, _)) in macs.iter().enumerate() {
+        std::fs::write(
+            w.join(format!("www/boot/{mac}.ipxe")),
+            format!("#!ipxe\necho rackd: m{i} is new: no deployment scheduled\nsleep 3\nexit\n"),
+        )?;
+    }
+
+    let rackd = servers::rackd(&a.net, &a.rackd, &macs, a.max_transfers).await?;
+    let r = run_set(&a, rackd, &macs, &macs_file).await?;
+    let peers = servers::dnsmasq_nginx(&a.net, &macs, a.machines).await?;
+    let p = run_set(&a, peers, &macs, &macs_file).await?;
+
+    let ratios = json!({
+        "storm_secs": ratio(&r, &p, &["storm_secs"]),
+        "dhcp_secs": ratio(&r, &p, &["dhcp", "secs"]),
+        "tftp_secs": ratio(&r, &p, &["tftp", "secs"]),
+        "http_secs": ratio(&r, &p, &["http", "secs"]),
+        "image_secs": ratio(&r, &p, &["image", "secs"]),
+        "rss_peak_storm": ratio(&r, &p, &["rss_peak_storm_mib"]),
+        "rss_peak_with_image": ratio(&r, &p, &["rss_peak_with_image_mib"]),
+    });
+    let report = json!({
+        "benchmark": "boot-storm",
+        "date_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs(),
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "machines": a.machines,
+        "files": {"undionly.kpxe_bytes": std::fs::metadata(w.join("tftp/undionly.kpxe"))?.len(),
+                  "kernel_mib": a.kernel_mib, "initrd_mib": a.initrd_mib,
+                  "image_mib": a.image_mib, "image_clients": a.image_clients},
+        "rackd_max_transfers": a.max_transfers,
+        "dnsmasq_tftp_max": a.machines,
+        "note": "ratios are rackd / (dnsmasq + nginx): below 1 means rackd is faster or smaller",
+        "results": {"rackd": r, "dnsmasq+nginx": p},
+        "ratios": ratios,
+    });
+    if let Some(d) = a.out.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::write(&a.out, serde_json::to_string_pretty(&report)? + "\n")?;
+    eprintln!(
+        "ratios (rackd / dnsmasq+nginx): {ratios}\nwrote {}",
+        a.out.display()
+    );
+    Ok(())
+}
