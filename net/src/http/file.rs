@@ -31,8 +31,13 @@ impl FileMeta {
 
     /// The `Last-Modified` value (IMF-fixdate).
     pub fn last_modified(&self) -> String {
-        httpdate::fmt_http_date(self.modified)
+        http_date(self.modified)
     }
+}
+
+/// A time as an HTTP date (IMF-fixdate), as `Date` and `Last-Modified` carry it.
+pub fn http_date(t: SystemTime) -> String {
+    httpdate::fmt_http_date(t)
 }
 
 /// The request header fields that decide the answer (raw values; `None` when absent).

@@ -297,3 +297,78 @@ async fn http_boot_queues_beyond_its_cap_and_cuts_stalled_clients() {
         "{got} bytes reached the stalled client"
     );
 }
+
+/// Everything the server sent on `s` until it closed the connection (or 10 s passed).
+fn read_all(s: &mut std::net::TcpStream) -> String {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_boot_speaks_http11_to_pipelining_and_malformed_clients() {
+    let (_c, base, artifacts) = boot_node("hbproto", &[]).await;
+    std::fs::write(artifacts.join("a.txt"), b"0123456789").unwrap();
+    let addr = base.trim_start_matches("http://").to_string();
+    let send = |req: &[u8]| {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.write_all(req).unwrap();
+        read_all(&mut s)
+    };
+    // Two pipelined requests in one write: two answers, in order; the second closes.
+    let out = send(
+        b"GET /artifacts/a.txt HTTP/1.1\r\nHost: x\r\nRange: bytes=2-4\r\n\r\n\
+          HEAD /artifacts/a.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    let (first, second) = out.split_once("234").expect(&out);
+    assert!(
+        first.starts_with("HTTP/1.1 206 Partial Content\r\n"),
+        "{out}"
+    );
+    assert!(
+        first
+            .to_ascii_lowercase()
+            .contains("content-range: bytes 2-4/10"),
+        "{out}"
+    );
+    assert!(first.to_ascii_lowercase().contains("\r\ndate: "), "{out}");
+    assert!(second.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+    assert!(
+        second.to_ascii_lowercase().contains("content-length: 10"),
+        "{out}"
+    );
+    assert!(second.ends_with("\r\n\r\n"), "HEAD has no body: {out}");
+    // HTTP/1.0 without keep-alive: one answer, then the server closes.
+    let out = send(b"GET /artifacts/a.txt HTTP/1.0\r\n\r\n");
+    assert!(
+        out.starts_with("HTTP/1.1 200 OK\r\n") && out.ends_with("0123456789"),
+        "{out}"
+    );
+    // Malformed, chunked, oversized: a status and a closed connection, never a hang.
+    for (req, want) in [
+        (&b"GARBAGE\x01\x02\r\n\r\n"[..], "HTTP/1.1 400 "),
+        (
+            b"POST /boot/52:54:00:00:00:01/done HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "HTTP/1.1 411 ",
+        ),
+        (
+            b"POST /boot/52:54:00:00:00:01/done HTTP/1.1\r\nContent-Length: 999999999\r\n\r\n",
+            "HTTP/1.1 413 ",
+        ),
+    ] {
+        let out = send(req);
+        assert!(out.starts_with(want), "{want}: {out}");
+    }
+    let huge = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(20_000));
+    assert!(send(huge.as_bytes()).starts_with("HTTP/1.1 431 "));
+    // Dynamic answers keep working on a kept-alive connection after a file.
+    let out = send(
+        b"GET /artifacts/a.txt HTTP/1.1\r\n\r\nGET /boot/52:54:00:00:00:99.ipxe HTTP/1.1\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        out.contains("0123456789HTTP/1.1 404 Not Found\r\n"),
+        "{out}"
+    );
+    assert!(out.ends_with("exit 1\n"), "{out}");
+}

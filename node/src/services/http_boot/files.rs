@@ -1,27 +1,24 @@
-//! Static files of the HTTP boot server (the TFTP root over HTTP, image artifacts): streamed
-//! from disk in [`CHUNK`]-sized reads, never read whole, so memory does not grow with image
-//! size; `HEAD`, single `Range`, `ETag`/`Last-Modified` and conditional requests follow
-//! `rackd_net::http::file`.
+//! Static files of the HTTP boot server (the TFTP root over HTTP, image artifacts): the
+//! handler answers with the head and a [`SendFile`] that the connection loop (`conn`) sends
+//! from the page cache with `sendfile(2)`, never read into memory, so memory does not grow
+//! with image size or clients; `HEAD`, single `Range`, `ETag`/`Last-Modified` and conditional
+//! requests follow `rackd_net::http::file`.
 //!
 //! Every body holds one of the node's transfer slots ([`Transfers`]) until it is sent or its
 //! connection dies; requests beyond the cap wait in FIFO order (none is refused, none
-//! starves). Memory per transfer is one chunk being read plus what hyper buffers (bounded by
-//! the connection's `max_buf_size`). Path rules are the TFTP server's (no `..`, no symlink out
-//! of the root). Layer: a leaf of `services::http_boot`; no cluster state here.
+//! starves). Path rules are the TFTP server's (no `..`, no symlink out of the root).
+//! Layer: a leaf of `services::http_boot`; no cluster state here.
 
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use rackd_net::http::file::{plan, FileMeta, Plan, Request};
 use rackd_net::tftp::server::{resolve, PathError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
-/// Bytes read from disk per step of a transfer.
-pub const CHUNK: usize = 128 * 1024;
 
 /// The node's transfer slots: at most `cap` file bodies are being sent at once.
 #[derive(Clone)]
@@ -137,33 +134,35 @@ pub async fn serve(
         return resp;
     }
     let slot = transfers.acquire().await;
-    *resp.body_mut() = file_body(Arc::new(file), start, len, slot);
+    resp.extensions_mut().insert(SendFileExt::new(SendFile {
+        file,
+        start,
+        len,
+        _slot: slot,
+    }));
     resp
 }
 
-/// `len` bytes of `file` from `start`, read one chunk at a time on the blocking pool as hyper
-/// asks for them; the slot is released when the body is finished or dropped.
-fn file_body(file: Arc<std::fs::File>, start: u64, len: u64, slot: OwnedSemaphorePermit) -> Body {
-    let stream = futures::stream::try_unfold(
-        (file, start, len, slot),
-        |(file, off, left, slot)| async move {
-            if left == 0 {
-                return Ok(None);
-            }
-            let n = left.min(CHUNK as u64) as usize;
-            let f = file.clone();
-            let chunk = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
-                let mut buf = vec![0u8; n];
-                // A file truncated under us ends the body early: hyper then aborts the
-                // connection, so the client sees a short transfer, not wrong bytes.
-                f.read_exact_at(&mut buf, off)?;
-                Ok(buf)
-            })
-            .await
-            .map_err(std::io::Error::other)??;
-            let next = (file, off + n as u64, left - n as u64, slot);
-            Ok::<_, std::io::Error>(Some((Bytes::from(chunk), next)))
-        },
-    );
-    Body::from_stream(stream)
+/// A file body for the connection loop to send with `sendfile(2)` (no copy through user
+/// space): the handler answers with the head and this; the loop writes the head, then the
+/// bytes. The transfer slot is held until the value is dropped (sent, or the client gone).
+pub struct SendFile {
+    pub file: std::fs::File,
+    pub start: u64,
+    pub len: u64,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// [`SendFile`] as a response extension (extensions must be `Clone`; only one taker gets it).
+#[derive(Clone)]
+pub struct SendFileExt(Arc<std::sync::Mutex<Option<SendFile>>>);
+
+impl SendFileExt {
+    fn new(f: SendFile) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(Some(f))))
+    }
+
+    pub fn take(&self) -> Option<SendFile> {
+        self.0.lock().ok().and_then(|mut g| g.take())
+    }
 }
