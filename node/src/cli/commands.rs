@@ -17,15 +17,20 @@ use crate::client::Client;
 use crate::config::NodeConfig;
 
 pub async fn up(args: UpArgs, join: Option<String>) -> anyhow::Result<()> {
+    let log = crate::cli::log::NonBlockingStderr::start();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RACKD_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(log.clone())
         .init();
-    let cfg = NodeConfig::from_args(args, join)?;
-    crate::server::run(cfg).await
+    let result = match NodeConfig::from_args(args, join) {
+        Ok(cfg) => crate::server::run(cfg).await,
+        Err(e) => Err(e.into()),
+    };
+    log.flush(Duration::from_secs(3));
+    result
 }
 
 fn json_out<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {

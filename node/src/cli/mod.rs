@@ -9,6 +9,7 @@ pub use crate::config::args::UpArgs;
 
 pub mod commands;
 pub mod image;
+pub mod log;
 pub mod output;
 
 #[derive(Debug, Parser)]
