@@ -15,6 +15,7 @@ use rackd_types::{ApiError, CreatedJoinToken};
 
 use super::contract::{check_removal, Cluster, MemberRole};
 use super::secrets::{hash_secret, new_secret};
+use super::write::membership_error;
 use super::ClusterHandle;
 
 fn journal_cmd(kind: &str, id: u64, message: String) -> Command {
@@ -96,7 +97,7 @@ impl ClusterHandle {
             .map_err(|_| {
                 ApiError::unavailable("new node did not catch up in time; retry the join")
             })?
-            .map_err(|e| ApiError::unavailable(format!("add learner: {e}")))?;
+            .map_err(|e| membership_error("addition of the new node as a learner", &e))?;
             let _ = self
                 .propose(
                     actor,
@@ -119,7 +120,7 @@ impl ClusterHandle {
         self.raft
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
             .await
-            .map_err(|e| ApiError::unavailable(format!("promote to voter: {e}")))?;
+            .map_err(|e| membership_error("promotion to voter", &e))?;
         let _ = self
             .propose(
                 actor,
@@ -183,7 +184,7 @@ impl ClusterHandle {
         )
         .await
         .map_err(|_| ApiError::unavailable("membership change not confirmed in time"))?
-        .map_err(|e| ApiError::unavailable(format!("membership change: {e}")))?;
+        .map_err(|e| membership_error("member removal", &e))?;
         let _ = self
             .propose(
                 actor,

@@ -117,6 +117,37 @@ pub fn write_error(e: &RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> A
     }
 }
 
+/// A membership change (join's learner and voter steps, member removal) that Raft refused or
+/// did not confirm, in our words. These carry no idempotency key: the join is safe to repeat
+/// as a whole, and a removal is checked against the membership before it is retried.
+pub fn membership_error(
+    what: &str,
+    e: &RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
+) -> ApiError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => match f.leader_id {
+            None => ApiError::unavailable(format!(
+                "no leader at the moment (election in progress): {what} not done; retry"
+            )),
+            Some(l) => ApiError::unavailable(format!(
+                "leadership moved to node {l}: {what} not done; retry"
+            )),
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+            ApiError::unavailable(format!("{what} refused by Raft: {c}; retry"))
+        }
+        RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => ApiError::unavailable(
+            format!("the leader changed during the {what}; its outcome is unknown; retry"),
+        ),
+        RaftError::Fatal(f) => ApiError::unavailable(format!(
+            "this node's Raft has stopped ({f}) during the {what}; its outcome is unknown; retry"
+        )),
+        RaftError::APIError(other) => {
+            ApiError::unavailable(format!("{what} not confirmed ({other}); retry"))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use openraft::errors::ForwardToLeader;
@@ -163,6 +194,35 @@ mod tests {
                 "{:?}",
                 a.message
             );
+        }
+    }
+
+    #[test]
+    fn membership_changes_are_told_in_our_words() {
+        let cases = [
+            (
+                forward(None),
+                "no leader at the moment (election in progress)",
+            ),
+            (forward(Some(2)), "leadership moved to node 2"),
+            (
+                RaftError::APIError(ClientWriteError::LogEntryDiscarded(ForwardToLeader::empty())),
+                "outcome is unknown",
+            ),
+            (
+                RaftError::Fatal(openraft::errors::Fatal::Stopped),
+                "outcome is unknown",
+            ),
+        ];
+        for (e, want) in cases {
+            let a = membership_error("promotion to voter", &e);
+            assert_eq!(a.code, ErrorCode::Unavailable);
+            assert!(a.message.contains(want), "{:?}", a.message);
+            assert!(a.message.contains("promotion to voter"), "{:?}", a.message);
+            assert!(!a.message.contains("has to forward"), "{:?}", a.message);
+            assert!(!a.message.contains("None"), "{:?}", a.message);
+            // No key travels with a membership change: never point the user at one.
+            assert!(!a.message.contains("Idempotency-Key"), "{:?}", a.message);
         }
     }
 }
