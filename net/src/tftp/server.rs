@@ -214,8 +214,14 @@ async fn serve_read(
     // truncated and then fail to decode, as they would as a whole.
     let mut recv = vec![0u8; CLIENT_PACKET_MAX];
     let mut result = perform(&sock, &file, out, &mut pkt, stats).await?;
+    // One timer per transfer, moved to each new deadline (not a new timer per packet).
+    let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(t.deadline()));
+    tokio::pin!(timer);
     while result.is_none() {
         let deadline = tokio::time::Instant::from_std(t.deadline());
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
         let out = tokio::select! {
             r = sock.recv(&mut recv) => match r {
                 Ok(n) => match proto::decode(&recv[..n]) {
@@ -228,7 +234,7 @@ async fn serve_read(
                 // ICMP port unreachable: the client is gone.
                 Err(_) => return Ok(false),
             },
-            _ = tokio::time::sleep_until(deadline) => t.on_timeout(Instant::now()),
+            _ = &mut timer => t.on_timeout(Instant::now()),
         };
         result = perform(&sock, &file, out, &mut pkt, stats).await?;
     }
