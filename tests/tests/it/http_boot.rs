@@ -11,7 +11,7 @@ use rackd_tests::Cluster;
 use crate::util::sh;
 
 /// A one-node cluster serving location dc1 with HTTP boot; (cluster, base URL, artifacts dir).
-async fn boot_node(test: &str, extra: &[&str]) -> (Cluster, String, PathBuf) {
+pub async fn boot_node(test: &str, extra: &[&str]) -> (Cluster, String, PathBuf) {
     let mut args = vec![
         "--location",
         "dc1",

@@ -247,28 +247,9 @@ async fn location_node_answers_dhcp_from_the_replicated_inventory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_boot_serves_per_machine_scripts_and_the_tftp_root() {
-    let c = Cluster::start(
-        "httpboot",
-        1,
-        &[
-            "--location",
-            "dc1",
-            "--http-boot-listen",
-            "{ip}:0",
-            "--tftp-root",
-            "{dir}/tftp",
-        ],
-    )
-    .await
-    .expect("cluster");
+    let (c, base, _) = crate::http_boot::boot_node("httpboot", &[]).await;
     let root = c.nodes[0].data_dir.join("tftp");
     std::fs::write(root.join("ipxe.efi"), b"EFI-BINARY").unwrap();
-    let base = format!(
-        "http://{}",
-        std::fs::read_to_string(c.nodes[0].data_dir.join("http-boot.addr"))
-            .unwrap()
-            .trim()
-    );
     let _: serde_json::Value = c
         .post_json(0, "/v1/locations", &json!({"name": "dc1"}))
         .await
