@@ -619,3 +619,13 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// A `kB` field of `/proc/PID/status` (`VmRSS:`, `VmHWM:` …) in KiB; `None` when the process
+/// is gone or has no such field.
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}

@@ -37,14 +37,7 @@ impl Drop for Running {
 }
 
 fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
+    rackd_tests::proc_status_kib(pid, field).unwrap_or(0)
 }
 
 /// Children of `pid` (nginx's workers).

@@ -55,10 +55,7 @@ fn pattern(len: usize) -> Vec<u8> {
 }
 
 fn status_field(pid: u32, field: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    rackd_tests::proc_status_kib(pid, field)
         .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
 }
 

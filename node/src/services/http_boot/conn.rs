@@ -294,7 +294,7 @@ async fn respond(
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
     }
     if !h.contains_key(header::DATE) {
-        let date = httpdate_now();
+        let date = rackd_net::http::file::http_date(std::time::SystemTime::now());
         h.insert(
             header::DATE,
             HeaderValue::from_str(&date).map_err(io::Error::other)?,
@@ -316,10 +316,6 @@ async fn respond(
         send_file(stream, &f, clock).await?;
     }
     Ok(())
-}
-
-fn httpdate_now() -> String {
-    rackd_net::http::file::http_date(std::time::SystemTime::now())
 }
 
 #[cfg(test)]

@@ -24,21 +24,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 #[derive(Clone)]
 pub struct Transfers {
     slots: Arc<Semaphore>,
-    cap: usize,
 }
 
 impl Transfers {
     pub fn new(cap: usize) -> Self {
-        let cap = cap.max(1);
         Self {
-            slots: Arc::new(Semaphore::new(cap)),
-            cap,
+            slots: Arc::new(Semaphore::new(cap.max(1))),
         }
-    }
-
-    /// Transfers being sent now.
-    pub fn active(&self) -> usize {
-        self.cap - self.slots.available_permits()
     }
 
     /// Wait (FIFO) for a slot.
@@ -52,8 +44,9 @@ impl Transfers {
     }
 }
 
-fn plain(status: StatusCode, body: &'static str) -> Response {
-    let mut r = Response::new(Body::from(body));
+/// A short `text/plain` answer (refusals, scripts).
+pub fn text(status: StatusCode, body: impl Into<Body>) -> Response {
+    let mut r = Response::new(body.into());
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -93,9 +86,9 @@ pub async fn serve(
     let opened = tokio::task::spawn_blocking(move || open(&root, &path)).await;
     let (file, meta) = match opened {
         Ok(Ok(v)) => v,
-        Ok(Err(StatusCode::FORBIDDEN)) => return plain(StatusCode::FORBIDDEN, "forbidden\n"),
-        Ok(Err(_)) => return plain(StatusCode::NOT_FOUND, "not found\n"),
-        Err(_) => return plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"),
+        Ok(Err(StatusCode::FORBIDDEN)) => return text(StatusCode::FORBIDDEN, "forbidden\n"),
+        Ok(Err(_)) => return text(StatusCode::NOT_FOUND, "not found\n"),
+        Err(_) => return text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"),
     };
     let head = *method == Method::HEAD;
     let req = Request {

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -34,6 +34,7 @@ use rackd_types::MachineState;
 use crate::abort::AbortOnDrop;
 use crate::cluster::Cluster;
 use crate::config::HttpBootConfig;
+use files::text;
 
 pub struct BootState {
     pub cluster: Arc<dyn Cluster>,
@@ -98,15 +99,6 @@ pub fn router(state: Arc<BootState>) -> Router {
         .with_state(state)
 }
 
-fn text(status: StatusCode, body: String) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        body,
-    )
-        .into_response()
-}
-
 /// The iPXE script for one machine's state (pure, unit-tested).
 pub fn script_for(hostname: &str, state: MachineState) -> String {
     match state {
@@ -126,10 +118,10 @@ pub fn script_for(hostname: &str, state: MachineState) -> String {
 
 async fn script(State(st): State<Arc<BootState>>, Path(file): Path<String>) -> Response {
     let Some(mac) = file.strip_suffix(".ipxe") else {
-        return text(StatusCode::NOT_FOUND, "not found\n".into());
+        return text(StatusCode::NOT_FOUND, "not found\n");
     };
     let Ok(mac) = normalize_mac(mac) else {
-        return text(StatusCode::BAD_REQUEST, "invalid MAC address\n".into());
+        return text(StatusCode::BAD_REQUEST, "invalid MAC address\n");
     };
     let state = st.cluster.state();
     match state.machine_by_mac(&mac) {
@@ -148,7 +140,7 @@ async fn script(State(st): State<Arc<BootState>>, Path(file): Path<String>) -> R
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "#!ipxe\necho rackd: unknown machine\nexit 1\n".into(),
+            "#!ipxe\necho rackd: unknown machine\nexit 1\n",
         ),
     }
 }
@@ -194,10 +186,10 @@ async fn deploy_done(
     query: Result<axum::extract::Query<DoneQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Ok(mac) = normalize_mac(&mac) else {
-        return text(StatusCode::BAD_REQUEST, "invalid MAC address\n".into());
+        return text(StatusCode::BAD_REQUEST, "invalid MAC address\n");
     };
     let Some(token) = query.ok().and_then(|q| q.0.token).filter(|t| !t.is_empty()) else {
-        return text(StatusCode::UNAUTHORIZED, "missing token\n".into());
+        return text(StatusCode::UNAUTHORIZED, "missing token\n");
     };
     let cmd = rackd_raft::cmd::Command::DeployDone {
         mac: mac.clone(),
