@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use openraft::errors::{ClientWriteError, RaftError};
+use openraft::errors::{ClientWriteError, ForwardReason, ForwardToLeader, RaftError};
 use rackd_raft::cmd::{Applied, Command, Request};
 use rackd_raft::TypeConfig;
 use rackd_types::{ApiError, ErrorCode, RETRY_SAME_KEY};
@@ -93,12 +93,12 @@ impl ClusterHandle {
 /// robustness checker, rely on that); an unknown outcome never says them.
 pub fn write_error(e: &RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> ApiError {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => match f.leader_id {
+        // Refused before its entry was appended (openraft): certainly not applied.
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => match why_refused(f) {
             None => ApiError::no_leader(),
-            // Refused before its entry was appended (openraft): certainly not applied.
-            Some(l) => ApiError::unavailable(format!(
-                "leadership moved to node {l}: write not accepted; {RETRY_SAME_KEY}"
-            )),
+            Some(why) => {
+                ApiError::unavailable(format!("{why}: write not accepted; {RETRY_SAME_KEY}"))
+            }
         },
         RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => {
             ApiError::unavailable(format!(
@@ -117,6 +117,27 @@ pub fn write_error(e: &RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> A
     }
 }
 
+const NO_LEADER: &str = "no leader at the moment (election in progress)";
+
+/// Why this node refused a proposal before appending it, when it is not the plain "no leader
+/// known" case (`None`: [`ApiError::no_leader`]). A leader whose lease lapsed (it has not heard
+/// back from a majority of voters within `election_timeout_max`) is still the leader, so
+/// saying "election in progress" would send the operator looking in the wrong place.
+fn why_refused(f: &ForwardToLeader<TypeConfig>) -> Option<String> {
+    match (f.reason, f.leader_id) {
+        (ForwardReason::LeaseExpired, _) => Some(
+            "this leader has not heard back from a majority of voters within its lease \
+             (peers unreachable, or their round trip is longer than the heartbeat interval)"
+                .to_string(),
+        ),
+        (ForwardReason::LeadershipTransfer, Some(l)) => {
+            Some(format!("leadership is being handed to node {l}"))
+        }
+        (_, Some(l)) => Some(format!("leadership moved to node {l}")),
+        (_, None) => None,
+    }
+}
+
 /// A membership change (join's learner and voter steps, member removal) that Raft refused or
 /// did not confirm, in our words. These carry no idempotency key: the join is safe to repeat
 /// as a whole, and a removal is checked against the membership before it is retried.
@@ -125,14 +146,10 @@ pub fn membership_error(
     e: &RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
 ) -> ApiError {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => match f.leader_id {
-            None => ApiError::unavailable(format!(
-                "no leader at the moment (election in progress): {what} not done; retry"
-            )),
-            Some(l) => ApiError::unavailable(format!(
-                "leadership moved to node {l}: {what} not done; retry"
-            )),
-        },
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            let why = why_refused(f).unwrap_or_else(|| NO_LEADER.to_string());
+            ApiError::unavailable(format!("{why}: {what} not done; retry"))
+        }
         RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
             ApiError::unavailable(format!("{what} refused by Raft: {c}; retry"))
         }
@@ -150,13 +167,19 @@ pub fn membership_error(
 
 #[cfg(test)]
 mod tests {
-    use openraft::errors::ForwardToLeader;
-
     use super::*;
 
     fn forward(leader_id: Option<u64>) -> RaftError<TypeConfig, ClientWriteError<TypeConfig>> {
+        forward_because(ForwardReason::NotLeader, leader_id)
+    }
+
+    fn forward_because(
+        reason: ForwardReason,
+        leader_id: Option<u64>,
+    ) -> RaftError<TypeConfig, ClientWriteError<TypeConfig>> {
         let mut f = ForwardToLeader::<TypeConfig>::empty();
         f.leader_id = leader_id;
+        f.reason = reason;
         RaftError::APIError(ClientWriteError::ForwardToLeader(f))
     }
 
@@ -168,6 +191,14 @@ mod tests {
                 "no leader at the moment (election in progress)",
             ),
             (forward(Some(3)), "leadership moved to node 3"),
+            (
+                forward_because(ForwardReason::LeaseExpired, None),
+                "not heard back from a majority of voters within its lease",
+            ),
+            (
+                forward_because(ForwardReason::LeadershipTransfer, Some(2)),
+                "being handed to node 2",
+            ),
             (
                 RaftError::APIError(ClientWriteError::LogEntryDiscarded(ForwardToLeader::empty())),
                 "outcome is unknown",
@@ -205,6 +236,10 @@ mod tests {
                 "no leader at the moment (election in progress)",
             ),
             (forward(Some(2)), "leadership moved to node 2"),
+            (
+                forward_because(ForwardReason::LeaseExpired, None),
+                "not heard back from a majority of voters within its lease",
+            ),
             (
                 RaftError::APIError(ClientWriteError::LogEntryDiscarded(ForwardToLeader::empty())),
                 "outcome is unknown",

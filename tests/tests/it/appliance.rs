@@ -448,6 +448,16 @@ fn vm_disk(image: &Path, disk: &Path, seed_file: &Path) {
     ]);
 }
 
+/// Raft timing for these nodes, set through the seed as an operator does for slow links. The
+/// guests run an unoptimized rackd under TCG on a 2-core host shared with the rest of the suite:
+/// a peer round trip regularly exceeds the default 100 ms heartbeat, and openraft times each
+/// heartbeat out after one interval, so with the defaults a live majority stops acknowledging
+/// in time, the leader's lease lapses and it refuses writes while no follower sees a reason to
+/// elect (seen: three minutes of 503s with vm1 and vm3 both up). The rule is etcd's: the
+/// heartbeat covers the worst round trip, the election timeout is about ten heartbeats.
+const SLOW_LINKS: &str =
+    "extra_args = [\"--heartbeat-ms\", \"500\", \"--election-timeout-ms\", \"5000\"]\n";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appliance_image_forms_a_three_node_cluster_survives_power_cycle_and_upgrade() {
     let tmp = tempfile::Builder::new()
@@ -467,7 +477,8 @@ async fn appliance_image_forms_a_three_node_cluster_survives_power_cycle_and_upg
     let s1 = seed(
         &dir.join("s1.toml"),
         &format!(
-            "hostname = \"rk1\"\n[network]\naddress = \"{}/24\"\n[cluster]\nbootstrap = true\n",
+            "hostname = \"rk1\"\n[network]\naddress = \"{}/24\"\n[cluster]\nbootstrap = true\n\
+             {SLOW_LINKS}",
             ips[0]
         ),
     );
@@ -505,7 +516,7 @@ async fn appliance_image_forms_a_three_node_cluster_survives_power_cycle_and_upg
             &dir.join(format!("s{i}.toml")),
             &format!(
                 "hostname = \"rk{i}\"\n[network]\n{network}\
-                 [cluster]\njoin = \"http://{}:7080\"\ntoken = \"{}\"\n",
+                 [cluster]\njoin = \"http://{}:7080\"\ntoken = \"{}\"\n{SLOW_LINKS}",
                 ips[0],
                 tok["token"].as_str().unwrap()
             ),
