@@ -139,6 +139,18 @@ impl NodeProc {
         Ok(())
     }
 
+    /// Sends `sig` to the running process (SIGSTOP/SIGCONT pause and resume it); no-op when
+    /// it is not running.
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) on a child process we own.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(c.id() as i32, sig);
+            }
+        }
+    }
+
     /// SIGKILL: no shutdown path runs.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -245,12 +245,7 @@ async fn client(id: u64, env: Env, seed: u64, stop: Arc<AtomicBool>) -> (Vec<Op>
 
 #[allow(unsafe_code)]
 fn signal(c: &Cluster, i: usize, sig: i32) {
-    if let Some(ch) = &c.nodes[i].child {
-        // SAFETY: kill(2) on a child process we own.
-        unsafe {
-            libc::kill(ch.id() as i32, sig);
-        }
-    }
+    c.nodes[i].signal(sig);
 }
 
 /// (Re)start node `i`; the harness's start blocks, so leave the runtime worker to it.
