@@ -18,7 +18,7 @@ use crate::abort::AbortOnDrop;
 use crate::cluster::bootstrap::{self, JoinParams};
 use crate::cluster::{membership, removal, ClusterHandle, Raft};
 use crate::config::NodeConfig;
-use crate::services::ServiceSet;
+use crate::services::{reaper, ServiceSet};
 
 /// Start a node and run until a shutdown signal.
 pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
@@ -89,6 +89,10 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         AbortOnDrop(tokio::spawn(membership::follow_addresses(node.clone()))),
         AbortOnDrop(tokio::spawn(removal::watch(node.clone()))),
     ];
+    if let Some(limit) = cfg.task_lost {
+        let cluster: Arc<dyn crate::cluster::Cluster> = node.clone();
+        background.push(AbortOnDrop(tokio::spawn(reaper::run(cluster, limit))));
+    }
     if !identity.complete {
         let node = node.clone();
         let token = cfg.token.clone();

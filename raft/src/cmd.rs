@@ -134,6 +134,18 @@ pub enum Command {
     CancelTask {
         id: u64,
     },
+    /// The leader gives up on an executor: task `head` of `machine_id` (at `generation`) has
+    /// waited `waited_ms` for one (a running task whose lease expired and that nobody took
+    /// over, or a pending task nobody started), so it fails as "executor lost", and so do the
+    /// tasks queued behind it on the machine. Refused unless `head` is still waiting at that
+    /// generation (`State::waiting_for_executor`). Added after format 2; old logs never carry
+    /// it.
+    LoseTasks {
+        machine_id: u64,
+        head: u64,
+        generation: u64,
+        waited_ms: u64,
+    },
     /// Result of the attempt started by the claim with `generation` (stale results are refused).
     FinishTask {
         id: u64,
@@ -199,6 +211,9 @@ impl Command {
         match self {
             Command::ClaimTask { id, generation, .. } => Some(format!("claim:{id}:{generation}")),
             Command::FinishTask { id, generation, .. } => Some(format!("finish:{id}:{generation}")),
+            Command::LoseTasks {
+                head, generation, ..
+            } => Some(format!("lose:{head}:{generation}")),
             // No key: applying a round again changes nothing (an observation replaces only
             // older ones), and a key per round would fill the shared idempotency bound.
             Command::DeployDone { mac, token } => Some(format!(
@@ -235,6 +250,7 @@ impl Command {
             Command::RenewTaskLease { .. } => "renew_task_lease",
             Command::FinishTask { .. } => "finish_task",
             Command::ObservePower { .. } => "observe_power",
+            Command::LoseTasks { .. } => "lose_tasks",
             Command::CreateJoinToken { .. } => "create_join_token",
             Command::AllocateNodeId { .. } => "allocate_node_id",
             Command::CreateApiToken { .. } => "create_api_token",

@@ -174,6 +174,12 @@ fn every_command() -> Vec<Command> {
             error: Some("e".into()),
             observed_power: Some(rackd_types::PowerState::On),
         },
+        Command::LoseTasks {
+            machine_id: 3,
+            head: 6,
+            generation: 2,
+            waited_ms: 9000,
+        },
         Command::ObservePower {
             observations: vec![PowerObservation {
                 machine_id: 3,
@@ -229,6 +235,7 @@ fn every_command() -> Vec<Command> {
             | Command::RenewTaskLease { .. }
             | Command::FinishTask { .. }
             | Command::ObservePower { .. }
+            | Command::LoseTasks { .. }
             | Command::CreateJoinToken { .. }
             | Command::AllocateNodeId { .. }
             | Command::CreateApiToken { .. }

@@ -127,4 +127,9 @@ pub struct UpArgs {
     /// Seconds a write waits for a quorum before answering 503.
     #[arg(long, default_value_t = 10)]
     pub write_timeout_secs: u64,
+    /// While leader: fail a task that has waited this long for an executor (its lease expired
+    /// and nobody took it over, or nobody started it), with the tasks queued behind it on its
+    /// machine, as "executor lost". A few task leases; 0 turns it off.
+    #[arg(long, default_value_t = 90)]
+    pub task_lost_secs: u64,
 }

@@ -45,6 +45,8 @@ pub struct NodeConfig {
     pub election_timeout_ms: u64,
     /// How long a write waits for a quorum before it is answered 503.
     pub write_timeout: Duration,
+    /// While leader, fail tasks that waited this long for an executor; `None`: never.
+    pub task_lost: Option<Duration>,
     /// The location services of this node; `None` when it serves no location.
     pub location: Option<LocationConfig>,
 }
@@ -205,6 +207,7 @@ impl NodeConfig {
             heartbeat_ms: args.heartbeat_ms,
             election_timeout_ms: args.election_timeout_ms,
             write_timeout: Duration::from_secs(args.write_timeout_secs.max(1)),
+            task_lost: (args.task_lost_secs > 0).then(|| Duration::from_secs(args.task_lost_secs)),
             location,
         })
     }

@@ -1,6 +1,6 @@
 //! The location services of a node started with `--location NAME`: DHCP ([`dhcp`]), TFTP
 //! ([`tftp`]), HTTP boot ([`http_boot`]), the IPMI proxy ([`ipmi_proxy`]) and the task executor
-//! ([`executor`]). They answer from this node's own replica of the inventory, so a site keeps
+//! ([`executor`]); and, on every node, the leader's task [`reaper`]. They answer from this node's own replica of the inventory, so a site keeps
 //! booting known machines when it is cut off from the voters, and they write through the
 //! cluster handle only.
 //!
@@ -12,6 +12,7 @@ pub mod dhcp;
 pub mod executor;
 pub mod http_boot;
 pub mod ipmi_proxy;
+pub mod reaper;
 pub mod tftp;
 
 use std::path::Path;

@@ -386,6 +386,12 @@ impl State {
                 observed_power,
             } => self.finish_task(now, actor, *id, *generation, error.clone(), *observed_power),
             Command::ObservePower { observations } => self.observe_power(now, actor, observations),
+            Command::LoseTasks {
+                machine_id,
+                head,
+                generation,
+                waited_ms,
+            } => self.lose_tasks(now, actor, *machine_id, *head, *generation, *waited_ms),
             Command::CreateJoinToken {
                 token_hash,
                 ttl_ms,

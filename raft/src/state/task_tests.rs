@@ -241,6 +241,101 @@ fn a_task_fails_as_executor_lost_after_the_last_attempt_and_frees_the_machine() 
     assert_eq!(s.claimable(t2, now + 1), Ok(Claim::Start));
 }
 
+fn lose(machine_id: u64, head: u64, generation: u64) -> Command {
+    Command::LoseTasks {
+        machine_id,
+        head,
+        generation,
+        waited_ms: 9000,
+    }
+}
+
+fn task(s: &State, id: u64) -> rackd_types::Task {
+    s.tasks.get(&id).cloned().expect("task")
+}
+
+#[test]
+fn a_running_task_nobody_took_over_is_lost_with_the_tasks_queued_behind_it() {
+    let (mut s, m, t1, t2) = setup();
+    let t3 = create_task(&mut s, 6, m, TaskKind::PowerCycle);
+    ok(&mut s, 100, claim(t1, 7, 0));
+    let waiting = |s: &State, id, now| s.waiting_for_executor(&task(s, id), now);
+    // Under its lease, t1 is not waiting; t2 and t3 wait behind it, not for an executor.
+    assert!(!waiting(&s, t1, 1100));
+    assert!(!waiting(&s, t2, 1100) && !waiting(&s, t3, 1100));
+    assert_eq!(
+        refused(&mut s, 1100, lose(m, t1, 1)),
+        ErrorCode::PreconditionFailed
+    );
+    // The lease expired: t1 waits for an executor; a stale generation or another machine's
+    // id is refused.
+    assert!(waiting(&s, t1, 1101));
+    assert_eq!(
+        refused(&mut s, 5000, lose(m, t1, 0)),
+        ErrorCode::PreconditionFailed
+    );
+    assert_eq!(
+        refused(&mut s, 5000, lose(m + 1, t1, 1)),
+        ErrorCode::PreconditionFailed
+    );
+    let lost = ok(&mut s, 5000, lose(m, t1, 1));
+    assert_eq!(lost["state"], "failed", "{lost}");
+    let e = lost["error"].as_str().unwrap();
+    assert!(e.starts_with(EXECUTOR_LOST), "{e}");
+    assert!(
+        e.contains("node 7") && e.contains("dc1") && e.contains("9s"),
+        "{e}"
+    );
+    for q in [t2, t3] {
+        let t = task(&s, q);
+        assert_eq!(t.state, TaskState::Failed, "{t:?}");
+        assert!(
+            t.error.as_deref().unwrap().contains(&format!("task {t1}")),
+            "{t:?}"
+        );
+    }
+    assert_eq!(s.machine_active_tasks(m).count(), 0);
+    assert!(indexes_consistent(&s));
+    // The late executor's result is refused; the machine takes new work.
+    assert_eq!(
+        refused(&mut s, 5001, finish(t1, 1, "on")),
+        ErrorCode::PreconditionFailed
+    );
+    let t4 = create_task(&mut s, 5002, m, TaskKind::PowerOn);
+    assert_eq!(s.claimable(t4, 5003), Ok(Claim::Start));
+    // Applied again (a retry with the same internal key) it answers the same, once.
+    let again = ok(&mut s, 5004, lose(m, t1, 1));
+    assert_eq!(again["state"], "failed");
+    assert_eq!(task(&s, t4).state, TaskState::Pending);
+}
+
+#[test]
+fn a_pending_task_nobody_started_is_lost_but_a_claimed_one_is_not() {
+    let (mut s, m, t1, t2) = setup();
+    let waiting = |s: &State, id, now| s.waiting_for_executor(&task(s, id), now);
+    assert!(waiting(&s, t1, 10) && !waiting(&s, t2, 10));
+    // Claimed meanwhile: the leader's decision came too late and is refused.
+    ok(&mut s, 20, claim(t1, 3, 0));
+    assert_eq!(
+        refused(&mut s, 30, lose(m, t1, 0)),
+        ErrorCode::PreconditionFailed
+    );
+    assert_eq!(task(&s, t1).state, TaskState::Running);
+    ok(&mut s, 40, finish(t1, 1, "off"));
+    // t2 can start now but nobody starts it.
+    assert!(waiting(&s, t2, 50));
+    let lost = ok(&mut s, 9050, lose(m, t2, 0));
+    assert_eq!(lost["state"], "failed");
+    assert!(
+        lost["error"]
+            .as_str()
+            .unwrap()
+            .contains("no executor of location dc1 started"),
+        "{lost}"
+    );
+    assert_eq!(task(&s, t1).state, TaskState::Succeeded);
+}
+
 #[test]
 fn a_retried_claim_or_result_gets_the_first_answer() {
     let (mut s, _, t1, _) = setup();

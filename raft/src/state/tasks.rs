@@ -435,6 +435,85 @@ impl State {
             .filter_map(|(_, id)| self.tasks.get(id))
     }
 
+    /// Whether task `t` waits for an executor at leader time `now`: it runs under a lease that
+    /// expired (nobody took it over yet), or it is pending and could start (no earlier or
+    /// running task of its machine is in its way). The leader's reaper measures how long a
+    /// task stays so, and `LoseTasks` is applied only while it still does.
+    pub fn waiting_for_executor(&self, t: &Task, now: u64) -> bool {
+        match t.state {
+            TaskState::Running => t.lease_expires_at.unwrap_or(0) < now,
+            TaskState::Pending => matches!(self.claimable(t.meta.id, now), Ok(Claim::Start)),
+            _ => false,
+        }
+    }
+
+    /// `LoseTasks`: fail `head` (still waiting for an executor at `generation`) as "executor
+    /// lost", and every task queued behind it on the same machine, which waits for the same
+    /// missing executor.
+    pub(super) fn lose_tasks(
+        &mut self,
+        now: u64,
+        actor: &str,
+        machine_id: u64,
+        head: u64,
+        generation: u64,
+        waited_ms: u64,
+    ) -> Result<Applied, ApiError> {
+        let t = self.tasks.fetch(head, "task")?;
+        if t.machine_id != machine_id
+            || t.generation != generation
+            || !self.waiting_for_executor(&t, now)
+        {
+            return Err(precondition_failed(format!(
+                "task {head} is {:?} at generation {}; it is not waiting for an executor at \
+                 generation {generation}",
+                t.state, t.generation
+            )));
+        }
+        let location = self
+            .machines
+            .get(&machine_id)
+            .map(|m| m.machine.location.clone())
+            .unwrap_or_default();
+        let secs = waited_ms.div_ceil(1000);
+        let why = match t.state {
+            TaskState::Running => format!(
+                "{EXECUTOR_LOST}: the lease of attempt {} (node {}) expired and no executor of \
+                 location {location} took the task over within {secs}s",
+                t.attempt,
+                t.assignee.unwrap_or_default()
+            ),
+            _ => format!("{EXECUTOR_LOST}: no executor of location {location} started the task within {secs}s"),
+        };
+        let head_task = self.fail_active_task(now, actor, t, why);
+        let queued: Vec<Task> = self
+            .machine_active_tasks(machine_id)
+            .filter(|o| o.meta.id != head)
+            .cloned()
+            .collect();
+        for o in queued {
+            let why = format!(
+                "{EXECUTOR_LOST}: task {head}, queued before it on this machine, lost its executor"
+            );
+            self.fail_active_task(now, actor, o, why);
+        }
+        Ok(Applied::Task(head_task))
+    }
+
+    fn fail_active_task(&mut self, now: u64, actor: &str, mut t: Task, why: String) -> Task {
+        let id = t.meta.id;
+        t.state = TaskState::Failed;
+        t.finished_at = Some(now);
+        t.lease_expires_at = None;
+        t.meta.version += 1;
+        t.meta.updated_at = now;
+        let message = format!("task {id} Failed: {why}");
+        t.error = Some(why);
+        self.put_task(now, t.clone());
+        self.journal(now, actor, "task.finished", "task", Some(id), message);
+        t
+    }
+
     /// Pending and running tasks of one machine, oldest first.
     pub fn machine_active_tasks(&self, machine: u64) -> impl Iterator<Item = &Task> + '_ {
         self.idx

@@ -1,7 +1,9 @@
 //! Task leases: the executor renews the lease of a task while it runs, and a second location
 //! node of the same site, alive and ready, does not take it over; when the executor is killed,
 //! the task is taken over under a new generation once its lease expires, and the machine's
-//! later tasks run. No task stays `running` without a live executor.
+//! later tasks run. No task stays `running` without a live executor. When the site's only
+//! executor is gone for good, the leader fails its machine's tasks as "executor lost" after
+//! `--task-lost-secs`, and a replacement node runs the next task.
 
 use std::time::{Duration, Instant};
 
@@ -170,4 +172,114 @@ async fn a_killed_executors_task_is_taken_over_after_its_lease_and_the_machine_i
                 && e["message"].as_str().unwrap_or("").contains("expired")),
         "take-over journaled: {ev}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_of_a_site_whose_only_executor_is_gone_end_and_a_replacement_runs_the_next() {
+    use crate::ipmi_sim::{IpmiSim, PASS, USER};
+    const LOST_SECS: u64 = 9;
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = IpmiSim::in_netns(3, tmp.path());
+    let mut c = Cluster::new("lost");
+    c.common_args = vec!["--task-lost-secs".into(), LOST_SECS.to_string()];
+    c.bootstrap().await.expect("bootstrap");
+    let lease = LEASE_SECS.to_string();
+    let site = executor_args(&lease, "6000");
+    let only = c
+        .join_with(0, true, &site)
+        .await
+        .expect("join location node");
+    let _: Value = c
+        .post_json(0, "/v1/locations", &json!({"name": "dc1"}))
+        .await
+        .unwrap();
+    let m: Value = c
+        .post_json(
+            0,
+            "/v1/machines",
+            &json!({"hostname": "orphan", "location": "dc1",
+                    "bmc": {"driver": "ipmi", "address": sim.addr, "username": USER,
+                            "password": PASS}}),
+        )
+        .await
+        .unwrap();
+    let machine = m["id"].as_u64().unwrap();
+    // The chassis stalls, so t1 is running when its executor dies; t2 waits behind it.
+    std::fs::write(sim.dir.join("stall"), "3").unwrap();
+    let t1 = post_power(&c, machine, "on").await;
+    let t2 = post_power(&c, machine, "off").await;
+    let t0 = Instant::now();
+    while sim.calls().is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "t1 never reached the BMC"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(task(&c, t1).await["state"], "running");
+    c.nodes[only].kill();
+    let killed = Instant::now();
+    std::fs::remove_file(sim.dir.join("stall")).unwrap();
+
+    // Both end within lease + limit (plus the reaper's tick and a commit), not never.
+    let limit = Duration::from_secs(LEASE_SECS + LOST_SECS + 10);
+    let (a, b) = loop {
+        let (a, b) = (task(&c, t1).await, task(&c, t2).await);
+        if finished(&a) && finished(&b) {
+            break (a, b);
+        }
+        assert!(
+            killed.elapsed() < limit,
+            "tasks wedged without an executor:\n{a}\n{b}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let waited = killed.elapsed();
+    eprintln!("both tasks ended {waited:?} after their only executor died");
+    assert!(
+        waited >= Duration::from_secs(LOST_SECS),
+        "not before the limit: {waited:?}"
+    );
+    for (t, what) in [(&a, "expired"), (&b, &format!("task {t1}"))] {
+        assert_eq!(t["state"], "failed", "{t}");
+        let e = t["error"].as_str().unwrap();
+        assert!(e.starts_with("executor lost") && e.contains(what), "{t}");
+    }
+
+    // A replacement node for the site runs the machine's next task.
+    c.join_with(0, true, &site)
+        .await
+        .expect("join a replacement location node");
+    let t3 = post_power(&c, machine, "on").await;
+    let t0 = Instant::now();
+    let done = loop {
+        let t = task(&c, t3).await;
+        if finished(&t) {
+            break t;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "t3 did not run: {t}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        (done["state"].as_str(), done["observed_power"].as_str()),
+        (Some("succeeded"), Some("on")),
+        "{done}"
+    );
+    let ev: Value = c.get_json(0, "/v1/events?limit=1000").await.unwrap();
+    let lost = ev["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["kind"] == "task.finished"
+                && e["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("executor lost")
+        })
+        .count();
+    assert_eq!(lost, 2, "both journaled: {ev}");
 }
