@@ -113,17 +113,31 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         background,
     };
     // A removed member stops its location services at once (they would serve a replica that
-    // no longer follows the cluster); its API stays up to report the removal.
-    tokio::select! {
-        _ = shutdown_signal() => {}
+    // no longer follows the cluster); its API stays up to report the removal. A node whose
+    // Raft failed (its storage cannot write) stops them too, and exits non-zero with the cause
+    // so that its supervisor restarts it: it never serves a frozen replica.
+    let failed = tokio::select! {
+        _ = shutdown_signal() => None,
         _ = node.wait_removed() => {
             server.stop_services();
             tracing::warn!("location services stopped: this node was removed from the cluster");
             shutdown_signal().await;
+            None
         }
-    }
+        cause = node.wait_failed() => {
+            server.stop_services();
+            tracing::error!(%cause, "Raft stopped on a failure; location services and the executor stopped, exiting");
+            Some(cause)
+        }
+    };
     server.shutdown().await;
-    Ok(())
+    match failed {
+        None => Ok(()),
+        Some(cause) => anyhow::bail!(
+            "this node can no longer write to its storage ({cause}); it stopped serving and \
+             exited: fix the disk, then start it again"
+        ),
+    }
 }
 
 /// Open this node's storage (refusing a database of another node) and start Raft on it.

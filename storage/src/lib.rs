@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 
-pub use log_store::{LogStore, WalSync};
+pub use log_store::{LogStore, WalSync, FAULT_WAL_SYNC_ENV};
 pub use sm_store::StateMachineStore;
 
 /// On-disk layout version. Bump with a migration when the layout or an encoding changes.

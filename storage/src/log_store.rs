@@ -27,6 +27,11 @@ const KEY_LAST_PURGED: &[u8] = b"last_purged";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_NODE_ID: &[u8] = b"node_id";
 
+/// Fault hook for tests of a failing disk (issue 21 R4): when this variable names a file and
+/// that file exists, every WAL sync fails as a failing fsync would. Read once at open; costs
+/// one `stat` per group commit when set, nothing otherwise.
+pub const FAULT_WAL_SYNC_ENV: &str = "RACKD_FAULT_WAL_SYNC";
+
 /// One request to the group-commit thread: openraft's flush callback, or a waiter.
 enum FlushReq {
     Raft(IOFlushed<TypeConfig>),
@@ -63,9 +68,10 @@ impl LogStore {
         assert!(db.cf_handle(CF_LOGS).is_some() && db.cf_handle(CF_RAFT_META).is_some());
         let (tx, rx) = mpsc::channel::<FlushReq>();
         let fdb = Arc::downgrade(&db);
+        let fault = std::env::var_os(FAULT_WAL_SYNC_ENV).map(std::path::PathBuf::from);
         std::thread::Builder::new()
             .name("rackd-wal-sync".into())
-            .spawn(move || group_commit(fdb, rx))
+            .spawn(move || group_commit(fdb, rx, fault))
             .expect("spawn WAL sync thread");
         Self { db, flusher: tx }
     }
@@ -115,13 +121,20 @@ impl LogStore {
 }
 
 /// Holds only a weak reference so the database closes when the last store handle is dropped.
-fn group_commit(db: std::sync::Weak<DB>, rx: mpsc::Receiver<FlushReq>) {
+fn group_commit(
+    db: std::sync::Weak<DB>,
+    rx: mpsc::Receiver<FlushReq>,
+    fault: Option<std::path::PathBuf>,
+) {
     while let Ok(first) = rx.recv() {
         let mut pending = vec![first];
         while let Ok(more) = rx.try_recv() {
             pending.push(more);
         }
         let res = match db.upgrade() {
+            Some(_) if fault.as_ref().is_some_and(|f| f.exists()) => {
+                Err(format!("injected fsync failure ({FAULT_WAL_SYNC_ENV})"))
+            }
             Some(db) => db.flush_wal(true).map_err(|e| e.to_string()),
             None => Err("database closed before the WAL was synced".to_string()),
         };

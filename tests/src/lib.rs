@@ -54,6 +54,8 @@ pub struct NodeProc {
     pub args: Vec<String>,
     /// The network namespace the process runs in ([`Cluster::new_in_netns`]), if any.
     pub netns: Option<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
 }
 
 impl NodeProc {
@@ -101,6 +103,7 @@ impl NodeProc {
             .arg(&peer)
             .args(&self.args)
             .env("RACKD_LOG", "info,openraft=info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env_remove("RACKD_SERVER")
             .env_remove("RACKD_TOKEN")
             .stdin(Stdio::null())
@@ -151,6 +154,11 @@ impl NodeProc {
         }
     }
 
+    /// The exit status, once the process has exited by itself.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
     /// SIGKILL: no shutdown path runs.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -190,6 +198,8 @@ pub struct Cluster {
     pub token: String,
     net: (u32, u32),
     pub common_args: Vec<String>,
+    /// Environment of every node started from now on (`{dir}` is its data directory).
+    pub common_env: Vec<(String, String)>,
     /// Per-node network namespaces on one bridge, when partitions are wanted.
     netns: Option<Netns>,
 }
@@ -301,6 +311,7 @@ impl Cluster {
             token: String::new(),
             net,
             common_args: Vec::new(),
+            common_env: Vec::new(),
             netns: None,
         }
     }
@@ -363,7 +374,18 @@ impl Cluster {
             })
             .collect();
         all.extend(args);
+        let env = self
+            .common_env
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.replace("{dir}", &data_dir.display().to_string()),
+                )
+            })
+            .collect();
         self.nodes.push(NodeProc {
+            env,
             ip,
             data_dir,
             log: self.dir.join(format!("{name}.log")),

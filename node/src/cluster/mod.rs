@@ -117,6 +117,26 @@ impl ClusterHandle {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+
+    /// Resolves with the cause once Raft stopped on an error of its own (storage failed, or
+    /// its core panicked): this node can no longer write, so its replica is frozen. A normal
+    /// stop (shutdown, removal) is not a failure and never resolves this.
+    pub async fn wait_failed(&self) -> String {
+        let mut rx = self.raft.metrics();
+        loop {
+            let failed = match &rx.borrow_watched().running_state {
+                Err(openraft::errors::Fatal::Stopped) | Ok(()) => None,
+                Err(f) => Some(f.to_string()),
+            };
+            if let Some(cause) = failed {
+                return cause;
+            }
+            if rx.changed().await.is_err() {
+                // The metrics sender is gone with the core; nothing more will be reported.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
 }
 
 impl Cluster for ClusterHandle {

@@ -375,6 +375,7 @@ async fn interrupted_join_is_retried_by_restarting_the_node() {
         peer: None,
         args,
         netns: None,
+        env: vec![],
     };
     n.start().unwrap();
     let id_file = n.data_dir.join("node.json");

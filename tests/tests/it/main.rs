@@ -3,6 +3,7 @@
 mod api;
 mod appliance;
 mod cluster;
+mod failstop;
 mod fencing;
 mod http_boot;
 mod ipmi;
