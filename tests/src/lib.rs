@@ -40,6 +40,9 @@ pub fn rackd_bin() -> PathBuf {
     p
 }
 
+/// Priority of the policy rules [`Cluster::cut_peer_port`] adds (and `heal` deletes).
+const PEER_CUT_PRIORITY: &str = "100";
+
 /// One rackd process (possibly stopped).
 pub struct NodeProc {
     pub name: String,
@@ -344,11 +347,42 @@ impl Cluster {
         Ok(())
     }
 
-    /// Remove every cut made by [`Cluster::partition`].
+    /// Cut only Raft between nodes `a` and `b` (TCP to each other's peer port, both ways):
+    /// their HTTP APIs still reach each other. A policy rule at priority [`PEER_CUT_PRIORITY`].
+    pub fn cut_peer_port(&self, a: usize, b: usize) -> anyhow::Result<()> {
+        self.netns.as_ref().context("not a netns cluster")?;
+        for (x, y) in [(a, b), (b, a)] {
+            let ns = self.nodes[x]
+                .netns
+                .as_deref()
+                .context("node without netns")?;
+            let peer = self.nodes[y].peer.as_deref().context("node not started")?;
+            let port = peer.rsplit_once(':').context("peer address")?.1;
+            ip(&[
+                "-n",
+                ns,
+                "rule",
+                "add",
+                "priority",
+                PEER_CUT_PRIORITY,
+                "to",
+                &self.nodes[y].ip,
+                "ipproto",
+                "tcp",
+                "dport",
+                port,
+                "blackhole",
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// Remove every cut made by [`Cluster::partition`] and [`Cluster::cut_peer_port`].
     pub fn heal(&self) -> anyhow::Result<()> {
         for node in &self.nodes {
             if let Some(ns) = &node.netns {
                 ip(&["-n", ns, "route", "flush", "type", "blackhole"])?;
+                while ip(&["-n", ns, "rule", "del", "priority", PEER_CUT_PRIORITY]).is_ok() {}
             }
         }
         Ok(())

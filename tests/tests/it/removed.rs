@@ -93,3 +93,64 @@ async fn a_member_removed_while_down_stops_and_says_so() {
     let log = std::fs::read_to_string(&c.nodes[gone].log).unwrap();
     assert!(log.contains("was removed from cluster"), "says why: {log}");
 }
+
+/// R7: only authoritative evidence removes a member. A leader deposed by a partition keeps
+/// saying it leads, with the membership it last knew; a member that joined after it was cut
+/// off, and now reaches only it, must not take that one answer as its removal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leaders_old_membership_does_not_make_a_member_remove_itself() {
+    let mut c = Cluster::new_in_netns("deposed").expect("netns cluster");
+    c.bootstrap().await.expect("bootstrap");
+    c.join(0, false).await.expect("join n2");
+    c.join(0, false).await.expect("join n3");
+    let old = c.health(0).await.unwrap();
+    assert_eq!(old.leader_id, Some(old.node_id), "n1 leads: {old:?}");
+
+    // Depose n1: cut it from n2 and n3, which elect a leader of their own.
+    c.partition(0, 1).unwrap();
+    c.partition(0, 2).unwrap();
+    c.wait_until(T, "n2 and n3 elect a new leader", |c| async move {
+        c.health(1)
+            .await
+            .is_ok_and(|h| h.leader_id.is_some_and(|l| l != old.node_id))
+    })
+    .await
+    .unwrap();
+    // n4 joins through the new majority; n1 never hears of it.
+    let n4 = c.join(1, false).await.expect("join n4 through n2");
+    let id4 = c.health(n4).await.unwrap().node_id;
+    let stale = c.health(0).await.unwrap();
+    assert!(
+        !stale.members.contains(&id4),
+        "n1 knows only the old membership: {stale:?}"
+    );
+
+    // Cut n4 from n2 and n3: it has no leader, and the only member it reaches is n1, over
+    // HTTP only (its vote requests would make n1 step down, ending the stale claim).
+    c.cut_peer_port(n4, 0).unwrap();
+    c.partition(n4, 1).unwrap();
+    c.partition(n4, 2).unwrap();
+    // The watcher asks after 3 s without a leader, then every few seconds.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let h4 = c.health(n4).await.unwrap();
+    assert!(
+        !h4.removed && h4.raft_state != "removed",
+        "n4 took n1's stale answer ({:?}) for its removal: {h4:?}",
+        c.health(0).await.ok()
+    );
+    let log = std::fs::read_to_string(&c.nodes[n4].log).unwrap();
+    assert!(
+        !log.contains("this node was removed from the cluster"),
+        "{log}"
+    );
+
+    // Healed, n4 is a member that follows the leader.
+    c.heal().unwrap();
+    c.wait_until(T, "n4 follows a leader again", |c| async move {
+        c.health(n4)
+            .await
+            .is_ok_and(|h| h.leader_id.is_some() && !h.removed && h.members.contains(&id4))
+    })
+    .await
+    .unwrap();
+}
