@@ -181,7 +181,7 @@ mod tests {
         // A deposed leader that never heard of node 4.
         let stale = report(1, &[1, 2, 3]);
         assert_eq!(
-            majority_says_removed(4, &voters, "c1", &[stale.clone()]),
+            majority_says_removed(4, &voters, "c1", std::slice::from_ref(&stale)),
             None
         );
         // Two of four is not a majority either.
