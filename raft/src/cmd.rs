@@ -170,6 +170,17 @@ pub enum Command {
         api: String,
         peer: String,
     },
+    /// Join phase 2 finished: node `node_id` is a member; its join token is burnt (a replay,
+    /// from any address, only gets the member's current role back). Added after format 2.
+    CompleteJoin {
+        token_hash: String,
+        node_id: u64,
+    },
+    /// Member `node_id` is being removed: its id is never admitted again (join phases 1 and
+    /// 2 refuse it). Proposed before the membership change. Added after format 2.
+    MarkNodeRemoved {
+        node_id: u64,
+    },
     CreateApiToken {
         name: String,
         token_hash: String,
@@ -253,6 +264,8 @@ impl Command {
             Command::LoseTasks { .. } => "lose_tasks",
             Command::CreateJoinToken { .. } => "create_join_token",
             Command::AllocateNodeId { .. } => "allocate_node_id",
+            Command::CompleteJoin { .. } => "complete_join",
+            Command::MarkNodeRemoved { .. } => "mark_node_removed",
             Command::CreateApiToken { .. } => "create_api_token",
             Command::Journal { .. } => "journal",
         }

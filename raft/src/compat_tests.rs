@@ -197,6 +197,11 @@ fn every_command() -> Vec<Command> {
             api: "a".into(),
             peer: "p".into(),
         },
+        Command::CompleteJoin {
+            token_hash: "h".into(),
+            node_id: 4,
+        },
+        Command::MarkNodeRemoved { node_id: 4 },
         Command::CreateApiToken {
             name: "n".into(),
             token_hash: "h".into(),
@@ -238,6 +243,8 @@ fn every_command() -> Vec<Command> {
             | Command::LoseTasks { .. }
             | Command::CreateJoinToken { .. }
             | Command::AllocateNodeId { .. }
+            | Command::CompleteJoin { .. }
+            | Command::MarkNodeRemoved { .. }
             | Command::CreateApiToken { .. }
             | Command::Journal { .. } => {}
         }

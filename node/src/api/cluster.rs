@@ -85,25 +85,12 @@ pub async fn join(State(node): State<AppState>, body: Bytes) -> HttpResult<Json<
         // from the (linearized) replica, so junk join attempts never reach the log.
         // Used and expired tokens are refused the same way (apply would refuse them too).
         node.linearize().await?;
-        {
-            let st = node.state();
-            let reject = |m: &str| HttpError(ApiError::new(ErrorCode::JoinRejected, m));
-            let tok = st
-                .join_token_by_hash(&hash)
-                .ok_or_else(|| reject("unknown join token"))?;
-            match tok.view.used_by_node {
-                Some(_)
-                    if tok.joined_api.as_deref() != Some(req.api_addr.as_str())
-                        || tok.joined_peer.as_deref() != Some(req.peer_addr.as_str()) =>
-                {
-                    return Err(reject("join token already used by another node"));
-                }
-                None if crate::cluster::now_ms() >= tok.view.expires_at => {
-                    return Err(reject("join token expired"));
-                }
-                _ => {}
-            }
-        }
+        node.state().join_token_admits(
+            &hash,
+            &req.api_addr,
+            &req.peer_addr,
+            crate::cluster::now_ms(),
+        )?;
         let v = node
             .propose(
                 "join",
@@ -125,8 +112,10 @@ pub async fn join(State(node): State<AppState>, body: Bytes) -> HttpResult<Json<
 
     // Phase 2: the token must be the one that allocated this id. The addresses may have
     // changed since phase 1 (a node on DHCP); the token binds the node id, not its addresses.
+    // A removed id is never admitted again; a burnt token (its node completed the join) only
+    // gets the member's current role back, whatever addresses it comes from.
     node.linearize().await?;
-    let cluster_id = {
+    let (cluster_id, burnt) = {
         let st = node.state();
         let tok = st
             .join_token_by_hash(&hash)
@@ -138,13 +127,42 @@ pub async fn join(State(node): State<AppState>, body: Bytes) -> HttpResult<Json<
             )
             .into());
         }
-        st.cluster_id().to_string()
+        if st.is_removed_node(id) {
+            return Err(crate::cluster::membership::removed_node(id).into());
+        }
+        (st.cluster_id().to_string(), tok.joined)
     };
-    let info = NodeInfo {
-        api: req.api_addr.clone(),
-        peer: req.peer_addr.clone(),
+    let role = if burnt {
+        let status = node.status();
+        if !status.members.contains_key(&id) {
+            return Err(ApiError::new(
+                ErrorCode::JoinRejected,
+                format!("join token already used: node {id} completed its join and is no member"),
+            )
+            .into());
+        }
+        if status.voters.contains(&id) {
+            MemberRole::Voter
+        } else {
+            MemberRole::Learner
+        }
+    } else {
+        let info = NodeInfo {
+            api: req.api_addr.clone(),
+            peer: req.peer_addr.clone(),
+        };
+        let role = node.add_node(id, info, req.learner).await?;
+        node.propose(
+            "join",
+            None,
+            Command::CompleteJoin {
+                token_hash: hash,
+                node_id: id,
+            },
+        )
+        .await?;
+        role
     };
-    let role = node.add_node(id, info, req.learner).await?;
     Ok(Json(JoinResponse {
         node_id: id,
         cluster_id,

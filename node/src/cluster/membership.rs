@@ -18,6 +18,17 @@ use super::secrets::{hash_secret, new_secret};
 use super::write::membership_error;
 use super::ClusterHandle;
 
+/// The answer to a join of a node id the cluster removed.
+pub fn removed_node(id: u64) -> ApiError {
+    ApiError::new(
+        rackd_types::ErrorCode::JoinRejected,
+        format!(
+            "node {id} was removed from this cluster and is never admitted again: start the \
+             machine with an empty data directory and a new join token"
+        ),
+    )
+}
+
 fn journal_cmd(kind: &str, id: u64, message: String) -> Command {
     Command::Journal {
         kind: kind.to_string(),
@@ -85,6 +96,7 @@ impl ClusterHandle {
             let is_voter = mem.voter_ids().any(|v| v == id);
             (is_voter, mem.get_node(&id).is_some())
         };
+        self.refuse_removed(id).await?;
         if is_voter {
             return Ok(MemberRole::Voter);
         }
@@ -114,6 +126,8 @@ impl ClusterHandle {
         // replication_lag_threshold entries, which a node that never answered satisfies on a
         // small log. Wait until it has really replicated our log before promoting it.
         self.wait_caught_up(id, Duration::from_secs(240)).await?;
+        // Removed while it was catching up: never promoted (and taken out again).
+        self.refuse_removed(id).await?;
         if learner {
             return Ok(MemberRole::Learner);
         }
@@ -178,6 +192,10 @@ impl ClusterHandle {
         } else {
             ChangeMembers::RemoveNodes(BTreeSet::from([id]))
         };
+        // Recorded (and journaled) first: from this entry on, neither join phase admits the id,
+        // so a join still in progress cannot bring it back after the membership change.
+        self.propose(actor, None, Command::MarkNodeRemoved { node_id: id })
+            .await?;
         tokio::time::timeout(
             self.write_timeout,
             self.raft.change_membership(change, false),
@@ -185,14 +203,30 @@ impl ClusterHandle {
         .await
         .map_err(|_| ApiError::unavailable("membership change not confirmed in time"))?
         .map_err(|e| membership_error("member removal", &e))?;
-        let _ = self
-            .propose(
-                actor,
-                None,
-                journal_cmd("cluster.member_removed", id, format!("node {id} removed")),
-            )
-            .await;
         Ok(())
+    }
+
+    /// Refuses node `id` when the cluster removed it; a learner that a join added after the
+    /// removal's membership change is taken out again.
+    async fn refuse_removed(&self, id: u64) -> Result<(), ApiError> {
+        if !self.state().is_removed_node(id) {
+            return Ok(());
+        }
+        let listed = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .is_some();
+        if listed {
+            let _ = self
+                .raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await;
+        }
+        Err(removed_node(id))
     }
 }
 

@@ -78,6 +78,7 @@ impl State {
                 hash: hash.to_string(),
                 joined_api: None,
                 joined_peer: None,
+                joined: false,
             },
         );
         self.journal(
@@ -108,6 +109,38 @@ impl State {
         }
     }
 
+    /// Join phase 1's rule, shared by apply and by the API (which refuses from its replica
+    /// before a junk join costs a Raft entry): `Ok(Some(node))` for a retry of the join that
+    /// consumed the token (same addresses), `Ok(None)` when the token may allocate a new id.
+    pub fn join_token_admits(
+        &self,
+        hash: &str,
+        api: &str,
+        peer: &str,
+        now: u64,
+    ) -> Result<Option<u64>, ApiError> {
+        let reject = |m: &str| ApiError::new(ErrorCode::JoinRejected, m.to_string());
+        let tok = self
+            .join_token_by_hash(hash)
+            .ok_or_else(|| reject("unknown join token"))?;
+        match tok.view.used_by_node {
+            Some(node) if self.is_removed_node(node) => Err(reject(&format!(
+                "node {node}, admitted with this join token, was removed from the cluster; \
+                 create a new join token"
+            ))),
+            // Retrying an interrupted join from the same addresses gets the same id back.
+            Some(node)
+                if tok.joined_api.as_deref() == Some(api)
+                    && tok.joined_peer.as_deref() == Some(peer) =>
+            {
+                Ok(Some(node))
+            }
+            Some(_) => Err(reject("join token already used by another node")),
+            None if now >= tok.view.expires_at => Err(reject("join token expired")),
+            None => Ok(None),
+        }
+    }
+
     pub(super) fn allocate_node_id(
         &mut self,
         now: u64,
@@ -116,30 +149,15 @@ impl State {
         api: &str,
         peer: &str,
     ) -> Result<Applied, ApiError> {
-        let reject = |m: &str| ApiError::new(ErrorCode::JoinRejected, m.to_string());
-        let id = *self
-            .idx
-            .join_token_by_hash
-            .get(hash)
-            .ok_or_else(|| reject("unknown join token"))?;
-        let mut tok = self
-            .join_tokens
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| reject("unknown join token"))?;
-        if let Some(node) = tok.view.used_by_node {
-            // Retrying an interrupted join from the same addresses gets the same id back.
-            if tok.joined_api.as_deref() == Some(api) && tok.joined_peer.as_deref() == Some(peer) {
-                return Ok(Applied::NodeAllocated {
-                    node_id: node,
-                    cluster_id: self.meta.cluster_id.clone(),
-                });
-            }
-            return Err(reject("join token already used by another node"));
+        if let Some(node) = self.join_token_admits(hash, api, peer, now)? {
+            return Ok(Applied::NodeAllocated {
+                node_id: node,
+                cluster_id: self.meta.cluster_id.clone(),
+            });
         }
-        if now >= tok.view.expires_at {
-            return Err(reject("join token expired"));
-        }
+        let unknown = || ApiError::new(ErrorCode::JoinRejected, "unknown join token");
+        let id = *self.idx.join_token_by_hash.get(hash).ok_or_else(unknown)?;
+        let mut tok = self.join_tokens.get(&id).cloned().ok_or_else(unknown)?;
         if self.meta.next_node_id <= BOOTSTRAP_NODE_ID {
             self.meta.next_node_id = BOOTSTRAP_NODE_ID + 1;
         }
@@ -162,6 +180,65 @@ impl State {
             node_id: node,
             cluster_id: self.meta.cluster_id.clone(),
         })
+    }
+
+    pub(super) fn complete_join(
+        &mut self,
+        now: u64,
+        actor: &str,
+        hash: &str,
+        node: u64,
+    ) -> Result<Applied, ApiError> {
+        let reject = |m: String| ApiError::new(ErrorCode::JoinRejected, m);
+        let id = *self
+            .idx
+            .join_token_by_hash
+            .get(hash)
+            .ok_or_else(|| reject("unknown join token".into()))?;
+        let mut tok = self
+            .join_tokens
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| reject("unknown join token".into()))?;
+        if tok.view.used_by_node != Some(node) {
+            return Err(reject(format!("join token {id} did not admit node {node}")));
+        }
+        if self.is_removed_node(node) {
+            return Err(reject(format!("node {node} was removed from the cluster")));
+        }
+        if !tok.joined {
+            tok.joined = true;
+            self.join_tokens.insert(id, tok.clone());
+            self.journal(
+                now,
+                actor,
+                "cluster.node_joined",
+                "node",
+                Some(node),
+                format!("node {node} completed its join; join token {id} is burnt"),
+            );
+        }
+        Ok(Applied::JoinToken(tok.view))
+    }
+
+    pub(super) fn mark_node_removed(
+        &mut self,
+        now: u64,
+        actor: &str,
+        node: u64,
+    ) -> Result<Applied, ApiError> {
+        if self.meta.removed_nodes.insert(node) {
+            self.meta_dirty = true;
+            self.journal(
+                now,
+                actor,
+                "cluster.member_removed",
+                "node",
+                Some(node),
+                format!("node {node} removed; its id is never admitted again"),
+            );
+        }
+        Ok(Applied::Done)
     }
 
     pub(super) fn create_api_token(

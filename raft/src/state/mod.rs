@@ -119,6 +119,9 @@ pub struct SmMeta {
     pub next_event_seq: u64,
     /// Highest leader-stamped time applied so far; apply uses `max(this, request.time_ms)`.
     pub last_time: u64,
+    /// Node ids removed from the cluster: never admitted again.
+    #[serde(default)]
+    pub removed_nodes: std::collections::BTreeSet<u64>,
 }
 
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -153,6 +156,9 @@ pub struct StoredJoinToken {
     pub joined_api: Option<String>,
     #[serde(default)]
     pub joined_peer: Option<String>,
+    /// Set when the node it admitted completed join phase 2: the token is burnt.
+    #[serde(default)]
+    pub joined: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -402,6 +408,11 @@ impl State {
                 api,
                 peer,
             } => self.allocate_node_id(now, actor, token_hash, api, peer),
+            Command::CompleteJoin {
+                token_hash,
+                node_id,
+            } => self.complete_join(now, actor, token_hash, *node_id),
+            Command::MarkNodeRemoved { node_id } => self.mark_node_removed(now, actor, *node_id),
             Command::CreateApiToken { name, token_hash } => {
                 self.create_api_token(now, actor, name, token_hash)
             }
@@ -575,6 +586,11 @@ impl State {
             .api_token_by_hash
             .get(hash)
             .and_then(|id| self.api_tokens.get(id))
+    }
+
+    /// Whether node `id` was removed from the cluster (it is never admitted again).
+    pub fn is_removed_node(&self, id: u64) -> bool {
+        self.meta.removed_nodes.contains(&id)
     }
 
     pub fn join_token_by_hash(&self, hash: &str) -> Option<&StoredJoinToken> {

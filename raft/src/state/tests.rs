@@ -300,6 +300,60 @@ fn join_token_allocates_fresh_ids_once() {
 }
 
 #[test]
+fn a_completed_join_burns_its_token_and_a_removed_id_is_never_admitted_again() {
+    let mut s = base();
+    let h = "d".repeat(64);
+    ok(
+        &mut s,
+        10,
+        Command::CreateJoinToken {
+            token_hash: h.clone(),
+            ttl_ms: 60_000,
+            description: String::new(),
+        },
+    );
+    let alloc = |api: &str| Command::AllocateNodeId {
+        token_hash: h.clone(),
+        api: api.into(),
+        peer: "p".into(),
+    };
+    let complete = |node_id| Command::CompleteJoin {
+        token_hash: h.clone(),
+        node_id,
+    };
+    let id = ok(&mut s, 11, alloc("a"))["node_id"].as_u64().unwrap();
+    // Only the node the token admitted completes with it.
+    assert_eq!(
+        err(&mut s, 12, complete(id + 1)).code,
+        ErrorCode::JoinRejected
+    );
+    assert!(!s.join_token_by_hash(&h).unwrap().joined);
+    ok(&mut s, 13, complete(id));
+    assert!(s.join_token_by_hash(&h).unwrap().joined);
+    ok(&mut s, 14, complete(id)); // a retry changes nothing
+    assert!(!s.is_removed_node(id));
+
+    // Removed: neither phase admits the id again, from the old addresses or new ones.
+    ok(&mut s, 20, Command::MarkNodeRemoved { node_id: id });
+    ok(&mut s, 21, Command::MarkNodeRemoved { node_id: id }); // idempotent
+    assert!(s.is_removed_node(id));
+    for api in ["a", "b"] {
+        let e = err(&mut s, 22, alloc(api));
+        assert_eq!(e.code, ErrorCode::JoinRejected);
+        if api == "a" {
+            assert!(e.message.contains("was removed"), "{}", e.message);
+        }
+    }
+    assert_eq!(err(&mut s, 23, complete(id)).code, ErrorCode::JoinRejected);
+    let journaled = s
+        .events
+        .values()
+        .filter(|e| e.kind == "cluster.member_removed")
+        .count();
+    assert_eq!(journaled, 1);
+}
+
+#[test]
 fn apply_uses_leader_time_monotonically() {
     let mut s = base();
     let a = ok(&mut s, 1000, machine("a", &[], &[]));

@@ -462,6 +462,32 @@ async fn half_joined_member_can_be_removed() {
     assert_eq!(s, 204);
     let ci: ClusterInfo = c.get_json(0, "/v1/cluster").await.unwrap();
     assert_eq!(ci.members.len(), 2);
+
+    // Removed stays removed: replaying its token, from its old addresses or new ones, in
+    // either phase, is refused at once and admits nothing.
+    let moved = |id: Option<u64>| json!({"token": tok.token, "api_addr": "127.0.0.1:19", "peer_addr": "127.0.0.1:19", "node_id": id});
+    for (what, b) in [
+        ("phase 2", body(Some(id))),
+        ("phase 2, new addresses", moved(Some(id))),
+        ("phase 1", body(None)),
+        ("phase 1, new addresses", moved(None)),
+    ] {
+        let r = c
+            .http
+            .post(format!("{}/v1/cluster/join", c.url(1)))
+            .json(&b)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: no answer: {e}"));
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap_or_default();
+        assert_eq!(status, 403, "{what}: {text}");
+        assert!(text.contains("removed"), "{what}: {text}");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ci: ClusterInfo = c.get_json(0, "/v1/cluster").await.unwrap();
+    assert_eq!(ci.members.len(), 2, "{ci:?}");
 }
 
 /// A member restarted on new addresses (a new DHCP lease, a moved VM) re-advertises them: the
