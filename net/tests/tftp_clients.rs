@@ -249,3 +249,55 @@ async fn traversal_missing_files_and_writes_are_refused() {
     let (ok, text) = run(client_cmd("atftp", f.addr, "small.bin", &local)).await;
     assert!(ok, "{text}");
 }
+
+async fn recv_within(
+    sock: &tokio::net::UdpSocket,
+    buf: &mut [u8],
+    ms: u64,
+) -> Option<(usize, SocketAddr)> {
+    tokio::time::timeout(Duration::from_millis(ms), sock.recv_from(buf))
+        .await
+        .ok()?
+        .ok()
+}
+
+#[tokio::test]
+async fn stopping_the_server_ends_its_transfers_in_progress() {
+    // A client that takes the first block and never acknowledges it: the transfer would
+    // retransmit for `max_retries` timeouts. Once the server task is gone, nothing more comes.
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("f.bin"), pattern(100_000, 9)).unwrap();
+    let limits = Limits {
+        default_timeout: Duration::from_millis(200),
+        max_retries: 20,
+        ..Limits::default()
+    };
+    let server = TftpServer::bind("127.0.0.1:0".parse().unwrap(), root.path(), limits)
+        .await
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    let task = tokio::spawn(server.run());
+    let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut rrq = vec![0, 1];
+    rrq.extend_from_slice(b"f.bin\0octet\0");
+    client.send_to(&rrq, addr).await.unwrap();
+    let mut buf = [0u8; 1024];
+    // The first block, then at least one retransmission of it: the transfer is running.
+    for _ in 0..2 {
+        let (n, from) = recv_within(&client, &mut buf, 700).await.expect("DATA");
+        assert_ne!(from, addr, "DATA comes from the transfer's own port");
+        assert_eq!(&buf[..4], &[0, 3, 0, 1], "DATA block 1 ({n} bytes)");
+    }
+    task.abort();
+    let _ = task.await;
+    // Drop what was already queued, then silence for several timeouts (the transfer alone
+    // would retransmit every 200 ms for 20 more tries).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    while client.try_recv_from(&mut buf).is_ok() {}
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), client.recv_from(&mut buf))
+            .await
+            .is_err(),
+        "the transfer kept sending after its server stopped"
+    );
+}

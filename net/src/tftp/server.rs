@@ -97,11 +97,14 @@ impl TftpServer {
         self.stats.clone()
     }
 
-    /// Serve until the task is dropped.
+    /// Serve until the task is dropped. The server owns its transfers: dropping it (the
+    /// node's services stopping) ends every transfer in progress too, sockets included.
     pub async fn run(self) -> std::io::Result<()> {
         let local_ip = self.socket.local_addr()?.ip();
         let mut buf = vec![0u8; MAX_PACKET + 1];
+        let mut transfers = tokio::task::JoinSet::new();
         loop {
+            while transfers.try_join_next().is_some() {}
             let (n, peer) = match self.socket.recv_from(&mut buf).await {
                 Ok(x) => x,
                 Err(e) => {
@@ -159,7 +162,7 @@ impl TftpServer {
                     tracing::info!(%peer, file = %filename, "tftp read request");
                     let limits = self.limits.clone();
                     let stats = self.stats.clone();
-                    tokio::spawn(async move {
+                    transfers.spawn(async move {
                         match serve_read(local_ip, peer, &path, &options, &limits, &stats).await {
                             Ok(true) => {
                                 stats.completed.fetch_add(1, Ordering::Relaxed);
