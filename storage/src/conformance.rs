@@ -237,3 +237,59 @@ async fn concurrent_snapshot_build_install_and_serve_do_not_race() {
     assert_eq!(files.len(), 1, "only the newest snapshot file is kept");
     assert_eq!(sm.read().last_applied.map(|l| l.index()), Some(installed));
 }
+
+/// A batch whose WAL sync fails is never published: readers keep the state of the last
+/// durable batch (the `RACKD_FAULT_WAL_SYNC` hook fails the sync as a failing disk would).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_sync_fails_is_never_visible() {
+    use futures::stream;
+    use openraft::entry::RaftEntry;
+    use openraft::storage::RaftStateMachine;
+    use rackd_raft::cmd::{Command, Request};
+    use rackd_raft::typ::Entry;
+
+    let td = TempDir::new().unwrap();
+    let fault = td.path().join("fail-wal-sync");
+    // Read once when the store opens. Other tests opening stores meanwhile get the same path,
+    // which only this test ever creates.
+    std::env::set_var(crate::FAULT_WAL_SYNC_ENV, &fault);
+    let opened = crate::open(td.path()).await;
+    std::env::remove_var(crate::FAULT_WAL_SYNC_ENV);
+    let (_log, mut sm) = opened.unwrap();
+    let entry = |index: u64, name: &str| {
+        Entry::new_normal(
+            openraft::testing::log_id::<TypeConfig>(1, 1, index),
+            Request {
+                time_ms: index,
+                actor: "t".into(),
+                idempotency_key: None,
+                cmd: Command::CreateLocation(rackd_types::payload::CreateLocation {
+                    name: name.into(),
+                    description: String::new(),
+                    discovery: false,
+                }),
+            },
+        )
+    };
+    let names = |sm: &StateMachineStore| -> Vec<String> {
+        sm.read()
+            .state
+            .locations
+            .values()
+            .map(|l| l.name.clone())
+            .collect()
+    };
+    sm.apply(stream::iter([Ok((entry(1, "durable"), None))]))
+        .await
+        .unwrap();
+    assert_eq!(names(&sm), ["durable"]);
+
+    std::fs::write(&fault, b"").unwrap();
+    let r = sm
+        .apply(stream::iter([Ok((entry(2, "not-synced"), None))]))
+        .await;
+    let e = r.expect_err("the sync failed, so apply fails");
+    assert!(e.to_string().contains("injected fsync failure"), "{e}");
+    assert_eq!(names(&sm), ["durable"], "published before its sync");
+    assert_eq!(sm.read().last_applied.map(|l| l.index), Some(1));
+}
