@@ -26,6 +26,8 @@ struct Inner {
     voters: BTreeSet<u64>,
     log: Vec<Request>,
     removed: bool,
+    /// Proposals still to be applied with their answer lost (see `lose_answers`).
+    lost_answers: u32,
 }
 
 pub struct FakeCluster {
@@ -50,6 +52,7 @@ impl FakeCluster {
                 voters: BTreeSet::from([id]),
                 log: Vec::new(),
                 removed: false,
+                lost_answers: 0,
             }),
         })
     }
@@ -82,7 +85,19 @@ impl FakeCluster {
         };
         let r = g.state.apply(&req);
         g.log.push(req);
+        if g.lost_answers > 0 {
+            g.lost_answers -= 1;
+            return Err(ApiError::unavailable(
+                "answer lost (fake): the write may have committed",
+            ));
+        }
         r.0
+    }
+
+    /// The next `n` proposals are applied, but their answers are lost (the caller sees
+    /// `unavailable`, as after a timeout or a leader change after commit).
+    pub fn lose_answers(&self, n: u32) {
+        self.lock().lost_answers = n;
     }
 
     /// Move the leader's clock.

@@ -56,6 +56,29 @@ fn outcome_unknown(e: &ApiError) -> bool {
     matches!(e.code, ErrorCode::Unavailable | ErrorCode::Internal)
 }
 
+/// Records an attempt's result (`FinishTask`) until it commits or apply refuses it (`Err`, a
+/// stale generation). An unknown outcome (no leader, a lost answer, a timeout) is retried with
+/// backoff under the command's internal key, so the result is applied once however often it
+/// is sent, and a retry of a committed result gets the first answer.
+async fn record_result(node: &dyn Cluster, actor: &str, finish: Command) -> Result<(), ApiError> {
+    let key = finish.internal_key();
+    let mut delay = FINISH_FIRST_BACKOFF;
+    loop {
+        match node
+            .propose_anywhere(actor, key.clone(), finish.clone())
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) if outcome_unknown(&e) => {
+                tracing::warn!(?finish, error = %e.message, retry_in = ?delay, "task result not recorded yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(FINISH_MAX_BACKOFF);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -327,25 +350,8 @@ impl Executor {
             error,
             observed_power,
         };
-        let key = finish.internal_key();
-        let mut delay = FINISH_FIRST_BACKOFF;
-        loop {
-            match self
-                .node
-                .propose_anywhere(&actor, key.clone(), finish.clone())
-                .await
-            {
-                Ok(_) => break,
-                Err(e) if outcome_unknown(&e) => {
-                    tracing::warn!(task = id, error = %e.message, retry_in = ?delay, "task result not recorded yet");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(FINISH_MAX_BACKOFF);
-                }
-                Err(e) => {
-                    tracing::warn!(task = id, generation, error = %e.message, "task result refused");
-                    break;
-                }
-            }
+        if let Err(e) = record_result(&*self.node, &actor, finish).await {
+            tracing::warn!(task = id, generation, error = %e.message, "task result refused");
         }
     }
 

@@ -1,6 +1,7 @@
 //! Fencing of the executor's attempts against [`FakeCluster`] (the real apply rules): an attempt
 //! starts only after a renewal that commits now, and its fence follows the renewals that
-//! commit, closing when they stop (refused or unanswered).
+//! commit, closing when they stop (refused or unanswered); its result is recorded once through
+//! lost answers and leaderless periods.
 
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use rackd_types::TaskKind;
 use tokio::time::Instant;
 
 use super::plan::tests::{claim, location, machine, task, LEASE_MS};
-use super::{confirm_lease, renew_lease};
+use super::{confirm_lease, record_result, renew_lease};
 use crate::cluster::fake::FakeCluster;
 
 const LEASE: Duration = Duration::from_millis(LEASE_MS);
@@ -90,4 +91,69 @@ async fn the_fence_follows_committed_renewals_and_closes_when_they_stop() {
     let why = keeper.await.unwrap();
     assert!(why.contains("stale lease renewal"), "{why}");
     assert!(!fence.is_open());
+}
+
+fn finish(t: u64, generation: u64) -> rackd_raft::cmd::Command {
+    rackd_raft::cmd::Command::FinishTask {
+        id: t,
+        generation,
+        error: None,
+        observed_power: Some(rackd_types::PowerState::On),
+    }
+}
+
+fn finish_proposals(c: &FakeCluster) -> usize {
+    c.log()
+        .iter()
+        .filter(|r| matches!(r.cmd, rackd_raft::cmd::Command::FinishTask { .. }))
+        .count()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_result_is_retried_through_lost_answers_and_no_leader_and_applied_once() {
+    let (c, t, g) = claimed();
+    // The first two answers are lost after the result committed, then there is no leader for
+    // a while: the executor keeps sending the same result under its key.
+    c.lose_answers(2);
+    let cluster = c.clone();
+    let heal = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cluster.set_leading(false);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        cluster.set_leading(true);
+    });
+    let start = Instant::now();
+    record_result(&*c, "node:1", finish(t, g)).await.unwrap();
+    heal.await.unwrap();
+    assert!(
+        start.elapsed() >= Duration::from_secs(10),
+        "retried until a leader came back"
+    );
+    // Two applied with their answers lost, then (proposals without a leader never reach the
+    // log) the one whose answer came back.
+    assert_eq!(finish_proposals(&c), 3);
+    // Applied once: one journal entry, the task finished at the attempt's generation.
+    let st = crate::cluster::Cluster::state(&*c);
+    let task = st.tasks.get(&t).unwrap();
+    assert_eq!(task.state, rackd_types::TaskState::Succeeded, "{task:?}");
+    assert_eq!(task.generation, g);
+    let finished = st
+        .events
+        .values()
+        .filter(|e| e.kind == "task.finished" && e.entity_id == Some(t))
+        .count();
+    assert_eq!(finished, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_result_is_not_retried() {
+    let (c, t, g) = claimed();
+    c.advance(LEASE * 3);
+    claim(&c, t, 2); // taken over: the old generation's result is stale
+    let before = finish_proposals(&c);
+    let e = record_result(&*c, "node:1", finish(t, g))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, rackd_types::ErrorCode::PreconditionFailed, "{e:?}");
+    assert_eq!(finish_proposals(&c), before + 1, "sent once");
 }
