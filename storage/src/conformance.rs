@@ -243,10 +243,7 @@ async fn concurrent_snapshot_build_install_and_serve_do_not_race() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_whose_sync_fails_is_never_visible() {
     use futures::stream;
-    use openraft::entry::RaftEntry;
     use openraft::storage::RaftStateMachine;
-    use rackd_raft::cmd::{Command, Request};
-    use rackd_raft::typ::Entry;
 
     let td = TempDir::new().unwrap();
     let fault = td.path().join("fail-wal-sync");
@@ -256,40 +253,115 @@ async fn a_batch_whose_sync_fails_is_never_visible() {
     let opened = crate::open(td.path()).await;
     std::env::remove_var(crate::FAULT_WAL_SYNC_ENV);
     let (_log, mut sm) = opened.unwrap();
-    let entry = |index: u64, name: &str| {
-        Entry::new_normal(
-            openraft::testing::log_id::<TypeConfig>(1, 1, index),
-            Request {
-                time_ms: index,
-                actor: "t".into(),
-                idempotency_key: None,
-                cmd: Command::CreateLocation(rackd_types::payload::CreateLocation {
-                    name: name.into(),
-                    description: String::new(),
-                    discovery: false,
-                }),
-            },
-        )
-    };
-    let names = |sm: &StateMachineStore| -> Vec<String> {
-        sm.read()
-            .state
-            .locations
-            .values()
-            .map(|l| l.name.clone())
-            .collect()
-    };
-    sm.apply(stream::iter([Ok((entry(1, "durable"), None))]))
+    sm.apply(stream::iter([Ok((location_entry(1, "durable"), None))]))
         .await
         .unwrap();
-    assert_eq!(names(&sm), ["durable"]);
+    assert_eq!(location_names(&sm), ["durable"]);
 
     std::fs::write(&fault, b"").unwrap();
     let r = sm
-        .apply(stream::iter([Ok((entry(2, "not-synced"), None))]))
+        .apply(stream::iter([Ok((location_entry(2, "not-synced"), None))]))
         .await;
     let e = r.expect_err("the sync failed, so apply fails");
     assert!(e.to_string().contains("injected fsync failure"), "{e}");
-    assert_eq!(names(&sm), ["durable"], "published before its sync");
+    assert_eq!(
+        location_names(&sm),
+        ["durable"],
+        "published before its sync"
+    );
     assert_eq!(sm.read().last_applied.map(|l| l.index), Some(1));
+}
+
+/// Log entry `index` creating location `name`.
+fn location_entry(index: u64, name: &str) -> rackd_raft::typ::Entry {
+    use openraft::entry::RaftEntry;
+    use rackd_raft::cmd::{Command, Request};
+    rackd_raft::typ::Entry::new_normal(
+        openraft::testing::log_id::<TypeConfig>(1, 1, index),
+        Request {
+            time_ms: index,
+            actor: "t".into(),
+            idempotency_key: None,
+            cmd: Command::CreateLocation(rackd_types::payload::CreateLocation {
+                name: name.into(),
+                description: String::new(),
+                discovery: false,
+            }),
+        },
+    )
+}
+
+fn location_names(sm: &StateMachineStore) -> Vec<String> {
+    sm.read()
+        .state
+        .locations
+        .values()
+        .map(|l| l.name.clone())
+        .collect()
+}
+
+const PANIC_CHILD_ENV: &str = "RACKD_TEST_APPLY_PANIC_DIR";
+/// The signal `std::process::abort` raises (Linux).
+const SIGABRT: i32 = 6;
+
+/// A panic in apply aborts the process (a node must not go on serving with its state machine
+/// worker gone), and the batch it was applying is neither published nor persisted. The
+/// scenario runs in a child process (this test binary, this test alone); the parent checks
+/// how it died and what is on disk.
+#[test]
+fn a_panic_in_apply_aborts_the_process_and_persists_nothing() {
+    use std::os::unix::process::ExitStatusExt;
+    let rt = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    if let Some(dir) = std::env::var_os(PANIC_CHILD_ENV) {
+        rt().block_on(async move {
+            use futures::stream;
+            use openraft::storage::RaftStateMachine;
+            let (_log, mut sm) = crate::open(std::path::Path::new(&dir)).await.unwrap();
+            sm.apply(stream::iter([Ok((location_entry(1, "durable"), None))]))
+                .await
+                .unwrap();
+            crate::sm_store::PANIC_IN_APPLY.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = sm
+                .apply(stream::iter([Ok((
+                    location_entry(2, "half-applied"),
+                    None,
+                ))]))
+                .await;
+        });
+        // Reaching this line means the process did not abort.
+        std::process::exit(0);
+    }
+    let td = TempDir::new().unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "conformance::a_panic_in_apply_aborts_the_process_and_persists_nothing",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(PANIC_CHILD_ENV, td.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.signal(),
+        Some(SIGABRT),
+        "the child was not aborted ({:?}):\n{stderr}",
+        out.status
+    );
+    assert!(
+        stderr.contains("state machine apply panicked"),
+        "says why:\n{stderr}"
+    );
+    rt().block_on(async {
+        let (_log, sm) = crate::open(td.path()).await.unwrap();
+        assert_eq!(location_names(&sm), ["durable"]);
+        assert_eq!(sm.read().last_applied.map(|l| l.index), Some(1));
+    });
 }

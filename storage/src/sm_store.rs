@@ -328,6 +328,11 @@ fn poisoned() -> ! {
     std::process::abort()
 }
 
+/// Test hook: the next `State::apply` panics (the abort path has no other trigger).
+#[cfg(test)]
+pub(crate) static PANIC_IN_APPLY: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// `State::apply` panicked: the batch was never persisted or published; restart from disk.
 fn apply_panicked() -> ! {
     tracing::error!("state machine apply panicked; exiting to restart from disk");
@@ -425,7 +430,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             for (entry, responder) in items {
                 let resp = match &entry.payload {
                     EntryPayload::Blank => Response(Ok(rackd_raft::cmd::Applied::Done)),
-                    EntryPayload::Normal(req) => next.state.apply(req),
+                    EntryPayload::Normal(req) => {
+                        #[cfg(test)]
+                        if PANIC_IN_APPLY.load(Ordering::SeqCst) {
+                            panic!("injected panic in apply");
+                        }
+                        next.state.apply(req)
+                    }
                     EntryPayload::Membership(m) => {
                         next.membership = StoredMembership::new(Some(entry.log_id()), m.clone());
                         Response(Ok(rackd_raft::cmd::Applied::Done))
