@@ -122,7 +122,7 @@ async fn format_1_is_migrated_by_rebuilding_from_the_log_or_refused_when_compact
     {
         let (db, _) = crate::open_db_any(&td.path().join("db")).unwrap();
         let logs = db.cf_handle(crate::CF_LOGS).unwrap();
-        db.put_cf(logs, 1u64.to_be_bytes(), b"entry").unwrap();
+        db.put_cf(logs, 0u64.to_be_bytes(), b"entry").unwrap();
         let data = db.cf_handle(crate::CF_SM_DATA).unwrap();
         db.put_cf(data, [2u8, 0, 0, 0, 0, 0, 0, 0, 1], b"{}")
             .unwrap();
@@ -150,7 +150,7 @@ async fn format_1_is_migrated_by_rebuilding_from_the_log_or_refused_when_compact
         assert!(db.get_cf(sm_meta, b"last_applied").unwrap().is_none());
         let logs = db.cf_handle(crate::CF_LOGS).unwrap();
         assert_eq!(
-            db.get_cf(logs, 1u64.to_be_bytes()).unwrap().as_deref(),
+            db.get_cf(logs, 0u64.to_be_bytes()).unwrap().as_deref(),
             Some(b"entry".as_slice())
         );
         assert_eq!(
@@ -185,6 +185,66 @@ async fn format_1_is_migrated_by_rebuilding_from_the_log_or_refused_when_compact
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("opened a compacted format-1 directory"),
     }
+}
+
+/// R8: a format-1 follower that installed a snapshot and stopped before openraft purged the
+/// log behind it has no `last_purged`, but its log does not start at index 0: that is
+/// compacted too, refused with the way out before anything is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_format_1_log_that_does_not_start_at_zero_counts_as_compacted() {
+    let td = TempDir::new().unwrap();
+    {
+        let (_log, _sm) = crate::open(td.path()).await.unwrap();
+    }
+    let row = [2u8, 0, 0, 0, 0, 0, 0, 0, 1];
+    {
+        let (db, _) = crate::open_db_any(&td.path().join("db")).unwrap();
+        let logs = db.cf_handle(crate::CF_LOGS).unwrap();
+        for i in 100..105u64 {
+            db.put_cf(logs, i.to_be_bytes(), b"entry").unwrap();
+        }
+        let data = db.cf_handle(crate::CF_SM_DATA).unwrap();
+        db.put_cf(data, row, b"{}").unwrap();
+        let meta = db.cf_handle(crate::CF_RAFT_META).unwrap();
+        db.put_cf(meta, b"format_version", 1u32.to_be_bytes())
+            .unwrap();
+    }
+    match crate::open(td.path()).await {
+        Err(e @ crate::OpenError::UnrecoverableV1 { purged: 99, .. }) => {
+            assert!(e.to_string().contains("rackd members remove"), "{e}");
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("opened a format-1 directory whose log starts at 100"),
+    }
+    let (db, found) = crate::open_db_any(&td.path().join("db")).unwrap();
+    assert_eq!(found, 1, "still format 1");
+    let data = db.cf_handle(crate::CF_SM_DATA).unwrap();
+    assert!(db.get_cf(data, row).unwrap().is_some(), "nothing deleted");
+    drop(db);
+
+    // An empty log with an applied state machine was compacted as well.
+    let td = TempDir::new().unwrap();
+    {
+        let (_log, _sm) = crate::open(td.path()).await.unwrap();
+    }
+    {
+        let (db, _) = crate::open_db_any(&td.path().join("db")).unwrap();
+        let sm_meta = db.cf_handle(crate::CF_SM_META).unwrap();
+        let applied = openraft::testing::log_id::<TypeConfig>(1, 1, 30);
+        db.put_cf(
+            sm_meta,
+            b"last_applied",
+            rackd_raft::codec::encode(&applied),
+        )
+        .unwrap();
+        let meta = db.cf_handle(crate::CF_RAFT_META).unwrap();
+        db.put_cf(meta, b"format_version", 1u32.to_be_bytes())
+            .unwrap();
+    }
+    assert!(matches!(
+        crate::open(td.path()).await,
+        Err(crate::OpenError::UnrecoverableV1 { purged: 30, .. })
+    ));
 }
 
 /// Building, installing and serving snapshots at the same time never fails and never leaves

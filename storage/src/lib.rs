@@ -130,22 +130,14 @@ fn open_db_any(dir: &Path) -> Result<(Arc<DB>, u32), OpenError> {
 
 /// Format 1 → 2. Format 1 applied images and tasks in memory but never wrote their rows, while
 /// `last_applied` moved past them, so its `sm_data` is silently incomplete. When the log still
-/// starts at index 1 (never purged), drop the state machine (rows, `last_applied`, membership)
-/// and the snapshot files, whose content may come from an incomplete state: openraft then
-/// re-applies every committed entry, rebuilding all tables. Otherwise refuse with the way out.
+/// starts at the initial index 0 (never compacted), drop the state machine (rows,
+/// `last_applied`, membership) and the snapshot files, whose content may come from an
+/// incomplete state: openraft then re-applies every committed entry, rebuilding all tables.
+/// Otherwise refuse with the way out, before anything is deleted.
 fn migrate_v1(db: &DB, dir: &Path, snapshot_dir: &Path) -> Result<(), OpenError> {
     let path = dir.display().to_string();
-    let meta = db.cf_handle(CF_RAFT_META).expect("cf exists");
-    if let Some(b) = db.get_cf(meta, b"last_purged").map_err(rocks_err(&path))? {
-        let purged: rackd_raft::typ::LogId =
-            rackd_raft::codec::decode(&b).map_err(|e| OpenError::Load {
-                path: path.clone(),
-                message: format!("last_purged: {e}"),
-            })?;
-        return Err(OpenError::UnrecoverableV1 {
-            path,
-            purged: purged.index(),
-        });
+    if let Some(purged) = v1_compacted_up_to(db, &path)? {
+        return Err(OpenError::UnrecoverableV1 { path, purged });
     }
     tracing::warn!(
         dir = %path,
@@ -168,6 +160,7 @@ fn migrate_v1(db: &DB, dir: &Path, snapshot_dir: &Path) -> Result<(), OpenError>
     }
     let data = db.cf_handle(CF_SM_DATA).expect("cf exists");
     let sm_meta = db.cf_handle(CF_SM_META).expect("cf exists");
+    let meta = db.cf_handle(CF_RAFT_META).expect("cf exists");
     let mut batch = rocksdb::WriteBatch::default();
     batch.delete_range_cf(data, [0u8].as_slice(), [0xffu8; 9].as_slice());
     batch.delete_cf(sm_meta, b"last_applied");
@@ -176,6 +169,44 @@ fn migrate_v1(db: &DB, dir: &Path, snapshot_dir: &Path) -> Result<(), OpenError>
     let mut w = rocksdb::WriteOptions::default();
     w.set_sync(true);
     db.write_opt(batch, &w).map_err(rocks_err(&path))
+}
+
+/// Whether a format-1 log was compacted, and up to which index: `last_purged` is recorded, or
+/// the log does not start at the initial index 0 (a follower that installed a snapshot and
+/// stopped before openraft purged the log behind it has no `last_purged`), or the log is empty
+/// while the state machine applied entries.
+fn v1_compacted_up_to(db: &DB, path: &str) -> Result<Option<u64>, OpenError> {
+    let load = |what: &str, e: String| OpenError::Load {
+        path: path.to_string(),
+        message: format!("{what}: {e}"),
+    };
+    let log_id_at = |cf: &str, key: &[u8]| -> Result<Option<u64>, OpenError> {
+        let cf = db.cf_handle(cf).expect("cf exists");
+        match db.get_cf(cf, key).map_err(rocks_err(path))? {
+            None => Ok(None),
+            Some(b) => rackd_raft::codec::decode::<rackd_raft::typ::LogId>(&b)
+                .map(|l| Some(l.index()))
+                .map_err(|e| load(&String::from_utf8_lossy(key), e.to_string())),
+        }
+    };
+    if let Some(purged) = log_id_at(CF_RAFT_META, b"last_purged")? {
+        return Ok(Some(purged));
+    }
+    let logs = db.cf_handle(CF_LOGS).expect("cf exists");
+    let first = match db.iterator_cf(logs, rocksdb::IteratorMode::Start).next() {
+        None => None,
+        Some(Err(e)) => return Err(rocks_err(path)(e)),
+        Some(Ok((k, _))) => {
+            Some(u64::from_be_bytes(k.as_ref().try_into().map_err(|_| {
+                load("log key", format!("{} bytes", k.len()))
+            })?))
+        }
+    };
+    match first {
+        Some(0) => Ok(None),
+        Some(i) => Ok(Some(i - 1)),
+        None => Ok(log_id_at(CF_SM_META, b"last_applied").unwrap_or(Some(0))),
+    }
 }
 
 /// Open both stores on `dir` (`dir/db` for RocksDB, `dir/snapshots` for snapshot files),
