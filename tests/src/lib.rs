@@ -327,14 +327,16 @@ impl Cluster {
         Ok(c)
     }
 
+    /// The network namespace of node `i` ([`Cluster::new_in_netns`] clusters only).
+    fn netns_of(&self, i: usize) -> anyhow::Result<&str> {
+        self.netns.as_ref().context("not a netns cluster")?;
+        self.nodes[i].netns.as_deref().context("node without netns")
+    }
+
     /// Cut the link between nodes `a` and `b` (both directions); clients still reach both.
     pub fn partition(&self, a: usize, b: usize) -> anyhow::Result<()> {
-        self.netns.as_ref().context("not a netns cluster")?;
         for (x, y) in [(a, b), (b, a)] {
-            let ns = self.nodes[x]
-                .netns
-                .as_deref()
-                .context("node without netns")?;
+            let ns = self.netns_of(x)?;
             ip(&[
                 "-n",
                 ns,
@@ -350,12 +352,8 @@ impl Cluster {
     /// Cut only Raft between nodes `a` and `b` (TCP to each other's peer port, both ways):
     /// their HTTP APIs still reach each other. A policy rule at priority [`PEER_CUT_PRIORITY`].
     pub fn cut_peer_port(&self, a: usize, b: usize) -> anyhow::Result<()> {
-        self.netns.as_ref().context("not a netns cluster")?;
         for (x, y) in [(a, b), (b, a)] {
-            let ns = self.nodes[x]
-                .netns
-                .as_deref()
-                .context("node without netns")?;
+            let ns = self.netns_of(x)?;
             let peer = self.nodes[y].peer.as_deref().context("node not started")?;
             let port = peer.rsplit_once(':').context("peer address")?.1;
             ip(&[

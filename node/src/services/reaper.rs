@@ -93,97 +93,48 @@ pub async fn run(node: Arc<dyn Cluster>, limit: Duration) {
 
 #[cfg(test)]
 mod tests {
-    use rackd_raft::cmd::Request;
-    use rackd_types::payload::{CreateLocation, CreateMachine};
-    use rackd_types::{BmcSpec, TaskKind};
+    use rackd_types::payload::CreateMachine;
+    use rackd_types::TaskKind;
 
     use super::*;
+    use crate::cluster::fake::{machine_spec, sim_bmc, FakeCluster};
 
-    fn apply(s: &mut State, time_ms: u64, cmd: Command) -> serde_json::Value {
-        s.apply(&Request {
-            time_ms,
-            actor: "test".into(),
-            idempotency_key: cmd.internal_key(),
-            cmd,
-        })
-        .0
-        .expect("applied")
-        .body()
-    }
-
-    /// A machine with a BMC and `n` power tasks: (state, machine, task ids).
-    fn state_with_tasks(n: usize) -> (State, u64, Vec<u64>) {
-        let mut s = State::default();
-        apply(
-            &mut s,
-            1,
-            Command::Bootstrap {
-                cluster_id: "c".into(),
-                admin_token_hash: "a".repeat(64),
-            },
-        );
-        apply(
-            &mut s,
-            2,
-            Command::CreateLocation(CreateLocation {
-                name: "dc1".into(),
-                description: String::new(),
-                discovery: false,
-            }),
-        );
-        let m = apply(
-            &mut s,
-            3,
-            Command::CreateMachine(CreateMachine {
-                hostname: "m".into(),
-                location: "dc1".into(),
-                rack_id: None,
-                rack_unit: None,
-                macs: vec![],
-                ips: vec![],
-                bmc: Some(BmcSpec {
-                    driver: "sim".parse().unwrap(),
-                    address: "x".into(),
-                    port: 623,
-                    username: String::new(),
-                    password: None,
-                    cipher_suite: None,
-                }),
-                state: None,
-                description: String::new(),
-                tags: vec![],
-            }),
-        )["id"]
-            .as_u64()
-            .unwrap();
+    /// A cluster (clock at 200 ms) with a machine with a BMC and `n` power tasks on it:
+    /// (cluster, machine, task ids).
+    fn cluster_with_tasks(n: usize) -> (Arc<FakeCluster>, u64, Vec<u64>) {
+        let c = FakeCluster::new(1, 200);
+        c.create_location("dc1");
+        let m = c.create_machine(CreateMachine {
+            bmc: Some(sim_bmc()),
+            ..machine_spec("m", "dc1")
+        });
         let ids = (0..n)
-            .map(|i| {
-                apply(
-                    &mut s,
-                    4 + i as u64,
+            .map(|_| {
+                let kind = TaskKind::PowerOn;
+                let t = c.apply_ok(
+                    "t",
                     Command::CreateTask {
-                        kind: TaskKind::PowerOn,
+                        kind,
                         machine_id: m,
                     },
-                )["id"]
-                    .as_u64()
-                    .unwrap()
+                );
+                t.into_task().unwrap().meta.id
             })
             .collect();
-        (s, m, ids)
+        (c, m, ids)
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_task_is_due_only_after_waiting_the_whole_limit_at_one_generation() {
         let limit = Duration::from_secs(9);
-        let (mut s, m, ids) = state_with_tasks(2);
+        let (c, m, ids) = cluster_with_tasks(2);
         let (t1, t2) = (ids[0], ids[1]);
         let mut w = Watch::default();
         let t0 = Instant::now();
         // t1 can start and nobody starts it; t2 waits behind t1, not for an executor.
-        assert!(w.due(&s, 100, t0, limit).is_empty());
-        assert!(w.due(&s, 100, t0 + limit / 2, limit).is_empty());
-        let due = w.due(&s, 100, t0 + limit, limit);
+        assert!(w.due(&c.state(), 200, t0, limit).is_empty());
+        assert!(w.due(&c.state(), 200, t0 + limit / 2, limit).is_empty());
+        let due = w.due(&c.state(), 200, t0 + limit, limit);
         assert!(
             matches!(
                 due.as_slice(),
@@ -194,9 +145,8 @@ mod tests {
         );
         // Claimed now: it is no longer waiting, and the clock starts again when its lease
         // expires (at a new generation).
-        apply(
-            &mut s,
-            200,
+        c.apply_ok(
+            "node:5",
             Command::ClaimTask {
                 id: t1,
                 node: 5,
@@ -205,21 +155,28 @@ mod tests {
             },
         );
         let t1b = t0 + limit + Duration::from_secs(1);
-        assert!(w.due(&s, 3200, t1b, limit).is_empty(), "under its lease");
-        assert!(w.due(&s, 3201, t1b, limit).is_empty(), "expired, seen now");
-        assert!(w
-            .due(&s, 3201, t1b + limit - Duration::from_millis(1), limit)
-            .is_empty());
-        let due = w.due(&s, 3201, t1b + limit, limit);
+        assert!(
+            w.due(&c.state(), 3200, t1b, limit).is_empty(),
+            "under its lease"
+        );
+        assert!(
+            w.due(&c.state(), 3201, t1b, limit).is_empty(),
+            "expired, seen now"
+        );
+        let almost = t1b + limit - Duration::from_millis(1);
+        assert!(w.due(&c.state(), 3201, almost, limit).is_empty());
+        let due = w.due(&c.state(), 3201, t1b + limit, limit);
         assert_eq!(due.len(), 1);
         assert!(
             matches!(due[0], Command::LoseTasks { head, generation: 1, .. } if head == t1),
             "{due:?}"
         );
         // Applied, it fails t1 and t2; nothing is due any more.
-        apply(&mut s, 20_000, due[0].clone());
-        assert!(w.due(&s, 20_001, t1b + limit * 2, limit).is_empty());
-        assert_eq!(s.active_tasks().count(), 0, "{t2} failed with {t1}");
+        c.advance(Duration::from_secs(20));
+        c.apply_ok("node:1", due[0].clone());
+        let now_ms = c.now_ms();
+        assert!(w.due(&c.state(), now_ms, t1b + limit * 2, limit).is_empty());
+        assert_eq!(c.state().active_tasks().count(), 0, "{t2} failed with {t1}");
         // A leadership change forgets the watch: a new leader measures afresh.
         w.reset();
         assert!(w.since.is_empty());

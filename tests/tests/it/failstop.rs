@@ -30,18 +30,7 @@ async fn a_location_node_whose_disk_fails_stops_serving_and_exits_with_the_cause
     c.common_env = vec![(FAULT_WAL_SYNC_ENV.into(), format!("{{dir}}/{FAULT_FILE}"))];
     c.bootstrap().await.expect("bootstrap");
     let loc = c
-        .join_with(
-            0,
-            true,
-            &[
-                "--location",
-                "dc1",
-                "--http-boot-listen",
-                "{ip}:0",
-                "--tftp-root",
-                "{dir}/tftp",
-            ],
-        )
+        .join_with(0, true, &crate::http_boot::BOOT_NODE_ARGS)
         .await
         .expect("join location node");
     let dir = c.nodes[loc].data_dir.clone();

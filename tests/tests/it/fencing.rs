@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use rackd_tests::Cluster;
 use serde_json::{json, Value};
 
-use crate::ipmi_sim::{IpmiSim, PASS, USER};
+use crate::ipmi_sim::IpmiSim;
+use crate::lease::executor_args;
 use crate::util::post_task;
 
 const LEASE_SECS: u64 = 3;
@@ -40,16 +41,7 @@ async fn a_stopped_executor_resumes_past_its_lease_and_sends_the_bmc_nothing_mor
     // Two location nodes of dc1 (learners, as remote sites are). The IPMI timeout is longer
     // than the stall, so the in-flight request is waited for, not retransmitted.
     let lease = LEASE_SECS.to_string();
-    let site = [
-        "--location",
-        "dc1",
-        "--task-lease-secs",
-        &lease,
-        "--ipmi-timeout-ms",
-        "6000",
-        "--power-sync-secs",
-        "0",
-    ];
+    let site = executor_args(&lease, "6000");
     let mut locs = vec![];
     for _ in 0..2 {
         locs.push(
@@ -62,17 +54,7 @@ async fn a_stopped_executor_resumes_past_its_lease_and_sends_the_bmc_nothing_mor
         .post_json(0, "/v1/locations", &json!({"name": "dc1"}))
         .await
         .unwrap();
-    let m: Value = c
-        .post_json(
-            0,
-            "/v1/machines",
-            &json!({"hostname": "fenced", "location": "dc1",
-                    "bmc": {"driver": "ipmi", "address": sim.addr, "username": USER,
-                            "password": PASS}}),
-        )
-        .await
-        .unwrap();
-    let machine = m["id"].as_u64().unwrap();
+    let machine = sim.add_machine(&c, "dc1", "fenced").await;
     let power_file = sim.dir.join("power");
     let power = || std::fs::read_to_string(&power_file).unwrap_or_default();
     assert_ne!(power().trim(), "1", "the machine starts off");

@@ -10,16 +10,19 @@ use rackd_tests::Cluster;
 
 use crate::util::sh;
 
+/// A dc1 location node whose HTTP boot server listens on a port of its own address.
+pub const BOOT_NODE_ARGS: [&str; 6] = [
+    "--location",
+    "dc1",
+    "--http-boot-listen",
+    "{ip}:0",
+    "--tftp-root",
+    "{dir}/tftp",
+];
+
 /// A one-node cluster serving location dc1 with HTTP boot; (cluster, base URL, artifacts dir).
 pub async fn boot_node(test: &str, extra: &[&str]) -> (Cluster, String, PathBuf) {
-    let mut args = vec![
-        "--location",
-        "dc1",
-        "--http-boot-listen",
-        "{ip}:0",
-        "--tftp-root",
-        "{dir}/tftp",
-    ];
+    let mut args = BOOT_NODE_ARGS.to_vec();
     args.extend_from_slice(extra);
     let c = Cluster::start(test, 1, &args).await.expect("cluster");
     let base = format!(

@@ -160,6 +160,26 @@ impl IpmiSim {
     pub fn target(&self) -> std::net::SocketAddr {
         format!("{}:623", self.addr).parse().unwrap()
     }
+
+    /// Creates machine `hostname` in `location` (which must exist) with this BMC; its id.
+    pub async fn add_machine(
+        &self,
+        c: &rackd_tests::Cluster,
+        location: &str,
+        hostname: &str,
+    ) -> u64 {
+        let m: serde_json::Value = c
+            .post_json(
+                0,
+                "/v1/machines",
+                &serde_json::json!({"hostname": hostname, "location": location,
+                        "bmc": {"driver": "ipmi", "address": self.addr, "username": USER,
+                                "password": PASS}}),
+            )
+            .await
+            .unwrap();
+        m["id"].as_u64().unwrap()
+    }
 }
 
 impl Drop for IpmiSim {

@@ -33,7 +33,7 @@ async fn post_power(c: &Cluster, machine: u64, action: &str) -> u64 {
 }
 
 /// A location node for dc1 (no power sync) with the given lease and IPMI timeout.
-fn executor_args<'a>(lease: &'a str, ipmi_timeout_ms: &'a str) -> [&'a str; 8] {
+pub(crate) fn executor_args<'a>(lease: &'a str, ipmi_timeout_ms: &'a str) -> [&'a str; 8] {
     [
         "--location",
         "dc1",
@@ -176,7 +176,7 @@ async fn a_killed_executors_task_is_taken_over_after_its_lease_and_the_machine_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_of_a_site_whose_only_executor_is_gone_end_and_a_replacement_runs_the_next() {
-    use crate::ipmi_sim::{IpmiSim, PASS, USER};
+    use crate::ipmi_sim::IpmiSim;
     const LOST_SECS: u64 = 9;
     let tmp = tempfile::tempdir().unwrap();
     let sim = IpmiSim::in_netns(3, tmp.path());
@@ -193,17 +193,7 @@ async fn tasks_of_a_site_whose_only_executor_is_gone_end_and_a_replacement_runs_
         .post_json(0, "/v1/locations", &json!({"name": "dc1"}))
         .await
         .unwrap();
-    let m: Value = c
-        .post_json(
-            0,
-            "/v1/machines",
-            &json!({"hostname": "orphan", "location": "dc1",
-                    "bmc": {"driver": "ipmi", "address": sim.addr, "username": USER,
-                            "password": PASS}}),
-        )
-        .await
-        .unwrap();
-    let machine = m["id"].as_u64().unwrap();
+    let machine = sim.add_machine(&c, "dc1", "orphan").await;
     // The chassis stalls, so t1 is running when its executor dies; t2 waits behind it.
     std::fs::write(sim.dir.join("stall"), "3").unwrap();
     let t1 = post_power(&c, machine, "on").await;
