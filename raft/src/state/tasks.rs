@@ -123,23 +123,35 @@ impl State {
         Ok(Applied::Task(t))
     }
 
-    /// End an active task as `Cancelled` with `why`. A running attempt is fenced: its lease
-    /// renewals and its result are refused from now on (the task is no longer running), so
-    /// its executor stops driving the BMC within its lease.
+    /// End an active task as `Cancelled` with `why` (see [`State::end_active_task`]).
     pub(super) fn cancel_active_task(
         &mut self,
         now: u64,
         actor: &str,
+        t: Task,
+        why: String,
+    ) -> Task {
+        self.end_active_task(now, actor, t, TaskState::Cancelled, why)
+    }
+
+    /// End an active task in the terminal `state` with `why`, journaled. A running attempt is
+    /// fenced: its lease renewals and its result are refused from now on (the task is no
+    /// longer running), so its executor stops driving the BMC within its lease.
+    fn end_active_task(
+        &mut self,
+        now: u64,
+        actor: &str,
         mut t: Task,
+        state: TaskState,
         why: String,
     ) -> Task {
         let id = t.meta.id;
-        t.state = TaskState::Cancelled;
+        t.state = state;
         t.finished_at = Some(now);
         t.lease_expires_at = None;
         t.meta.version += 1;
         t.meta.updated_at = now;
-        let message = format!("task {id} Cancelled: {why}");
+        let message = format!("task {id} {state:?}: {why}");
         t.error = Some(why);
         self.put_task(now, t.clone());
         self.journal(now, actor, "task.finished", "task", Some(id), message);
@@ -485,7 +497,7 @@ impl State {
             ),
             _ => format!("{EXECUTOR_LOST}: no executor of location {location} started the task within {secs}s"),
         };
-        let head_task = self.fail_active_task(now, actor, t, why);
+        let head_task = self.end_active_task(now, actor, t, TaskState::Failed, why);
         let queued: Vec<Task> = self
             .machine_active_tasks(machine_id)
             .filter(|o| o.meta.id != head)
@@ -495,23 +507,9 @@ impl State {
             let why = format!(
                 "{EXECUTOR_LOST}: task {head}, queued before it on this machine, lost its executor"
             );
-            self.fail_active_task(now, actor, o, why);
+            self.end_active_task(now, actor, o, TaskState::Failed, why);
         }
         Ok(Applied::Task(head_task))
-    }
-
-    fn fail_active_task(&mut self, now: u64, actor: &str, mut t: Task, why: String) -> Task {
-        let id = t.meta.id;
-        t.state = TaskState::Failed;
-        t.finished_at = Some(now);
-        t.lease_expires_at = None;
-        t.meta.version += 1;
-        t.meta.updated_at = now;
-        let message = format!("task {id} Failed: {why}");
-        t.error = Some(why);
-        self.put_task(now, t.clone());
-        self.journal(now, actor, "task.finished", "task", Some(id), message);
-        t
     }
 
     /// Pending and running tasks of one machine, oldest first.
