@@ -16,7 +16,7 @@ use rackd_storage::StateMachineStore;
 
 use crate::abort::AbortOnDrop;
 use crate::cluster::bootstrap::{self, JoinParams};
-use crate::cluster::{membership, removal, ClusterHandle, Raft};
+use crate::cluster::{membership, removal, rules, ClusterHandle, Raft};
 use crate::config::NodeConfig;
 use crate::services::{reaper, ServiceSet};
 
@@ -88,6 +88,10 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         AbortOnDrop(tokio::spawn(membership::readvertise(node.clone()))),
         AbortOnDrop(tokio::spawn(membership::follow_addresses(node.clone()))),
         AbortOnDrop(tokio::spawn(removal::watch(node.clone()))),
+        AbortOnDrop(tokio::spawn(rules::run(
+            node.clone(),
+            Duration::from_secs(1),
+        ))),
     ];
     if let Some(limit) = cfg.task_lost {
         let cluster: Arc<dyn crate::cluster::Cluster> = node.clone();

@@ -181,6 +181,13 @@ pub enum Command {
     MarkNodeRemoved {
         node_id: u64,
     },
+    /// Decide the entries after this one by `rules` (a newer version than the state's; an
+    /// older or equal one changes nothing). Proposed by the leader, so every node changes
+    /// rules at the same log index. A build that does not know `rules` cannot decode it and
+    /// stops rather than decide entries by other rules. Added after format 2.
+    AdoptRules {
+        rules: crate::state::ApplyRules,
+    },
     CreateApiToken {
         name: String,
         token_hash: String,
@@ -266,6 +273,7 @@ impl Command {
             Command::AllocateNodeId { .. } => "allocate_node_id",
             Command::CompleteJoin { .. } => "complete_join",
             Command::MarkNodeRemoved { .. } => "mark_node_removed",
+            Command::AdoptRules { .. } => "adopt_rules",
             Command::CreateApiToken { .. } => "create_api_token",
             Command::Journal { .. } => "journal",
         }

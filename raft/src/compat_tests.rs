@@ -202,6 +202,9 @@ fn every_command() -> Vec<Command> {
             node_id: 4,
         },
         Command::MarkNodeRemoved { node_id: 4 },
+        Command::AdoptRules {
+            rules: crate::state::ApplyRules::Format2,
+        },
         Command::CreateApiToken {
             name: "n".into(),
             token_hash: "h".into(),
@@ -245,6 +248,7 @@ fn every_command() -> Vec<Command> {
             | Command::AllocateNodeId { .. }
             | Command::CompleteJoin { .. }
             | Command::MarkNodeRemoved { .. }
+            | Command::AdoptRules { .. }
             | Command::CreateApiToken { .. }
             | Command::Journal { .. } => {}
         }

@@ -111,70 +111,187 @@ async fn state_behind_its_snapshot_is_restored_at_open() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn format_1_is_migrated_by_rebuilding_from_the_log_or_refused_when_compacted() {
-    let td = TempDir::new().unwrap();
+/// A format-1 directory holding the review's discovery-then-delete history (R2): format 1
+/// answered the 2 h discovery retry from its record, so it ended with `db1` (id 4) alone and a
+/// task on it. Its log (blank entry at 0, then the history), its `last_applied`, a snapshot
+/// file, and the tables format 1 would have stored (no images, no tasks; format-1 rules).
+fn format_1_directory(td: &TempDir) -> u64 {
+    use openraft::entry::RaftEntry;
     {
-        let (_log, _sm) = crate::open(td.path()).await.unwrap();
+        let (_log, _sm) = crate::open(td.path()).await_blocking().unwrap();
     }
-    // A format-1 directory with an uncompacted log: the state machine is dropped (to be
-    // re-applied from the log) and the log itself is kept.
+    let history = rackd_raft::state::rules::format1_discovery_history();
+    let last = history.len() as u64;
     {
         let (db, _) = crate::open_db_any(&td.path().join("db")).unwrap();
         let logs = db.cf_handle(crate::CF_LOGS).unwrap();
-        db.put_cf(logs, 0u64.to_be_bytes(), b"entry").unwrap();
-        let data = db.cf_handle(crate::CF_SM_DATA).unwrap();
-        db.put_cf(data, [2u8, 0, 0, 0, 0, 0, 0, 0, 1], b"{}")
-            .unwrap();
+        let log_id = |i| openraft::testing::log_id::<TypeConfig>(1, 1, i);
+        db.put_cf(
+            logs,
+            0u64.to_be_bytes(),
+            rackd_raft::codec::encode(&rackd_raft::typ::Entry::new_blank(log_id(0))),
+        )
+        .unwrap();
+        for (i, req) in (1..).zip(history) {
+            let e = rackd_raft::typ::Entry::new_normal(log_id(i), req);
+            db.put_cf(logs, i.to_be_bytes(), rackd_raft::codec::encode(&e))
+                .unwrap();
+        }
         let sm_meta = db.cf_handle(crate::CF_SM_META).unwrap();
-        db.put_cf(sm_meta, b"last_applied", b"x").unwrap();
-        let meta = db.cf_handle(crate::CF_RAFT_META).unwrap();
-        db.put_cf(meta, b"format_version", 1u32.to_be_bytes())
-            .unwrap();
-        std::fs::write(
-            td.path().join("snapshots/00000000000000000005-0.snap"),
-            b"old",
+        db.put_cf(
+            sm_meta,
+            b"last_applied",
+            rackd_raft::codec::encode(&Some(log_id(last))),
         )
         .unwrap();
     }
+    crate::testing::make_v1(td.path()).unwrap();
+    std::fs::write(
+        td.path().join("snapshots/00000000000000000005-0.snap"),
+        b"old",
+    )
+    .unwrap();
+    let (db, found) = crate::open_db_any(&td.path().join("db")).unwrap();
+    assert_eq!(found, 1);
+    for t in [
+        rackd_raft::state::tables::IMAGES,
+        rackd_raft::state::tables::TASKS,
+    ] {
+        assert_eq!(rows_of(&db, t), 0, "format 1 wrote no rows of table {t}");
+    }
+    last
+}
+
+/// Helper: block on an async open from a sync fn inside a multi-thread test runtime.
+trait AwaitBlocking {
+    type Out;
+    fn await_blocking(self) -> Self::Out;
+}
+
+impl<F: std::future::Future> AwaitBlocking for F {
+    type Out = F::Output;
+    fn await_blocking(self) -> F::Output {
+        tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(self))
+    }
+}
+
+/// Rows of state table `t` in `sm_data`.
+fn rows_of(db: &rocksdb::DB, t: u8) -> usize {
+    let data = db.cf_handle(crate::CF_SM_DATA).unwrap();
+    db.iterator_cf(
+        data,
+        rocksdb::IteratorMode::From(&[t], rocksdb::Direction::Forward),
+    )
+    .map(|r| r.unwrap())
+    .take_while(|(k, _)| k.first() == Some(&t))
+    .count()
+}
+
+fn machine_row(id: u64) -> Vec<u8> {
+    let mut k = vec![rackd_raft::state::tables::MACHINES];
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// R2: the migration keeps what format 1 acknowledged (machine ids and all) and rebuilds the
+/// images and tasks it never stored, by replaying the log under format 1's rules. Replayed
+/// under today's rules the retry would create a machine and the last delete would remove db1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn format_1_is_migrated_to_exactly_what_format_1_acknowledged() {
+    use rackd_raft::state::ApplyRules;
+    let td = TempDir::new().unwrap();
+    let last = format_1_directory(&td);
+    let (log, sm) = crate::open(td.path()).await.unwrap();
     {
-        let (db, found) = crate::open_db_any(&td.path().join("db")).unwrap();
-        assert_eq!(found, 1);
-        crate::migrate_v1(&db, td.path(), &td.path().join("snapshots")).unwrap();
-        let data = db.cf_handle(crate::CF_SM_DATA).unwrap();
-        assert!(db
-            .iterator_cf(data, rocksdb::IteratorMode::Start)
-            .next()
-            .is_none());
-        let sm_meta = db.cf_handle(crate::CF_SM_META).unwrap();
-        assert!(db.get_cf(sm_meta, b"last_applied").unwrap().is_none());
-        let logs = db.cf_handle(crate::CF_LOGS).unwrap();
+        let a = sm.read();
+        let hosts: Vec<(u64, String)> = a
+            .state
+            .machines
+            .iter()
+            .map(|(id, m)| (*id, m.machine.hostname.clone()))
+            .collect();
+        assert_eq!(hosts, [(4, "db1".to_string())]);
+        assert_eq!(a.state.tasks.get(&7).map(|t| t.machine_id), Some(4));
+        assert_eq!(a.state.images.len(), 1);
+        assert_eq!(a.state.meta.next_id, 8);
         assert_eq!(
-            db.get_cf(logs, 0u64.to_be_bytes()).unwrap().as_deref(),
-            Some(b"entry".as_slice())
+            a.state.meta.rules,
+            ApplyRules::Format1,
+            "entries after the migration are decided by format 1's rules until AdoptRules"
         );
         assert_eq!(
-            std::fs::read_dir(td.path().join("snapshots"))
-                .unwrap()
-                .count(),
-            0,
-            "snapshots of a possibly incomplete state are dropped"
+            a.last_applied.map(|l| l.index()),
+            Some(last),
+            "nothing re-applied"
         );
     }
-    let (found_after, _) = {
-        let (db, found) = crate::open_db_any(&td.path().join("db")).unwrap();
-        (found, db)
-    };
-    assert_eq!(found_after, crate::DISK_FORMAT_VERSION);
+    drop((log, sm));
+    assert_eq!(
+        std::fs::read_dir(td.path().join("snapshots"))
+            .unwrap()
+            .count(),
+        0,
+        "snapshots of a possibly incomplete state are dropped"
+    );
+    let (_, found) = crate::open_db_any(&td.path().join("db")).unwrap();
+    assert_eq!(found, crate::DISK_FORMAT_VERSION);
+    // Reopening the migrated directory loads the same rows.
+    let (_log, sm) = crate::open(td.path()).await.unwrap();
+    assert_eq!(sm.read().state.tasks.len(), 1);
+}
 
-    // A format-1 directory whose log was compacted cannot be rebuilt: refused, with the way out.
+/// When the replay does not give back a table format 1 stored (a rule change that is not
+/// versioned decided an entry otherwise), the directory is refused with the way out, the
+/// difference is named without row values, and nothing is changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn format_1_whose_replay_differs_is_refused_and_left_as_it_was() {
+    let td = TempDir::new().unwrap();
+    format_1_directory(&td);
+    let tampered = {
+        let (db, _) = crate::open_db_any(&td.path().join("db")).unwrap();
+        let data = db.cf_handle(crate::CF_SM_DATA).unwrap();
+        let mut row: serde_json::Value =
+            serde_json::from_slice(&db.get_cf(data, machine_row(4)).unwrap().unwrap()).unwrap();
+        row["machine"]["hostname"] = "db1-renamed-secretly".into();
+        let v = serde_json::to_vec(&row).unwrap();
+        db.put_cf(data, machine_row(4), &v).unwrap();
+        v
+    };
+    match crate::open(td.path()).await {
+        Err(e @ crate::OpenError::V1Diverges { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("machines row 4"), "{msg}");
+            assert!(msg.contains("machine.hostname"), "{msg}");
+            assert!(!msg.contains("renamed-secretly"), "no row values: {msg}");
+            assert!(msg.contains("rackd members remove"), "{msg}");
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("migrated a format-1 directory whose replay differs"),
+    }
+    let (db, found) = crate::open_db_any(&td.path().join("db")).unwrap();
+    assert_eq!(found, 1, "still format 1");
+    let data = db.cf_handle(crate::CF_SM_DATA).unwrap();
+    assert_eq!(db.get_cf(data, machine_row(4)).unwrap(), Some(tampered));
+    assert_eq!(rows_of(&db, rackd_raft::state::tables::TASKS), 0);
+    assert_eq!(
+        std::fs::read_dir(td.path().join("snapshots"))
+            .unwrap()
+            .count(),
+        1,
+        "snapshot kept"
+    );
+}
+
+/// A format-1 directory whose log was compacted cannot be rebuilt: refused, with the way out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn format_1_with_a_compacted_log_is_refused() {
+    let td = TempDir::new().unwrap();
+    format_1_directory(&td);
     {
         let (db, _) = crate::open_db_any(&td.path().join("db")).unwrap();
         let meta = db.cf_handle(crate::CF_RAFT_META).unwrap();
         let purged = openraft::testing::log_id::<TypeConfig>(1, 1, 40);
         db.put_cf(meta, b"last_purged", rackd_raft::codec::encode(&purged))
-            .unwrap();
-        db.put_cf(meta, b"format_version", 1u32.to_be_bytes())
             .unwrap();
     }
     match crate::open(td.path()).await {

@@ -14,6 +14,7 @@
 //! This crate must not depend on the HTTP API or on the node runtime.
 
 pub mod log_store;
+mod migrate;
 pub mod sm_store;
 
 #[cfg(test)]
@@ -32,14 +33,22 @@ pub use sm_store::StateMachineStore;
 /// - 1 (2026-11-22): initial layout described in the module docs.
 /// - 2 (2026-11-29): same layout; every state table is persisted (format 1 never wrote the
 ///   `images` and `tasks` rows, which were lost at every restart). A format-1 directory whose
-///   log was never compacted is migrated by rebuilding its state machine from the log
-///   ([`migrate_v1`]); one whose log was compacted is refused with recovery instructions.
+///   log was never compacted keeps its tables and gets the two missing ones rebuilt by
+///   replaying the log under format 1's rules, if that replay gives exactly the tables it
+///   stored ([`migrate`]); otherwise it is refused with recovery instructions.
 pub const DISK_FORMAT_VERSION: u32 = 2;
 
 pub const CF_LOGS: &str = "logs";
 pub const CF_RAFT_META: &str = "raft_meta";
 pub const CF_SM_DATA: &str = "sm_data";
 pub const CF_SM_META: &str = "sm_meta";
+
+/// The way out of a format-1 directory that cannot be migrated.
+const RECOVER_V1: &str = "Recover: if the cluster has other members, remove this one (`rackd \
+    members remove ID`), move the data directory aside and join again with a new join token \
+    (the leader sends a full snapshot); if this was the only node, list images and tasks with \
+    the previous rackd (`GET /v1/images`, `GET /v1/tasks`), then bootstrap a new data \
+    directory and recreate them";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -58,14 +67,18 @@ pub enum OpenError {
     #[error(
         "data directory {path} was written by rackd with on-disk format 1, which kept images \
          and tasks only in memory (they were lost at every restart), and its Raft log was \
-         compacted up to index {purged}, so they cannot be rebuilt from it. Recover: if the \
-         cluster has other members, remove this one (`rackd members remove ID`), move the data \
-         directory aside and join again with a new join token (the leader sends a full \
-         snapshot); if this was the only node, list images and tasks with the previous rackd \
-         (`GET /v1/images`, `GET /v1/tasks`), then bootstrap a new data directory and recreate \
-         them"
+         compacted up to index {purged}, so they cannot be rebuilt from it. {}",
+        RECOVER_V1
     )]
     UnrecoverableV1 { path: String, purged: u64 },
+    #[error(
+        "data directory {path} was written by rackd with on-disk format 1, which kept images \
+         and tasks only in memory. Replaying its Raft log under format 1's rules to rebuild \
+         them does not give the tables format 1 stored ({difference}), so they cannot be \
+         rebuilt faithfully; nothing was changed. {}",
+        RECOVER_V1
+    )]
+    V1Diverges { path: String, difference: String },
     #[error("data directory {path} holds a corrupt format marker")]
     BadMarker { path: String },
     #[error("cannot load the state machine from {path}: {message}")]
@@ -128,87 +141,6 @@ fn open_db_any(dir: &Path) -> Result<(Arc<DB>, u32), OpenError> {
     Ok((Arc::new(db), found))
 }
 
-/// Format 1 → 2. Format 1 applied images and tasks in memory but never wrote their rows, while
-/// `last_applied` moved past them, so its `sm_data` is silently incomplete. When the log still
-/// starts at the initial index 0 (never compacted), drop the state machine (rows,
-/// `last_applied`, membership) and the snapshot files, whose content may come from an
-/// incomplete state: openraft then re-applies every committed entry, rebuilding all tables.
-/// Otherwise refuse with the way out, before anything is deleted.
-fn migrate_v1(db: &DB, dir: &Path, snapshot_dir: &Path) -> Result<(), OpenError> {
-    let path = dir.display().to_string();
-    if let Some(purged) = v1_compacted_up_to(db, &path)? {
-        return Err(OpenError::UnrecoverableV1 { path, purged });
-    }
-    tracing::warn!(
-        dir = %path,
-        "data directory has on-disk format 1 (images and tasks were not persisted); \
-         rebuilding the state machine by re-applying the Raft log"
-    );
-    if snapshot_dir.exists() {
-        for e in std::fs::read_dir(snapshot_dir)
-            .map_err(|source| OpenError::Io {
-                path: snapshot_dir.display().to_string(),
-                source,
-            })?
-            .flatten()
-        {
-            std::fs::remove_file(e.path()).map_err(|source| OpenError::Io {
-                path: e.path().display().to_string(),
-                source,
-            })?;
-        }
-    }
-    let data = db.cf_handle(CF_SM_DATA).expect("cf exists");
-    let sm_meta = db.cf_handle(CF_SM_META).expect("cf exists");
-    let meta = db.cf_handle(CF_RAFT_META).expect("cf exists");
-    let mut batch = rocksdb::WriteBatch::default();
-    batch.delete_range_cf(data, [0u8].as_slice(), [0xffu8; 9].as_slice());
-    batch.delete_cf(sm_meta, b"last_applied");
-    batch.delete_cf(sm_meta, b"last_membership");
-    batch.put_cf(meta, b"format_version", DISK_FORMAT_VERSION.to_be_bytes());
-    let mut w = rocksdb::WriteOptions::default();
-    w.set_sync(true);
-    db.write_opt(batch, &w).map_err(rocks_err(&path))
-}
-
-/// Whether a format-1 log was compacted, and up to which index: `last_purged` is recorded, or
-/// the log does not start at the initial index 0 (a follower that installed a snapshot and
-/// stopped before openraft purged the log behind it has no `last_purged`), or the log is empty
-/// while the state machine applied entries.
-fn v1_compacted_up_to(db: &DB, path: &str) -> Result<Option<u64>, OpenError> {
-    let load = |what: &str, e: String| OpenError::Load {
-        path: path.to_string(),
-        message: format!("{what}: {e}"),
-    };
-    let log_id_at = |cf: &str, key: &[u8]| -> Result<Option<u64>, OpenError> {
-        let cf = db.cf_handle(cf).expect("cf exists");
-        match db.get_cf(cf, key).map_err(rocks_err(path))? {
-            None => Ok(None),
-            Some(b) => rackd_raft::codec::decode::<rackd_raft::typ::LogId>(&b)
-                .map(|l| Some(l.index()))
-                .map_err(|e| load(&String::from_utf8_lossy(key), e.to_string())),
-        }
-    };
-    if let Some(purged) = log_id_at(CF_RAFT_META, b"last_purged")? {
-        return Ok(Some(purged));
-    }
-    let logs = db.cf_handle(CF_LOGS).expect("cf exists");
-    let first = match db.iterator_cf(logs, rocksdb::IteratorMode::Start).next() {
-        None => None,
-        Some(Err(e)) => return Err(rocks_err(path)(e)),
-        Some(Ok((k, _))) => {
-            Some(u64::from_be_bytes(k.as_ref().try_into().map_err(|_| {
-                load("log key", format!("{} bytes", k.len()))
-            })?))
-        }
-    };
-    match first {
-        Some(0) => Ok(None),
-        Some(i) => Ok(Some(i - 1)),
-        None => Ok(log_id_at(CF_SM_META, b"last_applied").unwrap_or(Some(0))),
-    }
-}
-
 /// Open both stores on `dir` (`dir/db` for RocksDB, `dir/snapshots` for snapshot files),
 /// migrating an older on-disk format where that is safe.
 pub async fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
@@ -217,7 +149,7 @@ pub async fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError
     let (db, found) = open_db_any(&db_dir)?;
     match found {
         DISK_FORMAT_VERSION => {}
-        1 => migrate_v1(&db, &db_dir, &snapshot_dir)?,
+        1 => migrate::migrate_v1(&db, &db_dir, &snapshot_dir)?,
         _ => {
             return Err(OpenError::Version {
                 path: db_dir.display().to_string(),
@@ -235,29 +167,8 @@ pub(crate) fn io_err(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
 
-/// Test support: turn a (stopped) node's data directory into what a format-1 build would have
-/// left on disk: the marker says 1 and the `images` and `tasks` rows are missing.
+/// Test support.
 #[doc(hidden)]
 pub mod testing {
-    use std::path::Path;
-
-    use super::*;
-
-    pub fn make_v1(data_dir: &Path) -> Result<(), OpenError> {
-        let (db, _) = open_db_any(&data_dir.join("db"))?;
-        let path = data_dir.display().to_string();
-        let data = db.cf_handle(CF_SM_DATA).expect("cf exists");
-        let meta = db.cf_handle(CF_RAFT_META).expect("cf exists");
-        let mut batch = rocksdb::WriteBatch::default();
-        for t in [
-            rackd_raft::state::tables::IMAGES,
-            rackd_raft::state::tables::TASKS,
-        ] {
-            batch.delete_range_cf(data, [t].as_slice(), [t + 1].as_slice());
-        }
-        batch.put_cf(meta, b"format_version", 1u32.to_be_bytes());
-        let mut w = rocksdb::WriteOptions::default();
-        w.set_sync(true);
-        db.write_opt(batch, &w).map_err(rocks_err(&path))
-    }
+    pub use crate::migrate::make_v1;
 }

@@ -115,6 +115,11 @@ impl FakeCluster {
         self.lock().leading = leading;
     }
 
+    /// Decide later entries by `rules` (test setup, as the format-1 migration leaves a state).
+    pub fn set_apply_rules(&self, rules: rackd_raft::state::ApplyRules) {
+        self.lock().state.meta.rules = rules;
+    }
+
     /// Every request proposed so far (applied or refused), in order.
     pub fn log(&self) -> Vec<Request> {
         self.lock().log.clone()

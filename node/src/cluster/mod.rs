@@ -2,8 +2,8 @@
 //! machine and the peer network, behind [`ClusterHandle`]. Writes ([`write`]) are stamped with
 //! the leader's time here and nowhere else; reads ([`read`]) are made linearizable here;
 //! membership ([`membership`]), bootstrap and join ([`bootstrap`]), the node's identity file
-//! ([`identity`]) and the watcher that notices this node was removed ([`removal`]) live beside
-//! them.
+//! ([`identity`]), the watcher that notices this node was removed ([`removal`]) and the
+//! leader's move to this build's apply rules ([`rules`]) live beside them.
 //!
 //! Layer: below `api`, `services` and `server`; must not import any of them (no axum here).
 
@@ -15,6 +15,7 @@ pub mod identity;
 pub mod membership;
 pub mod read;
 pub mod removal;
+pub mod rules;
 pub mod secrets;
 pub mod write;
 

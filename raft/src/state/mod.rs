@@ -11,6 +11,7 @@
 pub mod cluster;
 mod deploy;
 mod inventory;
+pub mod rules;
 pub mod table;
 pub mod tasks;
 
@@ -30,6 +31,7 @@ use rackd_types::{
 use serde::{Deserialize, Serialize};
 
 use crate::cmd::{Applied, Command, Request, Response};
+pub use rules::ApplyRules;
 pub use table::{PersistedTable, RowChange, Table, TableKey};
 
 /// Maximum number of journal events kept; older ones are dropped (deterministically, in apply).
@@ -122,6 +124,9 @@ pub struct SmMeta {
     /// Node ids removed from the cluster: never admitted again.
     #[serde(default)]
     pub removed_nodes: std::collections::BTreeSet<u64>,
+    /// The apply rules entries are decided by ([`rules`]); changed only by `AdoptRules`.
+    #[serde(default = "ApplyRules::unrecorded")]
+    pub rules: ApplyRules,
 }
 
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -259,20 +264,27 @@ impl State {
             }
         }
         for (k, r) in self.idempotency.iter() {
-            let expires = r.time.saturating_add(idempotency_ttl(k));
+            let expires = r.time.saturating_add(self.meta.rules.idempotency_ttl(k));
             idx.idem_by_expiry.insert((expires, k.clone()), ());
         }
         self.idx = idx;
     }
 
-    /// Apply one request. Deterministic: the result depends only on `self` and `req`.
+    /// Apply one request. Deterministic: the result depends only on `self` and `req`, under
+    /// the rules the state records ([`SmMeta::rules`]).
     pub fn apply(&mut self, req: &Request) -> Response {
         let now = self.meta.last_time.max(req.time_ms);
         if now != self.meta.last_time {
             self.meta.last_time = now;
             self.meta_dirty = true;
         }
+        match self.meta.rules {
+            ApplyRules::Format1 => self.apply_format1(now, req),
+            ApplyRules::Format2 => self.apply_format2(now, req),
+        }
+    }
 
+    fn apply_format2(&mut self, now: u64, req: &Request) -> Response {
         let idem_key = req
             .idempotency_key
             .as_ref()
@@ -301,19 +313,24 @@ impl State {
         };
 
         if let (Some(k), Ok(_)) = (idem_key, &resp.0) {
-            let expires = now.saturating_add(idempotency_ttl(&k));
-            self.idx.idem_by_expiry.insert((expires, k.clone()), ());
-            self.idempotency.insert(
-                k,
-                IdempotencyRecord {
-                    time: now,
-                    response: resp.clone(),
-                    digest: digest.unwrap_or_default(),
-                },
-            );
+            self.remember(now, k, resp.clone(), digest.unwrap_or_default());
         }
         self.expire_idempotency(now);
         resp
+    }
+
+    /// Store the first answer under an idempotency key, expiring by the state's rules.
+    fn remember(&mut self, now: u64, key: String, response: Response, digest: String) {
+        let expires = now.saturating_add(self.meta.rules.idempotency_ttl(&key));
+        self.idx.idem_by_expiry.insert((expires, key.clone()), ());
+        self.idempotency.insert(
+            key,
+            IdempotencyRecord {
+                time: now,
+                response,
+                digest,
+            },
+        );
     }
 
     fn dispatch(&mut self, now: u64, actor: &str, cmd: &Command) -> Result<Applied, ApiError> {
@@ -413,6 +430,7 @@ impl State {
                 node_id,
             } => self.complete_join(now, actor, token_hash, *node_id),
             Command::MarkNodeRemoved { node_id } => self.mark_node_removed(now, actor, *node_id),
+            Command::AdoptRules { rules } => self.adopt_rules(now, actor, *rules),
             Command::CreateApiToken { name, token_hash } => {
                 self.create_api_token(now, actor, name, token_hash)
             }

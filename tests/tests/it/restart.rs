@@ -2,8 +2,9 @@
 //! of collections comes from the API's own route table (every `GET` without a path parameter
 //! except the two status endpoints), so a collection added later is covered without editing
 //! this test; the fixture must put at least one item in each or the test fails.
-//! Also: a data directory left by format 1 (images and tasks never written) is rebuilt from
-//! the log at start.
+//! Also: data directories left by format 1 (images and tasks never written) keep their tables
+//! and get images and tasks back from the log at start, and the cluster then adopts this
+//! build's apply rules once.
 
 use std::collections::BTreeMap;
 
@@ -183,21 +184,48 @@ async fn every_collection_survives_restarts_on_every_node() {
         .unwrap();
     }
 
-    // A data directory left by format 1: its image and task rows were never written. The
-    // node rebuilds its state machine from the log at start and has them again.
-    c.nodes[2].stop();
-    rackd_storage::testing::make_v1(&c.nodes[2].data_dir).unwrap();
-    c.nodes[2].start().unwrap();
-    c.wait_until(T, "format-1 node rebuilt from its log", |c| {
-        let before = before.clone();
-        async move {
-            dump(c, 2, true)
-                .await
-                .is_ok_and(|d| same_state(&before, &d))
+    // Data directories left by format 1 (images and tasks never written, rows decided by
+    // format 1's rules), on every node as after a whole-cluster upgrade. Each node keeps its
+    // tables, rebuilds images and tasks from its log, and the leader then moves the cluster
+    // to this build's apply rules once (`AdoptRules`, one index for every node).
+    for i in 0..3 {
+        c.nodes[i].stop();
+        rackd_storage::testing::make_v1(&c.nodes[i].data_dir).unwrap();
+    }
+    for i in 0..3 {
+        c.nodes[i].start().unwrap();
+    }
+    c.wait_leader(T).await.unwrap();
+    for i in 0..3 {
+        c.wait_until(T, "format-1 node migrated with everything", |c| {
+            let before = before.clone();
+            async move {
+                dump(c, i, true)
+                    .await
+                    .is_ok_and(|d| same_state(&before, &d))
+            }
+        })
+        .await
+        .unwrap();
+        let log = std::fs::read_to_string(&c.nodes[i].log).unwrap();
+        assert!(log.contains("on-disk format 1"), "the migration is logged");
+    }
+    let adopted = |d: &BTreeMap<&str, Vec<Value>>| {
+        d["/v1/events"]
+            .iter()
+            .filter(|e| e["kind"] == "cluster.rules_adopted")
+            .count()
+    };
+    c.wait_until(T, "rules adopted on every node", |c| async move {
+        let mut n = Vec::new();
+        for i in 0..3 {
+            match dump(c, i, true).await {
+                Ok(d) => n.push(adopted(&d)),
+                Err(_) => return false,
+            }
         }
+        n == [1, 1, 1]
     })
     .await
     .unwrap();
-    let log = std::fs::read_to_string(&c.nodes[2].log).unwrap();
-    assert!(log.contains("on-disk format 1"), "the migration is logged");
 }
