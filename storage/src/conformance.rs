@@ -114,7 +114,7 @@ async fn state_behind_its_snapshot_is_restored_at_open() {
 /// A format-1 directory holding the review's discovery-then-delete history (R2): format 1
 /// answered the 2 h discovery retry from its record, so it ended with `db1` (id 4) alone and a
 /// task on it. Its log (blank entry at 0, then the history), its `last_applied`, a snapshot
-/// file, and the tables format 1 would have stored (no images, no tasks; format-1 rules).
+/// file, and the rows format 1 stored (no images, no tasks).
 fn format_1_directory(td: &TempDir) -> u64 {
     use openraft::entry::RaftEntry;
     {
@@ -145,7 +145,28 @@ fn format_1_directory(td: &TempDir) -> u64 {
         )
         .unwrap();
     }
-    crate::testing::make_v1(td.path()).unwrap();
+    {
+        // The rows format 1 stored for this history: written by the format-1 code itself
+        // (commit 0d7a370, `State::apply` then `all_rows`, without images and tasks), not
+        // derived from today's code.
+        let (db, _) = crate::open_db_any(&td.path().join("db")).unwrap();
+        let data = db.cf_handle(crate::CF_SM_DATA).unwrap();
+        let rows: Vec<serde_json::Value> =
+            serde_json::from_str(include_str!("testdata/format1_discovery_rows.json")).unwrap();
+        for r in rows {
+            let hex = r["key"].as_str().unwrap();
+            let mut key = vec![r["table"].as_u64().unwrap() as u8];
+            key.extend(
+                (0..hex.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()),
+            );
+            db.put_cf(data, key, r["value"].as_str().unwrap()).unwrap();
+        }
+        let meta = db.cf_handle(crate::CF_RAFT_META).unwrap();
+        db.put_cf(meta, b"format_version", 1u32.to_be_bytes())
+            .unwrap();
+    }
     std::fs::write(
         td.path().join("snapshots/00000000000000000005-0.snap"),
         b"old",
