@@ -9,6 +9,11 @@
 //!   majority of the voters it knows answer `/v1/health` for this cluster with a membership
 //!   without this node. One answer is never enough: a leader deposed by a partition keeps
 //!   reporting the membership it last knew, which may predate this node.
+//! - or, when its replica applied the joint membership that starts its removal (this node is in
+//!   the old configuration only), a majority of the new configuration's voters report a
+//!   membership without it. This covers a follower that never receives the final
+//!   configuration, also in a cluster of two voters, where a majority of the old ones would
+//!   need its own answer.
 //!
 //! It then records the removal in `node.json`, shuts Raft down and reports `removed` in its
 //! health. A node whose `node.json` says removed refuses to start (see
@@ -37,11 +42,12 @@ pub async fn watch(node: Arc<ClusterHandle>) {
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let complete = matches!(Identity::load(&node.data_dir), Ok(Some(i)) if i.complete);
-        let (applied_at, applied_has_me) = {
+        let (applied_at, applied_has_me, leaving) = {
             let a = node.sm.read();
             (
                 a.membership.log_id().as_ref().map_or(0, |l| l.index),
                 a.membership.membership().get_node(&node.id).is_some(),
+                leaving_voters(node.id, a.membership.membership().get_joint_config()),
             )
         };
         if applied_has_me {
@@ -63,6 +69,10 @@ pub async fn watch(node: Arc<ClusterHandle>) {
         // listed yet).
         let suspect = if mem.get_node(&node.id).is_none() {
             true
+        } else if leaving.is_some() && m.current_leader != Some(node.id) {
+            // A leader completes its own removal (and then applies it); a follower may never
+            // receive the final configuration, so it asks its voters.
+            true
         } else if m.current_leader.is_some() {
             leaderless_since = None;
             false
@@ -77,7 +87,7 @@ pub async fn watch(node: Arc<ClusterHandle>) {
         if cluster_id.is_empty() {
             continue;
         }
-        let voters: BTreeSet<u64> = mem.voter_ids().collect();
+        let voters: BTreeSet<u64> = leaving.clone().unwrap_or_else(|| mem.voter_ids().collect());
         let mut reports = Vec::new();
         for (_, info) in mem.nodes().filter(|(id, _)| **id != node.id) {
             let Ok(resp) = node
@@ -100,6 +110,19 @@ pub async fn watch(node: Arc<ClusterHandle>) {
         // Ask again after another quiet period, not on every tick.
         leaderless_since = Some(tokio::time::Instant::now());
         tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// The voters whose word settles this node's removal once its replica applied (so the cluster
+/// committed) a joint membership whose new configuration lacks it: the first step of its
+/// removal. The old configuration's voters no longer decide anything then, and in a cluster of
+/// two voters this node alone could never hear from a majority of them.
+fn leaving_voters(me: u64, joint: &[BTreeSet<u64>]) -> Option<BTreeSet<u64>> {
+    match joint {
+        [.., old, new] if old.contains(&me) && !new.contains(&me) && !new.is_empty() => {
+            Some(new.clone())
+        }
+        _ => None,
     }
 }
 
@@ -212,5 +235,31 @@ mod tests {
         // Answers that still list the node are no evidence at all.
         let listed = [report(1, &[1, 2, 3]), report(2, &[1, 2, 3])];
         assert_eq!(majority_says_removed(3, &v3, "c1", &listed), None);
+    }
+
+    /// Two voters, node 2 removed: it applied the joint membership {1,2} → {1} but never
+    /// received the final one. Node 1 alone is a majority of the new configuration, and the
+    /// only voter that still decides; before, node 2 needed two answers out of {1, 2}.
+    #[test]
+    fn a_member_leaving_a_two_voter_cluster_asks_the_new_configuration() {
+        let joint: Vec<BTreeSet<u64>> = vec![[1, 2].into(), [1].into()];
+        let voters = leaving_voters(2, &joint).expect("node 2 is leaving");
+        assert_eq!(voters, BTreeSet::from([1]));
+        assert!(majority_says_removed(2, &voters, "c1", &[report(1, &[1])]).is_some());
+        // Node 1 still listing node 2 (it is in the joint phase too) is no evidence.
+        assert_eq!(
+            majority_says_removed(2, &voters, "c1", &[report(1, &[1, 2])]),
+            None
+        );
+        // Node 1 stays; a plain or a growing membership makes nobody leave.
+        assert_eq!(leaving_voters(1, &joint), None);
+        assert_eq!(leaving_voters(2, &[[1, 2].into()]), None);
+        assert_eq!(leaving_voters(3, &[[1, 2].into(), [1, 2, 3].into()]), None);
+        // Three voters, node 3 leaving: the new configuration {1, 2} needs both answers.
+        let v = leaving_voters(3, &[[1, 2, 3].into(), [1, 2].into()]).unwrap();
+        assert_eq!(
+            majority_says_removed(3, &v, "c1", &[report(1, &[1, 2])]),
+            None
+        );
     }
 }
