@@ -131,6 +131,8 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         cause = node.wait_failed() => {
             server.stop_services();
             tracing::error!(%cause, "Raft stopped on a failure; location services and the executor stopped, exiting");
+            // The API answers only its health, which says why, for a moment before the exit.
+            tokio::time::sleep(FAILED_LINGER).await;
             Some(cause)
         }
     };
@@ -143,6 +145,10 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         ),
     }
 }
+
+/// How long a node whose Raft failed keeps answering its health (with the cause) before it
+/// exits; its supervisor restarts it after that.
+const FAILED_LINGER: Duration = Duration::from_secs(3);
 
 /// Open this node's storage (refusing a database of another node) and start Raft on it.
 async fn start_raft(

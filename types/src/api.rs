@@ -63,7 +63,7 @@ pub struct DeployDone {
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Health {
     pub node_id: u64,
-    /// leader | follower | learner | candidate | shutdown | removed
+    /// leader | follower | learner | candidate | shutdown | removed | failed
     pub raft_state: String,
     pub leader_id: Option<u64>,
     pub term: u64,
@@ -81,6 +81,11 @@ pub struct Health {
     /// This node learned that the cluster removed it; Raft is stopped.
     #[serde(default)]
     pub removed: bool,
+    /// Why Raft stopped on a failure (`raft_state` is `failed`): the storage cannot write.
+    /// The node has stopped its location services and executor, answers only this endpoint,
+    /// and exits within seconds for its supervisor to restart it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]

@@ -22,9 +22,16 @@ use crate::cluster::MemberRole;
 pub async fn health(State(node): State<AppState>) -> Json<Health> {
     let m = node.status();
     let removed = node.is_removed();
+    let failure = node.failure();
+    let raft_state = match (removed, &failure) {
+        (true, _) => "removed",
+        (false, Some(_)) => "failed",
+        (false, None) => m.role.as_str(),
+    };
     Json(Health {
         node_id: node.id(),
-        raft_state: if removed { "removed" } else { m.role.as_str() }.to_string(),
+        raft_state: raft_state.to_string(),
+        failure,
         cluster_id: node.state().cluster_id().to_string(),
         members: m.members.keys().copied().collect(),
         removed,

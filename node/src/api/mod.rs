@@ -2,7 +2,8 @@
 //!
 //! Every route is one row of [`endpoints::ENDPOINTS`] (method, path, handler, auth, request
 //! and response types); [`router`] serves that table, `openapi` documents it. Layers,
-//! outermost first: [`forward`] sends every write to the leader (the client need not know who
+//! outermost first: a node whose Raft failed answers only its health, then [`forward`] sends
+//! every write to the leader (the client need not know who
 //! leads), then [`auth`] checks the bearer token, then the handlers in [`inventory`],
 //! [`tasks`] and [`cluster`]. Handlers reach the replicated core only through the
 //! [`Cluster`] trait (a `FakeCluster` in the unit tests). Every error is JSON
@@ -165,8 +166,32 @@ pub fn router(node: AppState) -> Router {
             node.clone(),
             forward::to_leader,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            refuse_when_failed,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
         .with_state(node)
+}
+
+/// A node whose Raft stopped on a failure answers only `/v1/health` (which says why) until it
+/// exits: its replica is frozen, so reads (also `?stale=true`) would serve old data, and
+/// writes cannot be made durable here.
+async fn refuse_when_failed(
+    axum::extract::State(node): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match node.failure() {
+        Some(cause) if req.uri().path() != "/v1/health" => {
+            HttpError(ApiError::unavailable(format!(
+                "this node stopped serving: its storage cannot write ({cause}); it is exiting. \
+                 Use another node"
+            )))
+            .into_response()
+        }
+        _ => next.run(req).await,
+    }
 }
 
 #[cfg(test)]

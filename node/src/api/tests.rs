@@ -347,6 +347,40 @@ async fn health_reports_the_cluster_role_without_a_token() {
     assert_eq!(a.body["cluster_id"], "c1");
 }
 
+/// R4: a node whose Raft stopped on a storage failure says why in its health and answers every
+/// other endpoint of the table 503 (its replica is frozen), whatever the token or the body.
+#[tokio::test]
+async fn a_failed_node_answers_only_its_health_and_says_why() {
+    let c = cluster();
+    c.set_failed("injected fsync failure");
+    let h = call(&c, Method::GET, "/v1/health", None, &[], "").await;
+    assert_eq!(h.status, StatusCode::OK, "{}", h.body);
+    assert_eq!(h.body["raft_state"], "failed", "{}", h.body);
+    assert!(
+        h.body["failure"]
+            .as_str()
+            .is_some_and(|f| f.contains("injected fsync failure")),
+        "{}",
+        h.body
+    );
+    for e in ENDPOINTS.iter().filter(|e| e.path != "/v1/health") {
+        let path = e.path.replace("{id}", "1");
+        let a = call(&c, e.verb.http(), &path, Some(TOKEN), &[], "{}").await;
+        assert_eq!(
+            a.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{} {path}: {}",
+            e.verb.http(),
+            a.body
+        );
+        let msg = a.body["error"]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains("storage cannot write"), "{path}: {}", a.body);
+    }
+    // Healthy: no failure field at all.
+    let h = call(&cluster(), Method::GET, "/v1/health", None, &[], "").await;
+    assert!(h.body.get("failure").is_none(), "{}", h.body);
+}
+
 /// A request for one endpoint of the table, against the fixture of
 /// [`every_endpoint_answers_its_declared_status_and_type`]: (path, body).
 fn sample(e: &Endpoint, fx: &Fixture, created: &BTreeMap<&str, u64>) -> (String, String) {

@@ -84,6 +84,9 @@ pub trait Cluster: Send + Sync + 'static {
     fn status(&self) -> RaftStatus;
     /// Whether this node learned that the cluster removed it.
     fn is_removed(&self) -> bool;
+    /// Why this node's Raft stopped on a failure (its storage cannot write), if it did: the
+    /// node stops serving and exits.
+    fn failure(&self) -> Option<String>;
     /// The current leader's id and addresses, as this node knows them.
     fn leader(&self) -> Option<(u64, NodeInfo)>;
     fn is_leader(&self) -> bool {

@@ -26,6 +26,7 @@ struct Inner {
     voters: BTreeSet<u64>,
     log: Vec<Request>,
     removed: bool,
+    failure: Option<String>,
     /// Proposals still to be applied with their answer lost (see `lose_answers`).
     lost_answers: u32,
 }
@@ -52,6 +53,7 @@ impl FakeCluster {
                 voters: BTreeSet::from([id]),
                 log: Vec::new(),
                 removed: false,
+                failure: None,
                 lost_answers: 0,
             }),
         })
@@ -115,6 +117,11 @@ impl FakeCluster {
         self.lock().leading = leading;
     }
 
+    /// Raft stopped on `cause` (as when the storage cannot write).
+    pub fn set_failed(&self, cause: &str) {
+        self.lock().failure = Some(cause.to_string());
+    }
+
     /// Decide later entries by `rules` (test setup, as the format-1 migration leaves a state).
     pub fn set_apply_rules(&self, rules: rackd_raft::state::ApplyRules) {
         self.lock().state.meta.rules = rules;
@@ -158,6 +165,9 @@ impl Cluster for FakeCluster {
     }
     fn is_removed(&self) -> bool {
         self.lock().removed
+    }
+    fn failure(&self) -> Option<String> {
+        self.lock().failure.clone()
     }
     fn leader(&self) -> Option<(u64, NodeInfo)> {
         let g = self.lock();

@@ -107,6 +107,14 @@ impl ClusterHandle {
         }
     }
 
+    /// Why Raft stopped on a failure, if it did (a clean shutdown is not a failure).
+    pub fn failure(&self) -> Option<String> {
+        match &self.raft.metrics().borrow_watched().running_state {
+            Err(openraft::errors::Fatal::Stopped) | Ok(()) => None,
+            Err(f) => Some(f.to_string()),
+        }
+    }
+
     /// Whether this node learned that the cluster removed it.
     pub fn is_removed(&self) -> bool {
         self.removed.load(std::sync::atomic::Ordering::SeqCst)
@@ -125,11 +133,7 @@ impl ClusterHandle {
     pub async fn wait_failed(&self) -> String {
         let mut rx = self.raft.metrics();
         loop {
-            let failed = match &rx.borrow_watched().running_state {
-                Err(openraft::errors::Fatal::Stopped) | Ok(()) => None,
-                Err(f) => Some(f.to_string()),
-            };
-            if let Some(cause) = failed {
+            if let Some(cause) = self.failure() {
                 return cause;
             }
             if rx.changed().await.is_err() {
@@ -155,6 +159,9 @@ impl Cluster for ClusterHandle {
     }
     fn is_removed(&self) -> bool {
         ClusterHandle::is_removed(self)
+    }
+    fn failure(&self) -> Option<String> {
+        ClusterHandle::failure(self)
     }
     fn leader(&self) -> Option<(u64, NodeInfo)> {
         ClusterHandle::leader(self)

@@ -195,6 +195,7 @@ mod tests {
             cluster_id: "c1".into(),
             members: members.to_vec(),
             removed: false,
+            failure: None,
         }
     }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use rackd_storage::FAULT_WAL_SYNC_ENV;
 use rackd_tests::Cluster;
+use reqwest::Method;
 use serde_json::{json, Value};
 
 const FAULT_FILE: &str = "fail-wal-sync";
@@ -54,9 +55,22 @@ async fn a_location_node_whose_disk_fails_stops_serving_and_exits_with_the_cause
         .post_json(0, "/v1/locations", &json!({"name": "dc1"}))
         .await
         .expect("the voters still write");
+    // Until it exits, its health says why and nothing else is served (not even stale reads).
+    let mut said_why = None;
+    let mut stale_read = None;
     let status = loop {
         if let Some(s) = c.nodes[loc].exited() {
             break s;
+        }
+        if let Ok(h) = c.health(loc).await {
+            if h.raft_state == "failed" && said_why.is_none() {
+                said_why = h.failure;
+                stale_read = c
+                    .request(loc, Method::GET, "/v1/locations?stale=true", None, &[])
+                    .await
+                    .ok()
+                    .map(|(s, _)| s);
+            }
         }
         assert!(
             failed_at.elapsed() < Duration::from_secs(30),
@@ -66,6 +80,13 @@ async fn a_location_node_whose_disk_fails_stops_serving_and_exits_with_the_cause
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(!status.success(), "exit status {status}");
+    assert!(
+        said_why
+            .as_deref()
+            .is_some_and(|w| w.contains("injected fsync failure")),
+        "health before the exit: {said_why:?}"
+    );
+    assert_eq!(stale_read, Some(503), "a failed node serves no reads");
     let log = std::fs::read_to_string(&c.nodes[loc].log).unwrap();
     assert!(
         log.contains("injected fsync failure"),
