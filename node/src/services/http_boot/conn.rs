@@ -330,6 +330,39 @@ mod tests {
         (s, c)
     }
 
+    /// R10: stopping the server (node shutdown, removal, fail-stop) also closes the idle
+    /// keep-alive connections it owns; a detached connection task would keep them open until
+    /// the header timeout (30 s).
+    #[tokio::test]
+    async fn stopping_the_server_closes_its_keep_alive_connections() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let app = Router::new().route("/x", axum::routing::get(|| async { "ok" }));
+        let server = tokio::spawn(serve(l, app, Limits::default()));
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 1024];
+        while !got.ends_with(b"ok") {
+            let n = c.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before answering");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got.starts_with(b"HTTP/1.1 200"), "{got:?}");
+        assert!(
+            !String::from_utf8_lossy(&got).contains("close"),
+            "kept alive"
+        );
+        server.abort();
+        let _ = server.await;
+        let r = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+            .await
+            .expect("the idle keep-alive connection was left open");
+        assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_writer_is_cut_when_its_reader_stops() {
         let (server, mut client) = pair().await;
