@@ -223,3 +223,75 @@ pub async fn start(
         ticker.abort();
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use rackd_types::payload::CreateMachine;
+    use rackd_types::{BmcDriver, BmcSpec};
+
+    use super::*;
+    use crate::cluster::fake::{machine_spec, FakeCluster};
+
+    /// R10: stopping the proxy (removal, fail-stop, shutdown) closes every socket it owns, its
+    /// listening ports and the upstream socket of a flow in progress, not only its loop.
+    #[tokio::test]
+    async fn stopping_the_proxy_closes_its_listeners_and_flows() {
+        let bmc = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let c = FakeCluster::new(1, 1_000);
+        c.create_location("dc1");
+        let id = c.create_machine(CreateMachine {
+            bmc: Some(BmcSpec {
+                driver: BmcDriver::Ipmi,
+                address: "127.0.0.1".into(),
+                port: bmc.local_addr().unwrap().port(),
+                username: String::new(),
+                password: None,
+                cipher_suite: None,
+            }),
+            ..machine_spec("m", "dc1")
+        });
+        // A free port for the machine's listener (base + id).
+        let port = UdpSocket::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let opts = ProxyConfig {
+            listen: "127.0.0.1".parse().unwrap(),
+            base_port: port - id as u16,
+            idle: Duration::from_secs(60),
+        };
+        let proxy = start(c.clone(), "dc1".into(), opts).await.unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // An RMCP ping-shaped datagram (class 0x06) through the proxy reaches the BMC from the
+        // flow's upstream socket.
+        let rmcp = [0x06, 0x00, 0xff, 0x06, 0, 0, 0x11, 0xbe, 0x80, 0, 0, 0];
+        client.send_to(&rmcp, ("127.0.0.1", port)).await.unwrap();
+        let mut buf = [0u8; 64];
+        let (n, upstream) = tokio::time::timeout(Duration::from_secs(5), bmc.recv_from(&mut buf))
+            .await
+            .expect("relayed to the BMC")
+            .unwrap();
+        assert_eq!(&buf[..n], &rmcp);
+        let in_use = |port: u16| async move { UdpSocket::bind(("0.0.0.0", port)).await.is_err() };
+        assert!(
+            in_use(port).await && in_use(upstream.port()).await,
+            "both open"
+        );
+
+        proxy.abort();
+        let _ = proxy.await;
+        // Aborted reader tasks drop their sockets when the runtime next runs them.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while in_use(port).await || in_use(upstream.port()).await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "listening port open: {}, upstream socket open: {}",
+                in_use(port).await,
+                in_use(upstream.port()).await
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
