@@ -6,7 +6,9 @@
 //! datacenter power-on goes through, each with all N clients at once:
 //!
 //! 1. DHCP: perfdhcp (relay mode) makes N DORA exchanges from the N reserved MACs;
-//! 2. TFTP: N downloads of the iPXE first stage (`undionly.kpxe`), PXE-ROM style;
+//! 2. TFTP: N downloads of the iPXE first stage (`undionly.kpxe`), PXE-ROM style, then the
+//!    same N by curl's TFTP client (a third-party client, one process each); for both, the
+//!    server's CPU per transfer, its open sockets and its memory per open transfer;
 //! 3. HTTP: N machines each fetch their script, the kernel and the initrd over one keep-alive
 //!    connection;
 //! 4. image: M clients fetch one large image (default 1 GiB) at once.
@@ -210,6 +212,103 @@ async fn tftp_phase(a: &Args, expect: u64) -> Value {
     })
 }
 
+/// N concurrent downloads of the iPXE first stage by curl's TFTP client (a third-party
+/// client: its own timers, option negotiation and retransmissions), one process each.
+async fn tftp_curl_phase(a: &Args, expect: u64) -> Value {
+    let url = format!("tftp://{}/undionly.kpxe", a.net.server_ip);
+    let t0 = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..a.machines {
+        let url = url.clone();
+        set.spawn(async move {
+            tokio::process::Command::new("curl")
+                .args([
+                    "-sS",
+                    "--tftp-blksize",
+                    "1432",
+                    "-m",
+                    "120",
+                    "-o",
+                    "/dev/null",
+                ])
+                .args(["-w", "%{size_download} %{time_total}", &url])
+                .stdin(std::process::Stdio::null())
+                .output()
+                .await
+        });
+    }
+    let (mut times, mut failed, mut first_error) = (Vec::new(), 0, None);
+    while let Some(r) = set.join_next().await {
+        let out = match r {
+            Ok(Ok(o)) => o,
+            Ok(Err(e)) => {
+                failed += 1;
+                first_error.get_or_insert(format!("curl: {e}"));
+                continue;
+            }
+            Err(e) => {
+                failed += 1;
+                first_error.get_or_insert(e.to_string());
+                continue;
+            }
+        };
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut f = text.split_whitespace();
+        let size: u64 = f.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let secs: f64 = f.next().and_then(|s| s.parse().ok()).unwrap_or(0.0);
+        if out.status.success() && size == expect {
+            times.push(secs);
+        } else {
+            failed += 1;
+            first_error.get_or_insert(format!(
+                "{} ({size} of {expect} bytes): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    json!({
+        "secs": round3(t0.elapsed().as_secs_f64()),
+        "clients": a.machines, "failed": failed, "first_error": first_error,
+        "transfer": time_stats(times),
+    })
+}
+
+/// Run `phase` while sampling the server set: CPU it used, open file descriptors (each TFTP
+/// transfer holds one socket) and resident memory, idle before and at their peak; added to
+/// the phase's JSON as `server`, with the costs per transfer (`n` transfers).
+async fn with_costs(
+    server: &Running,
+    n: usize,
+    phase: impl std::future::Future<Output = Value>,
+) -> Value {
+    let (cpu0, fds0, rss0) = (server.cpu_ticks(), server.open_fds(), server.rss_kib());
+    let (mut fds_peak, mut rss_peak) = (fds0, rss0);
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    tokio::pin!(phase);
+    let mut out = loop {
+        tokio::select! {
+            v = &mut phase => break v,
+            _ = tick.tick() => {
+                fds_peak = fds_peak.max(server.open_fds());
+                rss_peak = rss_peak.max(server.rss_kib());
+            }
+        }
+    };
+    // CLK_TCK is 100 on Linux: one tick is 10 ms.
+    let cpu_ms = (server.cpu_ticks() - cpu0) * 10;
+    let open = fds_peak.saturating_sub(fds0);
+    let rss_rise = rss_peak.saturating_sub(rss0);
+    out["server"] = json!({
+        "cpu_ms": cpu_ms,
+        "cpu_ms_per_transfer": round3(cpu_ms as f64 / n.max(1) as f64),
+        "fds_idle": fds0, "fds_peak": fds_peak,
+        "rss_idle_kib": rss0, "rss_rise_kib": rss_rise,
+        "rss_kib_per_open_transfer": (open > 0).then(|| round3(rss_rise as f64 / open as f64)),
+    });
+    out
+}
+
 async fn http_phase(base: &str, boots: Vec<Vec<(&'static str, String, Option<u64>)>>) -> Value {
     let t0 = Instant::now();
     let mut set = tokio::task::JoinSet::new();
@@ -252,8 +351,10 @@ async fn run_set(
     let dhcp = dhcp_phase(a, macs_file).await?;
     eprintln!("{name}: {dhcp}\n{name}: TFTP phase");
     let kpxe = std::fs::metadata(a.net.work.join("tftp/undionly.kpxe"))?.len();
-    let tftp = tftp_phase(a, kpxe).await;
-    eprintln!("{name}: {tftp}\n{name}: HTTP phase");
+    let tftp = with_costs(&server, a.machines, tftp_phase(a, kpxe)).await;
+    eprintln!("{name}: {tftp}\n{name}: TFTP phase, curl clients");
+    let tftp_curl = with_costs(&server, a.machines, tftp_curl_phase(a, kpxe)).await;
+    eprintln!("{name}: {tftp_curl}\n{name}: HTTP phase");
     let boots = macs
         .iter()
         .map(|(mac, _)| {
@@ -302,7 +403,7 @@ async fn run_set(
     let peak = server.peak_rss_kib();
     Ok(json!({
         "storm_secs": round3(storm_secs),
-        "dhcp": dhcp, "tftp": tftp, "http": http, "image": image,
+        "dhcp": dhcp, "tftp": tftp, "tftp_curl": tftp_curl, "http": http, "image": image,
         "rss_idle_mib": idle / 1024,
         "rss_peak_storm_mib": storm_peak / 1024,
         "rss_peak_with_image_mib": peak / 1024,
@@ -356,6 +457,9 @@ async fn main() -> anyhow::Result<()> {
         "storm_secs": ratio(&r, &p, &["storm_secs"]),
         "dhcp_secs": ratio(&r, &p, &["dhcp", "secs"]),
         "tftp_secs": ratio(&r, &p, &["tftp", "secs"]),
+        "tftp_curl_secs": ratio(&r, &p, &["tftp_curl", "secs"]),
+        "tftp_cpu_per_transfer": ratio(&r, &p, &["tftp", "server", "cpu_ms_per_transfer"]),
+        "tftp_rss_per_open_transfer": ratio(&r, &p, &["tftp", "server", "rss_kib_per_open_transfer"]),
         "http_secs": ratio(&r, &p, &["http", "secs"]),
         "image_secs": ratio(&r, &p, &["image", "secs"]),
         "rss_peak_storm": ratio(&r, &p, &["rss_peak_storm_mib"]),

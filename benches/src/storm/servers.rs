@@ -77,6 +77,36 @@ impl Running {
         self.pids().iter().map(|p| status_kib(*p, "VmRSS:")).sum()
     }
 
+    /// CPU time (user + system) used so far by the set's processes, in clock ticks
+    /// (`getconf CLK_TCK`, 100 on Linux).
+    pub fn cpu_ticks(&self) -> u64 {
+        self.pids()
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+            .map(|stat| {
+                // After the comm: state is field 3, utime 14, stime 15.
+                let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+                let f: Vec<u64> = rest
+                    .split_whitespace()
+                    .map(|x| x.parse().unwrap_or(0))
+                    .collect();
+                f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
+            })
+            .sum()
+    }
+
+    /// Open file descriptors of the set's processes (one per TFTP transfer's socket).
+    pub fn open_fds(&self) -> usize {
+        self.pids()
+            .iter()
+            .map(|p| {
+                std::fs::read_dir(format!("/proc/{p}/fd"))
+                    .map(|d| d.count())
+                    .unwrap_or(0)
+            })
+            .sum()
+    }
+
     /// Peak resident memory since start, summed over the set's processes (KiB).
     pub fn peak_rss_kib(&self) -> u64 {
         self.pids().iter().map(|p| status_kib(*p, "VmHWM:")).sum()
