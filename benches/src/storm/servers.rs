@@ -136,7 +136,12 @@ pub async fn rackd(
     std::fs::create_dir_all(&dir)?;
     let ip = net.server_ip;
     let (out, err) = log_file(net, "rackd")?;
-    let child = in_ns(net, &bin.display().to_string())
+    // Started with the open-file limits a process usually gets (soft 1,024; hard 4,096 as a
+    // PID 1 without systemd hands out), not the raised ones the bench script runs under: rackd
+    // must raise its own limit to hold a storm's sockets.
+    let child = in_ns(net, "prlimit")
+        .args(["--nofile=1024:4096", "--"])
+        .arg(bin)
         .arg("up")
         .arg("--data-dir")
         .arg(&dir)
