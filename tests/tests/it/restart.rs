@@ -80,6 +80,26 @@ fn same_state(before: &BTreeMap<&str, Vec<Value>>, after: &BTreeMap<&str, Vec<Va
     })
 }
 
+/// Wait until node `i`'s local replica (what DHCP, the executor and `?stale=true` read) holds
+/// everything of `before`.
+async fn replica_matches(
+    c: &Cluster,
+    i: usize,
+    before: &BTreeMap<&'static str, Vec<Value>>,
+    what: &str,
+) {
+    c.wait_until(T, what, |c| {
+        let before = before.clone();
+        async move {
+            dump(c, i, true)
+                .await
+                .is_ok_and(|d| same_state(&before, &d))
+        }
+    })
+    .await
+    .unwrap();
+}
+
 async fn populate(c: &Cluster) {
     setup_location(c, 0).await;
     let rack: Value = c
@@ -143,16 +163,7 @@ async fn every_collection_survives_restarts_on_every_node() {
         );
     }
     for i in 0..3 {
-        c.wait_until(T, "replica caught up", |c| {
-            let before = before.clone();
-            async move {
-                dump(c, i, true)
-                    .await
-                    .is_ok_and(|d| same_state(&before, &d))
-            }
-        })
-        .await
-        .unwrap();
+        replica_matches(&c, i, &before, "replica caught up").await;
     }
 
     // Node 0 alone (SIGTERM), then the whole cluster (one of them by SIGKILL).
@@ -171,17 +182,8 @@ async fn every_collection_survives_restarts_on_every_node() {
             same_state(&before, &after),
             "node {i} lost data:\nbefore {before:#?}\nafter {after:#?}"
         );
-        // The local replica too (what DHCP, the executor and ?stale=true read).
-        c.wait_until(T, "replica equal after restart", |c| {
-            let before = before.clone();
-            async move {
-                dump(c, i, true)
-                    .await
-                    .is_ok_and(|d| same_state(&before, &d))
-            }
-        })
-        .await
-        .unwrap();
+        // The local replica too.
+        replica_matches(&c, i, &before, "replica equal after restart").await;
     }
 
     // Data directories left by format 1 (images and tasks never written, rows decided by
@@ -197,16 +199,7 @@ async fn every_collection_survives_restarts_on_every_node() {
     }
     c.wait_leader(T).await.unwrap();
     for i in 0..3 {
-        c.wait_until(T, "format-1 node migrated with everything", |c| {
-            let before = before.clone();
-            async move {
-                dump(c, i, true)
-                    .await
-                    .is_ok_and(|d| same_state(&before, &d))
-            }
-        })
-        .await
-        .unwrap();
+        replica_matches(&c, i, &before, "format-1 node migrated with everything").await;
         let log = std::fs::read_to_string(&c.nodes[i].log).unwrap();
         assert!(log.contains("on-disk format 1"), "the migration is logged");
     }
