@@ -38,8 +38,8 @@ pub const MAX_HEAD: usize = 16 * 1024;
 pub const MAX_BODY: usize = 64 * 1024;
 /// Largest dynamic answer.
 pub const MAX_RESPONSE: usize = 1 << 20;
-/// Bytes handed to one `sendfile` call, which runs on the async thread: on a page-cache miss
-/// it reads at most this much from disk before returning.
+/// Bytes handed to one `sendfile` call, which runs on the async thread; they are read into the
+/// page cache on the blocking pool first when they are not there ([`super::cache`]).
 const SENDFILE_STEP: usize = 1 << 20;
 
 #[derive(Debug, Clone)]
@@ -164,6 +164,8 @@ async fn send_file(stream: &TcpStream, f: &SendFile, clock: &mut StallClock) -> 
     let end = f.start + f.len;
     while (off as u64) < end {
         let count = ((end - off as u64) as usize).min(SENDFILE_STEP);
+        // A page-cache miss inside sendfile would block this async worker on the disk.
+        super::cache::ensure_cached(&f.file, off as u64, count).await?;
         let r = stream.try_io(Interest::WRITABLE, || {
             nix::sys::sendfile::sendfile64(stream.as_fd(), f.file.as_fd(), Some(&mut off), count)
                 .map_err(io::Error::from)
