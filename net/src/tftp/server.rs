@@ -206,10 +206,28 @@ async fn serve_read(
     limits: &Limits,
     stats: &TftpStats,
 ) -> std::io::Result<bool> {
-    let file = std::fs::File::open(path)?;
-    let len = file.metadata()?.len();
     let sock = UdpSocket::bind(SocketAddr::new(local_ip, 0)).await?;
     sock.connect(peer).await?;
+    // The file was resolved a moment ago; it can still vanish or be unreadable now. The
+    // client gets an error packet from the transfer's port rather than silence until its
+    // timeout.
+    let opened = std::fs::File::open(path).and_then(|f| Ok((f.metadata()?.len(), f)));
+    let (len, file) = match opened {
+        Ok(x) => x,
+        Err(e) => {
+            let (c, message) = match e.kind() {
+                std::io::ErrorKind::PermissionDenied => (code::ACCESS_VIOLATION, "access denied"),
+                _ => (code::FILE_NOT_FOUND, "file not found"),
+            };
+            let p = Packet::Error {
+                code: c,
+                message: message.into(),
+            };
+            let _ = sock.send(&p.to_bytes()).await;
+            tracing::info!(%peer, path = %path.display(), error = %e, "tftp file cannot be opened");
+            return Ok(false);
+        }
+    };
     let (mut t, out) = ReadTransfer::start(Instant::now(), len, options, limits);
     let mut pkt = Vec::with_capacity(4 + t.blksize() as usize);
     // A client sends ACKs and ERRORs only (4 bytes plus a message): a small buffer keeps a
@@ -290,6 +308,36 @@ async fn perform(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file resolved but gone when its transfer opens it: the client gets FILE_NOT_FOUND
+    /// from the transfer's port at once, not silence until its timeout.
+    #[tokio::test]
+    async fn a_file_gone_before_its_transfer_starts_gets_an_error_packet() {
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let peer = client.local_addr().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let stats = TftpStats::default();
+        let served = serve_read(
+            peer.ip(),
+            peer,
+            &dir.path().join("vanished.kpxe"),
+            &[],
+            &Limits::default(),
+            &stats,
+        )
+        .await
+        .unwrap();
+        assert!(!served);
+        let mut buf = [0u8; 600];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(2), client.recv(&mut buf))
+            .await
+            .expect("an error packet, not silence")
+            .unwrap();
+        match proto::decode(&buf[..n]).unwrap() {
+            Packet::Error { code, .. } => assert_eq!(code, code::FILE_NOT_FOUND),
+            p => panic!("unexpected {p:?}"),
+        }
+    }
 
     #[test]
     fn resolve_refuses_escapes() {
