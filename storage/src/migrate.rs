@@ -22,19 +22,13 @@ use rackd_raft::state::{tables, ApplyRules, State, TABLES};
 use rackd_raft::typ::{Entry, EntryPayload, LogId, StoredMembership};
 use rocksdb::DB;
 
+use crate::sm_store::{load_applied, sm_key, Applied};
 use crate::{
     rocks_err, OpenError, CF_LOGS, CF_RAFT_META, CF_SM_DATA, CF_SM_META, DISK_FORMAT_VERSION,
 };
 
 /// The tables format 1 never wrote: rebuilt from the log.
 const NOT_IN_FORMAT_1: [u8; 2] = [tables::IMAGES, tables::TASKS];
-
-/// A state machine as stored, or as a replay left it.
-struct Machine {
-    state: State,
-    last_applied: Option<LogId>,
-    membership: StoredMembership,
-}
 
 /// Format 1 → 2; see the module docs.
 pub(crate) fn migrate_v1(db: &DB, dir: &Path, snapshot_dir: &Path) -> Result<(), OpenError> {
@@ -63,7 +57,7 @@ pub(crate) fn migrate_v1(db: &DB, dir: &Path, snapshot_dir: &Path) -> Result<(),
     for row in rebuilt.all_rows() {
         if NOT_IN_FORMAT_1.contains(&row.table) {
             if let Some(v) = row.value {
-                batch.put_cf(data, row_key(row.table, &row.key), v);
+                batch.put_cf(data, sm_key(row.table, &row.key), v);
             }
         }
     }
@@ -71,20 +65,13 @@ pub(crate) fn migrate_v1(db: &DB, dir: &Path, snapshot_dir: &Path) -> Result<(),
     kept.rules = ApplyRules::Format1;
     batch.put_cf(
         data,
-        row_key(tables::META, b"meta"),
+        sm_key(tables::META, b"meta"),
         serde_json::to_vec(&kept).expect("meta serializes"),
     );
     batch.put_cf(meta, b"format_version", DISK_FORMAT_VERSION.to_be_bytes());
     let mut w = rocksdb::WriteOptions::default();
     w.set_sync(true);
     db.write_opt(batch, &w).map_err(rocks_err(&path))
-}
-
-fn row_key(table: u8, key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + key.len());
-    k.push(table);
-    k.extend_from_slice(key);
-    k
 }
 
 fn load_err(path: &str, what: &str, e: impl std::fmt::Display) -> OpenError {
@@ -110,29 +97,13 @@ fn get_meta<T: serde::de::DeserializeOwned>(
 }
 
 /// The state machine as format 1 stored it.
-fn load_stored(db: &DB, path: &str) -> Result<Machine, OpenError> {
-    let mut state = State::default();
-    let data = db.cf_handle(CF_SM_DATA).expect("cf exists");
-    for item in db.iterator_cf(data, rocksdb::IteratorMode::Start) {
-        let (k, v) = item.map_err(rocks_err(path))?;
-        let Some((&table, key)) = k.split_first() else {
-            return Err(load_err(path, "state row", "empty key"));
-        };
-        state
-            .load_row(table, key, &v)
-            .map_err(|e| load_err(path, &format!("table {table}"), e))?;
-    }
-    state.rebuild_indexes();
-    Ok(Machine {
-        state,
-        last_applied: get_meta::<Option<LogId>>(db, path, CF_SM_META, b"last_applied")?.flatten(),
-        membership: get_meta(db, path, CF_SM_META, b"last_membership")?.unwrap_or_default(),
-    })
+fn load_stored(db: &DB, path: &str) -> Result<Applied, OpenError> {
+    load_applied(db).map_err(|e| load_err(path, "state machine", e))
 }
 
 /// Apply the log from index 0 through `upto` to an empty state under `rules`.
-fn replay(db: &DB, path: &str, upto: Option<u64>, rules: ApplyRules) -> Result<Machine, OpenError> {
-    let mut m = Machine {
+fn replay(db: &DB, path: &str, upto: Option<u64>, rules: ApplyRules) -> Result<Applied, OpenError> {
+    let mut m = Applied {
         state: State::default(),
         last_applied: None,
         membership: StoredMembership::default(),
@@ -182,11 +153,11 @@ fn replay(db: &DB, path: &str, upto: Option<u64>, rules: ApplyRules) -> Result<M
 
 /// Where a replay differs from what format 1 stored: table, row and the fields that differ
 /// (names only: rows hold secrets).
-fn first_difference(stored: &Machine, replayed: &Machine) -> Option<String> {
+fn first_difference(stored: &Applied, replayed: &Applied) -> Option<String> {
     if stored.last_applied != replayed.last_applied || stored.membership != replayed.membership {
         return Some("the applied log position or the membership".into());
     }
-    let compared = |m: &Machine| -> BTreeMap<(u8, Vec<u8>), serde_json::Value> {
+    let compared = |m: &Applied| -> BTreeMap<(u8, Vec<u8>), serde_json::Value> {
         let mut state = m.state.clone();
         state.meta.rules = ApplyRules::Format1;
         state
@@ -340,7 +311,7 @@ pub fn make_v1(data_dir: &Path) -> Result<(), OpenError> {
             }
             value = serde_json::to_vec(&m).expect("JSON");
         }
-        batch.put_cf(data, row_key(row.table, &row.key), value);
+        batch.put_cf(data, sm_key(row.table, &row.key), value);
     }
     batch.put_cf(meta, b"format_version", 1u32.to_be_bytes());
     let mut w = rocksdb::WriteOptions::default();

@@ -61,7 +61,39 @@ pub struct StateMachineStore {
     inner: Arc<Inner>,
 }
 
-fn sm_key(table: u8, key: &[u8]) -> Vec<u8> {
+/// The persisted state machine: every row of `sm_data` (indexes rebuilt) with the log position
+/// and membership it covers. Used at open and by the format-1 migration.
+pub(crate) fn load_applied(db: &DB) -> Result<Applied, String> {
+    let cf_data = db.cf_handle(CF_SM_DATA).ok_or("missing cf sm_data")?;
+    let cf_meta = db.cf_handle(CF_SM_META).ok_or("missing cf sm_meta")?;
+    let mut state = State::default();
+    for item in db.iterator_cf(cf_data, rocksdb::IteratorMode::Start) {
+        let (k, v) = item.map_err(|e| e.to_string())?;
+        let Some((&table, key)) = k.split_first() else {
+            return Err("empty state row key".into());
+        };
+        state
+            .load_row(table, key, &v)
+            .map_err(|e| format!("table {table}: {e}"))?;
+    }
+    state.rebuild_indexes();
+    let meta = |key: &[u8]| db.get_cf(cf_meta, key).map_err(|e| e.to_string());
+    let last_applied: Option<LogId> = match meta(KEY_LAST_APPLIED)? {
+        None => None,
+        Some(b) => codec::decode(&b).map_err(|e| e.to_string())?,
+    };
+    let membership: StoredMembership = match meta(KEY_MEMBERSHIP)? {
+        None => StoredMembership::default(),
+        Some(b) => codec::decode(&b).map_err(|e| e.to_string())?,
+    };
+    Ok(Applied {
+        state,
+        last_applied,
+        membership,
+    })
+}
+
+pub(crate) fn sm_key(table: u8, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + key.len());
     k.push(table);
     k.extend_from_slice(key);
@@ -78,37 +110,11 @@ impl StateMachineStore {
             path: snapshot_dir.display().to_string(),
             source,
         })?;
-        let cf_data = db
-            .cf_handle(CF_SM_DATA)
-            .ok_or_else(|| load("missing cf sm_data".into()))?;
-        let cf_meta = db
-            .cf_handle(CF_SM_META)
-            .ok_or_else(|| load("missing cf sm_meta".into()))?;
-        let mut state = State::default();
-        for item in db.iterator_cf(cf_data, rocksdb::IteratorMode::Start) {
-            let (k, v) = item.map_err(|e| load(e.to_string()))?;
-            if k.is_empty() {
-                return Err(load("empty state row key".into()));
-            }
-            state
-                .load_row(k[0], &k[1..], &v)
-                .map_err(|e| load(format!("table {}: {e}", k[0])))?;
-        }
-        state.rebuild_indexes();
-        let last_applied: Option<LogId> = match db
-            .get_cf(cf_meta, KEY_LAST_APPLIED)
-            .map_err(|e| load(e.to_string()))?
-        {
-            None => None,
-            Some(b) => codec::decode(&b).map_err(|e| load(e.to_string()))?,
-        };
-        let membership: StoredMembership = match db
-            .get_cf(cf_meta, KEY_MEMBERSHIP)
-            .map_err(|e| load(e.to_string()))?
-        {
-            None => StoredMembership::default(),
-            Some(b) => codec::decode(&b).map_err(|e| load(e.to_string()))?,
-        };
+        let Applied {
+            state,
+            last_applied,
+            membership,
+        } = load_applied(&db).map_err(load)?;
         let (applied_tx, _) =
             tokio::sync::watch::channel(last_applied.as_ref().map(|l| l.index()).unwrap_or(0));
         let store = Self {
