@@ -1,6 +1,7 @@
 //! The TFTP server against real third-party clients on loopback: tftp-hpa, atftp (blksize and
 //! windowsize), busybox tftp and curl must download files byte-identical; path traversal and
-//! writes are refused. Needs the `tftp-hpa`, `atftp`, `busybox` and `curl` packages (.ci/run
+//! writes are refused. Every download starts from a cold page cache (the files are on a disk,
+//! evicted before each client), so the blocks come through the server's disk path. Needs the `tftp-hpa`, `atftp`, `busybox` and `curl` packages (.ci/run
 //! installs them).
 
 use std::net::SocketAddr;
@@ -24,7 +25,7 @@ fn pattern(len: usize, seed: u32) -> Vec<u8> {
 }
 
 struct Fixture {
-    _root: tempfile::TempDir,
+    root: tempfile::TempDir,
     out: tempfile::TempDir,
     addr: SocketAddr,
     stats: std::sync::Arc<TftpStats>,
@@ -44,6 +45,10 @@ async fn fixture() -> Fixture {
     std::fs::create_dir_all(root.path().join("boot")).unwrap();
     for (name, data) in &files {
         std::fs::write(root.path().join(name), data).unwrap();
+        std::fs::File::open(root.path().join(name))
+            .unwrap()
+            .sync_all()
+            .unwrap();
     }
     std::fs::write(
         root.path().parent().unwrap().join("rackd-tftp-outside.txt"),
@@ -61,11 +66,20 @@ async fn fixture() -> Fixture {
     let stats = server.stats();
     tokio::spawn(server.run());
     Fixture {
-        _root: root,
+        root,
         out: tempfile::tempdir().unwrap(),
         addr,
         stats,
         files,
+    }
+}
+
+/// Drop `root`'s files from the page cache, so the next read of them goes to the disk (on
+/// tmpfs it cannot: the caller checks the server's count of disk reads).
+fn evict(root: &Path, files: &[(String, Vec<u8>)]) {
+    for (name, _) in files {
+        let f = std::fs::File::open(root.join(name)).unwrap();
+        rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
     }
 }
 
@@ -157,6 +171,7 @@ async fn real_clients_download_byte_identical_files() {
         "curl",
     ];
     for client in clients {
+        evict(f.root.path(), &f.files);
         for (name, data) in &f.files {
             // The 34 MiB file only with lock-step 512-byte clients (the rollover case) and the
             // windowed client; the rest use the small files.
@@ -199,6 +214,14 @@ async fn real_clients_download_byte_identical_files() {
         TftpStats::get(&f.stats.failed),
     );
     assert_eq!((done, failed), (26, 0), "completed/failed transfers");
+    // Every client started cold: the first block of each file at least came from the disk
+    // (on the blocking pool), and still arrived byte-identical above.
+    let from_disk = TftpStats::get(&f.stats.blocks_from_disk);
+    assert!(
+        from_disk >= 6,
+        "{from_disk} blocks read from disk: is {} on tmpfs?",
+        f.root.path().display()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

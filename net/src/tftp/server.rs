@@ -1,10 +1,12 @@
 //! The TFTP server's I/O shell: one UDP socket for requests, one ephemeral socket per transfer
 //! (RFC 1350 transfer ids), driving [`ReadTransfer`]. Read-only; every path is resolved inside
 //! the root (no `..`, no absolute escape, no symlink pointing outside). Malformed packets are
-//! dropped and counted.
+//! dropped and counted. Nothing here waits on the disk on an async worker: a request's path
+//! is resolved and its file opened on the blocking pool, and a block not in the page cache is
+//! read there too ([`crate::pagecache`]), so a cold disk slows the transfers that need it and
+//! not the request loop, the other transfers or the rest of the node.
 
 use std::net::SocketAddr;
-use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use tokio::net::UdpSocket;
 
 use super::proto::{self, code, Packet, MAX_PACKET};
 use super::transfer::{Limits, Output, ReadTransfer};
+use crate::pagecache;
 
 /// Counters, readable while the server runs.
 #[derive(Debug, Default)]
@@ -24,6 +27,8 @@ pub struct TftpStats {
     pub refused: AtomicU64,
     pub malformed: AtomicU64,
     pub bytes_sent: AtomicU64,
+    /// Blocks that were not in the page cache, read on the blocking pool.
+    pub blocks_from_disk: AtomicU64,
 }
 
 impl TftpStats {
@@ -68,8 +73,30 @@ pub fn resolve(root: &Path, name: &str) -> Result<PathBuf, PathError> {
     Ok(canon)
 }
 
+/// A requested file, opened (on the blocking pool: resolving and opening touch the disk).
+enum Opened {
+    /// Outside the root, missing, or not a file: refused from the request port.
+    Refused(PathError),
+    /// Resolved but not openable (gone meanwhile, or no permission): an error packet from
+    /// the transfer's port.
+    Unreadable(std::io::Error),
+    Ready(Arc<std::fs::File>, u64),
+}
+
+/// Resolve `name` inside `root` and open it. Blocks: call on the blocking pool.
+fn open_in_root(root: &Path, name: &str) -> Opened {
+    let path = match resolve(root, name) {
+        Ok(p) => p,
+        Err(e) => return Opened::Refused(e),
+    };
+    match std::fs::File::open(path).and_then(|f| Ok((f.metadata()?.len(), f))) {
+        Ok((len, f)) => Opened::Ready(Arc::new(f), len),
+        Err(e) => Opened::Unreadable(e),
+    }
+}
+
 pub struct TftpServer {
-    socket: UdpSocket,
+    socket: Arc<UdpSocket>,
     root: PathBuf,
     limits: Limits,
     stats: Arc<TftpStats>,
@@ -82,7 +109,7 @@ impl TftpServer {
         let rcvbuf = crate::sockbuf::enlarge_receive_buffer(&socket, crate::sockbuf::STORM_RCVBUF);
         tracing::debug!(rcvbuf, "TFTP request socket receive buffer");
         Ok(Self {
-            socket,
+            socket: Arc::new(socket),
             root,
             limits,
             stats: Arc::new(TftpStats::default()),
@@ -127,7 +154,7 @@ impl TftpServer {
                     options,
                 } => {
                     self.stats.requests.fetch_add(1, Ordering::Relaxed);
-                    let reply_err = |code: u16, msg: &str| Packet::Error {
+                    let reply_err = move |code: u16, msg: &str| Packet::Error {
                         code,
                         message: msg.to_string(),
                     };
@@ -142,28 +169,35 @@ impl TftpServer {
                             .await;
                         continue;
                     }
-                    let path = match resolve(&self.root, &filename) {
-                        Ok(p) => p,
-                        Err(e) => {
-                            self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                            tracing::info!(%peer, file = %filename, error = %e, "tftp request refused");
-                            let c = if e == PathError::Escape {
-                                code::ACCESS_VIOLATION
-                            } else {
-                                code::FILE_NOT_FOUND
-                            };
-                            let _ = self
-                                .socket
-                                .send_to(&reply_err(c, &e.to_string()).to_bytes(), peer)
-                                .await;
-                            continue;
-                        }
-                    };
-                    tracing::info!(%peer, file = %filename, "tftp read request");
+                    let (root, requests) = (self.root.clone(), self.socket.clone());
                     let limits = self.limits.clone();
                     let stats = self.stats.clone();
                     transfers.spawn(async move {
-                        match serve_read(local_ip, peer, &path, &options, &limits, &stats).await {
+                        let name = filename.clone();
+                        let opened = tokio::task::spawn_blocking(move || open_in_root(&root, &name))
+                            .await
+                            .unwrap_or_else(|e| Opened::Unreadable(std::io::Error::other(e)));
+                        let file = match opened {
+                            Opened::Refused(e) => {
+                                stats.refused.fetch_add(1, Ordering::Relaxed);
+                                tracing::info!(%peer, file = %filename, error = %e, "tftp request refused");
+                                let c = if e == PathError::Escape {
+                                    code::ACCESS_VIOLATION
+                                } else {
+                                    code::FILE_NOT_FOUND
+                                };
+                                let _ = requests
+                                    .send_to(&reply_err(c, &e.to_string()).to_bytes(), peer)
+                                    .await;
+                                return;
+                            }
+                            Opened::Unreadable(e) => Err(e),
+                            Opened::Ready(f, len) => Ok((f, len)),
+                        };
+                        tracing::info!(%peer, file = %filename, "tftp read request");
+                        match serve_read(local_ip, peer, &filename, file, &options, &limits, &stats)
+                            .await
+                        {
                             Ok(true) => {
                                 stats.completed.fetch_add(1, Ordering::Relaxed);
                             }
@@ -197,22 +231,22 @@ impl TftpServer {
 /// Largest datagram a client sends during a read transfer that we read whole.
 const CLIENT_PACKET_MAX: usize = 1024;
 
-/// Run one read transfer on its own socket. `Ok(true)` when the client got the whole file.
+/// Run one read transfer of `file` (opened, with its length, or why it could not be) on its
+/// own socket. `Ok(true)` when the client got the whole file.
 async fn serve_read(
     local_ip: std::net::IpAddr,
     peer: SocketAddr,
-    path: &Path,
+    name: &str,
+    file: std::io::Result<(Arc<std::fs::File>, u64)>,
     options: &[(String, String)],
     limits: &Limits,
     stats: &TftpStats,
 ) -> std::io::Result<bool> {
     let sock = UdpSocket::bind(SocketAddr::new(local_ip, 0)).await?;
     sock.connect(peer).await?;
-    // The file was resolved a moment ago; it can still vanish or be unreadable now. The
-    // client gets an error packet from the transfer's port rather than silence until its
-    // timeout.
-    let opened = std::fs::File::open(path).and_then(|f| Ok((f.metadata()?.len(), f)));
-    let (len, file) = match opened {
+    // A file resolved but not openable (gone meanwhile, no permission): the client gets an
+    // error packet from the transfer's port rather than silence until its timeout.
+    let (file, len) = match file {
         Ok(x) => x,
         Err(e) => {
             let (c, message) = match e.kind() {
@@ -224,7 +258,7 @@ async fn serve_read(
                 message: message.into(),
             };
             let _ = sock.send(&p.to_bytes()).await;
-            tracing::info!(%peer, path = %path.display(), error = %e, "tftp file cannot be opened");
+            tracing::info!(%peer, file = %name, error = %e, "tftp file cannot be opened");
             return Ok(false);
         }
     };
@@ -265,7 +299,7 @@ async fn serve_read(
 /// Execute outputs; `Some(done_ok)` when the transfer ended.
 async fn perform(
     sock: &UdpSocket,
-    file: &std::fs::File,
+    file: &Arc<std::fs::File>,
     out: Vec<Output>,
     pkt: &mut Vec<u8>,
     stats: &TftpStats,
@@ -278,17 +312,16 @@ async fn perform(
                 let _ = sock.send(pkt).await;
             }
             Output::Data { block, offset, len } => {
-                pkt.clear();
-                pkt.extend_from_slice(&3u16.to_be_bytes());
-                pkt.extend_from_slice(&block.to_be_bytes());
-                pkt.resize(4 + len, 0);
-                let mut filled = 0;
-                while filled < len {
-                    let n = file.read_at(&mut pkt[4 + filled..4 + len], offset + filled as u64)?;
-                    if n == 0 {
-                        break; // file shrank: send what we have
-                    }
-                    filled += n;
+                let mut buf = std::mem::take(pkt);
+                buf.clear();
+                buf.extend_from_slice(&3u16.to_be_bytes());
+                buf.extend_from_slice(&block.to_be_bytes());
+                buf.resize(4 + len, 0);
+                // Fewer bytes than asked: the file shrank; send what we have.
+                let (buf, filled, how) = pagecache::read_at(file, buf, 4, offset).await?;
+                *pkt = buf;
+                if how == pagecache::Served::FromDisk {
+                    stats.blocks_from_disk.fetch_add(1, Ordering::Relaxed);
                 }
                 pkt.truncate(4 + filled);
                 if sock.send(pkt).await.is_ok() {
@@ -317,10 +350,12 @@ mod tests {
         let peer = client.local_addr().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let stats = TftpStats::default();
+        let gone = std::fs::File::open(dir.path().join("vanished.kpxe")).map(|f| (Arc::new(f), 0));
         let served = serve_read(
             peer.ip(),
             peer,
-            &dir.path().join("vanished.kpxe"),
+            "vanished.kpxe",
+            gone,
             &[],
             &Limits::default(),
             &stats,

@@ -165,7 +165,7 @@ async fn send_file(stream: &TcpStream, f: &SendFile, clock: &mut StallClock) -> 
     while (off as u64) < end {
         let count = ((end - off as u64) as usize).min(SENDFILE_STEP);
         // A page-cache miss inside sendfile would block this async worker on the disk.
-        super::cache::ensure_cached(&f.file, off as u64, count).await?;
+        rackd_net::pagecache::ensure_cached(&f.file, off as u64, count).await?;
         let r = stream.try_io(Interest::WRITABLE, || {
             nix::sys::sendfile::sendfile64(stream.as_fd(), f.file.as_fd(), Some(&mut off), count)
                 .map_err(io::Error::from)

@@ -16,7 +16,6 @@
 //! connections are our own accept loop over hyper ([`conn`]). Layer: `services`; depends on
 //! `cluster` and `config` only.
 
-pub mod cache;
 pub mod conn;
 pub mod files;
 
