@@ -11,10 +11,17 @@
 //!    server's CPU per transfer, its open sockets and its memory per open transfer;
 //! 3. HTTP: N machines each fetch their script, the kernel and the initrd over one keep-alive
 //!    connection;
-//! 4. image: M clients fetch one large image (default 1 GiB) at once.
+//! 4. image: M clients fetch one large image (default 1 GiB) at once, from the page cache;
+//! 5. cold image: the same from a disk with the image evicted from the page cache (when the
+//!    script mounted a disk directory at `www/artifacts/cold`).
 //!
-//! It writes per-phase times, failures, retransmissions, p50/p99 per file, each set's idle and
-//! peak RSS, and the ratios rackd / yardstick, to `--out` (JSON).
+//! During both image phases, probes time small requests one after another (a machine's boot
+//! script; rackd's API health): a server whose workers wait on the disk answers them late.
+//!
+//! It writes per-phase times, failures, retransmissions, p50/p99 per file, probe latencies,
+//! each set's idle and peak RSS, and the ratios rackd / yardstick, to `--out` (JSON).
+//! `--phases tftp,image` (say) runs only those of `dhcp`, `tftp`, `http` and `image` (to
+//! compare two rackd builds on one thing); the default is all.
 
 mod storm;
 
@@ -39,6 +46,10 @@ struct Args {
     client_ip: Ipv4Addr,
     rackd: PathBuf,
     max_transfers: usize,
+    /// The phases to run: `dhcp`, `tftp` (both client kinds), `http`, `image` (warm and cold).
+    phases: Vec<String>,
+    /// The servers' read limit on the cold image's disk (set by the script's cgroup), if any.
+    cold_read_mibps: Option<u64>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -59,6 +70,8 @@ fn parse_args() -> anyhow::Result<Args> {
         client_ip: Ipv4Addr::new(10, 199, 0, 5),
         rackd: PathBuf::from("rackd"),
         max_transfers: 64,
+        phases: ["dhcp", "tftp", "http", "image"].map(String::from).to_vec(),
+        cold_read_mibps: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -78,6 +91,17 @@ fn parse_args() -> anyhow::Result<Args> {
             "--work" => a.net.work = v.into(),
             "--rackd" => a.rackd = v.into(),
             "--max-transfers" => a.max_transfers = v.parse()?,
+            "--cold-read-mibps" => a.cold_read_mibps = Some(v.parse()?),
+            "--phases" => {
+                a.phases = v.split(',').map(String::from).collect();
+                if let Some(p) = a
+                    .phases
+                    .iter()
+                    .find(|p| !["dhcp", "tftp", "http", "image"].contains(&p.as_str()))
+                {
+                    bail!("unknown phase {p} (dhcp, tftp, http, image)");
+                }
+            }
             _ => bail!("unknown argument {k}"),
         }
     }
@@ -115,7 +139,51 @@ fn write_file(path: &std::path::Path, mib: u64) -> anyhow::Result<()> {
         f.write_all(&block)?;
     }
     f.flush()?;
+    f.into_inner()?.sync_all()?;
     Ok(())
+}
+
+/// Where the cold image lives: a directory the script mounted from a disk. `None` when it is
+/// missing or on tmpfs, whose pages cannot be evicted.
+fn cold_dir(work: &std::path::Path) -> Option<PathBuf> {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    let d = work.join("www/artifacts/cold");
+    let fs = rustix::fs::statfs(&d).ok()?;
+    (fs.f_type as i64 != TMPFS_MAGIC).then_some(d)
+}
+
+/// Drop a file's pages from the page cache (it was synced when written).
+fn evict(path: &std::path::Path) -> anyhow::Result<()> {
+    let f = std::fs::File::open(path)?;
+    rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed)?;
+    Ok(())
+}
+
+/// M clients fetch `path` at once while probes time a boot script and (rackd) the API.
+async fn image_phase(a: &Args, server: &Running, path: &str, first_mac: &str) -> Value {
+    let mut targets = vec![storm::probe::Target {
+        label: "boot_script",
+        url: format!("{}/boot/{first_mac}.ipxe", server.http_base),
+        token: None,
+    }];
+    if let Some((api, token)) = &server.api {
+        targets.push(storm::probe::Target {
+            label: "api_health",
+            url: format!("{api}/v1/health"),
+            token: Some(token.clone()),
+        });
+    }
+    let probes = storm::probe::Probes::start(targets, Duration::from_millis(50));
+    let boots = (0..a.image_clients)
+        .map(|_| vec![("image", path.to_string(), Some(a.image_mib << 20))])
+        .collect();
+    let mut image = http_phase(&server.http_base, boots).await;
+    image["probes"] = probes.stop().await;
+    let secs = image["secs"].as_f64().unwrap_or(0.0);
+    image["gib_per_s"] = json!(round3(
+        (a.image_clients as f64 * a.image_mib as f64 / 1024.0) / secs.max(1e-9)
+    ));
+    image
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
@@ -347,63 +415,70 @@ async fn run_set(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle = server.rss_kib();
     let name = server.name;
-    eprintln!("{name}: idle RSS {} MiB; DHCP phase", idle / 1024);
-    let dhcp = dhcp_phase(a, macs_file).await?;
-    eprintln!("{name}: {dhcp}\n{name}: TFTP phase");
-    let kpxe = std::fs::metadata(a.net.work.join("tftp/undionly.kpxe"))?.len();
-    let tftp = with_costs(&server, a.machines, tftp_phase(a, kpxe)).await;
-    eprintln!("{name}: {tftp}\n{name}: TFTP phase, curl clients");
-    let tftp_curl = with_costs(&server, a.machines, tftp_curl_phase(a, kpxe)).await;
-    eprintln!("{name}: {tftp_curl}\n{name}: HTTP phase");
-    let boots = macs
-        .iter()
-        .map(|(mac, _)| {
-            vec![
-                ("script", format!("/boot/{mac}.ipxe"), None),
-                (
-                    "kernel",
-                    "/artifacts/vmlinuz".into(),
-                    Some(a.kernel_mib << 20),
-                ),
-                (
-                    "initrd",
-                    "/artifacts/initrd.img".into(),
-                    Some(a.initrd_mib << 20),
-                ),
-            ]
-        })
-        .collect();
-    let http = http_phase(&server.http_base, boots).await;
-    eprintln!("{name}: {http}");
-    let storm_peak = server.peak_rss_kib();
     let secs = |v: &Value| v["secs"].as_f64().unwrap_or(0.0);
+    let (mut dhcp, mut tftp, mut tftp_curl, mut http) =
+        (Value::Null, Value::Null, Value::Null, Value::Null);
+    let run = |p: &str| a.phases.iter().any(|x| x == p);
+    eprintln!("{name}: idle RSS {} MiB", idle / 1024);
+    if run("dhcp") {
+        eprintln!("{name}: DHCP phase");
+        dhcp = dhcp_phase(a, macs_file).await?;
+        eprintln!("{name}: {dhcp}");
+    }
+    if run("tftp") {
+        eprintln!("{name}: TFTP phase");
+        let kpxe = std::fs::metadata(a.net.work.join("tftp/undionly.kpxe"))?.len();
+        tftp = with_costs(&server, a.machines, tftp_phase(a, kpxe)).await;
+        eprintln!("{name}: {tftp}\n{name}: TFTP phase, curl clients");
+        tftp_curl = with_costs(&server, a.machines, tftp_curl_phase(a, kpxe)).await;
+        eprintln!("{name}: {tftp_curl}");
+    }
+    if run("http") {
+        eprintln!("{name}: HTTP phase");
+        let boots = macs
+            .iter()
+            .map(|(mac, _)| {
+                vec![
+                    ("script", format!("/boot/{mac}.ipxe"), None),
+                    (
+                        "kernel",
+                        "/artifacts/vmlinuz".into(),
+                        Some(a.kernel_mib << 20),
+                    ),
+                    (
+                        "initrd",
+                        "/artifacts/initrd.img".into(),
+                        Some(a.initrd_mib << 20),
+                    ),
+                ]
+            })
+            .collect();
+        http = http_phase(&server.http_base, boots).await;
+        eprintln!("{name}: {http}");
+    }
+    let storm_peak = server.peak_rss_kib();
     let storm_secs = secs(&dhcp) + secs(&tftp) + secs(&http);
-    let mut image = Value::Null;
-    if a.image_clients > 0 && a.image_mib > 0 {
+    let (mut image, mut image_cold) = (Value::Null, Value::Null);
+    if run("image") && a.image_clients > 0 && a.image_mib > 0 {
+        let first_mac = macs.first().map_or("", |(m, _)| m.as_str());
         eprintln!(
             "{name}: image phase ({} x {} MiB)",
             a.image_clients, a.image_mib
         );
-        let boots = (0..a.image_clients)
-            .map(|_| {
-                vec![(
-                    "image",
-                    "/artifacts/image.img".to_string(),
-                    Some(a.image_mib << 20),
-                )]
-            })
-            .collect();
-        image = http_phase(&server.http_base, boots).await;
-        let secs = image["secs"].as_f64().unwrap_or(0.0);
-        image["gib_per_s"] = json!(round3(
-            (a.image_clients as f64 * a.image_mib as f64 / 1024.0) / secs.max(1e-9)
-        ));
+        image = image_phase(a, &server, "/artifacts/image.img", first_mac).await;
         eprintln!("{name}: {image}");
+        if let Some(d) = cold_dir(&a.net.work) {
+            eprintln!("{name}: cold image phase (from {})", d.display());
+            evict(&d.join("image.img"))?;
+            image_cold = image_phase(a, &server, "/artifacts/cold/image.img", first_mac).await;
+            eprintln!("{name}: {image_cold}");
+        }
     }
     let peak = server.peak_rss_kib();
     Ok(json!({
         "storm_secs": round3(storm_secs),
-        "dhcp": dhcp, "tftp": tftp, "tftp_curl": tftp_curl, "http": http, "image": image,
+        "dhcp": dhcp, "tftp": tftp, "tftp_curl": tftp_curl, "http": http,
+        "image": image, "image_cold": image_cold,
         "rss_idle_mib": idle / 1024,
         "rss_peak_storm_mib": storm_peak / 1024,
         "rss_peak_with_image_mib": peak / 1024,
@@ -431,6 +506,9 @@ async fn main() -> anyhow::Result<()> {
     write_file(&w.join("www/artifacts/initrd.img"), a.initrd_mib)?;
     if a.image_clients > 0 {
         write_file(&w.join("www/artifacts/image.img"), a.image_mib)?;
+        if let Some(d) = cold_dir(w) {
+            write_file(&d.join("image.img"), a.image_mib)?;
+        }
     }
     let macs = machines(a.machines, a.net.server_ip);
     let macs_file = w.join("macs.txt");
@@ -462,6 +540,8 @@ async fn main() -> anyhow::Result<()> {
         "tftp_rss_per_open_transfer": ratio(&r, &p, &["tftp", "server", "rss_kib_per_open_transfer"]),
         "http_secs": ratio(&r, &p, &["http", "secs"]),
         "image_secs": ratio(&r, &p, &["image", "secs"]),
+        "image_cold_secs": ratio(&r, &p, &["image_cold", "secs"]),
+        "image_cold_boot_script_p99": ratio(&r, &p, &["image_cold", "probes", "boot_script", "p99_ms"]),
         "rss_peak_storm": ratio(&r, &p, &["rss_peak_storm_mib"]),
         "rss_peak_with_image": ratio(&r, &p, &["rss_peak_with_image_mib"]),
     });
@@ -472,8 +552,12 @@ async fn main() -> anyhow::Result<()> {
         "machines": a.machines,
         "files": {"undionly.kpxe_bytes": std::fs::metadata(w.join("tftp/undionly.kpxe"))?.len(),
                   "kernel_mib": a.kernel_mib, "initrd_mib": a.initrd_mib,
-                  "image_mib": a.image_mib, "image_clients": a.image_clients},
+                  "image_mib": a.image_mib, "image_clients": a.image_clients,
+                  "cold_image": cold_dir(w).map(|_| json!({
+                      "on": "a disk (ext4 under /var/tmp), evicted from the page cache first",
+                      "servers_read_limit_mib_per_s": a.cold_read_mibps}))},
         "rackd_max_transfers": a.max_transfers,
+        "phases": a.phases,
         "dnsmasq_tftp_max": a.machines,
         "note": "ratios are rackd / (dnsmasq + nginx): below 1 means rackd is faster or smaller",
         "results": {"rackd": r, "dnsmasq+nginx": p},

@@ -25,6 +25,8 @@ pub struct Running {
     children: Vec<Child>,
     /// HTTP boot base URL.
     pub http_base: String,
+    /// The API's base URL and an admin token (rackd only).
+    pub api: Option<(String, String)>,
 }
 
 impl Drop for Running {
@@ -161,10 +163,11 @@ pub async fn rackd(
         .stderr(err)
         .spawn()
         .context("start rackd")?;
-    let running = Running {
+    let mut running = Running {
         name: "rackd",
         children: vec![child],
         http_base: format!("http://{ip}:8080"),
+        api: None,
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     let (token, api) = loop {
@@ -185,6 +188,7 @@ pub async fn rackd(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    running.api = Some((format!("http://{api}"), token.clone()));
     let http = reqwest::Client::builder().no_proxy().build()?;
     let api = Arc::new((http, format!("http://{api}"), token));
     let post = |path: &'static str, body: serde_json::Value| {
@@ -317,6 +321,7 @@ pub async fn dnsmasq_nginx(
         name: "dnsmasq+nginx",
         children: vec![dnsmasq, nginx],
         http_base: format!("http://{ip}:8080"),
+        api: None,
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
     for c in &mut running.children {

@@ -95,15 +95,8 @@ fn open_in_root(root: &Path, name: &str) -> Opened {
     }
 }
 
-/// Opens running at once on the blocking pool. A storm's thousand requests arrive within a
-/// few milliseconds; one blocking task each would make tokio start hundreds of threads (a
-/// measured 3x the CPU per transfer). A few threads, reused, open cached files in
-/// microseconds each, and a cold disk still never waits on an async worker.
-const OPENERS: usize = 4;
-
 pub struct TftpServer {
     socket: Arc<UdpSocket>,
-    openers: Arc<tokio::sync::Semaphore>,
     root: PathBuf,
     limits: Limits,
     stats: Arc<TftpStats>,
@@ -117,7 +110,6 @@ impl TftpServer {
         tracing::debug!(rcvbuf, "TFTP request socket receive buffer");
         Ok(Self {
             socket: Arc::new(socket),
-            openers: Arc::new(tokio::sync::Semaphore::new(OPENERS)),
             root,
             limits,
             stats: Arc::new(TftpStats::default()),
@@ -178,20 +170,16 @@ impl TftpServer {
                         continue;
                     }
                     let (root, requests) = (self.root.clone(), self.socket.clone());
-                    let openers = self.openers.clone();
                     let limits = self.limits.clone();
                     let stats = self.stats.clone();
                     transfers.spawn(async move {
                         let name = filename.clone();
-                        let opened = match openers.acquire_owned().await {
-                            Ok(permit) => tokio::task::spawn_blocking(move || {
-                                let _permit = permit;
-                                open_in_root(&root, &name)
-                            })
-                            .await
-                            .unwrap_or_else(|e| Opened::Unreadable(std::io::Error::other(e))),
-                            Err(e) => Opened::Unreadable(std::io::Error::other(e)),
-                        };
+                        // On the blocking pool, a bounded number at once: a storm's thousand
+                        // requests must not start a thread each.
+                        let opened =
+                            pagecache::on_blocking_pool(move || Ok(open_in_root(&root, &name)))
+                                .await
+                                .unwrap_or_else(Opened::Unreadable);
                         let file = match opened {
                             Opened::Refused(e) => {
                                 stats.refused.fetch_add(1, Ordering::Relaxed);
