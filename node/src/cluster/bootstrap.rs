@@ -2,6 +2,9 @@
 //! this node bootstraps, joins or resumes (never re-initializing a cluster that exists);
 //! [`bootstrap`] initializes a new cluster once; [`join_call`] is both phases of a join seen
 //! from the joiner, and [`finish_join`] retries phase 2 until the cluster accepts or rejects.
+//! A bootstrapping node picks the cluster id and creates the cluster CA and its own
+//! certificate ([`super::pki`]) before anything else, so that they exist before it first
+//! speaks to a peer.
 //!
 //! Restart safety: the cluster is initialized only when `node.json` says this node bootstraps
 //! *and* Raft's own persisted state says it is uninitialized; a data directory that holds state
@@ -20,6 +23,7 @@ use rackd_types::{ErrorCode, JoinRequest, JoinResponse};
 use crate::client::{Client, ClientError};
 
 use super::identity::{Identity, Origin, IDENTITY_VERSION};
+use super::pki::{ca_hash, CaBundle, NodeKey, Pki};
 use super::secrets::{hash_secret, new_secret, write_secret_file};
 use super::ClusterHandle;
 
@@ -76,12 +80,15 @@ pub async fn resolve_identity(
         ),
         None => match p.join {
             None => {
+                let cluster_id = new_secret("")[..16].to_string();
+                let node_id = rackd_raft::state::cluster::BOOTSTRAP_NODE_ID;
+                create_cluster_pki(dir, &cluster_id, node_id)?;
                 let id = Identity {
                     version: IDENTITY_VERSION,
-                    node_id: rackd_raft::state::cluster::BOOTSTRAP_NODE_ID,
+                    node_id,
                     origin: Origin::Bootstrap,
                     complete: false,
-                    cluster_id: None,
+                    cluster_id: Some(cluster_id),
                     removed: false,
                 };
                 id.save(dir)?;
@@ -122,6 +129,20 @@ pub async fn resolve_identity(
             }
         },
     })
+}
+
+/// Create a new cluster's CA and the bootstrapping node's key and certificate in `dir`
+/// (replacing any left by an earlier attempt that never got as far as saving `node.json`).
+fn create_cluster_pki(dir: &Path, cluster_id: &str, node_id: u64) -> anyhow::Result<()> {
+    let now = std::time::SystemTime::now();
+    let pki = Pki::in_data_dir(dir);
+    let ca = CaBundle::generate(cluster_id, now)?;
+    let key = NodeKey::generate()?;
+    let cert = ca.issue(&key.csr_pem, node_id, cluster_id, now)?;
+    pki.save_ca(&ca)?;
+    pki.save_node_key(&key.key_pem)?;
+    pki.save_node_cert(&ca.cert_pem, &cert)?;
+    Ok(())
 }
 
 /// Finish what `identity` says is unfinished: bootstrap the cluster or join phase 2.
@@ -177,7 +198,12 @@ pub async fn bootstrap(node: &ClusterHandle, mut identity: Identity) -> anyhow::
         .map_err(|e| anyhow::anyhow!("read barrier before bootstrap: {e}"))?;
     let existing = node.sm.read().state.cluster_id().to_string();
     let cluster_id = if existing.is_empty() {
-        let cid = new_secret("")[..16].to_string();
+        // Chosen with the CA when the identity was made (an identity from before the PKI
+        // has none: choose now).
+        let cid = match identity.cluster_id.clone() {
+            Some(c) => c,
+            None => new_secret("")[..16].to_string(),
+        };
         node.propose(
             "system",
             None,
@@ -196,12 +222,24 @@ pub async fn bootstrap(node: &ClusterHandle, mut identity: Identity) -> anyhow::
         super::membership::create_join_token(node, "system", None, 3600, "created at bootstrap")
             .await
             .map_err(|e| anyhow::anyhow!("create join token: {e}"))?;
+    let pki = Pki::in_data_dir(&node.data_dir);
+    if pki.load_node(&cluster_id, node.id)?.is_none() {
+        create_cluster_pki(&node.data_dir, &cluster_id, node.id)?;
+    }
+    let ca = pki
+        .load_ca()?
+        .context("the cluster CA is missing after bootstrap")?;
     identity.complete = true;
     identity.cluster_id = Some(cluster_id.clone());
     identity.save(&node.data_dir)?;
     println!(
         "rackd: bootstrapped new cluster {cluster_id} (node {})",
         node.id
+    );
+    println!(
+        "cluster CA:  {} ({})",
+        ca_hash(&ca.cert_pem)?,
+        node.data_dir.join("pki/ca.pem").display()
     );
     println!("admin token: {admin}");
     println!(

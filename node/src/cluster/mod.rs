@@ -3,7 +3,8 @@
 //! the leader's time here and nowhere else; reads ([`read`]) are made linearizable here;
 //! membership ([`membership`]), bootstrap and join ([`bootstrap`]), the node's identity file
 //! ([`identity`]), the watcher that notices this node was removed ([`removal`]) and the
-//! leader's move to this build's apply rules ([`rules`]) live beside them.
+//! leader's move to this build's apply rules ([`rules`]) and the cluster's PKI ([`pki`]: the CA,
+//! node certificates, the TLS configurations that enforce them) live beside them.
 //!
 //! Layer: below `api`, `services` and `server`; must not import any of them (no axum here).
 
@@ -13,6 +14,7 @@ pub mod contract;
 pub mod fake;
 pub mod identity;
 pub mod membership;
+pub mod pki;
 pub mod read;
 pub mod removal;
 pub mod rules;

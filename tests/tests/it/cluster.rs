@@ -42,6 +42,75 @@ async fn bootstrap_two_joins_follower_write_visible_everywhere() {
     assert_eq!(leaders, 1);
 }
 
+/// The bootstrapping node creates the cluster CA and its own certificate, and openssl (a third
+/// party) agrees: the node certificate chains to the CA and names node 1 of this cluster, the
+/// CA may sign only end-entity certificates, and the keys are private to the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_creates_the_cluster_ca_and_node_1s_certificate() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut c = Cluster::new("pki");
+    c.bootstrap().await.expect("bootstrap");
+    let ci: ClusterInfo = c.get_json(0, "/v1/cluster").await.unwrap();
+    let pki = c.nodes[0].data_dir.join("pki");
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&pki)
+            .output()
+            .expect("openssl (apt-get install openssl)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, text) = openssl(&["verify", "-CAfile", "ca.pem", "node.pem"]);
+    assert!(ok, "{text}");
+    let (ok, text) = openssl(&[
+        "x509",
+        "-in",
+        "node.pem",
+        "-noout",
+        "-ext",
+        "subjectAltName,extendedKeyUsage",
+    ]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(&format!("DNS:node-1.{}.rackd", ci.cluster_id)),
+        "{text}"
+    );
+    assert!(
+        text.contains("TLS Web Server Authentication")
+            && text.contains("TLS Web Client Authentication"),
+        "{text}"
+    );
+    let (ok, text) = openssl(&[
+        "x509",
+        "-in",
+        "ca.pem",
+        "-noout",
+        "-ext",
+        "basicConstraints",
+    ]);
+    assert!(
+        ok && text.contains("CA:TRUE") && text.contains("pathlen:0"),
+        "{text}"
+    );
+    // The key matches the certificate.
+    let (_, cert_pub) = openssl(&["x509", "-in", "node.pem", "-noout", "-pubkey"]);
+    let (_, key_pub) = openssl(&["pkey", "-in", "node.key", "-pubout"]);
+    assert_eq!(cert_pub, key_pub);
+    let mode = |p: &str| std::fs::metadata(pki.join(p)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        (mode("."), mode("ca.key"), mode("node.key")),
+        (0o700, 0o600, 0o600)
+    );
+    // Restarted, the node keeps its PKI (nothing is regenerated).
+    let before = std::fs::read_to_string(pki.join("ca.pem")).unwrap();
+    c.nodes[0].stop();
+    c.nodes[0].start().unwrap();
+    c.wait_leader(T).await.unwrap();
+    assert_eq!(std::fs::read_to_string(pki.join("ca.pem")).unwrap(), before);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_sigkill_failover_then_restart_catches_up() {
     let mut c = Cluster::start("failover", 3, &[]).await.expect("cluster");

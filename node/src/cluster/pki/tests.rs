@@ -1,0 +1,257 @@
+//! The PKI against real rustls handshakes over TCP: who is accepted, who is refused, and
+//! which node a verified connection speaks for.
+
+use super::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const CID: &str = "0123456789abcdef";
+
+fn now() -> SystemTime {
+    SystemTime::now()
+}
+
+/// A node of a cluster whose CA is `ca`: a key it generated, and the certificate `ca` issued.
+fn node(ca: &CaBundle, cluster_id: &str, id: u64) -> NodeTls {
+    let k = NodeKey::generate().unwrap();
+    let cert = ca.issue(&k.csr_pem, id, cluster_id, now()).unwrap();
+    NodeTls::new(cluster_id, id, &ca.cert_pem, &cert, &k.key_pem).unwrap()
+}
+
+/// Serve one TLS connection as `server`; the node id the client's certificate names, or the
+/// handshake's error.
+async fn serve_one(
+    server: &NodeTls,
+) -> (
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<Result<Option<u64>, String>>,
+) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(server.server_config().unwrap());
+    let cid = server.cluster_id.clone();
+    let h = tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        let mut tls = acceptor.accept(s).await.map_err(|e| e.to_string())?;
+        let id = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| peer_node_id(c, &cid));
+        let mut b = [0u8; 4];
+        tls.read_exact(&mut b).await.map_err(|e| e.to_string())?;
+        tls.write_all(b"pong").await.map_err(|e| e.to_string())?;
+        Ok(id)
+    });
+    (addr, h)
+}
+
+/// Dial `addr` with `config`, verifying the server as `name`; ping-pong once.
+async fn dial(
+    addr: std::net::SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+) -> Result<(), String> {
+    let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, s)
+        .await
+        .map_err(|e| e.to_string())?;
+    tls.write_all(b"ping").await.map_err(|e| e.to_string())?;
+    let mut b = [0u8; 4];
+    tls.read_exact(&mut b).await.map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn members_of_one_cluster_verify_each_other_and_learn_who_called() {
+    let ca = CaBundle::generate(CID, now()).unwrap();
+    let (n2, n5) = (node(&ca, CID, 2), node(&ca, CID, 5));
+    let (addr, server) = serve_one(&n2).await;
+    dial(addr, n5.client_config().unwrap(), n5.server_name(2))
+        .await
+        .unwrap();
+    assert_eq!(server.await.unwrap(), Ok(Some(5)));
+}
+
+#[tokio::test]
+async fn a_client_from_another_ca_or_without_a_certificate_is_refused() {
+    let ca = CaBundle::generate(CID, now()).unwrap();
+    let n2 = node(&ca, CID, 2);
+    // Same cluster id and node id, another CA: an attacker who made their own.
+    let other = CaBundle::generate(CID, now()).unwrap();
+    let forged = node(&other, CID, 5);
+    let (addr, server) = serve_one(&n2).await;
+    // The forger trusts our CA for the server, and presents its own certificate.
+    let forger = NodeTls {
+        ca_pem: ca.cert_pem.clone(),
+        ..forged.clone()
+    };
+    let _ = dial(addr, forger.client_config().unwrap(), forger.server_name(2)).await;
+    let err = server.await.unwrap().unwrap_err();
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+
+    // No client certificate at all (a plaintext-era client with TLS bolted on).
+    let (addr, server) = serve_one(&n2).await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(first_cert(&ca.cert_pem, "ca").unwrap()).unwrap();
+    let anonymous = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let _ = dial(addr, Arc::new(anonymous), n2.server_name(2)).await;
+    let err = server.await.unwrap().unwrap_err();
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+}
+
+#[tokio::test]
+async fn a_client_refuses_a_server_of_another_ca_or_another_node() {
+    let ca = CaBundle::generate(CID, now()).unwrap();
+    let n5 = node(&ca, CID, 5);
+    let impostor = node(&CaBundle::generate(CID, now()).unwrap(), CID, 2);
+    let (addr, _server) = serve_one(&impostor).await;
+    let err = dial(addr, n5.client_config().unwrap(), n5.server_name(2))
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("UnknownIssuer") || err.contains("certificate"),
+        "{err}"
+    );
+
+    // The right CA, but node 3 answers where node 2 was dialled (a stale address).
+    let n3 = node(&ca, CID, 3);
+    let (addr, _server) = serve_one(&n3).await;
+    let err = dial(addr, n5.client_config().unwrap(), n5.server_name(2))
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("NotValidForName") || err.contains("name"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_ca_decides_what_a_certificate_names_not_the_csr() {
+    let ca = CaBundle::generate(CID, now()).unwrap();
+    // A CSR asking to be node 1 (the bootstrap voter) and a wildcard.
+    let key = KeyPair::generate().unwrap();
+    let mut params =
+        CertificateParams::new(vec![node_name(1, CID), format!("*.{CID}.rackd")]).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+    let cert = ca.issue(&csr, 9, CID, now()).unwrap();
+    let der = first_cert(&cert, "cert").unwrap();
+    assert_eq!(peer_node_id(&der, CID), Some(9));
+    let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let names: Vec<String> = parsed
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(names, vec![format!("DNSName({})", node_name(9, CID))]);
+    assert!(!parsed.is_ca(), "a node certificate is never a CA");
+    // Another cluster's id does not match.
+    assert_eq!(peer_node_id(&der, "fedcba9876543210"), None);
+}
+
+#[test]
+fn bad_requests_and_mismatched_material_are_refused() {
+    let ca = CaBundle::generate(CID, now()).unwrap();
+    let k = NodeKey::generate().unwrap();
+    assert!(ca.issue("garbage", 2, CID, now()).is_err());
+    // A CSR whose signature does not match its key (one byte flipped in the signature).
+    let key = KeyPair::generate().unwrap();
+    let csr = CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap();
+    let mut der = csr.der().to_vec();
+    let last = der.len() - 1;
+    der[last] ^= 1;
+    let tampered = format!(
+        "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
+        base64_lines(&der)
+    );
+    assert!(ca.issue(&tampered, 2, CID, now()).is_err());
+    // Cluster ids go into DNS names.
+    assert!(CaBundle::generate("Not A Label", now()).is_err());
+    assert!(ca.issue(&k.csr_pem, 2, "a.b", now()).is_err());
+    // A certificate for node 2 does not make a NodeTls for node 3.
+    let cert = ca.issue(&k.csr_pem, 2, CID, now()).unwrap();
+    assert!(NodeTls::new(CID, 3, &ca.cert_pem, &cert, &k.key_pem).is_err());
+    assert!(NodeTls::new(CID, 2, &ca.cert_pem, &cert, &k.key_pem).is_ok());
+    // Another node's key with this certificate: the TLS config refuses the pair.
+    let other = NodeKey::generate().unwrap();
+    assert!(NodeTls::new(CID, 2, &ca.cert_pem, &cert, &other.key_pem).is_err());
+    // A CA key that is not the CA certificate's.
+    let other_ca = CaBundle::generate(CID, now()).unwrap();
+    assert!(CaBundle::from_pem(&ca.cert_pem, &other_ca.key_pem).is_err());
+    assert!(CaBundle::from_pem(&ca.cert_pem, &ca.key_pem).is_ok());
+}
+
+fn base64_lines(der: &[u8]) -> String {
+    // Minimal standard base64 (no extra dependency for one test).
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::new();
+    for c in der.chunks(3) {
+        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                s.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s.as_bytes()
+        .chunks(64)
+        .map(|l| std::str::from_utf8(l).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn the_ca_hash_names_one_ca() {
+    let a = CaBundle::generate(CID, now()).unwrap();
+    let b = CaBundle::generate(CID, now()).unwrap();
+    let ha = ca_hash(&a.cert_pem).unwrap();
+    assert!(ha.starts_with("sha256:") && ha.len() == 7 + 64, "{ha}");
+    assert_eq!(ha, ca_hash(&a.cert_pem).unwrap());
+    assert_ne!(ha, ca_hash(&b.cert_pem).unwrap());
+}
+
+#[test]
+fn files_are_private_and_load_back() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::in_data_dir(dir.path());
+    assert!(pki.load_ca().unwrap().is_none());
+    assert!(pki.load_node(CID, 1).unwrap().is_none());
+    let ca = CaBundle::generate(CID, now()).unwrap();
+    pki.save_ca(&ca).unwrap();
+    let k = NodeKey::generate().unwrap();
+    pki.save_node_key(&k.key_pem).unwrap();
+    let cert = ca.issue(&k.csr_pem, 1, CID, now()).unwrap();
+    pki.save_node_cert(&ca.cert_pem, &cert).unwrap();
+    let mode = |p: &str| {
+        std::fs::metadata(dir.path().join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("pki"), 0o700);
+    assert_eq!(mode("pki/ca.key"), 0o600);
+    assert_eq!(mode("pki/node.key"), 0o600);
+    let loaded = pki.load_ca().unwrap().unwrap();
+    assert_eq!(loaded.cert_pem.trim(), ca.cert_pem.trim());
+    let tls = pki.load_node(CID, 1).unwrap().unwrap();
+    assert_eq!(tls.node_id, 1);
+    // Secrets stay out of Debug output.
+    assert!(!format!("{loaded:?}{tls:?}").contains("PRIVATE KEY"));
+}
