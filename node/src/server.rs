@@ -81,6 +81,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let api = serve_api(
         crate::api::router(crate::api::AppState::new(node.clone(), http.clone())),
         api_listener,
+        cfg.api_limits.clone(),
         stop_rx,
     );
 
@@ -244,15 +245,13 @@ fn serve_peers(
 fn serve_api(
     app: axum::Router,
     listener: tokio::net::TcpListener,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    limits: crate::api::listener::Limits,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<std::io::Result<()>> {
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-    })
+    let stats = std::sync::Arc::new(crate::api::listener::Stats::default());
+    tokio::spawn(crate::api::listener::serve(
+        listener, app, limits, stats, stop,
+    ))
 }
 
 /// Every task of a running node.

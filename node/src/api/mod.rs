@@ -8,7 +8,8 @@
 //! [`tasks`] and [`cluster`]. Handlers reach the replicated core only through the
 //! [`Cluster`] trait (a `FakeCluster` in the unit tests). Every error is JSON
 //! `{"error":{"code","message"}}` with its status code; malformed JSON, paths and queries
-//! answer 400, unknown routes 404, wrong methods 405.
+//! answer 400, unknown routes 404, wrong methods 405. [`listener`] owns the connections
+//! (limits per source, header timeouts).
 //!
 //! Layer: above `cluster`; never imports `services`, `server` or `cli`.
 
@@ -17,6 +18,7 @@ pub mod cluster;
 pub mod endpoints;
 pub mod forward;
 pub mod inventory;
+pub mod listener;
 pub mod openapi;
 pub mod tasks;
 

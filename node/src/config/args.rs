@@ -124,6 +124,16 @@ pub struct UpArgs {
     /// Close an IPMI proxy flow after this many idle seconds.
     #[arg(long, default_value_t = 60)]
     pub ipmi_proxy_idle_secs: u64,
+    /// Open API connections allowed from one client address; more are closed at once.
+    #[arg(long, default_value_t = 256)]
+    pub api_max_connections_per_source: usize,
+    /// Open API connections in all; more wait in the listen backlog.
+    #[arg(long, default_value_t = 4096)]
+    pub api_max_connections: usize,
+    /// Seconds an API client has to send a whole request head (also how long an idle
+    /// keep-alive connection is kept).
+    #[arg(long, default_value_t = 10)]
+    pub api_header_timeout_secs: u64,
     /// Seconds a write waits for a quorum before answering 503.
     #[arg(long, default_value_t = 10)]
     pub write_timeout_secs: u64,

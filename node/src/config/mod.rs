@@ -43,6 +43,8 @@ pub struct NodeConfig {
     pub snapshot_logs: u64,
     pub heartbeat_ms: u64,
     pub election_timeout_ms: u64,
+    /// Connection limits of the HTTP API.
+    pub api_limits: crate::api::listener::Limits,
     /// How long a write waits for a quorum before it is answered 503.
     pub write_timeout: Duration,
     /// While leader, fail tasks that waited this long for an executor; `None`: never.
@@ -206,6 +208,11 @@ impl NodeConfig {
             snapshot_logs: args.snapshot_logs.max(2),
             heartbeat_ms: args.heartbeat_ms,
             election_timeout_ms: args.election_timeout_ms,
+            api_limits: crate::api::listener::Limits {
+                max_connections: args.api_max_connections.max(1),
+                per_source: args.api_max_connections_per_source.max(1),
+                header_timeout: Duration::from_secs(args.api_header_timeout_secs.max(1)),
+            },
             write_timeout: Duration::from_secs(args.write_timeout_secs.max(1)),
             task_lost: (args.task_lost_secs > 0).then(|| Duration::from_secs(args.task_lost_secs)),
             location,

@@ -9,6 +9,7 @@ mod http_boot;
 mod ipmi;
 mod ipmi_sim;
 mod lease;
+mod limits;
 mod location;
 mod power;
 mod pxe;

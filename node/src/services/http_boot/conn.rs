@@ -39,7 +39,7 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// Largest dynamic answer.
 pub const MAX_RESPONSE: usize = 1 << 20;
 /// Bytes handed to one `sendfile` call, which runs on the async thread; they are read into the
-/// page cache on the blocking pool first when they are not there ([`super::cache`]).
+/// page cache on the blocking pool first when they are not there ([`rackd_net::pagecache`]).
 const SENDFILE_STEP: usize = 1 << 20;
 
 #[derive(Debug, Clone)]
