@@ -13,7 +13,8 @@
 //! Stopping (`stop` turns true) lets connections finish their request in progress, then
 //! closes them.
 //!
-//! Layer: a leaf of `api` (hyper, hyper-util, axum's router as a tower service).
+//! Layer: a leaf of `api` (hyper, hyper-util, axum's router as a tower service; its limits
+//! are `config`'s).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -30,22 +31,7 @@ use tokio::task::JoinSet;
 /// Largest request head accepted.
 pub const MAX_HEAD: usize = 64 * 1024;
 
-#[derive(Debug, Clone)]
-pub struct Limits {
-    pub max_connections: usize,
-    pub per_source: usize,
-    pub header_timeout: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_connections: 4096,
-            per_source: 256,
-            header_timeout: Duration::from_secs(10),
-        }
-    }
-}
+pub use crate::config::ApiLimits as Limits;
 
 /// What the loop refused, readable while it runs.
 #[derive(Debug, Default)]

@@ -44,13 +44,31 @@ pub struct NodeConfig {
     pub heartbeat_ms: u64,
     pub election_timeout_ms: u64,
     /// Connection limits of the HTTP API.
-    pub api_limits: crate::api::listener::Limits,
+    pub api_limits: ApiLimits,
     /// How long a write waits for a quorum before it is answered 503.
     pub write_timeout: Duration,
     /// While leader, fail tasks that waited this long for an executor; `None`: never.
     pub task_lost: Option<Duration>,
     /// The location services of this node; `None` when it serves no location.
     pub location: Option<LocationConfig>,
+}
+
+/// Connection limits of the HTTP API (see `api::listener`).
+#[derive(Debug, Clone)]
+pub struct ApiLimits {
+    pub max_connections: usize,
+    pub per_source: usize,
+    pub header_timeout: Duration,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        ApiLimits {
+            max_connections: 4096,
+            per_source: 256,
+            header_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// The location (site) whose boot services this node runs, and which of them it runs.
@@ -208,7 +226,7 @@ impl NodeConfig {
             snapshot_logs: args.snapshot_logs.max(2),
             heartbeat_ms: args.heartbeat_ms,
             election_timeout_ms: args.election_timeout_ms,
-            api_limits: crate::api::listener::Limits {
+            api_limits: ApiLimits {
                 max_connections: args.api_max_connections.max(1),
                 per_source: args.api_max_connections_per_source.max(1),
                 header_timeout: Duration::from_secs(args.api_header_timeout_secs.max(1)),
