@@ -180,6 +180,29 @@ impl State {
         Ok(Applied::Machine(view))
     }
 
+    /// The machine a `DeployDone` for `mac` with `token` completes: the one with that MAC,
+    /// deploying, whose one-time token this is. Apply's check, and the HTTP boot server's
+    /// before it proposes anything (a wrong token never becomes a log entry).
+    pub fn deploy_done_target(
+        &self,
+        mac: &str,
+        token: &str,
+    ) -> Result<&super::StoredMachine, ApiError> {
+        let reject = || {
+            ApiError::new(
+                ErrorCode::Unauthorized,
+                "no deployment with this token for this machine",
+            )
+        };
+        let stored = self.stored_machine_by_mac(mac).ok_or_else(reject)?;
+        if stored.machine.state != MachineState::Deploying
+            || stored.deploy_token.as_deref() != Some(token)
+        {
+            return Err(reject());
+        }
+        Ok(stored)
+    }
+
     pub(super) fn deploy_done(
         &mut self,
         now: u64,
@@ -187,21 +210,7 @@ impl State {
         mac: &str,
         token: &str,
     ) -> Result<Applied, ApiError> {
-        let reject = || {
-            ApiError::new(
-                ErrorCode::Unauthorized,
-                "no deployment with this token for this machine",
-            )
-        };
-        let mut stored = self
-            .stored_machine_by_mac(mac)
-            .cloned()
-            .ok_or_else(reject)?;
-        if stored.machine.state != MachineState::Deploying
-            || stored.deploy_token.as_deref() != Some(token)
-        {
-            return Err(reject());
-        }
+        let mut stored = self.deploy_done_target(mac, token)?.clone();
         let id = stored.machine.meta.id;
         let m = &mut stored.machine;
         m.state = MachineState::Deployed;

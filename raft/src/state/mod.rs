@@ -587,6 +587,14 @@ impl State {
     }
 
     /// The stored record (with secrets) of the machine owning `mac`.
+    /// Whether an answer is remembered under `actor`'s idempotency key `key` (a retried
+    /// request would get it back).
+    pub fn remembers(&self, actor: &str, key: &str) -> bool {
+        self.idempotency
+            .get(&format!("{actor}\u{0}{key}"))
+            .is_some()
+    }
+
     pub fn stored_machine_by_mac(&self, mac: &str) -> Option<&StoredMachine> {
         self.idx.mac.get(mac).and_then(|id| self.machines.get(id))
     }

@@ -191,16 +191,43 @@ async fn deploy_done(
     let Some(token) = query.ok().and_then(|q| q.0.token).filter(|t| !t.is_empty()) else {
         return text(StatusCode::UNAUTHORIZED, "missing token\n");
     };
+    let actor = format!("machine:{mac}");
     let cmd = rackd_raft::cmd::Command::DeployDone {
         mac: mac.clone(),
-        token: rackd_raft::cmd::Secret(token),
+        token: rackd_raft::cmd::Secret(token.clone()),
     };
     // `deploy-done:<mac>:<sha256(token)>`: a retry after a lost answer (the first attempt
     // committed and burnt the token) returns the first answer instead of 401.
     let key = cmd.internal_key();
+    // Checked here first: a wrong token is refused without becoming a log entry (anyone on
+    // the provisioning network can call this). A deployment newer than our replica is looked
+    // for once more after a ReadIndex, which writes nothing.
+    let admits = |s: &rackd_raft::state::State| {
+        s.deploy_done_target(&mac, &token).is_ok()
+            || key.as_deref().is_some_and(|k| s.remembers(&actor, k))
+    };
+    if !admits(&st.cluster.state()) {
+        let refused = match st.cluster.linearize().await {
+            Ok(()) => {
+                let s = st.cluster.state();
+                if admits(&s) {
+                    None
+                } else {
+                    s.deploy_done_target(&mac, &token).err()
+                }
+            }
+            Err(e) => Some(e),
+        };
+        if let Some(e) = refused {
+            tracing::info!(%mac, error = %e.message, "install callback refused");
+            let status = StatusCode::from_u16(e.code.http_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return (status, axum::Json(rackd_types::ErrorBody { error: e })).into_response();
+        }
+    }
     match st
         .cluster
-        .propose_anywhere(&format!("machine:{mac}"), key, cmd)
+        .propose_anywhere(&actor, key, cmd)
         .await
         .and_then(|v| v.into_deploy_done())
     {
@@ -226,6 +253,73 @@ async fn tftp_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::fake::{machine_spec, FakeCluster};
+    use rackd_raft::cmd::{Command, Secret};
+    use tower::ServiceExt;
+
+    /// An install callback with a wrong token is refused without proposing anything (anyone
+    /// on the provisioning network can call it: no log entry per guess); the right one is
+    /// proposed, and its retry after a lost answer gets the first answer back.
+    #[tokio::test]
+    async fn a_wrong_install_token_is_refused_without_a_log_entry() {
+        let fake = FakeCluster::new(1, 1_000);
+        fake.create_location("dc1");
+        let mac = "02:00:00:00:00:aa";
+        let id = fake.create_machine(rackd_types::payload::CreateMachine {
+            macs: vec![mac.into()],
+            state: Some(MachineState::Ready),
+            ..machine_spec("m1", "dc1")
+        });
+        fake.apply_ok(
+            "t",
+            Command::CreateImage(rackd_types::payload::CreateImage {
+                name: "deb".into(),
+                kernel: "deb/vmlinuz".into(),
+                initrd: "deb/initrd".into(),
+                cmdline: String::new(),
+            }),
+        );
+        let token = "t".repeat(64);
+        fake.apply_ok(
+            "t",
+            Command::Deploy {
+                id,
+                if_match: None,
+                image: "deb".into(),
+                token: Secret(token.clone()),
+            },
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let app = router(Arc::new(BootState {
+            cluster: fake.clone(),
+            location: "dc1".into(),
+            tftp_root: dir.path().into(),
+            artifacts: dir.path().into(),
+            base: "http://127.0.0.1:8080".into(),
+            transfers: files::Transfers::new(4),
+        }));
+        let call = |tok: &str| {
+            let app = app.clone();
+            let uri = format!("/boot/{mac}/done?token={tok}");
+            async move {
+                let req = axum::http::Request::post(uri)
+                    .body(axum::body::Body::empty())
+                    .unwrap();
+                app.oneshot(req).await.unwrap().status()
+            }
+        };
+        let entries = fake.log().len();
+        for guess in ["nope", &"x".repeat(64), &token[1..]] {
+            assert_eq!(call(guess).await, StatusCode::UNAUTHORIZED, "{guess}");
+        }
+        assert_eq!(fake.log().len(), entries, "wrong tokens proposed nothing");
+        assert_eq!(call(&token).await, StatusCode::OK);
+        assert_eq!(fake.log().len(), entries + 1);
+        // The answer was lost; the machine retries: the remembered answer, not 401.
+        assert_eq!(call(&token).await, StatusCode::OK);
+        assert_eq!(call("nope").await, StatusCode::UNAUTHORIZED);
+        assert_eq!(fake.log().len(), entries + 2, "only the retry was proposed");
+    }
 
     #[test]
     fn deployed_and_broken_machines_boot_from_disk() {
