@@ -2,6 +2,12 @@
 //! request's token is hashed and looked up. The endpoints the table marks `Auth::Open` (health,
 //! and join, which checks its join token) need none. The authenticated token's name becomes the
 //! request's [`super::Actor`] (recorded in the journal).
+//!
+//! A token unknown to this node's replica may be newer than the replica: the node catches up
+//! (a ReadIndex round with the leader) once before refusing. Those catch-ups are rationed
+//! ([`CatchUps`]: a burst of 20, then 20 a second per node), so a flood of made-up tokens costs
+//! the leader a bounded number of rounds; beyond the ration an unknown token is refused from
+//! the replica as it stands.
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -10,6 +16,40 @@ use rackd_types::ErrorCode;
 
 use super::{error_response, Actor, AppState};
 use crate::cluster::secrets::hash_secret;
+
+/// A token bucket for catch-ups on unknown tokens.
+#[derive(Debug)]
+pub struct CatchUps {
+    state: std::sync::Mutex<(f64, std::time::Instant)>,
+}
+
+/// Catch-ups allowed at once, and per second after that.
+pub const CATCH_UPS_PER_SEC: f64 = 20.0;
+
+impl Default for CatchUps {
+    fn default() -> Self {
+        CatchUps {
+            state: std::sync::Mutex::new((CATCH_UPS_PER_SEC, std::time::Instant::now())),
+        }
+    }
+}
+
+impl CatchUps {
+    /// Take one catch-up if the ration allows it now.
+    pub fn take(&self) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let refill = now.duration_since(s.1).as_secs_f64() * CATCH_UPS_PER_SEC;
+        s.0 = (s.0 + refill).min(CATCH_UPS_PER_SEC);
+        s.1 = now;
+        if s.0 >= 1.0 {
+            s.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
 
 pub async fn require_token(State(node): State<AppState>, mut req: Request, next: Next) -> Response {
     if super::endpoints::is_open(req.method(), req.uri().path()) {
@@ -35,7 +75,7 @@ pub async fn require_token(State(node): State<AppState>, mut req: Request, next:
             .map(|t| (t.view.name.clone(), t.view.id))
     };
     let mut name = lookup(&node);
-    if name.is_none() {
+    if name.is_none() && node.catch_ups.take() {
         // The token may be newer than our replica: catch up once before refusing.
         if node.linearize().await.is_ok() {
             name = lookup(&node);

@@ -38,11 +38,17 @@ use crate::cluster::Cluster;
 pub struct AppState {
     pub cluster: Arc<dyn Cluster>,
     pub http: reqwest::Client,
+    /// The ration of catch-ups on unknown bearer tokens ([`auth::CatchUps`]).
+    pub catch_ups: Arc<auth::CatchUps>,
 }
 
 impl AppState {
     pub fn new(cluster: Arc<dyn Cluster>, http: reqwest::Client) -> Self {
-        AppState { cluster, http }
+        AppState {
+            cluster,
+            http,
+            catch_ups: Arc::new(auth::CatchUps::default()),
+        }
     }
 }
 

@@ -145,6 +145,45 @@ async fn requests_without_a_valid_token_get_401_and_propose_nothing() {
     assert_eq!(c.log().len(), 1, "only the bootstrap entry");
 }
 
+/// A flood of made-up tokens costs the leader a bounded number of ReadIndex rounds (one
+/// catch-up each, rationed per node), and every one of them is still refused; a real token
+/// keeps working meanwhile.
+#[tokio::test]
+async fn made_up_tokens_cost_a_rationed_number_of_catch_ups() {
+    let c = cluster();
+    let app = router(AppState::new(c.clone(), reqwest::Client::new()));
+    let send = |token: String| {
+        let app = app.clone();
+        async move {
+            let req = Request::builder()
+                .uri("/v1/machines")
+                .header("authorization", format!("Bearer {token}"))
+                .body(Body::empty())
+                .unwrap();
+            app.oneshot(req).await.unwrap().status()
+        }
+    };
+    let t0 = std::time::Instant::now();
+    for i in 0..500 {
+        assert_eq!(
+            send(format!("rackd-api-guess-{i}")).await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let allowed = super::auth::CATCH_UPS_PER_SEC * (1.0 + t0.elapsed().as_secs_f64());
+    let rounds = c.linearizations();
+    assert!(
+        (rounds as f64) <= allowed.ceil(),
+        "{rounds} catch-ups for 500 made-up tokens (allowed {allowed})"
+    );
+    assert!(
+        rounds >= 1,
+        "an unknown token is looked up after a catch-up"
+    );
+    assert_eq!(send(TOKEN.into()).await, StatusCode::OK);
+    assert!(c.log().len() <= 1, "nothing but the bootstrap was proposed");
+}
+
 #[tokio::test]
 async fn bad_input_gets_a_400_json_error_and_proposes_nothing() {
     let c = cluster();

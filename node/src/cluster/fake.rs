@@ -29,6 +29,8 @@ struct Inner {
     failure: Option<String>,
     /// Proposals still to be applied with their answer lost (see `lose_answers`).
     lost_answers: u32,
+    /// Calls of `linearize` so far (each a ReadIndex round on a real node).
+    linearizations: u64,
 }
 
 pub struct FakeCluster {
@@ -55,6 +57,7 @@ impl FakeCluster {
                 removed: false,
                 failure: None,
                 lost_answers: 0,
+                linearizations: 0,
             }),
         })
     }
@@ -127,6 +130,11 @@ impl FakeCluster {
         self.lock().state.meta.rules = rules;
     }
 
+    /// How many times `linearize` was called (a ReadIndex round each on a real node).
+    pub fn linearizations(&self) -> u64 {
+        self.lock().linearizations
+    }
+
     /// Every request proposed so far (applied or refused), in order.
     pub fn log(&self) -> Vec<Request> {
         self.lock().log.clone()
@@ -196,7 +204,9 @@ impl Cluster for FakeCluster {
     }
     fn linearize(&self) -> BoxFuture<'_, Result<(), ApiError>> {
         Box::pin(async move {
-            if self.lock().leading {
+            let mut inner = self.lock();
+            inner.linearizations += 1;
+            if inner.leading {
                 Ok(())
             } else {
                 Err(ApiError::unavailable("no leader (fake)"))
