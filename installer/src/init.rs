@@ -137,8 +137,14 @@ fn read_seed() -> Seed {
         None => say("no seed partition; using kernel parameters only"),
     }
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    if let Err(e) = seed.apply_cmdline(&cmdline) {
-        say(&format!("kernel parameters: {e}"));
+    match seed.apply_cmdline(&cmdline) {
+        Ok(ignored) if !ignored.is_empty() => say(&format!(
+            "ignoring kernel parameters {}: the seed sets the cluster (allow_kernel_overrides \
+             is off)",
+            ignored.join(", ")
+        )),
+        Ok(_) => {}
+        Err(e) => say(&format!("kernel parameters: {e}")),
     }
     seed
 }
@@ -361,11 +367,15 @@ impl Status {
                 .map(|l| format!(", location {l}"))
                 .unwrap_or_default(),
         );
-        if let Some(a) = admin {
-            s.push_str(&format!("admin    {a}\n"));
+        // The tokens are printed once, when rackd creates them; this screen stays on tty1
+        // for anyone walking past, so it says where the admin token is, not what it is.
+        if admin.is_some() {
+            s.push_str(&format!(
+                "admin    token in {DATA}/rackd/admin-token (printed once at bootstrap)\n"
+            ));
         }
-        if let Some(j) = self.join_token.lock().ok().and_then(|j| j.clone()) {
-            s.push_str(&format!("join     {j}\n"));
+        if self.join_token.lock().ok().is_some_and(|j| j.is_some()) {
+            s.push_str("join     a bootstrap join token was printed above (one node, 1 h)\n");
         }
         s.push_str("=========================================================\n");
         s

@@ -59,6 +59,10 @@ pub struct ClusterSeed {
     /// Extra `rackd up` arguments (e.g. DHCP settings of a location node).
     #[serde(default)]
     pub extra_args: Vec<String>,
+    /// Let `rackd.join`, `rackd.token` and `rackd.bootstrap` kernel parameters replace what
+    /// this seed says (off: anyone at the boot menu could point the node at another cluster).
+    #[serde(default)]
+    pub allow_kernel_overrides: bool,
 }
 
 impl std::fmt::Debug for ClusterSeed {
@@ -70,6 +74,7 @@ impl std::fmt::Debug for ClusterSeed {
             .field("learner", &self.learner)
             .field("location", &self.location)
             .field("extra_args", &self.extra_args)
+            .field("allow_kernel_overrides", &self.allow_kernel_overrides)
             .finish()
     }
 }
@@ -113,14 +118,25 @@ impl Seed {
     }
 
     /// Applies `rackd.KEY=VALUE` kernel parameters (hostname, address, gateway, interface,
-    /// bootstrap, join, token, learner, location).
-    pub fn apply_cmdline(&mut self, cmdline: &str) -> Result<(), SeedError> {
+    /// bootstrap, join, token, learner, location). Which cluster the node belongs to is the
+    /// seed's to say: `join`, `token` and `bootstrap` fill in what the seed leaves unset but
+    /// do not replace what it sets, unless the seed has `allow_kernel_overrides = true`.
+    /// Returns the parameters that were ignored for that reason (their names, not values).
+    pub fn apply_cmdline(&mut self, cmdline: &str) -> Result<Vec<String>, SeedError> {
+        let seeded =
+            self.cluster.bootstrap || self.cluster.join.is_some() || self.cluster.token.is_some();
+        let locked = seeded && !self.cluster.allow_kernel_overrides;
+        let mut ignored = Vec::new();
         for word in cmdline.split_whitespace() {
             let Some(kv) = word.strip_prefix("rackd.") else {
                 continue;
             };
             let (k, v) = kv.split_once('=').unwrap_or((kv, "1"));
             let flag = || matches!(v, "1" | "true" | "yes");
+            if locked && matches!(k, "bootstrap" | "join" | "token") {
+                ignored.push(format!("rackd.{k}"));
+                continue;
+            }
             match k {
                 "hostname" => self.hostname = Some(v.into()),
                 "address" => self.network.address = Some(v.into()),
@@ -135,7 +151,7 @@ impl Seed {
                 _ => {}
             }
         }
-        Ok(())
+        Ok(ignored)
     }
 
     pub fn addressing(&self) -> Result<Addressing, SeedError> {
@@ -221,6 +237,36 @@ token = "secret-token"
             .unwrap();
         assert_eq!(s.hostname.as_deref(), Some("b2"));
         assert_eq!(s.addressing().unwrap(), Addressing::Dhcp);
+    }
+
+    /// Kernel parameters cannot move a seeded node to another cluster: the seed's join URL,
+    /// token and bootstrap flag stand, unless the seed allows overrides; a node without
+    /// cluster settings in its seed takes them from the kernel command line.
+    #[test]
+    fn kernel_parameters_do_not_override_the_seeds_cluster() {
+        let seeded = "[cluster]\njoin = \"http://10.0.0.10:7080\"\ntoken = \"seed-secret\"\n";
+        let attack =
+            "rackd.join=http://evil:7080 rackd.token=evil rackd.bootstrap=1 rackd.location=x";
+        let mut s = Seed::parse(seeded).unwrap();
+        let ignored = s.apply_cmdline(attack).unwrap();
+        assert_eq!(ignored, ["rackd.join", "rackd.token", "rackd.bootstrap"]);
+        assert_eq!(s.cluster.join.as_deref(), Some("http://10.0.0.10:7080"));
+        assert_eq!(s.cluster.token.as_deref(), Some("seed-secret"));
+        assert!(!s.cluster.bootstrap);
+        assert_eq!(
+            s.cluster.location.as_deref(),
+            Some("x"),
+            "other settings apply"
+        );
+        s.validate_cluster().unwrap();
+
+        let mut open = Seed::parse(&format!("{seeded}allow_kernel_overrides = true\n")).unwrap();
+        assert!(open.apply_cmdline(attack).unwrap().is_empty());
+        assert_eq!(open.cluster.token.as_deref(), Some("evil"));
+
+        let mut blank = Seed::default();
+        assert!(blank.apply_cmdline(attack).unwrap().is_empty());
+        assert_eq!(blank.cluster.join.as_deref(), Some("http://evil:7080"));
     }
 
     #[test]
