@@ -191,6 +191,9 @@ pub enum Command {
     CreateApiToken {
         name: String,
         token_hash: String,
+        /// Absent in entries from before roles: those tokens are admin tokens.
+        #[serde(default)]
+        role: rackd_types::ApiRole,
     },
     /// Record a cluster event that is not itself a state change here (membership changes are
     /// applied by openraft; the journal entry makes them visible in `/v1/events`).

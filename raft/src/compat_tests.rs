@@ -208,6 +208,7 @@ fn every_command() -> Vec<Command> {
         Command::CreateApiToken {
             name: "n".into(),
             token_hash: "h".into(),
+            role: rackd_types::ApiRole::Operator,
         },
         Command::Journal {
             kind: "k".into(),
@@ -318,4 +319,15 @@ fn the_api_forms_of_the_same_requests_refuse_unknown_fields() {
     assert!(api.is_err());
     let log: CreateLocation = serde_json::from_str(r#"{"name":"dc1","colour":"red"}"#).unwrap();
     assert_eq!(log.name, "dc1");
+}
+
+/// An API token created before roles existed was an admin token, and its log entry (which has
+/// no `role`) still makes one.
+#[test]
+fn a_token_entry_from_before_roles_makes_an_admin_token() {
+    let old = serde_json::json!({"type": "create_api_token", "name": "n", "token_hash": "h"});
+    match serde_json::from_value::<Command>(old).unwrap() {
+        Command::CreateApiToken { role, .. } => assert_eq!(role, rackd_types::ApiRole::Admin),
+        other => panic!("{other:?}"),
+    }
 }

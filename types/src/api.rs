@@ -131,6 +131,9 @@ pub struct CreatedJoinToken {
 #[serde(deny_unknown_fields)]
 pub struct CreateApiToken {
     pub name: String,
+    /// Default `admin` (what every token was before roles).
+    #[serde(default)]
+    pub role: crate::ApiRole,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]

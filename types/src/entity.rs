@@ -357,10 +357,48 @@ pub struct JoinTokenView {
     pub description: String,
 }
 
+/// What an API token may do. Ordered: each role may do what the ones before it may.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiRole {
+    /// Reads only (GET).
+    Reader,
+    /// Reads, inventory, power, deploy and tasks.
+    Operator,
+    /// Everything, including tokens and cluster membership. Tokens made before roles existed
+    /// are admin tokens.
+    #[default]
+    Admin,
+}
+
+impl ApiRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiRole::Reader => "reader",
+            ApiRole::Operator => "operator",
+            ApiRole::Admin => "admin",
+        }
+    }
+}
+
 /// Public view of an API token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ApiTokenView {
     pub id: u64,
     pub name: String,
     pub created_at: u64,
+    #[serde(default)]
+    pub role: ApiRole,
 }

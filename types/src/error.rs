@@ -11,6 +11,8 @@ pub enum ErrorCode {
     InvalidRequest,
     /// Missing or unknown bearer token.
     Unauthorized,
+    /// A valid token whose role does not allow this request.
+    Forbidden,
     /// The entity does not exist.
     NotFound,
     /// Uniqueness or reference conflict (duplicate MAC/IP/name, entity still in use).
@@ -33,6 +35,7 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidRequest => 400,
             ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
             ErrorCode::JoinRejected => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::Conflict => 409,

@@ -1,5 +1,7 @@
-//! Bearer-token authentication. Tokens are stored hashed (SHA-256) in the replicated state; the
-//! request's token is hashed and looked up. The endpoints the table marks `Auth::Open` (health,
+//! Bearer-token authentication and roles. Tokens are stored hashed (SHA-256) in the replicated
+//! state; the request's token is hashed and looked up, and its role must be at least the one
+//! the endpoint table names for the route (403 otherwise). This runs on the node that receives
+//! the request, before anything is forwarded to the leader or proposed. The endpoints the table marks `Auth::Open` (health,
 //! and join, which checks its join token) need none. The authenticated token's name becomes the
 //! request's [`super::Actor`] (recorded in the journal).
 //!
@@ -72,7 +74,7 @@ pub async fn require_token(State(node): State<AppState>, mut req: Request, next:
     let lookup = |node: &AppState| {
         node.state()
             .api_token_by_hash(&hash)
-            .map(|t| (t.view.name.clone(), t.view.id))
+            .map(|t| (t.view.name.clone(), t.view.id, t.view.role))
     };
     let mut name = lookup(&node);
     if name.is_none() && node.catch_ups.take() {
@@ -81,11 +83,23 @@ pub async fn require_token(State(node): State<AppState>, mut req: Request, next:
             name = lookup(&node);
         }
     }
-    match name {
-        Some((n, id)) => {
-            req.extensions_mut().insert(Actor(n, Some(id)));
-            next.run(req).await
-        }
-        None => error_response(ErrorCode::Unauthorized, "unknown API token"),
+    let Some((n, id, role)) = name else {
+        return error_response(ErrorCode::Unauthorized, "unknown API token");
+    };
+    // The role the endpoint needs (from the endpoint table). An unknown route passes on to
+    // the router's 404/405.
+    let needed =
+        super::endpoints::endpoint_for(req.method(), req.uri().path()).and_then(|e| e.auth.role());
+    if let Some(needed) = needed.filter(|r| role < *r) {
+        return error_response(
+            ErrorCode::Forbidden,
+            &format!(
+                "this {} token may not do this (needs {})",
+                role.as_str(),
+                needed.as_str()
+            ),
+        );
     }
+    req.extensions_mut().insert(Actor(n, Some(id)));
+    next.run(req).await
 }

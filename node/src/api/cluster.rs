@@ -273,6 +273,7 @@ pub async fn create_api_token(
             Command::CreateApiToken {
                 name: c.name.clone(),
                 token_hash: hash.clone(),
+                role: c.role,
             },
         )
         .await?;

@@ -54,13 +54,30 @@ impl Verb {
     }
 }
 
-/// Who may call an endpoint.
+/// Who may call an endpoint: anyone, or a valid API token (`Authorization: Bearer …`) of at
+/// least a role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Auth {
-    /// A valid API token (`Authorization: Bearer …`).
-    Token,
+    /// Any token: reads.
+    Reader,
+    /// An operator or admin token: inventory, power, deploy, tasks.
+    Operator,
+    /// An admin token: tokens and cluster membership.
+    Admin,
     /// Anyone: the endpoint checks its own credential (join token) or has none (health).
     Open,
+}
+
+impl Auth {
+    /// The least role that may call the endpoint; `None` for open endpoints.
+    pub fn role(self) -> Option<ApiRole> {
+        match self {
+            Auth::Reader => Some(ApiRole::Reader),
+            Auth::Operator => Some(ApiRole::Operator),
+            Auth::Admin => Some(ApiRole::Admin),
+            Auth::Open => None,
+        }
+    }
 }
 
 /// A query parameter: name, JSON type, description.
@@ -293,7 +310,7 @@ endpoints! {
     }
     GET "/v1/cluster" => cluster::cluster_info {
         "Members, leader, term, commit index",
-        auth: Token, query: STALE_Q, headers: NO_H,
+        auth: Reader, query: STALE_Q, headers: NO_H,
         status: 200, returns: ClusterInfo,
     }
     POST "/v1/cluster/join" => cluster::join {
@@ -304,202 +321,202 @@ endpoints! {
     }
     DELETE "/v1/cluster/members/{id}" => cluster::remove_member {
         "Remove a member (voter or learner)",
-        auth: Token, query: NO_Q, headers: NO_H,
+        auth: Admin, query: NO_Q, headers: NO_H,
         status: 204,
     }
     GET "/v1/events" => cluster::events {
         "Journal of changes",
-        auth: Token, query: EVENT_Q, headers: NO_H,
+        auth: Reader, query: EVENT_Q, headers: NO_H,
         status: 200, returns: Page<Event>,
     }
     GET "/v1/tokens/join" => cluster::list_join_tokens {
         "List join tokens (no secrets)",
-        auth: Token, query: LIST_Q, headers: NO_H,
+        auth: Admin, query: LIST_Q, headers: NO_H,
         status: 200, returns: Page<JoinTokenView>,
     }
     POST "/v1/tokens/join" => cluster::create_join_token {
         "Create a one-time join token",
-        auth: Token, query: NO_Q, headers: IDEM,
+        auth: Admin, query: NO_Q, headers: IDEM,
         body: CreateJoinToken,
         status: 201, returns: CreatedJoinToken,
     }
     GET "/v1/tokens/api" => cluster::list_api_tokens {
         "List API tokens (no secrets)",
-        auth: Token, query: LIST_Q, headers: NO_H,
+        auth: Admin, query: LIST_Q, headers: NO_H,
         status: 200, returns: Page<ApiTokenView>,
     }
     POST "/v1/tokens/api" => cluster::create_api_token {
         "Create an API token",
-        auth: Token, query: NO_Q, headers: IDEM,
+        auth: Admin, query: NO_Q, headers: IDEM,
         body: CreateApiToken,
         status: 201, returns: CreatedApiToken,
     }
     GET "/v1/locations" => inventory::list_locations {
         "List locations",
-        auth: Token, query: LIST_Q, headers: NO_H,
+        auth: Reader, query: LIST_Q, headers: NO_H,
         status: 200, returns: Page<Location>,
     }
     POST "/v1/locations" => inventory::create_location {
         "Create a location",
-        auth: Token, query: NO_Q, headers: IDEM,
+        auth: Operator, query: NO_Q, headers: IDEM,
         body: CreateLocation,
         status: 201, returns: Location,
     }
     GET "/v1/locations/{id}" => inventory::get_location {
         "Get a location",
-        auth: Token, query: STALE_Q, headers: NO_H,
+        auth: Reader, query: STALE_Q, headers: NO_H,
         status: 200, returns: Location,
     }
     PATCH "/v1/locations/{id}" => inventory::update_location {
         "Update a location",
-        auth: Token, query: NO_Q, headers: IFM,
+        auth: Operator, query: NO_Q, headers: IFM,
         body: UpdateLocation,
         status: 200, returns: Location,
     }
     DELETE "/v1/locations/{id}" => inventory::delete_location {
         "Delete an unused location",
-        auth: Token, query: NO_Q, headers: IFM,
+        auth: Operator, query: NO_Q, headers: IFM,
         status: 204,
     }
     GET "/v1/racks" => inventory::list_racks {
         "List racks",
-        auth: Token, query: LOC_Q, headers: NO_H,
+        auth: Reader, query: LOC_Q, headers: NO_H,
         status: 200, returns: Page<Rack>,
     }
     POST "/v1/racks" => inventory::create_rack {
         "Create a rack",
-        auth: Token, query: NO_Q, headers: IDEM,
+        auth: Operator, query: NO_Q, headers: IDEM,
         body: CreateRack,
         status: 201, returns: Rack,
     }
     GET "/v1/racks/{id}" => inventory::get_rack {
         "Get a rack",
-        auth: Token, query: STALE_Q, headers: NO_H,
+        auth: Reader, query: STALE_Q, headers: NO_H,
         status: 200, returns: Rack,
     }
     PATCH "/v1/racks/{id}" => inventory::update_rack {
         "Update a rack",
-        auth: Token, query: NO_Q, headers: IFM,
+        auth: Operator, query: NO_Q, headers: IFM,
         body: UpdateRack,
         status: 200, returns: Rack,
     }
     DELETE "/v1/racks/{id}" => inventory::delete_rack {
         "Delete an empty rack",
-        auth: Token, query: NO_Q, headers: IFM,
+        auth: Operator, query: NO_Q, headers: IFM,
         status: 204,
     }
     GET "/v1/machines" => inventory::list_machines {
         "List machines",
-        auth: Token, query: MACHINE_Q, headers: NO_H,
+        auth: Reader, query: MACHINE_Q, headers: NO_H,
         status: 200, returns: Page<Machine>,
     }
     POST "/v1/machines" => inventory::create_machine {
         "Create a machine",
-        auth: Token, query: NO_Q, headers: IDEM,
+        auth: Operator, query: NO_Q, headers: IDEM,
         body: CreateMachine,
         status: 201, returns: Machine,
     }
     GET "/v1/machines/{id}" => inventory::get_machine {
         "Get a machine",
-        auth: Token, query: STALE_Q, headers: NO_H,
+        auth: Reader, query: STALE_Q, headers: NO_H,
         status: 200, returns: Machine,
     }
     PATCH "/v1/machines/{id}" => inventory::update_machine {
         "Update a machine",
-        auth: Token, query: NO_Q, headers: IFM,
+        auth: Operator, query: NO_Q, headers: IFM,
         body: UpdateMachine,
         status: 200, returns: Machine,
     }
     DELETE "/v1/machines/{id}" => inventory::delete_machine {
         "Delete a machine",
-        auth: Token, query: NO_Q, headers: IFM,
+        auth: Operator, query: NO_Q, headers: IFM,
         status: 204,
     }
     POST "/v1/machines/{id}/deploy" => inventory::deploy_machine {
         "Deploy an image on a ready machine (ready -> deploying; one-time install token)",
-        auth: Token, query: NO_Q, headers: IFM,
+        auth: Operator, query: NO_Q, headers: IFM,
         body: DeployMachine,
         status: 200, returns: Machine,
     }
     POST "/v1/machines/{id}/power" => tasks::power {
         "Power action (on, off, cycle, reset, status) as a task run at the machine's location",
-        auth: Token, query: NO_Q, headers: IDEM,
+        auth: Operator, query: NO_Q, headers: IDEM,
         body: PowerRequest,
         status: 202, returns: Task,
     }
     POST "/v1/machines/{id}/boot-device" => tasks::boot_device {
         "Set the boot device (pxe or disk, next boot or persistent) as a task run at the machine's location",
-        auth: Token, query: NO_Q, headers: IDEM,
+        auth: Operator, query: NO_Q, headers: IDEM,
         body: BootDeviceRequest,
         status: 202, returns: Task,
     }
     GET "/v1/tasks" => tasks::list_tasks {
         "List tasks",
-        auth: Token, query: LIST_Q, headers: NO_H,
+        auth: Reader, query: LIST_Q, headers: NO_H,
         status: 200, returns: Page<Task>,
     }
     GET "/v1/tasks/{id}" => tasks::get_task {
         "Get a task",
-        auth: Token, query: STALE_Q, headers: NO_H,
+        auth: Reader, query: STALE_Q, headers: NO_H,
         status: 200, returns: Task,
     }
     POST "/v1/tasks/{id}/cancel" => tasks::cancel_task {
         "Cancel a pending or running task (a running attempt is fenced); 409 when finished",
-        auth: Token, query: NO_Q, headers: IDEM,
+        auth: Operator, query: NO_Q, headers: IDEM,
         status: 200, returns: Task,
     }
     GET "/v1/images" => inventory::list_images {
         "List images",
-        auth: Token, query: LIST_Q, headers: NO_H,
+        auth: Reader, query: LIST_Q, headers: NO_H,
         status: 200, returns: Page<Image>,
     }
     POST "/v1/images" => inventory::create_image {
         "Create an image",
-        auth: Token, query: NO_Q, headers: IDEM,
+        auth: Operator, query: NO_Q, headers: IDEM,
         body: CreateImage,
         status: 201, returns: Image,
     }
     GET "/v1/images/{id}" => inventory::get_image {
         "Get an image",
-        auth: Token, query: STALE_Q, headers: NO_H,
+        auth: Reader, query: STALE_Q, headers: NO_H,
         status: 200, returns: Image,
     }
     PATCH "/v1/images/{id}" => inventory::update_image {
         "Update an image",
-        auth: Token, query: NO_Q, headers: IFM,
+        auth: Operator, query: NO_Q, headers: IFM,
         body: UpdateImage,
         status: 200, returns: Image,
     }
     DELETE "/v1/images/{id}" => inventory::delete_image {
         "Delete an unused image",
-        auth: Token, query: NO_Q, headers: IFM,
+        auth: Operator, query: NO_Q, headers: IFM,
         status: 204,
     }
     GET "/v1/subnets" => inventory::list_subnets {
         "List subnets",
-        auth: Token, query: LOC_Q, headers: NO_H,
+        auth: Reader, query: LOC_Q, headers: NO_H,
         status: 200, returns: Page<Subnet>,
     }
     POST "/v1/subnets" => inventory::create_subnet {
         "Create a subnet",
-        auth: Token, query: NO_Q, headers: IDEM,
+        auth: Operator, query: NO_Q, headers: IDEM,
         body: CreateSubnet,
         status: 201, returns: Subnet,
     }
     GET "/v1/subnets/{id}" => inventory::get_subnet {
         "Get a subnet",
-        auth: Token, query: STALE_Q, headers: NO_H,
+        auth: Reader, query: STALE_Q, headers: NO_H,
         status: 200, returns: Subnet,
     }
     PATCH "/v1/subnets/{id}" => inventory::update_subnet {
         "Update a subnet",
-        auth: Token, query: NO_Q, headers: IFM,
+        auth: Operator, query: NO_Q, headers: IFM,
         body: UpdateSubnet,
         status: 200, returns: Subnet,
     }
     DELETE "/v1/subnets/{id}" => inventory::delete_subnet {
         "Delete a subnet without assigned IPs",
-        auth: Token, query: NO_Q, headers: IFM,
+        auth: Operator, query: NO_Q, headers: IFM,
         status: 204,
     }
 }
@@ -510,4 +527,19 @@ pub fn is_open(method: &axum::http::Method, path: &str) -> bool {
     ENDPOINTS
         .iter()
         .any(|e| e.auth == Auth::Open && e.path == path && e.verb.http() == *method)
+}
+
+/// The endpoint serving `method path` (a concrete path: `{id}` segments match any one
+/// segment), if any.
+pub fn endpoint_for(method: &axum::http::Method, path: &str) -> Option<&'static Endpoint> {
+    let segs: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    ENDPOINTS.iter().find(|e| {
+        e.verb.http() == *method && {
+            let t: Vec<&str> = e.path.split('/').collect();
+            t.len() == segs.len()
+                && t.iter()
+                    .zip(&segs)
+                    .all(|(t, s)| (t.starts_with('{') && !s.is_empty()) || t == s)
+        }
+    })
 }

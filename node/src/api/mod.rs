@@ -2,10 +2,10 @@
 //!
 //! Every route is one row of [`endpoints::ENDPOINTS`] (method, path, handler, auth, request
 //! and response types); [`router`] serves that table, `openapi` documents it. Layers,
-//! outermost first: a node whose Raft failed answers only its health, then [`forward`] sends
-//! every write to the leader (the client need not know who
-//! leads), then [`auth`] checks the bearer token, then the handlers in [`inventory`],
-//! [`tasks`] and [`cluster`]. Handlers reach the replicated core only through the
+//! outermost first: a node whose Raft failed answers only its health, then [`auth`] checks the
+//! bearer token and its role on the receiving node (nothing unauthenticated is forwarded or
+//! proposed), then [`forward`] sends every write to the leader (the client need not know who
+//! leads), then the handlers in [`inventory`], [`tasks`] and [`cluster`]. Handlers reach the replicated core only through the
 //! [`Cluster`] trait (a `FakeCluster` in the unit tests). Every error is JSON
 //! `{"error":{"code","message"}}` with its status code; malformed JSON, paths and queries
 //! answer 400, unknown routes 404, wrong methods 405. [`listener`] owns the connections
@@ -168,11 +168,11 @@ pub fn router(node: AppState) -> Router {
         })
         .layer(axum::middleware::from_fn_with_state(
             node.clone(),
-            auth::require_token,
+            forward::to_leader,
         ))
         .layer(axum::middleware::from_fn_with_state(
             node.clone(),
-            forward::to_leader,
+            auth::require_token,
         ))
         .layer(axum::middleware::from_fn_with_state(
             node.clone(),

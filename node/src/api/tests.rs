@@ -145,6 +145,71 @@ async fn requests_without_a_valid_token_get_401_and_propose_nothing() {
     assert_eq!(c.log().len(), 1, "only the bootstrap entry");
 }
 
+/// For every endpoint of the table and every role: a token whose role is below what the
+/// endpoint needs gets 403 and proposes nothing; one at or above it is never refused for its
+/// role (the request may still be refused for other reasons, here mostly its empty body).
+#[tokio::test]
+async fn every_endpoint_refuses_tokens_below_its_role_and_only_those() {
+    use rackd_types::ApiRole;
+    let c = cluster();
+    let roles = [ApiRole::Reader, ApiRole::Operator, ApiRole::Admin];
+    for r in roles {
+        c.apply_ok(
+            "t",
+            Command::CreateApiToken {
+                name: r.as_str().into(),
+                token_hash: hash_secret(&format!("tok-{}", r.as_str())),
+                role: r,
+            },
+        );
+    }
+    let mut checked = 0;
+    for e in ENDPOINTS {
+        let Some(needed) = e.auth.role() else {
+            continue;
+        };
+        let path = e.path.replace("{id}", "1");
+        for r in roles {
+            let before = c.log().len();
+            let a = call(
+                &c,
+                e.verb.http(),
+                &path,
+                Some(&format!("tok-{}", r.as_str())),
+                &[],
+                "",
+            )
+            .await;
+            let what = format!("{} {} as {}", e.verb.as_str(), e.path, r.as_str());
+            if r < needed {
+                assert_eq!(a.status, StatusCode::FORBIDDEN, "{what}: {:?}", a.body);
+                assert_eq!(error_code(&a), "Forbidden", "{what}");
+                assert_eq!(c.log().len(), before, "{what} proposed something");
+            } else {
+                assert!(
+                    a.status != StatusCode::FORBIDDEN && a.status != StatusCode::UNAUTHORIZED,
+                    "{what}: {} {:?}",
+                    a.status,
+                    a.body
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3 * 35, "{checked} checks: the table has shrunk?");
+    // Readers read everything but the token lists.
+    for e in ENDPOINTS.iter().filter(|e| e.verb == Verb::Get) {
+        let reader_ok = e.auth.role().is_none_or(|r| r == ApiRole::Reader);
+        assert_eq!(
+            reader_ok,
+            !e.path.starts_with("/v1/tokens"),
+            "GET {} needs {:?}",
+            e.path,
+            e.auth
+        );
+    }
+}
+
 /// A flood of made-up tokens costs the leader a bounded number of ReadIndex rounds (one
 /// catch-up each, rationed per node), and every one of them is still refused; a real token
 /// keeps working meanwhile.
@@ -608,7 +673,7 @@ async fn every_endpoint_answers_its_declared_status_and_type() {
     let mut created: BTreeMap<&str, u64> = BTreeMap::new();
     for e in order {
         let (path, body) = sample(e, &fx, &created);
-        let token = (e.auth == Auth::Token).then_some(TOKEN);
+        let token = (e.auth != Auth::Open).then_some(TOKEN);
         let mut rb = Request::builder().method(e.verb.http()).uri(&path);
         if let Some(t) = token {
             rb = rb.header("authorization", format!("Bearer {t}"));

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use rackd_types::{
-    ApiTokenView, BmcSpec, ClusterInfo, CreateApiToken, CreateJoinToken, CreateLocation,
+    ApiRole, ApiTokenView, BmcSpec, ClusterInfo, CreateApiToken, CreateJoinToken, CreateLocation,
     CreateMachine, CreateRack, CreateSubnet, CreatedApiToken, CreatedJoinToken, Event, Health,
     IpRange, JoinTokenView, Location, Machine, MachineState, Rack, Subnet, UpdateMachine,
 };
@@ -608,8 +608,12 @@ async fn tokens(c: &Client, json: bool, tc: TokenCmd) -> anyhow::Result<()> {
                 .collect();
             table(&["ID", "EXPIRES", "USED_BY", "DESCRIPTION"], &rows);
         }
-        TokenCmd::CreateApi { name } => {
-            let t: CreatedApiToken = c.post("/v1/tokens/api", &CreateApiToken { name }).await?;
+        TokenCmd::CreateApi { name, role } => {
+            let role: ApiRole = serde_json::from_value(serde_json::Value::String(role.clone()))
+                .map_err(|_| anyhow::anyhow!("--role {role:?}: one of reader, operator, admin"))?;
+            let t: CreatedApiToken = c
+                .post("/v1/tokens/api", &CreateApiToken { name, role })
+                .await?;
             if json {
                 return json_out(&t);
             }
@@ -622,9 +626,16 @@ async fn tokens(c: &Client, json: bool, tc: TokenCmd) -> anyhow::Result<()> {
             }
             let rows: Vec<Vec<String>> = ts
                 .iter()
-                .map(|t| vec![t.id.to_string(), t.name.clone(), time(t.created_at)])
+                .map(|t| {
+                    vec![
+                        t.id.to_string(),
+                        t.name.clone(),
+                        t.role.as_str().into(),
+                        time(t.created_at),
+                    ]
+                })
                 .collect();
-            table(&["ID", "NAME", "CREATED"], &rows);
+            table(&["ID", "NAME", "ROLE", "CREATED"], &rows);
         }
     }
     Ok(())

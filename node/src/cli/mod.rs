@@ -293,8 +293,13 @@ pub enum TokenCmd {
     },
     /// List join tokens.
     List,
-    /// Create an API token.
-    CreateApi { name: String },
+    /// Create an API token with a role: reader (GET only), operator (inventory, power,
+    /// deploy, tasks) or admin (everything, including tokens and members).
+    CreateApi {
+        name: String,
+        #[arg(long, default_value = "admin")]
+        role: String,
+    },
     /// List API tokens.
     ListApi,
 }

@@ -2,7 +2,7 @@
 //! node each), node id allocation (monotonic, never reused) and API tokens (stored hashed).
 
 use crate::cmd::Applied;
-use rackd_types::{ApiError, ApiTokenView, ErrorCode, JoinTokenView};
+use rackd_types::{ApiError, ApiRole, ApiTokenView, ErrorCode, JoinTokenView};
 
 use super::{State, StoredApiToken, StoredJoinToken};
 
@@ -33,7 +33,7 @@ impl State {
         self.meta.cluster_id = cluster_id.to_string();
         self.meta.next_node_id = BOOTSTRAP_NODE_ID + 1;
         self.meta_dirty = true;
-        self.create_api_token(now, actor, "admin", admin_hash)?;
+        self.create_api_token(now, actor, "admin", admin_hash, ApiRole::Admin)?;
         self.journal(
             now,
             actor,
@@ -247,6 +247,7 @@ impl State {
         actor: &str,
         name: &str,
         hash: &str,
+        role: ApiRole,
     ) -> Result<Applied, ApiError> {
         if name.is_empty() || name.len() > 64 {
             return Err(ApiError::invalid("token name must be 1..=64 characters"));
@@ -262,6 +263,7 @@ impl State {
             id,
             name: name.to_string(),
             created_at: now,
+            role,
         };
         self.idx.api_token_by_hash.insert(hash.to_string(), id);
         self.api_tokens.insert(
@@ -277,7 +279,7 @@ impl State {
             "token.api_created",
             "api_token",
             Some(id),
-            format!("API token {name:?} created"),
+            format!("API token {name:?} created ({})", role.as_str()),
         );
         Ok(Applied::ApiToken(view))
     }

@@ -431,9 +431,11 @@ impl State {
             } => self.complete_join(now, actor, token_hash, *node_id),
             Command::MarkNodeRemoved { node_id } => self.mark_node_removed(now, actor, *node_id),
             Command::AdoptRules { rules } => self.adopt_rules(now, actor, *rules),
-            Command::CreateApiToken { name, token_hash } => {
-                self.create_api_token(now, actor, name, token_hash)
-            }
+            Command::CreateApiToken {
+                name,
+                token_hash,
+                role,
+            } => self.create_api_token(now, actor, name, token_hash, *role),
             Command::Journal {
                 kind,
                 entity,

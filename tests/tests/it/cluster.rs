@@ -111,6 +111,84 @@ async fn bootstrap_creates_the_cluster_ca_and_node_1s_certificate() {
     assert_eq!(std::fs::read_to_string(pki.join("ca.pem")).unwrap(), before);
 }
 
+/// Token roles on a three-node cluster, checked on every node: a reader reads and is refused
+/// writes (403), an operator writes inventory through any node (followers forward it) but may
+/// not create tokens, and no refused request changes anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_roles_hold_on_every_node() {
+    let mut c = Cluster::start("roles", 3, &[]).await.expect("cluster");
+    c.wait_leader(T).await.unwrap();
+    let mut tokens = std::collections::BTreeMap::new();
+    for role in ["reader", "operator"] {
+        let (st, v) = c
+            .request(
+                0,
+                Method::POST,
+                "/v1/tokens/api",
+                Some(json!({"name": role, "role": role})),
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(st, 201, "{v}");
+        tokens.insert(role, v["token"].as_str().unwrap().to_string());
+    }
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let send = |i: usize, role: &str, method: Method, path: &str, body: Option<Value>| {
+        let mut rb = http
+            .request(method, format!("{}{path}", c.url(i)))
+            .bearer_auth(&tokens[role]);
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        async move {
+            let r = rb.send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    for i in 0..3 {
+        let loc = json!({"name": format!("site-{i}")});
+        let (st, v) = send(i, "reader", Method::GET, "/v1/machines", None).await;
+        assert_eq!(st, 200, "node {i}: reader reads: {v}");
+        let (st, v) = send(
+            i,
+            "reader",
+            Method::POST,
+            "/v1/locations",
+            Some(loc.clone()),
+        )
+        .await;
+        assert_eq!(st, 403, "node {i}: reader writes: {v}");
+        assert_eq!(v["error"]["code"], "Forbidden");
+        let (st, v) = send(i, "reader", Method::GET, "/v1/tokens/api", None).await;
+        assert_eq!(st, 403, "node {i}: reader lists tokens: {v}");
+        let (st, v) = send(i, "operator", Method::POST, "/v1/locations", Some(loc)).await;
+        assert_eq!(st, 201, "node {i}: operator writes: {v}");
+        let (st, v) = send(
+            i,
+            "operator",
+            Method::POST,
+            "/v1/tokens/api",
+            Some(json!({"name": "x", "role": "admin"})),
+        )
+        .await;
+        assert_eq!(st, 403, "node {i}: operator mints a token: {v}");
+    }
+    let locs: Value = c.get_json(1, "/v1/locations").await.unwrap();
+    assert_eq!(locs["items"].as_array().unwrap().len(), 3, "{locs}");
+    let toks: Value = c.get_json(2, "/v1/tokens/api").await.unwrap();
+    let roles: Vec<&str> = toks["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["admin", "reader", "operator"], "{toks}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_sigkill_failover_then_restart_catches_up() {
     let mut c = Cluster::start("failover", 3, &[]).await.expect("cluster");
