@@ -93,7 +93,7 @@ pub async fn require_token(State(node): State<AppState>, mut req: Request, next:
     if let Some(needed) = needed.filter(|r| role < *r) {
         return error_response(
             ErrorCode::Forbidden,
-            &format!(
+            format!(
                 "this {} token may not do this (needs {})",
                 role.as_str(),
                 needed.as_str()
