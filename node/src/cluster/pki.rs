@@ -380,20 +380,8 @@ impl Pki {
         std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
             .map_err(io(&self.dir))?;
         let path = self.dir.join(name);
-        let text = text.trim_end();
-        if secret {
-            super::secrets::write_secret_file(&path, text).map_err(|e| PkiError::Io {
-                path: path.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })
-        } else {
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, format!("{text}\n")).map_err(io(&tmp))?;
-            std::fs::File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(io(&tmp))?;
-            std::fs::rename(&tmp, &path).map_err(io(&path))
-        }
+        let mode = if secret { 0o600 } else { 0o644 };
+        super::secrets::write_file_atomically(&path, text.trim_end(), mode).map_err(io(&path))
     }
 
     /// The CA with its key, if this node holds it.

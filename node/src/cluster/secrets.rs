@@ -19,6 +19,12 @@ pub fn new_secret(prefix: &str) -> String {
 
 /// Write `secret` to `path` (mode 0600, fsynced, renamed into place).
 pub fn write_secret_file(path: &std::path::Path, secret: &str) -> anyhow::Result<()> {
+    write_file_atomically(path, secret, 0o600).with_context(|| format!("write {}", path.display()))
+}
+
+/// Write `text` and a newline to `path` with `mode`: to a temporary file beside it, fsynced,
+/// then renamed into place, so a reader sees the old file or the whole new one.
+pub fn write_file_atomically(path: &std::path::Path, text: &str, mode: u32) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
@@ -26,12 +32,10 @@ pub fn write_secret_file(path: &std::path::Path, secret: &str) -> anyhow::Result
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("create {}", tmp.display()))?;
-    f.write_all(secret.as_bytes())?;
+        .mode(mode)
+        .open(&tmp)?;
+    f.write_all(text.as_bytes())?;
     f.write_all(b"\n")?;
     f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    std::fs::rename(&tmp, path)
 }

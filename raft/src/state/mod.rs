@@ -43,7 +43,12 @@ pub const IDEMPOTENCY_TTL_MS: u64 = 24 * 3600 * 1000;
 /// records of a busy site do not push clients' keys out of the shared bound.
 pub const INTERNAL_IDEMPOTENCY_TTL_MS: u64 = 3600 * 1000;
 
-/// The time-to-live of a stored idempotency key (`actor NUL key`). Client keys are scoped by
+/// How an idempotency record is stored: `actor NUL key` (keys are scoped by who sent them).
+pub fn idempotency_full_key(actor: &str, key: &str) -> String {
+    format!("{actor}\u{0}{key}")
+}
+
+/// The time-to-live of a stored idempotency key ([`idempotency_full_key`]). Client keys are scoped by
 /// token id (`t<id>:<key>`, see the API); every other key is an internal write's.
 pub fn idempotency_ttl(full_key: &str) -> u64 {
     let key = full_key.split_once('\u{0}').map_or(full_key, |(_, k)| k);
@@ -288,7 +293,7 @@ impl State {
         let idem_key = req
             .idempotency_key
             .as_ref()
-            .map(|k| format!("{}\u{0}{}", req.actor, k));
+            .map(|k| idempotency_full_key(&req.actor, k));
         let digest = idem_key.as_ref().map(|_| req.cmd.idempotency_digest());
         // Expired records are gone before the lookup, not only after the next write.
         self.expire_idempotency(now);
@@ -593,7 +598,7 @@ impl State {
     /// request would get it back).
     pub fn remembers(&self, actor: &str, key: &str) -> bool {
         self.idempotency
-            .get(&format!("{actor}\u{0}{key}"))
+            .get(&idempotency_full_key(actor, key))
             .is_some()
     }
 

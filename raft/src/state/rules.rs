@@ -105,7 +105,7 @@ impl State {
         let idem_key = req
             .idempotency_key
             .as_ref()
-            .map(|k| format!("{}\u{0}{}", req.actor, k));
+            .map(|k| super::idempotency_full_key(&req.actor, k));
         if let Some(rec) = idem_key.as_ref().and_then(|k| self.idempotency.get(k)) {
             return rec.response.clone();
         }
