@@ -194,6 +194,13 @@ pub enum Command {
         /// Absent in entries from before roles: those tokens are admin tokens.
         #[serde(default)]
         role: rackd_types::ApiRole,
+        /// Lifetime from the leader's stamp; absent: no expiry.
+        #[serde(default)]
+        ttl_ms: Option<u64>,
+    },
+    /// Revoke an API token: it is deleted, and refused from then on.
+    RevokeApiToken {
+        id: u64,
     },
     /// Record a cluster event that is not itself a state change here (membership changes are
     /// applied by openraft; the journal entry makes them visible in `/v1/events`).
@@ -278,6 +285,7 @@ impl Command {
             Command::MarkNodeRemoved { .. } => "mark_node_removed",
             Command::AdoptRules { .. } => "adopt_rules",
             Command::CreateApiToken { .. } => "create_api_token",
+            Command::RevokeApiToken { .. } => "revoke_api_token",
             Command::Journal { .. } => "journal",
         }
     }

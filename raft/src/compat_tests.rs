@@ -209,7 +209,9 @@ fn every_command() -> Vec<Command> {
             name: "n".into(),
             token_hash: "h".into(),
             role: rackd_types::ApiRole::Operator,
+            ttl_ms: Some(60_000),
         },
+        Command::RevokeApiToken { id: 3 },
         Command::Journal {
             kind: "k".into(),
             entity: "e".into(),
@@ -251,6 +253,7 @@ fn every_command() -> Vec<Command> {
             | Command::MarkNodeRemoved { .. }
             | Command::AdoptRules { .. }
             | Command::CreateApiToken { .. }
+            | Command::RevokeApiToken { .. }
             | Command::Journal { .. } => {}
         }
     }

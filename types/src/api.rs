@@ -134,6 +134,9 @@ pub struct CreateApiToken {
     /// Default `admin` (what every token was before roles).
     #[serde(default)]
     pub role: crate::ApiRole,
+    /// Seconds until the token expires; absent: it does not expire.
+    #[serde(default)]
+    pub expires_in_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]

@@ -401,4 +401,14 @@ pub struct ApiTokenView {
     pub created_at: u64,
     #[serde(default)]
     pub role: ApiRole,
+    /// When the token stops being accepted (leader time, ms); `None`: never.
+    #[serde(default)]
+    pub expires_at: Option<u64>,
+}
+
+impl ApiTokenView {
+    /// Whether the token is expired at `now_ms`.
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.expires_at.is_some_and(|t| now_ms >= t)
+    }
 }

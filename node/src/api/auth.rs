@@ -74,7 +74,7 @@ pub async fn require_token(State(node): State<AppState>, mut req: Request, next:
     let lookup = |node: &AppState| {
         node.state()
             .api_token_by_hash(&hash)
-            .map(|t| (t.view.name.clone(), t.view.id, t.view.role))
+            .map(|t| (t.view.name.clone(), t.view.id, t.view.role, t.view.clone()))
     };
     let mut name = lookup(&node);
     if name.is_none() && node.catch_ups.take() {
@@ -83,9 +83,12 @@ pub async fn require_token(State(node): State<AppState>, mut req: Request, next:
             name = lookup(&node);
         }
     }
-    let Some((n, id, role)) = name else {
+    let Some((n, id, role, view)) = name else {
         return error_response(ErrorCode::Unauthorized, "unknown API token");
     };
+    if view.expired(crate::cluster::now_ms()) {
+        return error_response(ErrorCode::Unauthorized, "API token expired");
+    }
     // The role the endpoint needs (from the endpoint table). An unknown route passes on to
     // the router's 404/405.
     let needed =

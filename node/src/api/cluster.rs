@@ -264,6 +264,9 @@ pub async fn create_api_token(
     body: Bytes,
 ) -> HttpResult<(StatusCode, Json<CreatedApiToken>)> {
     let c: CreateApiToken = parse_json(&body)?;
+    if c.expires_in_secs == Some(0) {
+        return Err(ApiError::invalid("expires_in_secs must be at least 1").into());
+    }
     let token = new_secret("rackd-api-");
     let hash = hash_secret(&token);
     let v = node
@@ -274,6 +277,7 @@ pub async fn create_api_token(
                 name: c.name.clone(),
                 token_hash: hash.clone(),
                 role: c.role,
+                ttl_ms: c.expires_in_secs.map(|s| s.saturating_mul(1000)),
             },
         )
         .await?;
@@ -294,6 +298,23 @@ pub async fn create_api_token(
             token,
         }),
     ))
+}
+
+/// Revoke an API token: every node refuses it once the revocation is applied there.
+pub async fn revoke_api_token(
+    State(node): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> HttpResult<StatusCode> {
+    let id = parse_id(&id)?;
+    node.propose(
+        &actor.0,
+        super::idempotency_key(&headers, &actor)?,
+        Command::RevokeApiToken { id },
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn list_api_tokens(

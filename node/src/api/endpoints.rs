@@ -351,6 +351,11 @@ endpoints! {
         body: CreateApiToken,
         status: 201, returns: CreatedApiToken,
     }
+    DELETE "/v1/tokens/api/{id}" => cluster::revoke_api_token {
+        "Revoke an API token (never the last admin token without an expiry)",
+        auth: Admin, query: NO_Q, headers: IDEM,
+        status: 204,
+    }
     GET "/v1/locations" => inventory::list_locations {
         "List locations",
         auth: Reader, query: LIST_Q, headers: NO_H,

@@ -160,6 +160,7 @@ async fn every_endpoint_refuses_tokens_below_its_role_and_only_those() {
                 name: r.as_str().into(),
                 token_hash: hash_secret(&format!("tok-{}", r.as_str())),
                 role: r,
+                ttl_ms: None,
             },
         );
     }
@@ -208,6 +209,94 @@ async fn every_endpoint_refuses_tokens_below_its_role_and_only_those() {
             e.auth
         );
     }
+}
+
+/// A token's expiry is the leader's stamp plus its lifetime, checked against the receiving
+/// node's clock: stamped now it works, stamped long ago it gets 401. A revoked token gets 401
+/// and proposes nothing; the last admin token without an expiry cannot be revoked.
+#[tokio::test]
+async fn expired_and_revoked_tokens_are_refused() {
+    // A cluster whose leader stamps the real time: a 60 s token works.
+    let now = crate::cluster::now_ms();
+    let c = FakeCluster::new(1, now);
+    c.apply_ok(
+        "bootstrap",
+        Command::Bootstrap {
+            cluster_id: "c1".into(),
+            admin_token_hash: hash_secret(TOKEN),
+        },
+    );
+    let a = post(
+        &c,
+        "/v1/tokens/api",
+        r#"{"name":"short","expires_in_secs":60}"#,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let short = a.body["token"].as_str().unwrap().to_string();
+    let ok = |c: &Arc<FakeCluster>, t: &str| {
+        let (c, t) = (c.clone(), t.to_string());
+        async move {
+            call(&c, Method::GET, "/v1/machines", Some(&t), &[], "")
+                .await
+                .status
+        }
+    };
+    assert_eq!(ok(&c, &short).await, StatusCode::OK);
+    let listed = get(&c, "/v1/tokens/api").await;
+    let item = |name: &str| {
+        listed.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(item("short")["expires_at"], now + 60_000);
+    assert_eq!(item("admin")["expires_at"], Value::Null);
+
+    // A cluster whose leader stamped its tokens long ago (the fake's clock at 1 s after the
+    // epoch): the same 60 s token is expired by this node's clock.
+    let old = cluster();
+    let a = post(
+        &old,
+        "/v1/tokens/api",
+        r#"{"name":"short","expires_in_secs":60}"#,
+    )
+    .await;
+    let stale = a.body["token"].as_str().unwrap().to_string();
+    let before = old.log().len();
+    let a = call(&old, Method::GET, "/v1/machines", Some(&stale), &[], "").await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert!(a.body.to_string().contains("expired"), "{}", a.body);
+    assert_eq!(old.log().len(), before);
+    assert_eq!(
+        post(&c, "/v1/tokens/api", r#"{"name":"x","expires_in_secs":0}"#)
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
+
+    // Revocation.
+    let a = post(&c, "/v1/tokens/api", r#"{"name":"ops","role":"operator"}"#).await;
+    let (ops_id, ops) = (
+        a.body["id"].as_u64().unwrap(),
+        a.body["token"].as_str().unwrap().to_string(),
+    );
+    assert_eq!(ok(&c, &ops).await, StatusCode::OK);
+    let path = format!("/v1/tokens/api/{ops_id}");
+    let a = call(&c, Method::DELETE, &path, Some(TOKEN), &[], "").await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.body);
+    let before = c.log().len();
+    assert_eq!(ok(&c, &ops).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(c.log().len(), before);
+    // The bootstrap admin token is the last admin token without an expiry.
+    let admin_id = item("admin")["id"].as_u64().unwrap();
+    let path = format!("/v1/tokens/api/{admin_id}");
+    let a = call(&c, Method::DELETE, &path, Some(TOKEN), &[], "").await;
+    assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.body);
+    assert_eq!(ok(&c, TOKEN).await, StatusCode::OK);
 }
 
 /// A flood of made-up tokens costs the leader a bounded number of ReadIndex rounds (one

@@ -608,11 +608,25 @@ async fn tokens(c: &Client, json: bool, tc: TokenCmd) -> anyhow::Result<()> {
                 .collect();
             table(&["ID", "EXPIRES", "USED_BY", "DESCRIPTION"], &rows);
         }
-        TokenCmd::CreateApi { name, role } => {
+        TokenCmd::RevokeApi { id } => {
+            c.delete(&format!("/v1/tokens/api/{id}"), None).await?;
+        }
+        TokenCmd::CreateApi {
+            name,
+            role,
+            expires,
+        } => {
             let role: ApiRole = serde_json::from_value(serde_json::Value::String(role.clone()))
                 .map_err(|_| anyhow::anyhow!("--role {role:?}: one of reader, operator, admin"))?;
             let t: CreatedApiToken = c
-                .post("/v1/tokens/api", &CreateApiToken { name, role })
+                .post(
+                    "/v1/tokens/api",
+                    &CreateApiToken {
+                        name,
+                        role,
+                        expires_in_secs: expires,
+                    },
+                )
                 .await?;
             if json {
                 return json_out(&t);
@@ -632,10 +646,11 @@ async fn tokens(c: &Client, json: bool, tc: TokenCmd) -> anyhow::Result<()> {
                         t.name.clone(),
                         t.role.as_str().into(),
                         time(t.created_at),
+                        t.expires_at.map(time).unwrap_or_else(|| "never".into()),
                     ]
                 })
                 .collect();
-            table(&["ID", "NAME", "ROLE", "CREATED"], &rows);
+            table(&["ID", "NAME", "ROLE", "CREATED", "EXPIRES"], &rows);
         }
     }
     Ok(())

@@ -299,7 +299,12 @@ pub enum TokenCmd {
         name: String,
         #[arg(long, default_value = "admin")]
         role: String,
+        /// Seconds until the token expires (default: it does not).
+        #[arg(long)]
+        expires: Option<u64>,
     },
+    /// Revoke an API token (every node refuses it from then on).
+    RevokeApi { id: u64 },
     /// List API tokens.
     ListApi,
 }

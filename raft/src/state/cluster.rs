@@ -33,7 +33,7 @@ impl State {
         self.meta.cluster_id = cluster_id.to_string();
         self.meta.next_node_id = BOOTSTRAP_NODE_ID + 1;
         self.meta_dirty = true;
-        self.create_api_token(now, actor, "admin", admin_hash, ApiRole::Admin)?;
+        self.create_api_token(now, actor, "admin", admin_hash, ApiRole::Admin, None)?;
         self.journal(
             now,
             actor,
@@ -248,6 +248,7 @@ impl State {
         name: &str,
         hash: &str,
         role: ApiRole,
+        expires_at: Option<u64>,
     ) -> Result<Applied, ApiError> {
         if name.is_empty() || name.len() > 64 {
             return Err(ApiError::invalid("token name must be 1..=64 characters"));
@@ -264,6 +265,7 @@ impl State {
             name: name.to_string(),
             created_at: now,
             role,
+            expires_at,
         };
         self.idx.api_token_by_hash.insert(hash.to_string(), id);
         self.api_tokens.insert(
@@ -282,5 +284,42 @@ impl State {
             format!("API token {name:?} created ({})", role.as_str()),
         );
         Ok(Applied::ApiToken(view))
+    }
+
+    /// Delete API token `id`; it is refused from then on. The last admin token that does not
+    /// expire stays: without it nobody could administer the cluster.
+    pub(super) fn revoke_api_token(
+        &mut self,
+        now: u64,
+        actor: &str,
+        id: u64,
+    ) -> Result<Applied, ApiError> {
+        let tok = self
+            .api_tokens
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("API token {id} not found")))?;
+        let lasting_admin = |v: &ApiTokenView| v.role == ApiRole::Admin && v.expires_at.is_none();
+        if lasting_admin(&tok.view)
+            && !self
+                .api_tokens
+                .values()
+                .any(|t| t.view.id != id && lasting_admin(&t.view))
+        {
+            return Err(ApiError::conflict(
+                "this is the last admin token without an expiry; create another one first",
+            ));
+        }
+        self.api_tokens.remove(&id);
+        self.idx.api_token_by_hash.remove(&tok.hash);
+        self.journal(
+            now,
+            actor,
+            "token.api_revoked",
+            "api_token",
+            Some(id),
+            format!("API token {:?} revoked", tok.view.name),
+        );
+        Ok(Applied::Done)
     }
 }

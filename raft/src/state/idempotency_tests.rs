@@ -89,11 +89,13 @@ fn secrets_generated_per_attempt_do_not_change_the_digest() {
         name: "n".into(),
         token_hash: "a".repeat(64),
         role: rackd_types::ApiRole::Reader,
+        ttl_ms: None,
     };
     let t2 = Command::CreateApiToken {
         name: "n".into(),
         token_hash: "b".repeat(64),
         role: rackd_types::ApiRole::Reader,
+        ttl_ms: None,
     };
     assert_eq!(t1.idempotency_digest(), t2.idempotency_digest());
 }

@@ -440,7 +440,12 @@ impl State {
                 name,
                 token_hash,
                 role,
-            } => self.create_api_token(now, actor, name, token_hash, *role),
+                ttl_ms,
+            } => {
+                let expires_at = ttl_ms.map(|t| now.saturating_add(t));
+                self.create_api_token(now, actor, name, token_hash, *role, expires_at)
+            }
+            Command::RevokeApiToken { id } => self.revoke_api_token(now, actor, *id),
             Command::Journal {
                 kind,
                 entity,

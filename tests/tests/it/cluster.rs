@@ -119,6 +119,7 @@ async fn token_roles_hold_on_every_node() {
     let mut c = Cluster::start("roles", 3, &[]).await.expect("cluster");
     c.wait_leader(T).await.unwrap();
     let mut tokens = std::collections::BTreeMap::new();
+    let mut ids = std::collections::BTreeMap::new();
     for role in ["reader", "operator"] {
         let (st, v) = c
             .request(
@@ -132,6 +133,7 @@ async fn token_roles_hold_on_every_node() {
             .unwrap();
         assert_eq!(st, 201, "{v}");
         tokens.insert(role, v["token"].as_str().unwrap().to_string());
+        ids.insert(role, v["id"].as_u64().unwrap());
     }
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let send = |i: usize, role: &str, method: Method, path: &str, body: Option<Value>| {
@@ -187,6 +189,35 @@ async fn token_roles_hold_on_every_node() {
         .map(|t| t["role"].as_str().unwrap())
         .collect();
     assert_eq!(roles, ["admin", "reader", "operator"], "{toks}");
+
+    // Revoked through one node, the operator token is refused by every node within a second.
+    let (st, v) = c
+        .request(
+            2,
+            Method::DELETE,
+            &format!("/v1/tokens/api/{}", ids["operator"]),
+            None,
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, 204, "{v}");
+    let revoked = std::time::Instant::now();
+    for i in 0..3 {
+        loop {
+            let (st, _) = send(i, "operator", Method::GET, "/v1/machines", None).await;
+            if st == 401 {
+                break;
+            }
+            assert!(
+                revoked.elapsed() < Duration::from_secs(1),
+                "node {i} still accepts the revoked token ({st})"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let (st, _) = send(0, "reader", Method::GET, "/v1/machines", None).await;
+    assert_eq!(st, 200, "other tokens keep working");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
