@@ -157,6 +157,8 @@ pub async fn rackd(
         .arg("--artifacts-dir")
         .arg(net.work.join("www/artifacts"))
         .args(["--http-boot-max-transfers", &max_transfers.to_string()])
+        // The load generator's clients share one address; real machines each have their own.
+        .args(["--tftp-max-per-client", &(machines.len() + 16).to_string()])
         .env("RACKD_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(out)

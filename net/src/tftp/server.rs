@@ -4,7 +4,9 @@
 //! dropped and counted. Nothing here waits on the disk on an async worker: a request's path
 //! is resolved and its file opened on the blocking pool, and a block not in the page cache is
 //! read there too ([`crate::pagecache`]), so a cold disk slows the transfers that need it and
-//! not the request loop, the other transfers or the rest of the node.
+//! not the request loop, the other transfers or the rest of the node. At most
+//! `Limits::max_transfers` transfers are open, and `Limits::max_per_client` per client
+//! address; a request beyond either is dropped and counted (`busy`), and its client retries.
 
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
@@ -27,6 +29,9 @@ pub struct TftpStats {
     pub refused: AtomicU64,
     pub malformed: AtomicU64,
     pub bytes_sent: AtomicU64,
+    /// Requests dropped because the server, or their client, had its limit of transfers open
+    /// (`Limits::max_transfers`, `Limits::max_per_client`); the client retries.
+    pub busy: AtomicU64,
     /// Blocks that were not in the page cache, read on the blocking pool.
     pub blocks_from_disk: AtomicU64,
 }
@@ -95,6 +100,42 @@ fn open_in_root(root: &Path, name: &str) -> Opened {
     }
 }
 
+/// Open transfers per client address; a [`ClientSlot`] gives its place back when dropped.
+#[derive(Default)]
+struct Clients(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+struct ClientSlot {
+    clients: Arc<Clients>,
+    ip: std::net::IpAddr,
+}
+
+impl Clients {
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<ClientSlot> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            clients: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut m = self.clients.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
 pub struct TftpServer {
     socket: Arc<UdpSocket>,
     root: PathBuf,
@@ -130,6 +171,7 @@ impl TftpServer {
         let local_ip = self.socket.local_addr()?.ip();
         let mut buf = vec![0u8; MAX_PACKET + 1];
         let mut transfers = tokio::task::JoinSet::new();
+        let clients = Arc::new(Clients::default());
         loop {
             while transfers.try_join_next().is_some() {}
             let (n, peer) = match self.socket.recv_from(&mut buf).await {
@@ -169,10 +211,21 @@ impl TftpServer {
                             .await;
                         continue;
                     }
+                    // Over the server's or this client's bound: dropped (the client retries
+                    // after its timeout), so one host cannot hold every socket of the node.
+                    let slot = (transfers.len() < self.limits.max_transfers.max(1))
+                        .then(|| clients.take(peer.ip(), self.limits.max_per_client.max(1)))
+                        .flatten();
+                    let Some(slot) = slot else {
+                        self.stats.busy.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%peer, "tftp request dropped: too many transfers");
+                        continue;
+                    };
                     let (root, requests) = (self.root.clone(), self.socket.clone());
                     let limits = self.limits.clone();
                     let stats = self.stats.clone();
                     transfers.spawn(async move {
+                        let _slot = slot;
                         let name = filename.clone();
                         // On the blocking pool, a bounded number at once: a storm's thousand
                         // requests must not start a thread each.
@@ -344,6 +397,65 @@ async fn perform(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rrq(name: &str) -> Vec<u8> {
+        Packet::Rrq {
+            filename: name.into(),
+            mode: "octet".into(),
+            options: vec![],
+        }
+        .to_bytes()
+    }
+
+    /// The first packet `s` receives within `wait`, if any.
+    async fn first_packet(s: &UdpSocket, wait: std::time::Duration) -> Option<Packet> {
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(wait, s.recv(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        proto::decode(&buf[..n]).ok()
+    }
+
+    /// One client address gets `max_per_client` transfers at once; its next request is
+    /// dropped (and counted) while another address is still served.
+    #[tokio::test]
+    async fn a_client_over_its_share_of_transfers_is_dropped_and_others_are_served() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f.bin"), vec![1u8; 100_000]).unwrap();
+        let limits = Limits {
+            max_per_client: 2,
+            ..Limits::default()
+        };
+        let server = TftpServer::bind("127.0.0.1:0".parse().unwrap(), dir.path(), limits)
+            .await
+            .unwrap();
+        let (addr, stats) = (server.local_addr().unwrap(), server.stats());
+        let task = tokio::spawn(server.run());
+        let wait = std::time::Duration::from_millis(500);
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            // Clients that never ACK: their transfers stay open (retransmitting).
+            let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            c.send_to(&rrq("f.bin"), addr).await.unwrap();
+            assert!(matches!(
+                first_packet(&c, wait).await,
+                Some(Packet::Data { .. })
+            ));
+            held.push(c);
+        }
+        let third = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        third.send_to(&rrq("f.bin"), addr).await.unwrap();
+        assert!(first_packet(&third, wait).await.is_none(), "dropped");
+        assert_eq!(TftpStats::get(&stats.busy), 1);
+        let other = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+        other.send_to(&rrq("f.bin"), addr).await.unwrap();
+        assert!(matches!(
+            first_packet(&other, wait).await,
+            Some(Packet::Data { .. })
+        ));
+        task.abort();
+    }
 
     /// A file resolved but gone when its transfer opens it: the client gets FILE_NOT_FOUND
     /// from the transfer's port at once, not silence until its timeout.

@@ -17,7 +17,16 @@ pub struct Limits {
     pub max_blksize: u16,
     pub max_windowsize: u16,
     pub default_timeout: Duration,
+    /// Largest `timeout` option accepted (RFC 2349 allows up to 255 s; a larger request is
+    /// declined, and the client keeps its default): it bounds how long a silent client holds
+    /// a transfer.
+    pub max_timeout_secs: u64,
     pub max_retries: u32,
+    /// Transfers open at once (the server shell's bound); more requests are dropped, and
+    /// their clients retry.
+    pub max_transfers: usize,
+    /// Transfers open at once for one client address.
+    pub max_per_client: usize,
 }
 
 impl Default for Limits {
@@ -26,7 +35,10 @@ impl Default for Limits {
             max_blksize: 65464,
             max_windowsize: 64,
             default_timeout: Duration::from_secs(1),
+            max_timeout_secs: 10,
             max_retries: 5,
+            max_transfers: 4096,
+            max_per_client: 64,
         }
     }
 }
@@ -97,7 +109,7 @@ impl ReadTransfer {
                 }
                 "timeout" => {
                     if let Ok(v) = value.parse::<u64>() {
-                        if (1..=255).contains(&v) {
+                        if (1..=limits.max_timeout_secs.min(255)).contains(&v) {
                             timeout = Duration::from_secs(v);
                             accepted.push((name.clone(), v.to_string()));
                         }
@@ -290,6 +302,23 @@ mod tests {
         // tsize is not announced for an empty file (see `start`).
         let (_, out) = ReadTransfer::start(t0, 0, &opts(&[("tsize", "0")]), &Limits::default());
         assert_eq!(datas(&out), vec![(1, 0, 0)]);
+    }
+
+    /// A client asking for a long timeout (RFC 2349 allows 255 s) does not get it: a silent
+    /// client would hold its transfer for `max_retries` times that. The option is declined
+    /// and the server keeps its own timeout.
+    #[test]
+    fn a_timeout_above_the_servers_bound_is_declined() {
+        let t0 = Instant::now();
+        let limits = Limits::default();
+        let (t, out) = ReadTransfer::start(t0, 10, &opts(&[("timeout", "255")]), &limits);
+        assert!(
+            !matches!(&out[..], [Output::Packet(Packet::Oack { .. })]),
+            "{out:?}"
+        );
+        assert_eq!(t.deadline(), t0 + limits.default_timeout);
+        let (t, _) = ReadTransfer::start(t0, 10, &opts(&[("timeout", "10")]), &limits);
+        assert_eq!(t.deadline(), t0 + Duration::from_secs(10));
     }
 
     #[test]

@@ -50,6 +50,12 @@ pub struct UpArgs {
     /// TFTP root directory (default DATA_DIR/tftp).
     #[arg(long)]
     pub tftp_root: Option<PathBuf>,
+    /// TFTP transfers open at once; further requests are dropped and their clients retry.
+    #[arg(long, default_value_t = 4096)]
+    pub tftp_max_transfers: usize,
+    /// TFTP transfers open at once for one client address (a PXE client needs one).
+    #[arg(long, default_value_t = 64)]
+    pub tftp_max_per_client: usize,
     /// Provisioning interface for DHCP (enables the DHCP server; needs --location and
     /// --dhcp-server-ip).
     #[arg(long)]

@@ -78,6 +78,8 @@ pub struct LocationConfig {
     pub tftp_listen: Option<SocketAddr>,
     /// The TFTP root (also served over HTTP): `--tftp-root` or DATA_DIR/tftp.
     pub tftp_root: PathBuf,
+    /// Option bounds and transfer caps of the TFTP server.
+    pub tftp_limits: rackd_net::tftp::Limits,
     pub dhcp: Option<DhcpConfig>,
     pub http_boot: Option<HttpBootConfig>,
     /// Power tasks and the power-state sync.
@@ -272,6 +274,11 @@ impl LocationConfig {
                 .tftp_root
                 .clone()
                 .unwrap_or_else(|| data_dir.join("tftp")),
+            tftp_limits: rackd_net::tftp::Limits {
+                max_transfers: args.tftp_max_transfers.max(1),
+                max_per_client: args.tftp_max_per_client.max(1),
+                ..rackd_net::tftp::Limits::default()
+            },
             dhcp,
             http_boot: args.http_boot_listen.as_ref().map(|listen| HttpBootConfig {
                 listen: listen.clone(),

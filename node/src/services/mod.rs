@@ -46,8 +46,9 @@ impl ServiceSet {
         };
         let location = cfg.name.as_str();
         if let Some(addr) = cfg.tftp_listen {
-            set.tasks
-                .push(tftp::start(&cfg.tftp_root, addr, data_dir, location).await?);
+            set.tasks.push(
+                tftp::start(&cfg.tftp_root, &cfg.tftp_limits, addr, data_dir, location).await?,
+            );
         }
 
         let mut http_base = None;

@@ -11,6 +11,7 @@ use crate::abort::AbortOnDrop;
 /// Start the TFTP server of the location services; returns its task (aborted on drop).
 pub async fn start(
     root: &Path,
+    limits: &rackd_net::tftp::Limits,
     addr: SocketAddr,
     data_dir: &Path,
     location: &str,
@@ -18,7 +19,7 @@ pub async fn start(
     std::fs::create_dir_all(root)
         .with_context(|| format!("create TFTP root {}", root.display()))?;
     install_ipxe_binaries(root, Path::new(IPXE_DIR));
-    let server = rackd_net::tftp::TftpServer::bind(addr, root, rackd_net::tftp::Limits::default())
+    let server = rackd_net::tftp::TftpServer::bind(addr, root, limits.clone())
         .await
         .with_context(|| format!("bind TFTP {addr}"))?;
     let bound = server.local_addr()?;
