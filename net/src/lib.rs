@@ -14,6 +14,7 @@
 pub mod dhcp;
 pub mod http;
 pub mod pagecache;
+pub mod per_source;
 pub mod ra;
 pub mod sockbuf;
 pub mod tftp;

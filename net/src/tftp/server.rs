@@ -100,42 +100,6 @@ fn open_in_root(root: &Path, name: &str) -> Opened {
     }
 }
 
-/// Open transfers per client address; a [`ClientSlot`] gives its place back when dropped.
-#[derive(Default)]
-struct Clients(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
-
-struct ClientSlot {
-    clients: Arc<Clients>,
-    ip: std::net::IpAddr,
-}
-
-impl Clients {
-    fn take(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<ClientSlot> {
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let n = m.entry(ip).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(ClientSlot {
-            clients: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        let mut m = self.clients.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = m.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.ip);
-            }
-        }
-    }
-}
-
 pub struct TftpServer {
     socket: Arc<UdpSocket>,
     root: PathBuf,
@@ -171,7 +135,7 @@ impl TftpServer {
         let local_ip = self.socket.local_addr()?.ip();
         let mut buf = vec![0u8; MAX_PACKET + 1];
         let mut transfers = tokio::task::JoinSet::new();
-        let clients = Arc::new(Clients::default());
+        let clients = Arc::new(crate::per_source::PerSource::default());
         loop {
             while transfers.try_join_next().is_some() {}
             let (n, peer) = match self.socket.recv_from(&mut buf).await {

@@ -16,10 +16,8 @@
 //! Layer: a leaf of `api` (hyper, hyper-util, axum's router as a tower service; its limits
 //! are `config`'s).
 
-use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -40,42 +38,6 @@ pub struct Stats {
     pub refused_per_source: AtomicU64,
 }
 
-/// Open connections per source address; a [`Slot`] gives its place back when dropped.
-#[derive(Default)]
-struct Sources(Mutex<HashMap<IpAddr, usize>>);
-
-struct Slot {
-    sources: Arc<Sources>,
-    ip: IpAddr,
-}
-
-impl Sources {
-    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<Slot> {
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let n = m.entry(ip).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(Slot {
-            sources: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut m = self.sources.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = m.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.ip);
-            }
-        }
-    }
-}
-
 /// Serve `app` on `listener` until `stop` turns true, then drain the connections.
 pub async fn serve(
     listener: TcpListener,
@@ -84,7 +46,7 @@ pub async fn serve(
     stats: Arc<Stats>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let sources = Arc::new(Sources::default());
+    let sources = Arc::new(rackd_net::per_source::PerSource::default());
     let mut conns = JoinSet::new();
     loop {
         while conns.try_join_next().is_some() {}
@@ -161,7 +123,10 @@ mod tests {
     }
 
     /// GET /ok from `from` (a loopback address of our choosing) over a fresh connection.
-    async fn get_from(from: IpAddr, addr: std::net::SocketAddr) -> std::io::Result<String> {
+    async fn get_from(
+        from: std::net::IpAddr,
+        addr: std::net::SocketAddr,
+    ) -> std::io::Result<String> {
         let sock = tokio::net::TcpSocket::new_v4()?;
         sock.bind(std::net::SocketAddr::new(from, 0))?;
         let mut s = sock.connect(addr).await?;
