@@ -1,8 +1,8 @@
 //! Bearer-token authentication and roles. Tokens are stored hashed (SHA-256) in the replicated
 //! state; the request's token is hashed and looked up, and its role must be at least the one
 //! the endpoint table names for the route (403 otherwise). This runs on the node that receives
-//! the request, before anything is forwarded to the leader or proposed. The endpoints the table marks `Auth::Open` (health,
-//! and join, which checks its join token) need none. The authenticated token's name becomes the
+//! the request, before anything is forwarded to the leader or proposed. The endpoints the
+//! table marks `Auth::Open` (health, and join, which checks its join token) need none. The authenticated token's name becomes the
 //! request's [`super::Actor`] (recorded in the journal).
 //!
 //! A token unknown to this node's replica may be newer than the replica: the node catches up
@@ -74,18 +74,19 @@ pub async fn require_token(State(node): State<AppState>, mut req: Request, next:
     let lookup = |node: &AppState| {
         node.state()
             .api_token_by_hash(&hash)
-            .map(|t| (t.view.name.clone(), t.view.id, t.view.role, t.view.clone()))
+            .map(|t| t.view.clone())
     };
-    let mut name = lookup(&node);
-    if name.is_none() && node.catch_ups.take() {
+    let mut found = lookup(&node);
+    if found.is_none() && node.catch_ups.take() {
         // The token may be newer than our replica: catch up once before refusing.
         if node.linearize().await.is_ok() {
-            name = lookup(&node);
+            found = lookup(&node);
         }
     }
-    let Some((n, id, role, view)) = name else {
+    let Some(view) = found else {
         return error_response(ErrorCode::Unauthorized, "unknown API token");
     };
+    let role = view.role;
     if view.expired(crate::cluster::now_ms()) {
         return error_response(ErrorCode::Unauthorized, "API token expired");
     }
@@ -103,6 +104,6 @@ pub async fn require_token(State(node): State<AppState>, mut req: Request, next:
             ),
         );
     }
-    req.extensions_mut().insert(Actor(n, Some(id)));
+    req.extensions_mut().insert(Actor(view.name, Some(view.id)));
     next.run(req).await
 }

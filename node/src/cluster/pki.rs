@@ -266,6 +266,7 @@ impl NodeTls {
         cert_pem: &str,
         key_pem: &str,
     ) -> Result<NodeTls, PkiError> {
+        check_cluster_id(cluster_id)?;
         let t = NodeTls {
             cluster_id: cluster_id.to_string(),
             node_id,

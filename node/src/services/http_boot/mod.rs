@@ -219,10 +219,7 @@ async fn deploy_done(
             Err(e) => Some(e),
         };
         if let Some(e) = refused {
-            tracing::info!(%mac, error = %e.message, "install callback refused");
-            let status = StatusCode::from_u16(e.code.http_status())
-                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            return (status, axum::Json(rackd_types::ErrorBody { error: e })).into_response();
+            return callback_refused(&mac, e);
         }
     }
     match st
@@ -232,13 +229,16 @@ async fn deploy_done(
         .and_then(|v| v.into_deploy_done())
     {
         Ok(v) => (StatusCode::OK, axum::Json(v)).into_response(),
-        Err(e) => {
-            tracing::info!(%mac, error = %e.message, "install callback refused");
-            let status = StatusCode::from_u16(e.code.http_status())
-                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            (status, axum::Json(rackd_types::ErrorBody { error: e })).into_response()
-        }
+        Err(e) => callback_refused(&mac, e),
     }
+}
+
+/// An install callback's refusal: logged, and answered as a JSON error with its status.
+fn callback_refused(mac: &str, e: rackd_types::ApiError) -> Response {
+    tracing::info!(%mac, error = %e.message, "install callback refused");
+    let status =
+        StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, axum::Json(rackd_types::ErrorBody { error: e })).into_response()
 }
 
 async fn tftp_file(
