@@ -12,10 +12,13 @@ use std::time::Duration;
 use anyhow::Context;
 use openraft::{Config, SnapshotPolicy};
 use rackd_raft::network::{PeerNetwork, PeerService};
+use rackd_raft::peer_tls::PeerAuth;
 use rackd_storage::StateMachineStore;
 
 use crate::abort::AbortOnDrop;
 use crate::cluster::bootstrap::{self, JoinParams};
+use crate::cluster::peer_auth::NodePeerAuth;
+use crate::cluster::pki::{NodeTls, Pki};
 use crate::cluster::{membership, removal, rules, ClusterHandle, Raft};
 use crate::config::NodeConfig;
 use crate::services::{reaper, ServiceSet};
@@ -62,9 +65,10 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     .await?;
     tracing::info!(node_id = identity.node_id, %api_addr, %peer_addr, "starting node");
 
-    let (raft, net, sm) = start_raft(&cfg, identity.node_id).await?;
+    let tls = node_tls(&dir, &identity)?;
+    let (raft, net, sm, auth) = start_raft(&cfg, identity.node_id, tls).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let grpc = serve_peers(&raft, peer_listener, stop_rx.clone());
+    let grpc = serve_peers(&raft, auth, peer_listener, stop_rx.clone());
 
     let node = Arc::new(ClusterHandle {
         id: identity.node_id,
@@ -182,11 +186,35 @@ pub fn raise_fd_limit() -> (u64, u64) {
 /// exits; its supervisor restarts it after that.
 const FAILED_LINGER: Duration = Duration::from_secs(3);
 
+/// This node's certificate and key: every node-to-node connection is mutual TLS, so a node
+/// without them does not start.
+fn node_tls(
+    dir: &std::path::Path,
+    identity: &crate::cluster::identity::Identity,
+) -> anyhow::Result<NodeTls> {
+    let cluster_id = identity
+        .cluster_id
+        .as_deref()
+        .context("node.json names no cluster id")?;
+    Pki::in_data_dir(dir)
+        .load_node(cluster_id, identity.node_id)
+        .context("load this node's certificate")?
+        .with_context(|| {
+            format!(
+                "{} has no node certificate (pki/node.pem, pki/node.key): this data directory \
+                 predates the cluster PKI, or its join stopped before the certificate was \
+                 saved. Start this machine with an empty data directory and a new join token",
+                dir.display()
+            )
+        })
+}
+
 /// Open this node's storage (refusing a database of another node) and start Raft on it.
 async fn start_raft(
     cfg: &NodeConfig,
     node_id: u64,
-) -> anyhow::Result<(Raft, PeerNetwork, StateMachineStore)> {
+    tls: NodeTls,
+) -> anyhow::Result<(Raft, PeerNetwork, StateMachineStore, Arc<dyn PeerAuth>)> {
     let dir = &cfg.data_dir;
     let (log, sm) = rackd_storage::open(dir).await.context("open storage")?;
     // The node id is also kept in the database: a node.json from another node (or a restored
@@ -216,23 +244,34 @@ async fn start_raft(
     }
     .validate()
     .context("raft config")?;
-    let net = PeerNetwork::new();
+    let auth: Arc<dyn PeerAuth> = Arc::new(
+        NodePeerAuth::new(tls, Pki::in_data_dir(&cfg.data_dir), sm.clone())
+            .context("TLS configuration")?,
+    );
+    let net = PeerNetwork::new(auth.clone());
     let raft = Raft::new(node_id, Arc::new(config), net.clone(), log, sm.clone())
         .await
         .context("start raft")?;
-    Ok((raft, net, sm))
+    Ok((raft, net, sm, auth))
 }
 
-/// Serve the peer gRPC service (Raft, forwarding, ReadIndex) until `stop` turns true.
+/// Concurrent RPCs one peer connection may carry (Raft replication uses a handful; forwarded
+/// writes and ReadIndex rounds the rest).
+const PEER_MAX_STREAMS: u32 = 1024;
+
+/// Serve the peer gRPC service (Raft, forwarding, ReadIndex) over mutual TLS until `stop`
+/// turns true.
 fn serve_peers(
     raft: &Raft,
+    auth: Arc<dyn PeerAuth>,
     listener: tokio::net::TcpListener,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
-    let svc = PeerService::new(raft.clone()).into_server();
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let svc = PeerService::new(raft.clone(), auth.clone()).into_server();
+    let incoming = rackd_raft::peer_tls::incoming(listener, auth, Default::default());
     tokio::spawn(async move {
         tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(PEER_MAX_STREAMS))
             .add_service(svc)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop.wait_for(|s| *s).await;

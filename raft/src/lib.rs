@@ -13,6 +13,7 @@
 pub mod cmd;
 pub mod codec;
 pub mod network;
+pub mod peer_tls;
 pub mod state;
 
 #[cfg(test)]

@@ -1,9 +1,11 @@
-//! Raft peer transport over tonic gRPC.
+//! Raft peer transport over tonic gRPC, always over mutual TLS ([`crate::peer_tls`]).
 //!
 //! [`PeerNetwork`] is the openraft `RaftNetworkFactory` (one lazily connected channel per
 //! target, reused across RPCs); [`PeerService`] is the server side, generic over the state
-//! machine so this crate never depends on storage. Payloads use [`crate::codec`]; a snapshot
-//! travels as one message: `u32 header length (BE) | header (codec) | raw snapshot bytes`.
+//! machine so this crate never depends on storage. Every RPC learns its caller from the
+//! connection's certificate ([`Caller`]) and a node speaks only for itself: Raft messages must
+//! carry the caller's own vote, and `UpdateNode` changes only the caller's own addresses.
+//! Payloads use [`crate::codec`]; a snapshot travels as one message: `u32 header length (BE) | header (codec) | raw snapshot bytes`.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::codec;
+use crate::peer_tls::{Caller, PeerAuth};
 use crate::typ::*;
 use crate::{NodeId, NodeInfo, TypeConfig};
 
@@ -52,8 +55,9 @@ struct SnapshotHeader {
 }
 
 /// Factory of peer clients; cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct PeerNetwork {
+    auth: Arc<dyn PeerAuth>,
     channels: Arc<Mutex<HashMap<(NodeId, String), Channel>>>,
     /// Latest peer address of each member (from the replicated membership). Replication
     /// streams outlive address changes, so every RPC looks the address up here first.
@@ -73,8 +77,12 @@ impl PeerNetwork {
         self.book.lock().ok()?.get(&target).cloned()
     }
 
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(auth: Arc<dyn PeerAuth>) -> Self {
+        Self {
+            auth,
+            channels: Default::default(),
+            book: Default::default(),
+        }
     }
 
     /// A (lazily connecting) client for `addr`, shared by all RPCs to that node.
@@ -89,11 +97,13 @@ impl PeerNetwork {
             None => {
                 let ep = Endpoint::from_shared(format!("http://{addr}"))
                     .map_err(|e| format!("bad peer address {addr}: {e}"))?
-                    .connect_timeout(Duration::from_millis(500))
-                    .tcp_nodelay(true)
+                    .connect_timeout(Duration::from_millis(1000))
                     .http2_keep_alive_interval(Duration::from_secs(5))
                     .keep_alive_timeout(Duration::from_secs(5));
-                let c = ep.connect_lazy();
+                let c = ep.connect_with_connector_lazy(crate::peer_tls::connector(
+                    self.auth.clone(),
+                    target,
+                ));
                 map.insert(key, c.clone());
                 c
             }
@@ -168,6 +178,29 @@ impl PeerNetwork {
             .update_node(r)
             .await
             .map_err(|s| format!("update_node rpc: {}", s.message()))?;
+        let r: Remote<()> = codec::decode(&reply.into_inner().data).map_err(|e| e.to_string())?;
+        r
+    }
+}
+
+impl PeerNetwork {
+    /// Hand the cluster CA key to `target` (this node leads and is about to promote it).
+    pub async fn store_ca_key(
+        &self,
+        target: NodeId,
+        addr: &str,
+        key_pem: &str,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let mut c = self.client(target, addr)?;
+        let mut r = tonic::Request::new(Payload {
+            data: codec::encode(&key_pem),
+        });
+        r.set_timeout(timeout);
+        let reply = c
+            .store_ca_key(r)
+            .await
+            .map_err(|s| format!("store_ca_key rpc: {}", s.message()))?;
         let r: Remote<()> = codec::decode(&reply.into_inner().data).map_err(|e| e.to_string())?;
         r
     }
@@ -311,20 +344,65 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
 /// Server side: decodes peer RPCs and hands them to the local Raft.
 pub struct PeerService<SM: RaftStateMachine<TypeConfig, SnapshotData = Cursor<Vec<u8>>>> {
     raft: openraft::Raft<TypeConfig, SM>,
+    auth: Arc<dyn PeerAuth>,
 }
 
 impl<SM> PeerService<SM>
 where
     SM: RaftStateMachine<TypeConfig, SnapshotData = Cursor<Vec<u8>>>,
 {
-    pub fn new(raft: openraft::Raft<TypeConfig, SM>) -> Self {
-        Self { raft }
+    pub fn new(raft: openraft::Raft<TypeConfig, SM>, auth: Arc<dyn PeerAuth>) -> Self {
+        Self { raft, auth }
+    }
+
+    /// The member this request comes from: the connection's certificate named it, and the
+    /// cluster has not removed it since the connection was made.
+    fn caller<T>(&self, req: &tonic::Request<T>) -> Result<NodeId, tonic::Status> {
+        let Some(Caller(id)) = req.extensions().get::<Caller>().copied() else {
+            return Err(tonic::Status::unauthenticated(
+                "peer RPCs need a client certificate of this cluster",
+            ));
+        };
+        if !self.auth.admitted(id) {
+            return Err(tonic::Status::permission_denied(format!(
+                "node {id} was removed from the cluster"
+            )));
+        }
+        Ok(id)
+    }
+
+    /// Requests beyond Raft's own messages (proposals, ReadIndex) come from members only, by
+    /// this node's current membership. Raft messages are not held to it: a node catching up
+    /// applies old memberships that do not name today's leader yet.
+    fn member(&self, caller: NodeId) -> Result<(), tonic::Status> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        if m.membership_config.membership().get_node(&caller).is_some() {
+            Ok(())
+        } else {
+            Err(tonic::Status::permission_denied(format!(
+                "node {caller} is no member of this cluster"
+            )))
+        }
     }
 
     pub fn into_server(self) -> RaftPeerServer<Self> {
         RaftPeerServer::new(self)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+}
+
+/// A Raft message may only carry its sender's own vote: a member cannot campaign, lead or
+/// send a snapshot in another member's name.
+fn own_vote(caller: NodeId, vote: &Vote) -> Result<(), tonic::Status> {
+    use openraft::vote::RaftLeaderId;
+    let named = *vote.leader_id().node_id();
+    if named == caller {
+        Ok(())
+    } else {
+        Err(tonic::Status::permission_denied(format!(
+            "node {caller} sent a Raft message in the name of node {named}"
+        )))
     }
 }
 
@@ -350,8 +428,10 @@ where
         &self,
         req: tonic::Request<Payload>,
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let caller = self.caller(&req)?;
         let rpc: AppendEntriesRequest =
             codec::decode(&req.into_inner().data).map_err(bad_request)?;
+        own_vote(caller, &rpc.vote)?;
         reply(self.raft.append_entries(rpc).await)
     }
 
@@ -359,7 +439,9 @@ where
         &self,
         req: tonic::Request<Payload>,
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let caller = self.caller(&req)?;
         let rpc: VoteRequest = codec::decode(&req.into_inner().data).map_err(bad_request)?;
+        own_vote(caller, &rpc.vote)?;
         reply(self.raft.vote(rpc).await)
     }
 
@@ -367,7 +449,9 @@ where
         &self,
         req: tonic::Request<Payload>,
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let caller = self.caller(&req)?;
         let rpc: VoteRequest = codec::decode(&req.into_inner().data).map_err(bad_request)?;
+        own_vote(caller, &rpc.vote)?;
         reply(self.raft.pre_vote(rpc).await)
     }
 
@@ -375,6 +459,7 @@ where
         &self,
         req: tonic::Request<Payload>,
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let caller = self.caller(&req)?;
         let data = req.into_inner().data;
         if data.len() < 4 {
             return Err(bad_request("snapshot frame too short"));
@@ -384,6 +469,7 @@ where
             return Err(bad_request("snapshot header truncated"));
         }
         let header: SnapshotHeader = codec::decode(&data[4..4 + hlen]).map_err(bad_request)?;
+        own_vote(caller, &header.vote)?;
         let snapshot = Snapshot {
             meta: header.meta,
             snapshot: Cursor::new(data[4 + hlen..].to_vec()),
@@ -395,6 +481,8 @@ where
         &self,
         req: tonic::Request<Payload>,
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let caller = self.caller(&req)?;
+        self.member(caller)?;
         let p: ProposeRequest = codec::decode(&req.into_inner().data).map_err(bad_request)?;
         // Time is stamped here, on the leader, never in apply.
         let time_ms = std::time::SystemTime::now()
@@ -415,8 +503,14 @@ where
         &self,
         req: tonic::Request<Payload>,
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let caller = self.caller(&req)?;
         let (id, info): (NodeId, NodeInfo) =
             codec::decode(&req.into_inner().data).map_err(bad_request)?;
+        if id != caller {
+            return Err(tonic::Status::permission_denied(format!(
+                "node {caller} may not change the addresses of node {id}"
+            )));
+        }
         let m = self.raft.metrics().borrow_watched().clone();
         let membership = m.membership_config.membership();
         if membership.get_node(&id).is_none() {
@@ -443,10 +537,31 @@ where
         reply(r)
     }
 
+    async fn store_ca_key(
+        &self,
+        req: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let caller = self.caller(&req)?;
+        let leader = self.raft.metrics().borrow_watched().current_leader;
+        if leader != Some(caller) {
+            return Err(tonic::Status::permission_denied(format!(
+                "node {caller} is not the leader: only the leader hands out the cluster CA key"
+            )));
+        }
+        let key: String = codec::decode(&req.into_inner().data).map_err(bad_request)?;
+        let r = self.auth.store_ca_key(&key);
+        if r.is_ok() {
+            tracing::info!(from = caller, "this node now holds the cluster CA key");
+        }
+        reply(r)
+    }
+
     async fn read_index(
         &self,
-        _req: tonic::Request<Payload>,
+        req: tonic::Request<Payload>,
     ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let caller = self.caller(&req)?;
+        self.member(caller)?;
         let r = self
             .raft
             .ensure_linearizable(ReadPolicy::ReadIndex)

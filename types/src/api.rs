@@ -159,6 +159,10 @@ pub struct JoinRequest {
     /// Set on phase 2 (and on retries): the id allocated in phase 1.
     #[serde(default)]
     pub node_id: Option<u64>,
+    /// Phase 1: a PEM certificate signing request for the key this node generated; the
+    /// cluster CA answers with the node's certificate. Required in phase 1.
+    #[serde(default)]
+    pub csr: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
@@ -167,6 +171,12 @@ pub struct JoinResponse {
     pub cluster_id: String,
     /// Phase 2 only: the role the node ended up with.
     pub role: Option<String>,
+    /// Phase 1 only: the cluster CA certificate (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+    /// Phase 1 only: this node's certificate (PEM), issued from its CSR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_pem: Option<String>,
 }
 
 /// Serde helper for `Option<Option<T>>`: absent = no change, `null` = clear, value = set.

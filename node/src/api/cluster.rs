@@ -78,7 +78,7 @@ pub async fn cluster_info(
 }
 
 /// Join (runs on the leader; followers forward). Phase 1 (`node_id` absent) trades the join
-/// token for a fresh node id. Phase 2 (`node_id` set) adds the node as a learner, waits until it
+/// token and the node's CSR for a fresh node id and its certificate from the cluster CA. Phase 2 (`node_id` set) adds the node as a learner, waits until it
 /// has caught up, then promotes it to voter unless it asked to stay a learner. Both phases are
 /// safe to retry.
 pub async fn join(State(node): State<AppState>, body: Bytes) -> HttpResult<Json<JoinResponse>> {
@@ -88,6 +88,16 @@ pub async fn join(State(node): State<AppState>, body: Bytes) -> HttpResult<Json<
     }
     let hash = hash_secret(&req.token);
     let Some(id) = req.node_id else {
+        // Phase 1 also issues the node's certificate: the CSR must be sound, and this leader
+        // must hold the CA key, before the token is spent.
+        let csr = req.csr.as_deref().unwrap_or_default();
+        if csr.trim().is_empty() {
+            return Err(ApiError::invalid(
+                "csr is required in phase 1 (the joining node's certificate signing request)",
+            )
+            .into());
+        }
+        crate::cluster::pki::check_csr(csr).map_err(|e| ApiError::invalid(e.to_string()))?;
         // Only a token this cluster issued may cost a Raft entry: unknown tokens are refused
         // from the (linearized) replica, so junk join attempts never reach the log.
         // Used and expired tokens are refused the same way (apply would refuse them too).
@@ -98,6 +108,7 @@ pub async fn join(State(node): State<AppState>, body: Bytes) -> HttpResult<Json<
             &req.peer_addr,
             crate::cluster::now_ms(),
         )?;
+        let ca = node.cluster_ca()?;
         let v = node
             .propose(
                 "join",
@@ -110,10 +121,15 @@ pub async fn join(State(node): State<AppState>, body: Bytes) -> HttpResult<Json<
             )
             .await?;
         let (node_id, cluster_id) = v.into_node_allocated()?;
+        let cert = ca
+            .issue(csr, node_id, &cluster_id, std::time::SystemTime::now())
+            .map_err(|e| ApiError::invalid(e.to_string()))?;
         return Ok(Json(JoinResponse {
             node_id,
             cluster_id,
             role: None,
+            ca_pem: Some(ca.cert_pem.clone()),
+            cert_pem: Some(cert),
         }));
     };
 
@@ -174,6 +190,8 @@ pub async fn join(State(node): State<AppState>, body: Bytes) -> HttpResult<Json<
         node_id: id,
         cluster_id,
         role: Some(role.as_str().to_string()),
+        ca_pem: None,
+        cert_pem: None,
     }))
 }
 

@@ -595,9 +595,13 @@ fn sample(e: &Endpoint, fx: &Fixture, created: &BTreeMap<&str, u64>) -> (String,
         (Verb::Get, p) if !p.contains('{') => (p.to_string(), String::new()),
         (Verb::Post, "/v1/cluster/join") => (
             e.path.into(),
-            format!(
-                r#"{{"token":"{JOIN_SECRET}","api_addr":"127.0.0.1:1","peer_addr":"127.0.0.1:2"}}"#
-            ),
+            serde_json::json!({
+                "token": JOIN_SECRET,
+                "api_addr": "127.0.0.1:1",
+                "peer_addr": "127.0.0.1:2",
+                "csr": crate::cluster::pki::NodeKey::generate().unwrap().csr_pem,
+            })
+            .to_string(),
         ),
         (Verb::Post, "/v1/tokens/join") => (e.path.into(), body(r#"{"ttl_secs":60}"#)),
         (Verb::Post, "/v1/tokens/api") => (e.path.into(), body(r#"{"name":"ci"}"#)),

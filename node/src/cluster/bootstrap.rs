@@ -1,6 +1,6 @@
 //! How a node becomes a member: [`resolve_identity`] decides from the data directory whether
 //! this node bootstraps, joins or resumes (never re-initializing a cluster that exists);
-//! [`bootstrap`] initializes a new cluster once; [`join_call`] is both phases of a join seen
+//! [`bootstrap`] initializes a new cluster once; [`JoinCall`] is both phases of a join seen
 //! from the joiner, and [`finish_join`] retries phase 2 until the cluster accepts or rejects.
 //! A bootstrapping node picks the cluster id and creates the cluster CA and its own
 //! certificate ([`super::pki`]) before anything else, so that they exist before it first
@@ -96,13 +96,19 @@ pub async fn resolve_identity(
             }
             Some(url) => {
                 let token = p.token.context("--join needs --token")?;
+                let csr = join_csr(dir)?;
                 // Transient failures (no leader yet, leader busy, connection refused) are
                 // retried; a rejected token is final.
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                let call = JoinCall {
+                    url,
+                    token,
+                    api: p.api_addr,
+                    peer: p.peer_addr,
+                    learner: p.learner,
+                };
                 let resp = loop {
-                    match join_call(http, url, token, p.api_addr, p.peer_addr, p.learner, None)
-                        .await
-                    {
+                    match call.send(http, None, Some(&csr)).await {
                         Ok(r) => break r,
                         Err(e @ JoinError::Rejected(_)) => return Err(e.into()),
                         Err(e) if tokio::time::Instant::now() >= deadline => return Err(e.into()),
@@ -112,6 +118,7 @@ pub async fn resolve_identity(
                         }
                     }
                 };
+                save_join_cert(dir, &resp)?;
                 let id = Identity {
                     version: IDENTITY_VERSION,
                     node_id: resp.node_id,
@@ -129,6 +136,39 @@ pub async fn resolve_identity(
             }
         },
     })
+}
+
+/// The CSR a joining node sends in phase 1, for the key it keeps in `pki/node.key` (made now,
+/// or kept from an earlier attempt, so the certificate always matches the key on disk).
+fn join_csr(dir: &Path) -> anyhow::Result<String> {
+    let pki = Pki::in_data_dir(dir);
+    let key = match pki.node_key()? {
+        Some(pem) => NodeKey::from_key_pem(&pem)?,
+        None => {
+            let k = NodeKey::generate()?;
+            pki.save_node_key(&k.key_pem)?;
+            k
+        }
+    };
+    Ok(key.csr_pem)
+}
+
+/// Keep the certificate phase 1 answered with (before `node.json`, so a node never runs
+/// without one), after checking that it names this node and matches the key.
+fn save_join_cert(dir: &Path, resp: &JoinResponse) -> anyhow::Result<()> {
+    let (Some(ca), Some(cert)) = (resp.ca_pem.as_deref(), resp.cert_pem.as_deref()) else {
+        anyhow::bail!(
+            "the cluster answered the join without a certificate (is it an older rackd?)"
+        );
+    };
+    let pki = Pki::in_data_dir(dir);
+    let key = pki
+        .node_key()?
+        .context("pki/node.key vanished during the join")?;
+    super::pki::NodeTls::new(&resp.cluster_id, resp.node_id, ca, cert, &key)
+        .context("the certificate the cluster issued")?;
+    pki.save_node_cert(ca, cert)?;
+    Ok(())
 }
 
 /// Create a new cluster's CA and the bootstrapping node's key and certificate in `dir`
@@ -255,36 +295,47 @@ pub async fn bootstrap(node: &ClusterHandle, mut identity: Identity) -> anyhow::
     Ok(())
 }
 
-/// POST `{url}/v1/cluster/join` once (the callers retry: a join takes no Idempotency-Key).
-pub async fn join_call(
-    http: &reqwest::Client,
-    url: &str,
-    token: &str,
-    api: &str,
-    peer: &str,
-    learner: bool,
-    node_id: Option<u64>,
-) -> Result<JoinResponse, JoinError> {
-    let body = JoinRequest {
-        token: token.to_string(),
-        api_addr: api.to_string(),
-        peer_addr: peer.to_string(),
-        learner,
-        node_id,
-    };
-    let client = Client::with_http(url, None, http.clone()).with_timeout(Duration::from_secs(300));
-    client
-        .post_once("/v1/cluster/join", &body)
-        .await
-        .map_err(|e| match e {
-            ClientError::Api { error, .. } if error.code == ErrorCode::JoinRejected => {
-                JoinError::Rejected(format!("{:?}: {}", error.code, error.message))
-            }
-            ClientError::Transport { url, source } => {
-                JoinError::Transient(format!("POST {url}: {source}"))
-            }
-            other => JoinError::Transient(other.to_string()),
-        })
+/// One join call's fixed parts: where, with which token, for which addresses and role.
+pub struct JoinCall<'a> {
+    pub url: &'a str,
+    pub token: &'a str,
+    pub api: &'a str,
+    pub peer: &'a str,
+    pub learner: bool,
+}
+
+impl JoinCall<'_> {
+    /// POST `{url}/v1/cluster/join` once (the callers retry: a join takes no Idempotency-Key):
+    /// phase 1 without `node_id` (with the CSR), phase 2 with it.
+    pub async fn send(
+        &self,
+        http: &reqwest::Client,
+        node_id: Option<u64>,
+        csr: Option<&str>,
+    ) -> Result<JoinResponse, JoinError> {
+        let body = JoinRequest {
+            token: self.token.to_string(),
+            api_addr: self.api.to_string(),
+            peer_addr: self.peer.to_string(),
+            learner: self.learner,
+            node_id,
+            csr: csr.map(str::to_string),
+        };
+        let client =
+            Client::with_http(self.url, None, http.clone()).with_timeout(Duration::from_secs(300));
+        client
+            .post_once("/v1/cluster/join", &body)
+            .await
+            .map_err(|e| match e {
+                ClientError::Api { error, .. } if error.code == ErrorCode::JoinRejected => {
+                    JoinError::Rejected(format!("{:?}: {}", error.code, error.message))
+                }
+                ClientError::Transport { url, source } => {
+                    JoinError::Transient(format!("POST {url}: {source}"))
+                }
+                other => JoinError::Transient(other.to_string()),
+            })
+    }
 }
 
 /// Phase 2 of join: ask the leader to add us (learner, catch up, then voter). Retries until the
@@ -299,17 +350,14 @@ async fn finish_join(
     let token = token.context("resuming an unfinished join needs --token")?;
     let mut delay = Duration::from_millis(200);
     loop {
-        match join_call(
-            &node.http,
+        let call = JoinCall {
             url,
             token,
-            &node.api_addr,
-            &node.peer_addr,
+            api: &node.api_addr,
+            peer: &node.peer_addr,
             learner,
-            Some(node.id),
-        )
-        .await
-        {
+        };
+        match call.send(&node.http, Some(node.id), None).await {
             Ok(resp) => {
                 identity.complete = true;
                 identity.cluster_id = Some(resp.cluster_id.clone());

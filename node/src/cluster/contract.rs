@@ -121,6 +121,9 @@ pub trait Cluster: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<MemberRole, ApiError>>;
     /// Remove member `id` and journal it; never the last voter.
     fn remove_member<'a>(&'a self, actor: &'a str, id: u64) -> BoxFuture<'a, Result<(), ApiError>>;
+    /// The cluster CA with its key, as this node holds it (voters do; learners never), to
+    /// issue a joining node's certificate. Unavailable where the key is not held.
+    fn cluster_ca(&self) -> Result<super::pki::CaBundle, ApiError>;
 }
 
 /// The rule for removing member `id`: it must be a member, and never the last voter. Returns

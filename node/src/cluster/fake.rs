@@ -31,6 +31,8 @@ struct Inner {
     lost_answers: u32,
     /// Calls of `linearize` so far (each a ReadIndex round on a real node).
     linearizations: u64,
+    /// The fake's cluster CA, made on first use.
+    ca: Option<super::pki::CaBundle>,
 }
 
 pub struct FakeCluster {
@@ -58,6 +60,7 @@ impl FakeCluster {
                 failure: None,
                 lost_answers: 0,
                 linearizations: 0,
+                ca: None,
             }),
         })
     }
@@ -229,6 +232,21 @@ impl Cluster for FakeCluster {
             Ok(MemberRole::Voter)
         })
     }
+    fn cluster_ca(&self) -> Result<super::pki::CaBundle, ApiError> {
+        let mut g = self.lock();
+        if g.ca.is_none() {
+            let id = match g.state.cluster_id() {
+                "" => "fake",
+                id => id,
+            }
+            .to_string();
+            let ca = super::pki::CaBundle::generate(&id, std::time::SystemTime::now())
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            g.ca = Some(ca);
+        }
+        Ok(g.ca.clone().expect("made above"))
+    }
+
     fn remove_member<'a>(
         &'a self,
         _actor: &'a str,

@@ -90,6 +90,7 @@ impl ClusterHandle {
         learner: bool,
     ) -> Result<MemberRole, ApiError> {
         let actor = "join";
+        let peer = info.peer.clone();
         let (is_voter, is_member) = {
             let m = self.raft.metrics().borrow_watched().clone();
             let mem = m.membership_config.membership();
@@ -131,6 +132,17 @@ impl ClusterHandle {
         if learner {
             return Ok(MemberRole::Learner);
         }
+        // Every voter holds the CA key from the moment it is one, so whichever voter leads can
+        // issue the next node's certificate: hand it over before the promotion.
+        let ca = self.cluster_ca()?;
+        self.net
+            .store_ca_key(id, &peer, ca.key_pem(), Duration::from_secs(10))
+            .await
+            .map_err(|e| {
+                ApiError::unavailable(format!(
+                    "handing node {id} the cluster CA key failed ({e}); retry the join"
+                ))
+            })?;
         self.raft
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
             .await

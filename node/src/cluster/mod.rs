@@ -4,7 +4,8 @@
 //! membership ([`membership`]), bootstrap and join ([`bootstrap`]), the node's identity file
 //! ([`identity`]), the watcher that notices this node was removed ([`removal`]) and the
 //! leader's move to this build's apply rules ([`rules`]) and the cluster's PKI ([`pki`]: the CA,
-//! node certificates, the TLS configurations that enforce them) live beside them.
+//! node certificates, the TLS configurations that enforce them; [`peer_auth`]: what the peer
+//! transport asks of them) live beside them.
 //!
 //! Layer: below `api`, `services` and `server`; must not import any of them (no axum here).
 
@@ -14,6 +15,7 @@ pub mod contract;
 pub mod fake;
 pub mod identity;
 pub mod membership;
+pub mod peer_auth;
 pub mod pki;
 pub mod read;
 pub mod removal;
@@ -205,5 +207,20 @@ impl Cluster for ClusterHandle {
     }
     fn remove_member<'a>(&'a self, actor: &'a str, id: u64) -> BoxFuture<'a, Result<(), ApiError>> {
         Box::pin(ClusterHandle::remove_member(self, actor, id))
+    }
+    fn cluster_ca(&self) -> Result<pki::CaBundle, ApiError> {
+        match pki::Pki::in_data_dir(&self.data_dir).load_ca() {
+            Ok(Some(ca)) => Ok(ca),
+            Ok(None) => Err(ApiError::unavailable(format!(
+                "node {} (the leader) does not hold the cluster CA key yet; retry",
+                self.id
+            ))),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the cluster CA");
+                Err(ApiError::unavailable(
+                    "the cluster CA cannot be read on the leader",
+                ))
+            }
+        }
     }
 }

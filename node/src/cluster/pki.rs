@@ -87,6 +87,7 @@ fn random_serial() -> rcgen::SerialNumber {
 }
 
 /// The cluster CA: its certificate and key, PEM.
+#[derive(Clone)]
 pub struct CaBundle {
     pub cert_pem: String,
     key_pem: String,
@@ -139,6 +140,11 @@ impl CaBundle {
             cert_pem: cert_pem.to_string(),
             key_pem: key_pem.to_string(),
         })
+    }
+
+    /// The CA key (PEM): secret, only ever sent to another voter over mutual TLS.
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
     }
 
     /// Issue node `node_id`'s certificate from its CSR. Only the CSR's key is used (its
@@ -194,7 +200,16 @@ pub struct NodeKey {
 
 impl NodeKey {
     pub fn generate() -> Result<NodeKey, PkiError> {
-        let key = KeyPair::generate()?;
+        Self::csr_for(KeyPair::generate()?)
+    }
+
+    /// A CSR for a key this node generated earlier (a join retried after a restart keeps
+    /// its key).
+    pub fn from_key_pem(key_pem: &str) -> Result<NodeKey, PkiError> {
+        Self::csr_for(KeyPair::from_pem(key_pem).map_err(|e| invalid("node key", e))?)
+    }
+
+    fn csr_for(key: KeyPair) -> Result<NodeKey, PkiError> {
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         let csr = params.serialize_request(&key)?;
@@ -203,6 +218,14 @@ impl NodeKey {
             csr_pem: csr.pem()?,
         })
     }
+}
+
+/// Whether `csr_pem` is a well-formed CSR whose signature holds (checked before a join spends
+/// its token).
+pub fn check_csr(csr_pem: &str) -> Result<(), PkiError> {
+    CertificateSigningRequestParams::from_pem(csr_pem)
+        .map(|_| ())
+        .map_err(|e| invalid("certificate signing request", e))
 }
 
 fn first_cert(pem: &str, what: &'static str) -> Result<CertificateDer<'static>, PkiError> {
@@ -396,6 +419,17 @@ impl Pki {
     pub fn save_ca(&self, ca: &CaBundle) -> Result<(), PkiError> {
         self.write("ca.key", &ca.key_pem, true)?;
         self.write("ca.pem", &ca.cert_pem, false)
+    }
+
+    /// Keep the CA key another voter handed over, after checking it belongs to this node's CA
+    /// certificate.
+    pub fn adopt_ca_key(&self, key_pem: &str) -> Result<CaBundle, PkiError> {
+        let cert = self
+            .read("ca.pem")?
+            .ok_or_else(|| invalid("PKI directory", "it holds no CA certificate"))?;
+        let ca = CaBundle::from_pem(&cert, key_pem)?;
+        self.write("ca.key", key_pem, true)?;
+        Ok(ca)
     }
 
     /// This node's TLS material, once it has a certificate.

@@ -448,8 +448,9 @@ async fn write_without_quorum_is_503_and_not_applied() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_tokens_are_single_use_and_checked() {
     let mut c = Cluster::start("tokens", 1, &[]).await.expect("cluster");
-    let body =
-        |tok: &str, api: &str| json!({"token": tok, "api_addr": api, "peer_addr": "127.0.0.9:1"});
+    let key = rackd::cluster::pki::NodeKey::generate().unwrap();
+    let csr = key.csr_pem.clone();
+    let body = |tok: &str, api: &str| json!({"token": tok, "api_addr": api, "peer_addr": "127.0.0.9:1", "csr": csr});
     let (s, v) = c
         .request(
             0,
@@ -469,6 +470,21 @@ async fn join_tokens_are_single_use_and_checked() {
         .post_json(0, "/v1/tokens/join", &json!({"ttl_secs": 60}))
         .await
         .unwrap();
+    // Phase 1 needs a sound CSR; without one the token is not spent.
+    for bad in [
+        json!({"token": tok.token, "api_addr": "a:1", "peer_addr": "127.0.0.9:1"}),
+        json!({"token": tok.token, "api_addr": "a:1", "peer_addr": "127.0.0.9:1", "csr": "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"}),
+    ] {
+        let (s, v) = c
+            .request(0, Method::POST, "/v1/cluster/join", Some(bad), &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (400, Some("InvalidRequest")),
+            "{v}"
+        );
+    }
     let (s, v) = c
         .request(
             0,
@@ -481,6 +497,44 @@ async fn join_tokens_are_single_use_and_checked() {
         .unwrap();
     assert_eq!(s, 200, "{v}");
     let first = v["node_id"].as_u64().unwrap();
+    // The answer carries the node's certificate, from the cluster CA, naming the new id.
+    let cluster_id = v["cluster_id"].as_str().unwrap();
+    let ca = v["ca_pem"].as_str().expect("CA certificate");
+    assert_eq!(
+        ca.trim_end(),
+        std::fs::read_to_string(c.nodes[0].data_dir.join("pki/ca.pem"))
+            .unwrap()
+            .trim_end()
+    );
+    rackd::cluster::pki::NodeTls::new(
+        cluster_id,
+        first,
+        ca,
+        v["cert_pem"].as_str().expect("node certificate"),
+        &key.key_pem,
+    )
+    .expect("the issued certificate names the new node");
+    let out = std::process::Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(c.nodes[0].data_dir.join("pki/ca.pem"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut p| {
+            use std::io::Write;
+            p.stdin
+                .take()
+                .unwrap()
+                .write_all(v["cert_pem"].as_str().unwrap().as_bytes())?;
+            p.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl verify: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     // Retry from the same node: same id. Another node: rejected.
     let (_, v) = c
         .request(
@@ -597,7 +651,8 @@ async fn half_joined_member_can_be_removed() {
         .unwrap();
     // A node that never comes up: phase 1 gives it an id, phase 2 adds it as a learner that
     // can never catch up (the client gives up waiting).
-    let body = |id: Option<u64>| json!({"token": tok.token, "api_addr": "127.0.0.1:9", "peer_addr": "127.0.0.1:9", "node_id": id});
+    let csr = rackd::cluster::pki::NodeKey::generate().unwrap().csr_pem;
+    let body = |id: Option<u64>| json!({"token": tok.token, "api_addr": "127.0.0.1:9", "peer_addr": "127.0.0.1:9", "node_id": id, "csr": csr});
     let (s, v) = c
         .request(0, Method::POST, "/v1/cluster/join", Some(body(None)), &[])
         .await
@@ -643,7 +698,7 @@ async fn half_joined_member_can_be_removed() {
 
     // Removed stays removed: replaying its token, from its old addresses or new ones, in
     // either phase, is refused at once and admits nothing.
-    let moved = |id: Option<u64>| json!({"token": tok.token, "api_addr": "127.0.0.1:19", "peer_addr": "127.0.0.1:19", "node_id": id});
+    let moved = |id: Option<u64>| json!({"token": tok.token, "api_addr": "127.0.0.1:19", "peer_addr": "127.0.0.1:19", "node_id": id, "csr": csr});
     for (what, b) in [
         ("phase 2", body(Some(id))),
         ("phase 2, new addresses", moved(Some(id))),

@@ -11,6 +11,7 @@ mod ipmi_sim;
 mod lease;
 mod limits;
 mod location;
+mod peer_tls;
 mod power;
 mod pxe;
 mod removed;
