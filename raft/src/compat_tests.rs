@@ -334,3 +334,104 @@ fn a_token_entry_from_before_roles_makes_an_admin_token() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Over the peer transport a member may propose only what nodes write themselves, in its own
+/// name (`State::node_may_propose`); every other command is refused, whoever sends it.
+#[test]
+fn members_propose_only_their_own_cluster_internal_writes() {
+    use crate::state::State;
+    let nodes_write = [
+        "create_machine",
+        "claim_task",
+        "renew_task_lease",
+        "finish_task",
+        "observe_power",
+        "deploy_done",
+    ];
+    let st = State::default();
+    for cmd in every_command() {
+        let name = cmd.name();
+        let r = st.node_may_propose(2, "node:2", &cmd);
+        // Never in another node's name, nor an operator's.
+        for actor in ["node:3", "admin", "system"] {
+            let e = st.node_may_propose(2, actor, &cmd).expect_err(actor);
+            assert!(e.contains("in the name of"), "{e}");
+        }
+        match &cmd {
+            // The sample machine has a BMC: discovery never knows one.
+            Command::CreateMachine(m) => {
+                assert!(r.is_err(), "{name} with a BMC: {r:?}");
+                let mut m = m.clone();
+                m.bmc = None;
+                assert_eq!(
+                    st.node_may_propose(2, "node:2", &Command::CreateMachine(m)),
+                    Ok(())
+                );
+            }
+            // The sample claims for node 2: node 3 may not claim in its name.
+            Command::ClaimTask { .. } => {
+                assert_eq!(r, Ok(()), "{name}");
+                assert!(
+                    st.node_may_propose(3, "node:3", &cmd).is_err(),
+                    "{name} for another node"
+                );
+            }
+            // An install callback is relayed in the machine's name too.
+            Command::DeployDone { mac, .. } => {
+                assert_eq!(r, Ok(()), "{name}");
+                let machine = format!("machine:{mac}");
+                assert_eq!(st.node_may_propose(2, &machine, &cmd), Ok(()));
+                let other = st.node_may_propose(2, "machine:52:54:00:00:00:99", &cmd);
+                assert!(other.is_err(), "{other:?}");
+            }
+            _ if nodes_write.contains(&name) => assert_eq!(r, Ok(()), "{name}"),
+            _ => {
+                let e = r.expect_err(name);
+                assert!(e.contains(name), "{e}");
+            }
+        }
+    }
+}
+
+/// A lease renewal or a result is accepted only from the node the task is assigned to.
+#[test]
+fn only_a_tasks_assignee_renews_or_finishes_it() {
+    use crate::state::State;
+    let mut st = State::default();
+    let task = rackd_types::Task {
+        meta: rackd_types::Meta {
+            id: 6,
+            version: 1,
+            created_at: 0,
+            updated_at: 0,
+        },
+        kind: rackd_types::TaskKind::PowerOn,
+        machine_id: 1,
+        state: rackd_types::TaskState::Running,
+        attempt: 1,
+        assignee: Some(2),
+        generation: 1,
+        lease_expires_at: Some(10),
+        started_at: Some(0),
+        finished_at: None,
+        error: None,
+        observed_power: None,
+    };
+    st.tasks.insert(6, task);
+    let renew = Command::RenewTaskLease {
+        id: 6,
+        generation: 1,
+        lease_ms: 10,
+    };
+    let finish = Command::FinishTask {
+        id: 6,
+        generation: 1,
+        error: None,
+        observed_power: None,
+    };
+    for cmd in [&renew, &finish] {
+        assert_eq!(st.node_may_propose(2, "node:2", cmd), Ok(()));
+        let e = st.node_may_propose(3, "node:3", cmd).unwrap_err();
+        assert!(e.contains("held by node 2"), "{e}");
+    }
+}

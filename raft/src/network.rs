@@ -484,6 +484,9 @@ where
         let caller = self.caller(&req)?;
         self.member(caller)?;
         let p: ProposeRequest = codec::decode(&req.into_inner().data).map_err(bad_request)?;
+        self.auth
+            .may_propose(caller, &p.actor, &p.cmd)
+            .map_err(tonic::Status::permission_denied)?;
         // Time is stamped here, on the leader, never in apply.
         let time_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -13,7 +13,8 @@
 //! What a certificate must say and how it is issued is not this module's business: the node
 //! crate's `cluster::pki` implements [`PeerAuth`].
 //!
-//! Layer: used by `network`; depends on rustls, tokio-rustls and tonic's transport traits only.
+//! Layer: used by `network`; depends on rustls, tokio-rustls, tonic's transport traits and the
+//! command type only.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +48,14 @@ pub trait PeerAuth: Send + Sync + 'static {
     fn server_name(&self, node: NodeId) -> ServerName<'static>;
     /// Whether `node` may still speak to this node (false once the cluster removed it).
     fn admitted(&self, node: NodeId) -> bool;
+    /// Whether member `caller` may propose `cmd` in the name of `actor` over the peer
+    /// transport (cluster-internal writes in its own name only: `State::node_may_propose`).
+    fn may_propose(
+        &self,
+        caller: NodeId,
+        actor: &str,
+        cmd: &crate::cmd::Command,
+    ) -> Result<(), String>;
     /// Keep the cluster CA key (PEM) the leader handed over before promoting this node to
     /// voter (`StoreCaKey`); refused unless it belongs to this node's CA certificate.
     fn store_ca_key(&self, key_pem: &str) -> Result<(), String>;

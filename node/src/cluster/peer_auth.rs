@@ -56,6 +56,15 @@ impl PeerAuth for NodePeerAuth {
         !self.sm.read().state.is_removed_node(node)
     }
 
+    fn may_propose(
+        &self,
+        caller: NodeId,
+        actor: &str,
+        cmd: &rackd_raft::cmd::Command,
+    ) -> Result<(), String> {
+        self.sm.read().state.node_may_propose(caller, actor, cmd)
+    }
+
     fn store_ca_key(&self, key_pem: &str) -> Result<(), String> {
         self.pki
             .adopt_ca_key(key_pem)

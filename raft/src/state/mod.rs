@@ -11,6 +11,7 @@
 pub mod cluster;
 mod deploy;
 mod inventory;
+mod peers;
 pub mod rules;
 pub mod table;
 pub mod tasks;

@@ -45,6 +45,9 @@ impl PeerAuth for Dialer {
     fn admitted(&self, _: NodeId) -> bool {
         true
     }
+    fn may_propose(&self, _: NodeId, _: &str, _: &Command) -> Result<(), String> {
+        Ok(())
+    }
     fn store_ca_key(&self, _: &str) -> Result<(), String> {
         Err("not a node".into())
     }
@@ -88,6 +91,7 @@ fn attack() -> ProposeRequest {
 async fn peer_port_refuses_everyone_but_members() {
     let mut c = Cluster::start("peertls", 3, &[]).await.expect("cluster");
     let leader = c.wait_leader(T).await.unwrap();
+    crate::util::setup_location(&c, leader).await;
     let ci: ClusterInfo = c.get_json(leader, "/v1/cluster").await.unwrap();
     let cid = ci.cluster_id.clone();
     let leader_id = ci.leader_id.unwrap();
@@ -177,19 +181,42 @@ async fn peer_port_refuses_everyone_but_members() {
         "a certificate for a node id that is no member: {r:?}"
     );
 
-    // 5. The control: a member's own certificate reaches the leader...
+    // 5. A member's own certificate reaches the leader, but only with what nodes write
+    //    themselves: the attack is refused...
     let net = as_node(&member_tls);
+    let r = net.propose(leader_id, &addr, &attack(), RPC).await;
+    assert!(
+        r.as_ref().is_err_and(|e| e.contains("in the name of")),
+        "a member proposed in an operator's name: {r:?}"
+    );
+    let mut own_name = attack();
+    own_name.actor = format!("node:{}", ids[member]);
+    let r = net.propose(leader_id, &addr, &own_name, RPC).await;
+    assert!(
+        r.as_ref()
+            .is_err_and(|e| e.contains("may not propose create_api_token")),
+        "a member proposed an API token: {r:?}"
+    );
+    // ...and a discovered machine (what a location node's DHCP records) is accepted: the
+    // control that shows this harness reaches the leader.
     let ok = net
         .propose(
             leader_id,
             &addr,
             &ProposeRequest {
-                actor: "test".into(),
+                actor: format!("node:{}", ids[member]),
                 idempotency_key: None,
-                cmd: Command::CreateLocation(rackd_types::payload::CreateLocation {
-                    name: "via-peer-port".into(),
+                cmd: Command::CreateMachine(rackd_types::payload::CreateMachine {
+                    hostname: "discovered-via-peer-port".into(),
+                    location: "dc1".into(),
+                    rack_id: None,
+                    rack_unit: None,
+                    macs: vec!["52:54:00:aa:bb:cc".into()],
+                    ips: vec![],
+                    bmc: None,
+                    state: Some(rackd_types::MachineState::New),
                     description: String::new(),
-                    discovery: false,
+                    tags: vec!["discovered".into()],
                 }),
             },
             RPC,
