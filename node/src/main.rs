@@ -30,6 +30,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         other => rt.block_on(rackd::cli::commands::client(
             &cli.server,
             cli.api_token,
+            cli.ca_file.as_deref(),
             cli.output,
             other,
         )),

@@ -35,10 +35,21 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let peer_listener = tokio::net::TcpListener::bind(&cfg.peer_listen)
         .await
         .with_context(|| format!("bind peer address {}", cfg.peer_listen))?;
-    let api_addr = cfg
+    let api_host = cfg
         .advertise_api
         .clone()
         .unwrap_or(api_listener.local_addr()?.to_string());
+    // A node serving TLS advertises its API as an https URL (members and clients pick the
+    // scheme from it: `rackd_types::api_url`).
+    let api_host = api_host
+        .split_once("://")
+        .map_or(api_host.as_str(), |(_, h)| h)
+        .to_string();
+    let api_addr = if cfg.api_tls {
+        format!("https://{api_host}")
+    } else {
+        api_host
+    };
     let peer_addr = cfg
         .advertise_peer
         .clone()
@@ -66,6 +77,21 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     tracing::info!(node_id = identity.node_id, %api_addr, %peer_addr, "starting node");
 
     let tls = node_tls(&dir, &identity)?;
+    // From here on the node's own HTTP calls (forwarded writes, join phase 2, removal checks)
+    // trust the cluster CA, and only it.
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(tls.ca_pem.as_bytes()).context("cluster CA")?,
+        )
+        .build()
+        .context("build HTTP client")?;
+    let api_tls = if cfg.api_tls {
+        Some(tls.api_server_config().context("API TLS configuration")?)
+    } else {
+        None
+    };
     let (raft, net, sm, auth) = start_raft(&cfg, identity.node_id, tls).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let grpc = serve_peers(&raft, auth, peer_listener, stop_rx.clone());
@@ -86,6 +112,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         crate::api::router(crate::api::AppState::new(node.clone(), http.clone())),
         api_listener,
         cfg.api_limits.clone(),
+        api_tls,
         stop_rx,
     );
 
@@ -280,16 +307,17 @@ fn serve_peers(
     })
 }
 
-/// Serve the HTTP API until `stop` turns true, then drain.
+/// Serve the HTTP API (over TLS with `tls`) until `stop` turns true, then drain.
 fn serve_api(
     app: axum::Router,
     listener: tokio::net::TcpListener,
     limits: crate::api::listener::Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<std::io::Result<()>> {
     let stats = std::sync::Arc::new(crate::api::listener::Stats::default());
     tokio::spawn(crate::api::listener::serve(
-        listener, app, limits, stats, stop,
+        listener, app, limits, stats, tls, stop,
     ))
 }
 

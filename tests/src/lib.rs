@@ -53,6 +53,8 @@ pub struct NodeProc {
     /// Bound API / peer addresses (known after the first start).
     pub api: Option<String>,
     pub peer: Option<String>,
+    /// The node serves its API over TLS (it advertised an https URL).
+    pub tls: bool,
     /// Extra `rackd up` arguments used at every start (e.g. `--join`, `--learner`).
     pub args: Vec<String>,
     /// The network namespace the process runs in ([`Cluster::new_in_netns`]), if any.
@@ -63,7 +65,8 @@ pub struct NodeProc {
 
 impl NodeProc {
     pub fn url(&self) -> String {
-        format!("http://{}", self.api.as_deref().expect("node started"))
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.api.as_deref().expect("node started"))
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -126,7 +129,9 @@ impl NodeProc {
         loop {
             // rackd writes api.addr, then peer.addr: wait for both.
             if let (Some(a), Some(p)) = (read("api.addr"), read("peer.addr")) {
-                self.api = Some(a);
+                // A node serving TLS advertises `https://HOST:PORT`; restarts bind HOST:PORT.
+                self.tls = a.starts_with("https://");
+                self.api = Some(a.trim_start_matches("https://").to_string());
                 self.peer = Some(p);
                 break;
             }
@@ -425,6 +430,7 @@ impl Cluster {
             child: None,
             api: None,
             peer: None,
+            tls: false,
             args: all,
             netns,
         });
@@ -448,6 +454,15 @@ impl Cluster {
                 bail!("no admin token written");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Over TLS, this client trusts the cluster CA (and nothing else) from now on.
+        if self.nodes[i].tls {
+            let pem = std::fs::read(self.nodes[i].data_dir.join("pki/ca.pem"))?;
+            self.http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(reqwest::Certificate::from_pem(&pem)?)
+                .build()?;
         }
         // Bootstrap is complete when the admin token authenticates.
         self.wait_until(

@@ -199,3 +199,26 @@ pub mod double_option {
         Option::<T>::deserialize(d).map(Some)
     }
 }
+
+/// The base URL of a member's advertised API address: `https://HOST:PORT` as advertised by a
+/// node serving TLS, `http://HOST:PORT` for a bare `HOST:PORT` (a node serving plain HTTP).
+pub fn api_url(addr: &str) -> String {
+    if addr.starts_with("https://") || addr.starts_with("http://") {
+        addr.trim_end_matches('/').to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+#[cfg(test)]
+mod api_url_tests {
+    #[test]
+    fn bare_addresses_are_plain_http_and_urls_are_kept() {
+        assert_eq!(super::api_url("10.0.0.1:7080"), "http://10.0.0.1:7080");
+        assert_eq!(
+            super::api_url("https://10.0.0.1:7080/"),
+            "https://10.0.0.1:7080"
+        );
+        assert_eq!(super::api_url("http://[::1]:7080"), "http://[::1]:7080");
+    }
+}

@@ -86,7 +86,8 @@ pub async fn join(State(node): State<AppState>, body: Bytes) -> HttpResult<Json<
     if req.api_addr.trim().is_empty() || req.peer_addr.trim().is_empty() {
         return Err(ApiError::invalid("api_addr and peer_addr are required").into());
     }
-    let hash = hash_secret(&req.token);
+    // Joiners send the secret alone; a whole token (with its CA pin) is accepted too.
+    let hash = hash_secret(crate::cluster::pki::split_join_token(&req.token).0);
     let Some(id) = req.node_id else {
         // Phase 1 also issues the node's certificate: the CSR must be sound, and this leader
         // must hold the CA key, before the token is spent.
@@ -122,7 +123,13 @@ pub async fn join(State(node): State<AppState>, body: Bytes) -> HttpResult<Json<
             .await?;
         let (node_id, cluster_id) = v.into_node_allocated()?;
         let cert = ca
-            .issue(csr, node_id, &cluster_id, std::time::SystemTime::now())
+            .issue_for(
+                csr,
+                node_id,
+                &cluster_id,
+                Some(&req.api_addr),
+                std::time::SystemTime::now(),
+            )
             .map_err(|e| ApiError::invalid(e.to_string()))?;
         return Ok(Json(JoinResponse {
             node_id,

@@ -69,7 +69,7 @@ pub async fn to_leader(State(node): State<AppState>, req: Request, next: Next) -
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/");
-        let url = format!("http://{}{}", info.api, path);
+        let url = format!("{}{}", rackd_types::api_url(&info.api), path);
         let mut rb = node
             .http
             .request(parts.method.clone(), &url)

@@ -8,7 +8,8 @@
 //!   backlog;
 //! - a request head must arrive whole within [`Limits::header_timeout`], which is also how long
 //!   an idle keep-alive connection is kept (slowloris, idle hoarders);
-//! - heads larger than [`MAX_HEAD`] are refused.
+//! - heads larger than [`MAX_HEAD`] are refused;
+//! - with TLS (`--api-tls`), the handshake must finish within the same head timeout.
 //!
 //! Stopping (`stop` turns true) lets connections finish their request in progress, then
 //! closes them.
@@ -38,14 +39,17 @@ pub struct Stats {
     pub refused_per_source: AtomicU64,
 }
 
-/// Serve `app` on `listener` until `stop` turns true, then drain the connections.
+/// Serve `app` on `listener` (over TLS with `tls`) until `stop` turns true, then drain the
+/// connections.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
     stats: Arc<Stats>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let sources = Arc::new(rackd_net::per_source::PerSource::default());
     let mut conns = JoinSet::new();
     loop {
@@ -73,34 +77,57 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let svc = TowerToHyperService::new(app.clone());
         let header_timeout = limits.header_timeout;
-        let mut stop = stop.clone();
+        let stop = stop.clone();
+        let acceptor = acceptor.clone();
         conns.spawn(async move {
             let _slot = slot;
-            let mut http = hyper::server::conn::http1::Builder::new();
-            http.timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .max_buf_size(MAX_HEAD)
-                .keep_alive(true);
-            let conn = http.serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            let stopping = async move {
-                let _ = stop.wait_for(|s| *s).await;
+            let Some(acceptor) = acceptor else {
+                return serve_connection(stream, svc, header_timeout, stop, peer).await;
             };
-            let ended = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = stopping => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = ended {
-                tracing::debug!(%peer, error = %e, "API connection ended");
+            // The handshake counts against the head's time limit (a stalled handshake is a
+            // slowloris too).
+            match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => serve_connection(tls, svc, header_timeout, stop, peer).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "API TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "API TLS handshake timed out"),
             }
         });
     }
     // Stopping: connections finish the request in hand (bounded by the caller's drain).
     while conns.join_next().await.is_some() {}
     Ok(())
+}
+
+/// One HTTP/1.1 connection until it ends or `stop` turns true (then after its request in hand).
+async fn serve_connection<IO>(
+    io: IO,
+    svc: TowerToHyperService<Router>,
+    header_timeout: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    peer: std::net::SocketAddr,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(MAX_HEAD)
+        .keep_alive(true);
+    let conn = http.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let stopping = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    let ended = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stopping => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(%peer, error = %e, "API connection ended");
+    }
 }
 
 #[cfg(test)]
@@ -117,7 +144,7 @@ mod tests {
         let s = stats.clone();
         tokio::spawn(async move {
             let _tx = _tx;
-            serve(l, app, limits, s, rx).await
+            serve(l, app, limits, s, None, rx).await
         });
         (addr, stats)
     }

@@ -150,10 +150,22 @@ fn urlencode(s: &str) -> String {
 pub async fn client(
     server: &str,
     token: Option<String>,
+    ca_file: Option<&std::path::Path>,
     out: Output,
     cmd: Cmd,
 ) -> anyhow::Result<()> {
-    let c = Client::new(server, token);
+    let c = match ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("read the CA file {}", path.display()))?;
+            Client::with_ca(server, token, &pem)?
+        }
+        None if server.starts_with("https://") => bail!(
+            "{server} is served over TLS: give the cluster CA with --ca-file or RACKD_CA_FILE \
+             (DATA_DIR/pki/ca.pem on any node); rackd never skips verifying the server"
+        ),
+        None => Client::new(server, token),
+    };
     let json = out == Output::Json;
     match cmd {
         Cmd::Up(_) | Cmd::Join { .. } | Cmd::Image(_) | Cmd::ApplianceInit => {

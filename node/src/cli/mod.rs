@@ -35,6 +35,10 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub api_token: Option<String>,
+    /// The cluster CA certificate (PEM, `DATA_DIR/pki/ca.pem` of any node) that an https
+    /// server's certificate must chain to; nothing else is trusted.
+    #[arg(long, global = true, env = "RACKD_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,

@@ -92,6 +92,25 @@ impl Client {
         Self::with_http(base, token, http).with_timeout(Duration::from_secs(60))
     }
 
+    /// A client of the node at `base` that trusts only the CA certificate `ca_pem` (PEM).
+    pub fn with_ca(base: &str, token: Option<String>, ca_pem: &[u8]) -> Result<Self, ClientError> {
+        let ca =
+            reqwest::Certificate::from_pem(ca_pem).map_err(|source| ClientError::Transport {
+                url: base.to_string(),
+                source,
+            })?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .build()
+            .map_err(|source| ClientError::Transport {
+                url: base.to_string(),
+                source,
+            })?;
+        Ok(Self::with_http(base, token, http).with_timeout(Duration::from_secs(60)))
+    }
+
     /// A client that shares an existing connection pool.
     pub fn with_http(base: &str, token: Option<String>, http: reqwest::Client) -> Self {
         let base = if base.starts_with("http://") || base.starts_with("https://") {

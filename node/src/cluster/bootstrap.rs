@@ -23,7 +23,9 @@ use rackd_types::{ErrorCode, JoinRequest, JoinResponse};
 use crate::client::{Client, ClientError};
 
 use super::identity::{Identity, Origin, IDENTITY_VERSION};
-use super::pki::{ca_hash, CaBundle, NodeKey, Pki};
+use super::pki::{
+    ca_hash, pinned_client_config, split_join_token, CaBundle, NodeKey, Pki, PIN_MISMATCH,
+};
 use super::secrets::{hash_secret, new_secret, write_secret_file};
 use super::ClusterHandle;
 
@@ -82,7 +84,7 @@ pub async fn resolve_identity(
             None => {
                 let cluster_id = new_secret("")[..16].to_string();
                 let node_id = rackd_raft::state::cluster::BOOTSTRAP_NODE_ID;
-                create_cluster_pki(dir, &cluster_id, node_id)?;
+                create_cluster_pki(dir, &cluster_id, node_id, p.api_addr)?;
                 let id = Identity {
                     version: IDENTITY_VERSION,
                     node_id,
@@ -95,7 +97,8 @@ pub async fn resolve_identity(
                 id
             }
             Some(url) => {
-                let token = p.token.context("--join needs --token")?;
+                let (token, pin) = split_join_token(p.token.context("--join needs --token")?);
+                let http = &join_client(url, pin, http)?;
                 let csr = join_csr(dir)?;
                 // Transient failures (no leader yet, leader busy, connection refused) are
                 // retried; a rejected token is final.
@@ -118,7 +121,7 @@ pub async fn resolve_identity(
                         }
                     }
                 };
-                save_join_cert(dir, &resp)?;
+                save_join_cert(dir, &resp, pin)?;
                 let id = Identity {
                     version: IDENTITY_VERSION,
                     node_id: resp.node_id,
@@ -138,6 +141,29 @@ pub async fn resolve_identity(
     })
 }
 
+/// The HTTP client of join phase 1. Over TLS the server must present the CA the token's pin
+/// names (checked in the handshake, before the secret is sent); a token without a pin cannot
+/// join over TLS (the joiner would have nothing to check the cluster against). Plain HTTP is
+/// the caller's choice of URL; the pin is then checked on the answer.
+fn join_client(
+    url: &str,
+    pin: Option<&str>,
+    plain: &reqwest::Client,
+) -> anyhow::Result<reqwest::Client> {
+    if !url.starts_with("https://") {
+        return Ok(plain.clone());
+    }
+    let pin = pin.context(
+        "this join token carries no CA hash (`:sha256:...`), so the cluster at the https URL \
+         cannot be checked; create a new join token",
+    )?;
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .use_preconfigured_tls((*pinned_client_config(pin)?).clone())
+        .build()
+        .context("build the join client")
+}
+
 /// The CSR a joining node sends in phase 1, for the key it keeps in `pki/node.key` (made now,
 /// or kept from an earlier attempt, so the certificate always matches the key on disk).
 fn join_csr(dir: &Path) -> anyhow::Result<String> {
@@ -155,12 +181,20 @@ fn join_csr(dir: &Path) -> anyhow::Result<String> {
 
 /// Keep the certificate phase 1 answered with (before `node.json`, so a node never runs
 /// without one), after checking that it names this node and matches the key.
-fn save_join_cert(dir: &Path, resp: &JoinResponse) -> anyhow::Result<()> {
+fn save_join_cert(dir: &Path, resp: &JoinResponse, pin: Option<&str>) -> anyhow::Result<()> {
     let (Some(ca), Some(cert)) = (resp.ca_pem.as_deref(), resp.cert_pem.as_deref()) else {
         anyhow::bail!(
             "the cluster answered the join without a certificate (is it an older rackd?)"
         );
     };
+    if let Some(pin) = pin {
+        let got = ca_hash(ca)?;
+        if !got.eq_ignore_ascii_case(pin) {
+            anyhow::bail!(
+                "refusing the join: the cluster's CA is {got}, but the join token names {pin}"
+            );
+        }
+    }
     let pki = Pki::in_data_dir(dir);
     let key = pki
         .node_key()?
@@ -173,12 +207,17 @@ fn save_join_cert(dir: &Path, resp: &JoinResponse) -> anyhow::Result<()> {
 
 /// Create a new cluster's CA and the bootstrapping node's key and certificate in `dir`
 /// (replacing any left by an earlier attempt that never got as far as saving `node.json`).
-fn create_cluster_pki(dir: &Path, cluster_id: &str, node_id: u64) -> anyhow::Result<()> {
+fn create_cluster_pki(
+    dir: &Path,
+    cluster_id: &str,
+    node_id: u64,
+    api_addr: &str,
+) -> anyhow::Result<()> {
     let now = std::time::SystemTime::now();
     let pki = Pki::in_data_dir(dir);
     let ca = CaBundle::generate(cluster_id, now)?;
     let key = NodeKey::generate()?;
-    let cert = ca.issue(&key.csr_pem, node_id, cluster_id, now)?;
+    let cert = ca.issue_for(&key.csr_pem, node_id, cluster_id, Some(api_addr), now)?;
     pki.save_ca(&ca)?;
     pki.save_node_key(&key.key_pem)?;
     pki.save_node_cert(&ca.cert_pem, &cert)?;
@@ -264,7 +303,7 @@ pub async fn bootstrap(node: &ClusterHandle, mut identity: Identity) -> anyhow::
             .map_err(|e| anyhow::anyhow!("create join token: {e}"))?;
     let pki = Pki::in_data_dir(&node.data_dir);
     if pki.load_node(&cluster_id, node.id)?.is_none() {
-        create_cluster_pki(&node.data_dir, &cluster_id, node.id)?;
+        create_cluster_pki(&node.data_dir, &cluster_id, node.id, &node.api_addr)?;
     }
     let ca = pki
         .load_ca()?
@@ -289,9 +328,17 @@ pub async fn bootstrap(node: &ClusterHandle, mut identity: Identity) -> anyhow::
     );
     println!("join token:  {} (one node, expires in 1h)", join.token);
     println!(
-        "add a node:  rackd join http://{} --token {} --data-dir DIR --api HOST:PORT --peer HOST:PORT",
-        node.api_addr, join.token
+        "add a node:  rackd join {} --token {} --data-dir DIR --api HOST:PORT --peer HOST:PORT",
+        rackd_types::api_url(&node.api_addr),
+        join.token
     );
+    if node.api_addr.starts_with("https://") {
+        println!(
+            "CLI:         export RACKD_SERVER={} RACKD_CA_FILE={}",
+            rackd_types::api_url(&node.api_addr),
+            node.data_dir.join("pki/ca.pem").display()
+        );
+    }
     Ok(())
 }
 
@@ -331,7 +378,20 @@ impl JoinCall<'_> {
                     JoinError::Rejected(format!("{:?}: {}", error.code, error.message))
                 }
                 ClientError::Transport { url, source } => {
-                    JoinError::Transient(format!("POST {url}: {source}"))
+                    let mut chain = source.to_string();
+                    let mut cause = std::error::Error::source(&source);
+                    while let Some(c) = cause {
+                        chain = format!("{chain}: {c}");
+                        cause = c.source();
+                    }
+                    if chain.contains(PIN_MISMATCH) {
+                        JoinError::Rejected(format!(
+                            "refusing to join {url}: {PIN_MISMATCH} (nothing was sent; check \
+                             the URL and the token)"
+                        ))
+                    } else {
+                        JoinError::Transient(format!("POST {url}: {chain}"))
+                    }
                 }
                 other => JoinError::Transient(other.to_string()),
             })
@@ -347,7 +407,7 @@ async fn finish_join(
     token: Option<&str>,
     learner: bool,
 ) -> anyhow::Result<()> {
-    let token = token.context("resuming an unfinished join needs --token")?;
+    let token = split_join_token(token.context("resuming an unfinished join needs --token")?).0;
     let mut delay = Duration::from_millis(200);
     loop {
         let call = JoinCall {

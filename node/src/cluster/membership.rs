@@ -72,9 +72,13 @@ pub async fn create_join_token(
             view.id
         )));
     }
+    // The operator gets the secret with the CA's hash after it: the joiner checks the cluster
+    // it reaches against it before it sends the secret.
+    let pin = super::pki::ca_hash(&c.cluster_ca()?.cert_pem)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(CreatedJoinToken {
         id: view.id,
-        token,
+        token: super::pki::join_token_with_pin(&token, &pin),
         expires_at: view.expires_at,
     })
 }

@@ -156,6 +156,20 @@ impl CaBundle {
         cluster_id: &str,
         now: SystemTime,
     ) -> Result<String, PkiError> {
+        self.issue_for(csr_pem, node_id, cluster_id, None, now)
+    }
+
+    /// [`CaBundle::issue`], the certificate also naming the host of the node's API address
+    /// (`host:port` or `https://host:port`; an IP address or a DNS name), so that clients that
+    /// check names against the address they dial (curl, browsers) accept its API.
+    pub fn issue_for(
+        &self,
+        csr_pem: &str,
+        node_id: u64,
+        cluster_id: &str,
+        api_addr: Option<&str>,
+        now: SystemTime,
+    ) -> Result<String, PkiError> {
         check_cluster_id(cluster_id)?;
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| invalid("certificate signing request", e))?;
@@ -170,6 +184,9 @@ impl CaBundle {
             .try_into()
             .map_err(|e| invalid("node name", e))?;
         params.subject_alt_names = vec![SanType::DnsName(name)];
+        if let Some(san) = api_addr.and_then(api_host_san) {
+            params.subject_alt_names.push(san);
+        }
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
@@ -180,6 +197,21 @@ impl CaBundle {
         validity(&mut params, now, NODE_CERT_VALIDITY);
         Ok(params.signed_by(&csr.public_key, &issuer)?.pem())
     }
+}
+
+/// The subject name for the host of an API address (none for a wildcard address or a name
+/// that is no valid DNS name).
+fn api_host_san(addr: &str) -> Option<SanType> {
+    let addr = addr.split_once("://").map_or(addr, |(_, rest)| rest);
+    let host = match addr.parse::<std::net::SocketAddr>() {
+        Ok(sa) => return (!sa.ip().is_unspecified()).then_some(SanType::IpAddress(sa.ip())),
+        Err(_) => addr.rsplit_once(':').map_or(addr, |(h, _)| h),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return (!ip.is_unspecified()).then_some(SanType::IpAddress(ip));
+    }
+    host.to_string().try_into().ok().map(SanType::DnsName)
 }
 
 /// The SHA-256 of the CA certificate's DER, as a join token carries it: `sha256:<hex>`.
@@ -357,6 +389,21 @@ impl NodeTls {
         Ok(Arc::new(c))
     }
 
+    /// The API's TLS server: this node's certificate (with the CA certificate after it, so a
+    /// client holding only the CA's hash can check it), no client certificate asked for.
+    pub fn api_server_config(&self) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+        let (mut certs, key) = self.chain()?;
+        certs.push(first_cert(&self.ca_pem, "CA certificate")?);
+        let mut c = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| PkiError::Tls(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| PkiError::Tls(e.to_string()))?;
+        c.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(c))
+    }
+
     /// The name a client verifies when it dials node `node_id` of this cluster.
     pub fn server_name(&self, node_id: u64) -> ServerName<'static> {
         ServerName::try_from(node_name(node_id, &self.cluster_id))
@@ -461,6 +508,9 @@ impl Pki {
         self.write("node.pem", cert_pem, false)
     }
 }
+
+mod pin;
+pub use pin::{join_token_with_pin, pinned_client_config, split_join_token, PIN_MISMATCH};
 
 #[cfg(test)]
 mod tests;

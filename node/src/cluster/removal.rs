@@ -92,7 +92,7 @@ pub async fn watch(node: Arc<ClusterHandle>) {
         for (_, info) in mem.nodes().filter(|(id, _)| **id != node.id) {
             let Ok(resp) = node
                 .http
-                .get(format!("http://{}/v1/health", info.api))
+                .get(format!("{}/v1/health", rackd_types::api_url(&info.api)))
                 .timeout(Duration::from_secs(1))
                 .send()
                 .await

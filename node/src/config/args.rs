@@ -32,6 +32,10 @@ pub struct UpArgs {
     /// Stay a non-voting learner (remote sites).
     #[arg(long)]
     pub learner: bool,
+    /// Serve the HTTP API over TLS with this node's certificate from the cluster CA (it names
+    /// the advertised API host); the advertised API address becomes `https://HOST:PORT`.
+    #[arg(long)]
+    pub api_tls: bool,
     /// Snapshot every N applied entries.
     #[arg(long, default_value_t = 10_000)]
     pub snapshot_logs: u64,

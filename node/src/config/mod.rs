@@ -39,6 +39,8 @@ pub struct NodeConfig {
     pub join: Option<String>,
     pub token: Option<String>,
     pub learner: bool,
+    /// Serve the API over TLS (`--api-tls`).
+    pub api_tls: bool,
     /// Build a snapshot every this many applied log entries (and keep as many in the log).
     pub snapshot_logs: u64,
     pub heartbeat_ms: u64,
@@ -225,6 +227,7 @@ impl NodeConfig {
             join,
             token: args.token,
             learner: args.learner,
+            api_tls: args.api_tls,
             snapshot_logs: args.snapshot_logs.max(2),
             heartbeat_ms: args.heartbeat_ms,
             election_timeout_ms: args.election_timeout_ms,

@@ -605,6 +605,7 @@ async fn interrupted_join_is_retried_by_restarting_the_node() {
         child: None,
         api: None,
         peer: None,
+        tls: false,
         args,
         netns: None,
         env: vec![],

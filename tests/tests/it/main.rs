@@ -1,6 +1,7 @@
 //! Integration tests: real `rackd` processes on loopback addresses.
 
 mod api;
+mod api_tls;
 mod appliance;
 mod cluster;
 mod failstop;

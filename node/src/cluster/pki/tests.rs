@@ -255,3 +255,90 @@ fn files_are_private_and_load_back() {
     // Secrets stay out of Debug output.
     assert!(!format!("{loaded:?}{tls:?}").contains("PRIVATE KEY"));
 }
+
+/// The API address's host is named (an IP as an IP, a name as a DNS name, whatever the
+/// scheme); a wildcard address names nothing; the node name is always there.
+#[test]
+fn node_certificates_name_the_api_host() {
+    let ca = CaBundle::generate(CID, now()).unwrap();
+    let names = |api: Option<&str>| {
+        let k = NodeKey::generate().unwrap();
+        let pem = ca.issue_for(&k.csr_pem, 4, CID, api, now()).unwrap();
+        let der = first_cert(&pem, "cert").unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let san = cert.subject_alternative_name().unwrap().unwrap();
+        san.value
+            .general_names
+            .iter()
+            .map(|n| match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => d.to_string(),
+                x509_parser::extensions::GeneralName::IPAddress(b) => match b.len() {
+                    4 => std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string(),
+                    _ => format!("{b:?}"),
+                },
+                other => format!("{other:?}"),
+            })
+            .collect::<Vec<_>>()
+    };
+    let me = node_name(4, CID);
+    assert_eq!(names(None), vec![me.clone()]);
+    assert_eq!(names(Some("10.1.2.3:7080")), vec![me.clone(), "10.1.2.3".into()]);
+    assert_eq!(
+        names(Some("https://10.1.2.3:7080")),
+        vec![me.clone(), "10.1.2.3".into()]
+    );
+    assert_eq!(
+        names(Some("https://rack1.example.net:7080")),
+        vec![me.clone(), "rack1.example.net".into()]
+    );
+    assert_eq!(names(Some("0.0.0.0:7080")), vec![me.clone()]);
+    assert_eq!(names(Some("[::1]:7080")).len(), 2);
+}
+
+/// A join token is its secret and, after it, the CA pin; tokens without a pin still split.
+#[test]
+fn join_tokens_carry_the_ca_pin_after_the_secret() {
+    let ca = CaBundle::generate(CID, now()).unwrap();
+    let pin = ca_hash(&ca.cert_pem).unwrap();
+    let t = join_token_with_pin("rackd-join-abc", &pin);
+    assert_eq!(split_join_token(&t), ("rackd-join-abc", Some(pin.as_str())));
+    assert_eq!(split_join_token("rackd-join-abc"), ("rackd-join-abc", None));
+}
+
+/// The pinned client accepts the server whose chain holds the pinned CA, and refuses one of
+/// another CA before the handshake completes (real handshakes over TCP).
+#[tokio::test]
+async fn a_pinned_client_accepts_only_the_pinned_ca() {
+    let serve = |ca: &CaBundle| {
+        let k = NodeKey::generate().unwrap();
+        let cert = ca
+            .issue_for(&k.csr_pem, 1, CID, Some("127.0.0.1:1"), now())
+            .unwrap();
+        NodeTls::new(CID, 1, &ca.cert_pem, &cert, &k.key_pem)
+            .unwrap()
+            .api_server_config()
+            .unwrap()
+    };
+    let ours = CaBundle::generate(CID, now()).unwrap();
+    let theirs = CaBundle::generate(CID, now()).unwrap();
+    let pin = ca_hash(&ours.cert_pem).unwrap();
+    for (server, want_ok) in [(serve(&ours), true), (serve(&theirs), false)] {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(server);
+        tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let _ = acceptor.accept(s).await;
+        });
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("127.0.0.1").unwrap();
+        let r = tokio_rustls::TlsConnector::from(pinned_client_config(&pin).unwrap())
+            .connect(name, tcp)
+            .await;
+        match (r, want_ok) {
+            (Ok(_), true) => {}
+            (Err(e), false) => assert!(e.to_string().contains(PIN_MISMATCH), "{e}"),
+            (r, _) => panic!("pinned {pin}: {:?}", r.map(|_| ())),
+        }
+    }
+}

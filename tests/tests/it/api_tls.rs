@@ -1,0 +1,230 @@
+//! The API over TLS (issue 11, items 3 and 4): nodes started with `--api-tls` on non-loopback
+//! addresses (one network namespace each) serve their API with their certificate from the
+//! cluster CA; curl holding the CA reaches it and curl without it fails verification; joins
+//! go over https and check the CA against the token's pin; followers forward writes to the
+//! leader over TLS; the CLI verifies with `--ca-file` and refuses https without one. A joiner
+//! whose token names another CA refuses a server before sending it anything.
+
+use std::io::Read;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rackd::cluster::pki::{CaBundle, NodeKey, NodeTls};
+use rackd_tests::{rackd_bin, Cluster};
+use rackd_types::ClusterInfo;
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(30);
+
+fn curl(args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .output()
+        .expect("run curl");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_over_tls_with_the_cluster_ca_and_pinned_joins() {
+    let mut c = Cluster::new_in_netns("apitls").expect("netns cluster");
+    c.common_args = vec!["--api-tls".into()];
+    c.bootstrap().await.expect("bootstrap");
+    assert!(c.nodes[0].tls, "node 1 advertises an https API");
+    let url0 = c.url(0);
+    assert!(url0.starts_with("https://10."), "{url0}");
+    // Joins go through https, with the CA pinned by the token.
+    c.join(0, false).await.expect("join n2 over https");
+    c.join(1, false)
+        .await
+        .expect("join n3 through a follower over https");
+    let ci: ClusterInfo = c.get_json(2, "/v1/cluster").await.unwrap();
+    assert_eq!(ci.members.len(), 3, "{ci:?}");
+    assert!(
+        ci.members
+            .iter()
+            .all(|m| m.api_addr.starts_with("https://")),
+        "{ci:?}"
+    );
+
+    // curl with the CA reaches every node; without it, verification fails.
+    let ca = c.nodes[0].data_dir.join("pki/ca.pem");
+    let ca = ca.to_str().unwrap();
+    for i in 0..3 {
+        let (code, out) = curl(&["--cacert", ca, &format!("{}/v1/health", c.url(i))]);
+        assert_eq!(code, 0, "node {i}: {out}");
+        assert!(out.contains("\"raft_state\""), "{out}");
+    }
+    let (code, out) = curl(&[&format!("{url0}/v1/health")]);
+    assert_eq!(
+        code, 60,
+        "curl without the CA must fail verification: {out}"
+    );
+    // Plain HTTP to a TLS port gets no API answer.
+    let plain = url0.replacen("https://", "http://", 1);
+    let (code, out) = curl(&[&format!("{plain}/v1/health")]);
+    assert!(
+        code != 0 || !out.contains("raft_state"),
+        "plain HTTP answered: {out}"
+    );
+
+    // Writes through a follower are forwarded to the leader over TLS.
+    let leader = c.wait_leader(T).await.unwrap();
+    let follower = (leader + 1) % 3;
+    let (s, v) = c
+        .request(
+            follower,
+            reqwest::Method::POST,
+            "/v1/locations",
+            Some(json!({"name": "tls-site"})),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 201, "{v}");
+
+    // The CLI verifies: with --ca-file it works, with none it refuses https outright.
+    let cli = |extra: &[&str]| {
+        std::process::Command::new(rackd_bin())
+            .args(["--server", &url0, "--api-token", &c.token])
+            .args(extra)
+            .args(["-o", "json", "locations", "list"])
+            .output()
+            .expect("run the CLI")
+    };
+    let ok = cli(&["--ca-file", ca]);
+    assert!(
+        ok.status.success() && String::from_utf8_lossy(&ok.stdout).contains("tls-site"),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let refused = cli(&[]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--ca-file"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let other_ca = c.dir.join("other-ca.pem");
+    let other = CaBundle::generate("other", std::time::SystemTime::now()).unwrap();
+    std::fs::write(&other_ca, &other.cert_pem).unwrap();
+    let wrong = cli(&["--ca-file", other_ca.to_str().unwrap()]);
+    assert!(
+        !wrong.status.success(),
+        "a CA of another cluster was accepted"
+    );
+}
+
+/// A joiner whose token pins this cluster's CA, sent to a server with another CA (someone
+/// posing as the cluster), refuses in the handshake: the server never receives a byte of the
+/// request, so it never sees the secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_refuses_a_server_whose_ca_is_not_the_pinned_one() {
+    let c = Cluster::start("pin", 1, &[]).await.expect("cluster");
+    let tok: rackd_types::CreatedJoinToken = c
+        .post_json(0, "/v1/tokens/join", &json!({"ttl_secs": 600}))
+        .await
+        .unwrap();
+    assert!(tok.token.contains(":sha256:"), "{}", tok.token);
+    let ca_pem = std::fs::read_to_string(c.nodes[0].data_dir.join("pki/ca.pem")).unwrap();
+    assert!(
+        tok.token
+            .ends_with(&rackd::cluster::pki::ca_hash(&ca_pem).unwrap()),
+        "the token pins the cluster's CA"
+    );
+
+    // The impostor: a TLS server with its own CA and a valid certificate for 127.0.0.1.
+    let now = std::time::SystemTime::now();
+    let fake_ca = CaBundle::generate("impostor", now).unwrap();
+    let key = NodeKey::generate().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cert = fake_ca
+        .issue_for(&key.csr_pem, 1, "impostor", Some(&addr.to_string()), now)
+        .unwrap();
+    let tls = NodeTls::new("impostor", 1, &fake_ca.cert_pem, &cert, &key.key_pem).unwrap();
+    let config = tls.api_server_config().unwrap();
+    let received = Arc::new(AtomicUsize::new(0));
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    {
+        let (received, handshakes) = (received.clone(), handshakes.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut tcp) = stream else { continue };
+                handshakes.fetch_add(1, Ordering::SeqCst);
+                let mut conn = rustls::ServerConnection::new(config.clone()).unwrap();
+                let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut s = rustls::Stream::new(&mut conn, &mut tcp);
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    received.fetch_add(n, Ordering::SeqCst);
+                }
+            }
+        });
+    }
+    // The same impostor is trusted when the pin is its own: the harness can see a request.
+    let own_pin = rackd::cluster::pki::ca_hash(&fake_ca.cert_pem).unwrap();
+    let secret = tok.token.split(":sha256:").next().unwrap().to_string();
+    let run = |token: String, name: &str| {
+        let dir = c.dir.join(name);
+        std::process::Command::new(rackd_bin())
+            .args(["up", "--data-dir"])
+            .arg(&dir)
+            .args(["--api", "127.0.0.1:0", "--peer", "127.0.0.1:0"])
+            .args(["--join", &format!("https://{addr}"), "--token", &token])
+            .output()
+            .expect("run the joiner")
+    };
+    let out = run(tok.token.clone(), "joiner");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("refusing to join"), "{stderr}");
+    assert!(
+        handshakes.load(Ordering::SeqCst) >= 1,
+        "the joiner never dialled"
+    );
+    assert_eq!(
+        received.load(Ordering::SeqCst),
+        0,
+        "the impostor received request bytes"
+    );
+    // Control: with the impostor's own pin the joiner does send its request.
+    let _ = std::process::Command::new(rackd_bin())
+        .args(["up", "--data-dir"])
+        .arg(c.dir.join("control"))
+        .args(["--api", "127.0.0.1:0", "--peer", "127.0.0.1:0"])
+        .args(["--join", &format!("https://{addr}")])
+        .args(["--token", &format!("{secret}:{own_pin}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map(|mut child| {
+            let t0 = std::time::Instant::now();
+            while received.load(Ordering::SeqCst) == 0 && t0.elapsed() < T {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        });
+    assert!(
+        received.load(Ordering::SeqCst) > 0,
+        "with a matching pin the joiner sends its request (the harness can see one)"
+    );
+    // A token without a pin cannot join over https at all.
+    let out = run(secret, "nopin");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("carries no CA hash"), "{stderr}");
+    let _: Value = c.get_json(0, "/v1/cluster").await.unwrap();
+}
