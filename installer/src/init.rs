@@ -318,19 +318,64 @@ fn watch_power_button(stop: Arc<AtomicBool>) {
     }
 }
 
-/// `GET /v1/health` on the local API (plain HTTP/1.0 over a socket).
+/// `GET /v1/health` on the local API: over TLS (the API's default off loopback), verified
+/// against the cluster CA in the data directory as this node's certificate name (which,
+/// unlike the address, never changes); plain HTTP when the node serves that.
 fn local_health() -> Option<serde_json::Value> {
-    let mut s = std::net::TcpStream::connect_timeout(
+    let body = local_health_tls().or_else(|| {
+        let mut s = local_socket()?;
+        s.write_all(b"GET /v1/health HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        Some(body)
+    })?;
+    serde_json::from_str(body.split("\r\n\r\n").nth(1)?).ok()
+}
+
+fn local_socket() -> Option<std::net::TcpStream> {
+    let s = std::net::TcpStream::connect_timeout(
         &format!("127.0.0.1:{API_PORT}").parse().ok()?,
         Duration::from_secs(1),
     )
     .ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /v1/health HTTP/1.0\r\nHost: localhost\r\n\r\n")
+    Some(s)
+}
+
+fn local_health_tls() -> Option<String> {
+    use rustls::pki_types::pem::PemObject;
+    let ca = std::fs::read(format!("{DATA}/rackd/pki/ca.pem")).ok()?;
+    let node: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(format!("{DATA}/rackd/node.json")).ok()?).ok()?;
+    let name = format!(
+        "node-{}.{}.rackd",
+        node["node_id"].as_u64()?,
+        node["cluster_id"].as_str()?
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
+        roots.add(cert.ok()?).ok()?;
+    }
+    #[allow(deprecated)] // ring: see node/src/cluster/pki.rs
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let conn = rustls::ClientConnection::new(
+        std::sync::Arc::new(config),
+        rustls::pki_types::ServerName::try_from(name).ok()?,
+    )
+    .ok()?;
+    let mut tls = rustls::StreamOwned::new(conn, local_socket()?);
+    tls.write_all(b"GET /v1/health HTTP/1.0\r\nHost: localhost\r\n\r\n")
         .ok()?;
     let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    serde_json::from_str(body.split("\r\n\r\n").nth(1)?).ok()
+    // A peer that closes without close_notify still gave us the whole HTTP/1.0 answer.
+    let _ = tls.read_to_string(&mut body);
+    (!body.is_empty()).then_some(body)
 }
 
 struct Status {
@@ -347,10 +392,21 @@ impl Status {
             .map(|t| t.trim().to_string());
         let mut s = format!(
             "\n==================== rackd appliance ====================\n\
-             host     {}  (API http://{}:{API_PORT})\n\
+             host     {}  (API {}://{}:{API_PORT})\n\
              node     {}   raft {}   leader {}\n\
              role     {}{}\n",
             self.hostname,
+            if self
+                .seed
+                .cluster
+                .extra_args
+                .iter()
+                .any(|a| a == "--api-plain-http")
+            {
+                "http"
+            } else {
+                "https"
+            },
             self.ip,
             health["node_id"],
             health["raft_state"].as_str().unwrap_or("?"),

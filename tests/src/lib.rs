@@ -40,6 +40,15 @@ pub fn rackd_bin() -> PathBuf {
     p
 }
 
+/// A client builder that trusts only the CA `ca_pem` (PEM) when given one.
+pub fn api_client_builder(ca_pem: Option<&[u8]>) -> reqwest::ClientBuilder {
+    let b = reqwest::Client::builder();
+    match ca_pem.and_then(|p| reqwest::Certificate::from_pem(p).ok()) {
+        Some(ca) => b.tls_built_in_root_certs(false).add_root_certificate(ca),
+        None => b,
+    }
+}
+
 /// Priority of the policy rules [`Cluster::cut_peer_port`] adds (and `heal` deletes).
 const PEER_CUT_PRIORITY: &str = "100";
 
@@ -204,6 +213,8 @@ pub struct Cluster {
     pub nodes: Vec<NodeProc>,
     pub http: reqwest::Client,
     pub token: String,
+    /// The cluster CA (PEM) when the nodes serve their API over TLS.
+    pub ca_pem: Option<Vec<u8>>,
     net: (u32, u32),
     pub common_args: Vec<String>,
     /// Environment of every node started from now on (`{dir}` is its data directory).
@@ -317,6 +328,7 @@ impl Cluster {
                 .build()
                 .expect("client"),
             token: String::new(),
+            ca_pem: None,
             net,
             common_args: Vec::new(),
             common_env: Vec::new(),
@@ -457,11 +469,10 @@ impl Cluster {
         }
         // Over TLS, this client trusts the cluster CA (and nothing else) from now on.
         if self.nodes[i].tls {
-            let pem = std::fs::read(self.nodes[i].data_dir.join("pki/ca.pem"))?;
-            self.http = reqwest::Client::builder()
+            self.ca_pem = Some(std::fs::read(self.nodes[i].data_dir.join("pki/ca.pem"))?);
+            self.http = self
+                .http_builder()
                 .timeout(Duration::from_secs(30))
-                .tls_built_in_root_certs(false)
-                .add_root_certificate(reqwest::Certificate::from_pem(&pem)?)
                 .build()?;
         }
         // Bootstrap is complete when the admin token authenticates.
@@ -551,6 +562,12 @@ impl Cluster {
 
     pub fn url(&self, i: usize) -> String {
         self.nodes[i].url()
+    }
+
+    /// A client builder for this cluster's API: it trusts the cluster CA (and nothing else)
+    /// when the nodes serve TLS.
+    pub fn http_builder(&self) -> reqwest::ClientBuilder {
+        api_client_builder(self.ca_pem.as_deref())
     }
 
     pub async fn health(&self, i: usize) -> anyhow::Result<Health> {

@@ -148,6 +148,8 @@ pub async fn rackd(
         .arg("--data-dir")
         .arg(&dir)
         .args(["--api", &format!("{ip}:0"), "--peer", &format!("{ip}:0")])
+        // The probes time the API as earlier runs did (plain HTTP), to stay comparable.
+        .arg("--api-plain-http")
         .args(["--location", "dc1", "--dhcp-interface", &net.iface])
         .args(["--dhcp-server-ip", &ip.to_string()])
         .args(["--tftp-listen", &format!("{ip}:69")])

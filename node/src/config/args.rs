@@ -33,9 +33,14 @@ pub struct UpArgs {
     #[arg(long)]
     pub learner: bool,
     /// Serve the HTTP API over TLS with this node's certificate from the cluster CA (it names
-    /// the advertised API host); the advertised API address becomes `https://HOST:PORT`.
-    #[arg(long)]
+    /// the advertised API host); the advertised API address becomes `https://HOST:PORT`. The
+    /// default unless the API listens on a loopback address.
+    #[arg(long, conflicts_with = "api_plain_http")]
     pub api_tls: bool,
+    /// Serve the HTTP API over plain HTTP even on a non-loopback address (tokens then cross
+    /// the network in clear: only for networks that are already private end to end).
+    #[arg(long)]
+    pub api_plain_http: bool,
     /// Snapshot every N applied entries.
     #[arg(long, default_value_t = 10_000)]
     pub snapshot_logs: u64,

@@ -39,7 +39,8 @@ pub struct NodeConfig {
     pub join: Option<String>,
     pub token: Option<String>,
     pub learner: bool,
-    /// Serve the API over TLS (`--api-tls`).
+    /// Serve the API over TLS: `--api-tls`, or by default on any address but loopback
+    /// (`--api-plain-http` turns it off).
     pub api_tls: bool,
     /// Build a snapshot every this many applied log entries (and keep as many in the log).
     pub snapshot_logs: u64,
@@ -218,6 +219,7 @@ impl NodeConfig {
             }
             Some(name) => Some(LocationConfig::from_args(name, &args, &data_dir)?),
         };
+        let api_tls = args.api_tls || (!args.api_plain_http && !is_loopback(&args.api));
         Ok(Self {
             data_dir,
             api_listen: args.api,
@@ -227,7 +229,7 @@ impl NodeConfig {
             join,
             token: args.token,
             learner: args.learner,
-            api_tls: args.api_tls,
+            api_tls,
             snapshot_logs: args.snapshot_logs.max(2),
             heartbeat_ms: args.heartbeat_ms,
             election_timeout_ms: args.election_timeout_ms,
@@ -240,6 +242,16 @@ impl NodeConfig {
             task_lost: (args.task_lost_secs > 0).then(|| Duration::from_secs(args.task_lost_secs)),
             location,
         })
+    }
+}
+
+/// Whether a listen address is a loopback one (only reachable from this host).
+fn is_loopback(listen: &str) -> bool {
+    match listen.parse::<std::net::SocketAddr>() {
+        Ok(sa) => sa.ip().is_loopback(),
+        Err(_) => listen
+            .rsplit_once(':')
+            .is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost")),
     }
 }
 
@@ -372,5 +384,30 @@ mod tests {
         );
         assert_eq!(l.power.sync_interval, None);
         assert_eq!(l.power.task_lease, DEFAULT_TASK_LEASE);
+    }
+
+    /// TLS on the API unless it listens on loopback, or is explicitly asked to be plain.
+    #[test]
+    fn the_api_is_tls_on_any_address_but_loopback_unless_asked() {
+        let tls = |flags: &[&str]| parse(flags).unwrap().api_tls;
+        let d = ["--data-dir", "/tmp/x"];
+        let with = |extra: &[&'static str]| [&d[..], extra].concat();
+        assert!(!tls(&with(&[])), "the default API address is loopback");
+        assert!(!tls(&with(&["--api", "127.0.0.5:7080"])));
+        assert!(!tls(&with(&["--api", "[::1]:7080"])));
+        assert!(!tls(&with(&["--api", "localhost:7080"])));
+        assert!(tls(&with(&["--api", "0.0.0.0:7080"])));
+        assert!(tls(&with(&["--api", "10.0.0.2:7080"])));
+        assert!(tls(&with(&["--api", "[::]:7080"])));
+        assert!(!tls(&with(&["--api", "0.0.0.0:7080", "--api-plain-http"])));
+        assert!(tls(&with(&["--api-tls"])));
+        let both = [
+            "rackd",
+            "--data-dir",
+            "/tmp/x",
+            "--api-tls",
+            "--api-plain-http",
+        ];
+        assert!(T::try_parse_from(both).is_err());
     }
 }

@@ -1,5 +1,5 @@
-//! The API over TLS (issue 11, items 3 and 4): nodes started with `--api-tls` on non-loopback
-//! addresses (one network namespace each) serve their API with their certificate from the
+//! The API over TLS (issue 11, items 3 and 4): nodes on non-loopback addresses (one network
+//! namespace each) serve their API over TLS by default, with their certificate from the
 //! cluster CA; curl holding the CA reaches it and curl without it fails verification; joins
 //! go over https and check the CA against the token's pin; followers forward writes to the
 //! leader over TLS; the CLI verifies with `--ca-file` and refuses https without one. A joiner
@@ -35,8 +35,8 @@ fn curl(args: &[&str]) -> (i32, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_over_tls_with_the_cluster_ca_and_pinned_joins() {
+    // No flag: TLS is the default on any address but loopback.
     let mut c = Cluster::new_in_netns("apitls").expect("netns cluster");
-    c.common_args = vec!["--api-tls".into()];
     c.bootstrap().await.expect("bootstrap");
     assert!(c.nodes[0].tls, "node 1 advertises an https API");
     let url0 = c.url(0);

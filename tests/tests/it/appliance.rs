@@ -325,7 +325,7 @@ impl Drop for Lab {
 /// wide: under TCG on a loaded 2-core machine a guest can stall long enough for its leader's
 /// lease to lapse (seen: about a minute of 503s after vm2 left, with vm1 and vm3 running).
 fn api(ip: &str, token: &str) -> Client {
-    Client::new(&format!("http://{ip}:7080"), Some(token.to_string()))
+    Client::with_http(&base(ip), Some(token.to_string()), client_for(ip))
         .with_timeout(Duration::from_secs(5))
         .with_retry(Duration::from_secs(180))
         .retry_unreachable()
@@ -348,16 +348,63 @@ async fn diagnose(lab: &Lab, ips: &[String], admin: &str) -> String {
     out
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap()
+/// The appliance serves its API over TLS (it listens on all addresses): the base URL of a VM.
+fn base(ip: &str) -> String {
+    format!("https://{ip}:7080")
+}
+
+/// The cluster CA's hash of each lab (by its network), from the bootstrap console line
+/// `cluster CA:  sha256:...`; the tests' clients accept only a server of that CA, as a joiner
+/// with a pinned token does.
+static PINS: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+fn lab_net(ip: &str) -> &str {
+    ip.rsplit_once('.').map_or(ip, |(net, _)| net)
+}
+
+fn pin_of(ip: &str) -> Option<String> {
+    let pins = PINS.lock().unwrap_or_else(|p| p.into_inner());
+    pins.iter()
+        .find(|(net, _)| net == lab_net(ip))
+        .map(|(_, pin)| pin.clone())
+}
+
+/// Learns the lab's pin from `vm`'s console once it printed the bootstrap lines.
+fn learn_pin(lab: &Lab, vm: usize, ip: &str) {
+    if pin_of(ip).is_some() {
+        return;
+    }
+    let console = lab.vms[vm].console();
+    let Some(pin) = console
+        .lines()
+        .filter_map(|l| l.strip_prefix("cluster CA:"))
+        .find_map(|rest| rest.split_whitespace().next())
+    else {
+        return;
+    };
+    PINS.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((lab_net(ip).to_string(), pin.to_string()));
+}
+
+/// A client for the VM at `ip`: it accepts only its lab's cluster CA (nothing before the
+/// pin is known).
+fn client_for(ip: &str) -> reqwest::Client {
+    let b = reqwest::Client::builder().timeout(Duration::from_secs(5));
+    match pin_of(ip) {
+        Some(pin) => b
+            .use_preconfigured_tls(
+                (*rackd::cluster::pki::pinned_client_config(&pin).unwrap()).clone(),
+            )
+            .build()
+            .unwrap(),
+        None => b.build().unwrap(),
+    }
 }
 
 async fn get(ip: &str, path: &str, token: &str) -> Option<Value> {
-    let r = client()
-        .get(format!("http://{ip}:7080{path}"))
+    let r = client_for(ip)
+        .get(format!("{}{path}", base(ip)))
         .bearer_auth(token)
         .send()
         .await
@@ -371,6 +418,7 @@ async fn get(ip: &str, path: &str, token: &str) -> Option<Value> {
 async fn wait_api(lab: &Lab, vm: usize, ip: &str, timeout: Duration) -> f64 {
     let t0 = Instant::now();
     loop {
+        learn_pin(lab, vm, ip);
         if get(ip, "/v1/health", "").await.is_some() {
             return t0.elapsed().as_secs_f64();
         }
@@ -522,8 +570,8 @@ async fn appliance_image_forms_a_three_node_cluster_survives_power_cycle_and_upg
             &dir.join(format!("s{i}.toml")),
             &format!(
                 "hostname = \"rk{i}\"\n[network]\n{network}\
-                 [cluster]\njoin = \"http://{}:7080\"\ntoken = \"{}\"\n{SLOW_LINKS}",
-                ips[0],
+                 [cluster]\njoin = \"{}\"\ntoken = \"{}\"\n{SLOW_LINKS}",
+                base(&ips[0]),
                 tok["token"].as_str().unwrap()
             ),
         );

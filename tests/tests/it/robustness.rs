@@ -62,6 +62,8 @@ impl Rng {
 #[derive(Clone)]
 struct Env {
     urls: Arc<Vec<String>>,
+    /// The cluster CA: the nodes serve TLS (their addresses are not loopback).
+    ca: Option<Arc<Vec<u8>>>,
     token: Arc<String>,
     keys: Arc<Vec<u64>>,
     t0: Instant,
@@ -191,7 +193,7 @@ async fn perform(
 
 /// One client: random ops on random records through random nodes until `stop`.
 async fn client(id: u64, env: Env, seed: u64, stop: Arc<AtomicBool>) -> (Vec<Op>, Vec<String>) {
-    let http = reqwest::Client::builder()
+    let http = rackd_tests::api_client_builder(env.ca.as_deref().map(|v| v.as_slice()))
         .connect_timeout(Duration::from_secs(1))
         .build()
         .expect("client");
@@ -540,6 +542,7 @@ async fn robustness_kills_pauses_partitions_linearizable() {
 
     let env = Env {
         urls: Arc::new((0..NODES).map(|i| c.url(i)).collect()),
+        ca: c.ca_pem.clone().map(Arc::new),
         token: Arc::new(c.token.clone()),
         keys: Arc::new(keys.clone()),
         t0: Instant::now(),
@@ -590,7 +593,7 @@ async fn robustness_kills_pauses_partitions_linearizable() {
 
     // Final linearizable reads on every node: part of the checked history, so an acknowledged
     // write that is missing from the final state is a linearizability violation.
-    let http = reqwest::Client::new();
+    let http = c.http_builder().build().expect("client");
     let mut finals: BTreeMap<u64, Vec<Op>> = BTreeMap::new();
     let mut live: Vec<bool> = (0..NODES).map(|i| c.nodes[i].is_running()).collect();
     for &key in &keys {

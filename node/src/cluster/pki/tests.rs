@@ -282,7 +282,10 @@ fn node_certificates_name_the_api_host() {
     };
     let me = node_name(4, CID);
     assert_eq!(names(None), vec![me.clone()]);
-    assert_eq!(names(Some("10.1.2.3:7080")), vec![me.clone(), "10.1.2.3".into()]);
+    assert_eq!(
+        names(Some("10.1.2.3:7080")),
+        vec![me.clone(), "10.1.2.3".into()]
+    );
     assert_eq!(
         names(Some("https://10.1.2.3:7080")),
         vec![me.clone(), "10.1.2.3".into()]
