@@ -202,6 +202,11 @@ pub enum Command {
     RevokeApiToken {
         id: u64,
     },
+    /// Revoke a join token: it is deleted, so neither join phase admits it from then on (a
+    /// join in progress with it stops). Added after format 2; old logs never carry it.
+    RevokeJoinToken {
+        id: u64,
+    },
     /// Record a cluster event that is not itself a state change here (membership changes are
     /// applied by openraft; the journal entry makes them visible in `/v1/events`).
     Journal {
@@ -286,6 +291,7 @@ impl Command {
             Command::AdoptRules { .. } => "adopt_rules",
             Command::CreateApiToken { .. } => "create_api_token",
             Command::RevokeApiToken { .. } => "revoke_api_token",
+            Command::RevokeJoinToken { .. } => "revoke_join_token",
             Command::Journal { .. } => "journal",
         }
     }

@@ -212,6 +212,7 @@ fn every_command() -> Vec<Command> {
             ttl_ms: Some(60_000),
         },
         Command::RevokeApiToken { id: 3 },
+        Command::RevokeJoinToken { id: 4 },
         Command::Journal {
             kind: "k".into(),
             entity: "e".into(),
@@ -254,6 +255,7 @@ fn every_command() -> Vec<Command> {
             | Command::AdoptRules { .. }
             | Command::CreateApiToken { .. }
             | Command::RevokeApiToken { .. }
+            | Command::RevokeJoinToken { .. }
             | Command::Journal { .. } => {}
         }
     }

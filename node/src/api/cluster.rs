@@ -325,6 +325,23 @@ pub async fn create_api_token(
     ))
 }
 
+/// Revoke a join token: no join phase admits it from then on.
+pub async fn revoke_join_token(
+    State(node): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> HttpResult<StatusCode> {
+    let id = parse_id(&id)?;
+    node.propose(
+        &actor.0,
+        super::idempotency_key(&headers, &actor)?,
+        Command::RevokeJoinToken { id },
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// Revoke an API token: every node refuses it once the revocation is applied there.
 pub async fn revoke_api_token(
     State(node): State<AppState>,

@@ -340,6 +340,11 @@ endpoints! {
         body: CreateJoinToken,
         status: 201, returns: CreatedJoinToken,
     }
+    DELETE "/v1/tokens/join/{id}" => cluster::revoke_join_token {
+        "Revoke a join token (neither join phase admits it from then on)",
+        auth: Admin, query: NO_Q, headers: IDEM,
+        status: 204,
+    }
     GET "/v1/tokens/api" => cluster::list_api_tokens {
         "List API tokens (no secrets)",
         auth: Admin, query: LIST_Q, headers: NO_H,

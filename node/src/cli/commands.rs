@@ -623,6 +623,9 @@ async fn tokens(c: &Client, json: bool, tc: TokenCmd) -> anyhow::Result<()> {
         TokenCmd::RevokeApi { id } => {
             c.delete(&format!("/v1/tokens/api/{id}"), None).await?;
         }
+        TokenCmd::Revoke { id } => {
+            c.delete(&format!("/v1/tokens/join/{id}"), None).await?;
+        }
         TokenCmd::CreateApi {
             name,
             role,

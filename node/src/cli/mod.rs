@@ -297,6 +297,8 @@ pub enum TokenCmd {
     },
     /// List join tokens.
     List,
+    /// Revoke a join token (a join in progress with it stops).
+    Revoke { id: u64 },
     /// Create an API token with a role: reader (GET only), operator (inventory, power,
     /// deploy, tasks) or admin (everything, including tokens and members).
     CreateApi {

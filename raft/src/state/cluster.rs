@@ -286,6 +286,33 @@ impl State {
         Ok(Applied::ApiToken(view))
     }
 
+    /// Delete join token `id`: neither join phase admits it from then on.
+    pub(super) fn revoke_join_token(
+        &mut self,
+        now: u64,
+        actor: &str,
+        id: u64,
+    ) -> Result<Applied, ApiError> {
+        let tok = self
+            .join_tokens
+            .remove(&id)
+            .ok_or_else(|| ApiError::not_found(format!("join token {id} not found")))?;
+        self.idx.join_token_by_hash.remove(&tok.hash);
+        let used = match tok.view.used_by_node {
+            Some(n) => format!(" (it had admitted node {n})"),
+            None => String::new(),
+        };
+        self.journal(
+            now,
+            actor,
+            "token.join_revoked",
+            "join_token",
+            Some(id),
+            format!("join token {id} revoked{used}"),
+        );
+        Ok(Applied::Done)
+    }
+
     /// Delete API token `id`; it is refused from then on. The last admin token that does not
     /// expire stays: without it nobody could administer the cluster.
     pub(super) fn revoke_api_token(

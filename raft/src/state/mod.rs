@@ -447,6 +447,7 @@ impl State {
                 self.create_api_token(now, actor, name, token_hash, *role, expires_at)
             }
             Command::RevokeApiToken { id } => self.revoke_api_token(now, actor, *id),
+            Command::RevokeJoinToken { id } => self.revoke_join_token(now, actor, *id),
             Command::Journal {
                 kind,
                 entity,

@@ -251,6 +251,43 @@ fn bmc_password_is_write_only() {
     assert_eq!(stored.bmc_password.as_deref(), Some("hunter2"));
 }
 
+/// A revoked join token is admitted by neither phase, whether it was unused or already
+/// allocated a node id; revoking it again is 404.
+#[test]
+fn revoked_join_tokens_admit_nobody() {
+    let mut s = base();
+    for (i, used) in [(0u64, false), (1, true)] {
+        let h = format!("{:064}", i + 7);
+        let id = ok(
+            &mut s,
+            10,
+            Command::CreateJoinToken {
+                token_hash: h.clone(),
+                ttl_ms: 1000,
+                description: String::new(),
+            },
+        )["id"]
+            .as_u64()
+            .unwrap();
+        let alloc = Command::AllocateNodeId {
+            token_hash: h.clone(),
+            api: "a".into(),
+            peer: "p".into(),
+        };
+        if used {
+            ok(&mut s, 11, alloc.clone());
+        }
+        ok(&mut s, 12, Command::RevokeJoinToken { id });
+        assert_eq!(err(&mut s, 13, alloc).code, ErrorCode::JoinRejected);
+        assert!(s.join_token_admits(&h, "a", "p", 13).is_err());
+        assert!(s.join_tokens.get(&id).is_none());
+        assert_eq!(
+            err(&mut s, 14, Command::RevokeJoinToken { id }).code,
+            ErrorCode::NotFound
+        );
+    }
+}
+
 #[test]
 fn join_token_allocates_fresh_ids_once() {
     let mut s = base();

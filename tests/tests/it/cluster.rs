@@ -558,6 +558,49 @@ async fn join_tokens_are_single_use_and_checked() {
         .await
         .unwrap();
     assert_eq!(s, 403);
+    // A revoked token admits nobody, and is no longer listed.
+    let revoked: rackd_types::CreatedJoinToken = c
+        .post_json(0, "/v1/tokens/join", &json!({"ttl_secs": 60}))
+        .await
+        .unwrap();
+    let (s, v) = c
+        .request(
+            0,
+            Method::DELETE,
+            &format!("/v1/tokens/join/{}", revoked.id),
+            None,
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 204, "{v}");
+    let (s, v) = c
+        .request(
+            0,
+            Method::POST,
+            "/v1/cluster/join",
+            Some(body(&revoked.token, "c:1")),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("JoinRejected")),
+        "{v}"
+    );
+    let (_, v) = c
+        .request(0, Method::GET, "/v1/tokens/join", None, &[])
+        .await
+        .unwrap();
+    assert!(
+        !v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["id"] == revoked.id),
+        "{v}"
+    );
     // Tokens are listed without their secret.
     let (_, v) = c
         .request(0, Method::GET, "/v1/tokens/join", None, &[])
