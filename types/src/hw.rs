@@ -92,6 +92,11 @@ pub enum BmcDriver {
     Unsupported,
 }
 
+/// The machine tag that allows IPMI 1.5 "straight password" authentication (the password in
+/// clear on the wire) for its BMC, when the BMC offers nothing better. Without it rackd never
+/// sends a BMC password in clear.
+pub const TAG_IPMI15_CLEARTEXT: &str = "ipmi15-cleartext-password";
+
 impl BmcDriver {
     /// The drivers a machine may be given.
     pub const SUPPORTED: [BmcDriver; 3] = [BmcDriver::Ipmi, BmcDriver::Ipmi15, BmcDriver::Sim];

@@ -27,6 +27,9 @@ pub struct ClientConfig {
     pub password: Vec<u8>,
     /// Requested session privilege (4 = administrator, 3 = operator).
     pub privilege: u8,
+    /// IPMI 1.5 only: use "straight password" authentication, which sends the password in
+    /// clear, when the BMC offers nothing better. Off unless the machine explicitly allows it.
+    pub allow_straight: bool,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -37,6 +40,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("username", &self.username)
             .field("password", &"<redacted>")
             .field("privilege", &self.privilege)
+            .field("allow_straight", &self.allow_straight)
             .finish()
     }
 }
@@ -315,12 +319,17 @@ impl<R: RngCore> Client<R> {
             return self.handle_v20(body);
         }
         let p = wire::decode_v15(body)?;
+        // In a session, an answer must carry the session's authentication and verify: one
+        // without it (auth type none, or another type) is dropped like a forged one.
         if matches!(self.phase, Phase::Ready | Phase::SetPrivilege)
             && self.cfg.version == LanVersion::V15
-            && p.auth != 0
+            && self.v15.auth != wire::AUTH_NONE
         {
             let want = wire::auth_code_v15(p.auth, &self.v15.pass, p.session_id, p.seq, p.msg);
-            if p.auth_code != Some(want) || p.session_id != self.v15.session_id {
+            if p.auth != self.v15.auth
+                || p.auth_code != Some(want)
+                || p.session_id != self.v15.session_id
+            {
                 return Ok(Step::Ignore);
             }
         }
@@ -406,14 +415,21 @@ impl<R: RngCore> Client<R> {
                 let offered = d[1];
                 let auth = if offered & (1 << wire::AUTH_MD5) != 0 {
                     wire::AUTH_MD5
-                } else if offered & (1 << wire::AUTH_STRAIGHT) != 0 {
+                } else if offered & (1 << wire::AUTH_STRAIGHT) != 0 && self.cfg.allow_straight {
                     wire::AUTH_STRAIGHT
                 } else if offered & 1 != 0 && self.cfg.password.is_empty() {
                     wire::AUTH_NONE
+                } else if offered & (1 << wire::AUTH_STRAIGHT) != 0 {
+                    return Err(ClientError::Unsupported(
+                        "the BMC offers only \"straight password\" IPMI 1.5 authentication, \
+                         which sends the password in clear; it is used only for machines that \
+                         explicitly allow it (or use IPMI 2.0)"
+                            .into(),
+                    ));
                 } else {
                     return Err(ClientError::Unsupported(format!(
                         "IPMI 1.5 authentication types offered by the BMC ({offered:#04x}); \
-                         MD5 or straight password needed"
+                         MD5 needed"
                     )));
                 };
                 self.v15.auth = auth;
@@ -469,7 +485,15 @@ impl<R: RngCore> Client<R> {
         if d.len() < 10 {
             return Err(WireError::Short("activate session response").into());
         }
-        self.v15.auth = d[0];
+        // The session keeps the authentication we asked for: a BMC (or someone posing as it)
+        // must not switch it to cleartext or to none.
+        if d[0] != self.v15.auth {
+            return Err(ClientError::Auth(format!(
+                "the BMC activated the session with authentication type {:#04x} instead of \
+                 {:#04x}",
+                d[0], self.v15.auth
+            )));
+        }
         self.v15.session_id = u32::from_le_bytes([d[1], d[2], d[3], d[4]]);
         self.v15.seq = u32::from_le_bytes([d[5], d[6], d[7], d[8]]).wrapping_sub(1);
         self.phase = Phase::Ready; // in_session() needs the session fields, not the phase

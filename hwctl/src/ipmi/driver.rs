@@ -38,6 +38,7 @@ impl IpmiBmc {
                 username: username.to_string(),
                 password: password.as_bytes().to_vec(),
                 privilege: 4,
+                allow_straight: false,
             },
             timeout: Duration::from_millis(1000),
             retries: 2,

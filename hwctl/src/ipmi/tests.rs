@@ -14,6 +14,7 @@ fn cfg(version: LanVersion, suite: u8) -> ClientConfig {
         username: "admin".into(),
         password: b"labpass".to_vec(),
         privilege: 4,
+        allow_straight: false,
     }
 }
 
@@ -193,5 +194,124 @@ fn random_and_truncated_input_never_panics() {
             let _ = wire::decode_response(&pkt);
             assert!(!matches!(c.handle(&pkt), Ok(Step::Ready)));
         }
+    }
+}
+
+/// A scripted IPMI 1.5 BMC: answers the client's last request with `data`, wrapped with the
+/// given session authentication.
+fn answer(req_pkt: &[u8], auth: u8, session_id: u32, seq: u32, data: &[u8]) -> Vec<u8> {
+    let req = wire::decode_v15(wire::strip_rmcp(req_pkt).unwrap()).unwrap();
+    let m = req.msg;
+    let (netfn, rq_seq, cmd) = (m[1] >> 2, m[4], m[5]);
+    let mut r = vec![0x81, (netfn + 1) << 2];
+    r.push(wire::checksum(&r));
+    let start = r.len();
+    r.extend([0x20, rq_seq, cmd, 0x00]);
+    r.extend_from_slice(data);
+    r.push(wire::checksum(&r[start..]));
+    wire::encode_v15(auth, &wire::pad_password(b"labpass"), session_id, seq, &r)
+}
+
+/// Authentication capabilities offering the types in `offered` (a bitmap of auth types).
+fn caps(offered: u8) -> Vec<u8> {
+    vec![0x01, offered, 0x04, 0x00, 0, 0, 0, 0]
+}
+
+fn v15_client(allow_straight: bool) -> Client<StdRng> {
+    let mut c = cfg(LanVersion::V15, 0);
+    c.allow_straight = allow_straight;
+    Client::new(c, StdRng::seed_from_u64(3)).unwrap()
+}
+
+fn sent(step: Result<Step, ClientError>) -> Vec<u8> {
+    match step {
+        Ok(Step::Send(p)) => p,
+        other => panic!("expected a packet to send, got {other:?}"),
+    }
+}
+
+/// The client never sends the password in clear unless the machine allows it: a BMC that
+/// offers only "straight password" is refused, MD5 is preferred whenever it is offered.
+#[test]
+fn v15_straight_password_only_when_allowed() {
+    let straight = 1 << wire::AUTH_STRAIGHT;
+    let md5 = 1 << wire::AUTH_MD5;
+    let mut c = v15_client(false);
+    let first = c.start();
+    let e = c
+        .handle(&answer(&first, 0, 0, 0, &caps(straight)))
+        .unwrap_err();
+    assert!(e.to_string().contains("in clear"), "{e}");
+
+    for (offered, allowed, want) in [
+        (straight, true, wire::AUTH_STRAIGHT),
+        (straight | md5, true, wire::AUTH_MD5),
+        (straight | md5, false, wire::AUTH_MD5),
+    ] {
+        let mut c = v15_client(allowed);
+        let first = c.start();
+        let challenge = sent(c.handle(&answer(&first, 0, 0, 0, &caps(offered))));
+        let d = wire::decode_v15(wire::strip_rmcp(&challenge).unwrap()).unwrap();
+        // Get Session Challenge names the authentication type first.
+        assert_eq!(d.msg[6], want, "offered {offered:#04x}, allowed {allowed}");
+    }
+}
+
+/// Drives an MD5 session to Ready; returns the client and the session id.
+fn md5_session() -> (Client<StdRng>, u32) {
+    let mut c = v15_client(false);
+    let first = c.start();
+    let challenge = sent(c.handle(&answer(&first, 0, 0, 0, &caps(1 << wire::AUTH_MD5))));
+    let mut ch = vec![0x11, 0x22, 0x33, 0x44];
+    ch.extend([0xab; 16]);
+    let activate = sent(c.handle(&answer(&challenge, 0, 0, 0, &ch)));
+    let sid = 0x5566_7788u32;
+    let mut act = vec![wire::AUTH_MD5];
+    act.extend(sid.to_le_bytes());
+    act.extend(10u32.to_le_bytes());
+    act.push(4);
+    let setpriv = sent(c.handle(&answer(&activate, 0, 0x1122_3344, 0, &act)));
+    let ready = c.handle(&answer(&setpriv, wire::AUTH_MD5, sid, 1, &[4]));
+    assert!(matches!(ready, Ok(Step::Ready)), "{ready:?}");
+    (c, sid)
+}
+
+/// In a session, an answer without the session's authentication (type none, or straight) is
+/// dropped like a forged one; the authenticated answer is taken.
+#[test]
+fn v15_in_session_answers_need_the_session_authentication() {
+    let (mut c, sid) = md5_session();
+    let req = c.request(0x00, 0x01, &[]).unwrap();
+    for forged_auth in [wire::AUTH_NONE, wire::AUTH_STRAIGHT] {
+        let forged = answer(&req, forged_auth, sid, 2, &[0x01, 0, 0, 0]);
+        assert!(
+            matches!(c.handle(&forged), Ok(Step::Ignore)),
+            "an answer with auth type {forged_auth} was taken"
+        );
+    }
+    let real = answer(&req, wire::AUTH_MD5, sid, 2, &[0x01, 0, 0, 0]);
+    assert!(matches!(c.handle(&real), Ok(Step::Response(_))));
+}
+
+/// A BMC that activates the session with another authentication type than the one asked
+/// for (a downgrade to none or to cleartext) is refused.
+#[test]
+fn v15_a_session_downgraded_at_activation_is_refused() {
+    for downgraded in [wire::AUTH_NONE, wire::AUTH_STRAIGHT] {
+        let mut c = v15_client(false);
+        let first = c.start();
+        let challenge = sent(c.handle(&answer(&first, 0, 0, 0, &caps(1 << wire::AUTH_MD5))));
+        let mut ch = vec![0x11, 0x22, 0x33, 0x44];
+        ch.extend([0xab; 16]);
+        let activate = sent(c.handle(&answer(&challenge, 0, 0, 0, &ch)));
+        let mut act = vec![downgraded];
+        act.extend(7u32.to_le_bytes());
+        act.extend(10u32.to_le_bytes());
+        act.push(4);
+        let e = c.handle(&answer(&activate, 0, 0x1122_3344, 0, &act));
+        assert!(
+            matches!(&e, Err(ClientError::Auth(m)) if m.contains("instead of")),
+            "{e:?}"
+        );
     }
 }

@@ -168,7 +168,7 @@ impl Executor {
 
     /// Builds the driver for a machine from the local replica.
     async fn bmc_for(&self, machine_id: u64) -> Result<AnyBmc, String> {
-        let (view, password, on) = {
+        let (view, password, on, cleartext) = {
             let state = self.node.state();
             let m = state
                 .machines
@@ -180,7 +180,17 @@ impl Executor {
                 .clone()
                 .ok_or_else(|| format!("machine {machine_id} has no BMC"))?;
             let on = m.machine.power_state == Some(PowerState::On);
-            (view, m.bmc_password.clone().unwrap_or_default(), on)
+            let cleartext = m
+                .machine
+                .tags
+                .iter()
+                .any(|t| t == rackd_types::TAG_IPMI15_CLEARTEXT);
+            (
+                view,
+                m.bmc_password.clone().unwrap_or_default(),
+                on,
+                cleartext,
+            )
         };
         let version = match view.driver {
             BmcDriver::Sim => {
@@ -197,6 +207,7 @@ impl Executor {
             .ok_or_else(|| format!("cannot resolve BMC address {:?}", view.address))?;
         let mut bmc = IpmiBmc::new(target, version, &view.username, &password);
         bmc.config.cipher_suite = view.cipher_suite.unwrap_or(3);
+        bmc.config.allow_straight = cleartext;
         bmc.timeout = self.opts.ipmi_timeout;
         bmc.retries = self.opts.ipmi_retries;
         Ok(AnyBmc::Ipmi(bmc))
