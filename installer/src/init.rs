@@ -321,9 +321,9 @@ fn watch_power_button(stop: Arc<AtomicBool>) {
 /// `GET /v1/health` on the local API: over TLS (the API's default off loopback), verified
 /// against the cluster CA in the data directory as this node's certificate name (which,
 /// unlike the address, never changes); plain HTTP when the node serves that.
-fn local_health() -> Option<serde_json::Value> {
-    let body = local_health_tls().or_else(|| {
-        let mut s = local_socket()?;
+fn local_health(listen: &str) -> Option<serde_json::Value> {
+    let body = local_health_tls(listen).or_else(|| {
+        let mut s = local_socket(listen)?;
         s.write_all(b"GET /v1/health HTTP/1.0\r\nHost: localhost\r\n\r\n")
             .ok()?;
         let mut body = String::new();
@@ -333,9 +333,15 @@ fn local_health() -> Option<serde_json::Value> {
     serde_json::from_str(body.split("\r\n\r\n").nth(1)?).ok()
 }
 
-fn local_socket() -> Option<std::net::TcpStream> {
+fn local_socket(listen: &str) -> Option<std::net::TcpStream> {
+    // A wildcard listener is reached on loopback.
+    let host = match listen {
+        "0.0.0.0" => "127.0.0.1",
+        "[::]" => "[::1]",
+        h => h,
+    };
     let s = std::net::TcpStream::connect_timeout(
-        &format!("127.0.0.1:{API_PORT}").parse().ok()?,
+        &format!("{host}:{API_PORT}").parse().ok()?,
         Duration::from_secs(1),
     )
     .ok()?;
@@ -343,7 +349,7 @@ fn local_socket() -> Option<std::net::TcpStream> {
     Some(s)
 }
 
-fn local_health_tls() -> Option<String> {
+fn local_health_tls(listen: &str) -> Option<String> {
     use rustls::pki_types::pem::PemObject;
     let ca = std::fs::read(format!("{DATA}/rackd/pki/ca.pem")).ok()?;
     let node: serde_json::Value =
@@ -369,7 +375,7 @@ fn local_health_tls() -> Option<String> {
         rustls::pki_types::ServerName::try_from(name).ok()?,
     )
     .ok()?;
-    let mut tls = rustls::StreamOwned::new(conn, local_socket()?);
+    let mut tls = rustls::StreamOwned::new(conn, local_socket(listen)?);
     tls.write_all(b"GET /v1/health HTTP/1.0\r\nHost: localhost\r\n\r\n")
         .ok()?;
     let mut body = String::new();
@@ -512,16 +518,30 @@ fn shutdown(rackd: Option<Pid>, power_off: bool) -> ! {
     }
 }
 
+/// The address rackd's API and peer ports listen on: the seed's `listen`, or the management
+/// address (an IPv6 one in brackets).
+fn listen_address(seed: &Seed, ip: &str) -> String {
+    let host = seed.cluster.listen.as_deref().unwrap_or(ip);
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
 /// The `rackd up` arguments for this node.
 pub fn rackd_args(seed: &Seed, ip: &str) -> Vec<String> {
+    // The management address only, unless the seed says otherwise: a location node's
+    // provisioning network (where any booting machine sits) never reaches the API or peers.
+    let listen = listen_address(seed, ip);
     let mut a: Vec<String> = vec![
         "up".into(),
         "--data-dir".into(),
         format!("{DATA}/rackd"),
         "--api".into(),
-        format!("0.0.0.0:{API_PORT}"),
+        format!("{listen}:{API_PORT}"),
         "--peer".into(),
-        format!("0.0.0.0:{PEER_PORT}"),
+        format!("{listen}:{PEER_PORT}"),
         "--advertise-api".into(),
         format!("{ip}:{API_PORT}"),
         "--advertise-peer".into(),
@@ -631,7 +651,7 @@ pub fn run() -> ! {
         }
         if last_check.elapsed() > Duration::from_secs(3) {
             last_check = Instant::now();
-            if let Some(h) = local_health() {
+            if let Some(h) = local_health(&listen_address(&seed, &ip)) {
                 let text = status.render(&h);
                 if text != shown {
                     show(&text);
@@ -710,6 +730,21 @@ mod tests {
         seed.cluster.learner = true;
         let a = rackd_args(&seed, "10.0.0.2").join(" ");
         assert!(a.contains("--advertise-api 10.0.0.2:7080"));
+        // The API and peer ports listen on the management address only...
+        assert!(
+            a.contains("--api 10.0.0.2:7080 --peer 10.0.0.2:7081"),
+            "{a}"
+        );
+        assert!(!a.contains("0.0.0.0"), "{a}");
+        assert!(rackd_args(&seed, "fd00::2")
+            .join(" ")
+            .contains("--api [fd00::2]:7080"));
+        // ...unless the seed says otherwise.
+        let mut all = seed.clone();
+        all.cluster.listen = Some("0.0.0.0".into());
+        assert!(rackd_args(&all, "10.0.0.2")
+            .join(" ")
+            .contains("--api 0.0.0.0:7080 --peer 0.0.0.0:7081"));
         assert!(a.contains("--join http://10.0.0.1:7080 --token tok --learner"));
         assert!(!redact_args(&rackd_args(&seed, "x")).contains("tok "));
         seed.cluster.bootstrap = true;

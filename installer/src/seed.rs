@@ -59,6 +59,10 @@ pub struct ClusterSeed {
     /// Extra `rackd up` arguments (e.g. DHCP settings of a location node).
     #[serde(default)]
     pub extra_args: Vec<String>,
+    /// The address the API and peer ports listen on (default: the management address, so a
+    /// location node's provisioning network never reaches them; `0.0.0.0` for every one).
+    #[serde(default)]
+    pub listen: Option<String>,
     /// Let `rackd.join`, `rackd.token` and `rackd.bootstrap` kernel parameters replace what
     /// this seed says (off: anyone at the boot menu could point the node at another cluster).
     #[serde(default)]
@@ -74,6 +78,7 @@ impl std::fmt::Debug for ClusterSeed {
             .field("learner", &self.learner)
             .field("location", &self.location)
             .field("extra_args", &self.extra_args)
+            .field("listen", &self.listen)
             .field("allow_kernel_overrides", &self.allow_kernel_overrides)
             .finish()
     }
