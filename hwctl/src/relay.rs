@@ -8,7 +8,10 @@
 //! port: session ids and sequence numbers of concurrent users are never mixed, and answers go
 //! back only to the client whose flow they arrived on. Flows idle longer than the configured
 //! time are closed; the number of flows is bounded. Datagrams that are not RMCP are dropped and
-//! counted. Must not depend on sockets, clocks or the replicated state.
+//! counted, and so are RMCP+ session openings that ask for no authentication (RAKP-none, which
+//! cipher suite 0 uses, or no authentication algorithm named): such a session lets anyone who
+//! knows a user name drive the BMC without its password. Must not depend on sockets, clocks or
+//! the replicated state.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -81,6 +84,9 @@ pub struct RelayStats {
     pub dropped_unknown_port: u64,
     pub dropped_stray: u64,
     pub dropped_too_many_flows: u64,
+    /// RMCP+ Open Session requests asking for RAKP-none (cipher suite 0) or for no named
+    /// authentication algorithm.
+    pub dropped_insecure_open: u64,
 }
 
 struct Flow {
@@ -102,6 +108,26 @@ pub struct Relay {
 /// RMCP version 1.0 header (ASF ping or IPMI class).
 fn is_rmcp(d: &[u8]) -> bool {
     d.len() >= 4 && d.len() <= 1500 && d[0] == 0x06 && matches!(d[3] & 0x1f, 0x06 | 0x07)
+}
+
+/// An RMCP+ Open Session request (IPMI 2.0 §13.17) that does not ask for an authenticating
+/// key exchange: RAKP-none (algorithm 0, as in cipher suite 0), an authentication record the
+/// BMC may fill in itself (length 0), or one too short to tell.
+fn is_insecure_open(d: &[u8]) -> bool {
+    // RMCP (4) | auth type 0x06 | payload type | session id (4) | seq (4) | length (2) | payload
+    const PAYLOAD: usize = 16;
+    if d.len() < 6 || d[3] & 0x1f != 0x07 || d[4] != 0x06 || d[5] & 0x3f != 0x10 {
+        return false;
+    }
+    let Some(p) = d.get(PAYLOAD..) else {
+        return true;
+    };
+    // Payload: tag, privilege, 2 reserved, console session id (4), then the authentication
+    // algorithm record: type 0x00, 2 reserved, length, algorithm, 3 reserved.
+    match (p.get(8), p.get(11), p.get(12)) {
+        (Some(0x00), Some(len), Some(alg)) => *len == 0 || alg & 0x3f == 0,
+        _ => true,
+    }
 }
 
 impl Relay {
@@ -137,6 +163,10 @@ impl Relay {
             Input::FromClient { port, client, data } => {
                 if !is_rmcp(data) {
                     self.stats.dropped_not_rmcp += 1;
+                    return out;
+                }
+                if is_insecure_open(data) {
+                    self.stats.dropped_insecure_open += 1;
                     return out;
                 }
                 let Some(bmc) = resolve(port) else {
@@ -229,7 +259,8 @@ mod tests {
     use super::*;
 
     const PING: &[u8] = &[0x06, 0x00, 0xff, 0x06, 0, 0, 0x11, 0xbe, 0x80, 0, 0, 0];
-    const IPMI: &[u8] = &[0x06, 0x00, 0xff, 0x07, 0x06, 0x10, 0, 0, 0, 0];
+    // A sessionless IPMI 1.5 header (auth type none).
+    const IPMI: &[u8] = &[0x06, 0x00, 0xff, 0x07, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 
     fn a(s: &str) -> SocketAddr {
         s.parse().unwrap()
@@ -480,5 +511,57 @@ mod tests {
         );
         assert_eq!(o, vec![Output::Close { flow: 3 }]);
         assert_eq!(r.flows(), 0);
+    }
+
+    /// An RMCP+ Open Session request naming `auth_alg` in an authentication record of length
+    /// `auth_len` (what `ipmitool -I lanplus -C N` sends first).
+    fn open_session(auth_alg: u8, auth_len: u8) -> Vec<u8> {
+        use crate::ipmi::wire;
+        let mut p = vec![0x00, 4, 0, 0, 1, 0, 0, 0];
+        p.extend([0x00, 0, 0, auth_len, auth_alg, 0, 0, 0]);
+        p.extend([0x01, 0, 0, 8, 1, 0, 0, 0]);
+        p.extend([0x02, 0, 0, 8, 1, 0, 0, 0]);
+        wire::encode_v20(
+            wire::PAYLOAD_OPEN_REQ,
+            0,
+            0,
+            &p,
+            &wire::V20Keys::default(),
+            [0; 16],
+        )
+    }
+
+    /// Openings that ask for no authentication (RAKP-none as in cipher suite 0, or leave the
+    /// choice to the BMC) never reach it; RAKP-HMAC openings and everything else do.
+    #[test]
+    fn openings_without_authentication_are_dropped() {
+        let t = Instant::now();
+        let mut r = Relay::new(RelayConfig::default());
+        let client = a("192.0.2.9:5000");
+        let mut send = |data: &[u8]| {
+            r.handle(
+                t,
+                Input::FromClient {
+                    port: 20001,
+                    client,
+                    data,
+                },
+                resolve,
+            )
+            .iter()
+            .any(|o| matches!(o, Output::ToBmc { .. }))
+        };
+        assert!(!send(&open_session(0x00, 8)), "RAKP-none (cipher suite 0)");
+        assert!(
+            !send(&open_session(0x01, 0)),
+            "authentication left to the BMC"
+        );
+        let truncated = open_session(0x01, 8);
+        assert!(!send(&truncated[..20]), "truncated opening");
+        assert!(send(&open_session(0x01, 8)), "RAKP-HMAC-SHA1 (suites 1-3)");
+        assert!(send(&open_session(0x02, 8)), "RAKP-HMAC-MD5");
+        assert!(send(IPMI), "IPMI 1.5 traffic");
+        assert!(send(PING), "ASF ping");
+        assert_eq!(r.stats.dropped_insecure_open, 3);
     }
 }

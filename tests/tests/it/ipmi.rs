@@ -291,6 +291,39 @@ async fn power_tasks_sync_and_ipmitool_through_the_rackd_proxy() {
     assert!(ok && out.contains("Chassis Power is on"), "{out}");
     let (ok, out) = ipmitool("lan", &node_ip, port, PASS, &["chassis", "power", "status"]);
     assert!(ok && out.contains("Chassis Power is on"), "{out}");
+    // Cipher suite 0 (RAKP-none): the BMC itself lets in anyone who knows a user name, with
+    // any password; the proxy drops such openings, so through it the same call gets nowhere.
+    let suite0 = |host: &str, port: u16| {
+        crate::util::sh(&[
+            "ipmitool",
+            "-I",
+            "lanplus",
+            "-C",
+            "0",
+            "-H",
+            host,
+            "-p",
+            &port.to_string(),
+            "-U",
+            USER,
+            "-P",
+            "not-the-password",
+            "-R",
+            "1",
+            "-N",
+            "1",
+            "chassis",
+            "power",
+            "status",
+        ])
+    };
+    let (ok, out) = suite0(&sim.addr, 623);
+    assert!(
+        ok && out.contains("Chassis Power is on"),
+        "the BMC itself should accept cipher suite 0 (the attack the proxy stops): {out}"
+    );
+    let (ok, out) = suite0(&node_ip, port);
+    assert!(!ok, "cipher suite 0 went through the proxy: {out}");
     let (ok, out) = ipmitool(
         "lanplus",
         &node_ip,
