@@ -2,8 +2,10 @@
 //! (ipmitool at a desk) and BMCs on a location's isolated management network.
 //!
 //! Scheme: every machine has its own listening port on the location node; which BMC a port
-//! reaches is asked of the caller at each new flow (the replica decides, so only machines of the
-//! node's location are reachable). A *flow* is one (listening port, client address) pair and has
+//! reaches, and whether the client's address may reach it (an operator's grant through the API),
+//! is asked of the caller for every client datagram (the replica decides, so only machines of
+//! the node's location are reachable, and only by addresses granted a session; a flow whose
+//! grant ended is closed at its next datagram). A *flow* is one (listening port, client address) pair and has
 //! its own upstream socket, so each operator's sessions reach the BMC from a distinct source
 //! port: session ids and sequence numbers of concurrent users are never mixed, and answers go
 //! back only to the client whose flow they arrived on. Flows idle longer than the configured
@@ -14,7 +16,7 @@
 //! the replicated state.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 pub type FlowId = u64;
@@ -23,6 +25,8 @@ pub type FlowId = u64;
 pub struct RelayConfig {
     pub idle: Duration,
     pub max_flows: usize,
+    /// Flows one client address may hold at once (over all machines).
+    pub max_flows_per_source: usize,
 }
 
 impl Default for RelayConfig {
@@ -30,8 +34,20 @@ impl Default for RelayConfig {
         Self {
             idle: Duration::from_secs(60),
             max_flows: 1024,
+            max_flows_per_source: 16,
         }
     }
+}
+
+/// What a listening port reaches for one client address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolve {
+    /// This BMC.
+    Bmc(SocketAddr),
+    /// No machine of this location with an IPMI BMC has this port.
+    NoMachine,
+    /// The machine exists, but this address holds no open BMC session for it.
+    NotGranted,
 }
 
 #[derive(Debug)]
@@ -87,6 +103,8 @@ pub struct RelayStats {
     /// RMCP+ Open Session requests asking for RAKP-none (cipher suite 0) or for no named
     /// authentication algorithm.
     pub dropped_insecure_open: u64,
+    /// Datagrams from an address without an open BMC session for the machine.
+    pub dropped_not_granted: u64,
 }
 
 struct Flow {
@@ -150,13 +168,12 @@ impl Relay {
         }
     }
 
-    /// `resolve(port)` names the BMC a listening port reaches now (None: no such machine in
-    /// this location, or no IPMI BMC).
+    /// `resolve(port, client)` says what a listening port reaches now for that client address.
     pub fn handle(
         &mut self,
         now: Instant,
         input: Input<'_>,
-        resolve: impl Fn(u16) -> Option<SocketAddr>,
+        resolve: impl Fn(u16, IpAddr) -> Resolve,
     ) -> Vec<Output> {
         let mut out = Vec::new();
         match input {
@@ -169,12 +186,19 @@ impl Relay {
                     self.stats.dropped_insecure_open += 1;
                     return out;
                 }
-                let Some(bmc) = resolve(port) else {
-                    self.stats.dropped_unknown_port += 1;
-                    if let Some(id) = self.by_client.get(&(port, client)).copied() {
-                        self.close(id, &mut out);
+                let bmc = match resolve(port, client.ip()) {
+                    Resolve::Bmc(bmc) => bmc,
+                    refused => {
+                        if refused == Resolve::NotGranted {
+                            self.stats.dropped_not_granted += 1;
+                        } else {
+                            self.stats.dropped_unknown_port += 1;
+                        }
+                        if let Some(id) = self.by_client.get(&(port, client)).copied() {
+                            self.close(id, &mut out);
+                        }
+                        return out;
                     }
-                    return out;
                 };
                 let id = match self.by_client.get(&(port, client)).copied() {
                     // The machine's BMC moved: the old flow's sessions are meaningless.
@@ -187,7 +211,14 @@ impl Relay {
                 let id = match id {
                     Some(id) => id,
                     None => {
-                        if self.flows.len() >= self.cfg.max_flows {
+                        let from_source = self
+                            .flows
+                            .values()
+                            .filter(|f| f.client.ip() == client.ip())
+                            .count();
+                        if self.flows.len() >= self.cfg.max_flows
+                            || from_source >= self.cfg.max_flows_per_source
+                        {
                             self.stats.dropped_too_many_flows += 1;
                             return out;
                         }
@@ -266,11 +297,11 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn resolve(port: u16) -> Option<SocketAddr> {
+    fn resolve(port: u16, _client: IpAddr) -> Resolve {
         match port {
-            20001 => Some(a("10.0.0.1:623")),
-            20002 => Some(a("10.0.0.2:623")),
-            _ => None,
+            20001 => Resolve::Bmc(a("10.0.0.1:623")),
+            20002 => Resolve::Bmc(a("10.0.0.2:623")),
+            _ => Resolve::NoMachine,
         }
     }
 
@@ -433,6 +464,7 @@ mod tests {
         let mut r = Relay::new(RelayConfig {
             idle: Duration::from_secs(60),
             max_flows: 2,
+            ..RelayConfig::default()
         });
         let c = a("192.0.2.1:5000");
         r.handle(
@@ -481,7 +513,10 @@ mod tests {
         let o = r.handle(t + Duration::from_secs(61), Input::Tick, resolve);
         assert_eq!(o, vec![Output::Close { flow: 1 }]);
         // The machine behind port 20002 now has another BMC address: old flow closed, new one.
-        let moved = |p: u16| (p == 20002).then(|| a("10.0.0.22:623"));
+        let moved = |p: u16, _: IpAddr| match p {
+            20002 => Resolve::Bmc(a("10.0.0.22:623")),
+            _ => Resolve::NoMachine,
+        };
         let o = r.handle(
             later,
             Input::FromClient {
@@ -507,7 +542,7 @@ mod tests {
                 client: c,
                 data: IPMI,
             },
-            |_| None,
+            |_, _| Resolve::NoMachine,
         );
         assert_eq!(o, vec![Output::Close { flow: 3 }]);
         assert_eq!(r.flows(), 0);
@@ -563,5 +598,62 @@ mod tests {
         assert!(send(IPMI), "IPMI 1.5 traffic");
         assert!(send(PING), "ASF ping");
         assert_eq!(r.stats.dropped_insecure_open, 3);
+    }
+
+    /// Only a granted address gets through: others are dropped and counted, and a flow whose
+    /// grant ended is closed at its next datagram.
+    #[test]
+    fn only_granted_sources_reach_the_bmc() {
+        let t = Instant::now();
+        let mut r = Relay::new(RelayConfig::default());
+        let granted: IpAddr = "192.0.2.1".parse().unwrap();
+        let only = |g: Option<IpAddr>| {
+            move |port: u16, ip: IpAddr| match (port, g) {
+                (20001, Some(g)) if g == ip => Resolve::Bmc(a("10.0.0.1:623")),
+                (20001, _) => Resolve::NotGranted,
+                _ => Resolve::NoMachine,
+            }
+        };
+        let from = |c: &str| Input::FromClient {
+            port: 20001,
+            client: a(c),
+            data: IPMI,
+        };
+        let o = r.handle(t, from("192.0.2.2:5000"), only(Some(granted)));
+        assert!(o.is_empty(), "{o:?}");
+        assert_eq!(r.stats.dropped_not_granted, 1);
+        let o = r.handle(t, from("192.0.2.1:5000"), only(Some(granted)));
+        assert_eq!(o.len(), 2, "granted: opened and relayed: {o:?}");
+        // The grant ends: the next datagram closes the flow instead of relaying.
+        let o = r.handle(t, from("192.0.2.1:5000"), only(None));
+        assert_eq!(o, vec![Output::Close { flow: 1 }]);
+        assert_eq!((r.flows(), r.stats.dropped_not_granted), (0, 2));
+    }
+
+    /// One address holds at most `max_flows_per_source` flows; another is still served.
+    #[test]
+    fn flows_per_source_are_bounded() {
+        let t = Instant::now();
+        let mut r = Relay::new(RelayConfig {
+            max_flows_per_source: 2,
+            ..RelayConfig::default()
+        });
+        let mut opened = |c: &str| {
+            r.handle(
+                t,
+                Input::FromClient {
+                    port: 20001,
+                    client: a(c),
+                    data: IPMI,
+                },
+                resolve,
+            )
+            .iter()
+            .any(|o| matches!(o, Output::Open { .. }))
+        };
+        assert!(opened("192.0.2.1:5000"));
+        assert!(opened("192.0.2.1:5001"));
+        assert!(!opened("192.0.2.1:5002"), "a third flow from one address");
+        assert!(opened("192.0.2.2:5000"), "another address");
     }
 }

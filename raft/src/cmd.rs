@@ -202,6 +202,13 @@ pub enum Command {
     RevokeApiToken {
         id: u64,
     },
+    /// An operator opens the IPMI proxy to machine `machine_id`'s BMC for `source` (an IP) for
+    /// `ttl_ms` from the leader's stamp. Added after format 2; old logs never carry it.
+    GrantBmcSession {
+        machine_id: u64,
+        source: String,
+        ttl_ms: u64,
+    },
     /// Revoke a join token: it is deleted, so neither join phase admits it from then on (a
     /// join in progress with it stops). Added after format 2; old logs never carry it.
     RevokeJoinToken {
@@ -292,6 +299,7 @@ impl Command {
             Command::CreateApiToken { .. } => "create_api_token",
             Command::RevokeApiToken { .. } => "revoke_api_token",
             Command::RevokeJoinToken { .. } => "revoke_join_token",
+            Command::GrantBmcSession { .. } => "grant_bmc_session",
             Command::Journal { .. } => "journal",
         }
     }
@@ -392,6 +400,7 @@ pub enum Applied {
         cluster_id: String,
     },
     DeployDone(DeployDone),
+    BmcSession(rackd_types::BmcSession),
     /// Power observations applied (older ones and busy machines are skipped).
     PowerObserved {
         recorded: u64,
@@ -434,6 +443,7 @@ applied_into! {
     into_join_token => JoinToken(JoinTokenView),
     into_api_token => ApiToken(ApiTokenView),
     into_deploy_done => DeployDone(DeployDone),
+    into_bmc_session => BmcSession(rackd_types::BmcSession),
 }
 
 impl Applied {

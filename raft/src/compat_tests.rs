@@ -213,6 +213,11 @@ fn every_command() -> Vec<Command> {
         },
         Command::RevokeApiToken { id: 3 },
         Command::RevokeJoinToken { id: 4 },
+        Command::GrantBmcSession {
+            machine_id: 3,
+            source: "192.0.2.7".into(),
+            ttl_ms: 60_000,
+        },
         Command::Journal {
             kind: "k".into(),
             entity: "e".into(),
@@ -256,6 +261,7 @@ fn every_command() -> Vec<Command> {
             | Command::CreateApiToken { .. }
             | Command::RevokeApiToken { .. }
             | Command::RevokeJoinToken { .. }
+            | Command::GrantBmcSession { .. }
             | Command::Journal { .. } => {}
         }
     }

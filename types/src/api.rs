@@ -52,6 +52,31 @@ pub struct BootDeviceRequest {
     pub persistent: bool,
 }
 
+/// `POST /v1/machines/{id}/bmc-session`: let `source` reach the machine's BMC through the IPMI
+/// proxies of its location until the grant expires (no other address gets through them).
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BmcSessionRequest {
+    /// The operator's address (an IP) the proxy accepts this machine's IPMI traffic from.
+    pub source: String,
+    /// How long the grant lasts, in seconds (default 3600, at most 28800).
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+/// Default and longest lifetime of a BMC session grant.
+pub const BMC_SESSION_DEFAULT_TTL_SECS: u64 = 3600;
+pub const BMC_SESSION_MAX_TTL_SECS: u64 = 8 * 3600;
+
+/// A grant of the IPMI proxy: `source` may reach machine `machine_id`'s BMC at
+/// `PROXY_IP:BASE_PORT+machine_id` on its location's nodes until `expires_at` (ms, leader time).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct BmcSession {
+    pub machine_id: u64,
+    pub source: String,
+    pub expires_at: u64,
+}
+
 /// `POST /boot/{mac}/done?token=...` body-less callback answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DeployDone {

@@ -454,6 +454,12 @@ endpoints! {
         body: PowerRequest,
         status: 202, returns: Task,
     }
+    POST "/v1/machines/{id}/bmc-session" => tasks::bmc_session {
+        "Let one address reach the machine's BMC through its location's IPMI proxies, for a while",
+        auth: Operator, query: NO_Q, headers: IDEM,
+        body: BmcSessionRequest,
+        status: 201, returns: BmcSession,
+    }
     POST "/v1/machines/{id}/boot-device" => tasks::boot_device {
         "Set the boot device (pxe or disk, next boot or persistent) as a task run at the machine's location",
         auth: Operator, query: NO_Q, headers: IDEM,

@@ -1,6 +1,8 @@
 //! Power actions and tasks: `POST /v1/machines/{id}/power` and `…/boot-device` create a
 //! replicated task that a node serving the machine's location executes; `GET /v1/tasks[/{id}]`
 //! shows its progress; `POST /v1/tasks/{id}/cancel` ends a pending or running one.
+//! `POST /v1/machines/{id}/bmc-session` opens the location's IPMI proxies to the machine's BMC
+//! for one operator address, for a while.
 
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
@@ -9,7 +11,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use rackd_raft::cmd::Command;
 use rackd_types::{
-    ApiError, BootDeviceRequest, ListQuery, Page, PowerRequest, Task, TaskKind, TaskWork,
+    ApiError, BmcSession, BmcSessionRequest, BootDeviceRequest, ListQuery, Page, PowerRequest,
+    Task, TaskKind, TaskWork, BMC_SESSION_DEFAULT_TTL_SECS, BMC_SESSION_MAX_TTL_SECS,
 };
 
 use super::inventory::{collect_page, page_params, query, read_barrier};
@@ -32,6 +35,43 @@ async fn create_task(
         .await?
         .into_task()?;
     Ok((StatusCode::ACCEPTED, Json(v)))
+}
+
+/// Open the IPMI proxies of the machine's location to its BMC for `source`; 201 with the grant.
+pub async fn bmc_session(
+    State(node): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> HttpResult<(StatusCode, Json<BmcSession>)> {
+    let machine_id = parse_id(&id)?;
+    let r: BmcSessionRequest = parse_json(&body)?;
+    let ttl = r.ttl_secs.unwrap_or(BMC_SESSION_DEFAULT_TTL_SECS);
+    if ttl == 0 || ttl > BMC_SESSION_MAX_TTL_SECS {
+        return Err(ApiError::invalid(format!(
+            "ttl_secs must be from 1 to {BMC_SESSION_MAX_TTL_SECS}"
+        ))
+        .into());
+    }
+    if r.source.trim().parse::<std::net::IpAddr>().is_err() {
+        return Err(
+            ApiError::invalid(format!("source {:?} is not an IP address", r.source)).into(),
+        );
+    }
+    let g = node
+        .propose(
+            &actor.0,
+            idempotency_key(&headers, &actor)?,
+            Command::GrantBmcSession {
+                machine_id,
+                source: r.source,
+                ttl_ms: ttl * 1000,
+            },
+        )
+        .await?
+        .into_bmc_session()?;
+    Ok((StatusCode::CREATED, Json(g)))
 }
 
 pub async fn power(

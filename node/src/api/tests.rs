@@ -622,6 +622,9 @@ fn sample(e: &Endpoint, fx: &Fixture, created: &BTreeMap<&str, u64>) -> (String,
         (Verb::Post, "/v1/machines/{id}/deploy") => (with(fx.machine), body(r#"{"image":"img"}"#)),
         (Verb::Post, "/v1/machines/{id}/power") => (with(fx.machine), body(r#"{"action":"on"}"#)),
         (Verb::Post, "/v1/tasks/{id}/cancel") => (with(fx.task), String::new()),
+        (Verb::Post, "/v1/machines/{id}/bmc-session") => {
+            (with(fx.ipmi_machine), body(r#"{"source":"192.0.2.7"}"#))
+        }
         (Verb::Post, "/v1/machines/{id}/boot-device") => {
             (with(fx.machine), body(r#"{"device":"pxe"}"#))
         }
@@ -645,6 +648,8 @@ struct Fixture {
     location: u64,
     rack: u64,
     machine: u64,
+    /// A machine with an IPMI BMC (BMC sessions need one).
+    ipmi_machine: u64,
     image: u64,
     subnet: u64,
     task: u64,
@@ -706,6 +711,18 @@ async fn fixture(c: &Arc<FakeCluster>) -> Fixture {
         state: Some(MachineState::Ready),
         ..machine_spec("m1", "dc1")
     });
+    let ipmi_machine = c.create_machine(CreateMachine {
+        macs: vec!["52:54:00:00:00:02".into()],
+        bmc: Some(rackd_types::BmcSpec {
+            driver: rackd_types::BmcDriver::Ipmi,
+            address: "10.1.0.50".into(),
+            port: 623,
+            username: "admin".into(),
+            password: None,
+            cipher_suite: None,
+        }),
+        ..machine_spec("m-ipmi", "dc1")
+    });
     let task = c
         .apply_ok(
             "t",
@@ -736,6 +753,7 @@ async fn fixture(c: &Arc<FakeCluster>) -> Fixture {
         location,
         rack,
         machine,
+        ipmi_machine,
         image,
         subnet,
         task,

@@ -318,6 +318,26 @@ async fn machines(c: &Client, json: bool, mc: MachineCmd) -> anyhow::Result<()> 
             }
             machine_rows(&[m]);
         }
+        MachineCmd::BmcSession { id, source, ttl } => {
+            let g: rackd_types::BmcSession = c
+                .post(
+                    &format!("/v1/machines/{id}/bmc-session"),
+                    &rackd_types::BmcSessionRequest {
+                        source,
+                        ttl_secs: ttl,
+                    },
+                )
+                .await?;
+            if json {
+                return json_out(&g);
+            }
+            println!(
+                "{} may reach the BMC of machine {} through its location's IPMI proxies until {}",
+                g.source,
+                g.machine_id,
+                time(g.expires_at)
+            );
+        }
         MachineCmd::Power {
             id,
             action,

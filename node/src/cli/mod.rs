@@ -146,6 +146,15 @@ pub enum MachineCmd {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Let SOURCE (an IP) reach the machine's BMC through its location's IPMI proxies
+    /// (ipmitool -H PROXY_IP -p BASE_PORT+ID) for --ttl seconds.
+    BmcSession {
+        id: u64,
+        #[arg(long)]
+        source: String,
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

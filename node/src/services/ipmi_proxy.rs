@@ -3,14 +3,16 @@
 //! BASE+N …`); ports are stable (derived from the machine id, no extra replicated state) and the
 //! same on every node of the location. Listening sockets follow the replica (opened for machines
 //! with an IPMI BMC in this location, closed when they leave); each flow has its own upstream
-//! socket. Must not depend on the HTTP API.
+//! socket. Only addresses an operator opened a BMC session for (`POST /v1/machines/{id}/
+//! bmc-session`, replicated with the machine) get through, until the grant expires. Must not
+//! depend on the HTTP API.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rackd_hwctl::relay::{FlowId, Input, Output, Relay, RelayConfig};
+use rackd_hwctl::relay::{FlowId, Input, Output, Relay, RelayConfig, Resolve};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -32,8 +34,14 @@ enum Event {
     Tick,
 }
 
-/// Machine id → BMC address of machines of `location` with an IPMI BMC (IP literals only).
-fn bmc_table(node: &dyn Cluster, location: &str) -> HashMap<u64, SocketAddr> {
+/// A machine's BMC and the sessions granted for it: (source, expiry in ms).
+struct Target {
+    bmc: SocketAddr,
+    grants: Vec<(IpAddr, u64)>,
+}
+
+/// Machine id → BMC and grants of machines of `location` with an IPMI BMC (IP literals only).
+fn bmc_table(node: &dyn Cluster, location: &str) -> HashMap<u64, Target> {
     node.state()
         .machines
         .values()
@@ -44,7 +52,13 @@ fn bmc_table(node: &dyn Cluster, location: &str) -> HashMap<u64, SocketAddr> {
                 return None;
             }
             let ip: IpAddr = b.address.trim().parse().ok()?;
-            Some((m.machine.meta.id, SocketAddr::new(ip, b.port)))
+            let grants = m
+                .bmc_sessions
+                .iter()
+                .filter_map(|g| Some((g.source.parse().ok()?, g.expires_at)))
+                .collect();
+            let bmc = SocketAddr::new(ip, b.port);
+            Some((m.machine.meta.id, Target { bmc, grants }))
         })
         .collect()
 }
@@ -54,7 +68,7 @@ struct Shell {
     location: String,
     opts: ProxyConfig,
     tx: mpsc::Sender<Event>,
-    table: HashMap<u64, SocketAddr>,
+    table: HashMap<u64, Target>,
     listeners: HashMap<u16, (Arc<UdpSocket>, JoinHandle<()>)>,
     upstream: HashMap<FlowId, (Arc<UdpSocket>, SocketAddr, JoinHandle<()>)>,
 }
@@ -64,10 +78,24 @@ impl Shell {
         u16::try_from(self.opts.base_port as u64 + id).ok()
     }
 
-    /// The BMC a listening port reaches (from the table refreshed every second).
-    fn lookup(&self, port: u16) -> Option<SocketAddr> {
-        let id = (port as u64).checked_sub(self.opts.base_port as u64)?;
-        self.table.get(&id).copied()
+    /// What a listening port reaches for `client` at `now_ms` (from the table refreshed
+    /// every second; expiry is checked against the clock at each datagram).
+    fn lookup(&self, port: u16, client: IpAddr, now_ms: u64) -> Resolve {
+        let Some(t) = (port as u64)
+            .checked_sub(self.opts.base_port as u64)
+            .and_then(|id| self.table.get(&id))
+        else {
+            return Resolve::NoMachine;
+        };
+        let granted = t
+            .grants
+            .iter()
+            .any(|(ip, until)| *ip == client && *until > now_ms);
+        if granted {
+            Resolve::Bmc(t.bmc)
+        } else {
+            Resolve::NotGranted
+        }
     }
 
     /// Feeds every datagram received on `sock` to the relay loop as `event(from, data)`.
@@ -213,7 +241,8 @@ pub async fn start(
                 },
                 Event::Tick => Input::Tick,
             };
-            let outputs = relay.handle(now, input, |p| shell.lookup(p));
+            let now_ms = crate::cluster::now_ms();
+            let outputs = relay.handle(now, input, |p, ip| shell.lookup(p, ip, now_ms));
             shell.apply(outputs).await;
             if matches!(ev, Event::Tick) {
                 shell.reconcile().await;
@@ -237,7 +266,8 @@ mod tests {
     #[tokio::test]
     async fn stopping_the_proxy_closes_its_listeners_and_flows() {
         let bmc = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let c = FakeCluster::new(1, 1_000);
+        // Grants expire by the wall clock: the fake cluster stamps with it too.
+        let c = FakeCluster::new(1, crate::cluster::now_ms());
         c.create_location("dc1");
         let id = c.create_machine(CreateMachine {
             bmc: Some(BmcSpec {
@@ -250,6 +280,14 @@ mod tests {
             }),
             ..machine_spec("m", "dc1")
         });
+        c.apply_ok(
+            "t",
+            rackd_raft::cmd::Command::GrantBmcSession {
+                machine_id: id,
+                source: "127.0.0.1".into(),
+                ttl_ms: 600_000,
+            },
+        );
         // A free port for the machine's listener (base + id).
         let port = UdpSocket::bind("127.0.0.1:0")
             .await

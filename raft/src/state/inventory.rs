@@ -487,6 +487,7 @@ impl State {
                 machine: machine.clone(),
                 bmc_password: c.bmc.as_ref().and_then(|b| b.password.clone()),
                 deploy_token: None,
+                bmc_sessions: Vec::new(),
             },
         );
         self.journal(
@@ -519,6 +520,7 @@ impl State {
         let mut m = stored.machine;
         let mut password = stored.bmc_password;
         let mut stored_token = stored.deploy_token;
+        let bmc_sessions = stored.bmc_sessions;
 
         if let Some(h) = &p.hostname {
             check_name("hostname", h)?;
@@ -622,6 +624,7 @@ impl State {
                 machine: m.clone(),
                 bmc_password: password,
                 deploy_token: stored_token,
+                bmc_sessions,
             },
         );
         self.journal(

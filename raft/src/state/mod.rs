@@ -8,6 +8,7 @@
 //! Derived indexes (MAC → machine, IP → machine, names, token hashes) are rebuilt on load and
 //! maintained by apply; they are never persisted.
 
+pub mod bmc_sessions;
 pub mod cluster;
 mod deploy;
 mod inventory;
@@ -144,6 +145,10 @@ pub struct StoredMachine {
     /// One-time install-callback token of the current deployment; never returned or logged.
     #[serde(default)]
     pub deploy_token: Option<String>,
+    /// Who may reach the BMC through the IPMI proxy, until when (expired ones are dropped at
+    /// the next grant).
+    #[serde(default)]
+    pub bmc_sessions: Vec<rackd_types::BmcSession>,
 }
 
 impl std::fmt::Debug for StoredMachine {
@@ -154,6 +159,7 @@ impl std::fmt::Debug for StoredMachine {
                 "bmc_password",
                 &self.bmc_password.as_ref().map(|_| "<redacted>"),
             )
+            .field("bmc_sessions", &self.bmc_sessions)
             .finish()
     }
 }
@@ -448,6 +454,11 @@ impl State {
             }
             Command::RevokeApiToken { id } => self.revoke_api_token(now, actor, *id),
             Command::RevokeJoinToken { id } => self.revoke_join_token(now, actor, *id),
+            Command::GrantBmcSession {
+                machine_id,
+                source,
+                ttl_ms,
+            } => self.grant_bmc_session(now, actor, *machine_id, source, *ttl_ms),
             Command::Journal {
                 kind,
                 entity,

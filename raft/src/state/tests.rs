@@ -692,3 +692,96 @@ fn observed_power_is_stamped_with_the_entry_time_and_all_or_nothing() {
         Some(rackd_types::PowerState::Unknown)
     );
 }
+
+/// A BMC session grant: for a machine with an IPMI BMC, an IP source, a bounded lifetime;
+/// a new grant for the same source replaces the old one; `bmc_session_allows` honours
+/// source and expiry; at most 16 unexpired grants; expired ones make room.
+#[test]
+fn bmc_session_grants_are_checked_replaced_and_expire() {
+    use std::net::IpAddr;
+    let mut s = base();
+    let with_bmc = |host: &str, mac: &str, driver: &str| {
+        let mut c = machine(host, &[mac], &[]);
+        if let Command::CreateMachine(cm) = &mut c {
+            cm.bmc = Some(BmcSpec {
+                driver: driver.parse().unwrap(),
+                address: "10.1.0.5".into(),
+                port: 623,
+                username: "admin".into(),
+                password: None,
+                cipher_suite: None,
+            });
+        }
+        c
+    };
+    let id = ok(&mut s, 10, with_bmc("a", "52:54:00:00:00:0a", "ipmi"))["id"]
+        .as_u64()
+        .unwrap();
+    let sim = ok(&mut s, 10, with_bmc("b", "52:54:00:00:00:0b", "sim"))["id"]
+        .as_u64()
+        .unwrap();
+    let grant = |m: u64, source: &str, ttl_ms: u64| Command::GrantBmcSession {
+        machine_id: m,
+        source: source.into(),
+        ttl_ms,
+    };
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    assert_eq!(
+        err(&mut s, 11, grant(sim, "192.0.2.1", 1000)).code,
+        ErrorCode::Conflict
+    );
+    assert_eq!(
+        err(&mut s, 11, grant(999, "192.0.2.1", 1000)).code,
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        err(&mut s, 11, grant(id, "not-an-ip", 1000)).code,
+        ErrorCode::InvalidRequest
+    );
+    assert_eq!(
+        err(&mut s, 11, grant(id, "192.0.2.1", 0)).code,
+        ErrorCode::InvalidRequest
+    );
+    let g = ok(&mut s, 100, grant(id, " 192.0.2.1 ", 1000));
+    assert_eq!(
+        (g["source"].as_str(), g["expires_at"].as_u64()),
+        (Some("192.0.2.1"), Some(1100))
+    );
+    assert!(s.bmc_session_allows(id, ip("192.0.2.1"), 1099));
+    assert!(!s.bmc_session_allows(id, ip("192.0.2.1"), 1100), "expired");
+    assert!(
+        !s.bmc_session_allows(id, ip("192.0.2.2"), 500),
+        "another source"
+    );
+    assert!(
+        !s.bmc_session_allows(sim, ip("192.0.2.1"), 500),
+        "another machine"
+    );
+    // Same source again: replaced (one grant, the new expiry).
+    ok(&mut s, 200, grant(id, "192.0.2.1", 5000));
+    assert_eq!(s.machines.get(&id).unwrap().bmc_sessions.len(), 1);
+    assert!(s.bmc_session_allows(id, ip("192.0.2.1"), 5199));
+    // At most 16 open grants; expired ones make room.
+    for i in 2..=16 {
+        ok(&mut s, 300, grant(id, &format!("192.0.2.{i}"), 1000));
+    }
+    assert_eq!(
+        err(&mut s, 301, grant(id, "192.0.2.99", 1000)).code,
+        ErrorCode::Conflict
+    );
+    ok(&mut s, 1300, grant(id, "192.0.2.99", 1000));
+    // The grant survives an inventory update of the machine.
+    ok(
+        &mut s,
+        1301,
+        Command::UpdateMachine {
+            id,
+            if_match: None,
+            patch: UpdateMachine {
+                description: Some("d".into()),
+                ..Default::default()
+            },
+        },
+    );
+    assert!(s.bmc_session_allows(id, ip("192.0.2.99"), 1400));
+}

@@ -278,9 +278,59 @@ async fn power_tasks_sync_and_ipmitool_through_the_rackd_proxy() {
     assert!(err.contains("rejected the credentials"), "{err}");
     assert!(!err.contains("wrong-secret") && !t.to_string().contains("wrong-secret"));
 
-    // ipmitool through the proxy, lanplus and lan 1.5.
+    // ipmitool through the proxy, lanplus and lan 1.5: nothing gets through before an
+    // operator opens a BMC session for the address it calls from.
     let node_ip = c.nodes[0].ip.clone();
     let port = base + plus as u16;
+    let (ok, out) = ipmitool(
+        "lanplus",
+        &node_ip,
+        port,
+        PASS,
+        &["chassis", "power", "status"],
+    );
+    assert!(!ok, "the proxy relayed without a BMC session: {out}");
+    // Through the CLI (POST /v1/machines/{id}/bmc-session).
+    let out = std::process::Command::new(rackd_tests::rackd_bin())
+        .args(["--server", &c.url(0), "--api-token", &c.token, "-o", "json"])
+        .args(["machines", "bmc-session", &plus.to_string()])
+        .args(["--source", "127.0.0.1", "--ttl", "600"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let g: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (g["source"].as_str(), g["machine_id"].as_u64()),
+        (Some("127.0.0.1"), Some(plus))
+    );
+    // The location node applies the grant within its table refresh (1 s).
+    let t0 = Instant::now();
+    loop {
+        let (ok, out) = ipmitool(
+            "lanplus",
+            &node_ip,
+            port,
+            PASS,
+            &["chassis", "power", "status"],
+        );
+        if ok {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{out}");
+    }
+    // Another machine of the location is still closed to this address.
+    let (ok, out) = ipmitool(
+        "lanplus",
+        &node_ip,
+        base + v15 as u16,
+        PASS,
+        &["chassis", "power", "status"],
+    );
+    assert!(!ok, "a machine without a session was reachable: {out}");
     let (ok, out) = ipmitool(
         "lanplus",
         &node_ip,
