@@ -257,19 +257,31 @@ fn v15_straight_password_only_when_allowed() {
     }
 }
 
-/// Drives an MD5 session to Ready; returns the client and the session id.
-fn md5_session() -> (Client<StdRng>, u32) {
+/// Drives an MD5 opening up to the Activate Session request; returns the client and it.
+fn md5_up_to_activate() -> (Client<StdRng>, Vec<u8>) {
     let mut c = v15_client(false);
     let first = c.start();
     let challenge = sent(c.handle(&answer(&first, 0, 0, 0, &caps(1 << wire::AUTH_MD5))));
     let mut ch = vec![0x11, 0x22, 0x33, 0x44];
     ch.extend([0xab; 16]);
     let activate = sent(c.handle(&answer(&challenge, 0, 0, 0, &ch)));
-    let sid = 0x5566_7788u32;
-    let mut act = vec![wire::AUTH_MD5];
+    (c, activate)
+}
+
+/// The Activate Session answer: the session's auth type, its id, the first sequence number.
+fn activated(auth: u8, sid: u32) -> Vec<u8> {
+    let mut act = vec![auth];
     act.extend(sid.to_le_bytes());
     act.extend(10u32.to_le_bytes());
     act.push(4);
+    act
+}
+
+/// Drives an MD5 session to Ready; returns the client and the session id.
+fn md5_session() -> (Client<StdRng>, u32) {
+    let (mut c, activate) = md5_up_to_activate();
+    let sid = 0x5566_7788u32;
+    let act = activated(wire::AUTH_MD5, sid);
     let setpriv = sent(c.handle(&answer(&activate, 0, 0x1122_3344, 0, &act)));
     let ready = c.handle(&answer(&setpriv, wire::AUTH_MD5, sid, 1, &[4]));
     assert!(matches!(ready, Ok(Step::Ready)), "{ready:?}");
@@ -298,16 +310,8 @@ fn v15_in_session_answers_need_the_session_authentication() {
 #[test]
 fn v15_a_session_downgraded_at_activation_is_refused() {
     for downgraded in [wire::AUTH_NONE, wire::AUTH_STRAIGHT] {
-        let mut c = v15_client(false);
-        let first = c.start();
-        let challenge = sent(c.handle(&answer(&first, 0, 0, 0, &caps(1 << wire::AUTH_MD5))));
-        let mut ch = vec![0x11, 0x22, 0x33, 0x44];
-        ch.extend([0xab; 16]);
-        let activate = sent(c.handle(&answer(&challenge, 0, 0, 0, &ch)));
-        let mut act = vec![downgraded];
-        act.extend(7u32.to_le_bytes());
-        act.extend(10u32.to_le_bytes());
-        act.push(4);
+        let (mut c, activate) = md5_up_to_activate();
+        let act = activated(downgraded, 7);
         let e = c.handle(&answer(&activate, 0, 0x1122_3344, 0, &act));
         assert!(
             matches!(&e, Err(ClientError::Auth(m)) if m.contains("instead of")),

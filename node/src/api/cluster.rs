@@ -332,13 +332,23 @@ pub async fn revoke_join_token(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> HttpResult<StatusCode> {
-    let id = parse_id(&id)?;
-    node.propose(
-        &actor.0,
-        super::idempotency_key(&headers, &actor)?,
-        Command::RevokeJoinToken { id },
-    )
-    .await?;
+    revoke(&node, &actor, &headers, &id, |id| {
+        Command::RevokeJoinToken { id }
+    })
+    .await
+}
+
+/// A revocation by id (`DELETE /v1/tokens/…/{id}`): 204 once applied.
+async fn revoke(
+    node: &AppState,
+    actor: &Actor,
+    headers: &HeaderMap,
+    id: &str,
+    cmd: impl FnOnce(u64) -> Command,
+) -> HttpResult<StatusCode> {
+    let id = parse_id(id)?;
+    node.propose(&actor.0, super::idempotency_key(headers, actor)?, cmd(id))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -349,14 +359,10 @@ pub async fn revoke_api_token(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> HttpResult<StatusCode> {
-    let id = parse_id(&id)?;
-    node.propose(
-        &actor.0,
-        super::idempotency_key(&headers, &actor)?,
-        Command::RevokeApiToken { id },
-    )
-    .await?;
-    Ok(StatusCode::NO_CONTENT)
+    revoke(&node, &actor, &headers, &id, |id| Command::RevokeApiToken {
+        id,
+    })
+    .await
 }
 
 pub async fn list_api_tokens(

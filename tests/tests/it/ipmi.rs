@@ -282,13 +282,10 @@ async fn power_tasks_sync_and_ipmitool_through_the_rackd_proxy() {
     // operator opens a BMC session for the address it calls from.
     let node_ip = c.nodes[0].ip.clone();
     let port = base + plus as u16;
-    let (ok, out) = ipmitool(
-        "lanplus",
-        &node_ip,
-        port,
-        PASS,
-        &["chassis", "power", "status"],
-    );
+    let status = |intf: &str, port: u16| {
+        ipmitool(intf, &node_ip, port, PASS, &["chassis", "power", "status"])
+    };
+    let (ok, out) = status("lanplus", port);
     assert!(!ok, "the proxy relayed without a BMC session: {out}");
     // Through the CLI (POST /v1/machines/{id}/bmc-session).
     let out = std::process::Command::new(rackd_tests::rackd_bin())
@@ -310,37 +307,19 @@ async fn power_tasks_sync_and_ipmitool_through_the_rackd_proxy() {
     // The location node applies the grant within its table refresh (1 s).
     let t0 = Instant::now();
     loop {
-        let (ok, out) = ipmitool(
-            "lanplus",
-            &node_ip,
-            port,
-            PASS,
-            &["chassis", "power", "status"],
-        );
+        let (ok, out) = status("lanplus", port);
         if ok {
             break;
         }
         assert!(t0.elapsed() < Duration::from_secs(10), "{out}");
     }
     // Another machine of the location is still closed to this address.
-    let (ok, out) = ipmitool(
-        "lanplus",
-        &node_ip,
-        base + v15 as u16,
-        PASS,
-        &["chassis", "power", "status"],
-    );
+    let (ok, out) = status("lanplus", base + v15 as u16);
     assert!(!ok, "a machine without a session was reachable: {out}");
-    let (ok, out) = ipmitool(
-        "lanplus",
-        &node_ip,
-        port,
-        PASS,
-        &["chassis", "power", "status"],
-    );
-    assert!(ok && out.contains("Chassis Power is on"), "{out}");
-    let (ok, out) = ipmitool("lan", &node_ip, port, PASS, &["chassis", "power", "status"]);
-    assert!(ok && out.contains("Chassis Power is on"), "{out}");
+    for intf in ["lanplus", "lan"] {
+        let (ok, out) = status(intf, port);
+        assert!(ok && out.contains("Chassis Power is on"), "{intf}: {out}");
+    }
     // Cipher suite 0 (RAKP-none): the BMC itself lets in anyone who knows a user name, with
     // any password; the proxy drops such openings, so through it the same call gets nowhere.
     let suite0 = |host: &str, port: u16| {
@@ -420,13 +399,7 @@ async fn power_tasks_sync_and_ipmitool_through_the_rackd_proxy() {
 
     // A machine of another location, and a port with no machine, are not reachable.
     for p in [base + other as u16, base + 999] {
-        let (ok, out) = ipmitool(
-            "lanplus",
-            &node_ip,
-            p,
-            PASS,
-            &["chassis", "power", "status"],
-        );
+        let (ok, out) = status("lanplus", p);
         assert!(!ok, "port {p} reached a BMC: {out}");
     }
 
