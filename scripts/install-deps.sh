@@ -9,7 +9,8 @@ set -euo pipefail
 what="${1:-test}"
 
 build_pkgs=(libclang-dev)
-# tftp-hpa, atftp, busybox, curl: real TFTP clients (curl is also the HTTP boot client); iproute2, udhcpc, isc-dhcp-client,
+# tftp-hpa, atftp, busybox, curl: real TFTP clients (curl is also the HTTP boot client, and the
+# third-party client of the API over TLS, tests/it/api_tls.rs); iproute2, udhcpc, isc-dhcp-client,
 # isc-dhcp-relay: real DHCP clients and relay in network namespaces (net tests).
 # qemu-system-x86, ipxe-qemu, seabios: a diskless VM PXE-boots from rackd (tests/it/pxe.rs).
 # ipxe: the iPXE first stages rackd serves over TFTP. openipmi (ipmi_sim), ipmitool: a real
