@@ -34,10 +34,10 @@ enum Event {
     Tick,
 }
 
-/// A machine's BMC and the sessions granted for it: (source, expiry in ms).
+/// A machine's BMC and the sessions granted for it.
 struct Target {
     bmc: SocketAddr,
-    grants: Vec<(IpAddr, u64)>,
+    grants: Vec<rackd_types::BmcSession>,
 }
 
 /// Machine id → BMC and grants of machines of `location` with an IPMI BMC (IP literals only).
@@ -52,11 +52,7 @@ fn bmc_table(node: &dyn Cluster, location: &str) -> HashMap<u64, Target> {
                 return None;
             }
             let ip: IpAddr = b.address.trim().parse().ok()?;
-            let grants = m
-                .bmc_sessions
-                .iter()
-                .filter_map(|g| Some((g.source.parse().ok()?, g.expires_at)))
-                .collect();
+            let grants = m.bmc_sessions.clone();
             let bmc = SocketAddr::new(ip, b.port);
             Some((m.machine.meta.id, Target { bmc, grants }))
         })
@@ -87,11 +83,7 @@ impl Shell {
         else {
             return Resolve::NoMachine;
         };
-        let granted = t
-            .grants
-            .iter()
-            .any(|(ip, until)| *ip == client && *until > now_ms);
-        if granted {
+        if rackd_raft::state::bmc_sessions::grants_admit(&t.grants, client, now_ms) {
             Resolve::Bmc(t.bmc)
         } else {
             Resolve::NotGranted

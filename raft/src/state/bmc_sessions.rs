@@ -77,10 +77,16 @@ impl State {
 
     /// Whether `source` holds an unexpired grant for machine `machine_id` at `now_ms`.
     pub fn bmc_session_allows(&self, machine_id: u64, source: IpAddr, now_ms: u64) -> bool {
-        self.machines.get(&machine_id).is_some_and(|m| {
-            m.bmc_sessions.iter().any(|g| {
-                g.expires_at > now_ms && g.source.parse::<IpAddr>().is_ok_and(|ip| ip == source)
-            })
-        })
+        self.machines
+            .get(&machine_id)
+            .is_some_and(|m| grants_admit(&m.bmc_sessions, source, now_ms))
     }
+}
+
+/// The one rule for a machine's grants: `source` holds one that has not expired at `now_ms`
+/// (the IPMI proxy asks it for every datagram, from its copy of the grants).
+pub fn grants_admit(grants: &[BmcSession], source: IpAddr, now_ms: u64) -> bool {
+    grants
+        .iter()
+        .any(|g| g.expires_at > now_ms && g.source.parse::<IpAddr>().is_ok_and(|ip| ip == source))
 }
