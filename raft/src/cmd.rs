@@ -264,6 +264,28 @@ impl Command {
         }
     }
 
+    /// The apply rules a cluster must have adopted before this command may be proposed. A
+    /// cluster adopts rules only once every member reports a build that knows them, so every
+    /// member decodes the entry and applies it alike. Commands (and fields) added by builds
+    /// that did not yet report their rules need rules 3: a member of such an older build
+    /// could not decode them, or would drop the new fields and grant a reader token admin
+    /// rights. Checked before proposing ([`crate::state::State::admits_proposal`]), never by
+    /// apply (logs decided under rules 2 carry these commands).
+    pub fn needs_rules(&self) -> crate::state::ApplyRules {
+        use crate::state::ApplyRules;
+        match self {
+            Command::RevokeApiToken { .. }
+            | Command::RevokeJoinToken { .. }
+            | Command::GrantBmcSession { .. } => ApplyRules::Rules3,
+            Command::CreateApiToken { role, ttl_ms, .. }
+                if *role != rackd_types::ApiRole::Admin || ttl_ms.is_some() =>
+            {
+                ApplyRules::Rules3
+            }
+            _ => ApplyRules::Format1,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Command::Bootstrap { .. } => "bootstrap",

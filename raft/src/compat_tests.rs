@@ -443,3 +443,44 @@ fn only_a_tasks_assignee_renews_or_finishes_it() {
         assert!(e.contains("held by node 2"), "{e}");
     }
 }
+
+/// A cluster on this build's rules may propose every command, and one still on the rules of
+/// builds that did not report theirs refuses exactly the commands those builds cannot decode
+/// (or would apply differently) — before the log, whoever proposes them.
+#[test]
+fn every_command_is_proposable_under_current_rules_and_new_ones_wait_under_older() {
+    use crate::state::{ApplyRules, State};
+    let current = State::default();
+    assert_eq!(current.meta.rules, ApplyRules::CURRENT);
+    let mut old = State::default();
+    old.meta.rules = ApplyRules::Format2;
+    let mut waiting = Vec::new();
+    for cmd in every_command() {
+        assert!(cmd.needs_rules() <= ApplyRules::CURRENT, "{}", cmd.name());
+        assert_eq!(current.admits_proposal(&cmd), Ok(()), "{}", cmd.name());
+        if let Err(e) = old.admits_proposal(&cmd) {
+            assert!(e.message.contains("needs apply rules 3"), "{}", e.message);
+            waiting.push(cmd.name());
+        }
+    }
+    assert_eq!(
+        waiting,
+        [
+            "create_api_token",
+            "revoke_api_token",
+            "revoke_join_token",
+            "grant_bmc_session"
+        ]
+    );
+    let admin_forever = Command::CreateApiToken {
+        name: "n".into(),
+        token_hash: "h".into(),
+        role: rackd_types::ApiRole::Admin,
+        ttl_ms: None,
+    };
+    assert_eq!(
+        old.admits_proposal(&admin_forever),
+        Ok(()),
+        "old builds apply it alike"
+    );
+}

@@ -28,6 +28,35 @@ pub struct NodeInfo {
     pub api: String,
     /// Peer gRPC address (`host:port`).
     pub peer: String,
+    /// The newest apply rules this member's build knows (a number, never decoded into
+    /// [`state::ApplyRules`], so a member of an older build still reads a newer one's entry).
+    /// 0: not reported (a build from before members reported it, which knows rules 2). The
+    /// leader moves the cluster to newer rules, and proposes commands introduced with them,
+    /// only once every member reports knowing them ([`NodeInfo::known_rules`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub apply_rules: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl NodeInfo {
+    /// A member entry naming this build's apply rules.
+    pub fn new(api: impl Into<String>, peer: impl Into<String>) -> NodeInfo {
+        NodeInfo {
+            api: api.into(),
+            peer: peer.into(),
+            apply_rules: state::ApplyRules::CURRENT.number(),
+        }
+    }
+
+    /// The newest apply rules this member's build decodes and applies. Builds that did not
+    /// report it know rules 2: a cluster of format-1 builds cannot take format-2 members
+    /// (docs/architecture.md, "Upgrades"), and builds of format 2 reported nothing.
+    pub fn known_rules(&self) -> u32 {
+        self.apply_rules.max(state::ApplyRules::Format2.number())
+    }
 }
 
 impl std::fmt::Display for NodeInfo {

@@ -120,6 +120,9 @@ pub struct Member {
     pub peer_addr: String,
     /// voter | learner
     pub role: String,
+    /// The newest apply rules this member's build knows (2 for builds that do not report it).
+    #[serde(default)]
+    pub apply_rules: u32,
 }
 
 /// `GET /v1/cluster`.
@@ -132,6 +135,10 @@ pub struct ClusterInfo {
     /// Highest log index known committed by this node (its applied index on followers).
     pub commit_index: Option<u64>,
     pub last_applied: Option<u64>,
+    /// The apply rules the cluster decides entries by; it moves to newer ones once every
+    /// member's `apply_rules` reaches them.
+    #[serde(default)]
+    pub apply_rules: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
@@ -188,6 +195,11 @@ pub struct JoinRequest {
     /// cluster CA answers with the node's certificate. Required in phase 1.
     #[serde(default)]
     pub csr: Option<String>,
+    /// The newest apply rules the joining node's build knows; absent: a build from before
+    /// joiners sent it (which knows rules 2). A cluster refuses a joiner whose build does not
+    /// know the rules it decides entries by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply_rules: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]

@@ -65,6 +65,7 @@ pub async fn cluster_info(
             }
             .as_str()
             .to_string(),
+            apply_rules: info.known_rules(),
         })
         .collect();
     Ok(Json(ClusterInfo {
@@ -74,6 +75,7 @@ pub async fn cluster_info(
         term: m.term,
         commit_index: m.commit_index,
         last_applied: m.last_applied,
+        apply_rules: node.state().meta.rules.number(),
     }))
 }
 
@@ -85,6 +87,23 @@ pub async fn join(State(node): State<AppState>, body: Bytes) -> HttpResult<Json<
     let req: JoinRequest = parse_json(&body)?;
     if req.api_addr.trim().is_empty() || req.peer_addr.trim().is_empty() {
         return Err(ApiError::invalid("api_addr and peer_addr are required").into());
+    }
+    // A build that cannot decode the entries the cluster writes must not become a member.
+    let knows = NodeInfo {
+        apply_rules: req.apply_rules.unwrap_or(0),
+        ..NodeInfo::default()
+    }
+    .known_rules();
+    let decides = node.state().meta.rules;
+    if knows < decides.number() {
+        return Err(ApiError::new(
+            ErrorCode::JoinRejected,
+            format!(
+                "this cluster decides entries by apply rules {decides}, and the joining \
+                 node's build knows rules up to {knows}: install the cluster's release on it"
+            ),
+        )
+        .into());
     }
     // Joiners send the secret alone; a whole token (with its CA pin) is accepted too.
     let hash = hash_secret(crate::cluster::pki::split_join_token(&req.token).0);
@@ -180,6 +199,7 @@ pub async fn join(State(node): State<AppState>, body: Bytes) -> HttpResult<Json<
         let info = NodeInfo {
             api: req.api_addr.clone(),
             peer: req.peer_addr.clone(),
+            apply_rules: req.apply_rules.unwrap_or(0),
         };
         let role = node.add_node(id, info, req.learner).await?;
         node.propose(

@@ -531,6 +531,68 @@ async fn a_task_is_cancelled_once_and_a_finished_one_is_a_conflict() {
     assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
 }
 
+/// A node whose build cannot decode the rules the cluster decides entries by is refused at
+/// join phase 1, before its token is spent (nothing reaches the log); the same request from
+/// a build that knows them is admitted.
+#[tokio::test]
+async fn a_joiner_of_an_older_build_is_refused_before_its_token_is_spent() {
+    // Join tokens expire by the wall clock of the node that admits them.
+    let c = FakeCluster::new(1, crate::cluster::now_ms());
+    c.apply_ok(
+        "bootstrap",
+        Command::Bootstrap {
+            cluster_id: "c1".into(),
+            admin_token_hash: hash_secret(TOKEN),
+        },
+    );
+    c.apply_ok(
+        "t",
+        Command::CreateJoinToken {
+            token_hash: hash_secret(JOIN_SECRET),
+            ttl_ms: 600_000,
+            description: String::new(),
+        },
+    );
+    let entries = c.log().len();
+    let csr = crate::cluster::pki::NodeKey::generate().unwrap().csr_pem;
+    let body = |rules: Option<u32>| {
+        let mut v = serde_json::json!({
+            "token": JOIN_SECRET,
+            "api_addr": "127.0.0.1:1",
+            "peer_addr": "127.0.0.1:2",
+            "csr": csr,
+        });
+        if let Some(r) = rules {
+            v["apply_rules"] = r.into();
+        }
+        v.to_string()
+    };
+    for old in [None, Some(1), Some(2)] {
+        let a = call(&c, Method::POST, "/v1/cluster/join", None, &[], &body(old)).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{old:?}: {}", a.body);
+        assert_eq!(error_code(&a), "JoinRejected");
+        let msg = a.body["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("apply rules 3"), "{msg}");
+        assert_eq!(
+            c.log().len(),
+            entries,
+            "{old:?}: a refused joiner wrote nothing"
+        );
+    }
+    let current = rackd_raft::state::ApplyRules::CURRENT.number();
+    let a = call(
+        &c,
+        Method::POST,
+        "/v1/cluster/join",
+        None,
+        &[],
+        &body(Some(current)),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(c.log().len(), entries + 1, "phase 1 allocated the id");
+}
+
 #[tokio::test]
 async fn health_reports_the_cluster_role_without_a_token() {
     let c = cluster();
@@ -600,6 +662,7 @@ fn sample(e: &Endpoint, fx: &Fixture, created: &BTreeMap<&str, u64>) -> (String,
                 "api_addr": "127.0.0.1:1",
                 "peer_addr": "127.0.0.1:2",
                 "csr": crate::cluster::pki::NodeKey::generate().unwrap().csr_pem,
+                "apply_rules": rackd_raft::state::ApplyRules::CURRENT.number(),
             })
             .to_string(),
         ),
@@ -744,10 +807,7 @@ async fn fixture(c: &Arc<FakeCluster>) -> Fixture {
         },
     );
     let learner = 7;
-    let info = rackd_raft::NodeInfo {
-        api: "127.0.0.1:8007".into(),
-        peer: "127.0.0.1:9007".into(),
-    };
+    let info = rackd_raft::NodeInfo::new("127.0.0.1:8007", "127.0.0.1:9007");
     c.add_node(learner, info, true).await.unwrap();
     Fixture {
         location,

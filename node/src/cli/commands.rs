@@ -213,10 +213,12 @@ async fn status(c: &Client, json: bool) -> anyhow::Result<()> {
                 m.role.clone(),
                 m.api_addr.clone(),
                 m.peer_addr.clone(),
+                m.apply_rules.to_string(),
             ]
         })
         .collect();
-    table(&["ID", "ROLE", "API", "PEER"], &rows);
+    println!("entries decided by apply rules {}", ci.apply_rules);
+    table(&["ID", "ROLE", "API", "PEER", "RULES"], &rows);
     Ok(())
 }
 

@@ -245,10 +245,7 @@ pub async fn bootstrap(node: &ClusterHandle, mut identity: Identity) -> anyhow::
         let mut members = BTreeMap::new();
         members.insert(
             node.id,
-            NodeInfo {
-                api: node.api_addr.clone(),
-                peer: node.peer_addr.clone(),
-            },
+            NodeInfo::new(node.api_addr.clone(), node.peer_addr.clone()),
         );
         node.raft
             .initialize(members)
@@ -367,6 +364,7 @@ impl JoinCall<'_> {
             learner: self.learner,
             node_id,
             csr: csr.map(str::to_string),
+            apply_rules: Some(rackd_raft::state::ApplyRules::CURRENT.number()),
         };
         let client =
             Client::with_http(self.url, None, http.clone()).with_timeout(Duration::from_secs(300));

@@ -43,10 +43,10 @@ pub struct FakeCluster {
 impl FakeCluster {
     /// A leading one-voter cluster with node id `id`, its clock at `now_ms`.
     pub fn new(id: u64, now_ms: u64) -> Arc<Self> {
-        let info = NodeInfo {
-            api: format!("127.0.0.1:{}", 8000 + id),
-            peer: format!("127.0.0.1:{}", 9000 + id),
-        };
+        let info = NodeInfo::new(
+            format!("127.0.0.1:{}", 8000 + id),
+            format!("127.0.0.1:{}", 9000 + id),
+        );
         Arc::new(FakeCluster {
             id,
             inner: Mutex::new(Inner {
@@ -85,6 +85,7 @@ impl FakeCluster {
         if !g.leading {
             return Err(ApiError::unavailable("no leader (fake)"));
         }
+        g.state.admits_proposal(&cmd)?;
         let req = Request {
             time_ms: g.now_ms,
             actor: actor.to_string(),

@@ -274,13 +274,16 @@ pub async fn follow_addresses(node: Arc<ClusterHandle>) {
     }
 }
 
-/// A member that restarted on new addresses (a new DHCP lease, a moved VM) asks the leader to
-/// record them, retrying until the replicated membership shows this node's current addresses.
+/// A member that restarted on new addresses (a new DHCP lease, a moved VM) or a new build asks
+/// the leader to record them, retrying until the replicated membership shows this node's
+/// current addresses and apply rules (the leader adopts new rules only once every member
+/// reports them: `rules`).
 pub async fn readvertise(node: Arc<ClusterHandle>) {
-    let me = NodeInfo {
-        api: node.api_addr.clone(),
-        peer: node.peer_addr.clone(),
-    };
+    // The entry also names this build's apply rules: a restart on a new build reports them.
+    let me = NodeInfo::new(node.api_addr.clone(), node.peer_addr.clone());
+    // A leader of an older build accepts the entry but drops the field it does not know, so
+    // the entry keeps differing: after an accepted update, wait longer before the next one.
+    let mut pause = READVERTISE_PAUSE;
     loop {
         let m = node.raft.metrics().borrow_watched().clone();
         let membership = m.membership_config.membership();
@@ -321,11 +324,19 @@ pub async fn readvertise(node: Arc<ClusterHandle>) {
             };
             if done {
                 tracing::info!(
-                    old_api = %old.api, old_peer = %old.peer, api = %me.api, peer = %me.peer,
-                    "re-advertised this node's new addresses"
+                    old_api = %old.api, old_peer = %old.peer, old_rules = old.apply_rules,
+                    api = %me.api, peer = %me.peer, rules = me.apply_rules,
+                    "re-advertised this node's addresses and build"
                 );
+                pause = pause.saturating_mul(2).min(Duration::from_secs(60));
+            } else {
+                pause = READVERTISE_PAUSE;
             }
+        } else {
+            pause = READVERTISE_PAUSE;
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(pause).await;
     }
 }
+
+const READVERTISE_PAUSE: Duration = Duration::from_secs(2);

@@ -27,6 +27,7 @@ impl ClusterHandle {
         idempotency_key: Option<String>,
         cmd: Command,
     ) -> Result<Applied, ApiError> {
+        self.sm.read().state.admits_proposal(&cmd)?;
         let req = Request {
             time_ms: now_ms(),
             actor: actor.to_string(),

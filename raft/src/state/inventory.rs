@@ -567,6 +567,15 @@ impl State {
                 }
                 Some(spec) => {
                     Self::validate_bmc(spec)?;
+                    // The stored password is the old BMC's secret: never sent to another one.
+                    let moved = m.bmc.as_ref().is_none_or(|v| {
+                        v.address != spec.address.trim()
+                            || v.port != spec.port
+                            || v.driver != spec.driver
+                    });
+                    if moved && self.meta.rules.bmc_move_clears_password() {
+                        password = None;
+                    }
                     m.bmc = Some(bmc_view(spec));
                     if spec.password.is_some() {
                         password = spec.password.clone();

@@ -292,7 +292,7 @@ impl State {
         }
         match self.meta.rules {
             ApplyRules::Format1 => self.apply_format1(now, req),
-            ApplyRules::Format2 => self.apply_format2(now, req),
+            ApplyRules::Format2 | ApplyRules::Rules3 => self.apply_format2(now, req),
         }
     }
 

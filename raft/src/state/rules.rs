@@ -14,8 +14,17 @@
 //!   decided afresh, never before the lookup. A retry 1–24 h later was answered from the record
 //!   and created nothing, so replaying it under today's rules would allocate an id and shift
 //!   every later id (review integrity-2, R2).
-//! - [`ApplyRules::Format2`]: today's rules (digest, claim check, 1 h for internal keys,
-//!   expiry before the lookup).
+//! - [`ApplyRules::Format2`]: the rules of on-disk format 2 up to 2026-12-06 (digest, claim
+//!   check, 1 h for internal keys, expiry before the lookup). An `UpdateMachine` that moved the
+//!   BMC (another address, port or driver) without a password kept the stored password.
+//! - [`ApplyRules::Rules3`]: today's rules (same disk format). Moving the BMC without a new
+//!   password clears the stored one (it was the old BMC's secret, and would otherwise be sent
+//!   to whatever now answers at the new address). Since these rules, the leader also proposes
+//!   the commands of [`crate::cmd::Command::needs_rules`] (token revocation, BMC session grants).
+//!
+//! A cluster moves to newer rules only when every member reports that its build knows them
+//! ([`crate::NodeInfo::known_rules`]): a member of an older build could not decode the
+//! `AdoptRules` entry, nor commands introduced with the new rules.
 //!
 //! Other changes to apply since format 1 (the gateway check, cancel-on-delete, the power
 //! observation filters, join-token pruning) are not forked: the format-1 migration compares
@@ -35,19 +44,28 @@ use crate::cmd::{Request, Response};
 pub enum ApplyRules {
     /// The rules of on-disk format 1 (frozen).
     Format1,
-    /// Today's rules.
+    /// The rules of on-disk format 2 before rules 3 (frozen).
     Format2,
+    /// Today's rules (on-disk format 2): moving a BMC clears its password.
+    Rules3,
 }
 
 impl ApplyRules {
     /// The newest rules this build knows; a cluster moves to them by `AdoptRules`.
-    pub const CURRENT: ApplyRules = ApplyRules::Format2;
+    pub const CURRENT: ApplyRules = ApplyRules::Rules3;
 
     pub fn number(self) -> u32 {
         match self {
             ApplyRules::Format1 => 1,
             ApplyRules::Format2 => 2,
+            ApplyRules::Rules3 => 3,
         }
+    }
+
+    /// Whether an `UpdateMachine` that moves the BMC without a new password clears the
+    /// stored one.
+    pub fn bmc_move_clears_password(self) -> bool {
+        self >= ApplyRules::Rules3
     }
 
     /// What a state written before the rules were recorded applied under: rows of format 2
@@ -60,7 +78,7 @@ impl ApplyRules {
     pub fn idempotency_ttl(self, full_key: &str) -> u64 {
         match self {
             ApplyRules::Format1 => IDEMPOTENCY_TTL_MS,
-            ApplyRules::Format2 => super::idempotency_ttl(full_key),
+            ApplyRules::Format2 | ApplyRules::Rules3 => super::idempotency_ttl(full_key),
         }
     }
 }
@@ -84,6 +102,7 @@ impl TryFrom<u32> for ApplyRules {
         match n {
             1 => Ok(ApplyRules::Format1),
             2 => Ok(ApplyRules::Format2),
+            3 => Ok(ApplyRules::Rules3),
             n => Err(format!(
                 "the replicated state applies under rules version {n}, and this rackd knows \
                  versions 1 to {}: upgrade this node to the cluster's release",
@@ -100,6 +119,23 @@ impl std::fmt::Display for ApplyRules {
 }
 
 impl State {
+    /// Whether `cmd` may be proposed now: the cluster has adopted the rules it needs
+    /// ([`crate::cmd::Command::needs_rules`]). Read on the leader before a proposal; a
+    /// replica behind the leader only refuses longer.
+    pub fn admits_proposal(&self, cmd: &crate::cmd::Command) -> Result<(), rackd_types::ApiError> {
+        let needs = cmd.needs_rules();
+        if self.meta.rules >= needs {
+            return Ok(());
+        }
+        Err(rackd_types::ApiError::conflict(format!(
+            "{} needs apply rules {needs}, and the cluster still decides entries by rules {}: \
+             it moves to them once every member runs a build that knows them (GET /v1/cluster \
+             shows each member's apply_rules); upgrade the members that lag",
+            cmd.name(),
+            self.meta.rules
+        )))
+    }
+
     /// [`State::apply`] under [`ApplyRules::Format1`], after `now` was taken.
     pub(super) fn apply_format1(&mut self, now: u64, req: &Request) -> Response {
         let idem_key = req
@@ -372,7 +408,7 @@ mod tests {
 
     #[test]
     fn unknown_rules_are_refused_when_decoded() {
-        let e = serde_json::from_str::<ApplyRules>("3").unwrap_err();
+        let e = serde_json::from_str::<ApplyRules>("4").unwrap_err();
         assert!(e.to_string().contains("upgrade this node"), "{e}");
         assert_eq!(serde_json::to_string(&ApplyRules::Format1).unwrap(), "1");
         let meta: super::super::SmMeta = serde_json::from_str(

@@ -251,6 +251,72 @@ fn bmc_password_is_write_only() {
     assert_eq!(stored.bmc_password.as_deref(), Some("hunter2"));
 }
 
+/// Moving the BMC (address, port or driver) without a new password clears the stored one
+/// under rules 3, for every way of moving it; keeping the endpoint (a new username) or giving
+/// a password in the same request keeps or replaces it. Under the frozen format-2 rules the
+/// password stayed, as history was decided.
+#[test]
+fn moving_the_bmc_clears_its_password_unless_a_new_one_is_given() {
+    let spec = |address: &str, port: u16, driver: &str, password: Option<&str>| BmcSpec {
+        driver: driver.parse().unwrap(),
+        address: address.into(),
+        port,
+        username: "admin".into(),
+        password: password.map(str::to_string),
+        cipher_suite: None,
+    };
+    let patch = |id: u64, b: BmcSpec| Command::UpdateMachine {
+        id,
+        if_match: None,
+        patch: UpdateMachine {
+            bmc: Some(Some(b)),
+            ..Default::default()
+        },
+    };
+    let cases: [(&str, BmcSpec, Option<&str>); 6] = [
+        ("address", spec("10.1.0.6", 623, "ipmi", None), None),
+        ("port", spec("10.1.0.5", 624, "ipmi", None), None),
+        ("driver", spec("10.1.0.5", 623, "ipmi15", None), None),
+        (
+            "new password",
+            spec("10.1.0.6", 623, "ipmi", Some("s3")),
+            Some("s3"),
+        ),
+        (
+            "same endpoint",
+            BmcSpec {
+                username: "root".into(),
+                ..spec(" 10.1.0.5 ", 623, "ipmi", None)
+            },
+            Some("hunter2"),
+        ),
+        (
+            "same endpoint, new password",
+            spec("10.1.0.5", 623, "ipmi", Some("s4")),
+            Some("s4"),
+        ),
+    ];
+    for rules in [ApplyRules::Rules3, ApplyRules::Format2] {
+        for (what, b, want) in &cases {
+            let mut s = base();
+            s.meta.rules = rules;
+            let mut c = machine("a", &[], &[]);
+            if let Command::CreateMachine(cm) = &mut c {
+                cm.bmc = Some(spec("10.1.0.5", 623, "ipmi", Some("hunter2")));
+            }
+            let id = ok(&mut s, 10, c)["id"].as_u64().unwrap();
+            let v = ok(&mut s, 11, patch(id, b.clone()));
+            let stored = s.machines.get(&id).unwrap().bmc_password.clone();
+            let want = match (rules, *want) {
+                (ApplyRules::Format2, None) => Some("hunter2"),
+                (_, w) => w,
+            };
+            assert_eq!(stored.as_deref(), want, "{what} under rules {rules}");
+            assert_eq!(v["bmc"]["password_set"], want.is_some(), "{what}");
+        }
+    }
+}
+
 /// A revoked join token is admitted by neither phase, whether it was unused or already
 /// allocated a node id; revoking it again is 404.
 #[test]

@@ -396,6 +396,33 @@ async fn bmc_password_is_write_only_and_never_logged() {
         let ev: Value = c.get_json(i, "/v1/events?limit=1000").await.unwrap();
         assert!(!ev.to_string().contains(secret));
     }
+    // Moving the BMC without a password forgets the old BMC's password on every node; a
+    // username change at the same address keeps it.
+    let patch = |bmc: Value| {
+        let c = &c;
+        async move {
+            let (s, v) = c
+                .request(
+                    1,
+                    Method::PATCH,
+                    &format!("/v1/machines/{id}"),
+                    Some(json!({ "bmc": bmc })),
+                    &[],
+                )
+                .await
+                .unwrap();
+            assert_eq!(s, 200, "{v}");
+            v
+        }
+    };
+    let v = patch(json!({"driver": "ipmi", "address": "10.99.0.5", "username": "root"})).await;
+    assert_eq!(v["bmc"]["password_set"], true, "same BMC: {v}");
+    let v = patch(json!({"driver": "ipmi", "address": "10.99.0.6", "username": "root"})).await;
+    assert_eq!(v["bmc"]["password_set"], false, "moved BMC: {v}");
+    for i in 0..2 {
+        let m: Value = c.get_json(i, &format!("/v1/machines/{id}")).await.unwrap();
+        assert_eq!(m["bmc"]["password_set"], false, "node {i}: {m}");
+    }
     for n in &c.nodes {
         let log = std::fs::read_to_string(&n.log).unwrap();
         assert!(!log.contains(secret), "BMC password in {}", n.log.display());

@@ -19,6 +19,10 @@ async fn bootstrap_two_joins_follower_write_visible_everywhere() {
     let ci: ClusterInfo = c.get_json(0, "/v1/cluster").await.unwrap();
     assert_eq!(ci.members.len(), 3);
     assert!(ci.members.iter().all(|m| m.role == "voter"), "{ci:?}");
+    // Every member reports its build's apply rules (at bootstrap and join), and the cluster
+    // decides entries by them.
+    assert!(ci.members.iter().all(|m| m.apply_rules == 3), "{ci:?}");
+    assert_eq!(ci.apply_rules, 3);
     let ids: Vec<u64> = ci.members.iter().map(|m| m.id).collect();
     assert_eq!(ids, vec![1, 2, 3], "node ids are allocated in order");
 
@@ -450,7 +454,7 @@ async fn join_tokens_are_single_use_and_checked() {
     let mut c = Cluster::start("tokens", 1, &[]).await.expect("cluster");
     let key = rackd::cluster::pki::NodeKey::generate().unwrap();
     let csr = key.csr_pem.clone();
-    let body = |tok: &str, api: &str| json!({"token": tok, "api_addr": api, "peer_addr": "127.0.0.9:1", "csr": csr});
+    let body = |tok: &str, api: &str| json!({"token": tok, "api_addr": api, "peer_addr": "127.0.0.9:1", "csr": csr, "apply_rules": 3});
     let (s, v) = c
         .request(
             0,
@@ -470,10 +474,23 @@ async fn join_tokens_are_single_use_and_checked() {
         .post_json(0, "/v1/tokens/join", &json!({"ttl_secs": 60}))
         .await
         .unwrap();
+    // A joiner whose build does not know the cluster's apply rules (one from before joiners
+    // sent them) is refused, and the token is not spent.
+    let mut old_build = body(&tok.token, "a:1");
+    old_build.as_object_mut().unwrap().remove("apply_rules");
+    let (s, v) = c
+        .request(0, Method::POST, "/v1/cluster/join", Some(old_build), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("JoinRejected"))
+    );
+    assert!(v.to_string().contains("apply rules 3"), "{v}");
     // Phase 1 needs a sound CSR; without one the token is not spent.
     for bad in [
-        json!({"token": tok.token, "api_addr": "a:1", "peer_addr": "127.0.0.9:1"}),
-        json!({"token": tok.token, "api_addr": "a:1", "peer_addr": "127.0.0.9:1", "csr": "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"}),
+        json!({"token": tok.token, "api_addr": "a:1", "peer_addr": "127.0.0.9:1", "apply_rules": 3}),
+        json!({"token": tok.token, "api_addr": "a:1", "peer_addr": "127.0.0.9:1", "apply_rules": 3, "csr": "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"}),
     ] {
         let (s, v) = c
             .request(0, Method::POST, "/v1/cluster/join", Some(bad), &[])
@@ -696,7 +713,7 @@ async fn half_joined_member_can_be_removed() {
     // A node that never comes up: phase 1 gives it an id, phase 2 adds it as a learner that
     // can never catch up (the client gives up waiting).
     let csr = rackd::cluster::pki::NodeKey::generate().unwrap().csr_pem;
-    let body = |id: Option<u64>| json!({"token": tok.token, "api_addr": "127.0.0.1:9", "peer_addr": "127.0.0.1:9", "node_id": id, "csr": csr});
+    let body = |id: Option<u64>| json!({"token": tok.token, "api_addr": "127.0.0.1:9", "peer_addr": "127.0.0.1:9", "node_id": id, "csr": csr, "apply_rules": 3});
     let (s, v) = c
         .request(0, Method::POST, "/v1/cluster/join", Some(body(None)), &[])
         .await
@@ -742,7 +759,7 @@ async fn half_joined_member_can_be_removed() {
 
     // Removed stays removed: replaying its token, from its old addresses or new ones, in
     // either phase, is refused at once and admits nothing.
-    let moved = |id: Option<u64>| json!({"token": tok.token, "api_addr": "127.0.0.1:19", "peer_addr": "127.0.0.1:19", "node_id": id, "csr": csr});
+    let moved = |id: Option<u64>| json!({"token": tok.token, "api_addr": "127.0.0.1:19", "peer_addr": "127.0.0.1:19", "node_id": id, "csr": csr, "apply_rules": 3});
     for (what, b) in [
         ("phase 2", body(Some(id))),
         ("phase 2, new addresses", moved(Some(id))),

@@ -230,10 +230,7 @@ async fn peer_port_refuses_everyone_but_members() {
             leader_id,
             &addr,
             other,
-            &NodeInfo {
-                api: "127.0.0.1:1".into(),
-                peer: "127.0.0.1:1".into(),
-            },
+            &NodeInfo::new("127.0.0.1:1", "127.0.0.1:1"),
             RPC,
         )
         .await;
