@@ -19,7 +19,7 @@ use crate::abort::AbortOnDrop;
 use crate::cluster::bootstrap::{self, JoinParams};
 use crate::cluster::peer_auth::NodePeerAuth;
 use crate::cluster::pki::{NodeTls, Pki};
-use crate::cluster::{membership, removal, rules, ClusterHandle, Raft};
+use crate::cluster::{certs, membership, removal, rules, ClusterHandle, Raft};
 use crate::config::NodeConfig;
 use crate::services::{reaper, ServiceSet};
 
@@ -92,7 +92,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     } else {
         None
     };
-    let (raft, net, sm, auth) = start_raft(&cfg, identity.node_id, tls).await?;
+    let (raft, net, sm, auth) = start_raft(&cfg, identity.node_id, tls.clone()).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let grpc = serve_peers(&raft, auth, peer_listener, stop_rx.clone());
 
@@ -105,6 +105,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         api_addr: api_addr.clone(),
         peer_addr: peer_addr.clone(),
         data_dir: dir.clone(),
+        tls,
         write_timeout: cfg.write_timeout,
         removed: std::sync::atomic::AtomicBool::new(false),
     });
@@ -126,6 +127,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             node.clone(),
             Duration::from_secs(1),
         ))),
+        AbortOnDrop(tokio::spawn(certs::run(node.clone(), cfg.cert_check))),
     ];
     if let Some(limit) = cfg.task_lost {
         let cluster: Arc<dyn crate::cluster::Cluster> = node.clone();

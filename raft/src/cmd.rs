@@ -214,6 +214,9 @@ pub enum Command {
     RevokeJoinToken {
         id: u64,
     },
+    /// An operator asks every node to renew its certificate (`rackd certs rotate`): node
+    /// certificates issued before this entry's time are replaced by their nodes. Needs rules 3.
+    RenewCerts {},
     /// Record a cluster event that is not itself a state change here (membership changes are
     /// applied by openraft; the journal entry makes them visible in `/v1/events`).
     Journal {
@@ -276,7 +279,8 @@ impl Command {
         match self {
             Command::RevokeApiToken { .. }
             | Command::RevokeJoinToken { .. }
-            | Command::GrantBmcSession { .. } => ApplyRules::Rules3,
+            | Command::GrantBmcSession { .. }
+            | Command::RenewCerts {} => ApplyRules::Rules3,
             Command::CreateApiToken { role, ttl_ms, .. }
                 if *role != rackd_types::ApiRole::Admin || ttl_ms.is_some() =>
             {
@@ -322,6 +326,7 @@ impl Command {
             Command::RevokeApiToken { .. } => "revoke_api_token",
             Command::RevokeJoinToken { .. } => "revoke_join_token",
             Command::GrantBmcSession { .. } => "grant_bmc_session",
+            Command::RenewCerts {} => "renew_certs",
             Command::Journal { .. } => "journal",
         }
     }

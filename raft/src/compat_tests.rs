@@ -213,6 +213,7 @@ fn every_command() -> Vec<Command> {
         },
         Command::RevokeApiToken { id: 3 },
         Command::RevokeJoinToken { id: 4 },
+        Command::RenewCerts {},
         Command::GrantBmcSession {
             machine_id: 3,
             source: "192.0.2.7".into(),
@@ -262,6 +263,7 @@ fn every_command() -> Vec<Command> {
             | Command::RevokeApiToken { .. }
             | Command::RevokeJoinToken { .. }
             | Command::GrantBmcSession { .. }
+            | Command::RenewCerts {}
             | Command::Journal { .. } => {}
         }
     }
@@ -469,7 +471,8 @@ fn every_command_is_proposable_under_current_rules_and_new_ones_wait_under_older
             "create_api_token",
             "revoke_api_token",
             "revoke_join_token",
-            "grant_bmc_session"
+            "grant_bmc_session",
+            "renew_certs"
         ]
     );
     let admin_forever = Command::CreateApiToken {

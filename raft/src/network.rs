@@ -206,6 +206,31 @@ impl PeerNetwork {
     }
 }
 
+impl PeerNetwork {
+    /// Ask `target` (a voter, which holds the CA key) for a renewed certificate for this
+    /// node's CSR; the answer is the certificate (PEM).
+    pub async fn renew_cert(
+        &self,
+        target: NodeId,
+        addr: &str,
+        csr_pem: &str,
+        timeout: Duration,
+    ) -> Result<String, String> {
+        let mut c = self.client(target, addr)?;
+        let mut r = tonic::Request::new(Payload {
+            data: codec::encode(&csr_pem),
+        });
+        r.set_timeout(timeout);
+        let reply = c
+            .renew_cert(r)
+            .await
+            .map_err(|s| format!("renew_cert rpc: {}", s.message()))?;
+        let r: Remote<String> =
+            codec::decode(&reply.into_inner().data).map_err(|e| e.to_string())?;
+        r
+    }
+}
+
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerClient;
 
@@ -537,6 +562,29 @@ where
             )
             .await
             .map(|_| ());
+        reply(r)
+    }
+
+    async fn renew_cert(
+        &self,
+        req: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        // The caller is who its current certificate says; the new one names the same node.
+        let caller = self.caller(&req)?;
+        self.member(caller)?;
+        let csr: String = codec::decode(&req.into_inner().data).map_err(bad_request)?;
+        let api = {
+            let m = self.raft.metrics().borrow_watched().clone();
+            m.membership_config
+                .membership()
+                .get_node(&caller)
+                .map(|i| i.api.clone())
+                .unwrap_or_default()
+        };
+        let r = self.auth.issue_cert(caller, &api, &csr);
+        if r.is_ok() {
+            tracing::info!(node = caller, "issued a renewed certificate");
+        }
         reply(r)
     }
 

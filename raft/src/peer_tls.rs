@@ -59,6 +59,9 @@ pub trait PeerAuth: Send + Sync + 'static {
     /// Keep the cluster CA key (PEM) the leader handed over before promoting this node to
     /// voter (`StoreCaKey`); refused unless it belongs to this node's CA certificate.
     fn store_ca_key(&self, key_pem: &str) -> Result<(), String>;
+    /// Issue member `caller` a renewed certificate from its CSR, naming `api_addr` (its API
+    /// address in the membership) too (`RenewCert`); refused where the CA key is not held.
+    fn issue_cert(&self, caller: NodeId, api_addr: &str, csr_pem: &str) -> Result<String, String>;
 }
 
 /// The member on the other end of a verified connection (a request extension).

@@ -111,6 +111,20 @@ pub struct Health {
     /// and exits within seconds for its supervisor to restart it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
+    /// When this node's certificate in use was issued (ms since the Unix epoch, the issuing
+    /// voter's clock); a renewal changes it without a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_issued_at_ms: Option<u64>,
+    /// When this node's certificate expires (ms); it is renewed well before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_expires_at_ms: Option<u64>,
+}
+
+/// `POST /v1/cluster/certificates/renew`: every node renews a certificate issued before
+/// `renew_before_ms` within a minute (each generates a new key; a voter signs it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
+pub struct CertRenewal {
+    pub renew_before_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]

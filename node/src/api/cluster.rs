@@ -8,9 +8,9 @@ use axum::Json;
 use rackd_raft::cmd::Command;
 use rackd_raft::NodeInfo;
 use rackd_types::{
-    ApiError, ApiTokenView, ClusterInfo, CreateApiToken, CreateJoinToken, CreatedApiToken,
-    CreatedJoinToken, ErrorCode, Event, Health, JoinRequest, JoinResponse, JoinTokenView,
-    ListQuery, Member, Page,
+    ApiError, ApiTokenView, CertRenewal, ClusterInfo, CreateApiToken, CreateJoinToken,
+    CreatedApiToken, CreatedJoinToken, ErrorCode, Event, Health, JoinRequest, JoinResponse,
+    JoinTokenView, ListQuery, Member, Page,
 };
 use serde::Deserialize;
 
@@ -23,6 +23,7 @@ pub async fn health(State(node): State<AppState>) -> Json<Health> {
     let m = node.status();
     let removed = node.is_removed();
     let failure = node.failure();
+    let cert = node.cert_validity();
     let raft_state = match (removed, &failure) {
         (true, _) => "removed",
         (false, Some(_)) => "failed",
@@ -41,7 +42,30 @@ pub async fn health(State(node): State<AppState>) -> Json<Health> {
         last_log_index: m.last_log_index,
         snapshot_index: m.snapshot_index,
         purged_index: m.purged_index,
+        cert_issued_at_ms: cert.map(|c| c.0),
+        cert_expires_at_ms: cert.map(|c| c.1),
     })
+}
+
+/// Ask every node to renew its certificate (`RenewCerts`): each node sees the request in its
+/// replica and renews within its next check.
+pub async fn renew_certs(
+    State(node): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    headers: HeaderMap,
+) -> HttpResult<(StatusCode, Json<CertRenewal>)> {
+    node.propose(
+        &actor.0,
+        super::idempotency_key(&headers, &actor)?,
+        Command::RenewCerts {},
+    )
+    .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(CertRenewal {
+            renew_before_ms: node.state().meta.certs_renew_before_ms,
+        }),
+    ))
 }
 
 pub async fn cluster_info(

@@ -319,6 +319,11 @@ endpoints! {
         body: JoinRequest,
         status: 200, returns: JoinResponse,
     }
+    POST "/v1/cluster/certificates/renew" => cluster::renew_certs {
+        "Every node renews its certificate (a new key and certificate, no restart) within a minute",
+        auth: Admin, query: NO_Q, headers: IDEM,
+        status: 202, returns: CertRenewal,
+    }
     DELETE "/v1/cluster/members/{id}" => cluster::remove_member {
         "Remove a member (voter or learner)",
         auth: Admin, query: NO_Q, headers: NO_H,

@@ -4,14 +4,16 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use rackd_types::{
-    ApiRole, ApiTokenView, BmcSpec, ClusterInfo, CreateApiToken, CreateJoinToken, CreateLocation,
-    CreateMachine, CreateRack, CreateSubnet, CreatedApiToken, CreatedJoinToken, Event, Health,
-    IpRange, JoinTokenView, Location, Machine, MachineState, Rack, Subnet, UpdateMachine,
+    ApiRole, ApiTokenView, BmcSpec, CertRenewal, ClusterInfo, CreateApiToken, CreateJoinToken,
+    CreateLocation, CreateMachine, CreateRack, CreateSubnet, CreatedApiToken, CreatedJoinToken,
+    Event, Health, IpRange, JoinTokenView, Location, Machine, MachineState, Rack, Subnet,
+    UpdateMachine,
 };
 
 use crate::cli::output::{opt, table, time};
 use crate::cli::{
-    Cmd, LocationCmd, MachineCmd, MemberCmd, Output, RackCmd, SubnetCmd, TaskCmd, TokenCmd, UpArgs,
+    CertCmd, Cmd, LocationCmd, MachineCmd, MemberCmd, Output, RackCmd, SubnetCmd, TaskCmd,
+    TokenCmd, UpArgs,
 };
 use crate::client::Client;
 use crate::config::NodeConfig;
@@ -179,6 +181,19 @@ pub async fn client(
         Cmd::Subnets(sc) => subnets(&c, json, sc).await,
         Cmd::Members(mc) => members(&c, json, mc).await,
         Cmd::Tokens(tc) => tokens(&c, json, tc).await,
+        Cmd::Certs(CertCmd::Rotate) => {
+            let r: CertRenewal = c
+                .post("/v1/cluster/certificates/renew", &serde_json::json!({}))
+                .await?;
+            if json {
+                return json_out(&r);
+            }
+            println!(
+                "every node renews a certificate issued before {}",
+                time(r.renew_before_ms)
+            );
+            Ok(())
+        }
         Cmd::Events { after, limit } => events(&c, json, after, limit).await,
     }
 }
@@ -203,6 +218,13 @@ async fn status(c: &Client, json: bool) -> anyhow::Result<()> {
         h.raft_state,
         opt(&h.last_applied)
     );
+    if let (Some(issued), Some(expires)) = (h.cert_issued_at_ms, h.cert_expires_at_ms) {
+        println!(
+            "its certificate was issued {} and expires {}",
+            time(issued),
+            time(expires)
+        );
+    }
     let rows: Vec<Vec<String>> = ci
         .members
         .iter()

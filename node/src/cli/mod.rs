@@ -92,6 +92,9 @@ pub enum Cmd {
     /// Join and API tokens.
     #[command(subcommand)]
     Tokens(TokenCmd),
+    /// Node certificates.
+    #[command(subcommand)]
+    Certs(CertCmd),
     /// The journal of changes.
     Events {
         #[arg(long)]
@@ -293,6 +296,14 @@ pub enum SubnetCmd {
 pub enum MemberCmd {
     List,
     Remove { id: u64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertCmd {
+    /// Every node renews its certificate (a new key, signed by a voter; no restart) within
+    /// its next check (`--cert-check-secs`, 30 s by default). `rackd status` on a node shows
+    /// when its certificate was issued.
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]

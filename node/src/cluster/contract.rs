@@ -124,6 +124,11 @@ pub trait Cluster: Send + Sync + 'static {
     /// The cluster CA with its key, as this node holds it (voters do; learners never), to
     /// issue a joining node's certificate. Unavailable where the key is not held.
     fn cluster_ca(&self) -> Result<super::pki::CaBundle, ApiError>;
+    /// When this node's certificate in use was issued and expires (ms since the epoch), if
+    /// it has one.
+    fn cert_validity(&self) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 /// The rule for removing member `id`: it must be a member, and never the last voter. Returns

@@ -5,11 +5,12 @@
 //! ([`identity`]), the watcher that notices this node was removed ([`removal`]) and the
 //! leader's move to this build's apply rules ([`rules`]) and the cluster's PKI ([`pki`]: the CA,
 //! node certificates, the TLS configurations that enforce them; [`peer_auth`]: what the peer
-//! transport asks of them) live beside them.
+//! transport asks of them; [`certs`]: renewing this node's certificate) live beside them.
 //!
 //! Layer: below `api`, `services` and `server`; must not import any of them (no axum here).
 
 pub mod bootstrap;
+pub mod certs;
 pub mod contract;
 #[cfg(test)]
 pub mod fake;
@@ -52,6 +53,8 @@ pub struct ClusterHandle {
     pub api_addr: String,
     pub peer_addr: String,
     pub data_dir: PathBuf,
+    /// This node's certificate (live: renewal swaps it, [`certs`]).
+    pub tls: pki::NodeTls,
     pub write_timeout: Duration,
     /// Set once this node learned that the cluster removed it (Raft is then shut down).
     pub removed: std::sync::atomic::AtomicBool,
@@ -207,6 +210,15 @@ impl Cluster for ClusterHandle {
     }
     fn remove_member<'a>(&'a self, actor: &'a str, id: u64) -> BoxFuture<'a, Result<(), ApiError>> {
         Box::pin(ClusterHandle::remove_member(self, actor, id))
+    }
+    fn cert_validity(&self) -> Option<(u64, u64)> {
+        let ms = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0)
+        };
+        let (issued, expires) = self.tls.validity().ok()?;
+        Some((ms(issued), ms(expires)))
     }
     fn cluster_ca(&self) -> Result<pki::CaBundle, ApiError> {
         match pki::Pki::in_data_dir(&self.data_dir).load_ca() {

@@ -65,6 +65,23 @@ impl PeerAuth for NodePeerAuth {
         self.sm.read().state.node_may_propose(caller, actor, cmd)
     }
 
+    fn issue_cert(&self, caller: NodeId, api_addr: &str, csr_pem: &str) -> Result<String, String> {
+        let ca = self
+            .pki
+            .load_ca()
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("node {} holds no CA key", self.tls.node_id))?;
+        let api = (!api_addr.is_empty()).then_some(api_addr);
+        ca.issue_for(
+            csr_pem,
+            caller,
+            &self.tls.cluster_id,
+            api,
+            std::time::SystemTime::now(),
+        )
+        .map_err(|e| e.to_string())
+    }
+
     fn store_ca_key(&self, key_pem: &str) -> Result<(), String> {
         self.pki
             .adopt_ca_key(key_pem)

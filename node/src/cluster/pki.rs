@@ -23,7 +23,7 @@ use rcgen::{
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, ServerName};
 
 /// How long a node certificate is valid; rotation (a later step) renews it well before.
 pub const NODE_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -267,6 +267,57 @@ fn first_cert(pem: &str, what: &'static str) -> Result<CertificateDer<'static>, 
         .map_err(|e| invalid(what, e))
 }
 
+/// A node certificate must name exactly node `node_id` of `cluster_id`.
+fn check_names(cert_pem: &str, node_id: u64, cluster_id: &str) -> Result<(), PkiError> {
+    let cert = first_cert(cert_pem, "node certificate")?;
+    if peer_node_id(&cert, cluster_id) != Some(node_id) {
+        return Err(invalid(
+            "node certificate",
+            format!("it does not name {}", node_name(node_id, cluster_id)),
+        ));
+    }
+    Ok(())
+}
+
+/// A certificate's issue time (`not_before` plus the backdating the CA applies) and expiry.
+pub fn cert_validity(cert_pem: &str) -> Result<(SystemTime, SystemTime), PkiError> {
+    let der = first_cert(cert_pem, "certificate")?;
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(&der).map_err(|e| invalid("certificate", e))?;
+    let at = |t: x509_parser::time::ASN1Time| {
+        let secs = t.timestamp().max(0) as u64;
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    };
+    let v = parsed.validity();
+    Ok((at(v.not_before) + BACKDATE, at(v.not_after)))
+}
+
+/// Whether `cert_pem` names the host of API address `api_addr` (or the address names no host
+/// a certificate could carry: a wildcard).
+pub fn names_api_host(cert_pem: &str, api_addr: &str) -> Result<bool, PkiError> {
+    let Some(want) = api_host_san(api_addr) else {
+        return Ok(true);
+    };
+    let der = first_cert(cert_pem, "certificate")?;
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(&der).map_err(|e| invalid("certificate", e))?;
+    let Some(san) = parsed
+        .subject_alternative_name()
+        .map_err(|e| invalid("certificate", e))?
+    else {
+        return Ok(false);
+    };
+    use x509_parser::extensions::GeneralName;
+    Ok(san.value.general_names.iter().any(|n| match (n, &want) {
+        (GeneralName::DNSName(d), SanType::DnsName(w)) => d.eq_ignore_ascii_case(w.as_str()),
+        (GeneralName::IPAddress(b), SanType::IpAddress(ip)) => match ip {
+            std::net::IpAddr::V4(v4) => *b == v4.octets().as_slice(),
+            std::net::IpAddr::V6(v6) => *b == v6.octets().as_slice(),
+        },
+        _ => false,
+    }))
+}
+
 /// The node id a verified peer certificate of cluster `cluster_id` names, if any.
 pub fn peer_node_id(cert: &CertificateDer<'_>, cluster_id: &str) -> Option<u64> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
@@ -286,14 +337,14 @@ pub fn peer_node_id(cert: &CertificateDer<'_>, cluster_id: &str) -> Option<u64> 
 }
 
 /// What a node holds to speak TLS to its peers: the CA certificate, its own certificate and
-/// key, and whom it is (node id, cluster id).
+/// key (live: [`NodeTls::renewed`] swaps them under every configuration built from this), and
+/// whom it is (node id, cluster id). Clones share the live certificate.
 #[derive(Clone)]
 pub struct NodeTls {
     pub cluster_id: String,
     pub node_id: u64,
     pub ca_pem: String,
-    pub cert_pem: String,
-    key_pem: String,
+    live: Arc<live::LiveCert>,
 }
 
 impl std::fmt::Debug for NodeTls {
@@ -322,24 +373,66 @@ impl NodeTls {
         key_pem: &str,
     ) -> Result<NodeTls, PkiError> {
         check_cluster_id(cluster_id)?;
+        check_names(cert_pem, node_id, cluster_id)?;
         let t = NodeTls {
             cluster_id: cluster_id.to_string(),
             node_id,
             ca_pem: ca_pem.to_string(),
-            cert_pem: cert_pem.to_string(),
-            key_pem: key_pem.to_string(),
+            live: live::LiveCert::new(live::Current::build(ca_pem, cert_pem, key_pem)?),
         };
-        // The certificate must name this node, and the configurations must build.
-        let cert = first_cert(cert_pem, "node certificate")?;
-        if peer_node_id(&cert, cluster_id) != Some(node_id) {
-            return Err(invalid(
-                "node certificate",
-                format!("it does not name {}", node_name(node_id, cluster_id)),
-            ));
-        }
+        // The configurations must build.
         t.server_config()?;
         t.client_config()?;
         Ok(t)
+    }
+
+    /// This node's certificate in use (PEM).
+    pub fn cert_pem(&self) -> String {
+        self.live.get().cert_pem.clone()
+    }
+
+    /// Use a renewed certificate and its key from the next handshake on, in every TLS
+    /// configuration built from this node's [`NodeTls`]. Refused (nothing changes) unless it
+    /// names this node, chains to this cluster's CA and `key_pem` is its key.
+    pub fn renewed(&self, cert_pem: &str, key_pem: &str) -> Result<(), PkiError> {
+        self.live.set(self.renewal(cert_pem, key_pem)?);
+        Ok(())
+    }
+
+    /// Whether [`NodeTls::renewed`] would take this pair (nothing changes).
+    pub fn check_renewal(&self, cert_pem: &str, key_pem: &str) -> Result<(), PkiError> {
+        self.renewal(cert_pem, key_pem).map(|_| ())
+    }
+
+    fn renewal(&self, cert_pem: &str, key_pem: &str) -> Result<live::Current, PkiError> {
+        check_names(cert_pem, self.node_id, &self.cluster_id)?;
+        self.check_issued_by_ca(cert_pem)?;
+        live::Current::build(&self.ca_pem, cert_pem, key_pem)
+    }
+
+    /// Whether this cluster's CA signed `cert_pem` for this node (as a peer would verify it).
+    fn check_issued_by_ca(&self, cert_pem: &str) -> Result<(), PkiError> {
+        use rustls::client::danger::ServerCertVerifier;
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(self.roots()?, provider())
+                .build()
+                .map_err(|e| PkiError::Tls(e.to_string()))?;
+        let cert = first_cert(cert_pem, "node certificate")?;
+        verifier
+            .verify_server_cert(
+                &cert,
+                &[],
+                &self.server_name(self.node_id),
+                &[],
+                rustls::pki_types::UnixTime::now(),
+            )
+            .map(|_| ())
+            .map_err(|e| invalid("node certificate", e))
+    }
+
+    /// When the certificate in use was issued and when it expires.
+    pub fn validity(&self) -> Result<(SystemTime, SystemTime), PkiError> {
+        cert_validity(&self.cert_pem())
     }
 
     fn roots(&self) -> Result<Arc<rustls::RootCertStore>, PkiError> {
@@ -350,13 +443,6 @@ impl NodeTls {
         Ok(Arc::new(roots))
     }
 
-    fn chain(&self) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), PkiError> {
-        let certs = vec![first_cert(&self.cert_pem, "node certificate")?];
-        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
-            .map_err(|e| invalid("node key", e))?;
-        Ok((certs, key))
-    }
-
     /// A server that completes a handshake only with a client certificate from this CA
     /// (which node it names is the caller's to check, with [`peer_node_id`]).
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, PkiError> {
@@ -364,13 +450,11 @@ impl NodeTls {
             rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots()?, provider())
                 .build()
                 .map_err(|e| PkiError::Tls(e.to_string()))?;
-        let (certs, key) = self.chain()?;
         let mut c = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| PkiError::Tls(e.to_string()))?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(certs, key)
-            .map_err(|e| PkiError::Tls(e.to_string()))?;
+            .with_cert_resolver(Arc::new(live::PeerServerCert(self.live.clone())));
         c.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Arc::new(c))
     }
@@ -378,13 +462,11 @@ impl NodeTls {
     /// A client that presents this node's certificate and accepts only a server certificate
     /// from this CA; connect with [`NodeTls::server_name`] of the node it means to reach.
     pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, PkiError> {
-        let (certs, key) = self.chain()?;
         let mut c = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| PkiError::Tls(e.to_string()))?
             .with_root_certificates(self.roots()?)
-            .with_client_auth_cert(certs, key)
-            .map_err(|e| PkiError::Tls(e.to_string()))?;
+            .with_client_cert_resolver(Arc::new(live::PeerClientCert(self.live.clone())));
         c.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Arc::new(c))
     }
@@ -392,14 +474,11 @@ impl NodeTls {
     /// The API's TLS server: this node's certificate (with the CA certificate after it, so a
     /// client holding only the CA's hash can check it), no client certificate asked for.
     pub fn api_server_config(&self) -> Result<Arc<rustls::ServerConfig>, PkiError> {
-        let (mut certs, key) = self.chain()?;
-        certs.push(first_cert(&self.ca_pem, "CA certificate")?);
         let mut c = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| PkiError::Tls(e.to_string()))?
             .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .map_err(|e| PkiError::Tls(e.to_string()))?;
+            .with_cert_resolver(Arc::new(live::ApiServerCert(self.live.clone())));
         c.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(c))
     }
@@ -411,12 +490,16 @@ impl NodeTls {
     }
 }
 
+const NEXT_KEY: &str = "node.next.key";
+const NEXT_CERT: &str = "node.next.pem";
+
 /// The PKI files of a data directory, in `pki/` (mode 0700):
 /// - `ca.pem`: the cluster CA certificate (every node);
 /// - `ca.key`: the CA key (mode 0600), on voters only: the node that bootstrapped the
 ///   cluster creates it, and only voters will be handed it. A location learner never holds
 ///   it, so it cannot issue certificates;
-/// - `node.pem`, `node.key` (0600): this node's certificate and the key it generated.
+/// - `node.pem`, `node.key` (0600): this node's certificate and the key it generated;
+///   `node.next.*` only while a renewal replaces them.
 pub struct Pki {
     dir: PathBuf,
 }
@@ -481,6 +564,7 @@ impl Pki {
 
     /// This node's TLS material, once it has a certificate.
     pub fn load_node(&self, cluster_id: &str, node_id: u64) -> Result<Option<NodeTls>, PkiError> {
+        self.finish_renewal()?;
         match (
             self.read("ca.pem")?,
             self.read("node.pem")?,
@@ -502,6 +586,41 @@ impl Pki {
         self.read("node.key")
     }
 
+    /// Keep a renewed key and certificate. Both are written beside the pair in use
+    /// (`node.next.key`, then `node.next.pem`) and then renamed over it, key first;
+    /// [`Pki::load_node`] finishes a renewal a crash interrupted, or drops one whose
+    /// certificate was not yet written, so the pair it loads always matches.
+    pub fn save_renewed(&self, key_pem: &str, cert_pem: &str) -> Result<(), PkiError> {
+        self.write(NEXT_KEY, key_pem, true)?;
+        self.write(NEXT_CERT, cert_pem, false)?;
+        self.finish_renewal()
+    }
+
+    fn finish_renewal(&self) -> Result<(), PkiError> {
+        let exists = |name: &str| self.dir.join(name).exists();
+        let io = |path: PathBuf| move |source| PkiError::Io { path, source };
+        match (exists(NEXT_KEY), exists(NEXT_CERT)) {
+            (false, false) => return Ok(()),
+            // The certificate never arrived: the pair in use is untouched.
+            (true, false) => {
+                let p = self.dir.join(NEXT_KEY);
+                std::fs::remove_file(&p).map_err(io(p))?;
+            }
+            (key, true) => {
+                for (from, to) in [(NEXT_KEY, "node.key"), (NEXT_CERT, "node.pem")] {
+                    if from == NEXT_KEY && !key {
+                        continue; // renamed before the interruption
+                    }
+                    let (from, to) = (self.dir.join(from), self.dir.join(to));
+                    std::fs::rename(&from, &to).map_err(io(to))?;
+                }
+            }
+        }
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(self.dir.clone()))
+    }
+
     /// Store the CA certificate and this node's certificate (its key is already saved).
     pub fn save_node_cert(&self, ca_pem: &str, cert_pem: &str) -> Result<(), PkiError> {
         self.write("ca.pem", ca_pem, false)?;
@@ -509,6 +628,7 @@ impl Pki {
     }
 }
 
+mod live;
 mod pin;
 pub use pin::{join_token_with_pin, pinned_client_config, split_join_token, PIN_MISMATCH};
 

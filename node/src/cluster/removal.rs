@@ -196,6 +196,8 @@ mod tests {
             members: members.to_vec(),
             removed: false,
             failure: None,
+            cert_issued_at_ms: None,
+            cert_expires_at_ms: None,
         }
     }
 

@@ -157,4 +157,8 @@ pub struct UpArgs {
     /// machine, as "executor lost". A few task leases; 0 turns it off.
     #[arg(long, default_value_t = 90)]
     pub task_lost_secs: u64,
+    /// Seconds between checks whether this node's certificate is due for renewal (expiring,
+    /// API address changed, or `rackd certs rotate`).
+    #[arg(long, default_value_t = 30)]
+    pub cert_check_secs: u64,
 }

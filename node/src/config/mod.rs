@@ -54,6 +54,8 @@ pub struct NodeConfig {
     pub task_lost: Option<Duration>,
     /// The location services of this node; `None` when it serves no location.
     pub location: Option<LocationConfig>,
+    /// How often the node checks whether its certificate is due for renewal.
+    pub cert_check: Duration,
 }
 
 /// Connection limits of the HTTP API (see `api::listener`).
@@ -240,6 +242,7 @@ impl NodeConfig {
             },
             write_timeout: Duration::from_secs(args.write_timeout_secs.max(1)),
             task_lost: (args.task_lost_secs > 0).then(|| Duration::from_secs(args.task_lost_secs)),
+            cert_check: Duration::from_secs(args.cert_check_secs.max(1)),
             location,
         })
     }

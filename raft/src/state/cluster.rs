@@ -286,6 +286,22 @@ impl State {
         Ok(Applied::ApiToken(view))
     }
 
+    /// `RenewCerts`: every node renews a certificate issued before now (each node asks for its
+    /// own: its key never leaves it).
+    pub(super) fn renew_certs(&mut self, now: u64, actor: &str) -> Result<Applied, ApiError> {
+        self.meta.certs_renew_before_ms = now;
+        self.meta_dirty = true;
+        self.journal(
+            now,
+            actor,
+            "cluster.certs_renewal_requested",
+            "cluster",
+            None,
+            "every node renews its certificate".to_string(),
+        );
+        Ok(Applied::Done)
+    }
+
     /// Delete join token `id`: neither join phase admits it from then on.
     pub(super) fn revoke_join_token(
         &mut self,

@@ -134,6 +134,10 @@ pub struct SmMeta {
     /// The apply rules entries are decided by ([`rules`]); changed only by `AdoptRules`.
     #[serde(default = "ApplyRules::unrecorded")]
     pub rules: ApplyRules,
+    /// Node certificates issued before this time (leader's clock, ms) are renewed by their
+    /// nodes (`RenewCerts`); 0: never asked.
+    #[serde(default)]
+    pub certs_renew_before_ms: u64,
 }
 
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -454,6 +458,7 @@ impl State {
             }
             Command::RevokeApiToken { id } => self.revoke_api_token(now, actor, *id),
             Command::RevokeJoinToken { id } => self.revoke_join_token(now, actor, *id),
+            Command::RenewCerts {} => self.renew_certs(now, actor),
             Command::GrantBmcSession {
                 machine_id,
                 source,

@@ -51,6 +51,9 @@ impl PeerAuth for Dialer {
     fn store_ca_key(&self, _: &str) -> Result<(), String> {
         Err("not a node".into())
     }
+    fn issue_cert(&self, _: NodeId, _: &str, _: &str) -> Result<String, String> {
+        Err("not a node".into())
+    }
 }
 
 fn dialer(tls: &NodeTls, client: Arc<rustls::ClientConfig>) -> PeerNetwork {

@@ -345,3 +345,186 @@ async fn a_pinned_client_accepts_only_the_pinned_ca() {
         }
     }
 }
+
+/// One handshake with configurations built once: the certificates each side presented.
+async fn handshake(
+    server: Arc<rustls::ServerConfig>,
+    client: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+) -> (CertificateDer<'static>, CertificateDer<'static>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(server);
+    let srv = tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        let mut tls = acceptor.accept(s).await.unwrap();
+        let mut b = [0u8; 4];
+        tls.read_exact(&mut b).await.unwrap();
+        tls.write_all(b"pong").await.unwrap();
+        tls.get_ref().1.peer_certificates().unwrap()[0].clone()
+    });
+    let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(client)
+        .connect(name, s)
+        .await
+        .unwrap();
+    tls.write_all(b"ping").await.unwrap();
+    let mut b = [0u8; 4];
+    tls.read_exact(&mut b).await.unwrap();
+    let server_cert = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    (server_cert, srv.await.unwrap())
+}
+
+fn der(pem: &str) -> CertificateDer<'static> {
+    first_cert(pem, "test").unwrap()
+}
+
+/// A renewal swaps the certificate under configurations built before it (peer server, peer
+/// client, API server): the next handshake presents the new one, without new configurations.
+#[tokio::test]
+async fn a_renewed_certificate_is_presented_from_the_next_handshake() {
+    let ca = CaBundle::generate(CID, now()).unwrap();
+    let (n2, n5) = (node(&ca, CID, 2), node(&ca, CID, 5));
+    let server = n2.server_config().unwrap();
+    // A resumed session shows no certificate at all: every handshake here is a full one
+    // (the resolver inside is still the configuration's own).
+    let mut client = (*n5.client_config().unwrap()).clone();
+    client.resumption = rustls::client::Resumption::disabled();
+    let client = Arc::new(client);
+    let (s1, c1) = handshake(server.clone(), client.clone(), n5.server_name(2)).await;
+    assert_eq!((s1, c1), (der(&n2.cert_pem()), der(&n5.cert_pem())));
+
+    for n in [&n2, &n5] {
+        let old = n.cert_pem();
+        let k = NodeKey::generate().unwrap();
+        let cert = ca.issue(&k.csr_pem, n.node_id, CID, now()).unwrap();
+        n.renewed(&cert, &k.key_pem).unwrap();
+        assert_ne!(n.cert_pem(), old);
+    }
+    let (s2, c2) = handshake(server, client, n5.server_name(2)).await;
+    assert_eq!(
+        s2,
+        der(&n2.cert_pem()),
+        "the server presents its new certificate"
+    );
+    assert_eq!(
+        c2,
+        der(&n5.cert_pem()),
+        "the client presents its new certificate"
+    );
+
+    // The API server too (its chain ends with the CA).
+    let api = n2.api_server_config().unwrap();
+    let k = NodeKey::generate().unwrap();
+    let cert = ca.issue(&k.csr_pem, 2, CID, now()).unwrap();
+    n2.renewed(&cert, &k.key_pem).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der(&ca.cert_pem)).unwrap();
+    let plain = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(api);
+    tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        let _ = acceptor.accept(s).await;
+    });
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(plain))
+        .connect(
+            n2.server_name(2),
+            tokio::net::TcpStream::connect(addr).await.unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.peer_certificates().unwrap()[0], der(&cert));
+}
+
+/// A renewal that would break the node changes nothing: another CA's certificate, another
+/// node's, or a key that is not the certificate's.
+#[test]
+fn a_renewal_that_would_break_the_node_is_refused() {
+    let ca = CaBundle::generate(CID, now()).unwrap();
+    let n2 = node(&ca, CID, 2);
+    let before = n2.cert_pem();
+    let other_ca = CaBundle::generate(CID, now()).unwrap();
+    let k = NodeKey::generate().unwrap();
+    let cases = [
+        (
+            "another CA",
+            other_ca.issue(&k.csr_pem, 2, CID, now()).unwrap(),
+            k.key_pem.clone(),
+        ),
+        (
+            "another node",
+            ca.issue(&k.csr_pem, 3, CID, now()).unwrap(),
+            k.key_pem.clone(),
+        ),
+        (
+            "another key",
+            ca.issue(&k.csr_pem, 2, CID, now()).unwrap(),
+            NodeKey::generate().unwrap().key_pem,
+        ),
+    ];
+    for (what, cert, key) in cases {
+        assert!(n2.check_renewal(&cert, &key).is_err(), "{what}");
+        assert!(n2.renewed(&cert, &key).is_err(), "{what}");
+        assert_eq!(n2.cert_pem(), before, "{what}: nothing changed");
+    }
+    let good = ca.issue(&k.csr_pem, 2, CID, now()).unwrap();
+    n2.check_renewal(&good, &k.key_pem).unwrap();
+    assert_eq!(n2.cert_pem(), before, "a check changes nothing");
+}
+
+/// A renewal interrupted at any point leaves a matching pair on disk: the old one before the
+/// new certificate is complete, the new one after.
+#[test]
+fn an_interrupted_renewal_leaves_a_matching_pair() {
+    let ca = CaBundle::generate(CID, now()).unwrap();
+    let setup = || {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::in_data_dir(dir.path());
+        let k = NodeKey::generate().unwrap();
+        pki.save_node_key(&k.key_pem).unwrap();
+        let cert = ca.issue(&k.csr_pem, 1, CID, now()).unwrap();
+        pki.save_node_cert(&ca.cert_pem, &cert).unwrap();
+        let next = NodeKey::generate().unwrap();
+        let next_cert = ca.issue(&next.csr_pem, 1, CID, now()).unwrap();
+        (dir, pki, cert, next.key_pem, next_cert)
+    };
+    let loaded = |pki: &Pki| pki.load_node(CID, 1).unwrap().unwrap().cert_pem();
+    let exists = |dir: &tempfile::TempDir, name: &str| dir.path().join("pki").join(name).exists();
+
+    // Only the new key was written: the old pair stays, the stray key goes.
+    let (dir, pki, old, key, _) = setup();
+    pki.write(NEXT_KEY, &key, true).unwrap();
+    assert_eq!(loaded(&pki).trim(), old.trim());
+    assert!(!exists(&dir, NEXT_KEY));
+
+    // Both written, nothing renamed: the new pair is taken.
+    let (dir, pki, _, key, cert) = setup();
+    pki.write(NEXT_KEY, &key, true).unwrap();
+    pki.write(NEXT_CERT, &cert, false).unwrap();
+    assert_eq!(loaded(&pki).trim(), cert.trim());
+    assert!(!exists(&dir, NEXT_KEY) && !exists(&dir, NEXT_CERT));
+
+    // The key renamed, the certificate not yet: the new pair is completed.
+    let (dir, pki, _, key, cert) = setup();
+    pki.write("node.key", &key, true).unwrap();
+    pki.write(NEXT_CERT, &cert, false).unwrap();
+    assert_eq!(loaded(&pki).trim(), cert.trim());
+    assert!(!exists(&dir, NEXT_CERT));
+
+    // Uninterrupted, with the key private.
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, pki, _, key, cert) = setup();
+    pki.save_renewed(&key, &cert).unwrap();
+    assert_eq!(loaded(&pki).trim(), cert.trim());
+    let mode = std::fs::metadata(dir.path().join("pki/node.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
