@@ -50,6 +50,7 @@ fn main() -> std::io::Result<()> {
             lease_secs: 3600,
             proxy: false,
             pool_share: Default::default(),
+            discovery: Default::default(),
         });
         DhcpServer::new(sock, core, Arc::new(EveryMac))?.run().await
     })

@@ -166,6 +166,7 @@ fn serve(
         lease_secs: 600,
         proxy: false,
         pool_share: Default::default(),
+        discovery: Default::default(),
     });
     let server = DhcpServer::new(socket, core, Arc::new(Inv(reserved))).unwrap();
     let stats = server.stats();

@@ -77,6 +77,56 @@ struct Leases {
     declined: HashMap<Ipv4Addr, Instant>,
     reported: HashSet<String>,
     discovered: Vec<String>,
+    budget: Budget,
+}
+
+/// How many unknown machines one server reports for recording (each report becomes a machine
+/// through the leader): a token bucket holding `burst`, refilled at `per_minute`. An unknown
+/// client beyond it still gets its dynamic address and is reported when it comes back with
+/// budget left (clients retry DHCP), so a host inventing MAC addresses cannot create machines
+/// faster than this, while a rack powered on for discovery is recorded at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiscoveryLimit {
+    pub per_minute: u32,
+    pub burst: u32,
+}
+
+impl Default for DiscoveryLimit {
+    fn default() -> Self {
+        DiscoveryLimit {
+            per_minute: 60,
+            burst: 200,
+        }
+    }
+}
+
+/// MACs remembered as reported; beyond this the memory is cleared (a MAC reported again is
+/// known by then, and the recorder skips known MACs).
+const REPORTED_MAX: usize = 65_536;
+
+#[derive(Debug, Default)]
+struct Budget {
+    tokens: f64,
+    at: Option<Instant>,
+}
+
+impl Budget {
+    fn take(&mut self, now: Instant, limit: DiscoveryLimit) -> bool {
+        let refill = match self.at {
+            None => f64::from(limit.burst),
+            Some(at) => {
+                now.saturating_duration_since(at).as_secs_f64() * f64::from(limit.per_minute) / 60.0
+            }
+        };
+        self.tokens = (self.tokens + refill).min(f64::from(limit.burst));
+        self.at = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl Leases {
@@ -143,10 +193,20 @@ impl Leases {
         Some(l)
     }
 
-    fn report(&mut self, mac: &str) {
-        if self.reported.insert(mac.to_string()) {
-            self.discovered.push(mac.to_string());
+    /// Report `mac` for recording, once, within the budget; false when over it.
+    fn report(&mut self, now: Instant, mac: &str, limit: DiscoveryLimit) -> bool {
+        if self.reported.contains(mac) {
+            return true;
         }
+        if !self.budget.take(now, limit) {
+            return false;
+        }
+        if self.reported.len() >= REPORTED_MAX {
+            self.reported.clear();
+        }
+        self.reported.insert(mac.to_string());
+        self.discovered.push(mac.to_string());
+        true
     }
 }
 
@@ -161,6 +221,8 @@ pub struct Config {
     /// The part of the discovery pools this server hands out (several location nodes of one
     /// site each take their own share, so they never offer one free address to two machines).
     pub pool_share: PoolShare,
+    /// How fast unknown machines are reported for recording.
+    pub discovery: DiscoveryLimit,
 }
 
 /// Share `index` of `count` of every dynamic range: the addresses whose offset in the range
@@ -229,6 +291,9 @@ pub struct DhcpStats {
     pub declines: AtomicU64,
     /// Dynamic (discovery) offers and acks.
     pub dynamic: AtomicU64,
+    /// Unknown machines not reported for recording because the discovery budget was spent
+    /// (they got their address; they are reported when they come back with budget left).
+    pub discovery_limited: AtomicU64,
 }
 
 impl DhcpStats {
@@ -369,7 +434,9 @@ impl DhcpCore {
                     return None;
                 };
                 leases.extend(&mac, now + OFFER_HOLD);
-                leases.report(&mac);
+                if !leases.report(now, &mac, self.cfg.discovery) {
+                    DhcpStats::inc(&self.stats.discovery_limited);
+                }
                 drop(leases);
                 DhcpStats::inc(&self.stats.dynamic);
                 let r = Self::dynamic_reservation(&lease);
@@ -401,7 +468,9 @@ impl DhcpCore {
                         return None;
                     }
                     leases.extend(&mac, now + Duration::from_secs(self.cfg.lease_secs as u64));
-                    leases.report(&mac);
+                    if !leases.report(now, &mac, self.cfg.discovery) {
+                        DhcpStats::inc(&self.stats.discovery_limited);
+                    }
                     DhcpStats::inc(&self.stats.dynamic);
                     Some(Self::dynamic_reservation(&l))
                 });

@@ -13,7 +13,8 @@ pub mod core;
 pub mod server;
 
 pub use self::core::{
-    Config, Dest, DhcpCore, DhcpStats, Inventory, Pool, PoolShare, Reservation, OFFER_HOLD,
+    Config, Dest, DhcpCore, DhcpStats, DiscoveryLimit, Inventory, Pool, PoolShare, Reservation,
+    OFFER_HOLD,
 };
 pub use boot::{BootMode, BootServers};
 pub use server::{dhcp_socket, DhcpServer};

@@ -44,7 +44,11 @@ fn core(proxy: bool) -> DhcpCore {
 }
 
 fn core_with(proxy: bool, pool_share: PoolShare) -> DhcpCore {
-    DhcpCore::new(Config {
+    DhcpCore::new(config(proxy, pool_share))
+}
+
+fn config(proxy: bool, pool_share: PoolShare) -> Config {
+    Config {
         server_id: SERVER,
         boot: BootServers {
             tftp: SERVER,
@@ -54,7 +58,8 @@ fn core_with(proxy: bool, pool_share: PoolShare) -> DhcpCore {
         lease_secs: 3600,
         proxy,
         pool_share,
-    })
+        discovery: Default::default(),
+    }
 }
 
 fn msg(mt: MessageType, mac: &[u8]) -> Message {
@@ -447,4 +452,48 @@ fn location_nodes_with_their_own_pool_shares_never_offer_one_address_twice() {
     for bad in ["0/2", "3/2", "1/0", "x", "1/"] {
         assert!(PoolShare::parse(bad).is_err(), "{bad}");
     }
+}
+
+/// Unknown machines are reported for recording within the discovery budget only: a burst at
+/// once, then the per-minute rate; a client over the budget still gets its address, is counted,
+/// and is reported when it comes back with budget left; a MAC is reported once.
+#[test]
+fn discovery_reports_unknown_machines_within_the_budget_only() {
+    let c = DhcpCore::new(Config {
+        discovery: DiscoveryLimit {
+            per_minute: 6,
+            burst: 3,
+        },
+        ..config(false, PoolShare::default())
+    });
+    let inv = pool_inv(100, 200);
+    let t0 = Instant::now();
+    let mac = |i: u8| [2, 0, 0, 0, 1, i];
+    for i in 0..10 {
+        assert!(
+            dyn_offer(&c, t0, &mac(i), &inv).is_some(),
+            "client {i} got no address"
+        );
+    }
+    assert_eq!(c.take_discovered().len(), 3, "the burst");
+    let limited = || DhcpStats::get(&c.stats().discovery_limited);
+    assert_eq!(limited(), 7);
+    // 6 per minute: one more every 10 s. The same clients retry.
+    let t10 = t0 + Duration::from_secs(10);
+    for i in 0..10 {
+        dyn_offer(&c, t10, &mac(i), &inv);
+    }
+    assert_eq!(c.take_discovered(), vec!["02:00:00:00:01:03".to_string()]);
+    // A minute later the rate allows six more (the burst caps what accumulates).
+    let t70 = t10 + Duration::from_secs(60);
+    for i in 0..10 {
+        dyn_offer(&c, t70, &mac(i), &inv);
+    }
+    assert_eq!(c.take_discovered().len(), 3, "the burst caps the refill");
+    // Reported MACs are not reported again, whatever the budget.
+    let t_late = t70 + Duration::from_secs(3600);
+    for i in 0..7 {
+        dyn_offer(&c, t_late, &mac(i), &inv);
+    }
+    assert!(c.take_discovered().is_empty());
 }

@@ -91,6 +91,15 @@ pub struct UpArgs {
     /// two unknown machines. Default `1/1` (one location node hands out the whole range).
     #[arg(long, default_value = "1/1", value_parser = rackd_net::dhcp::PoolShare::parse)]
     pub dhcp_pool_share: rackd_net::dhcp::PoolShare,
+    /// Unknown machines this node records per minute in a discovery location, after a burst
+    /// of `--dhcp-discovery-burst`: beyond it they still get an address and are recorded
+    /// when they come back, so one host inventing MAC addresses cannot fill the inventory.
+    #[arg(long, default_value_t = 60)]
+    pub dhcp_discovery_per_minute: u32,
+    /// Unknown machines recorded at once before the per-minute rate applies (a rack powered
+    /// on for discovery).
+    #[arg(long, default_value_t = 200)]
+    pub dhcp_discovery_burst: u32,
     /// Lease time handed out with reservations (seconds).
     #[arg(long, default_value_t = 3600)]
     pub dhcp_lease_secs: u32,

@@ -118,6 +118,8 @@ pub struct DhcpConfig {
     pub lease_secs: u32,
     /// This node's share of the discovery pools (`--dhcp-pool-share`).
     pub pool_share: rackd_net::dhcp::PoolShare,
+    /// How fast unknown machines are recorded (`--dhcp-discovery-*`).
+    pub discovery: rackd_net::dhcp::DiscoveryLimit,
     /// Send IPv6 Router Advertisements (lifetime 0) so iPXE does not wait ~13 s for routers.
     pub router_advertisements: bool,
     /// iPXE clients load `boot.ipxe` over TFTP first (it chains their HTTP script).
@@ -277,6 +279,10 @@ impl LocationConfig {
                 proxy: args.dhcp_proxy,
                 lease_secs: args.dhcp_lease_secs,
                 pool_share: args.dhcp_pool_share,
+                discovery: rackd_net::dhcp::DiscoveryLimit {
+                    per_minute: args.dhcp_discovery_per_minute,
+                    burst: args.dhcp_discovery_burst.max(1),
+                },
                 router_advertisements: !args.no_router_advertisements,
                 ipxe_via_tftp: args.ipxe_via_tftp,
             }),

@@ -178,6 +178,7 @@ pub fn start(
         lease_secs: o.lease_secs,
         proxy: o.proxy,
         pool_share: o.pool_share,
+        discovery: o.discovery,
     });
     let inv = Arc::new(ReplicaInventory {
         cluster: node.clone(),

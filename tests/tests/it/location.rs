@@ -400,6 +400,91 @@ async fn discovery_gives_unknown_machines_a_dynamic_address_and_records_them_onc
     assert_eq!(items[0]["state"], "new");
 }
 
+/// One host inventing MAC addresses (perfdhcp, a third-party DHCP load generator, acting as a
+/// relay for 100 made-up clients) cannot fill the inventory: the location node answers them,
+/// but records only its discovery burst and then its per-minute rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_inventing_mac_addresses_cannot_fill_the_inventory() {
+    let lab = ClientNs::new(3);
+    let server_ip = format!("{}.1", lab.net);
+    let c = Cluster::start(
+        "discflood",
+        1,
+        &[
+            "--location",
+            "dc1",
+            "--dhcp-interface",
+            &lab.host_if,
+            "--dhcp-server-ip",
+            &server_ip,
+            "--no-router-advertisements",
+            "--dhcp-discovery-burst",
+            "5",
+            "--dhcp-discovery-per-minute",
+            "6",
+        ],
+    )
+    .await
+    .expect("cluster");
+    let _: serde_json::Value = c
+        .post_json(
+            0,
+            "/v1/locations",
+            &json!({"name": "dc1", "discovery": true}),
+        )
+        .await
+        .unwrap();
+    let _: serde_json::Value = c
+        .post_json(
+            0,
+            "/v1/subnets",
+            &json!({"location": "dc1", "cidr": format!("{}.0/24", lab.net), "gateway": server_ip,
+                    "dynamic_ranges": [{"start": format!("{}.20", lab.net), "end": format!("{}.250", lab.net)}]}),
+        )
+        .await
+        .unwrap();
+    let relay = format!("{}.5", lab.net);
+    let (ok, out) = sh(&[
+        "ip",
+        "-n",
+        &lab.ns,
+        "addr",
+        "add",
+        &format!("{relay}/24"),
+        "dev",
+        "eth0",
+    ]);
+    assert!(ok, "{out}");
+    let started = std::time::Instant::now();
+    let (_, out) = sh(&[
+        "ip", "netns", "exec", &lab.ns, "timeout", "30", "perfdhcp", "-4", "-l", &relay, "-r",
+        "50", "-R", "100", "-p", "4", &server_ip,
+    ]);
+    let received: u64 = out
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("received packets:"))
+        .filter_map(|n| n.trim().parse::<u64>().ok())
+        .sum();
+    assert!(received >= 50, "the node answered the clients: {out}");
+    // Recording goes through the leader: give it time, then count.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let count = || async {
+        let p: serde_json::Value = c
+            .get_json(0, "/v1/machines?location=dc1&limit=1000")
+            .await
+            .unwrap();
+        p["items"].as_array().unwrap().len() as u64
+    };
+    let n = count().await;
+    let allowed = 5 + started.elapsed().as_secs() / 10 + 1;
+    assert!(
+        (5..=allowed).contains(&n),
+        "{n} machines recorded from 100 invented MACs (allowed 5..={allowed})"
+    );
+    let h = c.health(0).await.unwrap();
+    assert!(h.last_applied.is_some());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_flow_with_artifacts_and_a_one_time_install_callback() {
     let c = Cluster::start(
