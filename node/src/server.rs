@@ -21,7 +21,7 @@ use crate::cluster::peer_auth::NodePeerAuth;
 use crate::cluster::pki::{NodeTls, Pki};
 use crate::cluster::{certs, membership, removal, rules, ClusterHandle, Raft};
 use crate::config::NodeConfig;
-use crate::services::{reaper, ServiceSet};
+use crate::services::{reaper, reseal, ServiceSet};
 
 /// Start a node and run until a shutdown signal.
 pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
@@ -128,6 +128,10 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             Duration::from_secs(1),
         ))),
         AbortOnDrop(tokio::spawn(certs::run(node.clone(), cfg.cert_check))),
+        AbortOnDrop(tokio::spawn(reseal::run(
+            node.clone(),
+            Duration::from_secs(5),
+        ))),
     ];
     if let Some(limit) = cfg.task_lost {
         let cluster: Arc<dyn crate::cluster::Cluster> = node.clone();

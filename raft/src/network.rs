@@ -231,6 +231,30 @@ impl PeerNetwork {
     }
 }
 
+impl PeerNetwork {
+    /// Ask `target` (a voter) for the key location `location_id`'s secrets are sealed with.
+    pub async fn location_key(
+        &self,
+        target: NodeId,
+        addr: &str,
+        location_id: u64,
+        timeout: Duration,
+    ) -> Result<String, String> {
+        let mut c = self.client(target, addr)?;
+        let mut r = tonic::Request::new(Payload {
+            data: codec::encode(&location_id),
+        });
+        r.set_timeout(timeout);
+        let reply = c
+            .location_key(r)
+            .await
+            .map_err(|s| format!("location_key rpc: {}", s.message()))?;
+        let r: Remote<String> =
+            codec::decode(&reply.into_inner().data).map_err(|e| e.to_string())?;
+        r
+    }
+}
+
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerClient;
 
@@ -584,6 +608,20 @@ where
         let r = self.auth.issue_cert(caller, &api, &csr);
         if r.is_ok() {
             tracing::info!(node = caller, "issued a renewed certificate");
+        }
+        reply(r)
+    }
+
+    async fn location_key(
+        &self,
+        req: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, tonic::Status> {
+        let caller = self.caller(&req)?;
+        self.member(caller)?;
+        let location_id: u64 = codec::decode(&req.into_inner().data).map_err(bad_request)?;
+        let r = self.auth.location_key(caller, location_id);
+        if r.is_ok() {
+            tracing::info!(node = caller, location_id, "handed out a location key");
         }
         reply(r)
     }

@@ -62,6 +62,9 @@ pub trait PeerAuth: Send + Sync + 'static {
     /// Issue member `caller` a renewed certificate from its CSR, naming `api_addr` (its API
     /// address in the membership) too (`RenewCert`); refused where the CA key is not held.
     fn issue_cert(&self, caller: NodeId, api_addr: &str, csr_pem: &str) -> Result<String, String>;
+    /// The key (hex) secrets of location `location_id` are sealed with, for member `caller`
+    /// (`LocationKey`); refused where the CA key is not held.
+    fn location_key(&self, caller: NodeId, location_id: u64) -> Result<String, String>;
 }
 
 /// The member on the other end of a verified connection (a request extension).

@@ -148,12 +148,10 @@ macro_rules! crud {
             body: Bytes,
         ) -> HttpResult<(StatusCode, Json<$View>)> {
             let c: $Create = parse_json(&body)?;
+            let cmd =
+                super::sealing::seal_secrets(&*node.cluster, Command::$CCmd(c.into())).await?;
             let v = node
-                .propose(
-                    &actor.0,
-                    idempotency_key(&headers, &actor)?,
-                    Command::$CCmd(c.into()),
-                )
+                .propose(&actor.0, idempotency_key(&headers, &actor)?, cmd)
                 .await?
                 .$into()?;
             Ok((StatusCode::CREATED, Json(v)))
@@ -173,6 +171,7 @@ macro_rules! crud {
                 if_match: if_match(&headers)?,
                 patch: patch.into(),
             };
+            let cmd = super::sealing::seal_secrets(&*node.cluster, cmd).await?;
             let v = node
                 .propose(&actor.0, idempotency_key(&headers, &actor)?, cmd)
                 .await?

@@ -20,6 +20,7 @@ pub mod forward;
 pub mod inventory;
 pub mod listener;
 pub mod openapi;
+pub mod sealing;
 pub mod tasks;
 
 use std::sync::Arc;

@@ -531,6 +531,121 @@ async fn a_task_is_cancelled_once_and_a_finished_one_is_a_conflict() {
     assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
 }
 
+/// BMC passwords reach the log and the state only sealed for the machine's location, on
+/// create and on update; the sealed value opens to the password with that location's key
+/// only; a retry with the same Idempotency-Key is the same request; a password carrying
+/// rackd's marker is refused; a cluster still on rules 2 proposes passwords as before.
+#[tokio::test]
+async fn bmc_passwords_are_sealed_for_the_machines_location() {
+    use crate::cluster::sealing::{is_sealed, Purpose};
+    let c = cluster();
+    c.create_location("dc1");
+    let other = c.create_location("dc2");
+    let body = |pass: &str| {
+        serde_json::json!({"hostname": "m1", "location": "dc1",
+            "bmc": {"driver": "ipmi", "address": "10.9.0.1", "username": "admin", "password": pass}})
+        .to_string()
+    };
+    let create = |pass: &'static str| {
+        let c = c.clone();
+        async move {
+            call(
+                &c,
+                Method::POST,
+                "/v1/machines",
+                Some(TOKEN),
+                &[("idempotency-key", "k1")],
+                &body(pass),
+            )
+            .await
+        }
+    };
+    let a = create("hunter2").await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let id = a.body["id"].as_u64().unwrap();
+    let again = create("hunter2").await;
+    assert_eq!(
+        again.status,
+        StatusCode::CREATED,
+        "a retry is the same request: {}",
+        again.body
+    );
+    assert_eq!(again.body["id"].as_u64(), Some(id));
+    let stored = |c: &FakeCluster| {
+        c.state()
+            .machines
+            .get(&id)
+            .unwrap()
+            .bmc_password
+            .clone()
+            .unwrap()
+    };
+    let dc1 = c.state().location_by_name("dc1").unwrap().meta.id;
+    let key = c.location_key(dc1).await.unwrap();
+    assert!(is_sealed(&stored(&c)));
+    assert_eq!(
+        key.open(Purpose::BmcPassword, &stored(&c)).unwrap(),
+        "hunter2"
+    );
+    assert!(c
+        .location_key(other)
+        .await
+        .unwrap()
+        .open(Purpose::BmcPassword, &stored(&c))
+        .is_err());
+    // Updated: sealed too.
+    let p = call(&c, Method::PATCH, &format!("/v1/machines/{id}"), Some(TOKEN), &[],
+        &serde_json::json!({"bmc": {"driver": "ipmi", "address": "10.9.0.1", "username": "admin", "password": "s3cond"}}).to_string()).await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.body);
+    assert_eq!(
+        key.open(Purpose::BmcPassword, &stored(&c)).unwrap(),
+        "s3cond"
+    );
+    // As encoded in the log (Debug would redact it anyway).
+    let log = serde_json::to_string(&c.log()).unwrap();
+    assert!(log.contains("rackd-sealed:v1:bmc-password"), "{log}");
+    assert!(
+        !log.contains("hunter2") && !log.contains("s3cond"),
+        "a password in the log"
+    );
+    // rackd's marker is not a password.
+    let bad = call(
+        &c,
+        Method::POST,
+        "/v1/machines",
+        Some(TOKEN),
+        &[],
+        &body("rackd-sealed:v1:x"),
+    )
+    .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.body);
+
+    let old = cluster();
+    old.set_apply_rules(rackd_raft::state::ApplyRules::Format2);
+    old.create_location("dc1");
+    let a = call(
+        &old,
+        Method::POST,
+        "/v1/machines",
+        Some(TOKEN),
+        &[],
+        &body("hunter2"),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let id = a.body["id"].as_u64().unwrap();
+    assert_eq!(
+        old.state()
+            .machines
+            .get(&id)
+            .unwrap()
+            .bmc_password
+            .as_deref(),
+        Some("hunter2"),
+        "older members could not open it"
+    );
+}
+
 /// A node whose build cannot decode the rules the cluster decides entries by is refused at
 /// join phase 1, before its token is spent (nothing reaches the log); the same request from
 /// a build that knows them is admitted.

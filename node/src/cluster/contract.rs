@@ -129,6 +129,13 @@ pub trait Cluster: Send + Sync + 'static {
     fn cert_validity(&self) -> Option<(u64, u64)> {
         None
     }
+    /// The key secrets of location `location_id` are sealed with: derived where the CA key is
+    /// held (voters), else this node's copy, else fetched from a voter and kept
+    /// (`super::sealing`).
+    fn location_key(
+        &self,
+        location_id: u64,
+    ) -> BoxFuture<'_, Result<super::sealing::LocationKey, ApiError>>;
 }
 
 /// The rule for removing member `id`: it must be a member, and never the last voter. Returns

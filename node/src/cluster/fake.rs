@@ -233,6 +233,17 @@ impl Cluster for FakeCluster {
             Ok(MemberRole::Voter)
         })
     }
+    fn location_key(
+        &self,
+        location_id: u64,
+    ) -> BoxFuture<'_, Result<super::sealing::LocationKey, ApiError>> {
+        Box::pin(async move {
+            let ca = self.cluster_ca()?;
+            super::sealing::SecretsRoot::from_ca_key(ca.key_pem())
+                .map(|r| r.location_key(location_id))
+                .map_err(|e| ApiError::internal(e.to_string()))
+        })
+    }
     fn cluster_ca(&self) -> Result<super::pki::CaBundle, ApiError> {
         let mut g = self.lock();
         if g.ca.is_none() {

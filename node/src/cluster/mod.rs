@@ -15,12 +15,14 @@ pub mod contract;
 #[cfg(test)]
 pub mod fake;
 pub mod identity;
+pub mod location_keys;
 pub mod membership;
 pub mod peer_auth;
 pub mod pki;
 pub mod read;
 pub mod removal;
 pub mod rules;
+pub mod sealing;
 pub mod secrets;
 pub mod write;
 
@@ -219,6 +221,12 @@ impl Cluster for ClusterHandle {
         };
         let (issued, expires) = self.tls.validity().ok()?;
         Some((ms(issued), ms(expires)))
+    }
+    fn location_key(
+        &self,
+        location_id: u64,
+    ) -> BoxFuture<'_, Result<sealing::LocationKey, ApiError>> {
+        Box::pin(ClusterHandle::location_key(self, location_id))
     }
     fn cluster_ca(&self) -> Result<pki::CaBundle, ApiError> {
         match pki::Pki::in_data_dir(&self.data_dir).load_ca() {

@@ -82,6 +82,17 @@ impl PeerAuth for NodePeerAuth {
         .map_err(|e| e.to_string())
     }
 
+    fn location_key(&self, _caller: NodeId, location_id: u64) -> Result<String, String> {
+        let ca = self
+            .pki
+            .load_ca()
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("node {} holds no CA key", self.tls.node_id))?;
+        let root =
+            super::sealing::SecretsRoot::from_ca_key(ca.key_pem()).map_err(|e| e.to_string())?;
+        Ok(root.location_key(location_id).to_hex())
+    }
+
     fn store_ca_key(&self, key_pem: &str) -> Result<(), String> {
         self.pki
             .adopt_ca_key(key_pem)

@@ -13,6 +13,7 @@ pub mod executor;
 pub mod http_boot;
 pub mod ipmi_proxy;
 pub mod reaper;
+pub mod reseal;
 pub mod tftp;
 
 use std::path::Path;

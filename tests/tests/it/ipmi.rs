@@ -520,3 +520,89 @@ async fn ipmi_driver_retransmits_lost_datagrams_and_never_repeats_a_cycle() {
         "cycle sent twice"
     );
 }
+
+/// Every file under `dir` that holds `needle` (the Raft log, RocksDB's WAL and tables,
+/// snapshots, anything else a node writes).
+fn files_holding(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
+            {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+/// BMC passwords are sealed per location (issue 11, item 6): a location learner, which holds
+/// no CA key, gets its own location's key from a voter and powers its machine on through
+/// ipmi_sim; it never gets another location's key; and no node's data directory (Raft log,
+/// RocksDB, snapshots) holds a password in clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_location_learner_opens_only_its_own_sites_sealed_bmc_passwords() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = IpmiSim::in_netns(4, tmp.path());
+    let mut c = Cluster::start("sealed", 1, &[]).await.expect("cluster");
+    let site = c
+        .join_with(0, true, &["--location", "dc1", "--ipmi-timeout-ms", "400"])
+        .await
+        .expect("location learner");
+    let mut loc_ids = vec![];
+    for l in ["dc1", "dc2"] {
+        let v: Value = c
+            .post_json(0, "/v1/locations", &json!({"name": l}))
+            .await
+            .unwrap();
+        loc_ids.push(v["id"].as_u64().unwrap());
+    }
+    let other_secret = "dc2-only-Secret";
+    let mut ids = vec![];
+    for (h, l, p) in [("s1", "dc1", PASS), ("s2", "dc2", other_secret)] {
+        let v: Value = c
+            .post_json(
+                site,
+                "/v1/machines",
+                &json!({"hostname": h, "location": l,
+                        "bmc": {"driver": "ipmi", "address": sim.addr, "username": USER, "password": p}}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(v["bmc"]["password_set"], true, "{v}");
+        ids.push(v["id"].as_u64().unwrap());
+    }
+    let t = run_task(&c, ids[0], "on").await;
+    assert_eq!(t["state"], "succeeded", "{t}");
+    let learner_id = c.health(site).await.unwrap().node_id;
+    assert_eq!(
+        t["assignee"].as_u64(),
+        Some(learner_id),
+        "the site's node ran it: {t}"
+    );
+    assert!(sim.calls().contains("set power 1"));
+
+    let pki = c.nodes[site].data_dir.join("pki");
+    let own = pki.join(format!("location-{}.key", loc_ids[0]));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&own)
+            .expect("the site keeps its key")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    assert!(!pki.join(format!("location-{}.key", loc_ids[1])).exists());
+    assert!(!pki.join("ca.key").exists());
+    for n in &c.nodes {
+        for secret in [PASS, other_secret] {
+            let found = files_holding(&n.data_dir, secret.as_bytes());
+            assert!(found.is_empty(), "{secret:?} in clear in {found:?}");
+        }
+    }
+}

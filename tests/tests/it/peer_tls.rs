@@ -54,6 +54,9 @@ impl PeerAuth for Dialer {
     fn issue_cert(&self, _: NodeId, _: &str, _: &str) -> Result<String, String> {
         Err("not a node".into())
     }
+    fn location_key(&self, _: NodeId, _: u64) -> Result<String, String> {
+        Err("not a node".into())
+    }
 }
 
 fn dialer(tls: &NodeTls, client: Arc<rustls::ClientConfig>) -> PeerNetwork {

@@ -192,6 +192,19 @@ impl Executor {
                 cleartext,
             )
         };
+        // Passwords are stored sealed for the machine's location (plaintext before sealing).
+        let password = match crate::cluster::sealing::sealed_location(&password) {
+            None => password,
+            Some(loc) => {
+                let key = self
+                    .node
+                    .location_key(loc)
+                    .await
+                    .map_err(|e| format!("cannot open the BMC password: {}", e.message))?;
+                key.open(crate::cluster::sealing::Purpose::BmcPassword, &password)
+                    .map_err(|e| format!("cannot open the BMC password: {e}"))?
+            }
+        };
         let version = match view.driver {
             BmcDriver::Sim => {
                 return Ok(AnyBmc::Sim(SimBmc::new(&format!("sim-{machine_id}"), on)));

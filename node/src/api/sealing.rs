@@ -1,0 +1,56 @@
+//! BMC passwords are sealed before they are proposed (`cluster::sealing`): a create or an
+//! update of a machine carrying a password reaches the Raft log, the snapshots and RocksDB as
+//! a value sealed for the machine's location, on the leader (a voter, which holds every
+//! location's key). Until every member runs a build that opens sealed values (apply rules 3),
+//! passwords are proposed as before.
+//!
+//! Layer: part of `api`; uses the [`Cluster`] contract and `cluster::sealing`.
+
+use rackd_raft::cmd::Command;
+use rackd_raft::state::ApplyRules;
+use rackd_types::{ApiError, BmcSpec};
+
+use crate::cluster::sealing::{is_sealed, Purpose};
+use crate::cluster::Cluster;
+
+/// `cmd` with the BMC password it carries sealed for the machine's location (other commands,
+/// and commands apply will refuse anyway, unchanged).
+pub async fn seal_secrets(node: &dyn Cluster, cmd: Command) -> Result<Command, ApiError> {
+    let st = node.state();
+    let (spec, location): (&mut Option<BmcSpec>, Option<String>);
+    let mut cmd = cmd;
+    match &mut cmd {
+        Command::CreateMachine(c) => {
+            location = Some(c.location.clone());
+            spec = &mut c.bmc;
+        }
+        Command::UpdateMachine { id, patch, .. } => {
+            location = patch
+                .location
+                .clone()
+                .or_else(|| st.machines.get(id).map(|m| m.machine.location.clone()));
+            let Some(b) = patch.bmc.as_mut() else {
+                return Ok(cmd);
+            };
+            spec = b;
+        }
+        _ => return Ok(cmd),
+    }
+    let Some(password) = spec.as_mut().and_then(|b| b.password.as_mut()) else {
+        return Ok(cmd);
+    };
+    if is_sealed(password) {
+        return Err(ApiError::invalid(
+            "bmc.password: a password may not start with rackd-sealed: (rackd's own marker)",
+        ));
+    }
+    if st.meta.rules < ApplyRules::Rules3 {
+        return Ok(cmd); // a member's build could not open it
+    }
+    let Some(loc) = location.and_then(|l| st.location_by_name(&l).map(|l| l.meta.id)) else {
+        return Ok(cmd); // no such machine or location: apply refuses it
+    };
+    let key = node.location_key(loc).await?;
+    *password = key.seal(Purpose::BmcPassword, password);
+    Ok(cmd)
+}
