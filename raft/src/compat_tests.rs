@@ -146,7 +146,8 @@ fn every_command() -> Vec<Command> {
             id: 3,
             if_match: Some(1),
             image: "i".into(),
-            token: Secret("s".into()),
+            token: Secret("sha256:00".into()),
+            sealed_token: Some(Secret("rackd-sealed:v1:deploy-token:1:00".into())),
         },
         Command::DeployDone {
             mac: "52:54:00:00:00:01".into(),
@@ -468,11 +469,12 @@ fn every_command_is_proposable_under_current_rules_and_new_ones_wait_under_older
     assert_eq!(
         waiting,
         [
+            "deploy",
             "create_api_token",
             "revoke_api_token",
             "revoke_join_token",
-            "grant_bmc_session",
-            "renew_certs"
+            "renew_certs",
+            "grant_bmc_session"
         ]
     );
     let admin_forever = Command::CreateApiToken {

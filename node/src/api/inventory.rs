@@ -292,12 +292,10 @@ pub async fn deploy_machine(
 ) -> HttpResult<Json<Machine>> {
     let id = parse_id(&id)?;
     let d: DeployMachine = parse_json(&body)?;
-    let cmd = Command::Deploy {
-        id,
-        if_match: if_match(&headers)?,
-        image: d.image,
-        token: rackd_raft::cmd::Secret(crate::cluster::secrets::new_secret("")),
-    };
+    let token = crate::cluster::secrets::new_secret("");
+    let cmd =
+        super::sealing::deploy_command(&*node.cluster, id, if_match(&headers)?, d.image, token)
+            .await?;
     let v = node
         .propose(&actor.0, idempotency_key(&headers, &actor)?, cmd)
         .await?

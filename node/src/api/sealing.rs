@@ -13,6 +13,44 @@ use rackd_types::{ApiError, BmcSpec};
 use crate::cluster::sealing::{is_sealed, Purpose};
 use crate::cluster::Cluster;
 
+/// The `Deploy` of machine `id` with its one-time install-callback `token`: the log and the
+/// state get the token's hash (what apply checks) and the token sealed for the machine's
+/// location (what its location node puts in the boot script); before every member opens
+/// sealed values, the token itself.
+pub async fn deploy_command(
+    node: &dyn Cluster,
+    id: u64,
+    if_match: Option<u64>,
+    image: String,
+    token: String,
+) -> Result<Command, ApiError> {
+    use rackd_raft::cmd::Secret;
+    let st = node.state();
+    let loc = st
+        .machines
+        .get(&id)
+        .and_then(|m| st.location_by_name(&m.machine.location))
+        .map(|l| l.meta.id);
+    let (token, sealed_token) = match loc {
+        Some(loc) if st.meta.rules >= ApplyRules::Rules3 => {
+            let key = node.location_key(loc).await?;
+            (
+                Secret(rackd_raft::state::deploy_token_check(&token)),
+                Some(Secret(key.seal(Purpose::DeployToken, &token))),
+            )
+        }
+        // Older members, or no such machine (apply refuses it).
+        _ => (Secret(token), None),
+    };
+    Ok(Command::Deploy {
+        id,
+        if_match,
+        image,
+        token,
+        sealed_token,
+    })
+}
+
 /// `cmd` with the BMC password it carries sealed for the machine's location (other commands,
 /// and commands apply will refuse anyway, unchanged).
 pub async fn seal_secrets(node: &dyn Cluster, cmd: Command) -> Result<Command, ApiError> {

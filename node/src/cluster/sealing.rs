@@ -22,12 +22,14 @@ use ring::{hkdf, hmac};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
     BmcPassword,
+    DeployToken,
 }
 
 impl Purpose {
     fn as_str(self) -> &'static str {
         match self {
             Purpose::BmcPassword => "bmc-password",
+            Purpose::DeployToken => "deploy-token",
         }
     }
 }

@@ -141,7 +141,7 @@ impl State {
         id: u64,
         if_match: Option<u64>,
         image: &str,
-        token: &str,
+        (token, sealed_token): (&str, Option<&str>),
     ) -> Result<Applied, ApiError> {
         let mut stored = self.machines.fetch(id, "machine")?;
         precondition(stored.machine.meta.version, if_match)?;
@@ -165,6 +165,7 @@ impl State {
         m.meta.updated_at = now;
         let view = m.clone();
         stored.deploy_token = Some(token.to_string());
+        stored.deploy_token_sealed = sealed_token.map(str::to_string);
         self.machines.insert(id, stored);
         self.journal(
             now,
@@ -196,7 +197,10 @@ impl State {
         };
         let stored = self.stored_machine_by_mac(mac).ok_or_else(reject)?;
         if stored.machine.state != MachineState::Deploying
-            || stored.deploy_token.as_deref() != Some(token)
+            || !stored
+                .deploy_token
+                .as_deref()
+                .is_some_and(|t| deploy_token_matches(t, token))
         {
             return Err(reject());
         }
@@ -219,6 +223,7 @@ impl State {
         m.meta.updated_at = now;
         let view = m.clone();
         stored.deploy_token = None; // one-time
+        stored.deploy_token_sealed = None;
         self.machines.insert(id, stored);
         self.journal(
             now,
@@ -235,5 +240,26 @@ impl State {
             machine_id: id,
             state: "deployed".into(),
         }))
+    }
+}
+
+/// What a deployment stores to check its install callback's `token` by: `sha256:<hex>` of it
+/// (what a leader that seals deploy tokens proposes).
+pub fn deploy_token_check(token: &str) -> String {
+    use sha2::Digest;
+    format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(token.as_bytes()))
+    )
+}
+
+/// Whether the presented `token` is the one `stored` checks for: its hash, or (entries from
+/// before sealing) the token itself. Tokens are hex, so a stored token never starts with
+/// `sha256:`.
+fn deploy_token_matches(stored: &str, token: &str) -> bool {
+    if stored.starts_with("sha256:") {
+        stored == deploy_token_check(token)
+    } else {
+        stored == token
     }
 }

@@ -70,21 +70,36 @@ fn secrets_generated_per_attempt_do_not_change_the_digest() {
         if_match: None,
         image: "debian".into(),
         token: Secret("one".into()),
+        sealed_token: None,
     };
     let b = Command::Deploy {
         id: 5,
         if_match: None,
         image: "debian".into(),
         token: Secret("two".into()),
+        sealed_token: None,
     };
     let c = Command::Deploy {
         id: 6,
         if_match: None,
         image: "debian".into(),
         token: Secret("one".into()),
+        sealed_token: None,
     };
     assert_eq!(a.idempotency_digest(), b.idempotency_digest());
     assert_ne!(a.idempotency_digest(), c.idempotency_digest());
+    // Sealed (a fresh token per attempt, sealed afresh): the same request too.
+    let sealed = |tok: &str, s: &str| Command::Deploy {
+        id: 5,
+        if_match: None,
+        image: "debian".into(),
+        token: Secret(crate::state::deploy_token_check(tok)),
+        sealed_token: Some(Secret(s.into())),
+    };
+    assert_eq!(
+        sealed("one", "x").idempotency_digest(),
+        sealed("two", "y").idempotency_digest()
+    );
     let t1 = Command::CreateApiToken {
         name: "n".into(),
         token_hash: "a".repeat(64),

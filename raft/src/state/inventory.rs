@@ -487,6 +487,7 @@ impl State {
                 machine: machine.clone(),
                 bmc_password: c.bmc.as_ref().and_then(|b| b.password.clone()),
                 deploy_token: None,
+                deploy_token_sealed: None,
                 bmc_sessions: Vec::new(),
             },
         );
@@ -520,6 +521,7 @@ impl State {
         let mut m = stored.machine;
         let mut password = stored.bmc_password;
         let mut stored_token = stored.deploy_token;
+        let mut stored_sealed = stored.deploy_token_sealed;
         let bmc_sessions = stored.bmc_sessions;
 
         if let Some(h) = &p.hostname {
@@ -616,6 +618,7 @@ impl State {
             }
             if s != rackd_types::MachineState::Deploying {
                 stored_token = None;
+                stored_sealed = None;
             }
             m.state = s;
         }
@@ -633,6 +636,7 @@ impl State {
                 machine: m.clone(),
                 bmc_password: password,
                 deploy_token: stored_token,
+                deploy_token_sealed: stored_sealed,
                 bmc_sessions,
             },
         );

@@ -33,6 +33,7 @@ use rackd_types::{
 use serde::{Deserialize, Serialize};
 
 use crate::cmd::{Applied, Command, Request, Response};
+pub use deploy::deploy_token_check;
 pub use rules::ApplyRules;
 pub use table::{PersistedTable, RowChange, Table, TableKey};
 
@@ -146,9 +147,15 @@ pub struct StoredMachine {
     /// BMC password; write-only over the API, never logged.
     #[serde(default)]
     pub bmc_password: Option<String>,
-    /// One-time install-callback token of the current deployment; never returned or logged.
+    /// One-time install-callback token of the current deployment, as apply checks it:
+    /// `sha256:<hex>` of the secret (entries from before sealing: the secret itself); never
+    /// returned or logged.
     #[serde(default)]
     pub deploy_token: Option<String>,
+    /// The same secret sealed for the machine's location (`rackd-sealed:v1:deploy-token:…`), for
+    /// the location node that puts it in the boot script; absent before sealing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy_token_sealed: Option<String>,
     /// Who may reach the BMC through the IPMI proxy, until when (expired ones are dropped at
     /// the next grant).
     #[serde(default)]
@@ -162,6 +169,10 @@ impl std::fmt::Debug for StoredMachine {
             .field(
                 "bmc_password",
                 &self.bmc_password.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "deploy_token",
+                &self.deploy_token.as_ref().map(|_| "<redacted>"),
             )
             .field("bmc_sessions", &self.bmc_sessions)
             .finish()
@@ -401,7 +412,15 @@ impl State {
                 if_match,
                 image,
                 token,
-            } => self.deploy(now, actor, *id, *if_match, image, &token.0),
+                sealed_token,
+            } => self.deploy(
+                now,
+                actor,
+                *id,
+                *if_match,
+                image,
+                (&token.0, sealed_token.as_ref().map(|s| s.0.as_str())),
+            ),
             Command::DeployDone { mac, token } => self.deploy_done(now, actor, mac, &token.0),
             Command::CreateTask { kind, machine_id } => {
                 self.create_task(now, actor, *kind, *machine_id)

@@ -563,8 +563,15 @@ fn events_are_bounded() {
     assert_eq!(s.events.len(), MAX_EVENTS);
 }
 
+/// For both forms of the token: as entries before sealing carry it (the secret), and as a
+/// sealing leader proposes it (its hash, with the secret sealed beside).
 #[test]
 fn deploy_needs_a_ready_machine_and_the_callback_token_is_one_time() {
+    deploy_flow(false);
+    deploy_flow(true);
+}
+
+fn deploy_flow(hashed: bool) {
     use crate::cmd::Secret;
     let mut s = base();
     ok(
@@ -581,11 +588,17 @@ fn deploy_needs_a_ready_machine_and_the_callback_token_is_one_time() {
         .as_u64()
         .unwrap();
     let token = "t".repeat(64);
+    let sealed = "rackd-sealed:v1:deploy-token:1:00";
     let deploy = |tok: &str| Command::Deploy {
         id,
         if_match: None,
         image: "deb".into(),
-        token: Secret(tok.into()),
+        token: Secret(if hashed {
+            super::deploy_token_check(tok)
+        } else {
+            tok.into()
+        }),
+        sealed_token: hashed.then(|| Secret(sealed.into())),
     };
     // `new` machines are not deployable.
     assert_eq!(err(&mut s, 12, deploy(&token)).code, ErrorCode::Conflict);
@@ -604,6 +617,32 @@ fn deploy_needs_a_ready_machine_and_the_callback_token_is_one_time() {
     let v = ok(&mut s, 14, deploy(&token));
     assert_eq!(v["state"], "deploying");
     assert!(!v.to_string().contains(&token));
+    let stored = s.machines.get(&id).unwrap().clone();
+    assert_eq!(
+        stored.deploy_token_sealed.as_deref(),
+        hashed.then_some(sealed)
+    );
+    if hashed {
+        assert_ne!(
+            stored.deploy_token.as_deref(),
+            Some(token.as_str()),
+            "only its hash"
+        );
+        // The hash itself is no token.
+        let hash = stored.deploy_token.clone().unwrap();
+        assert_eq!(
+            err(
+                &mut s,
+                15,
+                Command::DeployDone {
+                    mac: "02:00:00:00:00:aa".into(),
+                    token: Secret(hash)
+                }
+            )
+            .code,
+            ErrorCode::Unauthorized
+        );
+    }
     let done = |tok: &str| Command::DeployDone {
         mac: "02:00:00:00:00:aa".into(),
         token: Secret(tok.into()),
@@ -614,6 +653,8 @@ fn deploy_needs_a_ready_machine_and_the_callback_token_is_one_time() {
         s.machines.get(&id).unwrap().machine.state,
         MachineStateAlias::Deployed
     );
+    let stored = s.machines.get(&id).unwrap();
+    assert!(stored.deploy_token.is_none() && stored.deploy_token_sealed.is_none());
     assert_eq!(err(&mut s, 17, done(&token)).code, ErrorCode::Unauthorized);
     assert!(
         !format!("{:?}", deploy(&token)).contains(&token),

@@ -13,7 +13,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::ipmi_sim::{ipmitool, IpmiSim, PASS, USER};
-use crate::util::post_task;
+use crate::util::{files_holding, post_task};
 
 fn policy() -> VerifyPolicy {
     VerifyPolicy {
@@ -519,25 +519,6 @@ async fn ipmi_driver_retransmits_lost_datagrams_and_never_repeats_a_cycle() {
         offs + 1,
         "cycle sent twice"
     );
-}
-
-/// Every file under `dir` that holds `needle` (the Raft log, RocksDB's WAL and tables,
-/// snapshots, anything else a node writes).
-fn files_holding(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
-            {
-                found.push(p);
-            }
-        }
-    }
-    found
 }
 
 /// BMC passwords are sealed per location (issue 11, item 6): a location learner, which holds

@@ -615,6 +615,12 @@ async fn deploy_flow_with_artifacts_and_a_one_time_install_callback() {
         .next()
         .unwrap()
         .to_string();
+    // The token is stored as its hash and sealed for the location: no node writes it down
+    // in clear (until the machine presents it to the callback, which burns it).
+    for n in &c.nodes {
+        let found = crate::util::files_holding(&n.data_dir, token.as_bytes());
+        assert!(found.is_empty(), "the deploy token in clear in {found:?}");
+    }
     assert_eq!(
         get("/artifacts/debian/vmlinuz".into()).await,
         (200, b"KERNEL".to_vec())

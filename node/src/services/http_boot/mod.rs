@@ -127,12 +127,31 @@ async fn script(State(st): State<Arc<BootState>>, Path(file): Path<String>) -> R
     match state.machine_by_mac(&mac) {
         Some(m) if m.location == st.location => {
             tracing::info!(%mac, hostname = %m.hostname, state = m.state.as_str(), "served boot script");
-            let deploy = state.stored_machine_by_mac(&mac).and_then(|sm| {
-                let token = sm.deploy_token.as_deref()?;
+            let deploying = state.stored_machine_by_mac(&mac).and_then(|sm| {
                 let image = state.image_by_name(m.image.as_deref()?)?;
-                (m.state == MachineState::Deploying)
-                    .then(|| deploy_script(&st.base, &mac, &m.hostname, image, token))
+                (m.state == MachineState::Deploying).then(|| {
+                    (
+                        image.clone(),
+                        sm.deploy_token_sealed.clone(),
+                        sm.deploy_token.clone(),
+                    )
+                })
             });
+            let deploy = match deploying {
+                None => None,
+                Some((image, sealed, stored)) => match deploy_token(&st, sealed, stored).await {
+                    Ok(token) => {
+                        token.map(|t| deploy_script(&st.base, &mac, &m.hostname, &image, &t))
+                    }
+                    Err(e) => {
+                        tracing::error!(%mac, error = %e, "cannot open the deploy token");
+                        return text(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "#!ipxe\necho rackd: this node cannot open the deploy token yet\nsleep 10\nexit 1\n",
+                        );
+                    }
+                },
+            };
             text(
                 StatusCode::OK,
                 deploy.unwrap_or_else(|| script_for(&m.hostname, m.state)),
@@ -142,6 +161,26 @@ async fn script(State(st): State<Arc<BootState>>, Path(file): Path<String>) -> R
             StatusCode::NOT_FOUND,
             "#!ipxe\necho rackd: unknown machine\nexit 1\n",
         ),
+    }
+}
+
+/// The deploy token to put in a boot script: opened from its sealed form (since sealing), or
+/// as stored (before); none when only its hash is stored and nothing sealed.
+async fn deploy_token(
+    st: &BootState,
+    sealed: Option<String>,
+    stored: Option<String>,
+) -> Result<Option<String>, String> {
+    use crate::cluster::sealing::{sealed_location, Purpose};
+    match sealed {
+        Some(s) => {
+            let loc = sealed_location(&s).ok_or("a damaged sealed deploy token")?;
+            let key = st.cluster.location_key(loc).await.map_err(|e| e.message)?;
+            key.open(Purpose::DeployToken, &s)
+                .map(Some)
+                .map_err(|e| e.to_string())
+        }
+        None => Ok(stored.filter(|t| !t.starts_with("sha256:"))),
     }
 }
 
@@ -280,13 +319,19 @@ mod tests {
             }),
         );
         let token = "t".repeat(64);
+        // As a sealing leader proposes it: the hash, and the token sealed for dc1.
+        let dc1 = fake.state().location_by_name("dc1").unwrap().meta.id;
+        let key = fake.location_key(dc1).await.unwrap();
         fake.apply_ok(
             "t",
             Command::Deploy {
                 id,
                 if_match: None,
                 image: "deb".into(),
-                token: Secret(token.clone()),
+                token: Secret(rackd_raft::state::deploy_token_check(&token)),
+                sealed_token: Some(Secret(
+                    key.seal(crate::cluster::sealing::Purpose::DeployToken, &token),
+                )),
             },
         );
         let dir = tempfile::tempdir().unwrap();
@@ -308,6 +353,23 @@ mod tests {
                 app.oneshot(req).await.unwrap().status()
             }
         };
+        // The location node opens the sealed token for the boot script.
+        let script = {
+            let req = axum::http::Request::get(format!("/boot/{mac}.ipxe"))
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let resp = app.clone().oneshot(req).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            let b = axum::body::to_bytes(resp.into_body(), 1 << 16)
+                .await
+                .unwrap();
+            String::from_utf8(b.to_vec()).unwrap()
+        };
+        assert!(script.contains(&format!("rackd.token={token}")), "{script}");
+        let stored = fake.state().machines.get(&id).unwrap().clone();
+        assert!(
+            !format!("{:?}{:?}", stored.deploy_token, stored.deploy_token_sealed).contains(&token)
+        );
         let entries = fake.log().len();
         for guess in ["nope", &"x".repeat(64), &token[1..]] {
             assert_eq!(call(guess).await, StatusCode::UNAUTHORIZED, "{guess}");
