@@ -167,6 +167,9 @@ pub enum Command {
         token_hash: String,
         ttl_ms: u64,
         description: String,
+        /// The location the joining node is bound to (its site's key only). Needs rules 3.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        location: Option<String>,
     },
     /// Join phase 1: consume a join token and allocate a fresh node id (never reused).
     AllocateNodeId {
@@ -294,6 +297,9 @@ impl Command {
             | Command::RevokeJoinToken { .. }
             | Command::GrantBmcSession { .. }
             | Command::RenewCerts {}
+            | Command::CreateJoinToken {
+                location: Some(_), ..
+            }
             | Command::Deploy {
                 sealed_token: Some(_),
                 ..

@@ -192,6 +192,7 @@ fn every_command() -> Vec<Command> {
             token_hash: "h".into(),
             ttl_ms: 1,
             description: "d".into(),
+            location: None,
         },
         Command::AllocateNodeId {
             token_hash: "h".into(),

@@ -497,13 +497,18 @@ impl Cluster {
         learner: bool,
         extra: &[&str],
     ) -> anyhow::Result<usize> {
-        let tok: rackd_types::CreatedJoinToken = self
-            .post_json(
-                via,
-                "/v1/tokens/join",
-                &serde_json::json!({"ttl_secs": 600}),
-            )
-            .await?;
+        // A location learner's token names its site (it is bound to it, and gets that
+        // location's secrets' key only).
+        let site = extra
+            .windows(2)
+            .find(|w| w[0] == "--location")
+            .map(|w| w[1].to_string());
+        let body = match (learner, site) {
+            (true, Some(l)) => serde_json::json!({"ttl_secs": 600, "location": l}),
+            _ => serde_json::json!({"ttl_secs": 600}),
+        };
+        let tok: rackd_types::CreatedJoinToken =
+            self.post_json(via, "/v1/tokens/join", &body).await?;
         let mut args = vec![
             "--join".into(),
             self.nodes[via].url(),

@@ -163,6 +163,10 @@ pub struct CreateJoinToken {
     pub ttl_secs: Option<u64>,
     #[serde(default)]
     pub description: String,
+    /// The location (site) the joining node will serve: it is bound to it, and only its
+    /// secrets' key is handed to it (a location learner's token should name its site).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]

@@ -355,6 +355,9 @@ pub struct JoinTokenView {
     pub expires_at: u64,
     pub used_by_node: Option<u64>,
     pub description: String,
+    /// The location the node joining with it is bound to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
 }
 
 /// What an API token may do. Ordered: each role may do what the ones before it may.

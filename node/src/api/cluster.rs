@@ -291,6 +291,7 @@ pub async fn create_join_token(
         CreateJoinToken {
             ttl_secs: None,
             description: String::new(),
+            location: None,
         }
     } else {
         parse_json(&body)?
@@ -306,6 +307,7 @@ pub async fn create_join_token(
         key,
         ttl,
         &c.description,
+        c.location.as_deref(),
     )
     .await?;
     Ok((StatusCode::CREATED, Json(t)))

@@ -666,6 +666,7 @@ async fn a_joiner_of_an_older_build_is_refused_before_its_token_is_spent() {
             token_hash: hash_secret(JOIN_SECRET),
             ttl_ms: 600_000,
             description: String::new(),
+            location: None,
         },
     );
     let entries = c.log().len();
@@ -920,6 +921,7 @@ async fn fixture(c: &Arc<FakeCluster>) -> Fixture {
             token_hash: hash_secret(JOIN_SECRET),
             ttl_ms: 600_000,
             description: String::new(),
+            location: None,
         },
     );
     let learner = 7;

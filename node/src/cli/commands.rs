@@ -626,13 +626,18 @@ async fn members(c: &Client, json: bool, mc: MemberCmd) -> anyhow::Result<()> {
 
 async fn tokens(c: &Client, json: bool, tc: TokenCmd) -> anyhow::Result<()> {
     match tc {
-        TokenCmd::Create { ttl, description } => {
+        TokenCmd::Create {
+            ttl,
+            description,
+            location,
+        } => {
             let t: CreatedJoinToken = c
                 .post(
                     "/v1/tokens/join",
                     &CreateJoinToken {
                         ttl_secs: Some(ttl),
                         description,
+                        location,
                     },
                 )
                 .await?;
@@ -658,11 +663,15 @@ async fn tokens(c: &Client, json: bool, tc: TokenCmd) -> anyhow::Result<()> {
                         t.id.to_string(),
                         time(t.expires_at),
                         opt(&t.used_by_node),
+                        t.location.clone().unwrap_or_else(|| "-".into()),
                         t.description.clone(),
                     ]
                 })
                 .collect();
-            table(&["ID", "EXPIRES", "USED_BY", "DESCRIPTION"], &rows);
+            table(
+                &["ID", "EXPIRES", "USED_BY", "LOCATION", "DESCRIPTION"],
+                &rows,
+            );
         }
         TokenCmd::RevokeApi { id } => {
             c.delete(&format!("/v1/tokens/api/{id}"), None).await?;

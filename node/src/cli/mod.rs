@@ -314,6 +314,10 @@ pub enum TokenCmd {
         ttl: u64,
         #[arg(long, default_value = "")]
         description: String,
+        /// The location (site) the joining node serves: it is bound to it and gets only
+        /// its secrets' key. Give it for location learners.
+        #[arg(long)]
+        location: Option<String>,
     },
     /// List join tokens.
     List,

@@ -294,10 +294,16 @@ pub async fn bootstrap(node: &ClusterHandle, mut identity: Identity) -> anyhow::
     } else {
         existing
     };
-    let join =
-        super::membership::create_join_token(node, "system", None, 3600, "created at bootstrap")
-            .await
-            .map_err(|e| anyhow::anyhow!("create join token: {e}"))?;
+    let join = super::membership::create_join_token(
+        node,
+        "system",
+        None,
+        3600,
+        "created at bootstrap",
+        None,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("create join token: {e}"))?;
     let pki = Pki::in_data_dir(&node.data_dir);
     if pki.load_node(&cluster_id, node.id)?.is_none() {
         create_cluster_pki(&node.data_dir, &cluster_id, node.id, &node.api_addr)?;

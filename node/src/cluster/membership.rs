@@ -45,6 +45,7 @@ pub async fn create_join_token(
     idempotency_key: Option<String>,
     ttl_secs: u64,
     description: &str,
+    location: Option<&str>,
 ) -> Result<CreatedJoinToken, ApiError> {
     let token = new_secret("rackd-join-");
     let hash = hash_secret(&token);
@@ -56,6 +57,7 @@ pub async fn create_join_token(
                 token_hash: hash.clone(),
                 ttl_ms: ttl_secs.saturating_mul(1000),
                 description: description.to_string(),
+                location: location.map(str::to_string),
             },
         )
         .await?;

@@ -82,7 +82,11 @@ impl PeerAuth for NodePeerAuth {
         .map_err(|e| e.to_string())
     }
 
-    fn location_key(&self, _caller: NodeId, location_id: u64) -> Result<String, String> {
+    fn location_key(&self, caller: NodeId, location_id: u64) -> Result<String, String> {
+        self.sm
+            .read()
+            .state
+            .node_may_hold_location_key(caller, location_id)?;
         let ca = self
             .pki
             .load_ca()

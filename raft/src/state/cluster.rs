@@ -54,7 +54,11 @@ impl State {
         hash: &str,
         ttl_ms: u64,
         description: &str,
+        location: Option<&str>,
     ) -> Result<Applied, ApiError> {
+        if let Some(l) = location {
+            super::inventory::check_name("location", l)?;
+        }
         if hash.len() != 64 {
             return Err(ApiError::invalid("token hash must be 64 hex characters"));
         }
@@ -69,6 +73,7 @@ impl State {
             expires_at: now.saturating_add(ttl_ms),
             used_by_node: None,
             description: description.to_string(),
+            location: location.map(str::to_string),
         };
         self.idx.join_token_by_hash.insert(hash.to_string(), id);
         self.join_tokens.insert(
@@ -165,6 +170,9 @@ impl State {
         self.meta.next_node_id += 1;
         self.meta_dirty = true;
         tok.view.used_by_node = Some(node);
+        if let Some(l) = &tok.view.location {
+            self.meta.node_sites.insert(node, l.clone());
+        }
         tok.joined_api = Some(api.to_string());
         tok.joined_peer = Some(peer.to_string());
         self.join_tokens.insert(id, tok);
@@ -284,6 +292,24 @@ impl State {
             format!("API token {name:?} created ({})", role.as_str()),
         );
         Ok(Applied::ApiToken(view))
+    }
+
+    /// Whether node `node` may hold the key of location `location_id`'s secrets: a node
+    /// bound to that location by its join token. (Voters derive every key from the CA key and
+    /// never ask.)
+    pub fn node_may_hold_location_key(&self, node: u64, location_id: u64) -> Result<(), String> {
+        let Some(site) = self.meta.node_sites.get(&node) else {
+            return Err(format!(
+                "node {node} is bound to no location (its join token named none): it gets no \
+                 location's key"
+            ));
+        };
+        match self.locations.get(&location_id) {
+            Some(l) if l.name == *site => Ok(()),
+            _ => Err(format!(
+                "node {node} is bound to location {site:?}, not to location {location_id}"
+            )),
+        }
     }
 
     /// `RenewCerts`: every node renews a certificate issued before now (each node asks for its

@@ -137,6 +137,7 @@ fn expired_join_tokens_are_pruned_deterministically() {
             token_hash: h.to_string().repeat(64),
             ttl_ms: 1000,
             description: String::new(),
+            location: None,
         },
     };
     assert!(s.apply(&mk(1, 'a')).0.is_ok());

@@ -18,7 +18,7 @@ use super::{precondition, State, StoredMachine};
 
 const MAX_NAME: usize = 253;
 
-fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
+pub(super) fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
     if name.is_empty() || name.len() > MAX_NAME {
         return Err(ApiError::invalid(format!(
             "{what} must be 1..={MAX_NAME} characters"

@@ -139,6 +139,10 @@ pub struct SmMeta {
     /// nodes (`RenewCerts`); 0: never asked.
     #[serde(default)]
     pub certs_renew_before_ms: u64,
+    /// The location each node joined for (from its join token): the only location whose
+    /// secrets' key it is handed. Nodes absent here are bound to none.
+    #[serde(default)]
+    pub node_sites: std::collections::BTreeMap<u64, String>,
 }
 
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -454,7 +458,15 @@ impl State {
                 token_hash,
                 ttl_ms,
                 description,
-            } => self.create_join_token(now, actor, token_hash, *ttl_ms, description),
+                location,
+            } => self.create_join_token(
+                now,
+                actor,
+                token_hash,
+                *ttl_ms,
+                description,
+                location.as_deref(),
+            ),
             Command::AllocateNodeId {
                 token_hash,
                 api,

@@ -110,6 +110,7 @@ pub(super) fn populated() -> State {
             token_hash: "b".repeat(64),
             ttl_ms: 3_600_000,
             description: "j".into(),
+            location: None,
         },
     );
     next(

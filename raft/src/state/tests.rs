@@ -331,6 +331,7 @@ fn revoked_join_tokens_admit_nobody() {
                 token_hash: h.clone(),
                 ttl_ms: 1000,
                 description: String::new(),
+                location: None,
             },
         )["id"]
             .as_u64()
@@ -354,6 +355,53 @@ fn revoked_join_tokens_admit_nobody() {
     }
 }
 
+/// A join token naming a location binds the node it admits to that location (by name: the
+/// location may be created later); only that location's key may go to it, and a node whose
+/// token named none is bound to nothing. A location name must be a valid name.
+#[test]
+fn a_join_token_binds_its_node_to_its_location() {
+    let mut s = base();
+    let token = |i: u64, location: Option<&str>| Command::CreateJoinToken {
+        token_hash: format!("{:064}", i),
+        ttl_ms: 1000,
+        description: String::new(),
+        location: location.map(str::to_string),
+    };
+    let alloc = |i: u64| Command::AllocateNodeId {
+        token_hash: format!("{:064}", i),
+        api: format!("a{i}"),
+        peer: format!("p{i}"),
+    };
+    assert_eq!(
+        err(&mut s, 10, token(9, Some("no spaces"))).code,
+        ErrorCode::InvalidRequest
+    );
+    ok(&mut s, 10, token(1, Some("east")));
+    ok(&mut s, 10, token(2, None));
+    let bound = ok(&mut s, 11, alloc(1))["node_id"].as_u64().unwrap();
+    let unbound = ok(&mut s, 11, alloc(2))["node_id"].as_u64().unwrap();
+    assert_eq!(
+        s.meta.node_sites.get(&bound).map(String::as_str),
+        Some("east")
+    );
+    let east = ok(
+        &mut s,
+        12,
+        Command::CreateLocation(CreateLocation {
+            name: "east".into(),
+            description: String::new(),
+            discovery: false,
+        }),
+    )["id"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(s.node_may_hold_location_key(bound, east), Ok(()));
+    let dc1 = s.location_by_name("dc1").unwrap().meta.id;
+    assert!(s.node_may_hold_location_key(bound, dc1).is_err());
+    assert!(s.node_may_hold_location_key(unbound, east).is_err());
+    assert!(s.node_may_hold_location_key(99, east).is_err());
+}
+
 #[test]
 fn join_token_allocates_fresh_ids_once() {
     let mut s = base();
@@ -365,6 +413,7 @@ fn join_token_allocates_fresh_ids_once() {
             token_hash: h.clone(),
             ttl_ms: 1000,
             description: String::new(),
+            location: None,
         },
     );
     let alloc = |api: &str| Command::AllocateNodeId {
@@ -387,6 +436,7 @@ fn join_token_allocates_fresh_ids_once() {
             token_hash: h2.clone(),
             ttl_ms: 5,
             description: String::new(),
+            location: None,
         },
     );
     let e = err(
@@ -413,6 +463,7 @@ fn a_completed_join_burns_its_token_and_a_removed_id_is_never_admitted_again() {
             token_hash: h.clone(),
             ttl_ms: 60_000,
             description: String::new(),
+            location: None,
         },
     );
     let alloc = |api: &str| Command::AllocateNodeId {

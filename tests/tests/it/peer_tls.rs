@@ -343,3 +343,63 @@ async fn voters_take_over_issuing_certificates_learners_never_hold_the_ca_key() 
     assert_eq!(std::fs::read_to_string(key_file(&c, j)).unwrap(), original);
     assert!(!key_file(&c, learner).exists());
 }
+
+/// A location's secrets key goes only to a node bound to that location by its join token
+/// (`rackd tokens create --location`): a voter answers the bound learner for its own site,
+/// refuses it another site's key, and refuses a learner whose token named no location.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn location_keys_go_to_the_nodes_bound_to_their_site_only() {
+    let mut c = Cluster::start("lockeys", 1, &[]).await.expect("cluster");
+    let bound = c
+        .join_with(0, true, &["--location", "dc1"])
+        .await
+        .expect("learner of dc1");
+    let unbound = c.join(0, true).await.expect("learner without a site");
+    let mut loc = vec![];
+    for l in ["dc1", "dc2"] {
+        let v: serde_json::Value = c
+            .post_json(0, "/v1/locations", &serde_json::json!({"name": l}))
+            .await
+            .unwrap();
+        loc.push(v["id"].as_u64().unwrap());
+    }
+    let tokens: serde_json::Value = c.get_json(0, "/v1/tokens/join").await.unwrap();
+    assert!(
+        tokens["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["location"] == "dc1" && t["used_by_node"].is_u64()),
+        "{tokens}"
+    );
+    let ci: ClusterInfo = c.get_json(0, "/v1/cluster").await.unwrap();
+    let cid = ci.cluster_id.clone();
+    let voter = c.nodes[0].peer.clone().unwrap();
+    let voter_id = c.health(0).await.unwrap().node_id;
+    let ask = |i: usize, location: u64| {
+        let c = &c;
+        let cid = cid.clone();
+        let voter = voter.clone();
+        async move {
+            let id = c.health(i).await.unwrap().node_id;
+            as_node(&node_tls(c, i, &cid, id))
+                .location_key(voter_id, &voter, location, RPC)
+                .await
+        }
+    };
+    let own = ask(bound, loc[0]).await;
+    assert!(own.as_ref().is_ok_and(|k| k.len() == 64), "{own:?}");
+    let other = ask(bound, loc[1]).await;
+    assert!(
+        other
+            .as_ref()
+            .is_err_and(|e| e.contains("bound to location \"dc1\"")),
+        "{other:?}"
+    );
+    let none = ask(unbound, loc[0]).await;
+    assert!(
+        none.as_ref()
+            .is_err_and(|e| e.contains("bound to no location")),
+        "{none:?}"
+    );
+}
