@@ -27,8 +27,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Cmd::Up(args) => rt.block_on(rackd::cli::commands::up(args, None)),
         Cmd::Join { url, up } => rt.block_on(rackd::cli::commands::up(up, Some(url))),
+        Cmd::Login { url, ca_pin } => rt.block_on(rackd::cli::login::run(
+            &url,
+            cli.api_token,
+            cli.ca_file.as_deref(),
+            ca_pin.as_deref(),
+        )),
         other => rt.block_on(rackd::cli::commands::client(
-            &cli.server,
+            cli.server,
             cli.api_token,
             cli.ca_file.as_deref(),
             cli.output,

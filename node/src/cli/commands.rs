@@ -150,27 +150,41 @@ fn urlencode(s: &str) -> String {
 }
 
 pub async fn client(
-    server: &str,
+    server: Option<String>,
     token: Option<String>,
     ca_file: Option<&std::path::Path>,
     out: Output,
     cmd: Cmd,
 ) -> anyhow::Result<()> {
-    let c = match ca_file {
-        Some(path) => {
+    // What `rackd login` kept fills in what was not given, for the server it names.
+    let login = crate::cli::login::load()?.filter(|l| {
+        server
+            .as_deref()
+            .is_none_or(|s| s.trim_end_matches('/') == l.server)
+    });
+    let server = server
+        .or_else(|| login.as_ref().map(|l| l.server.clone()))
+        .unwrap_or_else(|| "http://127.0.0.1:7080".to_string());
+    let server = server.as_str();
+    let token = token.or_else(|| login.as_ref().and_then(|l| l.token.clone()));
+    let kept_ca = login.as_ref().and_then(|l| l.ca_pem.clone());
+    let c = match (ca_file, kept_ca) {
+        (Some(path), _) => {
             let pem = std::fs::read(path)
                 .with_context(|| format!("read the CA file {}", path.display()))?;
             Client::with_ca(server, token, &pem)?
         }
-        None if server.starts_with("https://") => bail!(
+        (None, Some(pem)) => Client::with_ca(server, token, pem.as_bytes())?,
+        (None, None) if server.starts_with("https://") => bail!(
             "{server} is served over TLS: give the cluster CA with --ca-file or RACKD_CA_FILE \
-             (DATA_DIR/pki/ca.pem on any node); rackd never skips verifying the server"
+             (DATA_DIR/pki/ca.pem on any node), or run rackd login {server} --ca-pin sha256:…; \
+             rackd never skips verifying the server"
         ),
-        None => Client::new(server, token),
+        (None, None) => Client::new(server, token),
     };
     let json = out == Output::Json;
     match cmd {
-        Cmd::Up(_) | Cmd::Join { .. } | Cmd::Image(_) | Cmd::ApplianceInit => {
+        Cmd::Up(_) | Cmd::Join { .. } | Cmd::Image(_) | Cmd::ApplianceInit | Cmd::Login { .. } => {
             bail!("not a client command (the binary runs it itself)")
         }
         Cmd::Status => status(&c, json).await,

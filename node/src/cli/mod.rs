@@ -10,6 +10,7 @@ pub use crate::config::args::UpArgs;
 pub mod commands;
 pub mod image;
 pub mod log;
+pub mod login;
 pub mod output;
 
 #[derive(Debug, Parser)]
@@ -19,14 +20,10 @@ pub mod output;
     about = "rackd: a clustered bare-metal datacenter manager"
 )]
 pub struct Cli {
-    /// API endpoint of any node.
-    #[arg(
-        long,
-        global = true,
-        env = "RACKD_SERVER",
-        default_value = "http://127.0.0.1:7080"
-    )]
-    pub server: String,
+    /// API endpoint of any node (default: the one `rackd login` kept, else
+    /// http://127.0.0.1:7080).
+    #[arg(long, global = true, env = "RACKD_SERVER")]
+    pub server: Option<String>,
     /// API bearer token.
     #[arg(
         long = "api-token",
@@ -65,6 +62,16 @@ pub enum Cmd {
     },
     /// Cluster and node status.
     Status,
+    /// Remember a cluster (server, token, CA) for the commands after it. Over https the CA is
+    /// learnt by its hash (`--ca-pin`) or given (`--ca-file`); the token (`--api-token` or
+    /// RACKD_TOKEN) is checked against the cluster first.
+    Login {
+        /// API URL of any member.
+        url: String,
+        /// `sha256:<hex>` of the cluster CA (printed at bootstrap; join tokens carry it).
+        #[arg(long)]
+        ca_pin: Option<String>,
+    },
     /// The bootable appliance image: build, install to a disk, upgrade, write a node's seed.
     #[command(subcommand)]
     Image(ImageCmd),

@@ -630,7 +630,9 @@ impl Pki {
 
 mod live;
 mod pin;
-pub use pin::{join_token_with_pin, pinned_client_config, split_join_token, PIN_MISMATCH};
+pub use pin::{
+    join_token_with_pin, pinned_ca_pem, pinned_client_config, split_join_token, PIN_MISMATCH,
+};
 
 #[cfg(test)]
 mod tests;

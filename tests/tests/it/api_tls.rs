@@ -97,6 +97,7 @@ async fn api_over_tls_with_the_cluster_ca_and_pinned_joins() {
             .args(["--server", &url0, "--api-token", &c.token])
             .args(extra)
             .args(["-o", "json", "locations", "list"])
+            .env("RACKD_LOGIN_FILE", c.dir.join("no-login.json"))
             .output()
             .expect("run the CLI")
     };
@@ -120,6 +121,70 @@ async fn api_over_tls_with_the_cluster_ca_and_pinned_joins() {
     assert!(
         !wrong.status.success(),
         "a CA of another cluster was accepted"
+    );
+
+    // rackd login learns the CA by its hash over a pinned handshake, checks the token, and
+    // keeps server, token and CA (0600) for the commands after it, which then need nothing.
+    let login_file = c.dir.join("cli-config/login.json");
+    let run = |args: &[&str]| {
+        std::process::Command::new(rackd_bin())
+            .args(args)
+            .env("RACKD_LOGIN_FILE", &login_file)
+            .env_remove("RACKD_SERVER")
+            .env_remove("RACKD_TOKEN")
+            .env_remove("RACKD_CA_FILE")
+            .output()
+            .expect("run the CLI")
+    };
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let pin = rackd::cluster::pki::ca_hash(&std::fs::read_to_string(ca).unwrap()).unwrap();
+    let other_pin = rackd::cluster::pki::ca_hash(&other.cert_pem).unwrap();
+    let o = run(&[
+        "login",
+        &url0,
+        "--api-token",
+        &c.token,
+        "--ca-pin",
+        &other_pin,
+    ]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains(rackd::cluster::pki::PIN_MISMATCH),
+        "{}",
+        text(&o)
+    );
+    let o = run(&[
+        "login",
+        &url0,
+        "--api-token",
+        "rackd-api-made-up",
+        "--ca-pin",
+        &pin,
+    ]);
+    assert!(
+        !o.status.success(),
+        "a made-up token logged in: {}",
+        text(&o)
+    );
+    assert!(!login_file.exists(), "nothing kept from a refused login");
+    let o = run(&["login", &url0, "--api-token", &c.token, "--ca-pin", &pin]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains(&ci.cluster_id), "{}", text(&o));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&login_file), 0o600);
+    assert_eq!(mode(login_file.parent().unwrap()), 0o700);
+    let o = run(&["-o", "json", "locations", "list"]);
+    assert!(
+        o.status.success() && text(&o).contains("tls-site"),
+        "{}",
+        text(&o)
     );
 }
 

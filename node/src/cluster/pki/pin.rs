@@ -39,6 +39,22 @@ fn der_hash(der: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(der)))
 }
 
+/// The certificate in `chain` whose hash is `pin`, as PEM (what `rackd login` keeps after a
+/// pinned handshake: the server presents its CA after its own certificate).
+pub fn pinned_ca_pem(chain: &[CertificateDer<'_>], pin: &str) -> Option<String> {
+    use base64::Engine;
+    let pin = pin.to_ascii_lowercase();
+    let der = chain.iter().find(|c| der_hash(c) == pin)?;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    Some(pem)
+}
+
 /// A TLS client that accepts a server only if the chain it presents holds the CA whose hash
 /// is `pin` and its certificate is that CA's, for the name dialled.
 pub fn pinned_client_config(pin: &str) -> Result<Arc<rustls::ClientConfig>, PkiError> {
