@@ -4,7 +4,8 @@
 //! target, reused across RPCs); [`PeerService`] is the server side, generic over the state
 //! machine so this crate never depends on storage. Every RPC learns its caller from the
 //! connection's certificate ([`Caller`]) and a node speaks only for itself: Raft messages must
-//! carry the caller's own vote, and `UpdateNode` changes only the caller's own addresses.
+//! carry the caller's own vote (and votes are asked for by voters only), and `UpdateNode`
+//! changes only the caller's own addresses.
 //! Payloads use [`crate::codec`]; a snapshot travels as one message: `u32 header length (BE) | header (codec) | raw snapshot bytes`.
 
 use std::collections::HashMap;
@@ -434,6 +435,25 @@ where
         }
     }
 
+    /// Votes are asked for by voters only: a learner (a location node) campaigning in its own
+    /// name is refused. Judged by this node's membership (the latest it appended, joint
+    /// configurations included): a voter this node does not know of yet is refused until it
+    /// has the configuration, which costs an election at most, never safety.
+    fn voter(&self, caller: NodeId) -> Result<(), tonic::Status> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        if m.membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == caller)
+        {
+            Ok(())
+        } else {
+            Err(tonic::Status::permission_denied(format!(
+                "node {caller} is no voter of this node's membership: it may not ask for votes"
+            )))
+        }
+    }
+
     pub fn into_server(self) -> RaftPeerServer<Self> {
         RaftPeerServer::new(self)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -491,6 +511,7 @@ where
         let caller = self.caller(&req)?;
         let rpc: VoteRequest = codec::decode(&req.into_inner().data).map_err(bad_request)?;
         own_vote(caller, &rpc.vote)?;
+        self.voter(caller)?;
         reply(self.raft.vote(rpc).await)
     }
 
@@ -501,6 +522,7 @@ where
         let caller = self.caller(&req)?;
         let rpc: VoteRequest = codec::decode(&req.into_inner().data).map_err(bad_request)?;
         own_vote(caller, &rpc.vote)?;
+        self.voter(caller)?;
         reply(self.raft.pre_vote(rpc).await)
     }
 

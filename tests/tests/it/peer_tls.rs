@@ -402,4 +402,31 @@ async fn location_keys_go_to_the_nodes_bound_to_their_site_only() {
             .is_err_and(|e| e.contains("bound to no location")),
         "{none:?}"
     );
+
+    // A learner may not campaign: a vote it asks for in its own name is refused, the voter's
+    // term does not move, and it stays the leader.
+    use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+    let term = c.health(0).await.unwrap().term;
+    let learner_id = c.health(bound).await.unwrap().node_id;
+    let mut net = as_node(&node_tls(&c, bound, &cid, learner_id));
+    let mut client = net
+        .new_client(
+            voter_id,
+            &NodeInfo::new(c.nodes[0].api.clone().unwrap(), voter.clone()),
+        )
+        .await;
+    let ask_vote =
+        openraft::raft::VoteRequest::new(rackd_raft::typ::Vote::new(term + 5, learner_id), None);
+    for pre in [false, true] {
+        let opt = RPCOption::new(RPC);
+        let r = if pre {
+            client.pre_vote(ask_vote.clone(), opt).await
+        } else {
+            client.vote(ask_vote.clone(), opt).await
+        };
+        let e = format!("{:?}", r.as_ref().err());
+        assert!(r.is_err() && e.contains("no voter"), "pre_vote {pre}: {e}");
+    }
+    let h = c.health(0).await.unwrap();
+    assert_eq!((h.term, h.raft_state.as_str()), (term, "leader"));
 }
