@@ -216,6 +216,13 @@ pub enum Command {
         source: String,
         ttl_ms: u64,
     },
+    /// Close the IPMI proxy of machine `machine_id` to `source` (an IP), or to every source
+    /// when none is named. Needs rules 3.
+    RevokeBmcSession {
+        machine_id: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source: Option<String>,
+    },
     /// Revoke a join token: it is deleted, so neither join phase admits it from then on (a
     /// join in progress with it stops). Added after format 2; old logs never carry it.
     RevokeJoinToken {
@@ -297,6 +304,7 @@ impl Command {
             | Command::RevokeJoinToken { .. }
             | Command::GrantBmcSession { .. }
             | Command::RenewCerts {}
+            | Command::RevokeBmcSession { .. }
             | Command::CreateJoinToken {
                 location: Some(_), ..
             }
@@ -349,6 +357,7 @@ impl Command {
             Command::RevokeApiToken { .. } => "revoke_api_token",
             Command::RevokeJoinToken { .. } => "revoke_join_token",
             Command::GrantBmcSession { .. } => "grant_bmc_session",
+            Command::RevokeBmcSession { .. } => "revoke_bmc_session",
             Command::RenewCerts {} => "renew_certs",
             Command::Journal { .. } => "journal",
         }

@@ -216,6 +216,10 @@ fn every_command() -> Vec<Command> {
         Command::RevokeApiToken { id: 3 },
         Command::RevokeJoinToken { id: 4 },
         Command::RenewCerts {},
+        Command::RevokeBmcSession {
+            machine_id: 3,
+            source: Some("192.0.2.7".into()),
+        },
         Command::GrantBmcSession {
             machine_id: 3,
             source: "192.0.2.7".into(),
@@ -266,6 +270,7 @@ fn every_command() -> Vec<Command> {
             | Command::RevokeJoinToken { .. }
             | Command::GrantBmcSession { .. }
             | Command::RenewCerts {}
+            | Command::RevokeBmcSession { .. }
             | Command::Journal { .. } => {}
         }
     }
@@ -475,6 +480,7 @@ fn every_command_is_proposable_under_current_rules_and_new_ones_wait_under_older
             "revoke_api_token",
             "revoke_join_token",
             "renew_certs",
+            "revoke_bmc_session",
             "grant_bmc_session"
         ]
     );

@@ -77,6 +77,13 @@ pub struct BmcSession {
     pub expires_at: u64,
 }
 
+/// `DELETE /v1/machines/{id}/bmc-sessions?source=IP`: close one source's session, or all.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BmcSessionQuery {
+    pub source: Option<String>,
+}
+
 /// `POST /boot/{mac}/done?token=...` body-less callback answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DeployDone {

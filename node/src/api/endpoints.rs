@@ -298,6 +298,11 @@ const EVENT_Q: &[QueryParam] = &[
     ("stale", "boolean", "Serve from the local replica"),
 ];
 const NO_Q: &[QueryParam] = &[];
+const SOURCE_Q: &[QueryParam] = &[(
+    "source",
+    "string",
+    "Only this source address (default: every source)",
+)];
 const NO_H: &[Header] = &[];
 const IDEM: &[Header] = &[Header::IdempotencyKey];
 const IFM: &[Header] = &[Header::IfMatch, Header::IdempotencyKey];
@@ -464,6 +469,16 @@ endpoints! {
         auth: Operator, query: NO_Q, headers: IDEM,
         body: BmcSessionRequest,
         status: 201, returns: BmcSession,
+    }
+    GET "/v1/machines/{id}/bmc-sessions" => tasks::list_bmc_sessions {
+        "The open BMC sessions of a machine (who may reach its BMC through the IPMI proxies, until when)",
+        auth: Reader, query: STALE_Q, headers: NO_H,
+        status: 200, returns: Vec<BmcSession>,
+    }
+    DELETE "/v1/machines/{id}/bmc-sessions" => tasks::revoke_bmc_sessions {
+        "Close the machine's BMC session for one source (?source=IP), or all of them",
+        auth: Operator, query: SOURCE_Q, headers: IDEM,
+        status: 204,
     }
     POST "/v1/machines/{id}/boot-device" => tasks::boot_device {
         "Set the boot device (pxe or disk, next boot or persistent) as a task run at the machine's location",

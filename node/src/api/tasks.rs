@@ -74,6 +74,57 @@ pub async fn bmc_session(
     Ok((StatusCode::CREATED, Json(g)))
 }
 
+/// The machine's unexpired BMC sessions (by this node's clock).
+pub async fn list_bmc_sessions(
+    State(node): State<AppState>,
+    Path(id): Path<String>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> HttpResult<Json<Vec<BmcSession>>> {
+    let id = parse_id(&id)?;
+    let q = query(q)?;
+    read_barrier(&node, q.stale).await?;
+    let st = node.state();
+    let m = st
+        .machines
+        .get(&id)
+        .ok_or_else(|| HttpError(ApiError::not_found(format!("machine {id} not found"))))?;
+    let now = crate::cluster::now_ms();
+    Ok(Json(
+        m.bmc_sessions
+            .iter()
+            .filter(|g| g.expires_at > now)
+            .cloned()
+            .collect(),
+    ))
+}
+
+/// Close the machine's BMC session for one source, or all of them.
+pub async fn revoke_bmc_sessions(
+    State(node): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+    q: Result<Query<rackd_types::BmcSessionQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> HttpResult<StatusCode> {
+    let machine_id = parse_id(&id)?;
+    let q = query(q)?;
+    if let Some(s) = &q.source {
+        if s.trim().parse::<std::net::IpAddr>().is_err() {
+            return Err(ApiError::invalid(format!("source {s:?} is not an IP address")).into());
+        }
+    }
+    node.propose(
+        &actor.0,
+        idempotency_key(&headers, &actor)?,
+        Command::RevokeBmcSession {
+            machine_id,
+            source: q.source,
+        },
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 pub async fn power(
     State(node): State<AppState>,
     Extension(actor): Extension<Actor>,

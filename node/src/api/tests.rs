@@ -805,6 +805,11 @@ fn sample(e: &Endpoint, fx: &Fixture, created: &BTreeMap<&str, u64>) -> (String,
         (Verb::Post, "/v1/machines/{id}/bmc-session") => {
             (with(fx.ipmi_machine), body(r#"{"source":"192.0.2.7"}"#))
         }
+        (Verb::Get, "/v1/machines/{id}/bmc-sessions") => (with(fx.ipmi_machine), String::new()),
+        (Verb::Delete, "/v1/machines/{id}/bmc-sessions") => (
+            format!("{}?source=192.0.2.7", with(fx.ipmi_machine)),
+            String::new(),
+        ),
         (Verb::Post, "/v1/machines/{id}/boot-device") => {
             (with(fx.machine), body(r#"{"device":"pxe"}"#))
         }

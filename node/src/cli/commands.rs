@@ -376,6 +376,23 @@ async fn machines(c: &Client, json: bool, mc: MachineCmd) -> anyhow::Result<()> 
                 time(g.expires_at)
             );
         }
+        MachineCmd::BmcSessions { id } => {
+            let gs: Vec<rackd_types::BmcSession> =
+                c.get(&format!("/v1/machines/{id}/bmc-sessions")).await?;
+            if json {
+                return json_out(&gs);
+            }
+            let rows: Vec<Vec<String>> = gs
+                .iter()
+                .map(|g| vec![g.source.clone(), time(g.expires_at)])
+                .collect();
+            table(&["SOURCE", "UNTIL"], &rows);
+        }
+        MachineCmd::BmcSessionClose { id, source } => {
+            let q = query(&[("source", source)]);
+            c.delete(&format!("/v1/machines/{id}/bmc-sessions{q}"), None)
+                .await?;
+        }
         MachineCmd::Power {
             id,
             action,

@@ -165,6 +165,17 @@ pub enum MachineCmd {
         #[arg(long)]
         ttl: Option<u64>,
     },
+    /// The machine's open BMC sessions.
+    BmcSessions {
+        id: u64,
+    },
+    /// Close the machine's BMC session for --source, or all of them (the proxies drop the
+    /// flows at their next datagram).
+    BmcSessionClose {
+        id: u64,
+        #[arg(long)]
+        source: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -75,6 +75,56 @@ impl State {
         Ok(Applied::BmcSession(grant))
     }
 
+    /// Close the proxy of machine `machine_id` to `source`, or to every source: its grants are
+    /// deleted (the proxies close the flows at their next datagram). Closing what is not open
+    /// is 404.
+    pub(super) fn revoke_bmc_session(
+        &mut self,
+        now: u64,
+        actor: &str,
+        machine_id: u64,
+        source: Option<&str>,
+    ) -> Result<Applied, ApiError> {
+        let source = match source {
+            None => None,
+            Some(s) => Some(
+                s.trim()
+                    .parse::<IpAddr>()
+                    .map_err(|_| ApiError::invalid(format!("source {s:?} is not an IP address")))?
+                    .to_string(),
+            ),
+        };
+        let mut stored = self.machines.fetch(machine_id, "machine")?;
+        let closed = |g: &BmcSession| source.as_ref().is_none_or(|s| *s == g.source);
+        let had = stored
+            .bmc_sessions
+            .iter()
+            .filter(|g| g.expires_at > now && closed(g))
+            .count();
+        if had == 0 {
+            return Err(ApiError::not_found(match &source {
+                Some(s) => format!("machine {machine_id} has no open BMC session for {s}"),
+                None => format!("machine {machine_id} has no open BMC session"),
+            }));
+        }
+        stored
+            .bmc_sessions
+            .retain(|g| g.expires_at > now && !closed(g));
+        self.machines.insert(machine_id, stored);
+        self.journal(
+            now,
+            actor,
+            "machine.bmc_session_closed",
+            "machine",
+            Some(machine_id),
+            match &source {
+                Some(s) => format!("{s} may no longer reach the BMC of machine {machine_id}"),
+                None => format!("nobody may reach the BMC of machine {machine_id} any more"),
+            },
+        );
+        Ok(Applied::Done)
+    }
+
     /// Whether `source` holds an unexpired grant for machine `machine_id` at `now_ms`.
     pub fn bmc_session_allows(&self, machine_id: u64, source: IpAddr, now_ms: u64) -> bool {
         self.machines

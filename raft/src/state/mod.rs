@@ -490,6 +490,9 @@ impl State {
             Command::RevokeApiToken { id } => self.revoke_api_token(now, actor, *id),
             Command::RevokeJoinToken { id } => self.revoke_join_token(now, actor, *id),
             Command::RenewCerts {} => self.renew_certs(now, actor),
+            Command::RevokeBmcSession { machine_id, source } => {
+                self.revoke_bmc_session(now, actor, *machine_id, source.as_deref())
+            }
             Command::GrantBmcSession {
                 machine_id,
                 source,

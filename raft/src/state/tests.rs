@@ -942,4 +942,30 @@ fn bmc_session_grants_are_checked_replaced_and_expire() {
         },
     );
     assert!(s.bmc_session_allows(id, ip("192.0.2.99"), 1400));
+
+    // Closing: one source, then every source; what is not open is 404.
+    let close = |source: Option<&str>| Command::RevokeBmcSession {
+        machine_id: id,
+        source: source.map(str::to_string),
+    };
+    ok(&mut s, 1400, grant(id, "192.0.2.7", 10_000));
+    ok(&mut s, 1401, close(Some(" 192.0.2.99 ")));
+    assert!(!s.bmc_session_allows(id, ip("192.0.2.99"), 1402));
+    assert!(s.bmc_session_allows(id, ip("192.0.2.7"), 1402));
+    assert_eq!(
+        err(&mut s, 1403, close(Some("192.0.2.99"))).code,
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        err(&mut s, 1403, close(Some("nope"))).code,
+        ErrorCode::InvalidRequest
+    );
+    ok(&mut s, 1404, close(None));
+    assert!(!s.bmc_session_allows(id, ip("192.0.2.7"), 1405));
+    assert!(s.machines.get(&id).unwrap().bmc_sessions.is_empty());
+    assert_eq!(err(&mut s, 1406, close(None)).code, ErrorCode::NotFound);
+    assert!(s
+        .events
+        .values()
+        .any(|e| e.kind == "machine.bmc_session_closed"));
 }

@@ -425,6 +425,52 @@ async fn power_tasks_sync_and_ipmitool_through_the_rackd_proxy() {
         !log.contains("wrong-secret") && !log.contains(PASS),
         "a password reached the log"
     );
+
+    // The open session is listed; closing it (through the CLI) shuts the proxy again.
+    let cli = |args: &[&str]| {
+        std::process::Command::new(rackd_tests::rackd_bin())
+            .args(["--server", &c.url(0), "--api-token", &c.token, "-o", "json"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let id = plus.to_string();
+    let out = cli(&["machines", "bmc-sessions", &id]);
+    let open: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(open[0]["source"], "127.0.0.1", "{open}");
+    let out = cli(&[
+        "machines",
+        "bmc-session-close",
+        &id,
+        "--source",
+        "127.0.0.1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t0 = Instant::now();
+    loop {
+        let (ok, _) = status("lanplus", port);
+        if !ok {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the closed session still relays"
+        );
+    }
+    let out = cli(&["machines", "bmc-sessions", &id]);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+        json!([])
+    );
+    let again = cli(&["machines", "bmc-session-close", &id]);
+    assert!(
+        !again.status.success(),
+        "closing what is not open is an error"
+    );
 }
 
 /// A UDP link between the driver and the BMC that drops chosen datagrams: the Nth datagram
