@@ -28,7 +28,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let (before, now) = raise_fd_limit();
     tracing::info!(before, now, "open file limit");
     let dir = cfg.data_dir.clone();
-    std::fs::create_dir_all(&dir).with_context(|| format!("create data dir {}", dir.display()))?;
+    private_data_dir(&dir)?;
     let api_listener = tokio::net::TcpListener::bind(&cfg.api_listen)
         .await
         .with_context(|| format!("bind API address {}", cfg.api_listen))?;
@@ -194,6 +194,33 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
 /// up to the hard one and, when the process may (root, as on the appliance), both go up to the
 /// kernel's per-process maximum (at most 2^20), as Go's runtime and nginx's
 /// `worker_rlimit_nofile` do. Never lowers anything.
+/// Everything a node writes is its own: files 0600 and directories 0700 from here on (umask
+/// 077: RocksDB's tables and log, snapshots, keys, the admin token), and the data directory
+/// 0700, also when it existed with wider rights (made by an older build, or by hand).
+fn private_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("create data dir {}", dir.display()))?;
+    let mode = std::fs::metadata(dir)
+        .with_context(|| format!("data dir {}", dir.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("make data dir {} private", dir.display()))?;
+        tracing::warn!(
+            dir = %dir.display(),
+            was = format!("{:o}", mode & 0o777),
+            "the data directory was readable by others; it is 0700 now"
+        );
+    }
+    Ok(())
+}
+
 pub fn raise_fd_limit() -> (u64, u64) {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {

@@ -113,6 +113,26 @@ async fn bootstrap_creates_the_cluster_ca_and_node_1s_certificate() {
     c.nodes[0].start().unwrap();
     c.wait_leader(T).await.unwrap();
     assert_eq!(std::fs::read_to_string(pki.join("ca.pem")).unwrap(), before);
+    // Everything under the data directory is the node's alone (RocksDB, snapshots, keys,
+    // tokens): no file or directory grants anything to group or others.
+    let data = &c.nodes[0].data_dir;
+    let mut stack = vec![data.clone()];
+    let mut seen = 0;
+    while let Some(d) = stack.pop() {
+        let m = std::fs::metadata(&d).unwrap().permissions().mode();
+        assert_eq!(m & 0o077, 0, "{} is {:o}", d.display(), m & 0o777);
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let m = std::fs::metadata(&p).unwrap().permissions().mode();
+                assert_eq!(m & 0o077, 0, "{} is {:o}", p.display(), m & 0o777);
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 8, "only {seen} files checked");
 }
 
 /// Token roles on a three-node cluster, checked on every node: a reader reads and is refused
