@@ -88,7 +88,17 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         .build()
         .context("build HTTP client")?;
     let api_tls = if cfg.api_tls {
-        Some(tls.api_server_config().context("API TLS configuration")?)
+        let byo = match &cfg.api_cert {
+            Some((cert, key)) => Some(
+                crate::cluster::pki::byo::ByoCert::new(cert.clone(), key.clone())
+                    .context("--api-cert/--api-key")?,
+            ),
+            None => None,
+        };
+        Some(
+            tls.api_server_config_with(byo)
+                .context("API TLS configuration")?,
+        )
     } else {
         None
     };

@@ -474,11 +474,20 @@ impl NodeTls {
     /// The API's TLS server: this node's certificate (with the CA certificate after it, so a
     /// client holding only the CA's hash can check it), no client certificate asked for.
     pub fn api_server_config(&self) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+        self.api_server_config_with(None)
+    }
+
+    /// [`NodeTls::api_server_config`], presenting `byo` (the operator's certificate) to
+    /// clients that name a server other than a rackd node.
+    pub fn api_server_config_with(
+        &self,
+        byo: Option<Arc<byo::ByoCert>>,
+    ) -> Result<Arc<rustls::ServerConfig>, PkiError> {
         let mut c = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| PkiError::Tls(e.to_string()))?
             .with_no_client_auth()
-            .with_cert_resolver(Arc::new(live::ApiServerCert(self.live.clone())));
+            .with_cert_resolver(Arc::new(live::ApiServerCert(self.live.clone(), byo)));
         c.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(c))
     }
@@ -628,6 +637,7 @@ impl Pki {
     }
 }
 
+pub mod byo;
 mod live;
 mod pin;
 pub use pin::{

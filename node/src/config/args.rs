@@ -37,6 +37,15 @@ pub struct UpArgs {
     /// default unless the API listens on a loopback address.
     #[arg(long, conflicts_with = "api_plain_http")]
     pub api_tls: bool,
+    /// A serving certificate of your own for the API (PEM chain; with `--api-key`): presented
+    /// to clients that dial the API by a DNS name; clients that dial an IP address (members)
+    /// still get the node's certificate from the cluster CA. Read again when the file changes.
+    /// Implies `--api-tls`.
+    #[arg(long, requires = "api_key", conflicts_with = "api_plain_http")]
+    pub api_cert: Option<PathBuf>,
+    /// The key of `--api-cert` (PEM).
+    #[arg(long, requires = "api_cert")]
+    pub api_key: Option<PathBuf>,
     /// Serve the HTTP API over plain HTTP even on a non-loopback address (tokens then cross
     /// the network in clear: only for networks that are already private end to end).
     #[arg(long)]

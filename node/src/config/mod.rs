@@ -42,6 +42,8 @@ pub struct NodeConfig {
     /// Serve the API over TLS: `--api-tls`, or by default on any address but loopback
     /// (`--api-plain-http` turns it off).
     pub api_tls: bool,
+    /// The operator's API certificate and key files (`--api-cert`, `--api-key`).
+    pub api_cert: Option<(PathBuf, PathBuf)>,
     /// Build a snapshot every this many applied log entries (and keep as many in the log).
     pub snapshot_logs: u64,
     pub heartbeat_ms: u64,
@@ -223,7 +225,9 @@ impl NodeConfig {
             }
             Some(name) => Some(LocationConfig::from_args(name, &args, &data_dir)?),
         };
-        let api_tls = args.api_tls || (!args.api_plain_http && !is_loopback(&args.api));
+        let api_tls = args.api_tls
+            || args.api_cert.is_some()
+            || (!args.api_plain_http && !is_loopback(&args.api));
         Ok(Self {
             data_dir,
             api_listen: args.api,
@@ -234,6 +238,7 @@ impl NodeConfig {
             token: args.token,
             learner: args.learner,
             api_tls,
+            api_cert: args.api_cert.clone().zip(args.api_key.clone()),
             snapshot_logs: args.snapshot_logs.max(2),
             heartbeat_ms: args.heartbeat_ms,
             election_timeout_ms: args.election_timeout_ms,

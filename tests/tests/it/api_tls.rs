@@ -293,3 +293,116 @@ async fn a_joiner_refuses_a_server_whose_ca_is_not_the_pinned_one() {
     assert!(stderr.contains("carries no CA hash"), "{stderr}");
     let _: Value = c.get_json(0, "/v1/cluster").await.unwrap();
 }
+
+/// Make a CA of the operator's own and an API certificate it signs for `name` (openssl, a
+/// third party), in `dir`; returns (CA, certificate, key) paths.
+fn corporate_cert(dir: &std::path::Path, name: &str, tag: &str) -> [std::path::PathBuf; 3] {
+    let p = |f: &str| dir.join(format!("{tag}-{f}"));
+    std::fs::write(
+        p("ext"),
+        format!("subjectAltName=DNS:{name}\nextendedKeyUsage=serverAuth\n"),
+    )
+    .unwrap();
+    let s = |x: std::path::PathBuf| x.to_str().unwrap().to_string();
+    let script = format!(
+        "set -e
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout {cak} -out {ca} \
+ -days 30 -subj /CN=corp-ca-{tag} -addext basicConstraints=critical,CA:TRUE \
+ -addext keyUsage=critical,keyCertSign 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout {key} -out {csr} \
+ -subj /CN={name} 2>/dev/null
+openssl x509 -req -in {csr} -CA {ca} -CAkey {cak} -CAcreateserial -out {cert} -days 30 \
+ -extfile {ext} 2>/dev/null",
+        cak = s(p("ca.key")),
+        ca = s(p("ca.pem")),
+        key = s(p("api.key")),
+        csr = s(p("api.csr")),
+        cert = s(p("api.pem")),
+        ext = s(p("ext")),
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    [p("ca.pem"), p("api.pem"), p("api.key")]
+}
+
+/// The operator's own API certificate (`--api-cert`, `--api-key`): curl dialling the API by
+/// its DNS name gets it and verifies it with the operator's CA; clients dialling an IP address
+/// (members forwarding writes, the test harness) still get the node's certificate from the
+/// cluster CA; replacing the files changes what the API serves without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_serves_the_operators_certificate_to_clients_that_name_it() {
+    let name = "api.corp.test";
+    let mut c = Cluster::new("byocert");
+    let dir = c.dir.clone();
+    let [corp_ca, cert, key] = corporate_cert(&dir, name, "one");
+    let (cert_s, key_s) = (
+        cert.to_str().unwrap().to_string(),
+        key.to_str().unwrap().to_string(),
+    );
+    c.common_args = vec![
+        "--api-cert".into(),
+        cert_s.clone(),
+        "--api-key".into(),
+        key_s.clone(),
+    ];
+    c.bootstrap().await.expect("bootstrap");
+    c.join(0, false).await.expect("join");
+    assert!(c.nodes[0].tls, "--api-cert implies https");
+    let addr = c.nodes[0].api.clone().unwrap();
+    let (ip, port) = addr.rsplit_once(':').unwrap();
+    let by_name = format!("https://{name}:{port}/v1/health");
+    let resolve = format!("{name}:{port}:{ip}");
+    let cluster_ca = c.nodes[0].data_dir.join("pki/ca.pem");
+    let cluster_ca = cluster_ca.to_str().unwrap();
+    let corp = corp_ca.to_str().unwrap();
+    let (code, out) = curl(&["--resolve", &resolve, "--cacert", corp, &by_name]);
+    assert_eq!(code, 0, "by name with the operator's CA: {out}");
+    assert!(out.contains("raft_state"), "{out}");
+    let (code, out) = curl(&["--resolve", &resolve, "--cacert", cluster_ca, &by_name]);
+    assert_ne!(
+        code, 0,
+        "by name the cluster's certificate was served: {out}"
+    );
+    let (code, out) = curl(&["--cacert", cluster_ca, &format!("https://{addr}/v1/health")]);
+    assert_eq!(code, 0, "by address with the cluster CA: {out}");
+    // Members dial each other by address: a write through the follower is forwarded.
+    let leader = c.wait_leader(T).await.unwrap();
+    let (s, v) = c
+        .request(
+            (leader + 1) % 2,
+            reqwest::Method::POST,
+            "/v1/locations",
+            Some(json!({"name": "byo-site"})),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 201, "{v}");
+
+    // Replaced files (another CA even) are served without a restart.
+    let [corp2, cert2, key2] = corporate_cert(&dir, name, "two");
+    std::fs::copy(&key2, &key).unwrap();
+    std::fs::copy(&cert2, &cert).unwrap();
+    let corp2 = corp2.to_str().unwrap().to_string();
+    let t0 = std::time::Instant::now();
+    loop {
+        let (code, _) = curl(&["--resolve", &resolve, "--cacert", &corp2, &by_name]);
+        if code == 0 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the replaced certificate is not served"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (code, _) = curl(&["--resolve", &resolve, "--cacert", corp, &by_name]);
+    assert_ne!(code, 0, "the old certificate is still served");
+}

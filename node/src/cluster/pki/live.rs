@@ -83,13 +83,17 @@ impl rustls::server::ResolvesServerCert for PeerServerCert {
     }
 }
 
-/// The API server's chain.
+/// The API server's chain: the operator's certificate for clients that name a server other
+/// than a rackd node (when one was brought, `super::byo`), else the node's.
 #[derive(Debug)]
-pub(super) struct ApiServerCert(pub Arc<LiveCert>);
+pub(super) struct ApiServerCert(pub Arc<LiveCert>, pub Option<Arc<super::byo::ByoCert>>);
 
 impl rustls::server::ResolvesServerCert for ApiServerCert {
-    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.get().api.clone())
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        match &self.1 {
+            Some(byo) if super::byo::wants_byo(hello.server_name()) => Some(byo.current()),
+            _ => Some(self.0.get().api.clone()),
+        }
     }
 }
 
