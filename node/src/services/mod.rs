@@ -27,6 +27,33 @@ use crate::cluster::Cluster;
 use crate::config::LocationConfig;
 
 /// The running location services; every task stops when this is dropped.
+/// Get this node's location key (`cluster::sealing`) as soon as the location exists, so that a
+/// site cut off from the voters before its first power task or deployment still opens its
+/// machines' BMC passwords and deploy tokens. Retries with backoff; ends once the key is held.
+async fn keep_location_key(cluster: Arc<dyn Cluster>, location: String) {
+    let mut pause = Duration::from_secs(1);
+    loop {
+        let id = cluster
+            .state()
+            .location_by_name(&location)
+            .map(|l| l.meta.id);
+        let Some(id) = id else {
+            // Not created yet: look again soon.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        match cluster.location_key(id).await {
+            Ok(_) => {
+                tracing::debug!(%location, "holds its location's key");
+                return;
+            }
+            Err(e) => tracing::debug!(%location, error = %e.message, "location key not yet held"),
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(60));
+    }
+}
+
 #[derive(Default)]
 pub struct ServiceSet {
     tasks: Vec<AbortOnDrop>,
@@ -90,6 +117,10 @@ impl ServiceSet {
             executor::Executor::new(cluster.clone(), location.to_string(), cfg.power.clone())
                 .spawn(),
         ));
+        set.tasks.push(AbortOnDrop(tokio::spawn(keep_location_key(
+            cluster.clone(),
+            location.to_string(),
+        ))));
         if let Some(p) = &cfg.ipmi_proxy {
             set.tasks.push(AbortOnDrop(
                 ipmi_proxy::start(cluster.clone(), location.to_string(), p.clone()).await?,

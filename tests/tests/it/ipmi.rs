@@ -603,6 +603,21 @@ async fn a_location_learner_opens_only_its_own_sites_sealed_bmc_passwords() {
         assert_eq!(v["bmc"]["password_set"], true, "{v}");
         ids.push(v["id"].as_u64().unwrap());
     }
+    // The site fetches its key as soon as its location exists, before any work needs it (so
+    // a site cut off later still opens its secrets).
+    let own = c.nodes[site]
+        .data_dir
+        .join(format!("pki/location-{}.key", loc_ids[0]));
+    c.wait_until(
+        std::time::Duration::from_secs(20),
+        "the site holds its key",
+        |_| {
+            let own = own.clone();
+            async move { own.exists() }
+        },
+    )
+    .await
+    .unwrap();
     let t = run_task(&c, ids[0], "on").await;
     assert_eq!(t["state"], "succeeded", "{t}");
     let learner_id = c.health(site).await.unwrap().node_id;
