@@ -125,16 +125,8 @@ async fn sign(node: &ClusterHandle, csr_pem: &str) -> Result<String, String> {
             )
             .map_err(|e| e.to_string());
     }
-    let m = node.raft.metrics().borrow_watched().clone();
-    let membership = m.membership_config.membership();
-    let mut voters: Vec<(u64, String)> = membership
-        .voter_ids()
-        .filter(|id| *id != node.id)
-        .filter_map(|id| Some((id, membership.get_node(&id)?.peer.clone())))
-        .collect();
-    voters.sort_by_key(|(id, _)| Some(*id) != m.current_leader);
     let mut errors = Vec::new();
-    for (id, addr) in voters {
+    for (id, addr) in node.other_voters_leader_first() {
         match node
             .net
             .renew_cert(id, &addr, csr_pem, Duration::from_secs(10))
@@ -149,8 +141,6 @@ async fn sign(node: &ClusterHandle, csr_pem: &str) -> Result<String, String> {
         errors.join("; ")
     ))
 }
-
-use openraft::async_runtime::WatchReceiver;
 
 /// Renew this node's certificate now.
 pub async fn renew(node: &ClusterHandle, why: &Why) -> Result<(), String> {

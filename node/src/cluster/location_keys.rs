@@ -7,7 +7,6 @@
 
 use std::time::Duration;
 
-use openraft::async_runtime::WatchReceiver;
 use rackd_types::ApiError;
 
 use super::pki::Pki;
@@ -38,16 +37,8 @@ impl ClusterHandle {
                 ApiError::internal(format!("{} is not a location key", path.display()))
             });
         }
-        let m = self.raft.metrics().borrow_watched().clone();
-        let membership = m.membership_config.membership();
-        let mut voters: Vec<(u64, String)> = membership
-            .voter_ids()
-            .filter(|id| *id != self.id)
-            .filter_map(|id| Some((id, membership.get_node(&id)?.peer.clone())))
-            .collect();
-        voters.sort_by_key(|(id, _)| Some(*id) != m.current_leader);
         let mut errors = Vec::new();
-        for (id, addr) in voters {
+        for (id, addr) in self.other_voters_leader_first() {
             match self
                 .net
                 .location_key(id, &addr, location_id, Duration::from_secs(5))

@@ -75,6 +75,20 @@ impl ClusterHandle {
         self.leader().is_some_and(|(id, _)| id == self.id)
     }
 
+    /// The other voters with their peer addresses, the leader first: whom to ask for what
+    /// only voters hold (a renewed certificate, a location's key).
+    pub fn other_voters_leader_first(&self) -> Vec<(u64, String)> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        let mut voters: Vec<(u64, String)> = membership
+            .voter_ids()
+            .filter(|id| *id != self.id)
+            .filter_map(|id| Some((id, membership.get_node(&id)?.peer.clone())))
+            .collect();
+        voters.sort_by_key(|(id, _)| Some(*id) != m.current_leader);
+        voters
+    }
+
     /// Wait (bounded) until some leader is known.
     pub async fn wait_leader(&self, timeout: Duration) -> Option<(u64, NodeInfo)> {
         let deadline = tokio::time::Instant::now() + timeout;

@@ -326,25 +326,28 @@ async fn http_boot_serves_per_machine_scripts_and_the_tftp_root() {
     assert_ne!(get("/tftp/%2E%2E/admin-token".into()).await.0, 200);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn discovery_gives_unknown_machines_a_dynamic_address_and_records_them_once() {
-    let lab = ClientNs::new(2);
+/// `n` nodes serving location `dc1` on `lab`'s interface (with `extra` arguments), `dc1` a
+/// discovery location whose subnet hands out `.first`–`.last` of `lab`'s network (the subnet
+/// written through the second node when there is one).
+async fn discovery_site(
+    lab: &ClientNs,
+    test: &str,
+    n: usize,
+    extra: &[&str],
+    (first, last): (u8, u8),
+) -> Cluster {
     let server_ip = format!("{}.1", lab.net);
-    let c = Cluster::start(
-        "discover",
-        3,
-        &[
-            "--location",
-            "dc1",
-            "--dhcp-interface",
-            &lab.host_if,
-            "--dhcp-server-ip",
-            &server_ip,
-            "--no-router-advertisements",
-        ],
-    )
-    .await
-    .expect("cluster");
+    let mut args = vec![
+        "--location",
+        "dc1",
+        "--dhcp-interface",
+        &lab.host_if,
+        "--dhcp-server-ip",
+        &server_ip,
+        "--no-router-advertisements",
+    ];
+    args.extend_from_slice(extra);
+    let c = Cluster::start(test, n, &args).await.expect("cluster");
     let _: serde_json::Value = c
         .post_json(
             0,
@@ -355,13 +358,20 @@ async fn discovery_gives_unknown_machines_a_dynamic_address_and_records_them_onc
         .unwrap();
     let _: serde_json::Value = c
         .post_json(
-            1,
+            1 % n,
             "/v1/subnets",
             &json!({"location": "dc1", "cidr": format!("{}.0/24", lab.net), "gateway": server_ip,
-                    "dynamic_ranges": [{"start": format!("{}.200", lab.net), "end": format!("{}.210", lab.net)}]}),
+                    "dynamic_ranges": [{"start": format!("{}.{first}", lab.net), "end": format!("{}.{last}", lab.net)}]}),
         )
         .await
         .unwrap();
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_gives_unknown_machines_a_dynamic_address_and_records_them_once() {
+    let lab = ClientNs::new(2);
+    let c = discovery_site(&lab, "discover", 3, &[], (200, 210)).await;
     // Every node answers DHCP (all three see the client); the machine must be recorded once.
     for round in 0..2 {
         let (ok, out) = lab.udhcpc();
@@ -407,42 +417,13 @@ async fn discovery_gives_unknown_machines_a_dynamic_address_and_records_them_onc
 async fn a_host_inventing_mac_addresses_cannot_fill_the_inventory() {
     let lab = ClientNs::new(3);
     let server_ip = format!("{}.1", lab.net);
-    let c = Cluster::start(
-        "discflood",
-        1,
-        &[
-            "--location",
-            "dc1",
-            "--dhcp-interface",
-            &lab.host_if,
-            "--dhcp-server-ip",
-            &server_ip,
-            "--no-router-advertisements",
-            "--dhcp-discovery-burst",
-            "5",
-            "--dhcp-discovery-per-minute",
-            "6",
-        ],
-    )
-    .await
-    .expect("cluster");
-    let _: serde_json::Value = c
-        .post_json(
-            0,
-            "/v1/locations",
-            &json!({"name": "dc1", "discovery": true}),
-        )
-        .await
-        .unwrap();
-    let _: serde_json::Value = c
-        .post_json(
-            0,
-            "/v1/subnets",
-            &json!({"location": "dc1", "cidr": format!("{}.0/24", lab.net), "gateway": server_ip,
-                    "dynamic_ranges": [{"start": format!("{}.20", lab.net), "end": format!("{}.250", lab.net)}]}),
-        )
-        .await
-        .unwrap();
+    let limits = [
+        "--dhcp-discovery-burst",
+        "5",
+        "--dhcp-discovery-per-minute",
+        "6",
+    ];
+    let c = discovery_site(&lab, "discflood", 1, &limits, (20, 250)).await;
     let relay = format!("{}.5", lab.net);
     let (ok, out) = sh(&[
         "ip",
