@@ -16,8 +16,10 @@ build_pkgs=(libclang-dev)
 # ipxe: the iPXE first stages rackd serves over TFTP. openipmi (ipmi_sim), ipmitool: a real
 # BMC simulator and client. syslinux*, mtools, dosfstools, e2fsprogs, qemu-utils, binutils:
 # `rackd image build`; ovmf: UEFI boot of an installed appliance (tests/it/appliance.rs).
-# openssl: checks the cluster PKI's certificates as a third party (tests/it/cluster.rs).
-test_pkgs=(openssl tftp-hpa atftp busybox curl iproute2 udhcpc isc-dhcp-client isc-dhcp-relay
+# openssl: checks the cluster PKI's certificates as a third party (tests/it/cluster.rs), and
+# makes the operator's own API certificate (tests/it/api_tls.rs). kea-admin: perfdhcp, a host
+# inventing MAC addresses against DHCP discovery (tests/it/location.rs).
+test_pkgs=(openssl kea-admin tftp-hpa atftp busybox curl iproute2 udhcpc isc-dhcp-client isc-dhcp-relay
   qemu-system-x86 ipxe-qemu seabios ipxe openipmi ipmitool syslinux syslinux-common
   syslinux-efi mtools dosfstools e2fsprogs qemu-utils binutils ovmf)
 
