@@ -102,6 +102,41 @@ async fn follow_task(
     Ok(())
 }
 
+/// `rackd tasks show ID --watch`: one line per change of the task until it ends.
+async fn watch_task(c: &Client, id: u64, json: bool) -> anyhow::Result<()> {
+    use rackd_types::TaskState;
+    let mut last = None;
+    loop {
+        let t: rackd_types::Task = c.get(&format!("/v1/tasks/{id}")).await?;
+        let now = (t.state, t.attempt, t.assignee, t.generation);
+        if last != Some(now) {
+            last = Some(now);
+            if json {
+                println!("{}", serde_json::to_string(&t)?);
+            } else {
+                println!(
+                    "{}  task {id} {:?} on machine {}: {:?} (attempt {}{})",
+                    time(t.meta.updated_at),
+                    t.kind,
+                    t.machine_id,
+                    t.state,
+                    t.attempt,
+                    t.assignee
+                        .map(|n| format!(", node {n}"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        match t.state {
+            TaskState::Pending | TaskState::Running => {
+                tokio::time::sleep(Duration::from_millis(250)).await
+            }
+            TaskState::Failed => bail!("task failed: {}", t.error.unwrap_or_default()),
+            _ => return Ok(()),
+        }
+    }
+}
+
 fn task_rows(ts: &[rackd_types::Task]) {
     let rows: Vec<Vec<String>> = ts
         .iter()
@@ -439,13 +474,14 @@ async fn tasks(c: &Client, json: bool, tc: TaskCmd) -> anyhow::Result<()> {
             }
             task_rows(&ts);
         }
-        TaskCmd::Show { id } => {
+        TaskCmd::Show { id, watch: false } => {
             let t: rackd_types::Task = c.get(&format!("/v1/tasks/{id}")).await?;
             if json {
                 return json_out(&t);
             }
             task_rows(&[t]);
         }
+        TaskCmd::Show { id, watch: true } => watch_task(c, id, json).await?,
         TaskCmd::Cancel { id } => {
             let t: rackd_types::Task = c
                 .post(&format!("/v1/tasks/{id}/cancel"), &serde_json::json!({}))

@@ -181,8 +181,12 @@ pub enum MachineCmd {
 #[derive(Debug, Subcommand)]
 pub enum TaskCmd {
     List,
+    /// A task; with --watch, a line for each change (state, attempt, executor) until it ends,
+    /// failing when the task failed (JSON lines with -o json).
     Show {
         id: u64,
+        #[arg(long)]
+        watch: bool,
     },
     /// Cancel a pending or running task (a running one is fenced: its executor stops within
     /// its lease).

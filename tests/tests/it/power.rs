@@ -128,4 +128,62 @@ async fn power_tasks_run_once_are_verified_and_record_the_power_state() {
         .count();
     let tasks: Value = c.get_json(0, "/v1/tasks?limit=1000").await.unwrap();
     assert_eq!(started, tasks["items"].as_array().unwrap().len());
+
+    // `rackd tasks show ID --watch` follows a task to its end, a line per change; it fails
+    // when the task failed.
+    let watch = |id: u64| {
+        let out = std::process::Command::new(rackd_tests::rackd_bin())
+            .args(["-o", "json", "tasks", "show", &id.to_string(), "--watch"])
+            .env("RACKD_SERVER", c.url(2))
+            .env("RACKD_TOKEN", &c.token)
+            .env("RACKD_LOGIN_FILE", c.dir.join("no-login.json"))
+            .output()
+            .unwrap();
+        let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (
+            out.status.success(),
+            lines,
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    for (machine, action, want) in [
+        (sim, "off", "succeeded"),
+        (ipmi["id"].as_u64().unwrap(), "status", "failed"),
+    ] {
+        let (s, t) = c
+            .request(
+                0,
+                Method::POST,
+                &format!("/v1/machines/{machine}/power"),
+                Some(json!({"action": action})),
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(s, 202, "{t}");
+        let (ok, lines, err) = watch(t["id"].as_u64().unwrap());
+        assert_eq!(ok, want == "succeeded", "{lines:?} {err}");
+        let states: Vec<&str> = lines.iter().map(|l| l["state"].as_str().unwrap()).collect();
+        assert_eq!(states.last(), Some(&want), "{states:?}");
+        let changes: Vec<_> = lines
+            .iter()
+            .map(|l| {
+                (
+                    l["state"].clone(),
+                    l["attempt"].clone(),
+                    l["assignee"].clone(),
+                )
+            })
+            .collect();
+        assert!(
+            changes.windows(2).all(|w| w[0] != w[1]),
+            "a line per change only: {changes:?}"
+        );
+        if want == "failed" {
+            assert!(err.contains("task failed"), "{err}");
+        }
+    }
 }
