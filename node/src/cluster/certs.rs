@@ -16,9 +16,10 @@
 //! Layer: cluster; uses `pki`, the peer network and the Raft metrics.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use super::pki::{self, NodeKey, Pki, NODE_CERT_VALIDITY};
+use super::write::epoch_ms;
 use super::ClusterHandle;
 
 /// Renew when less than this is left (a third of the validity: four months of a year).
@@ -50,12 +51,6 @@ impl std::fmt::Display for Why {
     }
 }
 
-fn ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Whether the certificate `cert_pem` must be renewed now. Pure: `requested_before_ms` is the
 /// replicated request, `handled_ms` the last request this node already renewed for.
 pub fn due(
@@ -77,7 +72,7 @@ pub fn due(
     }
     // Issue times have a resolution of one second: a certificate issued in the second of the
     // request counts as older; `handled` keeps that from repeating.
-    if requested_before_ms > handled_ms && ms(issued) < requested_before_ms {
+    if requested_before_ms > handled_ms && epoch_ms(issued) < requested_before_ms {
         return Ok(Some(Why::Requested {
             before_ms: requested_before_ms,
         }));
@@ -156,7 +151,7 @@ pub async fn renew(node: &ClusterHandle, why: &Why) -> Result<(), String> {
     tls.renewed(&cert, &key.key_pem)
         .map_err(|e| e.to_string())?;
     let (_, expires) = pki::cert_validity(&cert).map_err(|e| e.to_string())?;
-    tracing::info!(%why, expires_ms = ms(expires), "renewed this node's certificate");
+    tracing::info!(%why, expires_ms = epoch_ms(expires), "renewed this node's certificate");
     Ok(())
 }
 

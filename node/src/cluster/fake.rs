@@ -239,8 +239,7 @@ impl Cluster for FakeCluster {
     ) -> BoxFuture<'_, Result<super::sealing::LocationKey, ApiError>> {
         Box::pin(async move {
             let ca = self.cluster_ca()?;
-            super::sealing::SecretsRoot::from_ca_key(ca.key_pem())
-                .map(|r| r.location_key(location_id))
+            super::sealing::LocationKey::of_ca(&ca, location_id)
                 .map_err(|e| ApiError::internal(e.to_string()))
         })
     }

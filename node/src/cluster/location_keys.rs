@@ -10,7 +10,7 @@ use std::time::Duration;
 use rackd_types::ApiError;
 
 use super::pki::Pki;
-use super::sealing::{LocationKey, SecretsRoot};
+use super::sealing::LocationKey;
 use super::ClusterHandle;
 
 fn key_file(data_dir: &std::path::Path, location_id: u64) -> std::path::PathBuf {
@@ -24,9 +24,7 @@ impl ClusterHandle {
         let unavailable = |e: String| ApiError::unavailable(e);
         match Pki::in_data_dir(&self.data_dir).load_ca() {
             Ok(Some(ca)) => {
-                return SecretsRoot::from_ca_key(ca.key_pem())
-                    .map(|r| r.location_key(location_id))
-                    .map_err(|e| unavailable(e.to_string()))
+                return LocationKey::of_ca(&ca, location_id).map_err(|e| unavailable(e.to_string()))
             }
             Ok(None) => {}
             Err(e) => return Err(unavailable(format!("cluster CA: {e}"))),

@@ -228,13 +228,8 @@ impl Cluster for ClusterHandle {
         Box::pin(ClusterHandle::remove_member(self, actor, id))
     }
     fn cert_validity(&self) -> Option<(u64, u64)> {
-        let ms = |t: std::time::SystemTime| {
-            t.duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0)
-        };
         let (issued, expires) = self.tls.validity().ok()?;
-        Some((ms(issued), ms(expires)))
+        Some((write::epoch_ms(issued), write::epoch_ms(expires)))
     }
     fn location_key(
         &self,

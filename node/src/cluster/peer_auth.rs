@@ -92,9 +92,9 @@ impl PeerAuth for NodePeerAuth {
             .load_ca()
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("node {} holds no CA key", self.tls.node_id))?;
-        let root =
-            super::sealing::SecretsRoot::from_ca_key(ca.key_pem()).map_err(|e| e.to_string())?;
-        Ok(root.location_key(location_id).to_hex())
+        super::sealing::LocationKey::of_ca(&ca, location_id)
+            .map(|k| k.to_hex())
+            .map_err(|e| e.to_string())
     }
 
     fn store_ca_key(&self, key_pem: &str) -> Result<(), String> {

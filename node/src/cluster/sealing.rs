@@ -81,6 +81,11 @@ impl std::fmt::Debug for LocationKey {
 }
 
 impl LocationKey {
+    /// The key of location `location_id`, derived from the cluster CA's key (where it is held).
+    pub fn of_ca(ca: &super::pki::CaBundle, location_id: u64) -> Result<LocationKey, SealError> {
+        SecretsRoot::from_ca_key(ca.key_pem()).map(|r| r.location_key(location_id))
+    }
+
     pub fn from_hex(location_id: u64, hex_text: &str) -> Option<LocationKey> {
         let v = hex::decode(hex_text.trim()).ok()?;
         let bytes: [u8; 32] = v.try_into().ok()?;

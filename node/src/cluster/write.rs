@@ -13,8 +13,12 @@ use super::ClusterHandle;
 
 /// Milliseconds since the Unix epoch (used only to stamp proposals on the leader).
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
+    epoch_ms(std::time::SystemTime::now())
+}
+
+/// `t` in milliseconds since the Unix epoch (0 before it).
+pub fn epoch_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }

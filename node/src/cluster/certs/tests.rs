@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::cluster::pki::CaBundle;
+use std::time::UNIX_EPOCH;
 
 const CID: &str = "0123456789abcdef";
 const DAY: Duration = Duration::from_secs(86_400);
