@@ -30,6 +30,7 @@
 
 pub mod abort;
 pub mod api;
+pub mod blobs;
 pub mod cli;
 pub mod client;
 pub mod cluster;

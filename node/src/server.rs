@@ -102,9 +102,11 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     } else {
         None
     };
+    let blobs = crate::blobs::BlobStore::open(&dir.join("blobs"), cfg.blobs.max_bytes)
+        .with_context(|| format!("open the blob store in {}", dir.join("blobs").display()))?;
     let (raft, net, sm, auth) = start_raft(&cfg, identity.node_id, tls.clone()).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let grpc = serve_peers(&raft, auth, peer_listener, stop_rx.clone());
+    let grpc = serve_peers(&raft, auth, blobs.clone(), peer_listener, stop_rx.clone());
 
     let node = Arc::new(ClusterHandle {
         id: identity.node_id,
@@ -120,7 +122,11 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         removed: std::sync::atomic::AtomicBool::new(false),
     });
     let api = serve_api(
-        crate::api::router(crate::api::AppState::new(node.clone(), http.clone())),
+        crate::api::router(crate::api::AppState::new(
+            node.clone(),
+            http.clone(),
+            blobs.clone(),
+        )),
         api_listener,
         cfg.api_limits.clone(),
         api_tls,
@@ -141,6 +147,11 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         AbortOnDrop(tokio::spawn(reseal::run(
             node.clone(),
             Duration::from_secs(5),
+        ))),
+        AbortOnDrop(tokio::spawn(crate::services::blobs::run(
+            node.clone(),
+            blobs.clone(),
+            cfg.blobs.clone(),
         ))),
     ];
     if let Some(limit) = cfg.task_lost {
@@ -334,10 +345,13 @@ const PEER_MAX_STREAMS: u32 = 1024;
 fn serve_peers(
     raft: &Raft,
     auth: Arc<dyn PeerAuth>,
+    blobs: Arc<crate::blobs::BlobStore>,
     listener: tokio::net::TcpListener,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
-    let svc = PeerService::new(raft.clone(), auth.clone()).into_server();
+    let svc = PeerService::new(raft.clone(), auth.clone())
+        .with_blobs(blobs)
+        .into_server();
     let incoming = rackd_raft::peer_tls::incoming(listener, auth, Default::default());
     tokio::spawn(async move {
         tonic::transport::Server::builder()

@@ -231,6 +231,24 @@ pub enum Command {
     /// An operator asks every node to renew its certificate (`rackd certs rotate`): node
     /// certificates issued before this entry's time are replaced by their nodes. Needs rules 3.
     RenewCerts {},
+    /// Node `node` holds a verified copy of blob `digest` (`size` bytes) in its blob store: the
+    /// record is created at the first copy and the node added to its holders. Needs rules 4.
+    RecordBlob {
+        digest: rackd_types::Digest,
+        size: u64,
+        node: u64,
+    },
+    /// Node `node` lost its copy of blob `digest` (missing or corrupt on its disk): it leaves
+    /// the holders, and another node copies the blob again. Needs rules 4.
+    DropBlobHolder {
+        digest: rackd_types::Digest,
+        node: u64,
+    },
+    /// Forget blob `digest`: the record is deleted and every holder removes its copy. Needs
+    /// rules 4.
+    ForgetBlob {
+        digest: rackd_types::Digest,
+    },
     /// Record a cluster event that is not itself a state change here (membership changes are
     /// applied by openraft; the journal entry makes them visible in `/v1/events`).
     Journal {
@@ -317,6 +335,9 @@ impl Command {
             {
                 ApplyRules::Rules3
             }
+            Command::RecordBlob { .. }
+            | Command::DropBlobHolder { .. }
+            | Command::ForgetBlob { .. } => ApplyRules::Rules4,
             _ => ApplyRules::Format1,
         }
     }
@@ -359,6 +380,9 @@ impl Command {
             Command::GrantBmcSession { .. } => "grant_bmc_session",
             Command::RevokeBmcSession { .. } => "revoke_bmc_session",
             Command::RenewCerts {} => "renew_certs",
+            Command::RecordBlob { .. } => "record_blob",
+            Command::DropBlobHolder { .. } => "drop_blob_holder",
+            Command::ForgetBlob { .. } => "forget_blob",
             Command::Journal { .. } => "journal",
         }
     }
@@ -460,6 +484,7 @@ pub enum Applied {
     },
     DeployDone(DeployDone),
     BmcSession(rackd_types::BmcSession),
+    Blob(rackd_types::Blob),
     /// Power observations applied (older ones and busy machines are skipped).
     PowerObserved {
         recorded: u64,
@@ -503,6 +528,7 @@ applied_into! {
     into_api_token => ApiToken(ApiTokenView),
     into_deploy_done => DeployDone(DeployDone),
     into_bmc_session => BmcSession(rackd_types::BmcSession),
+    into_blob => Blob(rackd_types::Blob),
 }
 
 impl Applied {

@@ -225,6 +225,18 @@ fn every_command() -> Vec<Command> {
             source: "192.0.2.7".into(),
             ttl_ms: 60_000,
         },
+        Command::RecordBlob {
+            digest: rackd_types::Digest::from_sha256(&[7; 32]),
+            size: 1 << 30,
+            node: 2,
+        },
+        Command::DropBlobHolder {
+            digest: rackd_types::Digest::from_sha256(&[7; 32]),
+            node: 2,
+        },
+        Command::ForgetBlob {
+            digest: rackd_types::Digest::from_sha256(&[7; 32]),
+        },
         Command::Journal {
             kind: "k".into(),
             entity: "e".into(),
@@ -271,6 +283,9 @@ fn every_command() -> Vec<Command> {
             | Command::GrantBmcSession { .. }
             | Command::RenewCerts {}
             | Command::RevokeBmcSession { .. }
+            | Command::RecordBlob { .. }
+            | Command::DropBlobHolder { .. }
+            | Command::ForgetBlob { .. }
             | Command::Journal { .. } => {}
         }
     }
@@ -393,6 +408,12 @@ fn members_propose_only_their_own_cluster_internal_writes() {
                     "{name} for another node"
                 );
             }
+            // The samples name node 2's store: node 3 may not speak for it.
+            Command::RecordBlob { .. } | Command::DropBlobHolder { .. } => {
+                assert_eq!(r, Ok(()), "{name}");
+                let e = st.node_may_propose(3, "node:3", &cmd).unwrap_err();
+                assert!(e.contains("node 2's blob store"), "{e}");
+            }
             // An install callback is relayed in the machine's name too.
             Command::DeployDone { mac, .. } => {
                 assert_eq!(r, Ok(()), "{name}");
@@ -463,15 +484,23 @@ fn every_command_is_proposable_under_current_rules_and_new_ones_wait_under_older
     assert_eq!(current.meta.rules, ApplyRules::CURRENT);
     let mut old = State::default();
     old.meta.rules = ApplyRules::Format2;
+    let mut rules3 = State::default();
+    rules3.meta.rules = ApplyRules::Rules3;
     let mut waiting = Vec::new();
+    let mut waiting_on_4 = Vec::new();
     for cmd in every_command() {
         assert!(cmd.needs_rules() <= ApplyRules::CURRENT, "{}", cmd.name());
         assert_eq!(current.admits_proposal(&cmd), Ok(()), "{}", cmd.name());
         if let Err(e) = old.admits_proposal(&cmd) {
-            assert!(e.message.contains("needs apply rules 3"), "{}", e.message);
+            assert!(e.message.contains("needs apply rules"), "{}", e.message);
             waiting.push(cmd.name());
         }
+        if let Err(e) = rules3.admits_proposal(&cmd) {
+            assert!(e.message.contains("needs apply rules 4"), "{}", e.message);
+            waiting_on_4.push(cmd.name());
+        }
     }
+    let blobs = ["record_blob", "drop_blob_holder", "forget_blob"];
     assert_eq!(
         waiting,
         [
@@ -481,9 +510,13 @@ fn every_command_is_proposable_under_current_rules_and_new_ones_wait_under_older
             "revoke_join_token",
             "renew_certs",
             "revoke_bmc_session",
-            "grant_bmc_session"
+            "grant_bmc_session",
         ]
+        .into_iter()
+        .chain(blobs)
+        .collect::<Vec<_>>()
     );
+    assert_eq!(waiting_on_4, blobs);
     let admin_forever = Command::CreateApiToken {
         name: "n".into(),
         token_hash: "h".into(),

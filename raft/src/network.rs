@@ -55,11 +55,16 @@ struct SnapshotHeader {
     meta: SnapshotMeta,
 }
 
+/// A peer channel's key: node, address, and whether it carries bulk transfers.
+type ChannelKey = (NodeId, String, bool);
+
 /// Factory of peer clients; cheap to clone.
 #[derive(Clone)]
 pub struct PeerNetwork {
     auth: Arc<dyn PeerAuth>,
-    channels: Arc<Mutex<HashMap<(NodeId, String), Channel>>>,
+    /// One channel per (node, address, bulk): bulk transfers (blobs) get their own
+    /// connection, so they never queue Raft's messages behind them.
+    channels: Arc<Mutex<HashMap<ChannelKey, Channel>>>,
     /// Latest peer address of each member (from the replicated membership). Replication
     /// streams outlive address changes, so every RPC looks the address up here first.
     book: Arc<Mutex<HashMap<NodeId, String>>>,
@@ -88,7 +93,16 @@ impl PeerNetwork {
 
     /// A (lazily connecting) client for `addr`, shared by all RPCs to that node.
     pub fn client(&self, target: NodeId, addr: &str) -> Result<RaftPeerClient<Channel>, String> {
-        let key = (target, addr.to_string());
+        self.client_on(target, addr, false)
+    }
+
+    fn client_on(
+        &self,
+        target: NodeId,
+        addr: &str,
+        bulk: bool,
+    ) -> Result<RaftPeerClient<Channel>, String> {
+        let key = (target, addr.to_string(), bulk);
         let mut map = self
             .channels
             .lock()
@@ -256,6 +270,33 @@ impl PeerNetwork {
     }
 }
 
+impl PeerNetwork {
+    /// Stream a byte range of blob `req.digest` from `target`. Only opening the stream is
+    /// bounded by `timeout`; the caller bounds the wait for each chunk.
+    pub async fn fetch_blob(
+        &self,
+        target: NodeId,
+        addr: &str,
+        req: &FetchBlobRequest,
+        timeout: Duration,
+    ) -> Result<BlobChunks, String> {
+        use futures::StreamExt;
+        let mut c = self.client_on(target, addr, true)?;
+        let r = tonic::Request::new(Payload {
+            data: codec::encode(req),
+        });
+        let reply = tokio::time::timeout(timeout, c.fetch_blob(r))
+            .await
+            .map_err(|_| format!("fetch_blob rpc to node {target}: no answer in {timeout:?}"))?
+            .map_err(|s| format!("fetch_blob rpc to node {target}: {}", s.message()))?;
+        let s = reply.into_inner().map(move |m| {
+            m.map(|p| p.data)
+                .map_err(|s| format!("blob transfer from node {target}: {}", s.message()))
+        });
+        Ok(Box::pin(s))
+    }
+}
+
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerClient;
 
@@ -395,6 +436,28 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
 pub struct PeerService<SM: RaftStateMachine<TypeConfig, SnapshotData = Cursor<Vec<u8>>>> {
     raft: openraft::Raft<TypeConfig, SM>,
     auth: Arc<dyn PeerAuth>,
+    blobs: Option<Arc<dyn BlobSource>>,
+}
+
+/// A byte range of a blob a member asks for (`FetchBlob`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FetchBlobRequest {
+    /// `sha256:<hex>`.
+    pub digest: String,
+    pub offset: u64,
+    /// Bytes wanted from `offset` (clamped to the blob's end).
+    pub len: u64,
+}
+
+/// The chunks of a blob range as they arrive, or why the transfer stopped.
+pub type BlobChunks =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<Vec<u8>, String>> + Send + 'static>>;
+
+/// Where the peer service reads the blobs it serves (the node's blob store).
+pub trait BlobSource: Send + Sync + 'static {
+    /// Stream `len` bytes of the local verified copy of `digest` from `offset`;
+    /// `Ok(None)` when this node holds no copy.
+    fn read_blob(&self, req: &FetchBlobRequest) -> Result<Option<BlobChunks>, String>;
 }
 
 impl<SM> PeerService<SM>
@@ -402,7 +465,17 @@ where
     SM: RaftStateMachine<TypeConfig, SnapshotData = Cursor<Vec<u8>>>,
 {
     pub fn new(raft: openraft::Raft<TypeConfig, SM>, auth: Arc<dyn PeerAuth>) -> Self {
-        Self { raft, auth }
+        Self {
+            raft,
+            auth,
+            blobs: None,
+        }
+    }
+
+    /// Serve `FetchBlob` from `blobs` (without one, the RPC answers "unimplemented").
+    pub fn with_blobs(mut self, blobs: Arc<dyn BlobSource>) -> Self {
+        self.blobs = Some(blobs);
+        self
     }
 
     /// The member this request comes from: the connection's certificate named it, and the
@@ -646,6 +719,41 @@ where
             tracing::info!(node = caller, location_id, "handed out a location key");
         }
         reply(r)
+    }
+
+    type FetchBlobStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<Payload, tonic::Status>> + Send + 'static>,
+    >;
+
+    async fn fetch_blob(
+        &self,
+        req: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Self::FetchBlobStream>, tonic::Status> {
+        use futures::StreamExt;
+        let caller = self.caller(&req)?;
+        self.member(caller)?;
+        let r: FetchBlobRequest = codec::decode(&req.into_inner().data).map_err(bad_request)?;
+        let Some(src) = self.blobs.clone() else {
+            return Err(tonic::Status::unimplemented("this node serves no blobs"));
+        };
+        let digest = r.digest.clone();
+        let opened = tokio::task::spawn_blocking(move || src.read_blob(&r))
+            .await
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        match opened {
+            Ok(Some(chunks)) => {
+                tracing::debug!(node = caller, %digest, "serving a blob");
+                let s = chunks.map(|c| {
+                    c.map(|data| Payload { data })
+                        .map_err(tonic::Status::internal)
+                });
+                Ok(tonic::Response::new(Box::pin(s)))
+            }
+            Ok(None) => Err(tonic::Status::not_found(format!(
+                "this node holds no copy of {digest}"
+            ))),
+            Err(e) => Err(tonic::Status::invalid_argument(e)),
+        }
     }
 
     async fn store_ca_key(

@@ -28,7 +28,7 @@ use crate::{
 };
 
 /// The tables format 1 never wrote: rebuilt from the log.
-const NOT_IN_FORMAT_1: [u8; 2] = [tables::IMAGES, tables::TASKS];
+const NOT_IN_FORMAT_1: [u8; 3] = [tables::IMAGES, tables::TASKS, tables::BLOBS];
 
 /// Format 1 → 2; see the module docs.
 pub(crate) fn migrate_v1(db: &DB, dir: &Path, snapshot_dir: &Path) -> Result<(), OpenError> {

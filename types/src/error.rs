@@ -27,6 +27,10 @@ pub enum ErrorCode {
     Internal,
     /// An `Idempotency-Key` was reused with a different request.
     IdempotencyKeyReused,
+    /// The request body is larger than the node accepts (an upload beyond the blob size cap).
+    TooLarge,
+    /// The node has no room left to store the upload.
+    InsufficientStorage,
 }
 
 impl ErrorCode {
@@ -43,6 +47,8 @@ impl ErrorCode {
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
             ErrorCode::IdempotencyKeyReused => 422,
+            ErrorCode::TooLarge => 413,
+            ErrorCode::InsufficientStorage => 507,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! validation helpers (MAC/CIDR normalization) and the stable API error codes.
 
 pub mod api;
+pub mod blob;
 pub mod entity;
 pub mod error;
 pub mod hw;
@@ -12,6 +13,7 @@ pub mod net;
 pub mod write;
 
 pub use api::*;
+pub use blob::{Blob, Digest, Octets};
 pub use entity::*;
 pub use error::{ApiError, ErrorBody, ErrorCode, RETRY_SAME_KEY};
 pub use hw::*;

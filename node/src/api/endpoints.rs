@@ -22,13 +22,14 @@ use serde::de::DeserializeOwned;
 
 use rackd_types::*;
 
-use super::{cluster, inventory, tasks, AppState, HttpResult};
+use super::{blobs, cluster, inventory, tasks, AppState, HttpResult};
 
 /// An HTTP method the API uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verb {
     Get,
     Post,
+    Put,
     Patch,
     Delete,
 }
@@ -39,6 +40,7 @@ impl Verb {
         match self {
             Verb::Get => "get",
             Verb::Post => "post",
+            Verb::Put => "put",
             Verb::Patch => "patch",
             Verb::Delete => "delete",
         }
@@ -48,6 +50,7 @@ impl Verb {
         match self {
             Verb::Get => axum::http::Method::GET,
             Verb::Post => axum::http::Method::POST,
+            Verb::Put => axum::http::Method::PUT,
             Verb::Patch => axum::http::Method::PATCH,
             Verb::Delete => axum::http::Method::DELETE,
         }
@@ -116,8 +119,13 @@ pub struct Endpoint {
     pub auth: Auth,
     pub query: &'static [QueryParam],
     pub headers: &'static [Header],
-    /// The JSON request body's schema, when the endpoint takes one.
+    /// The request body's schema, when the endpoint takes one (JSON, or raw bytes when
+    /// `raw_request`).
     pub request: Option<SchemaFn>,
+    /// The request body is raw bytes (`application/octet-stream`), not JSON.
+    pub raw_request: bool,
+    /// The success body is raw bytes (`application/octet-stream`), not JSON.
+    pub raw_response: bool,
     /// The success status.
     pub status: u16,
     /// The success body's schema (none: empty body).
@@ -157,6 +165,10 @@ impl Answer for StatusCode {
 }
 impl<A: Answer> Answer for HttpResult<A> {
     type Body = A::Body;
+}
+/// A streamed response (blob downloads): raw bytes.
+impl Answer for axum::response::Response {
+    type Body = Octets;
 }
 
 /// An async function of any arity (up to the handlers' six), with its output type.
@@ -200,6 +212,15 @@ fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// Raw bytes: any body is one.
+fn decode_octets(_: &[u8]) -> Result<(), String> {
+    Ok(())
+}
+
+fn octets_schema(_: &mut SchemaGenerator) -> Schema {
+    schemars::json_schema!({"type": "string", "format": "binary"})
+}
+
 fn decode_empty(b: &[u8]) -> Result<(), String> {
     if b.is_empty() {
         Ok(())
@@ -211,16 +232,22 @@ fn decode_empty(b: &[u8]) -> Result<(), String> {
 macro_rules! endpoints {
     (@verb GET) => { Verb::Get };
     (@verb POST) => { Verb::Post };
+    (@verb PUT) => { Verb::Put };
     (@verb PATCH) => { Verb::Patch };
     (@verb DELETE) => { Verb::Delete };
     (@route GET $h:path) => { || axum::routing::get($h) };
     (@route POST $h:path) => { || axum::routing::post($h) };
+    (@route PUT $h:path) => { || axum::routing::put($h) };
     (@route PATCH $h:path) => { || axum::routing::patch($h) };
     (@route DELETE $h:path) => { || axum::routing::delete($h) };
-    (@schema) => { None };
-    (@schema $t:ty) => { Some(schema::<$t> as SchemaFn) };
-    (@decode) => { decode_empty };
-    (@decode $t:ty) => { decode::<$t> };
+    (@schema [] []) => { None };
+    (@schema [$t:ty] []) => { Some(schema::<$t> as SchemaFn) };
+    (@schema [] [Octets]) => { Some(octets_schema as SchemaFn) };
+    (@raw []) => { false };
+    (@raw [Octets]) => { true };
+    (@decode [] []) => { decode_empty };
+    (@decode [$t:ty] []) => { decode::<$t> };
+    (@decode [] [Octets]) => { decode_octets };
     (@body) => { () };
     (@body $t:ty) => { $t };
     ($(
@@ -230,8 +257,10 @@ macro_rules! endpoints {
             query: $query:expr,
             headers: $headers:expr,
             $(body: $Req:ty,)?
+            $(raw_body: $RawReq:ident,)?
             status: $status:literal,
             $(returns: $Resp:ty,)?
+            $(raw_returns: $RawResp:ident,)?
         }
     )*) => {
         /// Every endpoint of the API, in documentation order.
@@ -243,10 +272,12 @@ macro_rules! endpoints {
                 auth: Auth::$auth,
                 query: $query,
                 headers: $headers,
-                request: endpoints!(@schema $($Req)?),
+                request: endpoints!(@schema [$($Req)?] [$($RawReq)?]),
+                raw_request: endpoints!(@raw [$($RawReq)?]),
+                raw_response: endpoints!(@raw [$($RawResp)?]),
                 status: $status,
-                response: endpoints!(@schema $($Resp)?),
-                decode_response: endpoints!(@decode $($Resp)?),
+                response: endpoints!(@schema [$($Resp)?] [$($RawResp)?]),
+                decode_response: endpoints!(@decode [$($Resp)?] [$($RawResp)?]),
                 route: endpoints!(@route $verb $handler),
             },
         )*];
@@ -254,7 +285,7 @@ macro_rules! endpoints {
         /// The declared response types, bound to the handlers (checked by the compiler).
         #[allow(dead_code)]
         fn declared_types_match_the_handlers() {
-            $( answers::<endpoints!(@body $($Resp)?), _, _>(&$handler); )*
+            $( answers::<endpoints!(@body $($Resp)? $($RawResp)?), _, _>(&$handler); )*
         }
     };
 }
@@ -528,6 +559,27 @@ endpoints! {
         auth: Operator, query: NO_Q, headers: IFM,
         status: 204,
     }
+    GET "/v1/blobs" => blobs::list_blobs {
+        "List stored artifacts (content-addressed blobs) and the nodes holding each",
+        auth: Reader, query: LIST_Q, headers: NO_H,
+        status: 200, returns: Page<Blob>,
+    }
+    PUT "/v1/blobs/{digest}" => blobs::put_blob {
+        "Upload an artifact named by its SHA-256 (streamed, verified; answered once two voters hold it; never forwarded)",
+        auth: Operator, query: NO_Q, headers: NO_H,
+        raw_body: Octets,
+        status: 201, returns: Blob,
+    }
+    GET "/v1/blobs/{digest}" => blobs::get_blob {
+        "Download an artifact (from this node's copy or a holder's; Range requests answer 206)",
+        auth: Reader, query: NO_Q, headers: NO_H,
+        status: 200, raw_returns: Octets,
+    }
+    DELETE "/v1/blobs/{digest}" => blobs::delete_blob {
+        "Forget an artifact: every holder removes its copy",
+        auth: Operator, query: NO_Q, headers: IDEM,
+        status: 204,
+    }
     GET "/v1/subnets" => inventory::list_subnets {
         "List subnets",
         auth: Reader, query: LOC_Q, headers: NO_H,
@@ -566,8 +618,13 @@ pub fn is_open(method: &axum::http::Method, path: &str) -> bool {
 }
 
 /// The endpoint serving `method path` (a concrete path: `{id}` segments match any one
-/// segment), if any.
+/// segment), if any. `HEAD` is served by the `GET` endpoint (and needs its role).
 pub fn endpoint_for(method: &axum::http::Method, path: &str) -> Option<&'static Endpoint> {
+    let method = if method == axum::http::Method::HEAD {
+        &axum::http::Method::GET
+    } else {
+        method
+    };
     let segs: Vec<&str> = path.trim_end_matches('/').split('/').collect();
     ENDPOINTS.iter().find(|e| {
         e.verb.http() == *method && {

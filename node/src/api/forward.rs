@@ -2,6 +2,7 @@
 //! leader and the leader's answer is returned unchanged. A forwarded request is never forwarded
 //! again (no loops); a connection that could not be opened is retried against the new leader
 //! until the write timeout, anything else is answered 503 (outcome unknown, never "done").
+//! Blob uploads are the exception: the receiving node stores them (`super::blobs`).
 
 use std::time::Duration;
 
@@ -24,8 +25,14 @@ fn is_write(m: &Method) -> bool {
     )
 }
 
+/// Writes the receiving node serves itself: a blob upload is stored where it arrives (its
+/// record is proposed to the leader afterwards), never buffered to be forwarded.
+fn stays_here(m: &Method, path: &str) -> bool {
+    *m == Method::PUT && path.starts_with("/v1/blobs/")
+}
+
 pub async fn to_leader(State(node): State<AppState>, req: Request, next: Next) -> Response {
-    if !is_write(req.method()) || node.is_leader() {
+    if !is_write(req.method()) || node.is_leader() || stays_here(req.method(), req.uri().path()) {
         return next.run(req).await;
     }
     let already_forwarded = req.headers().contains_key(FORWARDED_HEADER);

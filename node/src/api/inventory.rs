@@ -36,13 +36,21 @@ pub(crate) async fn read_barrier(node: &AppState, stale: Option<bool>) -> HttpRe
 }
 
 pub(crate) fn page_params(q: &ListQuery) -> HttpResult<(Option<u64>, usize)> {
+    page_params_with(q, |c| {
+        c.parse::<u64>()
+            .map_err(|_| HttpError(ApiError::invalid(format!("invalid cursor {c:?}"))))
+    })
+}
+
+/// The cursor (parsed by `cursor`) and the page size of a list request.
+pub(crate) fn page_params_with<K>(
+    q: &ListQuery,
+    cursor: impl Fn(&str) -> HttpResult<K>,
+) -> HttpResult<(Option<K>, usize)> {
     let cursor = match &q.cursor {
         None => None,
         Some(c) if c.is_empty() => None,
-        Some(c) => Some(
-            c.parse::<u64>()
-                .map_err(|_| HttpError(ApiError::invalid(format!("invalid cursor {c:?}"))))?,
-        ),
+        Some(c) => Some(cursor(c)?),
     };
     if let Some(st) = &q.state {
         if MachineState::parse(st).is_none() {

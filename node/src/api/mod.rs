@@ -14,6 +14,7 @@
 //! Layer: above `cluster`; never imports `services`, `server` or `cli`.
 
 pub mod auth;
+pub mod blobs;
 pub mod cluster;
 pub mod endpoints;
 pub mod forward;
@@ -39,15 +40,22 @@ use crate::cluster::Cluster;
 pub struct AppState {
     pub cluster: Arc<dyn Cluster>,
     pub http: reqwest::Client,
+    /// This node's blob store (uploads land here; downloads are served from it).
+    pub blobs: Arc<crate::blobs::BlobStore>,
     /// The ration of catch-ups on unknown bearer tokens ([`auth::CatchUps`]).
     pub catch_ups: Arc<auth::CatchUps>,
 }
 
 impl AppState {
-    pub fn new(cluster: Arc<dyn Cluster>, http: reqwest::Client) -> Self {
+    pub fn new(
+        cluster: Arc<dyn Cluster>,
+        http: reqwest::Client,
+        blobs: Arc<crate::blobs::BlobStore>,
+    ) -> Self {
         AppState {
             cluster,
             http,
+            blobs,
             catch_ups: Arc::new(auth::CatchUps::default()),
         }
     }

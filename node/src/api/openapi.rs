@@ -24,6 +24,15 @@ fn unavailable() -> Value {
     v
 }
 
+/// The media type of a body: raw bytes or JSON.
+fn media(raw: bool) -> &'static str {
+    if raw {
+        "application/octet-stream"
+    } else {
+        "application/json"
+    }
+}
+
 /// The full OpenAPI document.
 pub fn document() -> Value {
     let mut g = SchemaSettings::openapi3().into_generator();
@@ -33,6 +42,9 @@ pub fn document() -> Value {
         let mut params = Vec::new();
         if e.path.contains("{id}") {
             params.push(json!({"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}));
+        }
+        if e.path.contains("{digest}") {
+            params.push(json!({"name": "digest", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"}}));
         }
         for (name, ty, desc) in e.query {
             params.push(json!({"name": name, "in": "query", "required": false, "description": desc, "schema": {"type": ty}}));
@@ -46,7 +58,7 @@ pub fn document() -> Value {
             match e.response {
                 Some(r) => {
                     let r = serde_json::to_value(r(&mut g)).expect("schema serializes");
-                    json!({"description": "OK", "content": {"application/json": {"schema": r}}})
+                    json!({"description": "OK", "content": {media(e.raw_response): {"schema": r}}})
                 }
                 None => json!({"description": "Done"}),
             },
@@ -68,7 +80,7 @@ pub fn document() -> Value {
         if let Some(b) = e.request {
             let b = serde_json::to_value(b(&mut g)).expect("schema serializes");
             op["requestBody"] =
-                json!({"required": true, "content": {"application/json": {"schema": b}}});
+                json!({"required": true, "content": {media(e.raw_request): {"schema": b}}});
         }
         paths
             .entry(e.path.to_string())

@@ -57,7 +57,11 @@ async fn call(
         rb = rb.header("content-type", "application/json");
     }
     let req = rb.body(Body::from(body.to_string())).unwrap();
-    let app = router(AppState::new(c.clone(), reqwest::Client::new()));
+    let app = router(AppState::new(
+        c.clone(),
+        reqwest::Client::new(),
+        test_store(),
+    ));
     let resp = app.oneshot(req).await.unwrap();
     let status = resp.status();
     let retry_after = resp
@@ -305,7 +309,11 @@ async fn expired_and_revoked_tokens_are_refused() {
 #[tokio::test]
 async fn made_up_tokens_cost_a_rationed_number_of_catch_ups() {
     let c = cluster();
-    let app = router(AppState::new(c.clone(), reqwest::Client::new()));
+    let app = router(AppState::new(
+        c.clone(),
+        reqwest::Client::new(),
+        test_store(),
+    ));
     let send = |token: String| {
         let app = app.clone();
         async move {
@@ -683,19 +691,19 @@ async fn a_joiner_of_an_older_build_is_refused_before_its_token_is_spent() {
         }
         v.to_string()
     };
-    for old in [None, Some(1), Some(2)] {
+    let current = rackd_raft::state::ApplyRules::CURRENT.number();
+    for old in [None, Some(1), Some(2), Some(current - 1)] {
         let a = call(&c, Method::POST, "/v1/cluster/join", None, &[], &body(old)).await;
         assert_eq!(a.status, StatusCode::FORBIDDEN, "{old:?}: {}", a.body);
         assert_eq!(error_code(&a), "JoinRejected");
         let msg = a.body["error"]["message"].as_str().unwrap();
-        assert!(msg.contains("apply rules 3"), "{msg}");
+        assert!(msg.contains(&format!("apply rules {current}")), "{msg}");
         assert_eq!(
             c.log().len(),
             entries,
             "{old:?}: a refused joiner wrote nothing"
         );
     }
-    let current = rackd_raft::state::ApplyRules::CURRENT.number();
     let a = call(
         &c,
         Method::POST,
@@ -819,6 +827,10 @@ fn sample(e: &Endpoint, fx: &Fixture, created: &BTreeMap<&str, u64>) -> (String,
         (Verb::Patch, "/v1/images/{id}") => (with(fx.image), body(r#"{"cmdline":"quiet"}"#)),
         (Verb::Patch, "/v1/subnets/{id}") => (with(fx.subnet), body(r#"{"dns":["192.0.2.1"]}"#)),
         (Verb::Delete, "/v1/cluster/members/{id}") => (with(fx.learner), String::new()),
+        (Verb::Put, "/v1/blobs/{digest}") => (blob_path(e.path), body(BLOB)),
+        (Verb::Get, "/v1/blobs/{digest}") | (Verb::Delete, "/v1/blobs/{digest}") => {
+            (blob_path(e.path), String::new())
+        }
         (Verb::Delete, p) => {
             let coll = p.trim_end_matches("/{id}");
             (made(coll), String::new())
@@ -828,6 +840,29 @@ fn sample(e: &Endpoint, fx: &Fixture, created: &BTreeMap<&str, u64>) -> (String,
 }
 
 const JOIN_SECRET: &str = "rackd_join_test_secret";
+
+/// The blob the samples upload, download and forget.
+const BLOB: &str = "an artifact's bytes";
+
+fn blob_path(template: &str) -> String {
+    let d = crate::blobs::store::digest_of(BLOB.as_bytes());
+    template.replace("{digest}", d.as_str())
+}
+
+/// The blob store of the tests' routers: one per test process, in a directory removed when
+/// the process ends... or left in the temporary directory if it is killed.
+fn test_store() -> Arc<crate::blobs::BlobStore> {
+    static STORE: std::sync::OnceLock<(tempfile::TempDir, Arc<crate::blobs::BlobStore>)> =
+        std::sync::OnceLock::new();
+    STORE
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let s = crate::blobs::BlobStore::open(dir.path(), 1 << 20).unwrap();
+            (dir, s)
+        })
+        .1
+        .clone()
+}
 
 struct Fixture {
     location: u64,
@@ -965,6 +1000,7 @@ async fn every_endpoint_answers_its_declared_status_and_type() {
         .collect();
     order.extend(ENDPOINTS.iter().rev().filter(|e| e.verb == Verb::Delete));
     let mut created: BTreeMap<&str, u64> = BTreeMap::new();
+    let store = test_store();
     for e in order {
         let (path, body) = sample(e, &fx, &created);
         let token = (e.auth != Auth::Open).then_some(TOKEN);
@@ -972,7 +1008,11 @@ async fn every_endpoint_answers_its_declared_status_and_type() {
         if let Some(t) = token {
             rb = rb.header("authorization", format!("Bearer {t}"));
         }
-        let app = router(AppState::new(c.clone(), reqwest::Client::new()));
+        let app = router(AppState::new(
+            c.clone(),
+            reqwest::Client::new(),
+            store.clone(),
+        ));
         let resp = app
             .oneshot(rb.body(Body::from(body)).unwrap())
             .await

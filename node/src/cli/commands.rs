@@ -243,6 +243,7 @@ pub async fn client(
             );
             Ok(())
         }
+        Cmd::Blobs(bc) => crate::cli::blobs::run(&c, json, bc).await,
         Cmd::Events { after, limit } => events(&c, json, after, limit).await,
     }
 }

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub use crate::config::args::UpArgs;
 
+pub mod blobs;
 pub mod commands;
 pub mod image;
 pub mod log;
@@ -102,6 +103,9 @@ pub enum Cmd {
     /// Node certificates.
     #[command(subcommand)]
     Certs(CertCmd),
+    /// Content-addressed artifacts (kernels, initrds, root filesystems) stored by the cluster.
+    #[command(subcommand)]
+    Blobs(BlobCmd),
     /// The journal of changes.
     Events {
         #[arg(long)]
@@ -326,6 +330,19 @@ pub enum CertCmd {
     /// its next check (`--cert-check-secs`, 30 s by default). `rackd status` on a node shows
     /// when its certificate was issued.
     Rotate,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BlobCmd {
+    /// Upload FILE (streamed, with progress on a terminal); prints its digest once two voters
+    /// hold it.
+    Put { file: PathBuf },
+    /// Download blob DIGEST into FILE (verified before it is renamed into place).
+    Get { digest: String, file: PathBuf },
+    /// List blobs and the nodes holding them.
+    List,
+    /// Forget a blob: every node removes its copy.
+    Remove { digest: String },
 }
 
 #[derive(Debug, Subcommand)]

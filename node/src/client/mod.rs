@@ -39,6 +39,9 @@ pub enum ClientError {
     },
     #[error("cannot encode the request body: {0}")]
     Encode(#[from] serde_json::Error),
+    /// A local file could not be read or written, or a download was not what it claimed.
+    #[error("{0}")]
+    Local(String),
 }
 
 impl ClientError {
@@ -56,7 +59,7 @@ impl ClientError {
         match self {
             ClientError::Api { status, .. } => *status == 503,
             ClientError::Transport { source, .. } => unreachable_too || !source.is_connect(),
-            ClientError::Decode { .. } | ClientError::Encode(_) => false,
+            ClientError::Decode { .. } | ClientError::Encode(_) | ClientError::Local(_) => false,
         }
     }
 }
@@ -217,23 +220,10 @@ impl Client {
             source,
         })?;
         let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let body = resp.text().await.unwrap_or_default();
         if !(200..300).contains(&status) {
-            let error = match serde_json::from_str::<ErrorBody>(&body) {
-                Ok(b) => b.error,
-                Err(_) => ApiError::new(ErrorCode::Internal, body),
-            };
-            return Err(ClientError::Api {
-                status,
-                error,
-                retry_after,
-            });
+            return Err(api_error(resp).await);
         }
+        let body = resp.text().await.unwrap_or_default();
         let text = if body.is_empty() {
             "null"
         } else {
@@ -321,6 +311,29 @@ impl Client {
             .map(|_| ())
     }
 }
+
+/// The error a non-2xx answer carries (its JSON error body, or the text as an internal error).
+async fn api_error(resp: reqwest::Response) -> ClientError {
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let body = resp.text().await.unwrap_or_default();
+    let error = match serde_json::from_str::<ErrorBody>(&body) {
+        Ok(b) => b.error,
+        Err(_) => ApiError::new(ErrorCode::Internal, body),
+    };
+    ClientError::Api {
+        status,
+        error,
+        retry_after,
+    }
+}
+
+pub mod blobs;
+pub use blobs::digest_file;
 
 #[cfg(test)]
 mod tests;

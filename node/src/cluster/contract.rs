@@ -136,6 +136,15 @@ pub trait Cluster: Send + Sync + 'static {
         &self,
         location_id: u64,
     ) -> BoxFuture<'_, Result<super::sealing::LocationKey, ApiError>>;
+    /// Stream `len` bytes of blob `digest` from `offset` out of member `from`'s copy (over
+    /// the peer transport). The bytes are not verified here: the receiver hashes them.
+    fn fetch_blob<'a>(
+        &'a self,
+        from: u64,
+        digest: &'a rackd_types::Digest,
+        offset: u64,
+        len: u64,
+    ) -> BoxFuture<'a, Result<crate::blobs::Chunks, ApiError>>;
 }
 
 /// The rule for removing member `id`: it must be a member, and never the last voter. Returns

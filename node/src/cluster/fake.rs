@@ -243,6 +243,19 @@ impl Cluster for FakeCluster {
                 .map_err(|e| ApiError::internal(e.to_string()))
         })
     }
+    fn fetch_blob<'a>(
+        &'a self,
+        from: u64,
+        digest: &'a rackd_types::Digest,
+        _offset: u64,
+        _len: u64,
+    ) -> BoxFuture<'a, Result<crate::blobs::Chunks, ApiError>> {
+        Box::pin(async move {
+            Err(ApiError::unavailable(format!(
+                "the fake cluster has no peers: node {from} cannot send {digest}"
+            )))
+        })
+    }
     fn cluster_ca(&self) -> Result<super::pki::CaBundle, ApiError> {
         let mut g = self.lock();
         if g.ca.is_none() {

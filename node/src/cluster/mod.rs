@@ -237,6 +237,30 @@ impl Cluster for ClusterHandle {
     ) -> BoxFuture<'_, Result<sealing::LocationKey, ApiError>> {
         Box::pin(ClusterHandle::location_key(self, location_id))
     }
+    fn fetch_blob<'a>(
+        &'a self,
+        from: u64,
+        digest: &'a rackd_types::Digest,
+        offset: u64,
+        len: u64,
+    ) -> BoxFuture<'a, Result<crate::blobs::Chunks, ApiError>> {
+        Box::pin(async move {
+            let Some(info) = self.status().members.get(&from).cloned() else {
+                return Err(ApiError::unavailable(format!(
+                    "node {from} (holding blob {digest}) is no member"
+                )));
+            };
+            let req = rackd_raft::network::FetchBlobRequest {
+                digest: digest.to_string(),
+                offset,
+                len,
+            };
+            self.net
+                .fetch_blob(from, &info.peer, &req, Duration::from_secs(10))
+                .await
+                .map_err(ApiError::unavailable)
+        })
+    }
     fn cluster_ca(&self) -> Result<pki::CaBundle, ApiError> {
         match pki::Pki::in_data_dir(&self.data_dir).load_ca() {
             Ok(Some(ca)) => Ok(ca),

@@ -179,4 +179,15 @@ pub struct UpArgs {
     /// API address changed, or `rackd certs rotate`).
     #[arg(long, default_value_t = 30)]
     pub cert_check_secs: u64,
+    /// Largest artifact (blob) this node accepts, in bytes.
+    #[arg(long, default_value_t = 64 << 30)]
+    pub blob_max_bytes: u64,
+    /// Seconds between passes of the blob keeper (copies to a second voter, lost copies,
+    /// copies of forgotten blobs).
+    #[arg(long, default_value_t = 5)]
+    pub blob_check_secs: u64,
+    /// A copy in this node's blob store that no record names (a forgotten blob, an upload
+    /// whose record never came) is removed once it is this many seconds old.
+    #[arg(long, default_value_t = 600)]
+    pub blob_orphan_secs: u64,
 }

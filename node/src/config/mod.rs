@@ -58,6 +58,16 @@ pub struct NodeConfig {
     pub location: Option<LocationConfig>,
     /// How often the node checks whether its certificate is due for renewal.
     pub cert_check: Duration,
+    /// The blob store and its keeper.
+    pub blobs: BlobConfig,
+}
+
+/// The blob store (`DATA_DIR/blobs`) and its keeper (`services::blobs`).
+#[derive(Debug, Clone)]
+pub struct BlobConfig {
+    pub max_bytes: u64,
+    pub check: Duration,
+    pub orphan_after: Duration,
 }
 
 /// Connection limits of the HTTP API (see `api::listener`).
@@ -250,6 +260,11 @@ impl NodeConfig {
             write_timeout: Duration::from_secs(args.write_timeout_secs.max(1)),
             task_lost: (args.task_lost_secs > 0).then(|| Duration::from_secs(args.task_lost_secs)),
             cert_check: Duration::from_secs(args.cert_check_secs.max(1)),
+            blobs: BlobConfig {
+                max_bytes: args.blob_max_bytes,
+                check: Duration::from_secs(args.blob_check_secs.max(1)),
+                orphan_after: Duration::from_secs(args.blob_orphan_secs),
+            },
             location,
         })
     }

@@ -8,6 +8,7 @@
 //! removed) stops them all. Layer: depends on `config` and `cluster`; must never import `api`
 //! or `server`.
 
+pub mod blobs;
 pub mod dhcp;
 pub mod executor;
 pub mod http_boot;

@@ -246,6 +246,7 @@ impl State {
                 format!("node {node} removed; its id is never admitted again"),
             );
         }
+        self.drop_holder_everywhere(node);
         Ok(Applied::Done)
     }
 

@@ -8,6 +8,7 @@
 //! Derived indexes (MAC → machine, IP → machine, names, token hashes) are rebuilt on load and
 //! maintained by apply; they are never persisted.
 
+mod blobs;
 pub mod bmc_sessions;
 pub mod cluster;
 mod deploy;
@@ -84,6 +85,7 @@ pub mod tables {
     pub const IDEMPOTENCY: u8 = 9;
     pub const IMAGES: u8 = 10;
     pub const TASKS: u8 = 11;
+    pub const BLOBS: u8 = 12;
 }
 
 /// THE registry of state-machine tables: persistence ([`State::drain_changes`]), snapshot
@@ -116,6 +118,7 @@ state_tables! {
     IDEMPOTENCY => idempotency,
     IMAGES => images,
     TASKS => tasks,
+    BLOBS => blobs,
 }
 
 /// Singleton counters and cluster identity (stored as one row of the META table).
@@ -232,6 +235,9 @@ pub struct State {
     pub images: Table<u64, Image>,
     #[serde(default)]
     pub tasks: Table<u64, Task>,
+    /// Content-addressed artifacts and the nodes holding them, by digest (`sha256:<hex>`).
+    #[serde(default)]
+    pub blobs: Table<String, rackd_types::Blob>,
     #[serde(skip)]
     meta_dirty: bool,
     #[serde(skip)]
@@ -311,7 +317,9 @@ impl State {
         }
         match self.meta.rules {
             ApplyRules::Format1 => self.apply_format1(now, req),
-            ApplyRules::Format2 | ApplyRules::Rules3 => self.apply_format2(now, req),
+            ApplyRules::Format2 | ApplyRules::Rules3 | ApplyRules::Rules4 => {
+                self.apply_format2(now, req)
+            }
         }
     }
 
@@ -498,6 +506,13 @@ impl State {
                 source,
                 ttl_ms,
             } => self.grant_bmc_session(now, actor, *machine_id, source, *ttl_ms),
+            Command::RecordBlob { digest, size, node } => {
+                self.record_blob(now, actor, digest, *size, *node)
+            }
+            Command::DropBlobHolder { digest, node } => {
+                self.drop_blob_holder(now, actor, digest, *node)
+            }
+            Command::ForgetBlob { digest } => self.forget_blob(now, actor, digest),
             Command::Journal {
                 kind,
                 entity,

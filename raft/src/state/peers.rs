@@ -8,7 +8,8 @@
 //!   task it holds);
 //! - power states its periodic sync observed;
 //! - an install callback it received (checked against the machine's deploy token by apply),
-//!   in the machine's name.
+//!   in the machine's name;
+//! - that it holds a verified copy of a blob, or lost one (for itself only).
 //!
 //! Anything else a member sends is refused before it reaches the log, so a member's
 //! certificate (a location learner's too) cannot create API tokens, change the inventory or
@@ -40,6 +41,14 @@ impl State {
             Command::ClaimTask { node, .. } => Err(format!(
                 "node {caller} may not claim a task for node {node}"
             )),
+            Command::RecordBlob { node, .. } | Command::DropBlobHolder { node, .. }
+                if *node == caller =>
+            {
+                Ok(())
+            }
+            Command::RecordBlob { node, .. } | Command::DropBlobHolder { node, .. } => Err(
+                format!("node {caller} may not speak for node {node}'s blob store"),
+            ),
             Command::RenewTaskLease { id, .. } | Command::FinishTask { id, .. } => {
                 match self.tasks.get(id).map(|t| t.assignee) {
                     // Unknown task: apply refuses it.

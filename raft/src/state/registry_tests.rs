@@ -121,6 +121,15 @@ pub(super) fn populated() -> State {
             machine_id: mid,
         },
     );
+    next(
+        &mut s,
+        None,
+        Command::RecordBlob {
+            digest: rackd_types::Digest::from_sha256(&[9; 32]),
+            size: 4096,
+            node: 1,
+        },
+    );
     s
 }
 

@@ -21,6 +21,9 @@
 //!   password clears the stored one (it was the old BMC's secret, and would otherwise be sent
 //!   to whatever now answers at the new address). Since these rules, the leader also proposes
 //!   the commands of [`crate::cmd::Command::needs_rules`] (token revocation, BMC session grants).
+//! - [`ApplyRules::Rules4`]: rules 3 plus the blob records (content-addressed artifacts); no
+//!   older entry is decided differently, the version exists so that blob commands are
+//!   proposed only once every member decodes them.
 //!
 //! A cluster moves to newer rules only when every member reports that its build knows them
 //! ([`crate::NodeInfo::known_rules`]): a member of an older build could not decode the
@@ -46,19 +49,23 @@ pub enum ApplyRules {
     Format1,
     /// The rules of on-disk format 2 before rules 3 (frozen).
     Format2,
-    /// Today's rules (on-disk format 2): moving a BMC clears its password.
+    /// Moving a BMC clears its password (frozen since rules 4).
     Rules3,
+    /// Today's rules: rules 3, and the blob records (`RecordBlob`, `DropBlobHolder`,
+    /// `ForgetBlob`) older builds cannot decode.
+    Rules4,
 }
 
 impl ApplyRules {
     /// The newest rules this build knows; a cluster moves to them by `AdoptRules`.
-    pub const CURRENT: ApplyRules = ApplyRules::Rules3;
+    pub const CURRENT: ApplyRules = ApplyRules::Rules4;
 
-    pub fn number(self) -> u32 {
+    pub const fn number(self) -> u32 {
         match self {
             ApplyRules::Format1 => 1,
             ApplyRules::Format2 => 2,
             ApplyRules::Rules3 => 3,
+            ApplyRules::Rules4 => 4,
         }
     }
 
@@ -78,7 +85,9 @@ impl ApplyRules {
     pub fn idempotency_ttl(self, full_key: &str) -> u64 {
         match self {
             ApplyRules::Format1 => IDEMPOTENCY_TTL_MS,
-            ApplyRules::Format2 | ApplyRules::Rules3 => super::idempotency_ttl(full_key),
+            ApplyRules::Format2 | ApplyRules::Rules3 | ApplyRules::Rules4 => {
+                super::idempotency_ttl(full_key)
+            }
         }
     }
 }
@@ -103,6 +112,7 @@ impl TryFrom<u32> for ApplyRules {
             1 => Ok(ApplyRules::Format1),
             2 => Ok(ApplyRules::Format2),
             3 => Ok(ApplyRules::Rules3),
+            4 => Ok(ApplyRules::Rules4),
             n => Err(format!(
                 "the replicated state applies under rules version {n}, and this rackd knows \
                  versions 1 to {}: upgrade this node to the cluster's release",
@@ -408,7 +418,8 @@ mod tests {
 
     #[test]
     fn unknown_rules_are_refused_when_decoded() {
-        let e = serde_json::from_str::<ApplyRules>("4").unwrap_err();
+        let next = (ApplyRules::CURRENT.number() + 1).to_string();
+        let e = serde_json::from_str::<ApplyRules>(&next).unwrap_err();
         assert!(e.to_string().contains("upgrade this node"), "{e}");
         assert_eq!(serde_json::to_string(&ApplyRules::Format1).unwrap(), "1");
         let meta: super::super::SmMeta = serde_json::from_str(

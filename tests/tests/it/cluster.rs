@@ -12,6 +12,9 @@ use crate::util::{create_machine, machine_count, setup_location};
 
 const T: Duration = Duration::from_secs(30);
 
+/// The apply rules of this build, as members report them.
+const CURRENT_RULES: u32 = rackd_raft::state::ApplyRules::CURRENT.number();
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_two_joins_follower_write_visible_everywhere() {
     let mut c = Cluster::start("three", 3, &[]).await.expect("cluster");
@@ -21,8 +24,11 @@ async fn bootstrap_two_joins_follower_write_visible_everywhere() {
     assert!(ci.members.iter().all(|m| m.role == "voter"), "{ci:?}");
     // Every member reports its build's apply rules (at bootstrap and join), and the cluster
     // decides entries by them.
-    assert!(ci.members.iter().all(|m| m.apply_rules == 3), "{ci:?}");
-    assert_eq!(ci.apply_rules, 3);
+    assert!(
+        ci.members.iter().all(|m| m.apply_rules == CURRENT_RULES),
+        "{ci:?}"
+    );
+    assert_eq!(ci.apply_rules, CURRENT_RULES);
     let ids: Vec<u64> = ci.members.iter().map(|m| m.id).collect();
     assert_eq!(ids, vec![1, 2, 3], "node ids are allocated in order");
 
@@ -474,7 +480,7 @@ async fn join_tokens_are_single_use_and_checked() {
     let mut c = Cluster::start("tokens", 1, &[]).await.expect("cluster");
     let key = rackd::cluster::pki::NodeKey::generate().unwrap();
     let csr = key.csr_pem.clone();
-    let body = |tok: &str, api: &str| json!({"token": tok, "api_addr": api, "peer_addr": "127.0.0.9:1", "csr": csr, "apply_rules": 3});
+    let body = |tok: &str, api: &str| json!({"token": tok, "api_addr": api, "peer_addr": "127.0.0.9:1", "csr": csr, "apply_rules": CURRENT_RULES});
     let (s, v) = c
         .request(
             0,
@@ -506,11 +512,15 @@ async fn join_tokens_are_single_use_and_checked() {
         (s, v["error"]["code"].as_str()),
         (403, Some("JoinRejected"))
     );
-    assert!(v.to_string().contains("apply rules 3"), "{v}");
+    assert!(
+        v.to_string()
+            .contains(&format!("apply rules {CURRENT_RULES}")),
+        "{v}"
+    );
     // Phase 1 needs a sound CSR; without one the token is not spent.
     for bad in [
-        json!({"token": tok.token, "api_addr": "a:1", "peer_addr": "127.0.0.9:1", "apply_rules": 3}),
-        json!({"token": tok.token, "api_addr": "a:1", "peer_addr": "127.0.0.9:1", "apply_rules": 3, "csr": "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"}),
+        json!({"token": tok.token, "api_addr": "a:1", "peer_addr": "127.0.0.9:1", "apply_rules": CURRENT_RULES}),
+        json!({"token": tok.token, "api_addr": "a:1", "peer_addr": "127.0.0.9:1", "apply_rules": CURRENT_RULES, "csr": "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"}),
     ] {
         let (s, v) = c
             .request(0, Method::POST, "/v1/cluster/join", Some(bad), &[])
@@ -733,7 +743,7 @@ async fn half_joined_member_can_be_removed() {
     // A node that never comes up: phase 1 gives it an id, phase 2 adds it as a learner that
     // can never catch up (the client gives up waiting).
     let csr = rackd::cluster::pki::NodeKey::generate().unwrap().csr_pem;
-    let body = |id: Option<u64>| json!({"token": tok.token, "api_addr": "127.0.0.1:9", "peer_addr": "127.0.0.1:9", "node_id": id, "csr": csr, "apply_rules": 3});
+    let body = |id: Option<u64>| json!({"token": tok.token, "api_addr": "127.0.0.1:9", "peer_addr": "127.0.0.1:9", "node_id": id, "csr": csr, "apply_rules": CURRENT_RULES});
     let (s, v) = c
         .request(0, Method::POST, "/v1/cluster/join", Some(body(None)), &[])
         .await
@@ -779,7 +789,7 @@ async fn half_joined_member_can_be_removed() {
 
     // Removed stays removed: replaying its token, from its old addresses or new ones, in
     // either phase, is refused at once and admits nothing.
-    let moved = |id: Option<u64>| json!({"token": tok.token, "api_addr": "127.0.0.1:19", "peer_addr": "127.0.0.1:19", "node_id": id, "csr": csr, "apply_rules": 3});
+    let moved = |id: Option<u64>| json!({"token": tok.token, "api_addr": "127.0.0.1:19", "peer_addr": "127.0.0.1:19", "node_id": id, "csr": csr, "apply_rules": CURRENT_RULES});
     for (what, b) in [
         ("phase 2", body(Some(id))),
         ("phase 2, new addresses", moved(Some(id))),

@@ -132,6 +132,17 @@ async fn populate(c: &Cluster) {
         .post_json(0, "/v1/tokens/join", &json!({"ttl_secs": 600}))
         .await
         .unwrap();
+    let blob = b"a kernel, say";
+    let digest = rackd::blobs::store::digest_of(blob);
+    let r = c
+        .http
+        .put(format!("{}/v1/blobs/{digest}", c.url(0)))
+        .bearer_auth(&c.token)
+        .body(blob.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201, "{:?}", r.text().await);
     let _: Value = c
         .post_json(0, "/v1/tokens/api", &json!({"name": "ops"}))
         .await
