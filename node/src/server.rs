@@ -133,7 +133,8 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         stop_rx,
     );
 
-    let services = ServiceSet::start(cfg.location.as_ref(), &dir, node.clone()).await?;
+    let services =
+        ServiceSet::start(cfg.location.as_ref(), &dir, node.clone(), blobs.clone()).await?;
 
     let mut background = vec![
         AbortOnDrop(tokio::spawn(membership::readvertise(node.clone()))),
@@ -152,6 +153,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             node.clone(),
             blobs.clone(),
             cfg.blobs.clone(),
+            cfg.location.as_ref().map(|l| l.name.clone()),
         ))),
     ];
     if let Some(limit) = cfg.task_lost {

@@ -338,6 +338,9 @@ impl Command {
             Command::RecordBlob { .. }
             | Command::DropBlobHolder { .. }
             | Command::ForgetBlob { .. } => ApplyRules::Rules4,
+            // Older builds would drop the root filesystem.
+            Command::CreateImage(c) if c.rootfs.is_some() => ApplyRules::Rules4,
+            Command::UpdateImage { patch, .. } if patch.rootfs.is_some() => ApplyRules::Rules4,
             _ => ApplyRules::Format1,
         }
     }

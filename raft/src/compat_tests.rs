@@ -128,6 +128,7 @@ fn every_command() -> Vec<Command> {
             kernel: "k".into(),
             initrd: "r".into(),
             cmdline: "c".into(),
+            rootfs: None,
         }),
         Command::UpdateImage {
             id: 5,
@@ -136,6 +137,7 @@ fn every_command() -> Vec<Command> {
                 kernel: Some("k".into()),
                 initrd: Some("r".into()),
                 cmdline: Some("c".into()),
+                rootfs: None,
             },
         },
         Command::DeleteImage {

@@ -321,8 +321,9 @@ pub struct Subnet {
     pub reserved_ranges: Vec<IpRange>,
 }
 
-/// An OS image (template) machines are deployed with. `kernel`/`initrd` are artifact paths
-/// served by location nodes' HTTP boot servers (from their artifacts directory).
+/// An OS image (template) machines are deployed with. `kernel`/`initrd` are each a blob's
+/// digest (`sha256:<hex>`: stored by the cluster, fetched and cached by the location) or an
+/// artifact path under the location nodes' artifacts directory (copied there by hand).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Image {
     #[serde(flatten)]
@@ -332,6 +333,19 @@ pub struct Image {
     pub initrd: String,
     #[serde(default)]
     pub cmdline: String,
+    /// The root filesystem's blob, for installers that fetch one (`rackd.rootfs=<url>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<String>,
+}
+
+impl Image {
+    /// The blobs the image is made of (its artifacts given as digests).
+    pub fn blobs(&self) -> impl Iterator<Item = crate::Digest> + '_ {
+        [Some(&self.kernel), Some(&self.initrd), self.rootfs.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|a| crate::Digest::parse(a).ok())
+    }
 }
 
 /// One journal record: who did what, when.

@@ -140,10 +140,16 @@ write_requests! {
     #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
     pub struct CreateImage {
         pub name: String,
+        /// A relative path under the location nodes' artifacts directory, or the digest
+        /// (`sha256:<hex>`) of a stored blob.
         pub kernel: String,
+        /// Like `kernel`.
         pub initrd: String,
         #[serde(default)]
         pub cmdline: String,
+        /// The root filesystem's blob (`sha256:<hex>`), for installers that fetch one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub rootfs: Option<String>,
     }
 
     #[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
@@ -151,6 +157,8 @@ write_requests! {
         pub kernel: Option<String>,
         pub initrd: Option<String>,
         pub cmdline: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub rootfs: Option<String>,
     }
 
     #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]

@@ -901,6 +901,7 @@ async fn fixture(c: &Arc<FakeCluster>) -> Fixture {
                 kernel: "vmlinuz".into(),
                 initrd: "initrd".into(),
                 cmdline: String::new(),
+                rootfs: None,
             }),
         )
         .into_image()

@@ -58,6 +58,8 @@ pub struct BlobStore {
     tmp: PathBuf,
     max_size: u64,
     held: Mutex<HashMap<Digest, usize>>,
+    /// One fetch at a time per digest ([`BlobStore::fetch_lock`]).
+    fetching: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Keeps the sweep away from one digest while it lives ([`BlobStore::hold`]).
@@ -94,11 +96,32 @@ impl BlobStore {
             tmp,
             max_size,
             held: Mutex::new(HashMap::new()),
+            fetching: Mutex::new(HashMap::new()),
         }))
     }
 
     pub fn max_size(&self) -> u64 {
         self.max_size
+    }
+
+    /// The directory of verified copies: a copy's file name is its digest's hex.
+    pub fn dir(&self) -> &Path {
+        &self.blobs
+    }
+
+    /// The lock whoever fetches `d` holds, so that a boot storm asking a location node for
+    /// an artifact it lacks starts one transfer, not one per machine.
+    pub fn fetch_lock(&self, d: &Digest) -> Arc<tokio::sync::Mutex<()>> {
+        let mut f = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+        f.retain(|_, l| Arc::strong_count(l) > 1);
+        f.entry(d.clone()).or_default().clone()
+    }
+
+    /// Mark the copy of `d` as used now (the cache evicts the least recently used first).
+    pub fn touch(&self, d: &Digest) {
+        if let Ok(f) = File::options().write(true).open(self.path(d)) {
+            let _ = f.set_modified(SystemTime::now());
+        }
     }
 
     fn path(&self, d: &Digest) -> PathBuf {

@@ -190,4 +190,11 @@ pub struct UpArgs {
     /// whose record never came) is removed once it is this many seconds old.
     #[arg(long, default_value_t = 600)]
     pub blob_orphan_secs: u64,
+    /// The leader forgets a blob that no image uses once it is this many seconds old.
+    #[arg(long, default_value_t = 3600)]
+    pub blob_gc_secs: u64,
+    /// Bytes of blobs a location node (a learner) keeps cached; the least recently used are
+    /// dropped beyond it. Voters keep every copy they hold.
+    #[arg(long, default_value_t = 50 << 30)]
+    pub blob_cache_bytes: u64,
 }

@@ -68,6 +68,10 @@ pub struct BlobConfig {
     pub max_bytes: u64,
     pub check: Duration,
     pub orphan_after: Duration,
+    /// Age after which the leader forgets a blob no image uses.
+    pub gc_after: Duration,
+    /// What a location node keeps cached.
+    pub cache_bytes: u64,
 }
 
 /// Connection limits of the HTTP API (see `api::listener`).
@@ -264,6 +268,8 @@ impl NodeConfig {
                 max_bytes: args.blob_max_bytes,
                 check: Duration::from_secs(args.blob_check_secs.max(1)),
                 orphan_after: Duration::from_secs(args.blob_orphan_secs),
+                gc_after: Duration::from_secs(args.blob_gc_secs),
+                cache_bytes: args.blob_cache_bytes,
             },
             location,
         })

@@ -8,8 +8,15 @@
 //!   (`DropBlobHolder`), so another voter copies the blob again;
 //! - on a voter, a blob held by too few voters is copied from a holder over the peer
 //!   transport, verified while written. The lacking voters with the lowest ids copy first;
-//!   when they have not after [`TAKE_OVER`], any lacking voter does.
+//!   when they have not after [`TAKE_OVER`], any lacking voter does;
+//! - on a location node, the blobs of the images its deploying machines boot are fetched
+//!   ahead of the machines (so a site cut off after the deploy still boots them), and the
+//!   copies it holds are bounded by the cache size: the least recently used copies no
+//!   deploying machine needs are dropped first (a location node is a cache; voters never
+//!   drop a copy);
+//! - on the leader, a blob no image uses is forgotten once it is older than the GC age.
 //!
+//! A location node fetches from a holder at its own site first, then from the voters.
 //! Copies being written are held in the store, so the sweep never removes them. Layer:
 //! services; depends on `cluster` and `blobs`.
 
@@ -36,12 +43,44 @@ pub struct Keeper {
     short_since: HashMap<Digest, Instant>,
 }
 
-/// Run a pass every `cfg.check`; stops only when aborted.
-pub async fn run(node: Arc<dyn Cluster>, store: Arc<BlobStore>, cfg: BlobConfig) {
+/// Run a pass every `cfg.check`; stops only when aborted. `location`: the site this node
+/// serves, if any.
+pub async fn run(
+    node: Arc<dyn Cluster>,
+    store: Arc<BlobStore>,
+    cfg: BlobConfig,
+    location: Option<String>,
+) {
     let mut k = Keeper::default();
     loop {
         tokio::time::sleep(cfg.check).await;
-        k.pass(node.as_ref(), &store, cfg.orphan_after).await;
+        k.pass(node.as_ref(), &store, &cfg, location.as_deref())
+            .await;
+    }
+}
+
+/// Make sure this node has a verified copy of blob `d` (fetching it once, however many ask
+/// at the same time). The blob must be recorded.
+pub async fn ensure_local(
+    node: &dyn Cluster,
+    store: &Arc<BlobStore>,
+    d: &Digest,
+) -> Result<(), String> {
+    if store.size(d).is_some() {
+        return Ok(());
+    }
+    let lock = store.fetch_lock(d);
+    let _one = lock.lock().await;
+    if store.size(d).is_some() {
+        return Ok(());
+    }
+    let Some(b) = node.state().blob(d).cloned() else {
+        return Err(format!("blob {d} is not stored in the cluster"));
+    };
+    if copy(node, store, &b).await {
+        Ok(())
+    } else {
+        Err(format!("no holder of blob {d} could send it"))
     }
 }
 
@@ -51,8 +90,10 @@ impl Keeper {
         &mut self,
         node: &dyn Cluster,
         store: &Arc<BlobStore>,
-        orphan_after: Duration,
+        cfg: &BlobConfig,
+        location: Option<&str>,
     ) -> usize {
+        let orphan_after = cfg.orphan_after;
         let st = node.state();
         let me = node.id();
         let status = node.status();
@@ -116,8 +157,21 @@ impl Keeper {
                 }
             }
         }
+        if node.is_leader() {
+            collect_garbage(node, cfg.gc_after).await;
+        }
         if !status.voters.contains(&me) {
-            return 0;
+            let Some(site) = location else { return 0 };
+            let needed = needed_at(&st, site);
+            drop(st);
+            let mut copied = 0;
+            for d in &needed {
+                if store.size(d).is_none() && ensure_local(node, store, d).await.is_ok() {
+                    copied += 1;
+                }
+            }
+            evict(node, store, cfg.cache_bytes, &needed).await;
+            return copied;
         }
         let want = copies_wanted(status.voters.len());
         let mut todo: Vec<Blob> = Vec::new();
@@ -156,14 +210,110 @@ impl Keeper {
     }
 }
 
-/// Copy blob `b` from one of its holders (voters first) into this node's store and record
-/// it. Whether it was copied.
+/// The blobs the images of `site`'s deploying machines are made of.
+fn needed_at(st: &rackd_raft::state::State, site: &str) -> std::collections::BTreeSet<Digest> {
+    st.machines
+        .values()
+        .map(|m| &m.machine)
+        .filter(|m| m.location == site && m.state == rackd_types::MachineState::Deploying)
+        .filter_map(|m| st.image_by_name(m.image.as_deref()?))
+        .flat_map(|i| i.blobs().collect::<Vec<_>>())
+        .collect()
+}
+
+/// Keep this (location) node's copies within `cap` bytes: drop the least recently used ones
+/// that no deploying machine needs, saying so first so that nobody fetches them from here.
+async fn evict(
+    node: &dyn Cluster,
+    store: &Arc<BlobStore>,
+    cap: u64,
+    needed: &std::collections::BTreeSet<Digest>,
+) {
+    let s = store.clone();
+    let Ok(Ok(mut local)) = tokio::task::spawn_blocking(move || s.list()).await else {
+        return;
+    };
+    let mut total: u64 = local.iter().map(|(_, n, _)| n).sum();
+    if total <= cap {
+        return;
+    }
+    local.sort_by_key(|(_, _, used)| *used);
+    let me = node.id();
+    for (d, size, _) in local {
+        if total <= cap {
+            break;
+        }
+        if needed.contains(&d) || store.is_held(&d) {
+            continue;
+        }
+        if node
+            .state()
+            .blob(&d)
+            .is_some_and(|b| b.holders.contains(&me))
+        {
+            let cmd = Command::DropBlobHolder {
+                digest: d.clone(),
+                node: me,
+            };
+            if let Err(e) = node
+                .propose_anywhere(&format!("node:{me}"), None, cmd)
+                .await
+            {
+                tracing::warn!(digest = %d, error = %e.message, "cannot drop a cached copy");
+                continue;
+            }
+        }
+        match store.remove(&d) {
+            Ok(()) => {
+                total -= size;
+                tracing::info!(digest = %d, size, "evicted a cached copy");
+            }
+            Err(e) => tracing::warn!(digest = %d, error = %e, "cannot evict"),
+        }
+    }
+}
+
+/// On the leader: forget the blobs no image uses once they are older than `age` (time to
+/// create the image an upload is for).
+async fn collect_garbage(node: &dyn Cluster, age: Duration) {
+    let st = node.state();
+    let now = crate::cluster::now_ms();
+    let old: Vec<Digest> = st
+        .blobs
+        .values()
+        .filter(|b| now.saturating_sub(b.created_at) >= age.as_millis() as u64)
+        .filter(|b| st.image_using_blob(&b.digest).is_none())
+        .map(|b| b.digest.clone())
+        .collect();
+    drop(st);
+    for d in old {
+        let cmd = Command::ForgetBlob { digest: d.clone() };
+        match node
+            .propose(&format!("node:{}", node.id()), None, cmd)
+            .await
+        {
+            Ok(_) => tracing::info!(digest = %d, "forgot a blob no image uses"),
+            Err(e) => tracing::warn!(digest = %d, error = %e.message, "cannot forget a blob"),
+        }
+    }
+}
+
+/// Copy blob `b` from one of its holders into this node's store and record it: holders at
+/// this node's site first, then voters, then the rest. Whether it was copied.
 pub async fn copy(node: &dyn Cluster, store: &Arc<BlobStore>, b: &Blob) -> bool {
     let me = node.id();
     let _hold = store.hold(&b.digest);
     let voters = node.status().voters;
+    let sites = node.state().meta.node_sites.clone();
+    let site = sites.get(&me);
     let mut from: Vec<u64> = b.holders.iter().copied().filter(|h| *h != me).collect();
-    from.sort_by_key(|h| (!voters.contains(h), *h));
+    from.sort_by_key(|h| {
+        (
+            site.is_none() || sites.get(h) != site,
+            !voters.contains(h),
+            *h,
+        )
+    });
     for h in from {
         let chunks = match node.fetch_blob(h, &b.digest, 0, b.size).await {
             Ok(c) => crate::blobs::with_idle_timeout(c, IDLE),

@@ -68,6 +68,7 @@ impl ServiceSet {
         cfg: Option<&LocationConfig>,
         data_dir: &Path,
         cluster: Arc<dyn Cluster>,
+        blobs: Arc<crate::blobs::BlobStore>,
     ) -> anyhow::Result<Self> {
         let mut set = ServiceSet::default();
         let Some(cfg) = cfg else {
@@ -82,8 +83,15 @@ impl ServiceSet {
 
         let mut http_base = None;
         if let Some(h) = &cfg.http_boot {
-            let started =
-                http_boot::start(h, cluster.clone(), location, &cfg.tftp_root, data_dir).await?;
+            let started = http_boot::start(
+                h,
+                cluster.clone(),
+                blobs,
+                location,
+                &cfg.tftp_root,
+                data_dir,
+            )
+            .await?;
             http_base = Some(format!("http://{}", started.bound));
             set.tasks.push(started.task);
         }

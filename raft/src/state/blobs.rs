@@ -94,6 +94,12 @@ impl State {
         actor: &str,
         digest: &Digest,
     ) -> Result<Applied, ApiError> {
+        if let Some(img) = self.image_using_blob(digest) {
+            return Err(ApiError::conflict(format!(
+                "blob {digest} is part of image {}: change or delete the image first",
+                img.name
+            )));
+        }
         if self.blobs.remove(&digest.as_str().to_string()).is_none() {
             return Err(ApiError::not_found(format!("blob {digest} not found")));
         }
@@ -204,5 +210,83 @@ mod tests {
         assert!(s.blob(&d(1)).is_none());
         let e = apply(&mut s, 10, Command::ForgetBlob { digest: d(1) }).unwrap_err();
         assert_eq!(e.code, rackd_types::ErrorCode::NotFound);
+    }
+
+    #[test]
+    fn images_name_stored_blobs_only_and_a_blob_in_use_is_not_forgotten() {
+        use rackd_types::payload::{CreateImage, UpdateImage};
+        let mut s = State::default();
+        let image = |kernel: &Digest, rootfs: Option<&Digest>| {
+            Command::CreateImage(CreateImage {
+                name: "deb".into(),
+                kernel: kernel.to_string(),
+                initrd: "deb/initrd".into(),
+                cmdline: String::new(),
+                rootfs: rootfs.map(Digest::to_string),
+            })
+        };
+        // Not stored yet: refused.
+        let e = apply(&mut s, 1, image(&d(1), None)).unwrap_err();
+        assert_eq!(e.code, rackd_types::ErrorCode::Conflict, "{e:?}");
+        assert!(e.message.contains("upload it first"), "{e:?}");
+        for n in [1, 2, 3] {
+            apply(
+                &mut s,
+                2,
+                Command::RecordBlob {
+                    digest: d(n),
+                    size: 1,
+                    node: 1,
+                },
+            )
+            .unwrap();
+        }
+        // A rootfs must be a digest; a malformed digest is a 400.
+        let mut bad = image(&d(1), None);
+        if let Command::CreateImage(c) = &mut bad {
+            c.rootfs = Some("deb/rootfs".into());
+        }
+        assert_eq!(
+            apply(&mut s, 3, bad).unwrap_err().code,
+            rackd_types::ErrorCode::InvalidRequest
+        );
+        let mut bad = image(&d(1), None);
+        if let Command::CreateImage(c) = &mut bad {
+            c.kernel = "sha256:00".into();
+        }
+        assert_eq!(
+            apply(&mut s, 3, bad).unwrap_err().code,
+            rackd_types::ErrorCode::InvalidRequest
+        );
+        let img = apply(&mut s, 4, image(&d(1), Some(&d(2))))
+            .unwrap()
+            .into_image()
+            .unwrap();
+        assert_eq!(img.blobs().collect::<Vec<_>>(), vec![d(1), d(2)]);
+        // Both are in use; the third is not.
+        for n in [1, 2] {
+            let e = apply(&mut s, 5, Command::ForgetBlob { digest: d(n) }).unwrap_err();
+            assert!(e.message.contains("part of image deb"), "{e:?}");
+        }
+        // Moved to another kernel: the old one may go.
+        apply(
+            &mut s,
+            6,
+            Command::UpdateImage {
+                id: img.meta.id,
+                if_match: None,
+                patch: UpdateImage {
+                    kernel: Some(d(3).to_string()),
+                    ..Default::default()
+                },
+            },
+        )
+        .unwrap();
+        apply(&mut s, 7, Command::ForgetBlob { digest: d(1) }).unwrap();
+        assert!(apply(&mut s, 8, Command::ForgetBlob { digest: d(3) }).is_err());
+        // Under rules 3 a digest is an artifact path like any other (as such logs decided).
+        let mut old = State::default();
+        old.meta.rules = crate::state::ApplyRules::Rules3;
+        apply(&mut old, 1, image(&d(9), None)).unwrap();
     }
 }

@@ -3,12 +3,13 @@
 //! token is burnt).
 
 use crate::cmd::Applied;
+use rackd_types::blob::DIGEST_PREFIX;
 use rackd_types::payload::{CreateImage, UpdateImage};
-use rackd_types::{ApiError, ErrorCode, Image, MachineState, Meta};
+use rackd_types::{ApiError, Digest, ErrorCode, Image, MachineState, Meta};
 
-use super::{precondition, State};
+use super::{precondition, ApplyRules, State};
 
-fn check_artifact(what: &str, p: &str) -> Result<(), ApiError> {
+fn check_path(what: &str, p: &str) -> Result<(), ApiError> {
     if p.is_empty() || p.len() > 512 || p.split('/').any(|c| c == "..") || p.starts_with('/') {
         return Err(ApiError::invalid(format!(
             "{what} must be a relative artifact path without '..'"
@@ -18,6 +19,35 @@ fn check_artifact(what: &str, p: &str) -> Result<(), ApiError> {
 }
 
 impl State {
+    /// An image artifact: a path, or (since rules 4) a digest of a stored blob.
+    fn check_artifact(&self, what: &str, a: &str) -> Result<(), ApiError> {
+        if self.meta.rules < ApplyRules::Rules4 || !a.starts_with(DIGEST_PREFIX) {
+            return check_path(what, a);
+        }
+        let d = Digest::parse(a).map_err(|e| ApiError::invalid(format!("{what}: {e}")))?;
+        if self.blob(&d).is_none() {
+            return Err(ApiError::conflict(format!(
+                "{what} {d} is not stored: upload it first (PUT /v1/blobs/{d})"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The root filesystem: a digest of a stored blob.
+    fn check_rootfs(&self, a: &str) -> Result<(), ApiError> {
+        if !a.starts_with(DIGEST_PREFIX) {
+            return Err(ApiError::invalid(
+                "rootfs must be a blob digest (sha256:<hex>)",
+            ));
+        }
+        self.check_artifact("rootfs", a)
+    }
+
+    /// The first image made of blob `d`, if any.
+    pub fn image_using_blob(&self, d: &Digest) -> Option<&Image> {
+        self.images.values().find(|i| i.blobs().any(|b| &b == d))
+    }
+
     pub(super) fn create_image(
         &mut self,
         now: u64,
@@ -35,8 +65,11 @@ impl State {
                 "image name must be 1..=128 of [A-Za-z0-9-._]",
             ));
         }
-        check_artifact("kernel", &c.kernel)?;
-        check_artifact("initrd", &c.initrd)?;
+        self.check_artifact("kernel", &c.kernel)?;
+        self.check_artifact("initrd", &c.initrd)?;
+        if let Some(r) = &c.rootfs {
+            self.check_rootfs(r)?;
+        }
         if self.image_by_name(&c.name).is_some() {
             return Err(ApiError::conflict(format!(
                 "image {:?} already exists",
@@ -55,6 +88,7 @@ impl State {
             kernel: c.kernel.clone(),
             initrd: c.initrd.clone(),
             cmdline: c.cmdline.clone(),
+            rootfs: c.rootfs.clone(),
         };
         self.images.insert(id, img.clone());
         self.journal(
@@ -79,12 +113,16 @@ impl State {
         let mut img = self.images.fetch(id, "image")?;
         precondition(img.meta.version, if_match)?;
         if let Some(k) = &p.kernel {
-            check_artifact("kernel", k)?;
+            self.check_artifact("kernel", k)?;
             img.kernel = k.clone();
         }
         if let Some(i) = &p.initrd {
-            check_artifact("initrd", i)?;
+            self.check_artifact("initrd", i)?;
             img.initrd = i.clone();
+        }
+        if let Some(r) = &p.rootfs {
+            self.check_rootfs(r)?;
+            img.rootfs = Some(r.clone());
         }
         if let Some(c) = &p.cmdline {
             img.cmdline = c.clone();

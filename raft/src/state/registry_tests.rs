@@ -101,6 +101,7 @@ pub(super) fn populated() -> State {
             kernel: "k".into(),
             initrd: "i".into(),
             cmdline: String::new(),
+            rootfs: None,
         }),
     );
     next(

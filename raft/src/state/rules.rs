@@ -297,6 +297,7 @@ pub fn format1_discovery_history() -> Vec<Request> {
                 kernel: "vmlinuz".into(),
                 initrd: "initrd.img".into(),
                 cmdline: String::new(),
+                rootfs: None,
             }),
         ),
         req(

@@ -633,6 +633,7 @@ fn deploy_flow(hashed: bool) {
             kernel: "deb/vmlinuz".into(),
             initrd: "deb/initrd".into(),
             cmdline: String::new(),
+            rootfs: None,
         }),
     );
     let id = ok(&mut s, 11, machine("a", &["02:00:00:00:00:aa"], &[]))["id"]

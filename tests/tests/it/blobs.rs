@@ -236,3 +236,214 @@ async fn blobs_live_on_two_voters_stream_from_any_node_and_heal() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 404);
 }
+
+/// Upload `data` as a blob through node `i` (raw PUT); its digest.
+async fn put(c: &Cluster, i: usize, name: &str, data: &[u8]) -> String {
+    let file = c.dir.join(name);
+    std::fs::write(&file, data).unwrap();
+    let digest = sha256sum(&file);
+    let r = c
+        .http
+        .put(format!("{}/v1/blobs/{digest}", c.url(i)))
+        .bearer_auth(&c.token)
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201, "{:?}", r.text().await);
+    digest
+}
+
+/// curl a URL into a file; (HTTP status, the file's digest).
+fn curl(url: &str, out: &Path, extra: &[&str]) -> (u16, String) {
+    let o = Command::new("curl")
+        .args(["-sS", "-m", "60", "-w", "%{http_code}", "-o"])
+        .arg(out)
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("curl");
+    let code = String::from_utf8_lossy(&o.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    let d = if out.exists() {
+        sha256sum(out)
+    } else {
+        String::new()
+    };
+    (code, d)
+}
+
+/// A location node serves the blobs of its machines' images from its own store: fetched
+/// ahead of a deploy (and on demand), kept within its cache bound (least recently used and
+/// unneeded first), served to curl whole and by range — also once every voter is gone. The
+/// leader forgets a blob no image uses; a blob an image uses cannot be forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_location_node_caches_image_blobs_and_serves_them_cut_off() {
+    let args = ["--blob-check-secs", "1", "--blob-gc-secs", "15"];
+    let mut c = Cluster::start("blobsite", 3, &args).await.expect("cluster");
+    let _: serde_json::Value = c
+        .post_json(0, "/v1/locations", &serde_json::json!({"name": "dc1"}))
+        .await
+        .unwrap();
+    let site = c
+        .join_with(
+            0,
+            true,
+            &[
+                "--location",
+                "dc1",
+                "--http-boot-listen",
+                "{ip}:0",
+                "--tftp-root",
+                "{dir}/tftp",
+                "--blob-cache-bytes",
+                "14680064",
+            ],
+        )
+        .await
+        .expect("location learner");
+    let site_id = site as u64 + 1;
+    let boot = format!(
+        "http://{}",
+        std::fs::read_to_string(c.nodes[site].data_dir.join("http-boot.addr"))
+            .unwrap()
+            .trim()
+    );
+    // An unused blob first (the leader forgets it), then an image's kernel, initrd and root
+    // filesystem, and another image's kernel.
+    let unused = put(&c, 1, "unused", &bytes(1 << 20, 5)).await;
+    let kernel = put(&c, 0, "kernel", &bytes(4 << 20, 1)).await;
+    let initrd = put(&c, 1, "initrd", &bytes(6 << 20, 2)).await;
+    let rootfs = put(&c, 2, "rootfs", &bytes(2 << 20, 3)).await;
+    let other = put(&c, 0, "other", &bytes(5 << 20, 4)).await;
+    let img = serde_json::json!({"name": "deb", "kernel": kernel, "initrd": initrd,
+        "rootfs": rootfs, "cmdline": "console=ttyS0"});
+    let _: serde_json::Value = c.post_json(0, "/v1/images", &img).await.unwrap();
+    let img2 = serde_json::json!({"name": "other", "kernel": other, "initrd": initrd});
+    let _: serde_json::Value = c.post_json(0, "/v1/images", &img2).await.unwrap();
+    // An image naming a blob that is not stored is refused.
+    let missing = format!("sha256:{}", "cd".repeat(32));
+    let (s, v) = c
+        .request(
+            0,
+            Method::POST,
+            "/v1/images",
+            Some(serde_json::json!({"name": "x", "kernel": missing, "initrd": initrd})),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 409, "{v}");
+
+    let m: serde_json::Value = c
+        .post_json(
+            0,
+            "/v1/machines",
+            &serde_json::json!({"hostname": "web1", "location": "dc1",
+                "macs": ["52:54:00:bb:00:01"], "state": "ready"}),
+        )
+        .await
+        .unwrap();
+    let (s, v) = c
+        .request(
+            0,
+            Method::POST,
+            &format!("/v1/machines/{}/deploy", m["id"]),
+            Some(serde_json::json!({"image": "deb"})),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{v}");
+
+    // The location node fetches the deploying machine's blobs ahead of it and says it holds
+    // them (its site's other nodes may copy from it).
+    let needed = [kernel.clone(), initrd.clone(), rootfs.clone()];
+    c.wait_until(T, "the location node holds the image's blobs", |c| {
+        let needed = needed.clone();
+        async move {
+            let mut all = true;
+            for d in &needed {
+                all &= copy_path(c, site, d).exists()
+                    && record(c, 0, d)
+                        .await
+                        .is_some_and(|b| b.holders.contains(&site_id));
+            }
+            all
+        }
+    })
+    .await
+    .unwrap();
+    let script = reqwest::get(format!("{boot}/boot/52:54:00:bb:00:01.ipxe"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        script.contains(&format!("kernel {boot}/blobs/{kernel} ")),
+        "{script}"
+    );
+    assert!(
+        script.contains(&format!("initrd {boot}/blobs/{initrd}\n")),
+        "{script}"
+    );
+    assert!(
+        script.contains(&format!("rackd.rootfs={boot}/blobs/{rootfs} ")),
+        "{script}"
+    );
+
+    // Another image's kernel, asked for directly: fetched on demand and served; then it is
+    // the one dropped to keep the cache within 14 MiB (the deploying machine's stay).
+    let out = c.dir.join("got");
+    let (code, d) = curl(&format!("{boot}/blobs/{other}"), &out, &[]);
+    assert_eq!((code, d.as_str()), (200, other.as_str()));
+    c.wait_until(T, "the unneeded copy is evicted", |c| {
+        let other = other.clone();
+        async move {
+            !copy_path(c, site, &other).exists()
+                && record(c, 0, &other)
+                    .await
+                    .is_some_and(|b| !b.holders.contains(&site_id))
+        }
+    })
+    .await
+    .unwrap();
+    for d in &needed {
+        assert!(copy_path(&c, site, d).exists(), "{d} kept");
+    }
+    // A blob no image uses is not served to machines, and the leader forgets it.
+    let (code, _) = curl(&format!("{boot}/blobs/{unused}"), &c.dir.join("no"), &[]);
+    assert_eq!(code, 404);
+    c.wait_until(T, "the unused blob is forgotten", |c| {
+        let unused = unused.clone();
+        async move { record(c, 0, &unused).await.is_none() }
+    })
+    .await
+    .unwrap();
+    for d in [&kernel, &initrd, &rootfs, &other] {
+        assert!(record(&c, 0, d).await.is_some(), "{d} is used by an image");
+    }
+    let (s, v) = c
+        .request(0, Method::DELETE, &format!("/v1/blobs/{kernel}"), None, &[])
+        .await
+        .unwrap();
+    assert_eq!(s, 409, "{v}");
+
+    // Every voter gone: the site still serves its machines' artifacts, whole and by range.
+    for i in 0..3 {
+        c.nodes[i].kill();
+    }
+    for d in &needed {
+        let out = c.dir.join("cut-off");
+        let _ = std::fs::remove_file(&out);
+        let (code, got) = curl(&format!("{boot}/blobs/{d}"), &out, &[]);
+        assert_eq!((code, got.as_str()), (200, d.as_str()));
+    }
+    let out = c.dir.join("range");
+    let (code, _) = curl(&format!("{boot}/blobs/{kernel}"), &out, &["-r", "100-199"]);
+    assert_eq!(code, 206);
+    assert!(std::fs::read(&out).unwrap()[..] == bytes(4 << 20, 1)[100..200]);
+}

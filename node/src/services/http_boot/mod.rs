@@ -9,6 +9,10 @@
 //!
 //! - `GET /artifacts/{path}`: image artifacts (kernel, initrd) from the node's artifacts
 //!   directory, same path rules.
+//! - `GET /blobs/{digest}`: image artifacts stored by the cluster (an image's kernel, initrd
+//!   or root filesystem given as a digest), from this node's blob store; a copy this node
+//!   lacks is fetched from a holder first (once, however many machines ask), verified, and
+//!   kept as the site's cache. Only blobs some image is made of are served.
 //! - `POST /boot/{mac}/done?token=T`: install callback. The deploying machine presents the
 //!   one-time token its script carried; on a match it becomes `deployed` and the token is burnt.
 //!
@@ -38,6 +42,8 @@ use files::text;
 
 pub struct BootState {
     pub cluster: Arc<dyn Cluster>,
+    /// This node's blob store (the site's cache of image blobs).
+    pub blobs: Arc<crate::blobs::BlobStore>,
     pub location: String,
     pub tftp_root: PathBuf,
     pub artifacts: PathBuf,
@@ -57,6 +63,7 @@ pub struct Started {
 pub async fn start(
     cfg: &HttpBootConfig,
     cluster: Arc<dyn Cluster>,
+    blobs: Arc<crate::blobs::BlobStore>,
     location: &str,
     tftp_root: &std::path::Path,
     data_dir: &std::path::Path,
@@ -72,6 +79,7 @@ pub async fn start(
         .with_context(|| format!("create {}", cfg.artifacts_dir.display()))?;
     let app = router(Arc::new(BootState {
         cluster,
+        blobs,
         location: location.to_string(),
         tftp_root: tftp_root.to_path_buf(),
         artifacts: cfg.artifacts_dir.clone(),
@@ -95,6 +103,7 @@ pub fn router(state: Arc<BootState>) -> Router {
         .route("/boot/{file}", get(script))
         .route("/tftp/{*path}", get(tftp_file))
         .route("/artifacts/{*path}", get(artifact))
+        .route("/blobs/{digest}", get(blob))
         .route("/boot/{mac}/done", axum::routing::post(deploy_done))
         .with_state(state)
 }
@@ -194,15 +203,59 @@ pub fn deploy_script(
     token: &str,
 ) -> String {
     let base = base.trim_end_matches('/');
+    let rootfs = image
+        .rootfs
+        .as_deref()
+        .map(|r| format!(" rackd.rootfs={}", artifact_url(base, r)))
+        .unwrap_or_default();
     format!(
         "#!ipxe\necho rackd: deploying {img} on {hostname}\n\
-         kernel {base}/artifacts/{kernel} {cmdline} rackd.callback={base}/boot/{mac}/done rackd.token={token}\n\
-         initrd {base}/artifacts/{initrd}\nboot\n",
+         kernel {kernel} {cmdline}{rootfs} rackd.callback={base}/boot/{mac}/done rackd.token={token}\n\
+         initrd {initrd}\nboot\n",
         img = image.name,
-        kernel = image.kernel,
-        initrd = image.initrd,
+        kernel = artifact_url(base, &image.kernel),
+        initrd = artifact_url(base, &image.initrd),
         cmdline = image.cmdline,
     )
+}
+
+/// Where a machine fetches an image artifact: a blob (`sha256:…`) from this server's blob
+/// route, a path from its artifacts directory.
+pub fn artifact_url(base: &str, artifact: &str) -> String {
+    match rackd_types::Digest::parse(artifact) {
+        Ok(d) => format!("{base}/blobs/{d}"),
+        Err(_) => format!("{base}/artifacts/{artifact}"),
+    }
+}
+
+async fn blob(
+    State(st): State<Arc<BootState>>,
+    Path(digest): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let Ok(d) = rackd_types::Digest::parse(&digest) else {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    };
+    if st.cluster.state().image_using_blob(&d).is_none() {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    if let Err(e) = crate::services::blobs::ensure_local(st.cluster.as_ref(), &st.blobs, &d).await {
+        tracing::warn!(digest = %d, error = %e, "cannot serve an image blob");
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "artifact not available yet\n",
+        );
+    }
+    st.blobs.touch(&d);
+    files::serve(
+        st.blobs.dir().to_path_buf(),
+        d.hex().to_string(),
+        &method,
+        &headers,
+        &st.transfers,
+    )
+    .await
 }
 
 async fn artifact(
@@ -292,6 +345,54 @@ async fn tftp_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Artifacts given as digests are fetched from the blob route, paths from the artifacts
+    /// directory; a root filesystem is passed to the installer as a URL.
+    #[test]
+    fn a_deploy_script_points_at_blobs_and_artifacts() {
+        let d = rackd_types::Digest::from_sha256(&[1; 32]);
+        let r = rackd_types::Digest::from_sha256(&[2; 32]);
+        let image = |kernel: String, rootfs: Option<String>| rackd_types::Image {
+            meta: rackd_types::Meta {
+                id: 1,
+                version: 1,
+                created_at: 0,
+                updated_at: 0,
+            },
+            name: "deb".into(),
+            kernel,
+            initrd: "deb/initrd".into(),
+            cmdline: "console=ttyS0".into(),
+            rootfs,
+        };
+        let base = "http://10.0.0.2:8080/";
+        let s = deploy_script(
+            base,
+            "52:54:00:00:00:01",
+            "web1",
+            &image(d.to_string(), Some(r.to_string())),
+            "tok",
+        );
+        assert!(
+            s.contains(&format!(
+                "kernel http://10.0.0.2:8080/blobs/{d} console=ttyS0 \
+                 rackd.rootfs=http://10.0.0.2:8080/blobs/{r} rackd.callback="
+            )),
+            "{s}"
+        );
+        assert!(
+            s.contains("initrd http://10.0.0.2:8080/artifacts/deb/initrd\n"),
+            "{s}"
+        );
+        let s = deploy_script(base, "m", "h", &image("deb/vmlinuz".into(), None), "t");
+        assert!(
+            s.contains(
+                "kernel http://10.0.0.2:8080/artifacts/deb/vmlinuz console=ttyS0 rackd.callback="
+            ),
+            "{s}"
+        );
+        assert!(!s.contains("rootfs"), "{s}");
+    }
     use crate::cluster::fake::{machine_spec, FakeCluster};
     use rackd_raft::cmd::{Command, Secret};
     use tower::ServiceExt;
@@ -316,6 +417,7 @@ mod tests {
                 kernel: "deb/vmlinuz".into(),
                 initrd: "deb/initrd".into(),
                 cmdline: String::new(),
+                rootfs: None,
             }),
         );
         let token = "t".repeat(64);
@@ -337,6 +439,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let app = router(Arc::new(BootState {
             cluster: fake.clone(),
+            blobs: crate::blobs::BlobStore::open(&dir.path().join("blobs"), 1 << 20).unwrap(),
             location: "dc1".into(),
             tftp_root: dir.path().into(),
             artifacts: dir.path().into(),
