@@ -153,7 +153,18 @@ pub async fn get_blob(
     headers: HeaderMap,
 ) -> HttpResult<Response> {
     let digest = parse_digest(&digest)?;
-    let local = node.blobs.size(&digest);
+    let local = match node.blobs.size(&digest) {
+        // A copy this process has not checked is hashed first (once); a damaged one is
+        // removed and the blob served from a holder.
+        Some(n) if !node.blobs.is_known_good(&digest) => {
+            let (s, d) = (node.blobs.clone(), digest.clone());
+            match tokio::task::spawn_blocking(move || s.check(&d)).await {
+                Ok(Ok(true)) => Some(n),
+                _ => None,
+            }
+        }
+        other => other,
+    };
     let record = match node.state().blob(&digest).cloned() {
         Some(b) => Some(b),
         None if local.is_none() => {

@@ -60,6 +60,28 @@ pub struct BlobStore {
     held: Mutex<HashMap<Digest, usize>>,
     /// One fetch at a time per digest ([`BlobStore::fetch_lock`]).
     fetching: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    /// The copies known good since this process started, by what their file looked like
+    /// when they were written or last hashed ([`BlobStore::check`]).
+    known_good: Mutex<HashMap<Digest, FileId>>,
+}
+
+/// What identifies one version of a file: a copy rewritten or replaced gets another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    inode: u64,
+    len: u64,
+    modified: SystemTime,
+}
+
+impl FileId {
+    fn of(m: &std::fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        FileId {
+            inode: m.ino(),
+            len: m.len(),
+            modified: m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        }
+    }
 }
 
 /// Keeps the sweep away from one digest while it lives ([`BlobStore::hold`]).
@@ -97,6 +119,7 @@ impl BlobStore {
             max_size,
             held: Mutex::new(HashMap::new()),
             fetching: Mutex::new(HashMap::new()),
+            known_good: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -119,9 +142,67 @@ impl BlobStore {
 
     /// Mark the copy of `d` as used now (the cache evicts the least recently used first).
     pub fn touch(&self, d: &Digest) {
-        if let Ok(f) = File::options().write(true).open(self.path(d)) {
-            let _ = f.set_modified(SystemTime::now());
+        let Ok(f) = File::options().write(true).open(self.path(d)) else {
+            return;
+        };
+        let before = f.metadata().ok().map(|m| FileId::of(&m));
+        if f.set_modified(SystemTime::now()).is_err() {
+            return;
         }
+        // Still the version known good: it stays known good with its new time.
+        let mut k = self.known_good.lock().unwrap_or_else(|p| p.into_inner());
+        if before.is_some() && k.get(d) == before.as_ref() {
+            if let Ok(m) = f.metadata() {
+                k.insert(d.clone(), FileId::of(&m));
+            }
+        }
+    }
+
+    fn remember_good(&self, d: &Digest) {
+        if let Ok(m) = std::fs::metadata(self.path(d)) {
+            self.known_good
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(d.clone(), FileId::of(&m));
+        }
+    }
+
+    /// Whether the local copy of `d` is sound: known good as it is (written or hashed by this
+    /// process, unchanged since), or hashed now (blocking; the whole file). A copy that is not
+    /// is removed (`Ok(false)`), so that it is fetched again and never served.
+    pub fn check(&self, d: &Digest) -> std::io::Result<bool> {
+        let m = std::fs::metadata(self.path(d))?;
+        let known = self
+            .known_good
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(d)
+            .copied();
+        if known == Some(FileId::of(&m)) {
+            return Ok(true);
+        }
+        if self.verify(d)? {
+            self.remember_good(d);
+            return Ok(true);
+        }
+        self.known_good
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(d);
+        self.remove(d)?;
+        Ok(false)
+    }
+
+    /// Whether the copy of `d` was checked by this process (and is unchanged since).
+    pub fn is_known_good(&self, d: &Digest) -> bool {
+        let Ok(m) = std::fs::metadata(self.path(d)) else {
+            return false;
+        };
+        self.known_good
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(d)
+            == Some(&FileId::of(&m))
     }
 
     fn path(&self, d: &Digest) -> PathBuf {
@@ -180,6 +261,10 @@ impl BlobStore {
 
     /// Remove the local copy of `d` (absent is fine).
     pub fn remove(&self, d: &Digest) -> std::io::Result<()> {
+        self.known_good
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(d);
         match std::fs::remove_file(self.path(d)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -280,6 +365,7 @@ impl BlobStore {
             f.sync_all().map_err(io_error)?;
             std::fs::rename(&tmp, self.path(digest)).map_err(io_error)?;
             File::open(&self.blobs)?.sync_all()?;
+            self.remember_good(digest);
             Ok(len)
         })();
         if result.is_err() {
@@ -349,8 +435,18 @@ impl rackd_raft::network::BlobSource for BlobStore {
         req: &rackd_raft::network::FetchBlobRequest,
     ) -> Result<Option<rackd_raft::network::BlobChunks>, String> {
         let d = Digest::parse(&req.digest)?;
-        self.read(&d, req.offset, req.len)
-            .map_err(|e| e.to_string())
+        // A copy that is not sound is removed, never sent (the asker tries another holder).
+        match self.check(&d) {
+            Ok(true) => self
+                .read(&d, req.offset, req.len)
+                .map_err(|e| e.to_string()),
+            Ok(false) => {
+                tracing::warn!(digest = %d, "a damaged copy was removed instead of sent");
+                Ok(None)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
     }
 }
 
@@ -420,9 +516,29 @@ mod tests {
             .is_empty());
         assert!(s.read(&wrong, 0, 1).unwrap().is_none());
         assert_eq!(s.list().unwrap().len(), 1);
-        // A copy damaged on disk no longer verifies.
-        std::fs::write(dir.path().join("sha256").join(d.hex()), b"rot").unwrap();
+        // Known good as written; touched, still known good.
+        assert!(s.is_known_good(&d));
+        s.touch(&d);
+        assert!(s.is_known_good(&d));
+        assert!(s.check(&d).unwrap());
+        // A copy damaged on disk (in place: same inode) no longer verifies, is no longer
+        // known good, and a check removes it.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("sha256").join(d.hex()))
+            .unwrap();
+        f.write_all(b"rot").unwrap();
+        drop(f);
         assert!(!s.verify(&d).unwrap());
+        assert!(!s.is_known_good(&d));
+        assert!(!s.check(&d).unwrap());
+        assert!(s.size(&d).is_none());
+        // A sound copy this process did not write is hashed once, then known good.
+        std::fs::write(dir.path().join("sha256").join(d.hex()), &data).unwrap();
+        assert!(!s.is_known_good(&d));
+        assert!(s.check(&d).unwrap());
+        assert!(s.is_known_good(&d));
+        std::fs::write(dir.path().join("sha256").join(d.hex()), b"rot").unwrap();
         s.remove(&d).unwrap();
         s.remove(&d).unwrap();
         assert!(s.list().unwrap().is_empty());

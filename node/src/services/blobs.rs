@@ -34,6 +34,8 @@ use crate::config::BlobConfig;
 
 /// How long a blob may stay short of copies before any lacking voter copies it.
 pub const TAKE_OVER: Duration = Duration::from_secs(30);
+/// Bytes of copies hashed per pass by the scrub of copies not known good.
+const SCRUB_BYTES_PER_PASS: u64 = 512 << 20;
 /// How long a transfer may go without a chunk before it is given up.
 const IDLE: Duration = Duration::from_secs(30);
 
@@ -57,6 +59,32 @@ pub async fn run(
         k.pass(node.as_ref(), &store, &cfg, location.as_deref())
             .await;
     }
+}
+
+/// [`ensure_local`], and the copy checked sound ([`BlobStore::check`]: hashed unless this
+/// process wrote or hashed it as it is): a damaged copy is removed and fetched again, never
+/// served.
+pub async fn ensure_sound(
+    node: &dyn Cluster,
+    store: &Arc<BlobStore>,
+    d: &Digest,
+) -> Result<(), String> {
+    for _ in 0..2 {
+        ensure_local(node, store, d).await?;
+        if store.is_known_good(d) {
+            return Ok(());
+        }
+        let (s, d2) = (store.clone(), d.clone());
+        match tokio::task::spawn_blocking(move || s.check(&d2)).await {
+            Ok(Ok(true)) => return Ok(()),
+            Ok(Ok(false)) => {
+                tracing::warn!(digest = %d, "the local copy was damaged: removed, fetching it again")
+            }
+            Ok(Err(e)) => return Err(format!("check the local copy of {d}: {e}")),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Err(format!("no sound copy of {d} could be fetched"))
 }
 
 /// Make sure this node has a verified copy of blob `d` (fetching it once, however many ask
@@ -111,7 +139,19 @@ impl Keeper {
             Err(_) => return 0,
         };
         let mut here = std::collections::BTreeSet::new();
+        let mut budget = SCRUB_BYTES_PER_PASS;
         for (d, size, modified) in local {
+            // Copies not written or hashed by this process (since a restart, or changed on
+            // disk) are hashed, a bounded amount per pass; a damaged one is removed, and
+            // counts as lost below.
+            if budget > 0 && !store.is_held(&d) && !store.is_known_good(&d) {
+                budget = budget.saturating_sub(size);
+                let (s, d2) = (store.clone(), d.clone());
+                if let Ok(Ok(false)) = tokio::task::spawn_blocking(move || s.check(&d2)).await {
+                    tracing::warn!(digest = %d, "a damaged copy was found and removed");
+                    continue;
+                }
+            }
             here.insert(d.clone());
             if store.is_held(&d) {
                 continue;

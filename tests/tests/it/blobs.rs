@@ -414,6 +414,44 @@ async fn a_location_node_caches_image_blobs_and_serves_them_cut_off() {
     for d in &needed {
         assert!(copy_path(&c, site, d).exists(), "{d} kept");
     }
+    // A damaged copy is never served: the site's cached kernel rotted in place is hashed,
+    // removed and fetched again; a voter's damaged copy is removed instead of sent (the site
+    // takes the next holder's), and the voters copy the blob again.
+    let rot = |p: &Path| {
+        use std::io::{Seek, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+        f.seek(std::io::SeekFrom::Start(1000)).unwrap();
+        f.write_all(b"bit rot").unwrap();
+    };
+    rot(&copy_path(&c, site, &kernel));
+    let (code, d) = curl(&format!("{boot}/blobs/{kernel}"), &c.dir.join("k1"), &[]);
+    assert_eq!((code, d.as_str()), (200, kernel.as_str()));
+    let first = *record(&c, 0, &other)
+        .await
+        .unwrap()
+        .holders
+        .iter()
+        .find(|h| **h != site_id)
+        .unwrap();
+    rot(&copy_path(&c, first as usize - 1, &other));
+    let (code, d) = curl(&format!("{boot}/blobs/{other}"), &c.dir.join("o1"), &[]);
+    assert_eq!((code, d.as_str()), (200, other.as_str()));
+    c.wait_until(T, "two sound voter copies again", |c| {
+        let other = other.clone();
+        async move {
+            let Some(b) = record(c, 0, &other).await else {
+                return false;
+            };
+            let voters: Vec<u64> = b.holders.iter().copied().filter(|h| *h <= 3).collect();
+            voters.len() >= 2
+                && voters.iter().all(|h| {
+                    let p = copy_path(c, *h as usize - 1, &other);
+                    p.exists() && sha256sum(&p) == other
+                })
+        }
+    })
+    .await
+    .unwrap();
     // A blob no image uses is not served to machines, and the leader forgets it.
     let (code, _) = curl(&format!("{boot}/blobs/{unused}"), &c.dir.join("no"), &[]);
     assert_eq!(code, 404);

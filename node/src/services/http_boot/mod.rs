@@ -240,7 +240,7 @@ async fn blob(
     if st.cluster.state().image_using_blob(&d).is_none() {
         return text(StatusCode::NOT_FOUND, "not found\n");
     }
-    if let Err(e) = crate::services::blobs::ensure_local(st.cluster.as_ref(), &st.blobs, &d).await {
+    if let Err(e) = crate::services::blobs::ensure_sound(st.cluster.as_ref(), &st.blobs, &d).await {
         tracing::warn!(digest = %d, error = %e, "cannot serve an image blob");
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
