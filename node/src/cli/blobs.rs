@@ -1,14 +1,16 @@
-//! `rackd blobs …`: upload, download, list and forget content-addressed artifacts.
+//! `rackd blobs …`: upload, download, list and forget content-addressed artifacts; `rackd
+//! images …`: OS images made of them.
 //!
 //! Layer: part of `cli`; talks to the API through `client` only.
 
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 
-use rackd_types::{Blob, Digest};
+use anyhow::Context;
+use rackd_types::{Blob, CreateImage, Digest, Image, UpdateImage};
 
 use crate::cli::output::{table, time};
-use crate::cli::BlobCmd;
+use crate::cli::{BlobCmd, OsImageCmd};
 use crate::client::{blobs::Progress, Client};
 
 /// A progress line on stderr when it is a terminal (nothing otherwise).
@@ -77,6 +79,96 @@ pub async fn run(c: &Client, json: bool, cmd: BlobCmd) -> anyhow::Result<()> {
         }
         BlobCmd::Remove { digest: d } => {
             c.delete(&format!("/v1/blobs/{}", digest(&d)?), None)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// `rackd images …`: OS images made of blobs.
+pub async fn images(c: &Client, json: bool, cmd: OsImageCmd) -> anyhow::Result<()> {
+    match cmd {
+        OsImageCmd::Upload {
+            name,
+            kernel,
+            initrd,
+            rootfs,
+            cmdline,
+        } => {
+            let put = |what: &'static str, f: std::path::PathBuf| async move {
+                c.put_blob(&f, progress(what))
+                    .await
+                    .map(|b| b.digest.to_string())
+                    .with_context(|| format!("upload {}", f.display()))
+            };
+            let kernel = put("kernel", kernel).await?;
+            let initrd = put("initrd", initrd).await?;
+            let rootfs = match rootfs {
+                Some(f) => Some(put("rootfs", f).await?),
+                None => None,
+            };
+            let existing: Vec<Image> = c.get_all("/v1/images").await?;
+            let img: Image = match existing.iter().find(|i| i.name == name) {
+                None => {
+                    let body = CreateImage {
+                        name,
+                        kernel,
+                        initrd,
+                        cmdline,
+                        rootfs,
+                    };
+                    c.post("/v1/images", &body).await?
+                }
+                Some(i) => {
+                    let patch = UpdateImage {
+                        kernel: Some(kernel),
+                        initrd: Some(initrd),
+                        cmdline: Some(cmdline),
+                        rootfs,
+                    };
+                    c.patch(
+                        &format!("/v1/images/{}", i.meta.id),
+                        &patch,
+                        Some(i.meta.version),
+                    )
+                    .await?
+                }
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&img)?);
+            } else {
+                println!(
+                    "image {} (id {}): kernel {}",
+                    img.name, img.meta.id, img.kernel
+                );
+            }
+        }
+        OsImageCmd::List => {
+            let is: Vec<Image> = c.get_all("/v1/images").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&is)?);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = is
+                .iter()
+                .map(|i| {
+                    vec![
+                        i.meta.id.to_string(),
+                        i.name.clone(),
+                        i.kernel.clone(),
+                        i.initrd.clone(),
+                        i.rootfs.clone().unwrap_or_else(|| "-".into()),
+                    ]
+                })
+                .collect();
+            table(&["ID", "NAME", "KERNEL", "INITRD", "ROOTFS"], &rows);
+        }
+        OsImageCmd::Delete { name } => {
+            let is: Vec<Image> = c.get_all("/v1/images").await?;
+            let Some(i) = is.iter().find(|i| i.name == name) else {
+                anyhow::bail!("no image named {name:?}");
+            };
+            c.delete(&format!("/v1/images/{}", i.meta.id), Some(i.meta.version))
                 .await?;
         }
     }

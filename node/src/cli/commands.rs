@@ -244,6 +244,7 @@ pub async fn client(
             Ok(())
         }
         Cmd::Blobs(bc) => crate::cli::blobs::run(&c, json, bc).await,
+        Cmd::Images(ic) => crate::cli::blobs::images(&c, json, ic).await,
         Cmd::Events { after, limit } => events(&c, json, after, limit).await,
     }
 }

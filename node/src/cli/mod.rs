@@ -106,6 +106,9 @@ pub enum Cmd {
     /// Content-addressed artifacts (kernels, initrds, root filesystems) stored by the cluster.
     #[command(subcommand)]
     Blobs(BlobCmd),
+    /// OS images machines are deployed with (`rackd image` builds the appliance).
+    #[command(subcommand)]
+    Images(OsImageCmd),
     /// The journal of changes.
     Events {
         #[arg(long)]
@@ -343,6 +346,29 @@ pub enum BlobCmd {
     List,
     /// Forget a blob: every node removes its copy.
     Remove { digest: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OsImageCmd {
+    /// Upload an image's files as blobs (streamed, with progress on a terminal) and create
+    /// image NAME from them, or point an existing NAME at them.
+    Upload {
+        name: String,
+        #[arg(long)]
+        kernel: PathBuf,
+        #[arg(long)]
+        initrd: PathBuf,
+        /// A root filesystem the installer fetches (passed as `rackd.rootfs=<url>`).
+        #[arg(long)]
+        rootfs: Option<PathBuf>,
+        /// Kernel command line.
+        #[arg(long, default_value = "")]
+        cmdline: String,
+    },
+    /// List images.
+    List,
+    /// Delete an image no machine uses (its blobs are forgotten later, when unused).
+    Delete { name: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -314,13 +314,56 @@ async fn a_location_node_caches_image_blobs_and_serves_them_cut_off() {
     // An unused blob first (the leader forgets it), then an image's kernel, initrd and root
     // filesystem, and another image's kernel.
     let unused = put(&c, 1, "unused", &bytes(1 << 20, 5)).await;
-    let kernel = put(&c, 0, "kernel", &bytes(4 << 20, 1)).await;
-    let initrd = put(&c, 1, "initrd", &bytes(6 << 20, 2)).await;
-    let rootfs = put(&c, 2, "rootfs", &bytes(2 << 20, 3)).await;
+    // The image through the CLI: its files become blobs, the image names their digests.
+    let mut files = Vec::new();
+    for (name, n, seed) in [
+        ("kernel", 4 << 20, 1),
+        ("initrd", 6 << 20, 2),
+        ("rootfs", 2 << 20, 3),
+    ] {
+        let f = c.dir.join(name);
+        std::fs::write(&f, bytes(n, seed)).unwrap();
+        files.push(f);
+    }
+    let (kernel, initrd, rootfs) = (
+        sha256sum(&files[0]),
+        sha256sum(&files[1]),
+        sha256sum(&files[2]),
+    );
+    let out = Command::new(rackd_bin())
+        .args([
+            "images",
+            "upload",
+            "deb",
+            "--cmdline",
+            "console=ttyS0",
+            "--kernel",
+        ])
+        .arg(&files[0])
+        .arg("--initrd")
+        .arg(&files[1])
+        .arg("--rootfs")
+        .arg(&files[2])
+        .args(["-o", "json"])
+        .env("RACKD_SERVER", c.url(1))
+        .env("RACKD_TOKEN", &c.token)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let img: rackd_types::Image = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            img.kernel.as_str(),
+            img.initrd.as_str(),
+            img.rootfs.as_deref()
+        ),
+        (kernel.as_str(), initrd.as_str(), Some(rootfs.as_str()))
+    );
     let other = put(&c, 0, "other", &bytes(5 << 20, 4)).await;
-    let img = serde_json::json!({"name": "deb", "kernel": kernel, "initrd": initrd,
-        "rootfs": rootfs, "cmdline": "console=ttyS0"});
-    let _: serde_json::Value = c.post_json(0, "/v1/images", &img).await.unwrap();
     let img2 = serde_json::json!({"name": "other", "kernel": other, "initrd": initrd});
     let _: serde_json::Value = c.post_json(0, "/v1/images", &img2).await.unwrap();
     // An image naming a blob that is not stored is refused.
