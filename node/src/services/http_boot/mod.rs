@@ -237,7 +237,10 @@ async fn blob(
     let Ok(d) = rackd_types::Digest::parse(&digest) else {
         return text(StatusCode::NOT_FOUND, "not found\n");
     };
-    if st.cluster.state().image_using_blob(&d).is_none() {
+    // An image newer than this replica is looked for once more after a ReadIndex (a site
+    // cut off from the voters serves what its replica knows).
+    let used = |st: &BootState| st.cluster.state().image_using_blob(&d).is_some();
+    if !used(&st) && (st.cluster.linearize().await.is_err() || !used(&st)) {
         return text(StatusCode::NOT_FOUND, "not found\n");
     }
     if let Err(e) = crate::services::blobs::ensure_sound(st.cluster.as_ref(), &st.blobs, &d).await {
