@@ -237,6 +237,8 @@ async fn blob(
     let Ok(d) = rackd_types::Digest::parse(&digest) else {
         return text(StatusCode::NOT_FOUND, "not found\n");
     };
+    // Held while it is opened, so the cache bound does not evict it in between.
+    let _hold = st.blobs.hold(&d);
     // An image newer than this replica is looked for once more after a ReadIndex (a site
     // cut off from the voters serves what its replica knows).
     let used = |st: &BootState| st.cluster.state().image_using_blob(&d).is_some();
