@@ -106,6 +106,13 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         .with_context(|| format!("open the blob store in {}", dir.join("blobs").display()))?;
     let (raft, net, sm, auth) = start_raft(&cfg, identity.node_id, tls.clone()).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // The QUIC link listens on the UDP port of the peer address.
+    let link = crate::cluster::link::Link::start(
+        peer_listener.local_addr()?,
+        auth.clone(),
+        raft.clone(),
+        blobs.clone(),
+    )?;
     let grpc = serve_peers(&raft, auth, blobs.clone(), peer_listener, stop_rx.clone());
 
     let node = Arc::new(ClusterHandle {
@@ -120,6 +127,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         tls,
         write_timeout: cfg.write_timeout,
         removed: std::sync::atomic::AtomicBool::new(false),
+        link,
     });
     let api = serve_api(
         crate::api::router(crate::api::AppState::new(

@@ -15,6 +15,7 @@ pub mod contract;
 #[cfg(test)]
 pub mod fake;
 pub mod identity;
+pub mod link;
 pub mod location_keys;
 pub mod membership;
 pub mod peer_auth;
@@ -60,6 +61,8 @@ pub struct ClusterHandle {
     pub write_timeout: Duration,
     /// Set once this node learned that the cluster removed it (Raft is then shut down).
     pub removed: std::sync::atomic::AtomicBool,
+    /// The QUIC link to other members (a location node fetches blobs over it).
+    pub link: std::sync::Arc<link::Link>,
 }
 
 impl ClusterHandle {
@@ -255,6 +258,15 @@ impl Cluster for ClusterHandle {
                 offset,
                 len,
             };
+            // Location nodes (learners) fetch over the QUIC link; voters copy among
+            // themselves over the peer transport.
+            if !self.status().voters.contains(&self.id) {
+                return self
+                    .link
+                    .fetch_blob(from, &info.peer, &req)
+                    .await
+                    .map_err(ApiError::unavailable);
+            }
             self.net
                 .fetch_blob(from, &info.peer, &req, Duration::from_secs(10))
                 .await

@@ -419,6 +419,12 @@ async fn a_location_node_caches_image_blobs_and_serves_them_cut_off() {
     })
     .await
     .unwrap();
+    // The site fetched them over its QUIC link (mutual TLS, the peer port's UDP twin).
+    let log = std::fs::read_to_string(&c.nodes[site].log).unwrap();
+    assert!(
+        log.contains("fetching over the QUIC link"),
+        "no QUIC fetch logged"
+    );
     let script = reqwest::get(format!("{boot}/boot/52:54:00:bb:00:01.ipxe"))
         .await
         .unwrap()
