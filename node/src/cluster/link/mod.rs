@@ -48,10 +48,11 @@ fn transport() -> Arc<quinn::TransportConfig> {
     t.max_idle_timeout(Some(
         quinn::IdleTimeout::try_from(Duration::from_secs(30)).expect("30 s is a valid timeout"),
     ));
-    // Room for a fast transfer in flight (the defaults suit a browser more than a LAN).
-    t.stream_receive_window(quinn::VarInt::from_u32(8 << 20));
-    t.receive_window(quinn::VarInt::from_u32(32 << 20));
-    t.send_window(32 << 20);
+    // Room for a fast transfer in flight on a LAN, and a bound on what one connection
+    // buffers (a voter serving many sites holds at most this much per site).
+    t.stream_receive_window(quinn::VarInt::from_u32(4 << 20));
+    t.receive_window(quinn::VarInt::from_u32(8 << 20));
+    t.send_window(8 << 20);
     Arc::new(t)
 }
 
