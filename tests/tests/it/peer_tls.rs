@@ -80,6 +80,49 @@ fn node_tls(c: &Cluster, i: usize, cluster_id: &str, node_id: u64) -> NodeTls {
         .expect("node certificate")
 }
 
+/// A client that trusts the cluster CA of `tls` and presents no certificate.
+fn anonymous_client(tls: &NodeTls) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(tls.ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut anonymous = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    anonymous.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(anonymous)
+}
+
+/// A certificate naming `tls`'s node, issued by another CA (same cluster id).
+fn forged_tls(tls: &NodeTls) -> NodeTls {
+    let cid = &tls.cluster_id;
+    let other_ca = CaBundle::generate(cid, std::time::SystemTime::now()).unwrap();
+    let key = NodeKey::generate().unwrap();
+    let forged = other_ca
+        .issue(&key.csr_pem, tls.node_id, cid, std::time::SystemTime::now())
+        .unwrap();
+    NodeTls::new(cid, tls.node_id, &tls.ca_pem, &forged, &key.key_pem).unwrap()
+}
+
+/// A certificate from the real CA (node 1 holds its key) for node id 99, no member: what a
+/// holder of the CA key could make.
+fn stranger_tls(c: &Cluster, tls: &NodeTls) -> NodeTls {
+    let cid = &tls.cluster_id;
+    let ca = Pki::in_data_dir(&c.nodes[0].data_dir)
+        .load_ca()
+        .unwrap()
+        .expect("node 1 holds the CA key");
+    let key = NodeKey::generate().unwrap();
+    let cert = ca
+        .issue(&key.csr_pem, 99, cid, std::time::SystemTime::now())
+        .unwrap();
+    NodeTls::new(cid, 99, &tls.ca_pem, &cert, &key.key_pem).unwrap()
+}
+
 fn attack() -> ProposeRequest {
     ProposeRequest {
         actor: "attacker".into(),
@@ -133,53 +176,20 @@ async fn peer_port_refuses_everyone_but_members() {
     assert!(plain.is_err(), "plaintext Propose answered: {plain:?}");
 
     // 2. TLS that trusts the cluster CA but presents no client certificate.
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(member_tls.ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut anonymous = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    anonymous.alpn_protocols = vec![b"h2".to_vec()];
-    let r = dialer(&member_tls, Arc::new(anonymous))
+    let r = dialer(&member_tls, anonymous_client(&member_tls))
         .propose(leader_id, &addr, &attack(), RPC)
         .await;
     assert!(r.is_err(), "TLS without a client certificate: {r:?}");
 
     // 3. A certificate naming a member, issued by another CA (same cluster id).
-    let other_ca = CaBundle::generate(&cid, std::time::SystemTime::now()).unwrap();
-    let key = NodeKey::generate().unwrap();
-    let forged = other_ca
-        .issue(
-            &key.csr_pem,
-            ids[member],
-            &cid,
-            std::time::SystemTime::now(),
-        )
-        .unwrap();
-    let forged_tls =
-        NodeTls::new(&cid, ids[member], &member_tls.ca_pem, &forged, &key.key_pem).unwrap();
-    let r = as_node(&forged_tls)
+    let r = as_node(&forged_tls(&member_tls))
         .propose(leader_id, &addr, &attack(), RPC)
         .await;
     assert!(r.is_err(), "certificate from another CA: {r:?}");
 
     // 4. A certificate from the real CA for a node id that is no member (what a holder of
     //    the CA key could make) gets no proposal through.
-    let ca = Pki::in_data_dir(&c.nodes[0].data_dir)
-        .load_ca()
-        .unwrap()
-        .expect("node 1 holds the CA key");
-    let key = NodeKey::generate().unwrap();
-    let stranger = ca
-        .issue(&key.csr_pem, 99, &cid, std::time::SystemTime::now())
-        .unwrap();
-    let stranger_tls = NodeTls::new(&cid, 99, &member_tls.ca_pem, &stranger, &key.key_pem).unwrap();
-    let r = as_node(&stranger_tls)
+    let r = as_node(&stranger_tls(&c, &member_tls))
         .propose(leader_id, &addr, &attack(), RPC)
         .await;
     assert!(
@@ -429,4 +439,99 @@ async fn location_keys_go_to_the_nodes_bound_to_their_site_only() {
     }
     let h = c.health(0).await.unwrap();
     assert_eq!((h.term, h.raft_state.as_str()), (term, "leader"));
+}
+
+/// The QUIC link (the UDP twin of the peer port) answers members only: no client
+/// certificate, a certificate from another CA, one for a node id that is no member, and a
+/// removed member's are all refused; a member's own certificate fetches the blob, whose bytes
+/// hash to its digest (the control that shows this harness can succeed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_link_answers_members_only() {
+    use futures::StreamExt;
+    use rackd::cluster::link::Link;
+    let mut c = Cluster::start("quictls", 3, &[]).await.expect("cluster");
+    let leader = c.wait_leader(T).await.unwrap();
+    let ci: ClusterInfo = c.get_json(leader, "/v1/cluster").await.unwrap();
+    let cid = ci.cluster_id.clone();
+    let data = b"a kernel only members may fetch".to_vec();
+    let digest = rackd::blobs::store::digest_of(&data);
+    let r = c
+        .http
+        .put(format!("{}/v1/blobs/{digest}", c.url(leader)))
+        .bearer_auth(&c.token)
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let leader_id = ci.leader_id.unwrap();
+    let addr = c.nodes[leader].peer.clone().unwrap();
+    let member = (leader + 1) % 3;
+    let member_id = c.health(member).await.unwrap().node_id;
+    let member_tls = node_tls(&c, member, &cid, member_id);
+    let req = rackd_raft::network::FetchBlobRequest {
+        digest: digest.to_string(),
+        offset: 0,
+        len: u64::MAX,
+    };
+    let link = |tls: &NodeTls, client: Arc<rustls::ClientConfig>| {
+        Link::new(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(Dialer {
+                cluster_id: tls.cluster_id.clone(),
+                client,
+                server: tls.server_config().unwrap(),
+            }),
+        )
+        .unwrap()
+    };
+    let fetch = |l: Arc<Link>| {
+        let (addr, req) = (addr.clone(), req.clone());
+        async move {
+            let chunks = l.fetch_blob(leader_id, &addr, &req).await?;
+            let parts: Vec<Result<Vec<u8>, String>> = chunks.collect().await;
+            parts
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()
+                .map(|p| p.concat())
+        }
+    };
+    let refused = [
+        (
+            "no client certificate",
+            link(&member_tls, anonymous_client(&member_tls)),
+        ),
+        ("another CA", {
+            let f = forged_tls(&member_tls);
+            link(&f, f.client_config().unwrap())
+        }),
+        ("no member", {
+            let s = stranger_tls(&c, &member_tls);
+            link(&s, s.client_config().unwrap())
+        }),
+    ];
+    for (what, l) in refused {
+        let r = fetch(l).await;
+        assert!(r.is_err(), "{what}: {r:?}");
+    }
+    let got = fetch(link(&member_tls, member_tls.client_config().unwrap()))
+        .await
+        .expect("a member fetches over the link");
+    assert_eq!(rackd::blobs::store::digest_of(&got), digest);
+
+    // Removed: refused from then on.
+    let (s, v) = c
+        .request(
+            leader,
+            Method::DELETE,
+            &format!("/v1/cluster/members/{member_id}"),
+            None,
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 204, "{v}");
+    c.nodes[member].stop();
+    let r = fetch(link(&member_tls, member_tls.client_config().unwrap())).await;
+    assert!(r.is_err(), "a removed member: {r:?}");
 }

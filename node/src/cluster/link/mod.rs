@@ -65,6 +65,14 @@ impl Link {
         raft: super::Raft,
         blobs: Arc<BlobStore>,
     ) -> anyhow::Result<Arc<Link>> {
+        let link = Link::new(addr, auth)?;
+        tokio::spawn(accept_loop(link.clone(), raft, blobs));
+        Ok(link)
+    }
+
+    /// The endpoint on UDP `addr` with `auth`'s TLS configurations, not answering anyone yet
+    /// (a client; [`Link::start`] also serves).
+    pub fn new(addr: SocketAddr, auth: Arc<dyn PeerAuth>) -> anyhow::Result<Arc<Link>> {
         let mut server_tls = (*auth.server_config()).clone();
         server_tls.alpn_protocols = vec![ALPN.to_vec()];
         let mut client_tls = (*auth.client_config()).clone();
@@ -88,14 +96,12 @@ impl Link {
             }
         };
         tracing::info!(%addr, "QUIC link listening");
-        let link = Arc::new(Link {
+        Ok(Arc::new(Link {
             endpoint,
             client,
             auth,
             conns: Mutex::new(HashMap::new()),
-        });
-        tokio::spawn(accept_loop(link.clone(), raft, blobs));
-        Ok(link)
+        }))
     }
 
     /// The UDP address the endpoint is bound to.
