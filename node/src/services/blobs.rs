@@ -36,6 +36,8 @@ use crate::config::BlobConfig;
 pub const TAKE_OVER: Duration = Duration::from_secs(30);
 /// Bytes of copies hashed per pass by the scrub of copies not known good.
 const SCRUB_BYTES_PER_PASS: u64 = 512 << 20;
+/// How long a fresh copy waits for its record before it is used anyway.
+const RECORD_WAIT: Duration = Duration::from_secs(2);
 /// How long a transfer may go without a chunk before it is given up.
 const IDLE: Duration = Duration::from_secs(30);
 
@@ -373,11 +375,21 @@ pub async fn copy(node: &dyn Cluster, store: &Arc<BlobStore>, b: &Blob) -> bool 
                     size: b.size,
                     node: me,
                 };
-                if let Err(e) = node
-                    .propose_anywhere(&format!("node:{me}"), None, cmd)
-                    .await
-                {
-                    tracing::warn!(digest = %b.digest, error = %e.message, "cannot record a copy");
+                // Waited for briefly only: a site cut off from the voters serves the copy
+                // now, and the keeper records it at a later pass.
+                let recorded = tokio::time::timeout(
+                    RECORD_WAIT,
+                    node.propose_anywhere(&format!("node:{me}"), None, cmd),
+                )
+                .await;
+                match recorded {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(digest = %b.digest, error = %e.message, "cannot record a copy yet")
+                    }
+                    Err(_) => {
+                        tracing::warn!(digest = %b.digest, "cannot record a copy yet: no answer")
+                    }
                 }
                 tracing::info!(digest = %b.digest, from = h, size = b.size, "copied a blob");
                 return true;

@@ -534,3 +534,90 @@ async fn a_location_node_caches_image_blobs_and_serves_them_cut_off() {
     assert_eq!(code, 206);
     assert!(std::fs::read(&out).unwrap()[..] == bytes(4 << 20, 1)[100..200]);
 }
+
+/// Two location nodes of one site: the second fetches from the first (its site's holder,
+/// over the QUIC link) when the voters are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_node_fetches_from_its_sibling_when_the_voters_are_gone() {
+    let mut c = Cluster::start("blobsibling", 3, &["--blob-check-secs", "1"])
+        .await
+        .expect("cluster");
+    let _: serde_json::Value = c
+        .post_json(0, "/v1/locations", &serde_json::json!({"name": "dc1"}))
+        .await
+        .unwrap();
+    let site_args = [
+        "--location",
+        "dc1",
+        "--http-boot-listen",
+        "{ip}:0",
+        "--tftp-root",
+        "{dir}/tftp",
+    ];
+    let a = c.join_with(0, true, &site_args).await.expect("site node a");
+    let b = c.join_with(0, true, &site_args).await.expect("site node b");
+    let boot = |i: usize| {
+        format!(
+            "http://{}",
+            std::fs::read_to_string(c.nodes[i].data_dir.join("http-boot.addr"))
+                .unwrap()
+                .trim()
+        )
+    };
+    let (boot_a, boot_b) = (boot(a), boot(b));
+    let kernel = put(&c, 0, "kernel", &bytes(3 << 20, 11)).await;
+    let initrd = put(&c, 1, "initrd", &bytes(1 << 20, 12)).await;
+    let _: serde_json::Value = c
+        .post_json(
+            0,
+            "/v1/images",
+            &serde_json::json!({"name": "deb", "kernel": kernel, "initrd": initrd}),
+        )
+        .await
+        .unwrap();
+    // Site node a is asked first: it fetches from a voter and says it holds the kernel.
+    let (code, d) = curl(&format!("{boot_a}/blobs/{kernel}"), &c.dir.join("a"), &[]);
+    assert_eq!((code, d.as_str()), (200, kernel.as_str()));
+    let a_id = a as u64 + 1;
+    // b's own replica knows a holds it (b may be cut off from here on).
+    c.wait_until(T, "site node b knows a holds the kernel", |c| {
+        let kernel = kernel.clone();
+        async move {
+            let p: Result<Page<Blob>, _> = c.get_json(b, "/v1/blobs?stale=true").await;
+            p.is_ok_and(|p| {
+                p.items
+                    .iter()
+                    .any(|x| x.digest.as_str() == kernel && x.holders.contains(&a_id))
+            })
+        }
+    })
+    .await
+    .unwrap();
+    for i in 0..3 {
+        c.nodes[i].kill();
+    }
+    let (code, d) = curl(&format!("{boot_b}/blobs/{kernel}"), &c.dir.join("b"), &[]);
+    assert_eq!((code, d.as_str()), (200, kernel.as_str()));
+    let log = std::fs::read_to_string(&c.nodes[b].log).unwrap();
+    // The log's colour escapes removed.
+    let plain = |l: &str| {
+        let mut out = String::new();
+        let mut esc = false;
+        for ch in l.chars() {
+            match (esc, ch) {
+                (false, '\u{1b}') => esc = true,
+                (true, 'm') => esc = false,
+                (false, c) => out.push(c),
+                _ => {}
+            }
+        }
+        out
+    };
+    assert!(
+        log.lines()
+            .map(plain)
+            .any(|l| l.contains("fetching over the QUIC link")
+                && l.contains(&format!("node={a_id} "))),
+        "site node b fetched from its sibling over the link"
+    );
+}
