@@ -30,14 +30,24 @@ impl Drop for Tap {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qemu_ipxe_rom_boots_its_per_machine_script_from_rackd() {
-    boot_vm(0, false, false).await;
+    boot_vm(0, false, Deploy::No).await;
+}
+
+/// Whether (and how) the VM's machine is deploying an image.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Deploy {
+    No,
+    /// An image of files copied into the node's artifacts directory.
+    Artifacts,
+    /// An image made of blobs (`rackd images upload`), served from the node's blob store.
+    Blobs,
 }
 
 /// The lab's flow: DHCP, then a first stage over TFTP (`boot.ipxe`), then the per-machine
 /// script over HTTP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qemu_ipxe_rom_loads_a_first_stage_over_tftp_then_its_script_over_http() {
-    boot_vm(1, true, false).await;
+    boot_vm(1, true, Deploy::No).await;
 }
 
 /// A deploying machine's script makes iPXE fetch the image's kernel and initrd from the HTTP
@@ -45,7 +55,14 @@ async fn qemu_ipxe_rom_loads_a_first_stage_over_tftp_then_its_script_over_http()
 /// `ipxe.lkrn` (a bzImage), so the VM boots a second iPXE rather than an installer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qemu_ipxe_fetches_the_deploy_kernel_and_initrd_over_http() {
-    boot_vm(3, false, true).await;
+    boot_vm(3, false, Deploy::Artifacts).await;
+}
+
+/// The same with an image uploaded by `rackd images upload`: iPXE fetches the kernel and
+/// initrd by digest (`/blobs/sha256:…`) from the node's blob store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_ipxe_fetches_a_deploy_image_made_of_blobs() {
+    boot_vm(4, false, Deploy::Blobs).await;
 }
 
 /// A location node serving DHCP (with RAs), HTTP boot and optionally TFTP on a fresh tap, with
@@ -117,24 +134,52 @@ async fn pxe_site(
     (tap, c, net)
 }
 
-async fn boot_vm(tag: u32, via_tftp: bool, deploy: bool) {
+async fn boot_vm(tag: u32, via_tftp: bool, deploy: Deploy) {
     let (mut tap, c, net) = pxe_site(tag, via_tftp, None).await;
     let mac = MAC;
     let mut want = vec!["rackd: pxevm is new".to_string()];
-    if deploy {
+    if deploy != Deploy::No {
         let artifacts = c.nodes[0].data_dir.join("artifacts");
         std::fs::copy("/boot/ipxe.lkrn", artifacts.join("ipxe.lkrn"))
             .expect("/boot/ipxe.lkrn (apt-get install ipxe)");
         let initrd: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
         std::fs::write(artifacts.join("initrd.img"), &initrd).unwrap();
-        let _: serde_json::Value = c
-            .post_json(
-                0,
-                "/v1/images",
-                &json!({"name": "chain", "kernel": "ipxe.lkrn", "initrd": "initrd.img"}),
-            )
-            .await
-            .unwrap();
+        let fetched = if deploy == Deploy::Blobs {
+            let out = Command::new(rackd_tests::rackd_bin())
+                .args(["images", "upload", "chain", "-o", "json", "--kernel"])
+                .arg(artifacts.join("ipxe.lkrn"))
+                .arg("--initrd")
+                .arg(artifacts.join("initrd.img"))
+                .env("RACKD_SERVER", c.url(0))
+                .env("RACKD_TOKEN", &c.token)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let img: rackd_types::Image = serde_json::from_slice(&out.stdout).unwrap();
+            // iPXE prints each URL it fetches, then "... ok": the digests' tails, as the
+            // console may wrap the long URLs.
+            vec![
+                format!("{}... ok", &img.kernel[img.kernel.len() - 16..]),
+                format!("{}... ok", &img.initrd[img.initrd.len() - 16..]),
+            ]
+        } else {
+            let _: serde_json::Value = c
+                .post_json(
+                    0,
+                    "/v1/images",
+                    &json!({"name": "chain", "kernel": "ipxe.lkrn", "initrd": "initrd.img"}),
+                )
+                .await
+                .unwrap();
+            vec![
+                "/artifacts/ipxe.lkrn... ok".to_string(),
+                "/artifacts/initrd.img... ok".to_string(),
+            ]
+        };
         let machines: serde_json::Value = c.get_json(0, "/v1/machines").await.unwrap();
         let id = machines["items"][0]["id"].as_u64().expect("machine id");
         let (s, v) = c
@@ -156,11 +201,8 @@ async fn boot_vm(tag: u32, via_tftp: bool, deploy: bool) {
             )
             .await
             .unwrap();
-        want = vec![
-            "rackd: deploying chain on pxevm".into(),
-            "/artifacts/ipxe.lkrn... ok".into(),
-            "/artifacts/initrd.img... ok".into(),
-        ];
+        want = vec!["rackd: deploying chain on pxevm".into()];
+        want.extend(fetched);
     }
 
     let sercon = c.dir.join("sercon-port.bin");
