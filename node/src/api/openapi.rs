@@ -63,6 +63,33 @@ pub fn document() -> Value {
                 None => json!({"description": "Done"}),
             },
         );
+        if e.raw_response {
+            // Downloads honour Range and conditional requests (RFC 9110).
+            responses.insert("206".into(), json!({"description": "The requested range (Content-Range)", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}));
+            responses.insert(
+                "304".into(),
+                json!({"description": "Not modified (If-None-Match)"}),
+            );
+            responses.insert(
+                "412".into(),
+                json!({"description": "Precondition failed (If-Match)"}),
+            );
+            responses.insert(
+                "416".into(),
+                json!({"description": "Range not satisfiable"}),
+            );
+        }
+        if e.raw_request {
+            // Uploads: too large, or no room on the receiving node.
+            for (code, what) in [
+                ("413", "Larger than the node accepts"),
+                ("507", "No space left on the receiving node"),
+            ] {
+                let mut v = error_ref();
+                v["description"] = json!(what);
+                responses.insert(code.into(), v);
+            }
+        }
         // Every endpoint but an open read (health) goes through the cluster.
         if e.auth != Auth::Open || e.verb != Verb::Get {
             responses.insert("503".into(), unavailable());
