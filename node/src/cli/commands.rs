@@ -137,6 +137,38 @@ async fn watch_task(c: &Client, id: u64, json: bool) -> anyhow::Result<()> {
     }
 }
 
+/// Follow machine `id` from state `from` until it is deployed (Ok) or leaves `deploying`
+/// for anything else (an error naming it), printing each change.
+async fn wait_deployed(
+    c: &Client,
+    id: u64,
+    mut from: MachineState,
+    timeout: Duration,
+    json: bool,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match from {
+            MachineState::Deployed => return Ok(()),
+            MachineState::Deploying => {}
+            other => bail!("machine {id} is {} (not deploying)", other.as_str()),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("machine {id} still deploying after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let m: Machine = c.get(&format!("/v1/machines/{id}")).await?;
+        if m.state != from {
+            if json {
+                println!("{}", serde_json::to_string(&m)?);
+            } else {
+                println!("machine {id} ({}) is {}", m.hostname, m.state.as_str());
+            }
+            from = m.state;
+        }
+    }
+}
+
 fn task_rows(ts: &[rackd_types::Task]) {
     let rows: Vec<Vec<String>> = ts
         .iter()
@@ -429,6 +461,28 @@ async fn machines(c: &Client, json: bool, mc: MachineCmd) -> anyhow::Result<()> 
             let q = query(&[("source", source)]);
             c.delete(&format!("/v1/machines/{id}/bmc-sessions{q}"), None)
                 .await?;
+        }
+        MachineCmd::Deploy {
+            id,
+            image,
+            wait,
+            timeout,
+        } => {
+            let m: Machine = c
+                .post(
+                    &format!("/v1/machines/{id}/deploy"),
+                    &rackd_types::DeployMachine { image },
+                )
+                .await?;
+            match (json, wait) {
+                // With --wait, JSON lines: one per change.
+                (true, true) => println!("{}", serde_json::to_string(&m)?),
+                (true, false) => json_out(&m)?,
+                _ => println!("machine {id} ({}) is {}", m.hostname, m.state.as_str()),
+            }
+            if wait {
+                wait_deployed(c, id, m.state, Duration::from_secs(timeout), json).await?;
+            }
         }
         MachineCmd::Power {
             id,

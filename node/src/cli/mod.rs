@@ -147,6 +147,18 @@ pub enum MachineCmd {
         #[arg(long)]
         if_match: Option<u64>,
     },
+    /// Deploy IMAGE on a ready machine: its next network boot installs it. With --wait,
+    /// follow the machine until it is deployed (or fails), a line per change of state.
+    Deploy {
+        id: u64,
+        #[arg(long)]
+        image: String,
+        #[arg(long)]
+        wait: bool,
+        /// Seconds --wait waits at most.
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
     /// Power action (on, off, cycle, reset, status); waits for the task unless --no-wait.
     Power {
         id: u64,

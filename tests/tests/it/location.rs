@@ -534,21 +534,30 @@ async fn deploy_flow_with_artifacts_and_a_one_time_install_callback() {
         .await
         .unwrap();
     assert_eq!(s, 400, "unknown image");
-    let (s, v) = c
-        .request(
-            1,
-            Method::POST,
-            &format!("/v1/machines/{id}/deploy"),
-            Some(deploy("debian12")),
-            &[],
-        )
-        .await
+    // Deployed with the CLI, which then follows the machine until it is deployed (below,
+    // when the install callback comes).
+    let waiting = std::process::Command::new(rackd_tests::rackd_bin())
+        .args(["machines", "deploy", &id.to_string(), "--image", "debian12"])
+        .args(["--wait", "--timeout", "120"])
+        .env("RACKD_SERVER", c.url(1))
+        .env("RACKD_TOKEN", &c.token)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    assert_eq!(
-        (s, v["state"].as_str(), v["image"].as_str()),
-        (200, Some("deploying"), Some("debian12")),
-        "{v}"
-    );
+    c.wait_until(
+        Duration::from_secs(30),
+        "the CLI's deploy",
+        |c| async move {
+            let v: serde_json::Value = c
+                .get_json(0, &format!("/v1/machines/{id}"))
+                .await
+                .unwrap_or_default();
+            v["state"] == "deploying" && v["image"] == "debian12"
+        },
+    )
+    .await
+    .unwrap();
     let (s, _) = c
         .request(
             1,
@@ -621,6 +630,21 @@ async fn deploy_flow_with_artifacts_and_a_one_time_install_callback() {
     };
     assert_eq!(cb("wrong".into()).await, 401);
     assert_eq!(cb(token.clone()).await, 200);
+    // The CLI saw it: deploying, then deployed, and it ends successfully.
+    let out = tokio::task::spawn_blocking(move || waiting.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("(web1) is deploying") && said.trim_end().ends_with("(web1) is deployed"),
+        "{said}"
+    );
     // The token is burnt; an installer retrying after a lost answer gets the first answer
     // (the callback's idempotency key), and nothing happens twice.
     assert_eq!(
