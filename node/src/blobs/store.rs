@@ -63,6 +63,9 @@ pub struct BlobStore {
     /// The copies known good since this process started, by what their file looked like
     /// when they were written or last hashed ([`BlobStore::check`]).
     known_good: Mutex<HashMap<Digest, FileId>>,
+    /// When each copy was last hashed (or written) by this process: the periodic scrub
+    /// hashes again what has not been for a while, since rot on disk changes no file time.
+    hashed_at: Mutex<HashMap<Digest, std::time::Instant>>,
 }
 
 /// What identifies one version of a file: a copy rewritten or replaced gets another.
@@ -120,6 +123,7 @@ impl BlobStore {
             held: Mutex::new(HashMap::new()),
             fetching: Mutex::new(HashMap::new()),
             known_good: Mutex::new(HashMap::new()),
+            hashed_at: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -159,6 +163,10 @@ impl BlobStore {
     }
 
     fn remember_good(&self, d: &Digest) {
+        self.hashed_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(d.clone(), std::time::Instant::now());
         if let Ok(m) = std::fs::metadata(self.path(d)) {
             self.known_good
                 .lock()
@@ -191,6 +199,25 @@ impl BlobStore {
             .remove(d);
         self.remove(d)?;
         Ok(false)
+    }
+
+    /// Hash the copy of `d` again whatever is known of it (the periodic scrub); a copy that
+    /// does not match is removed (`Ok(false)`).
+    pub fn rehash(&self, d: &Digest) -> std::io::Result<bool> {
+        self.known_good
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(d);
+        self.check(d)
+    }
+
+    /// Whether this process has not hashed (or written) the copy of `d` within `age`.
+    pub fn hashed_before(&self, d: &Digest, age: std::time::Duration) -> bool {
+        self.hashed_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(d)
+            .is_none_or(|t| t.elapsed() >= age)
     }
 
     /// Whether the copy of `d` was checked by this process (and is unchanged since).
@@ -538,6 +565,20 @@ mod tests {
         assert!(!s.is_known_good(&d));
         assert!(s.check(&d).unwrap());
         assert!(s.is_known_good(&d));
+        // Rot that changes no file time (as on a failing disk) escapes the known-good
+        // check; the periodic rehash finds it.
+        {
+            let p = dir.path().join("sha256").join(d.hex());
+            let t = std::fs::metadata(&p).unwrap().modified().unwrap();
+            let mut f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+            f.write_all(b"rot").unwrap();
+            f.set_modified(t).unwrap();
+        }
+        assert!(s.is_known_good(&d), "same inode, length and time");
+        assert!(!s.hashed_before(&d, std::time::Duration::from_secs(3600)));
+        assert!(s.hashed_before(&d, std::time::Duration::ZERO));
+        assert!(!s.rehash(&d).unwrap());
+        assert!(s.size(&d).is_none());
         std::fs::write(dir.path().join("sha256").join(d.hex()), b"rot").unwrap();
         s.remove(&d).unwrap();
         s.remove(&d).unwrap();

@@ -197,4 +197,7 @@ pub struct UpArgs {
     /// dropped beyond it. Voters keep every copy they hold.
     #[arg(long, default_value_t = 50 << 30)]
     pub blob_cache_bytes: u64,
+    /// Hours after which a copy is hashed again (rot on disk changes no file time).
+    #[arg(long, default_value_t = 24)]
+    pub blob_scrub_hours: u64,
 }

@@ -72,6 +72,8 @@ pub struct BlobConfig {
     pub gc_after: Duration,
     /// What a location node keeps cached.
     pub cache_bytes: u64,
+    /// How often every copy is hashed again.
+    pub scrub_every: Duration,
 }
 
 /// Connection limits of the HTTP API (see `api::listener`).
@@ -270,6 +272,7 @@ impl NodeConfig {
                 orphan_after: Duration::from_secs(args.blob_orphan_secs),
                 gc_after: Duration::from_secs(args.blob_gc_secs),
                 cache_bytes: args.blob_cache_bytes,
+                scrub_every: Duration::from_secs(args.blob_scrub_hours.max(1) * 3600),
             },
             location,
         })

@@ -17,8 +17,13 @@
 //! - on the leader, a blob no image uses is forgotten once it is older than the GC age.
 //!
 //! A location node fetches from a holder at its own site first, then from the voters.
-//! Copies being written are held in the store, so the sweep never removes them. Layer:
-//! services; depends on `cluster` and `blobs`.
+//! Copies not hashed by this process for `--blob-scrub-hours` (and those it never hashed:
+//! after a restart, or changed on disk) are hashed again in the background, a bounded amount
+//! per pass, since rot on a failing disk changes no file time; a damaged one is removed and
+//! copied again. Copies being written are held in the store, so the sweep never removes
+//! them.
+//!
+//! Layer: services; depends on `cluster` and `blobs`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -146,10 +151,21 @@ impl Keeper {
             // Copies not written or hashed by this process (since a restart, or changed on
             // disk) are hashed, a bounded amount per pass; a damaged one is removed, and
             // counts as lost below.
-            if budget > 0 && !store.is_held(&d) && !store.is_known_good(&d) {
+            let stale = store.hashed_before(&d, cfg.scrub_every);
+            if budget > 0 && !store.is_held(&d) && (stale || !store.is_known_good(&d)) {
                 budget = budget.saturating_sub(size);
                 let (s, d2) = (store.clone(), d.clone());
-                if let Ok(Ok(false)) = tokio::task::spawn_blocking(move || s.check(&d2)).await {
+                let checked =
+                    tokio::task::spawn_blocking(
+                        move || {
+                            if stale {
+                                s.rehash(&d2)
+                            } else {
+                                s.check(&d2)
+                            }
+                        },
+                    );
+                if let Ok(Ok(false)) = checked.await {
                     tracing::warn!(digest = %d, "a damaged copy was found and removed");
                     continue;
                 }
