@@ -206,6 +206,14 @@ impl NodeProc {
     }
 }
 
+/// What a CLI run ([`Cluster::cli`]) printed, and whether it succeeded.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
 /// A set of rackd processes plus an HTTP client holding the admin token.
 pub struct Cluster {
     pub dir: PathBuf,
@@ -623,6 +631,25 @@ impl Cluster {
         Client::with_http(&self.url(i), Some(self.token.clone()), self.http.clone())
             .with_retry(Duration::from_secs(20))
             .retry_unreachable()
+    }
+
+    /// Run the `rackd` CLI against node `i` with the admin token (blocking).
+    pub fn cli<I, S>(&self, i: usize, args: I) -> CliOutput
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let out = Command::new(rackd_bin())
+            .args(args)
+            .env("RACKD_SERVER", self.url(i))
+            .env("RACKD_TOKEN", &self.token)
+            .output()
+            .expect("run the rackd CLI");
+        CliOutput {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
     }
 
     /// GET once (no retry: tests measure and count failed reads).

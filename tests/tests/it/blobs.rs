@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use rackd_tests::{rackd_bin, Cluster};
+use rackd_tests::Cluster;
 use rackd_types::{Blob, ClusterInfo, Page};
 use reqwest::Method;
 
@@ -71,23 +71,9 @@ async fn blobs_live_on_two_voters_stream_from_any_node_and_heal() {
     let data = bytes(40 << 20, 7);
     std::fs::write(&file, &data).unwrap();
     let digest = sha256sum(&file);
-    let token = c.token.clone();
-    let cli = |url: String, args: &[&str]| {
-        let out = Command::new(rackd_bin())
-            .args(args)
-            .env("RACKD_SERVER", url)
-            .env("RACKD_TOKEN", &token)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).trim().to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
-    let (ok, out, err) = cli(c.url(follower), &["blobs", "put", file.to_str().unwrap()]);
-    assert!(ok, "{err}");
-    assert_eq!(out, digest);
+    let put = c.cli(follower, ["blobs", "put", file.to_str().unwrap()]);
+    assert!(put.ok, "{}", put.stderr);
+    assert_eq!(put.stdout.trim(), digest);
     let b = record(&c, l, &digest).await.expect("recorded");
     assert_eq!(b.size, data.len() as u64);
     let voter_copies = |b: &Blob| b.holders.iter().filter(|h| voter_ids.contains(h)).count();
@@ -105,11 +91,11 @@ async fn blobs_live_on_two_voters_stream_from_any_node_and_heal() {
     // The learner holds no copy: it streams a holder's. The CLI verifies before renaming.
     assert!(!copy_path(&c, learner, &digest).exists());
     let out_file = c.dir.join("downloaded.bin");
-    let (ok, _, err) = cli(
-        c.url(learner),
-        &["blobs", "get", &digest, out_file.to_str().unwrap()],
+    let get = c.cli(
+        learner,
+        ["blobs", "get", &digest, out_file.to_str().unwrap()],
     );
-    assert!(ok, "{err}");
+    assert!(get.ok, "{}", get.stderr);
     assert_eq!(sha256sum(&out_file), digest);
     // Ranges, from a holder and through the learner.
     for i in [b.holders[0] as usize - 1, learner] {
@@ -218,8 +204,8 @@ async fn blobs_live_on_two_voters_stream_from_any_node_and_heal() {
     );
 
     // Forgotten: every copy is removed.
-    let (ok, _, err) = cli(c.url(learner), &["blobs", "remove", &digest]);
-    assert!(ok, "{err}");
+    let rm = c.cli(learner, ["blobs", "remove", &digest]);
+    assert!(rm.ok, "{}", rm.stderr);
     assert!(record(&c, l, &digest).await.is_none());
     c.wait_until(T, "every copy removed", |c| {
         let d = digest.clone();
@@ -330,31 +316,22 @@ async fn a_location_node_caches_image_blobs_and_serves_them_cut_off() {
         sha256sum(&files[1]),
         sha256sum(&files[2]),
     );
-    let out = Command::new(rackd_bin())
-        .args([
-            "images",
-            "upload",
-            "deb",
-            "--cmdline",
-            "console=ttyS0",
-            "--kernel",
-        ])
-        .arg(&files[0])
-        .arg("--initrd")
-        .arg(&files[1])
-        .arg("--rootfs")
-        .arg(&files[2])
-        .args(["-o", "json"])
-        .env("RACKD_SERVER", c.url(1))
-        .env("RACKD_TOKEN", &c.token)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let img: rackd_types::Image = serde_json::from_slice(&out.stdout).unwrap();
+    let mut args: Vec<std::ffi::OsString> = ["images", "upload", "deb", "-o", "json"]
+        .iter()
+        .map(Into::into)
+        .collect();
+    for (flag, f) in [
+        ("--kernel", &files[0]),
+        ("--initrd", &files[1]),
+        ("--rootfs", &files[2]),
+    ] {
+        args.push(flag.into());
+        args.push(f.into());
+    }
+    args.extend(["--cmdline".into(), "console=ttyS0".into()]);
+    let out = c.cli(1, args);
+    assert!(out.ok, "{}", out.stderr);
+    let img: rackd_types::Image = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(
         (
             img.kernel.as_str(),

@@ -145,21 +145,23 @@ async fn boot_vm(tag: u32, via_tftp: bool, deploy: Deploy) {
         let initrd: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
         std::fs::write(artifacts.join("initrd.img"), &initrd).unwrap();
         let fetched = if deploy == Deploy::Blobs {
-            let out = Command::new(rackd_tests::rackd_bin())
-                .args(["images", "upload", "chain", "-o", "json", "--kernel"])
-                .arg(artifacts.join("ipxe.lkrn"))
-                .arg("--initrd")
-                .arg(artifacts.join("initrd.img"))
-                .env("RACKD_SERVER", c.url(0))
-                .env("RACKD_TOKEN", &c.token)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
+            let (kernel, initrd) = (artifacts.join("ipxe.lkrn"), artifacts.join("initrd.img"));
+            let out = c.cli(
+                0,
+                [
+                    "images".as_ref(),
+                    "upload".as_ref(),
+                    "chain".as_ref(),
+                    "-o".as_ref(),
+                    "json".as_ref(),
+                    "--kernel".as_ref(),
+                    kernel.as_os_str(),
+                    "--initrd".as_ref(),
+                    initrd.as_os_str(),
+                ],
             );
-            let img: rackd_types::Image = serde_json::from_slice(&out.stdout).unwrap();
+            assert!(out.ok, "{}", out.stderr);
+            let img: rackd_types::Image = serde_json::from_str(&out.stdout).unwrap();
             // iPXE prints each URL it fetches, then "... ok": the digests' tails, as the
             // console may wrap the long URLs.
             vec![
