@@ -70,7 +70,6 @@ fn replication_wait(node: &AppState, size: u64) -> Duration {
 
 pub async fn put_blob(
     State(node): State<AppState>,
-    Extension(actor): Extension<Actor>,
     Path(digest): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -114,7 +113,6 @@ pub async fn put_blob(
     };
     // Recorded in this node's own name (it may say so over the peer transport when it is
     // not the leader); the journal names the node that holds the copy.
-    let _ = actor;
     node.propose_anywhere(&format!("node:{me}"), None, cmd)
         .await?;
     let deadline = tokio::time::Instant::now() + replication_wait(&node, size);

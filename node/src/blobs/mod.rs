@@ -51,10 +51,7 @@ pub fn verified(digest: Digest, chunks: Chunks) -> Chunks {
                 Some((Err(e), p))
             }
             None => {
-                let ctx = p.ctx.take()?;
-                let mut raw = [0u8; 32];
-                raw.copy_from_slice(ctx.finish().as_ref());
-                let actual = Digest::from_sha256(&raw);
+                let actual = store::finish(p.ctx.take()?);
                 if actual == p.digest {
                     None
                 } else {

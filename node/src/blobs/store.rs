@@ -379,10 +379,7 @@ impl BlobStore {
                     });
                 }
             }
-            let got = ctx.finish();
-            let mut raw = [0u8; 32];
-            raw.copy_from_slice(got.as_ref());
-            let actual = Digest::from_sha256(&raw);
+            let actual = finish(ctx);
             if &actual != digest {
                 return Err(BlobError::Mismatch {
                     expected: digest.clone(),
@@ -443,17 +440,22 @@ impl BlobStore {
             }
             ctx.update(&buf[..n]);
         }
-        let mut raw = [0u8; 32];
-        raw.copy_from_slice(ctx.finish().as_ref());
-        Ok(&Digest::from_sha256(&raw) == d)
+        Ok(&finish(ctx) == d)
     }
+}
+
+/// The digest a SHA-256 context has computed.
+pub fn finish(ctx: ring::digest::Context) -> Digest {
+    let mut raw = [0u8; 32];
+    raw.copy_from_slice(ctx.finish().as_ref());
+    Digest::from_sha256(&raw)
 }
 
 /// The SHA-256 digest of `bytes` (tests, small bodies).
 pub fn digest_of(bytes: &[u8]) -> Digest {
-    let mut raw = [0u8; 32];
-    raw.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
-    Digest::from_sha256(&raw)
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(bytes);
+    finish(ctx)
 }
 
 impl rackd_raft::network::BlobSource for BlobStore {

@@ -177,6 +177,8 @@ impl Keeper {
             match st.blob(&d) {
                 Some(b) if b.size == size && b.holders.contains(&me) => {}
                 Some(b) if b.size == size => {
+                    // Verified when written: recorded (the record lost it, or this node
+                    // copied it while the cluster could not be told).
                     let cmd = Command::RecordBlob {
                         digest: d.clone(),
                         size,
@@ -185,7 +187,6 @@ impl Keeper {
                     if let Err(e) = node.propose_anywhere(&actor, None, cmd).await {
                         tracing::warn!(digest = %d, error = %e.message, "cannot record a copy");
                     }
-                    let _ = b;
                 }
                 _ => {
                     let age = SystemTime::now()
