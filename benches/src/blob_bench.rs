@@ -73,6 +73,17 @@ fn write_file(path: &std::path::Path, size: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `sha256:<hex>` of a file, by coreutils' `sha256sum`.
+fn sha256sum(path: &std::path::Path) -> anyhow::Result<String> {
+    let o = std::process::Command::new("sha256sum").arg(path).output()?;
+    let hex = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .context("sha256sum output")?
+        .to_string();
+    Ok(format!("sha256:{hex}"))
+}
+
 fn hwm(c: &Cluster, i: usize) -> u64 {
     c.nodes[i]
         .child
@@ -118,17 +129,8 @@ async fn main() -> anyhow::Result<()> {
     let file = c.dir.join("artifact.bin");
     write_file(&file, size)?;
     let t = Instant::now();
-    let o = std::process::Command::new("sha256sum")
-        .arg(&file)
-        .output()?;
+    let digest = sha256sum(&file)?;
     let sha_secs = t.elapsed().as_secs_f64();
-    let digest = format!(
-        "sha256:{}",
-        String::from_utf8_lossy(&o.stdout)
-            .split_whitespace()
-            .next()
-            .context("sha256sum output")?
-    );
     let before: Vec<u64> = (0..c.nodes.len()).map(|i| hwm(&c, i)).collect();
 
     // Upload through a follower, streamed from the file.
@@ -150,16 +152,7 @@ async fn main() -> anyhow::Result<()> {
     let upload_secs = t.elapsed().as_secs_f64();
     let initrd_file = c.dir.join("initrd");
     std::fs::write(&initrd_file, b"tiny initrd")?;
-    let out_ = std::process::Command::new("sha256sum")
-        .arg(&initrd_file)
-        .output()?;
-    let initrd = format!(
-        "sha256:{}",
-        String::from_utf8_lossy(&out_.stdout)
-            .split_whitespace()
-            .next()
-            .context("sha256sum")?
-    );
+    let initrd = sha256sum(&initrd_file)?;
     let r = c
         .http
         .put(format!("{}/v1/blobs/{initrd}", c.url(0)))

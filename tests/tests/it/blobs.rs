@@ -278,15 +278,10 @@ async fn a_location_node_caches_image_blobs_and_serves_them_cut_off() {
             0,
             true,
             &[
-                "--location",
-                "dc1",
-                "--http-boot-listen",
-                "{ip}:0",
-                "--tftp-root",
-                "{dir}/tftp",
-                "--blob-cache-bytes",
-                "14680064",
-            ],
+                &crate::http_boot::BOOT_NODE_ARGS[..],
+                &["--blob-cache-bytes", "14680064"],
+            ]
+            .concat(),
         )
         .await
         .expect("location learner");
@@ -523,14 +518,7 @@ async fn a_site_node_fetches_from_its_sibling_when_the_voters_are_gone() {
         .post_json(0, "/v1/locations", &serde_json::json!({"name": "dc1"}))
         .await
         .unwrap();
-    let site_args = [
-        "--location",
-        "dc1",
-        "--http-boot-listen",
-        "{ip}:0",
-        "--tftp-root",
-        "{dir}/tftp",
-    ];
+    let site_args = crate::http_boot::BOOT_NODE_ARGS;
     let a = c.join_with(0, true, &site_args).await.expect("site node a");
     let b = c.join_with(0, true, &site_args).await.expect("site node b");
     let boot = |i: usize| {
