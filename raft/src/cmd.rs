@@ -102,6 +102,13 @@ pub enum Command {
         token: Secret,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sealed_token: Option<Secret>,
+        /// The deploy workflow's wait for the machine's script fetch (ms; rules 5, default
+        /// [`rackd_types::StepKind::default_timeout_ms`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        boot_timeout_ms: Option<u64>,
+        /// The deploy workflow's wait for the installer's callback (ms; rules 5).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        install_timeout_ms: Option<u64>,
     },
     /// Install callback: the deploying machine with `mac` presents `token`; on a match the
     /// machine becomes `deployed` and the token is burnt.
@@ -249,6 +256,44 @@ pub enum Command {
     ForgetBlob {
         digest: rackd_types::Digest,
     },
+    /// Release a deployed (or failed) machine: it becomes `releasing` and a release workflow
+    /// powers it off, then returns it to `ready`. Needs rules 5.
+    Release {
+        id: u64,
+        if_match: Option<u64>,
+    },
+    /// The executor of attempt `generation` of a workflow starts attempt `attempt` (1, 2, …)
+    /// of step `step`, the workflow's current one: the step runs under a deadline (leader time
+    /// plus its timeout) and a later attempt knows an earlier one may have acted. Needs rules 5.
+    StartStep {
+        id: u64,
+        generation: u64,
+        step: u32,
+        attempt: u32,
+    },
+    /// The executor of attempt `generation` records how attempt `attempt` of step `step`
+    /// ended: the workflow moves to its next step, or ends (the machine becomes `deployed` or
+    /// `ready`, or `failed` with the step named). Needs rules 5.
+    FinishStep {
+        id: u64,
+        generation: u64,
+        step: u32,
+        attempt: u32,
+        outcome: StepOutcome,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        observed_power: Option<rackd_types::PowerState>,
+    },
+    /// A location node served the deploy script to the machine with `mac`: its deploy
+    /// workflow's `wait_boot` step is done. Needs rules 5.
+    BootScriptServed {
+        mac: String,
+        node: u64,
+    },
+    /// An operator retries a failed or cancelled workflow from the step where it stopped (its
+    /// machine, `failed` since, goes back to `deploying` or `releasing`). Needs rules 5.
+    RetryTask {
+        id: u64,
+    },
     /// Record a cluster event that is not itself a state change here (membership changes are
     /// applied by openraft; the journal entry makes them visible in `/v1/events`).
     Journal {
@@ -298,6 +343,19 @@ impl Command {
             Command::LoseTasks {
                 head, generation, ..
             } => Some(format!("lose:{head}:{generation}")),
+            Command::StartStep {
+                id,
+                generation,
+                step,
+                attempt,
+            } => Some(format!("step-start:{id}:{generation}:{step}:{attempt}")),
+            Command::FinishStep {
+                id,
+                generation,
+                step,
+                attempt,
+                ..
+            } => Some(format!("step-finish:{id}:{generation}:{step}:{attempt}")),
             // No key: applying a round again changes nothing (an observation replaces only
             // older ones), and a key per round would fill the shared idempotency bound.
             Command::DeployDone { mac, token } => Some(format!(
@@ -325,10 +383,6 @@ impl Command {
             | Command::RevokeBmcSession { .. }
             | Command::CreateJoinToken {
                 location: Some(_), ..
-            }
-            | Command::Deploy {
-                sealed_token: Some(_),
-                ..
             } => ApplyRules::Rules3,
             Command::CreateApiToken { role, ttl_ms, .. }
                 if *role != rackd_types::ApiRole::Admin || ttl_ms.is_some() =>
@@ -338,6 +392,21 @@ impl Command {
             Command::RecordBlob { .. }
             | Command::DropBlobHolder { .. }
             | Command::ForgetBlob { .. } => ApplyRules::Rules4,
+            Command::Release { .. }
+            | Command::StartStep { .. }
+            | Command::FinishStep { .. }
+            | Command::BootScriptServed { .. }
+            | Command::RetryTask { .. } => ApplyRules::Rules5,
+            // Older builds would drop the timeouts.
+            Command::Deploy {
+                boot_timeout_ms,
+                install_timeout_ms,
+                ..
+            } if boot_timeout_ms.is_some() || install_timeout_ms.is_some() => ApplyRules::Rules5,
+            Command::Deploy {
+                sealed_token: Some(_),
+                ..
+            } => ApplyRules::Rules3,
             // Older builds would drop the root filesystem.
             Command::CreateImage(c) if c.rootfs.is_some() => ApplyRules::Rules4,
             Command::UpdateImage { patch, .. } if patch.rootfs.is_some() => ApplyRules::Rules4,
@@ -386,6 +455,11 @@ impl Command {
             Command::RecordBlob { .. } => "record_blob",
             Command::DropBlobHolder { .. } => "drop_blob_holder",
             Command::ForgetBlob { .. } => "forget_blob",
+            Command::Release { .. } => "release",
+            Command::StartStep { .. } => "start_step",
+            Command::FinishStep { .. } => "finish_step",
+            Command::BootScriptServed { .. } => "boot_script_served",
+            Command::RetryTask { .. } => "retry_task",
             Command::Journal { .. } => "journal",
         }
     }
@@ -437,6 +511,20 @@ impl From<ObservationRepr> for PowerObservation {
             },
         }
     }
+}
+
+/// How an attempt of a workflow step ended (`FinishStep`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum StepOutcome {
+    /// Done; `note` says what it found or did.
+    Succeeded { note: String },
+    /// Not needed (no BMC, the machine is booting already); `note` says why.
+    Skipped { note: String },
+    /// Failed with the error text, verbatim. A step with attempts left runs again.
+    Failed { error: String },
+    /// The attempt's deadline passed (apply refuses it earlier).
+    TimedOut,
 }
 
 /// A secret carried in a command (deploy tokens): redacted in `Debug`, so log lines that print

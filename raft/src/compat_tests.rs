@@ -150,6 +150,8 @@ fn every_command() -> Vec<Command> {
             image: "i".into(),
             token: Secret("sha256:00".into()),
             sealed_token: Some(Secret("rackd-sealed:v1:deploy-token:1:00".into())),
+            boot_timeout_ms: Some(60_000),
+            install_timeout_ms: Some(600_000),
         },
         Command::DeployDone {
             mac: "52:54:00:00:00:01".into(),
@@ -239,6 +241,29 @@ fn every_command() -> Vec<Command> {
         Command::ForgetBlob {
             digest: rackd_types::Digest::from_sha256(&[7; 32]),
         },
+        Command::Release {
+            id: 3,
+            if_match: Some(2),
+        },
+        Command::StartStep {
+            id: 6,
+            generation: 1,
+            step: 2,
+            attempt: 1,
+        },
+        Command::FinishStep {
+            id: 6,
+            generation: 1,
+            step: 2,
+            attempt: 1,
+            outcome: crate::cmd::StepOutcome::Succeeded { note: "n".into() },
+            observed_power: Some(rackd_types::PowerState::On),
+        },
+        Command::BootScriptServed {
+            mac: "52:54:00:00:00:01".into(),
+            node: 2,
+        },
+        Command::RetryTask { id: 6 },
         Command::Journal {
             kind: "k".into(),
             entity: "e".into(),
@@ -288,6 +313,11 @@ fn every_command() -> Vec<Command> {
             | Command::RecordBlob { .. }
             | Command::DropBlobHolder { .. }
             | Command::ForgetBlob { .. }
+            | Command::Release { .. }
+            | Command::StartStep { .. }
+            | Command::FinishStep { .. }
+            | Command::BootScriptServed { .. }
+            | Command::RetryTask { .. }
             | Command::Journal { .. } => {}
         }
     }
@@ -381,6 +411,8 @@ fn members_propose_only_their_own_cluster_internal_writes() {
         "finish_task",
         "observe_power",
         "deploy_done",
+        "start_step",
+        "finish_step",
     ];
     let st = State::default();
     for cmd in every_command() {
@@ -415,6 +447,12 @@ fn members_propose_only_their_own_cluster_internal_writes() {
                 assert_eq!(r, Ok(()), "{name}");
                 let e = st.node_may_propose(3, "node:3", &cmd).unwrap_err();
                 assert!(e.contains("node 2's blob store"), "{e}");
+            }
+            // The sample names node 2 as the server: node 3 may not report for it.
+            Command::BootScriptServed { .. } => {
+                assert_eq!(r, Ok(()), "{name}");
+                let e = st.node_may_propose(3, "node:3", &cmd).unwrap_err();
+                assert!(e.contains("what node 2 served"), "{e}");
             }
             // An install callback is relayed in the machine's name too.
             Command::DeployDone { mac, .. } => {
@@ -456,6 +494,7 @@ fn only_a_tasks_assignee_renews_or_finishes_it() {
         finished_at: None,
         error: None,
         observed_power: None,
+        steps: Vec::new(),
     };
     st.tasks.insert(6, task);
     let renew = Command::RenewTaskLease {
@@ -469,7 +508,21 @@ fn only_a_tasks_assignee_renews_or_finishes_it() {
         error: None,
         observed_power: None,
     };
-    for cmd in [&renew, &finish] {
+    let start_step = Command::StartStep {
+        id: 6,
+        generation: 1,
+        step: 0,
+        attempt: 1,
+    };
+    let finish_step = Command::FinishStep {
+        id: 6,
+        generation: 1,
+        step: 0,
+        attempt: 1,
+        outcome: crate::cmd::StepOutcome::TimedOut,
+        observed_power: None,
+    };
+    for cmd in [&renew, &finish, &start_step, &finish_step] {
         assert_eq!(st.node_may_propose(2, "node:2", cmd), Ok(()));
         let e = st.node_may_propose(3, "node:3", cmd).unwrap_err();
         assert!(e.contains("held by node 2"), "{e}");
@@ -488,8 +541,11 @@ fn every_command_is_proposable_under_current_rules_and_new_ones_wait_under_older
     old.meta.rules = ApplyRules::Format2;
     let mut rules3 = State::default();
     rules3.meta.rules = ApplyRules::Rules3;
+    let mut rules4 = State::default();
+    rules4.meta.rules = ApplyRules::Rules4;
     let mut waiting = Vec::new();
     let mut waiting_on_4 = Vec::new();
+    let mut waiting_on_5 = Vec::new();
     for cmd in every_command() {
         assert!(cmd.needs_rules() <= ApplyRules::CURRENT, "{}", cmd.name());
         assert_eq!(current.admits_proposal(&cmd), Ok(()), "{}", cmd.name());
@@ -498,10 +554,22 @@ fn every_command_is_proposable_under_current_rules_and_new_ones_wait_under_older
             waiting.push(cmd.name());
         }
         if let Err(e) = rules3.admits_proposal(&cmd) {
-            assert!(e.message.contains("needs apply rules 4"), "{}", e.message);
+            assert!(e.message.contains("needs apply rules"), "{}", e.message);
             waiting_on_4.push(cmd.name());
         }
+        if let Err(e) = rules4.admits_proposal(&cmd) {
+            assert!(e.message.contains("needs apply rules 5"), "{}", e.message);
+            waiting_on_5.push(cmd.name());
+        }
     }
+    let workflows = [
+        "deploy",
+        "release",
+        "start_step",
+        "finish_step",
+        "boot_script_served",
+        "retry_task",
+    ];
     let blobs = ["record_blob", "drop_blob_holder", "forget_blob"];
     assert_eq!(
         waiting,
@@ -516,9 +584,18 @@ fn every_command_is_proposable_under_current_rules_and_new_ones_wait_under_older
         ]
         .into_iter()
         .chain(blobs)
+        .chain(workflows.into_iter().skip(1))
         .collect::<Vec<_>>()
     );
-    assert_eq!(waiting_on_4, blobs);
+    assert_eq!(
+        waiting_on_4,
+        ["deploy"]
+            .into_iter()
+            .chain(blobs)
+            .chain(workflows.into_iter().skip(1))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(waiting_on_5, workflows);
     let admin_forever = Command::CreateApiToken {
         name: "n".into(),
         token_hash: "h".into(),

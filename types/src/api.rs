@@ -33,7 +33,21 @@ pub const MAX_PAGE_LIMIT: usize = 1000;
 #[serde(deny_unknown_fields)]
 pub struct DeployMachine {
     pub image: String,
+    /// How long to wait for the machine to fetch its deploy script once it was powered on
+    /// (default 900).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_timeout_secs: Option<u64>,
+    /// How long to wait for the installer's callback once the script was fetched (default
+    /// 3600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_timeout_secs: Option<u64>,
 }
+
+/// `POST /v1/machines/{id}/release`: a deployed (or failed) machine is powered off and
+/// returns to `ready`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseMachine {}
 
 /// `POST /v1/machines/{id}/power`.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]

@@ -185,6 +185,9 @@ pub struct Machine {
     /// Image deployed (or being deployed) on the machine.
     #[serde(default)]
     pub image: Option<String>,
+    /// The deploy or release task driving the machine, or the last one that did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<u64>,
     /// Power state as last observed through the BMC.
     #[serde(default)]
     pub power_state: Option<PowerState>,
@@ -209,6 +212,12 @@ pub enum TaskKind {
     BootDisk,
     /// Every boot from the local disk.
     BootDiskPersistent,
+    /// The deploy workflow of a machine (created by `POST /v1/machines/{id}/deploy`; steps in
+    /// [`Task::steps`]). Since apply rules 5.
+    Deploy,
+    /// The release workflow of a machine (created by `POST /v1/machines/{id}/release`).
+    /// Since apply rules 5.
+    Release,
 }
 
 /// What a task asks of the BMC.
@@ -222,7 +231,7 @@ pub enum TaskWork {
 }
 
 impl TaskKind {
-    pub const ALL: [TaskKind; 9] = [
+    pub const ALL: [TaskKind; 11] = [
         TaskKind::PowerOn,
         TaskKind::PowerOff,
         TaskKind::PowerCycle,
@@ -232,31 +241,186 @@ impl TaskKind {
         TaskKind::BootPxePersistent,
         TaskKind::BootDisk,
         TaskKind::BootDiskPersistent,
+        TaskKind::Deploy,
+        TaskKind::Release,
     ];
 
-    /// What this kind of task does.
-    pub fn work(self) -> TaskWork {
+    /// What this kind of task asks of the BMC in one command; `None` for workflows (their
+    /// steps say what they do).
+    pub fn work(self) -> Option<TaskWork> {
         use BootDevice::{Disk, Pxe};
-        let boot = |device, persistent| TaskWork::Boot { device, persistent };
+        let boot = |device, persistent| Some(TaskWork::Boot { device, persistent });
         match self {
-            TaskKind::PowerOn => TaskWork::Power(PowerAction::On),
-            TaskKind::PowerOff => TaskWork::Power(PowerAction::Off),
-            TaskKind::PowerCycle => TaskWork::Power(PowerAction::Cycle),
-            TaskKind::PowerReset => TaskWork::Power(PowerAction::Reset),
-            TaskKind::PowerStatus => TaskWork::Power(PowerAction::Status),
+            TaskKind::PowerOn => Some(TaskWork::Power(PowerAction::On)),
+            TaskKind::PowerOff => Some(TaskWork::Power(PowerAction::Off)),
+            TaskKind::PowerCycle => Some(TaskWork::Power(PowerAction::Cycle)),
+            TaskKind::PowerReset => Some(TaskWork::Power(PowerAction::Reset)),
+            TaskKind::PowerStatus => Some(TaskWork::Power(PowerAction::Status)),
             TaskKind::BootPxe => boot(Pxe, false),
             TaskKind::BootPxePersistent => boot(Pxe, true),
             TaskKind::BootDisk => boot(Disk, false),
             TaskKind::BootDiskPersistent => boot(Disk, true),
+            TaskKind::Deploy | TaskKind::Release => None,
         }
+    }
+
+    /// Whether tasks of this kind are workflows (steps, created with their machine's
+    /// transition, never by `CreateTask`).
+    pub fn is_workflow(self) -> bool {
+        self.work().is_none()
     }
 
     /// The kind of task that does `w` (the inverse of [`TaskKind::work`]).
     pub fn for_work(w: TaskWork) -> TaskKind {
         Self::ALL
             .into_iter()
-            .find(|k| k.work() == w)
+            .find(|k| k.work() == Some(w))
             .expect("every TaskWork has a TaskKind")
+    }
+}
+
+/// What one step of a workflow does (DESIGN §5). A step needing a BMC is skipped, with a note,
+/// on a machine without one (its operator powers it by hand).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    /// Check what the boot needs (the machine's MAC, its address, the image) and bring the
+    /// image's blobs into the executing location node's cache.
+    Prepare,
+    /// Next boot from the network, once (BMC).
+    BootPxe,
+    /// Power on, or power cycle a machine that is on (BMC). An attempt after one that may have
+    /// acted only checks the power: a machine found on is not cycled again. Skipped once the
+    /// machine fetched its deploy script (it is booting already).
+    PowerOn,
+    /// Wait until the machine fetches its deploy script from a location node.
+    WaitBoot,
+    /// Wait for the installer's callback (`POST /boot/{mac}/done`).
+    WaitInstall,
+    /// Every boot from the local disk (BMC).
+    BootDisk,
+    /// Power off (BMC).
+    PowerOff,
+}
+
+impl StepKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepKind::Prepare => "prepare",
+            StepKind::BootPxe => "boot_pxe",
+            StepKind::PowerOn => "power_on",
+            StepKind::WaitBoot => "wait_boot",
+            StepKind::WaitInstall => "wait_install",
+            StepKind::BootDisk => "boot_disk",
+            StepKind::PowerOff => "power_off",
+        }
+    }
+
+    /// Steps that drive the BMC.
+    pub fn needs_bmc(self) -> bool {
+        matches!(
+            self,
+            StepKind::BootPxe | StepKind::PowerOn | StepKind::BootDisk | StepKind::PowerOff
+        )
+    }
+
+    /// Steps that wait for the machine (ended by an event, or by their deadline).
+    pub fn is_wait(self) -> bool {
+        matches!(self, StepKind::WaitBoot | StepKind::WaitInstall)
+    }
+
+    /// What a wait step waits for (in timeout errors).
+    pub fn waits_for(self) -> &'static str {
+        match self {
+            StepKind::WaitBoot => "the machine to fetch its deploy script",
+            StepKind::WaitInstall => "the installer's callback",
+            _ => "the step",
+        }
+    }
+
+    /// How long the step may take unless the request says otherwise (ms).
+    pub fn default_timeout_ms(self) -> u64 {
+        const MIN: u64 = 60_000;
+        match self {
+            StepKind::Prepare => 30 * MIN,
+            StepKind::BootPxe | StepKind::BootDisk | StepKind::PowerOff => 5 * MIN,
+            StepKind::PowerOn => 5 * MIN,
+            StepKind::WaitBoot => 15 * MIN,
+            StepKind::WaitInstall => 60 * MIN,
+        }
+    }
+
+    /// Attempts the executor makes of a step that failed (BMC errors are often transient),
+    /// with backoff between them, before the step fails the workflow. Waits have one.
+    pub fn max_attempts(self) -> u32 {
+        if self.is_wait() {
+            1
+        } else {
+            3
+        }
+    }
+}
+
+impl std::fmt::Display for StepKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    Pending,
+    Running,
+    Succeeded,
+    Skipped,
+    Failed,
+    Cancelled,
+}
+
+impl StepState {
+    /// Succeeded or skipped: the workflow has gone past the step.
+    pub fn is_done(self) -> bool {
+        matches!(self, StepState::Succeeded | StepState::Skipped)
+    }
+}
+
+/// One step of a workflow task: its state, attempts and timings (leader time, ms since the
+/// epoch), what it found or did (`note`) and its error text, verbatim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct TaskStep {
+    pub kind: StepKind,
+    pub state: StepState,
+    #[serde(default)]
+    pub attempts: u32,
+    /// How long one attempt may take (a wait step: how long it waits).
+    pub timeout_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<u64>,
+    /// When the running attempt times out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl TaskStep {
+    pub fn new(kind: StepKind, timeout_ms: u64) -> Self {
+        Self {
+            kind,
+            state: StepState::Pending,
+            attempts: 0,
+            timeout_ms,
+            started_at: None,
+            deadline: None,
+            finished_at: None,
+            note: None,
+            error: None,
+        }
     }
 }
 
@@ -296,6 +460,22 @@ pub struct Task {
     pub error: Option<String>,
     /// Power state observed when the task finished.
     pub observed_power: Option<PowerState>,
+    /// A workflow's steps, in order (empty for single BMC commands).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<TaskStep>,
+}
+
+impl Task {
+    /// The index of the workflow step to run or wait on: the first one not done. `None` for
+    /// single commands and for workflows past their last step.
+    pub fn current_step(&self) -> Option<usize> {
+        self.steps.iter().position(|s| !s.state.is_done())
+    }
+
+    /// The step of `kind`, if the workflow has one.
+    pub fn step(&self, kind: StepKind) -> Option<&TaskStep> {
+        self.steps.iter().find(|s| s.kind == kind)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

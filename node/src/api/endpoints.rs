@@ -489,6 +489,12 @@ endpoints! {
         body: DeployMachine,
         status: 200, returns: Machine,
     }
+    POST "/v1/machines/{id}/release" => inventory::release_machine {
+        "Release a deployed or failed machine: a release task powers it off, then it is ready",
+        auth: Operator, query: NO_Q, headers: IFM,
+        body: ReleaseMachine,
+        status: 200, returns: Machine,
+    }
     POST "/v1/machines/{id}/power" => tasks::power {
         "Power action (on, off, cycle, reset, status) as a task run at the machine's location",
         auth: Operator, query: NO_Q, headers: IDEM,
@@ -529,6 +535,11 @@ endpoints! {
     }
     POST "/v1/tasks/{id}/cancel" => tasks::cancel_task {
         "Cancel a pending or running task (a running attempt is fenced); 409 when finished",
+        auth: Operator, query: NO_Q, headers: IDEM,
+        status: 200, returns: Task,
+    }
+    POST "/v1/tasks/{id}/retry" => tasks::retry_task {
+        "Run a failed or cancelled deploy or release again from the step where it stopped",
         auth: Operator, query: NO_Q, headers: IDEM,
         status: 200, returns: Task,
     }

@@ -289,6 +289,30 @@ crud! {
     get: get_image,
 }
 
+/// `POST /v1/machines/{id}/release {}`: deployed or failed → releasing; the release workflow
+/// powers the machine off and returns it to `ready`.
+pub async fn release_machine(
+    State(node): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> HttpResult<Json<Machine>> {
+    let id = parse_id(&id)?;
+    if !body.is_empty() {
+        let _: rackd_types::ReleaseMachine = parse_json(&body)?;
+    }
+    let cmd = Command::Release {
+        id,
+        if_match: if_match(&headers)?,
+    };
+    let v = node
+        .propose(&actor.0, idempotency_key(&headers, &actor)?, cmd)
+        .await?
+        .into_machine()?;
+    Ok(Json(v))
+}
+
 /// `POST /v1/machines/{id}/deploy {"image"}`: ready → deploying. The one-time install-callback
 /// token is generated here, on the leader (writes are forwarded), and never returned.
 pub async fn deploy_machine(
@@ -301,9 +325,18 @@ pub async fn deploy_machine(
     let id = parse_id(&id)?;
     let d: DeployMachine = parse_json(&body)?;
     let token = crate::cluster::secrets::new_secret("");
-    let cmd =
+    let mut cmd =
         super::sealing::deploy_command(&*node.cluster, id, if_match(&headers)?, d.image, token)
             .await?;
+    if let Command::Deploy {
+        boot_timeout_ms,
+        install_timeout_ms,
+        ..
+    } = &mut cmd
+    {
+        *boot_timeout_ms = d.boot_timeout_secs.map(|s| s.saturating_mul(1000));
+        *install_timeout_ms = d.install_timeout_secs.map(|s| s.saturating_mul(1000));
+    }
     let v = node
         .propose(&actor.0, idempotency_key(&headers, &actor)?, cmd)
         .await?

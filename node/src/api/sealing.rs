@@ -48,6 +48,8 @@ pub async fn deploy_command(
         image,
         token,
         sealed_token,
+        boot_timeout_ms: None,
+        install_timeout_ms: None,
     })
 }
 

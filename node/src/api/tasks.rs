@@ -182,6 +182,25 @@ pub async fn get_task(
         .ok_or_else(|| HttpError(ApiError::not_found(format!("task {id} not found"))))
 }
 
+/// `POST /v1/tasks/{id}/retry`: a failed or cancelled workflow runs again from its failed step.
+pub async fn retry_task(
+    State(node): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> HttpResult<Json<Task>> {
+    let id = parse_id(&id)?;
+    let t = node
+        .propose(
+            &actor.0,
+            idempotency_key(&headers, &actor)?,
+            Command::RetryTask { id },
+        )
+        .await?
+        .into_task()?;
+    Ok(Json(t))
+}
+
 pub async fn cancel_task(
     State(node): State<AppState>,
     Extension(actor): Extension<Actor>,

@@ -810,6 +810,8 @@ fn sample(e: &Endpoint, fx: &Fixture, created: &BTreeMap<&str, u64>) -> (String,
         (Verb::Post, "/v1/machines/{id}/deploy") => (with(fx.machine), body(r#"{"image":"img"}"#)),
         (Verb::Post, "/v1/machines/{id}/power") => (with(fx.machine), body(r#"{"action":"on"}"#)),
         (Verb::Post, "/v1/tasks/{id}/cancel") => (with(fx.task), String::new()),
+        (Verb::Post, "/v1/tasks/{id}/retry") => (with(fx.cancelled_deploy), String::new()),
+        (Verb::Post, "/v1/machines/{id}/release") => (with(fx.deployed), body("{}")),
         (Verb::Post, "/v1/machines/{id}/bmc-session") => {
             (with(fx.ipmi_machine), body(r#"{"source":"192.0.2.7"}"#))
         }
@@ -874,6 +876,10 @@ struct Fixture {
     subnet: u64,
     task: u64,
     learner: u64,
+    /// A deployed machine (release).
+    deployed: u64,
+    /// A cancelled deploy task (retry).
+    cancelled_deploy: u64,
 }
 
 async fn fixture(c: &Arc<FakeCluster>) -> Fixture {
@@ -956,6 +962,39 @@ async fn fixture(c: &Arc<FakeCluster>) -> Fixture {
         .unwrap()
         .meta
         .id;
+    let deployed = c.create_machine(CreateMachine {
+        macs: vec!["52:54:00:00:00:03".into()],
+        state: Some(MachineState::Deployed),
+        ..machine_spec("m-deployed", "dc1")
+    });
+    let redo = c.create_machine(CreateMachine {
+        macs: vec!["52:54:00:00:00:04".into()],
+        state: Some(MachineState::Ready),
+        ..machine_spec("m-redo", "dc1")
+    });
+    let cancelled_deploy = c
+        .apply_ok(
+            "t",
+            Command::Deploy {
+                id: redo,
+                if_match: None,
+                image: "img".into(),
+                token: rackd_raft::cmd::Secret("t".repeat(64)),
+                sealed_token: None,
+                boot_timeout_ms: None,
+                install_timeout_ms: None,
+            },
+        )
+        .into_machine()
+        .unwrap()
+        .workflow
+        .unwrap();
+    c.apply_ok(
+        "t",
+        Command::CancelTask {
+            id: cancelled_deploy,
+        },
+    );
     c.apply_ok(
         "t",
         Command::CreateJoinToken {
@@ -977,6 +1016,8 @@ async fn fixture(c: &Arc<FakeCluster>) -> Fixture {
         subnet,
         task,
         learner,
+        deployed,
+        cancelled_deploy,
     }
 }
 

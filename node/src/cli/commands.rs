@@ -106,14 +106,36 @@ async fn follow_task(
 async fn watch_task(c: &Client, id: u64, json: bool) -> anyhow::Result<()> {
     use rackd_types::TaskState;
     let mut last = None;
+    let mut steps: Vec<(rackd_types::StepState, u32)> = Vec::new();
     loop {
         let t: rackd_types::Task = c.get(&format!("/v1/tasks/{id}")).await?;
         let now = (t.state, t.attempt, t.assignee, t.generation);
+        let now_steps: Vec<_> = t.steps.iter().map(|s| (s.state, s.attempts)).collect();
+        if json && (last != Some(now) || steps != now_steps) {
+            println!("{}", serde_json::to_string(&t)?);
+        }
+        // A line per step that changed (workflows).
+        if !json && steps != now_steps {
+            for (i, s) in t.steps.iter().enumerate() {
+                if steps.get(i) == Some(&(s.state, s.attempts)) {
+                    continue;
+                }
+                let at = s.finished_at.or(s.started_at).unwrap_or(t.meta.updated_at);
+                let said = s.error.as_deref().or(s.note.as_deref()).unwrap_or("");
+                println!(
+                    "{}  task {id} step {} {:?} (attempt {}){}{said}",
+                    time(at),
+                    s.kind,
+                    s.state,
+                    s.attempts,
+                    if said.is_empty() { "" } else { ": " }
+                );
+            }
+        }
+        steps = now_steps;
         if last != Some(now) {
             last = Some(now);
-            if json {
-                println!("{}", serde_json::to_string(&t)?);
-            } else {
+            if !json {
                 println!(
                     "{}  task {id} {:?} on machine {}: {:?} (attempt {}{})",
                     time(t.meta.updated_at),
@@ -137,27 +159,52 @@ async fn watch_task(c: &Client, id: u64, json: bool) -> anyhow::Result<()> {
     }
 }
 
-/// Follow machine `id` from state `from` until it is deployed (Ok) or leaves `deploying`
-/// for anything else (an error naming it), printing each change.
-async fn wait_deployed(
+/// The machine a deploy or release answered with: JSON (a line when more follow with
+/// --wait), or a sentence naming its workflow task.
+fn print_transition(m: &Machine, wait: bool, json: bool) -> anyhow::Result<()> {
+    match (json, wait) {
+        // With --wait, JSON lines: one per change.
+        (true, true) => println!("{}", serde_json::to_string(m)?),
+        (true, false) => json_out(m)?,
+        _ => println!(
+            "machine {} ({}) is {}{}",
+            m.meta.id,
+            m.hostname,
+            m.state.as_str(),
+            m.workflow
+                .map(|t| format!(" (task {t})"))
+                .unwrap_or_default()
+        ),
+    }
+    Ok(())
+}
+
+/// Follow machine `id` from state `from` until it reaches `goal.1` (Ok) or leaves `goal.0`
+/// for anything else (an error naming it and why), printing each change.
+async fn wait_machine(
     c: &Client,
     id: u64,
     mut from: MachineState,
+    goal: (MachineState, MachineState),
     timeout: Duration,
     json: bool,
 ) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + timeout;
+    let (during, done) = goal;
+    let mut cause = String::new();
     loop {
-        match from {
-            MachineState::Deployed => return Ok(()),
-            MachineState::Deploying => {}
-            other => bail!("machine {id} is {} (not deploying)", other.as_str()),
+        if from == done {
+            return Ok(());
+        }
+        if from != during {
+            bail!("machine {id} is {}: {cause}", from.as_str());
         }
         if tokio::time::Instant::now() >= deadline {
-            bail!("machine {id} still deploying after {timeout:?}");
+            bail!("machine {id} still {} after {timeout:?}", during.as_str());
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         let m: Machine = c.get(&format!("/v1/machines/{id}")).await?;
+        cause = m.state_cause.clone();
         if m.state != from {
             if json {
                 println!("{}", serde_json::to_string(&m)?);
@@ -167,6 +214,45 @@ async fn wait_deployed(
             from = m.state;
         }
     }
+}
+
+/// A workflow's steps: state, attempts, timings, what each found or did, errors verbatim.
+fn step_rows(t: &rackd_types::Task) {
+    if t.steps.is_empty() {
+        return;
+    }
+    println!();
+    let rows: Vec<Vec<String>> = t
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let took = match (s.started_at, s.finished_at) {
+                (Some(a), Some(b)) => format!("{:.1}s", b.saturating_sub(a) as f64 / 1000.0),
+                _ => String::new(),
+            };
+            let mark = if t.current_step() == Some(i) && !t.state.is_terminal() {
+                "→"
+            } else {
+                ""
+            };
+            vec![
+                format!("{mark}{}", s.kind),
+                format!("{:?}", s.state),
+                s.attempts.to_string(),
+                s.started_at.map(time).unwrap_or_default(),
+                took,
+                s.error
+                    .clone()
+                    .or_else(|| s.note.clone())
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(
+        &["STEP", "STATE", "ATTEMPTS", "STARTED", "TOOK", "NOTE"],
+        &rows,
+    );
 }
 
 fn task_rows(ts: &[rackd_types::Task]) {
@@ -467,21 +553,36 @@ async fn machines(c: &Client, json: bool, mc: MachineCmd) -> anyhow::Result<()> 
             image,
             wait,
             timeout,
+            boot_timeout,
+            install_timeout,
         } => {
             let m: Machine = c
                 .post(
                     &format!("/v1/machines/{id}/deploy"),
-                    &rackd_types::DeployMachine { image },
+                    &rackd_types::DeployMachine {
+                        image,
+                        boot_timeout_secs: boot_timeout,
+                        install_timeout_secs: install_timeout,
+                    },
                 )
                 .await?;
-            match (json, wait) {
-                // With --wait, JSON lines: one per change.
-                (true, true) => println!("{}", serde_json::to_string(&m)?),
-                (true, false) => json_out(&m)?,
-                _ => println!("machine {id} ({}) is {}", m.hostname, m.state.as_str()),
-            }
+            print_transition(&m, wait, json)?;
             if wait {
-                wait_deployed(c, id, m.state, Duration::from_secs(timeout), json).await?;
+                let goal = (MachineState::Deploying, MachineState::Deployed);
+                wait_machine(c, id, m.state, goal, Duration::from_secs(timeout), json).await?;
+            }
+        }
+        MachineCmd::Release { id, wait, timeout } => {
+            let m: Machine = c
+                .post(
+                    &format!("/v1/machines/{id}/release"),
+                    &rackd_types::ReleaseMachine {},
+                )
+                .await?;
+            print_transition(&m, wait, json)?;
+            if wait {
+                let goal = (MachineState::Releasing, MachineState::Ready);
+                wait_machine(c, id, m.state, goal, Duration::from_secs(timeout), json).await?;
             }
         }
         MachineCmd::Power {
@@ -535,9 +636,20 @@ async fn tasks(c: &Client, json: bool, tc: TaskCmd) -> anyhow::Result<()> {
             if json {
                 return json_out(&t);
             }
-            task_rows(&[t]);
+            task_rows(std::slice::from_ref(&t));
+            step_rows(&t);
         }
         TaskCmd::Show { id, watch: true } => watch_task(c, id, json).await?,
+        TaskCmd::Retry { id } => {
+            let t: rackd_types::Task = c
+                .post(&format!("/v1/tasks/{id}/retry"), &serde_json::json!({}))
+                .await?;
+            if json {
+                return json_out(&t);
+            }
+            task_rows(std::slice::from_ref(&t));
+            step_rows(&t);
+        }
         TaskCmd::Cancel { id } => {
             let t: rackd_types::Task = c
                 .post(&format!("/v1/tasks/{id}/cancel"), &serde_json::json!({}))

@@ -147,8 +147,10 @@ pub enum MachineCmd {
         #[arg(long)]
         if_match: Option<u64>,
     },
-    /// Deploy IMAGE on a ready machine: its next network boot installs it. With --wait,
-    /// follow the machine until it is deployed (or fails), a line per change of state.
+    /// Deploy IMAGE on a ready machine: a deploy task sets its boot device, powers it on (or
+    /// cycles it), waits for its network boot and its installer, then sets the disk as its
+    /// boot device (`rackd tasks show TASK --watch` follows the steps). With --wait, follow
+    /// the machine until it is deployed (or fails), a line per change of state.
     Deploy {
         id: u64,
         #[arg(long)]
@@ -157,6 +159,22 @@ pub enum MachineCmd {
         wait: bool,
         /// Seconds --wait waits at most.
         #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+        /// Seconds the deploy waits for the machine to fetch its deploy script (900).
+        #[arg(long)]
+        boot_timeout: Option<u64>,
+        /// Seconds the deploy waits for the installer's callback (3600).
+        #[arg(long)]
+        install_timeout: Option<u64>,
+    },
+    /// Release a deployed or failed machine: a release task powers it off and it becomes
+    /// ready. With --wait, follow it until it is ready (or fails).
+    Release {
+        id: u64,
+        #[arg(long)]
+        wait: bool,
+        /// Seconds --wait waits at most.
+        #[arg(long, default_value_t = 600)]
         timeout: u64,
     },
     /// Power action (on, off, cycle, reset, status); waits for the task unless --no-wait.
@@ -208,8 +226,12 @@ pub enum TaskCmd {
         watch: bool,
     },
     /// Cancel a pending or running task (a running one is fenced: its executor stops within
-    /// its lease).
+    /// its lease). A cancelled deploy or release leaves its machine failed.
     Cancel {
+        id: u64,
+    },
+    /// Run a failed or cancelled deploy or release again from the step where it stopped.
+    Retry {
         id: u64,
     },
 }

@@ -86,7 +86,7 @@ impl ServiceSet {
             let started = http_boot::start(
                 h,
                 cluster.clone(),
-                blobs,
+                blobs.clone(),
                 location,
                 &cfg.tftp_root,
                 data_dir,
@@ -123,8 +123,13 @@ impl ServiceSet {
         }
 
         set.tasks.push(AbortOnDrop(
-            executor::Executor::new(cluster.clone(), location.to_string(), cfg.power.clone())
-                .spawn(),
+            executor::Executor::new(
+                cluster.clone(),
+                location.to_string(),
+                cfg.power.clone(),
+                Some(blobs),
+            )
+            .spawn(),
         ));
         set.tasks.push(AbortOnDrop(tokio::spawn(keep_location_key(
             cluster.clone(),

@@ -9,6 +9,9 @@ use rackd_types::{ApiError, Digest, ErrorCode, Image, MachineState, Meta};
 
 use super::{precondition, ApplyRules, State};
 
+/// The longest a deploy waits for the machine's boot or its installer (ms).
+pub const MAX_WAIT_MS: u64 = 24 * 3600 * 1000;
+
 fn check_path(what: &str, p: &str) -> Result<(), ApiError> {
     if p.is_empty() || p.len() > 512 || p.split('/').any(|c| c == "..") || p.starts_with('/') {
         return Err(ApiError::invalid(format!(
@@ -178,7 +181,7 @@ impl State {
         actor: &str,
         id: u64,
         if_match: Option<u64>,
-        image: &str,
+        (image, boot_ms, install_ms): (&str, Option<u64>, Option<u64>),
         (token, sealed_token): (&str, Option<&str>),
     ) -> Result<Applied, ApiError> {
         let mut stored = self.machines.fetch(id, "machine")?;
@@ -195,9 +198,30 @@ impl State {
         if token.len() < 32 {
             return Err(ApiError::internal("deploy token too short"));
         }
+        // Since rules 5 a workflow drives the deploy.
+        let workflow = if self.meta.rules >= ApplyRules::Rules5 {
+            for (what, t) in [("boot", boot_ms), ("install", install_ms)] {
+                if t.is_some_and(|t| t == 0 || t > MAX_WAIT_MS) {
+                    return Err(ApiError::invalid(format!(
+                        "{what}_timeout_secs must be from 1 to {}",
+                        MAX_WAIT_MS / 1000
+                    )));
+                }
+            }
+            let steps = super::workflow::deploy_steps(boot_ms, install_ms);
+            Some(self.create_workflow(now, actor, rackd_types::TaskKind::Deploy, id, steps))
+        } else {
+            None
+        };
         let m = &mut stored.machine;
         m.state = MachineState::Deploying;
-        m.state_cause = format!("deploy {image} requested by {actor}");
+        m.state_cause = match workflow {
+            Some(t) => format!("deploy {image} requested by {actor} (task {t})"),
+            None => format!("deploy {image} requested by {actor}"),
+        };
+        if workflow.is_some() {
+            m.workflow = workflow;
+        }
         m.image = Some(image.to_string());
         m.meta.version += 1;
         m.meta.updated_at = now;
@@ -254,6 +278,32 @@ impl State {
     ) -> Result<Applied, ApiError> {
         let mut stored = self.deploy_done_target(mac, token)?.clone();
         let id = stored.machine.meta.id;
+        // A workflow drives the deploy (rules 5): the callback ends its wait, and the machine
+        // becomes deployed after the workflow's last step.
+        if let Some(t) = self.active_workflow(id).cloned() {
+            stored.deploy_token = None; // one-time
+            stored.deploy_token_sealed = None;
+            stored.machine.state_cause = format!("install callback received (task {})", t.meta.id);
+            stored.machine.meta.version += 1;
+            stored.machine.meta.updated_at = now;
+            self.machines.insert(id, stored);
+            self.complete_wait(
+                now,
+                actor,
+                t,
+                rackd_types::StepKind::WaitInstall,
+                "install callback",
+            );
+            let state = self
+                .machines
+                .get(&id)
+                .map(|m| m.machine.state.as_str())
+                .unwrap_or("deleted");
+            return Ok(Applied::DeployDone(rackd_types::DeployDone {
+                machine_id: id,
+                state: state.into(),
+            }));
+        }
         let m = &mut stored.machine;
         m.state = MachineState::Deployed;
         m.state_cause = "install callback".to_string();

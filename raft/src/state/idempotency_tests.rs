@@ -71,6 +71,8 @@ fn secrets_generated_per_attempt_do_not_change_the_digest() {
         image: "debian".into(),
         token: Secret("one".into()),
         sealed_token: None,
+        boot_timeout_ms: None,
+        install_timeout_ms: None,
     };
     let b = Command::Deploy {
         id: 5,
@@ -78,6 +80,8 @@ fn secrets_generated_per_attempt_do_not_change_the_digest() {
         image: "debian".into(),
         token: Secret("two".into()),
         sealed_token: None,
+        boot_timeout_ms: None,
+        install_timeout_ms: None,
     };
     let c = Command::Deploy {
         id: 6,
@@ -85,6 +89,8 @@ fn secrets_generated_per_attempt_do_not_change_the_digest() {
         image: "debian".into(),
         token: Secret("one".into()),
         sealed_token: None,
+        boot_timeout_ms: None,
+        install_timeout_ms: None,
     };
     assert_eq!(a.idempotency_digest(), b.idempotency_digest());
     assert_ne!(a.idempotency_digest(), c.idempotency_digest());
@@ -95,6 +101,8 @@ fn secrets_generated_per_attempt_do_not_change_the_digest() {
         image: "debian".into(),
         token: Secret(crate::state::deploy_token_check(tok)),
         sealed_token: Some(Secret(s.into())),
+        boot_timeout_ms: None,
+        install_timeout_ms: None,
     };
     assert_eq!(
         sealed("one", "x").idempotency_digest(),

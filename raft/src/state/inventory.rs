@@ -477,6 +477,7 @@ impl State {
             description: c.description.clone(),
             tags: c.tags.clone(),
             image: None,
+            workflow: None,
             power_state: None,
             power_observed_at: None,
         };
@@ -588,7 +589,11 @@ impl State {
                 }
             }
         }
+        let mut stop_workflow = None;
         if let Some(s) = p.state {
+            if s != m.state {
+                stop_workflow = self.active_workflow(id).cloned();
+            }
             if !m.state.can_transition_to(s) {
                 return Err(ApiError::conflict(format!(
                     "machine {id} cannot go from {} to {}",
@@ -648,6 +653,11 @@ impl State {
             Some(id),
             format!("machine {} updated", m.hostname),
         );
+        // The operator moved the machine out of its workflow's hands: the workflow stops.
+        if let Some(t) = stop_workflow {
+            let why = format!("machine {id} set to {} by {actor}", m.state.as_str());
+            self.cancel_active_task(now, actor, t, why);
+        }
         Ok(Applied::Machine(m))
     }
 

@@ -17,6 +17,7 @@ mod peers;
 pub mod rules;
 pub mod table;
 pub mod tasks;
+pub mod workflow;
 
 #[cfg(test)]
 mod idempotency_tests;
@@ -317,7 +318,7 @@ impl State {
         }
         match self.meta.rules {
             ApplyRules::Format1 => self.apply_format1(now, req),
-            ApplyRules::Format2 | ApplyRules::Rules3 | ApplyRules::Rules4 => {
+            ApplyRules::Format2 | ApplyRules::Rules3 | ApplyRules::Rules4 | ApplyRules::Rules5 => {
                 self.apply_format2(now, req)
             }
         }
@@ -425,14 +426,43 @@ impl State {
                 image,
                 token,
                 sealed_token,
+                boot_timeout_ms,
+                install_timeout_ms,
             } => self.deploy(
                 now,
                 actor,
                 *id,
                 *if_match,
-                image,
+                (image, *boot_timeout_ms, *install_timeout_ms),
                 (&token.0, sealed_token.as_ref().map(|s| s.0.as_str())),
             ),
+            Command::Release { id, if_match } => self.release(now, actor, *id, *if_match),
+            Command::StartStep {
+                id,
+                generation,
+                step,
+                attempt,
+            } => self.start_step(now, actor, (*id, *generation), *step, *attempt),
+            Command::FinishStep {
+                id,
+                generation,
+                step,
+                attempt,
+                outcome,
+                observed_power,
+            } => self.finish_step(
+                now,
+                actor,
+                (*id, *generation),
+                *step,
+                *attempt,
+                outcome,
+                *observed_power,
+            ),
+            Command::BootScriptServed { mac, node } => {
+                self.boot_script_served(now, actor, mac, *node)
+            }
+            Command::RetryTask { id } => self.retry_task(now, actor, *id),
             Command::DeployDone { mac, token } => self.deploy_done(now, actor, mac, &token.0),
             Command::CreateTask { kind, machine_id } => {
                 self.create_task(now, actor, *kind, *machine_id)

@@ -9,7 +9,9 @@
 //! - power states its periodic sync observed;
 //! - an install callback it received (checked against the machine's deploy token by apply),
 //!   in the machine's name;
-//! - that it holds a verified copy of a blob, or lost one (for itself only).
+//! - that it holds a verified copy of a blob, or lost one (for itself only);
+//! - the start and end of a step of a workflow it holds, and that it served a deploying
+//!   machine its deploy script (for itself only).
 //!
 //! Anything else a member sends is refused before it reaches the log, so a member's
 //! certificate (a location learner's too) cannot create API tokens, change the inventory or
@@ -49,7 +51,14 @@ impl State {
             Command::RecordBlob { node, .. } | Command::DropBlobHolder { node, .. } => Err(
                 format!("node {caller} may not speak for node {node}'s blob store"),
             ),
-            Command::RenewTaskLease { id, .. } | Command::FinishTask { id, .. } => {
+            Command::BootScriptServed { node, .. } if *node == caller => Ok(()),
+            Command::BootScriptServed { node, .. } => Err(format!(
+                "node {caller} may not report what node {node} served"
+            )),
+            Command::RenewTaskLease { id, .. }
+            | Command::FinishTask { id, .. }
+            | Command::StartStep { id, .. }
+            | Command::FinishStep { id, .. } => {
                 match self.tasks.get(id).map(|t| t.assignee) {
                     // Unknown task: apply refuses it.
                     None => Ok(()),

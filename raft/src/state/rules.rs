@@ -24,6 +24,9 @@
 //! - [`ApplyRules::Rules4`]: rules 3 plus the blob records (content-addressed artifacts); no
 //!   older entry is decided differently, the version exists so that blob commands are
 //!   proposed only once every member decodes them.
+//! - [`ApplyRules::Rules5`]: rules 4 plus workflows: a `Deploy` also creates the deploy
+//!   workflow task, and the install callback ends the workflow's wait (the machine becomes
+//!   `deployed` after the last step, no longer at the callback).
 //!
 //! A cluster moves to newer rules only when every member reports that its build knows them
 //! ([`crate::NodeInfo::known_rules`]): a member of an older build could not decode the
@@ -51,14 +54,19 @@ pub enum ApplyRules {
     Format2,
     /// Moving a BMC clears its password (frozen since rules 4).
     Rules3,
-    /// Today's rules: rules 3, and the blob records (`RecordBlob`, `DropBlobHolder`,
-    /// `ForgetBlob`) older builds cannot decode.
+    /// Rules 3, and the blob records (`RecordBlob`, `DropBlobHolder`, `ForgetBlob`) older
+    /// builds cannot decode (frozen since rules 5).
     Rules4,
+    /// Today's rules: rules 4, and workflows. A `Deploy` also creates the machine's deploy
+    /// workflow task, and its install callback completes the workflow's wait instead of making
+    /// the machine `deployed` at once (the workflow does, after its last step); `Release`,
+    /// `StartStep`, `FinishStep`, `BootScriptServed`, `RetryTask`.
+    Rules5,
 }
 
 impl ApplyRules {
     /// The newest rules this build knows; a cluster moves to them by `AdoptRules`.
-    pub const CURRENT: ApplyRules = ApplyRules::Rules4;
+    pub const CURRENT: ApplyRules = ApplyRules::Rules5;
 
     pub const fn number(self) -> u32 {
         match self {
@@ -66,6 +74,7 @@ impl ApplyRules {
             ApplyRules::Format2 => 2,
             ApplyRules::Rules3 => 3,
             ApplyRules::Rules4 => 4,
+            ApplyRules::Rules5 => 5,
         }
     }
 
@@ -85,7 +94,7 @@ impl ApplyRules {
     pub fn idempotency_ttl(self, full_key: &str) -> u64 {
         match self {
             ApplyRules::Format1 => IDEMPOTENCY_TTL_MS,
-            ApplyRules::Format2 | ApplyRules::Rules3 | ApplyRules::Rules4 => {
+            ApplyRules::Format2 | ApplyRules::Rules3 | ApplyRules::Rules4 | ApplyRules::Rules5 => {
                 super::idempotency_ttl(full_key)
             }
         }
@@ -113,6 +122,7 @@ impl TryFrom<u32> for ApplyRules {
             2 => Ok(ApplyRules::Format2),
             3 => Ok(ApplyRules::Rules3),
             4 => Ok(ApplyRules::Rules4),
+            5 => Ok(ApplyRules::Rules5),
             n => Err(format!(
                 "the replicated state applies under rules version {n}, and this rackd knows \
                  versions 1 to {}: upgrade this node to the cluster's release",

@@ -59,6 +59,11 @@ impl State {
             .machines
             .get(&machine_id)
             .ok_or_else(|| ApiError::not_found(format!("machine {machine_id} not found")))?;
+        if kind.is_workflow() {
+            return Err(ApiError::invalid(format!(
+                "{kind:?} tasks are created by the machine's deploy and release actions"
+            )));
+        }
         if m.machine.bmc.is_none() {
             return Err(ApiError::conflict(format!(
                 "machine {machine_id} has no BMC configured"
@@ -91,6 +96,7 @@ impl State {
             finished_at: None,
             error: None,
             observed_power: None,
+            steps: Vec::new(),
         };
         self.put_task(now, t.clone());
         self.journal(
@@ -145,6 +151,10 @@ impl State {
         state: TaskState,
         why: String,
     ) -> Task {
+        if t.kind.is_workflow() {
+            Self::stop_current_step(now, &mut t, state, &why);
+            return self.end_workflow(now, actor, t, state, Some(why));
+        }
         let id = t.meta.id;
         t.state = state;
         t.finished_at = Some(now);
@@ -246,6 +256,12 @@ impl State {
                     t.attempt,
                     previous.unwrap_or_default()
                 );
+                if t.kind.is_workflow() {
+                    t.meta.version -= 1; // end_workflow counts this write
+                    Self::stop_current_step(now, &mut t, TaskState::Failed, &error);
+                    let t = self.end_workflow(now, actor, t, TaskState::Failed, Some(error));
+                    return Ok(Applied::Task(t));
+                }
                 t.state = TaskState::Failed;
                 t.finished_at = Some(now);
                 t.lease_expires_at = None;
@@ -377,6 +393,11 @@ impl State {
                 "stale result for task {id} (generation {generation}; task is {:?} at \
                  generation {})",
                 t.state, t.generation
+            )));
+        }
+        if t.kind.is_workflow() {
+            return Err(ApiError::conflict(format!(
+                "task {id} is a workflow: its steps record their results"
             )));
         }
         t.state = if error.is_none() {

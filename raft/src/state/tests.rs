@@ -622,9 +622,11 @@ fn deploy_needs_a_ready_machine_and_the_callback_token_is_one_time() {
     deploy_flow(true);
 }
 
+/// Under rules 4 (before workflows): the callback makes the machine deployed at once.
 fn deploy_flow(hashed: bool) {
     use crate::cmd::Secret;
     let mut s = base();
+    s.meta.rules = super::ApplyRules::Rules4;
     ok(
         &mut s,
         10,
@@ -651,6 +653,8 @@ fn deploy_flow(hashed: bool) {
             tok.into()
         }),
         sealed_token: hashed.then(|| Secret(sealed.into())),
+        boot_timeout_ms: None,
+        install_timeout_ms: None,
     };
     // `new` machines are not deployable.
     assert_eq!(err(&mut s, 12, deploy(&token)).code, ErrorCode::Conflict);

@@ -22,3 +22,4 @@ mod restart;
 mod robustness;
 mod snapshot_scale;
 mod util;
+mod workflow;

@@ -23,6 +23,7 @@
 //! the first answer. A result is retried until it commits or is refused as stale.
 
 pub mod plan;
+mod workflow;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -60,7 +61,11 @@ fn outcome_unknown(e: &ApiError) -> bool {
 /// stale generation). An unknown outcome (no leader, a lost answer, a timeout) is retried with
 /// backoff under the command's internal key, so the result is applied once however often it
 /// is sent, and a retry of a committed result gets the first answer.
-async fn record_result(node: &dyn Cluster, actor: &str, finish: Command) -> Result<(), ApiError> {
+async fn record_result(
+    node: &dyn Cluster,
+    actor: &str,
+    finish: Command,
+) -> Result<rackd_raft::cmd::Applied, ApiError> {
     let key = finish.internal_key();
     let mut delay = FINISH_FIRST_BACKOFF;
     loop {
@@ -68,7 +73,7 @@ async fn record_result(node: &dyn Cluster, actor: &str, finish: Command) -> Resu
             .propose_anywhere(actor, key.clone(), finish.clone())
             .await
         {
-            Ok(_) => return Ok(()),
+            Ok(v) => return Ok(v),
             Err(e) if outcome_unknown(&e) => {
                 tracing::warn!(?finish, error = %e.message, retry_in = ?delay, "task result not recorded yet");
                 tokio::time::sleep(delay).await;
@@ -101,6 +106,8 @@ pub struct Executor {
     power: Arc<PowerController>,
     policy: VerifyPolicy,
     opts: PowerConfig,
+    /// This node's blob store: a deploy's first step brings the image's blobs into it.
+    blobs: Option<Arc<crate::blobs::BlobStore>>,
     /// Tasks this process runs (or records the result of): never claimed again here.
     active: Mutex<HashSet<u64>>,
     /// Claims whose answer was lost: task id -> the generation it was claimed from.
@@ -129,7 +136,14 @@ impl Drop for ActiveGuard {
 }
 
 impl Executor {
-    pub fn new(node: Arc<dyn Cluster>, location: String, opts: PowerConfig) -> Arc<Self> {
+    /// The executor of `location`; `blobs` is this node's blob store, where a deploy's first
+    /// step brings the image's blobs.
+    pub fn new(
+        node: Arc<dyn Cluster>,
+        location: String,
+        opts: PowerConfig,
+        blobs: Option<Arc<crate::blobs::BlobStore>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             node,
             location,
@@ -141,6 +155,7 @@ impl Executor {
                 retries: 3,
             },
             opts,
+            blobs,
             active: Mutex::new(HashSet::new()),
             unconfirmed: Mutex::new(HashMap::new()),
             children: Mutex::new(tokio::task::JoinSet::new()),
@@ -386,12 +401,17 @@ impl Executor {
         task: &Task,
         fence: &Fence,
     ) -> Option<(Option<String>, Option<PowerState>)> {
+        let Some(work) = task.kind.work() else {
+            // A workflow records its steps' results itself.
+            self.run_workflow(task, fence).await;
+            return None;
+        };
         let bmc = match self.bmc_for(task.machine_id).await {
             Ok(b) => b,
             Err(e) => return Some((Some(e), None)),
         };
         let bmc = Fenced::new(&bmc, fence.clone());
-        let r = match task.kind.work() {
+        let r = match work {
             TaskWork::Power(action) => self
                 .power
                 .execute(&bmc, action, &self.policy)

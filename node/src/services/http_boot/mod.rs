@@ -150,6 +150,9 @@ async fn script(State(st): State<Arc<BootState>>, Path(file): Path<String>) -> R
                 None => None,
                 Some((image, sealed, stored)) => match deploy_token(&st, sealed, stored).await {
                     Ok(token) => {
+                        if token.is_some() {
+                            report_script_served(&st, &mac);
+                        }
                         token.map(|t| deploy_script(&st.base, &mac, &m.hostname, &image, &t))
                     }
                     Err(e) => {
@@ -171,6 +174,36 @@ async fn script(State(st): State<Arc<BootState>>, Path(file): Path<String>) -> R
             "#!ipxe\necho rackd: unknown machine\nexit 1\n",
         ),
     }
+}
+
+/// Tell the cluster that the machine with `mac` fetched its deploy script here, when its
+/// deploy workflow waits for that (in the background: the script is not held up, and a
+/// fetch that is not recorded only makes the workflow wait on, for a later fetch or the
+/// install callback).
+fn report_script_served(st: &BootState, mac: &str) {
+    let waiting = {
+        let state = st.cluster.state();
+        state
+            .machine_by_mac(mac)
+            .and_then(|m| state.active_workflow(m.meta.id))
+            .and_then(|t| t.step(rackd_types::StepKind::WaitBoot))
+            .is_some_and(|s| !s.state.is_done())
+    };
+    if !waiting {
+        return;
+    }
+    let cluster = st.cluster.clone();
+    let cmd = rackd_raft::cmd::Command::BootScriptServed {
+        mac: mac.to_string(),
+        node: cluster.id(),
+    };
+    let actor = format!("node:{}", cluster.id());
+    let mac = mac.to_string();
+    tokio::spawn(async move {
+        if let Err(e) = cluster.propose_anywhere(&actor, None, cmd).await {
+            tracing::warn!(%mac, error = %e.message, "could not record the deploy script fetch");
+        }
+    });
 }
 
 /// The deploy token to put in a boot script: opened from its sealed form (since sealing), or
@@ -439,6 +472,8 @@ mod tests {
                 sealed_token: Some(Secret(
                     key.seal(crate::cluster::sealing::Purpose::DeployToken, &token),
                 )),
+                boot_timeout_ms: None,
+                install_timeout_ms: None,
             },
         );
         let dir = tempfile::tempdir().unwrap();
