@@ -419,6 +419,84 @@ fn initramfs(
     gz.finish().map_err(io("compress initramfs"))
 }
 
+/// A small scripted boot image: a Debian kernel and an initramfs holding busybox (with its
+/// libraries), the kernel `modules` (with their dependencies, in `lib/modules/load.list`,
+/// dependencies first) and `init`, a shell script run as PID 1. The deploy tests boot it as
+/// the image a machine installs: its script loads the NIC driver, takes an address over DHCP
+/// (`udhcpc` with the appliance's script) and calls rackd's install callback. Writes
+/// `vmlinuz` and `initramfs.gz` into `out_dir`; returns their paths.
+pub fn scripted_image(
+    kernel_deb: Option<&Path>,
+    modules: &[&str],
+    init: &str,
+    out_dir: &Path,
+) -> Result<(PathBuf, PathBuf), ImageError> {
+    let kernel = find_kernel(kernel_deb)?;
+    let busybox = which("busybox").unwrap_or_else(|| PathBuf::from("/bin/busybox"));
+    let mut c = Cpio::new();
+    for d in [
+        "bin",
+        "sbin",
+        "etc",
+        "etc/udhcpc",
+        "lib",
+        "lib64",
+        "lib/modules",
+        "usr",
+        "proc",
+        "sys",
+        "dev",
+        "run",
+        "tmp",
+    ] {
+        c.dir(d);
+    }
+    c.char_device("dev/console", 5, 1);
+    c.char_device("dev/null", 1, 3);
+    let data = std::fs::read(&busybox).map_err(io(format!("read {}", busybox.display())))?;
+    c.file("bin/busybox", 0o755, &data);
+    let mut dirs = BTreeSet::new();
+    for lib in tools::libraries(&busybox)? {
+        let rel = lib.trim_start_matches('/');
+        if let Some((dir, _)) = rel.rsplit_once('/') {
+            let mut acc = String::new();
+            for part in dir.split('/') {
+                if !acc.is_empty() {
+                    acc.push('/');
+                }
+                acc.push_str(part);
+                if !matches!(acc.as_str(), "lib" | "lib64" | "usr") && dirs.insert(acc.clone()) {
+                    c.dir(&acc);
+                }
+            }
+        }
+        let data = std::fs::read(&lib).map_err(io(format!("read {lib}")))?;
+        c.file(rel, 0o755, &data);
+    }
+    for a in APPLETS.iter().chain(&["wget", "cut", "tr", "head"]) {
+        c.symlink(&format!("bin/{a}"), "busybox");
+    }
+    c.file("etc/udhcpc/default.script", 0o755, UDHCPC_SCRIPT.as_bytes());
+    c.file("init", 0o755, init.as_bytes());
+    let wanted: Vec<String> = modules.iter().map(|m| m.to_string()).collect();
+    let mods = module_closure(&module_index(&kernel.modules), &wanted)?;
+    let mut list = String::new();
+    for (name, bytes) in &mods {
+        c.file(&format!("lib/modules/{name}.ko"), 0o644, bytes);
+        list.push_str(name);
+        list.push('\n');
+    }
+    c.file("lib/modules/load.list", 0o644, list.as_bytes());
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+    gz.write_all(&c.finish())
+        .map_err(io("compress initramfs"))?;
+    let initramfs = gz.finish().map_err(io("compress initramfs"))?;
+    let (vmlinuz, initrd) = (out_dir.join("vmlinuz"), out_dir.join("initramfs.gz"));
+    std::fs::copy(&kernel.vmlinuz, &vmlinuz).map_err(io("copy the kernel"))?;
+    std::fs::write(&initrd, initramfs).map_err(io("write the initramfs"))?;
+    Ok((vmlinuz, initrd))
+}
+
 /// What the image holds (in the initramfs and on the system part).
 fn release(kernel: &Kernel) -> String {
     format!(

@@ -96,6 +96,27 @@ impl IpmiBmc {
     async fn exchange(
         &self,
         name: &str,
+        request: (u8, u8, Vec<u8>),
+        idempotent: bool,
+    ) -> Result<LanResponse, BmcError> {
+        let rsp = self.exchange_any(name, request, idempotent).await?;
+        if rsp.cc != 0 {
+            return Err(BmcError::Bmc {
+                address: self.address(),
+                message: format!(
+                    "{name}: completion code {:#04x} ({})",
+                    rsp.cc,
+                    c::completion_text(rsp.cc)
+                ),
+            });
+        }
+        Ok(rsp)
+    }
+
+    /// [`Self::exchange`] that returns an answer whatever its completion code.
+    async fn exchange_any(
+        &self,
+        name: &str,
         (netfn, cmd, data): (u8, u8, Vec<u8>),
         idempotent: bool,
     ) -> Result<LanResponse, BmcError> {
@@ -176,16 +197,6 @@ impl IpmiBmc {
             }
         };
         self.close(&sock, &mut client, &mut buf).await;
-        if rsp.cc != 0 {
-            return Err(BmcError::Bmc {
-                address: self.address(),
-                message: format!(
-                    "{name}: completion code {:#04x} ({})",
-                    rsp.cc,
-                    c::completion_text(rsp.cc)
-                ),
-            });
-        }
         Ok(rsp)
     }
 
@@ -243,14 +254,31 @@ impl Bmc for IpmiBmc {
             .await
     }
 
+    /// A BMC that refuses the request itself (no such command, a parameter or data field it
+    /// does not take: some BMCs, and `ipmi_sim` driving a VM) answers `Unsupported`, never
+    /// retried; other completion codes are errors.
     async fn set_boot_device(&self, dev: BootDevice, persistent: bool) -> Result<(), BmcError> {
-        self.exchange(
-            "Set System Boot Options",
-            c::set_boot_device(dev, persistent, self.efi),
-            true,
-        )
-        .await
-        .map(|_| ())
+        let name = "Set System Boot Options";
+        let rsp = self
+            .exchange_any(name, c::set_boot_device(dev, persistent, self.efi), true)
+            .await?;
+        let said = |cc: u8| {
+            format!(
+                "{name}: completion code {cc:#04x} ({})",
+                c::completion_text(cc)
+            )
+        };
+        match rsp.cc {
+            0 => Ok(()),
+            cc @ (0x80 | 0xc1 | 0xc9 | 0xcc) => Err(BmcError::Unsupported {
+                address: self.address(),
+                operation: format!("setting the boot device ({})", said(cc)),
+            }),
+            cc => Err(BmcError::Bmc {
+                address: self.address(),
+                message: said(cc),
+            }),
+        }
     }
 
     async fn info(&self) -> Result<BmcInfo, BmcError> {

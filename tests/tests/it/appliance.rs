@@ -17,26 +17,12 @@ use serde_json::{json, Value};
 
 use crate::util::sh;
 
-fn kernel_deb() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("RACKD_KERNEL_DEB") {
-        return Some(p.into());
-    }
-    let dir = Path::new(&std::env::var("HOME").unwrap_or_default()).join(".cache/rackd-kernel");
-    let mut debs: Vec<PathBuf> = std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "deb"))
-        .collect();
-    debs.sort();
-    debs.pop()
-}
-
 /// `rackd image build` into `out`; returns the build time in seconds.
 fn build_image(out: &Path, extra: &[&str]) -> f64 {
     let t0 = Instant::now();
     let mut cmd = Command::new(rackd_tests::rackd_bin());
     cmd.args(["image", "build", "--out"]).arg(out).args(extra);
-    if let Some(deb) = kernel_deb() {
+    if let Some(deb) = crate::util::kernel_deb() {
         cmd.arg("--kernel-deb").arg(deb);
     }
     let o = cmd.output().expect("run rackd image build");

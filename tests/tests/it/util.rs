@@ -121,3 +121,20 @@ pub fn files_holding(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::Pat
     }
     found
 }
+
+/// The Debian linux-image .deb the VM tests boot: $RACKD_KERNEL_DEB, else the newest in
+/// ~/.cache/rackd-kernel (.ci/run downloads it); `None`: the installed kernel.
+pub fn kernel_deb() -> Option<std::path::PathBuf> {
+    if let Ok(p) = std::env::var("RACKD_KERNEL_DEB") {
+        return Some(p.into());
+    }
+    let dir = std::path::Path::new(&std::env::var("HOME").unwrap_or_default())
+        .join(".cache/rackd-kernel");
+    let mut debs: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "deb"))
+        .collect();
+    debs.sort();
+    debs.pop()
+}

@@ -200,6 +200,21 @@ impl Executor {
         match r {
             Ok((note, after)) => Some((succeeded(note), after)),
             Err(PowerError::Bmc(BmcError::Fenced { .. })) => None,
+            // A BMC that cannot set the boot device: the machine's own boot order must put
+            // the network first (rackd's script then tells a deployed machine to boot from
+            // its disk), as with any BMC-less PXE setup.
+            Err(e @ PowerError::Bmc(BmcError::Unsupported { .. }))
+                if matches!(step.kind, StepKind::BootPxe | StepKind::BootDisk) =>
+            {
+                Some((
+                    skipped(&format!(
+                        "{}: the machine boots by its own boot order (network first; a \
+                         deployed machine's script sends it to its disk)",
+                        error_text(&e)
+                    )),
+                    None,
+                ))
+            }
             Err(e) => Some((
                 StepOutcome::Failed {
                     error: error_text(&e),
