@@ -144,6 +144,16 @@ pub struct UpArgs {
     /// IPMI datagram timeout (ms) before a retransmission.
     #[arg(long, default_value_t = 1000)]
     pub ipmi_timeout_ms: u64,
+    /// Power-ons (and power cycles) this node's executor starts are at least this many ms
+    /// apart, each shifted by a random part of it, so a location powering many machines at
+    /// once (a mass deploy, machines back after a power loss) spreads their inrush current.
+    /// 0 turns pacing off.
+    #[arg(long, default_value_t = 250)]
+    pub power_on_gap_ms: u64,
+    /// Deploys and releases this node's executor runs at once; more wait for a slot (or for
+    /// another node of the location).
+    #[arg(long, default_value_t = 32)]
+    pub max_workflows: usize,
     /// Lease (seconds) of a task this node's executor claims; renewed every third of it while
     /// the task runs. When an executor dies, its task is taken over once the lease expires.
     #[arg(long, default_value_t = 30)]

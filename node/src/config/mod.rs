@@ -168,6 +168,10 @@ pub struct PowerConfig {
     pub ipmi_retries: u32,
     /// Lease of a claimed task; the executor renews it every third of it.
     pub task_lease: Duration,
+    /// Power-ons this executor starts are at least this far apart (plus jitter).
+    pub power_on_gap: Duration,
+    /// Workflows (deploys, releases) this executor runs at once.
+    pub max_workflows: usize,
 }
 
 impl Default for PowerConfig {
@@ -179,6 +183,8 @@ impl Default for PowerConfig {
             ipmi_timeout: Duration::from_millis(1000),
             ipmi_retries: 2,
             task_lease: DEFAULT_TASK_LEASE,
+            power_on_gap: Duration::from_millis(250),
+            max_workflows: 32,
         }
     }
 }
@@ -351,6 +357,8 @@ impl LocationConfig {
                 ipmi_timeout: Duration::from_millis(args.ipmi_timeout_ms.max(10)),
                 ipmi_retries: 2,
                 task_lease: Duration::from_secs(args.task_lease_secs.max(1)),
+                power_on_gap: Duration::from_millis(args.power_on_gap_ms),
+                max_workflows: args.max_workflows.max(1),
             },
             ipmi_proxy: args.ipmi_proxy_listen.map(|ip| ProxyConfig {
                 listen: ip,

@@ -22,6 +22,7 @@
 //! deterministic idempotency keys ([`Command::internal_key`]): a retry after a lost answer gets
 //! the first answer. A result is retried until it commits or is refused as stale.
 
+pub mod pace;
 pub mod plan;
 mod workflow;
 
@@ -108,6 +109,8 @@ pub struct Executor {
     opts: PowerConfig,
     /// This node's blob store: a deploy's first step brings the image's blobs into it.
     blobs: Option<Arc<crate::blobs::BlobStore>>,
+    /// Spaces the power-ons this executor starts.
+    pacer: Mutex<pace::Pacer>,
     /// Tasks this process runs (or records the result of): never claimed again here.
     active: Mutex<HashSet<u64>>,
     /// Claims whose answer was lost: task id -> the generation it was claimed from.
@@ -154,12 +157,32 @@ impl Executor {
                 max_backoff: Duration::from_secs(2),
                 retries: 3,
             },
+            pacer: Mutex::new(pace::Pacer::new(opts.power_on_gap)),
             opts,
             blobs,
             active: Mutex::new(HashSet::new()),
             unconfirmed: Mutex::new(HashMap::new()),
             children: Mutex::new(tokio::task::JoinSet::new()),
         })
+    }
+
+    /// Waits for this executor's next power-on slot (see [`pace`]).
+    async fn pace_power_on(&self, machine: u64) {
+        let slot = {
+            let mut p = lock(&self.pacer);
+            let gap = p.gap().as_millis() as u64;
+            let jitter = Duration::from_millis(if gap == 0 {
+                0
+            } else {
+                rand::random::<u64>() % gap
+            });
+            p.slot(tokio::time::Instant::now(), jitter)
+        };
+        let wait = slot.saturating_duration_since(tokio::time::Instant::now());
+        if wait > Duration::from_millis(50) {
+            tracing::debug!(machine, ?wait, "power-on paced");
+        }
+        tokio::time::sleep_until(slot).await;
     }
 
     fn actor(&self) -> String {
@@ -259,6 +282,13 @@ impl Executor {
                 &active,
                 &unconfirmed,
             )
+            .into_iter()
+            .filter(plan::workflow_slots(
+                &state,
+                &active,
+                self.opts.max_workflows,
+            ))
+            .collect()
         };
         for n in next {
             match n {
@@ -411,6 +441,9 @@ impl Executor {
             Err(e) => return Some((Some(e), None)),
         };
         let bmc = Fenced::new(&bmc, fence.clone());
+        if matches!(work, TaskWork::Power(PowerAction::On | PowerAction::Cycle)) {
+            self.pace_power_on(task.machine_id).await;
+        }
         let r = match work {
             TaskWork::Power(action) => self
                 .power

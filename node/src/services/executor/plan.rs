@@ -65,6 +65,29 @@ pub fn next_tasks(
         .collect()
 }
 
+/// A filter of [`next_tasks`]: claims of workflows only while this executor runs fewer than
+/// `max` (of the tasks in `active`); everything else passes.
+pub fn workflow_slots<'a>(
+    state: &'a State,
+    active: &HashSet<u64>,
+    max: usize,
+) -> impl FnMut(&Next) -> bool + 'a {
+    let mut free = max.saturating_sub(
+        active
+            .iter()
+            .filter(|id| state.tasks.get(id).is_some_and(|t| t.kind.is_workflow()))
+            .count(),
+    );
+    move |n| match n {
+        Next::Claim(t) if t.kind.is_workflow() => {
+            let ok = free > 0;
+            free = free.saturating_sub(1);
+            ok
+        }
+        _ => true,
+    }
+}
+
 /// Machines of `location` with a BMC, no task pending or running, and an observed power state
 /// at least `every_ms` older than `now` (or none), oldest observation first.
 pub fn stale_machines(state: &State, location: &str, now: u64, every_ms: u64) -> Vec<u64> {

@@ -197,3 +197,68 @@ fn machines_are_polled_when_their_observation_is_stale_and_no_task_is_active() {
         vec![never, old, fresh]
     );
 }
+
+/// An executor claims workflows only up to its bound (counting the ones it runs); single
+/// commands are never held back.
+#[test]
+fn workflows_are_claimed_only_up_to_the_executors_bound() {
+    use super::workflow_slots;
+    use rackd_types::payload::CreateImage;
+    use rackd_types::MachineState;
+    let c = FakeCluster::new(1, 1_000);
+    location(&c, "dc1");
+    c.apply_ok(
+        "t",
+        Command::CreateImage(CreateImage {
+            name: "img".into(),
+            kernel: "k".into(),
+            initrd: "i".into(),
+            cmdline: String::new(),
+            rootfs: None,
+        }),
+    );
+    let mut workflows = Vec::new();
+    for h in ["a", "b", "c"] {
+        let m = c.create_machine(CreateMachine {
+            bmc: Some(sim_bmc()),
+            state: Some(MachineState::Ready),
+            ..machine_spec(h, "dc1")
+        });
+        let v = c
+            .apply_ok(
+                "t",
+                Command::Deploy {
+                    id: m,
+                    if_match: None,
+                    image: "img".into(),
+                    token: rackd_raft::cmd::Secret("t".repeat(64)),
+                    sealed_token: None,
+                    boot_timeout_ms: None,
+                    install_timeout_ms: None,
+                },
+            )
+            .into_machine()
+            .unwrap();
+        workflows.push(v.workflow.unwrap());
+    }
+    let power = task(&c, machine(&c, "dc1", "d", true), TaskKind::PowerOn);
+    let st = c.state();
+    let plan = |active: &HashSet<u64>, max: usize| -> Vec<(char, u64)> {
+        let next = next_tasks(&st, "dc1", 2, 1_000, active, &HashMap::new());
+        let kept: Vec<Next> = next
+            .into_iter()
+            .filter(workflow_slots(&st, active, max))
+            .collect();
+        ids(&kept)
+    };
+    let none = HashSet::new();
+    let w = &workflows;
+    assert_eq!(
+        plan(&none, 8),
+        vec![('c', w[0]), ('c', w[1]), ('c', w[2]), ('c', power)]
+    );
+    assert_eq!(plan(&none, 2), vec![('c', w[0]), ('c', w[1]), ('c', power)]);
+    // One running here already: one more slot of two.
+    let running: HashSet<u64> = [w[0]].into();
+    assert_eq!(plan(&running, 2), vec![('c', w[1]), ('c', power)]);
+}

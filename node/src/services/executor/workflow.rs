@@ -189,12 +189,18 @@ impl Executor {
                     "on after an earlier attempt that may have acted: not cycled again".into(),
                     Some(PowerState::On),
                 )),
-                Ok(o) if o.after == PowerState::On => power(PowerAction::Cycle)
-                    .await
-                    .map(|o| ("was on: power cycled".to_string(), Some(o.after))),
-                Ok(_) => power(PowerAction::On)
-                    .await
-                    .map(|o| ("was off: powered on".to_string(), Some(o.after))),
+                Ok(o) if o.after == PowerState::On => {
+                    self.pace_power_on(t.machine_id).await;
+                    power(PowerAction::Cycle)
+                        .await
+                        .map(|o| ("was on: power cycled".to_string(), Some(o.after)))
+                }
+                Ok(_) => {
+                    self.pace_power_on(t.machine_id).await;
+                    power(PowerAction::On)
+                        .await
+                        .map(|o| ("was off: powered on".to_string(), Some(o.after)))
+                }
             },
         };
         match r {
