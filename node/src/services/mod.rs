@@ -27,6 +27,13 @@ use crate::abort::AbortOnDrop;
 use crate::cluster::Cluster;
 use crate::config::LocationConfig;
 
+/// Whether the outcome of a failed internal write is unknown (it may have committed: no
+/// quorum, a lost answer, a timeout) rather than refused by apply.
+pub fn outcome_unknown(e: &rackd_types::ApiError) -> bool {
+    use rackd_types::ErrorCode;
+    matches!(e.code, ErrorCode::Unavailable | ErrorCode::Internal)
+}
+
 /// The running location services; every task stops when this is dropped.
 /// Get this node's location key (`cluster::sealing`) as soon as the location exists, so that a
 /// site cut off from the voters before its first power task or deployment still opens its

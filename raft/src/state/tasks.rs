@@ -472,9 +472,18 @@ impl State {
     /// expired (nobody took it over yet), or it is pending and could start (no earlier or
     /// running task of its machine is in its way). The leader's reaper measures how long a
     /// task stays so, and `LoseTasks` is applied only while it still does.
+    ///
+    /// A workflow waiting for its machine (a wait step before its deadline) does not wait for
+    /// an executor: a site cut off from the voters cannot renew its lease, yet its machine
+    /// boots on, and what the site saw is reported when its link returns; the wait's own
+    /// deadline bounds it.
     pub fn waiting_for_executor(&self, t: &Task, now: u64) -> bool {
+        let machine_waits = t.current_step().is_some_and(|i| {
+            let s = &t.steps[i];
+            s.kind.is_wait() && s.deadline.is_some_and(|d| d > now)
+        });
         match t.state {
-            TaskState::Running => t.lease_expires_at.unwrap_or(0) < now,
+            TaskState::Running => t.lease_expires_at.unwrap_or(0) < now && !machine_waits,
             TaskState::Pending => matches!(self.claimable(t.meta.id, now), Ok(Claim::Start)),
             _ => false,
         }

@@ -550,3 +550,43 @@ fn workflows_are_not_created_as_tasks_nor_before_rules_5() {
     assert_eq!(v.workflow, None);
     assert!(s.tasks.is_empty());
 }
+
+#[test]
+fn a_workflow_waiting_for_its_machine_is_not_lost_before_the_wait_ends() {
+    let (mut s, m) = setup(true);
+    let id = run(&mut s, 10, deploy(m, Some(600_000)))
+        .into_machine()
+        .unwrap()
+        .workflow
+        .unwrap();
+    claim(&mut s, 11, id);
+    // During a BMC step an expired lease waits for an executor ...
+    start(&mut s, 12, id, 0).unwrap();
+    let t = task(&s, id);
+    assert!(s.waiting_for_executor(&t, 12 + LEASE + 1));
+    for i in 0..3 {
+        if i > 0 {
+            start(&mut s, 13, id, i).unwrap();
+        }
+        finish(&mut s, 13, id, i, done("ok")).unwrap();
+    }
+    // ... during a wait, not before the wait's deadline (a site cut off keeps booting it).
+    start(&mut s, 20, id, 3).unwrap();
+    let t = task(&s, id);
+    assert!(!s.waiting_for_executor(&t, 20 + LEASE + 1));
+    let lose = Command::LoseTasks {
+        machine_id: m,
+        head: id,
+        generation: t.generation,
+        waited_ms: 60_000,
+    };
+    assert_eq!(
+        apply(&mut s, 20 + LEASE + 1, lose.clone())
+            .unwrap_err()
+            .code,
+        ErrorCode::PreconditionFailed
+    );
+    assert!(s.waiting_for_executor(&t, 20 + 600_000 + 1));
+    let t = apply(&mut s, 20 + 600_001, lose).unwrap();
+    assert_eq!(t.state, TaskState::Failed);
+}

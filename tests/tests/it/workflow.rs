@@ -273,3 +273,118 @@ async fn a_deploy_survives_its_executor_and_a_release_returns_the_machine() {
         .unwrap();
     assert_eq!(s, 409);
 }
+
+/// A site cut off from the voters in the middle of a deploy: its node still serves the
+/// machine its script, takes the installer's callback (checked against its replica, kept on
+/// disk, answered 202), and the leader does not give the deploy up while the machine's wait
+/// runs. When the link returns, the kept reports are delivered, the site's executor takes the
+/// task over and finishes it: the machine is deployed, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_cut_off_during_a_deploy_reports_it_when_the_link_returns() {
+    let mut c = Cluster::new_in_netns("wfcut").expect("netns cluster");
+    c.common_args = ["--task-lease-secs", "2", "--task-lost-secs", "4"]
+        .map(String::from)
+        .to_vec();
+    c.bootstrap().await.expect("bootstrap");
+    c.join(0, false).await.expect("join n2");
+    c.join(0, false).await.expect("join n3");
+    let _: Value = c
+        .post_json(0, "/v1/locations", &json!({"name": "dc1"}))
+        .await
+        .unwrap();
+    let site = c
+        .join_with(
+            0,
+            true,
+            &["--location", "dc1", "--http-boot-listen", "{ip}:0"],
+        )
+        .await
+        .expect("location learner");
+    let _: Value = c
+        .post_json(
+            0,
+            "/v1/images",
+            &json!({"name": "deb", "kernel": "deb/vmlinuz", "initrd": "deb/initrd.img"}),
+        )
+        .await
+        .unwrap();
+    let m: Value = c
+        .post_json(
+            0,
+            "/v1/machines",
+            &json!({"hostname": "cut1", "location": "dc1", "macs": [MAC], "state": "ready",
+                    "bmc": {"driver": "sim", "address": "cut1"}}),
+        )
+        .await
+        .unwrap();
+    let id = m["id"].as_u64().unwrap();
+    let m: Value = c
+        .post_json(
+            0,
+            &format!("/v1/machines/{id}/deploy"),
+            &json!({"image": "deb"}),
+        )
+        .await
+        .unwrap();
+    let tid = m["workflow"].as_u64().unwrap();
+    wait_step(&c, 0, tid, "wait_boot", "running", 60).await;
+
+    // Cut the site off from every voter.
+    for v in 0..3 {
+        c.partition(site, v).unwrap();
+    }
+    let token = fetch_script(&c, site).await;
+    assert_eq!(callback(&c, site, &token).await, 202, "kept, not refused");
+    // Longer than a lease and the reaper's limit: the deploy is still running.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let t = task(&c, 0, tid).await;
+    assert_eq!(t["state"], "running", "{t}");
+    assert_eq!(machine(&c, 0, id).await["state"], "deploying");
+    assert!(
+        !std::fs::read_dir(c.nodes[site].data_dir.join("outbox"))
+            .unwrap()
+            .collect::<Vec<_>>()
+            .is_empty(),
+        "the reports are kept on disk"
+    );
+    for n in &c.nodes {
+        let found = crate::util::files_holding(&n.data_dir, token.as_bytes());
+        assert!(found.is_empty(), "the deploy token in clear in {found:?}");
+    }
+
+    // The link returns: the reports are delivered, the task is taken over and finished.
+    c.heal().unwrap();
+    let r = c
+        .wait_until(
+            Duration::from_secs(60),
+            "deployed after the heal",
+            |c| async move {
+                let m: Value = c
+                    .get_json(0, &format!("/v1/machines/{id}"))
+                    .await
+                    .unwrap_or_default();
+                m["state"] == "deployed"
+            },
+        )
+        .await;
+    if let Err(e) = r {
+        panic!("{e}: {}", task(&c, 0, tid).await);
+    }
+    let t = task(&c, 0, tid).await;
+    assert_eq!(t["state"], "succeeded", "{t}");
+    assert!(
+        t["generation"].as_u64() > Some(1),
+        "taken over after the cut: {t}"
+    );
+    assert_eq!(step(&t, "power_on")["attempts"], 1, "{t}");
+    assert_eq!(
+        step(&t, "wait_boot")["note"],
+        format!("deploy script served by node {}", site + 1)
+    );
+    assert_eq!(step(&t, "wait_install")["note"], "install callback", "{t}");
+    let ev: Value = c.get_json(0, "/v1/events?limit=1000").await.unwrap();
+    assert_eq!(journal_count(&ev, "deploying -> deployed"), 1, "{ev}");
+    let log = std::fs::read_to_string(&c.nodes[site].log).unwrap();
+    assert!(log.contains("install callback kept until the cluster is reachable"));
+    assert!(log.contains("kept report delivered"));
+}

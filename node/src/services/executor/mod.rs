@@ -37,12 +37,13 @@ use rackd_hwctl::{
     SimBmc, VerifyPolicy,
 };
 use rackd_raft::cmd::{Command, PowerObservation};
-use rackd_types::{ApiError, BmcDriver, ErrorCode, Task, TaskState, TaskWork};
+use rackd_types::{ApiError, BmcDriver, Task, TaskState, TaskWork};
 
 use self::plan::Next;
 use crate::abort::AbortOnDrop;
 use crate::cluster::{now_ms, Cluster};
 use crate::config::PowerConfig;
+use crate::services::outcome_unknown;
 
 /// An expired lease is taken over only this long after it ended by the local clock, so a clock
 /// slightly ahead of the leader's does not propose claims the leader refuses.
@@ -51,12 +52,6 @@ const TAKEOVER_MARGIN_MS: u64 = 500;
 /// Bounds of the backoff between attempts to record a result.
 const FINISH_FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const FINISH_MAX_BACKOFF: Duration = Duration::from_secs(5);
-
-/// Whether the outcome of a failed internal write is unknown (it may have committed: no
-/// quorum, a lost answer, a timeout) rather than refused by apply.
-fn outcome_unknown(e: &ApiError) -> bool {
-    matches!(e.code, ErrorCode::Unavailable | ErrorCode::Internal)
-}
 
 /// Records an attempt's result (`FinishTask`) until it commits or apply refuses it (`Err`, a
 /// stale generation). An unknown outcome (no leader, a lost answer, a timeout) is retried with

@@ -14,7 +14,10 @@
 //!   lacks is fetched from a holder first (once, however many machines ask), verified, and
 //!   kept as the site's cache. Only blobs some image is made of are served.
 //! - `POST /boot/{mac}/done?token=T`: install callback. The deploying machine presents the
-//!   one-time token its script carried; on a match it becomes `deployed` and the token is burnt.
+//!   one-time token its script carried; on a match its deploy's wait ends and the token is
+//!   burnt. A node cut off from the leader checks the token against its replica, keeps the
+//!   callback ([`outbox`]) and answers 202; the callback is delivered when the link returns
+//!   (so is the script fetch its deploy waits for).
 //!
 //! Files are streamed with bounded memory and a cap on concurrent transfers ([`files`]); the
 //! connections are our own accept loop over hyper ([`conn`]). Layer: `services`; depends on
@@ -22,6 +25,7 @@
 
 pub mod conn;
 pub mod files;
+pub mod outbox;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -50,6 +54,8 @@ pub struct BootState {
     /// Base URL of this server as machines reach it (e.g. `http://10.1.0.2:8080`).
     pub base: String,
     pub transfers: files::Transfers,
+    /// Reports kept while the cluster's leader is out of reach.
+    pub outbox: Arc<outbox::Outbox>,
 }
 
 /// A started HTTP boot server: its task (dropping it closes every connection) and address.
@@ -77,8 +83,9 @@ pub async fn start(
         .with_context(|| format!("create {}", tftp_root.display()))?;
     std::fs::create_dir_all(&cfg.artifacts_dir)
         .with_context(|| format!("create {}", cfg.artifacts_dir.display()))?;
+    let outbox = outbox::Outbox::open(&data_dir.join("outbox")).context("open the outbox")?;
     let app = router(Arc::new(BootState {
-        cluster,
+        cluster: cluster.clone(),
         blobs,
         location: location.to_string(),
         tftp_root: tftp_root.to_path_buf(),
@@ -88,13 +95,16 @@ pub async fn start(
             .clone()
             .unwrap_or_else(|| format!("http://{bound}")),
         transfers: files::Transfers::new(cfg.max_transfers),
+        outbox: outbox.clone(),
     }));
     let limits = conn::Limits {
         stall_window: cfg.stall_window,
         ..Default::default()
     };
     tracing::info!(%bound, max_transfers = cfg.max_transfers, "HTTP boot server started");
-    let task = AbortOnDrop(tokio::spawn(conn::serve(listener, app, limits)));
+    let task = AbortOnDrop(tokio::spawn(async move {
+        tokio::join!(conn::serve(listener, app, limits), outbox.run(cluster));
+    }));
     Ok(Started { task, bound })
 }
 
@@ -192,7 +202,11 @@ fn report_script_served(st: &BootState, mac: &str) {
     if !waiting {
         return;
     }
-    let cluster = st.cluster.clone();
+    let (cluster, outbox) = (st.cluster.clone(), st.outbox.clone());
+    let report = outbox::Report::ScriptServed {
+        mac: mac.to_string(),
+        node: cluster.id(),
+    };
     let cmd = rackd_raft::cmd::Command::BootScriptServed {
         mac: mac.to_string(),
         node: cluster.id(),
@@ -200,10 +214,33 @@ fn report_script_served(st: &BootState, mac: &str) {
     let actor = format!("node:{}", cluster.id());
     let mac = mac.to_string();
     tokio::spawn(async move {
-        if let Err(e) = cluster.propose_anywhere(&actor, None, cmd).await {
-            tracing::warn!(%mac, error = %e.message, "could not record the deploy script fetch");
+        match cluster.propose_anywhere(&actor, None, cmd).await {
+            Ok(_) => {}
+            Err(e) if crate::services::outcome_unknown(&e) => {
+                tracing::info!(%mac, error = %e.message, "deploy script fetch kept until the cluster is reachable");
+                if let Err(e) = outbox.put(&report).await {
+                    tracing::warn!(%mac, error = %e, "cannot keep the deploy script fetch");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%mac, error = %e.message, "deploy script fetch not recorded")
+            }
         }
     });
+}
+
+/// A deploy token sealed for its location (`rackd-sealed:v1:deploy-token:…`), opened with
+/// this node's location key.
+pub(crate) async fn open_sealed_token(
+    cluster: &dyn Cluster,
+    sealed: &str,
+) -> Result<String, rackd_types::ApiError> {
+    use crate::cluster::sealing::{sealed_location, Purpose};
+    let loc = sealed_location(sealed)
+        .ok_or_else(|| rackd_types::ApiError::internal("a damaged sealed deploy token"))?;
+    let key = cluster.location_key(loc).await?;
+    key.open(Purpose::DeployToken, sealed)
+        .map_err(|e| rackd_types::ApiError::internal(e.to_string()))
 }
 
 /// The deploy token to put in a boot script: opened from its sealed form (since sealing), or
@@ -213,15 +250,11 @@ async fn deploy_token(
     sealed: Option<String>,
     stored: Option<String>,
 ) -> Result<Option<String>, String> {
-    use crate::cluster::sealing::{sealed_location, Purpose};
     match sealed {
-        Some(s) => {
-            let loc = sealed_location(&s).ok_or("a damaged sealed deploy token")?;
-            let key = st.cluster.location_key(loc).await.map_err(|e| e.message)?;
-            key.open(Purpose::DeployToken, &s)
-                .map(Some)
-                .map_err(|e| e.to_string())
-        }
+        Some(s) => open_sealed_token(st.cluster.as_ref(), &s)
+            .await
+            .map(Some)
+            .map_err(|e| e.message),
         None => Ok(stored.filter(|t| !t.starts_with("sha256:"))),
     }
 }
@@ -359,8 +392,43 @@ async fn deploy_done(
         .and_then(|v| v.into_deploy_done())
     {
         Ok(v) => (StatusCode::OK, axum::Json(v)).into_response(),
+        Err(e) if crate::services::outcome_unknown(&e) => keep_callback(&st, &mac, &token, e).await,
         Err(e) => callback_refused(&mac, e),
     }
+}
+
+/// The leader is out of reach: a callback this node's replica confirms (the token matches
+/// the deploying machine's) is kept and delivered later; answered 202.
+async fn keep_callback(
+    st: &BootState,
+    mac: &str,
+    token: &str,
+    why: rackd_types::ApiError,
+) -> Response {
+    let kept = {
+        let state = st.cluster.state();
+        state
+            .deploy_done_target(mac, token)
+            .ok()
+            .and_then(|m| Some((m.machine.meta.id, m.deploy_token_sealed.clone()?)))
+    };
+    let Some((machine_id, sealed_token)) = kept else {
+        return callback_refused(mac, why);
+    };
+    let report = outbox::Report::InstallCallback {
+        mac: mac.to_string(),
+        sealed_token,
+    };
+    if let Err(e) = st.outbox.put(&report).await {
+        tracing::error!(%mac, error = %e, "cannot keep the install callback");
+        return callback_refused(mac, why);
+    }
+    tracing::info!(%mac, error = %why.message, "install callback kept until the cluster is reachable");
+    let v = rackd_types::DeployDone {
+        machine_id,
+        state: "deploying".into(),
+    };
+    (StatusCode::ACCEPTED, axum::Json(v)).into_response()
 }
 
 /// An install callback's refusal: logged, and answered as a JSON error with its status.
@@ -485,6 +553,7 @@ mod tests {
             artifacts: dir.path().into(),
             base: "http://127.0.0.1:8080".into(),
             transfers: files::Transfers::new(4),
+            outbox: outbox::Outbox::open(&dir.path().join("outbox")).unwrap(),
         }));
         let call = |tok: &str| {
             let app = app.clone();
