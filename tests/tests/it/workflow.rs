@@ -388,3 +388,83 @@ async fn a_site_cut_off_during_a_deploy_reports_it_when_the_link_returns() {
     assert!(log.contains("install callback kept until the cluster is reachable"));
     assert!(log.contains("kept report delivered"));
 }
+
+/// The leader dies in the middle of a deploy: a new leader is elected, the site's executor
+/// carries on (its writes go to whichever node leads), and the deploy finishes without any
+/// step running twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_outlives_its_leader() {
+    let mut c = Cluster::start("wflead", 3, &["--task-lease-secs", "2"])
+        .await
+        .expect("cluster");
+    let _: Value = c
+        .post_json(0, "/v1/locations", &json!({"name": "dc1"}))
+        .await
+        .unwrap();
+    let site = c
+        .join_with(
+            0,
+            true,
+            &["--location", "dc1", "--http-boot-listen", "{ip}:0"],
+        )
+        .await
+        .expect("location learner");
+    let _: Value = c
+        .post_json(
+            site,
+            "/v1/images",
+            &json!({"name": "deb", "kernel": "deb/vmlinuz", "initrd": "deb/initrd.img"}),
+        )
+        .await
+        .unwrap();
+    let m: Value = c
+        .post_json(
+            site,
+            "/v1/machines",
+            &json!({"hostname": "lead1", "location": "dc1", "macs": [MAC], "state": "ready",
+                    "bmc": {"driver": "sim", "address": "lead1"}}),
+        )
+        .await
+        .unwrap();
+    let id = m["id"].as_u64().unwrap();
+    let m: Value = c
+        .post_json(
+            site,
+            &format!("/v1/machines/{id}/deploy"),
+            &json!({"image": "deb"}),
+        )
+        .await
+        .unwrap();
+    let tid = m["workflow"].as_u64().unwrap();
+    wait_step(&c, site, tid, "wait_boot", "running", 60).await;
+
+    let leader = c.leader().await.expect("a leader");
+    c.nodes[leader].kill();
+    let token = fetch_script(&c, site).await;
+    c.wait_leader(Duration::from_secs(30)).await.unwrap();
+    let s = callback(&c, site, &token).await;
+    assert!(s == 200 || s == 202, "callback answered {s}");
+    let r = c
+        .wait_until(
+            Duration::from_secs(60),
+            "deployed under the new leader",
+            |c| async move {
+                let m: Value = c
+                    .get_json(site, &format!("/v1/machines/{id}"))
+                    .await
+                    .unwrap_or_default();
+                m["state"] == "deployed"
+            },
+        )
+        .await;
+    if let Err(e) = r {
+        panic!("{e}: {}", task(&c, site, tid).await);
+    }
+    let t = task(&c, site, tid).await;
+    for s in t["steps"].as_array().unwrap() {
+        assert_eq!(s["attempts"].as_u64().unwrap_or(1).max(1), 1, "{t}");
+    }
+    let ev: Value = c.get_json(site, "/v1/events?limit=1000").await.unwrap();
+    assert_eq!(journal_count(&ev, "step power_on Succeeded"), 1, "{ev}");
+    assert_eq!(journal_count(&ev, "deploying -> deployed"), 1, "{ev}");
+}
