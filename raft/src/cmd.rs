@@ -257,10 +257,13 @@ pub enum Command {
         digest: rackd_types::Digest,
     },
     /// Release a deployed (or failed) machine: it becomes `releasing` and a release workflow
-    /// powers it off, then returns it to `ready`. Needs rules 5.
+    /// powers it off (after booting `wipe.image`, which erases it and calls back with the
+    /// one-time token, like an installer), then returns it to `ready`. Needs rules 5.
     Release {
         id: u64,
         if_match: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wipe: Option<Wipe>,
     },
     /// The executor of attempt `generation` of a workflow starts attempt `attempt` (1, 2, …)
     /// of step `step`, the workflow's current one: the step runs under a deadline (leader time
@@ -318,6 +321,14 @@ impl Command {
             } => {
                 token.0.clear();
                 if let Some(s) = sealed_token {
+                    s.0.clear();
+                }
+            }
+            Command::Release {
+                wipe: Some(wipe), ..
+            } => {
+                wipe.token.0.clear();
+                if let Some(s) = &mut wipe.sealed_token {
                     s.0.clear();
                 }
             }
@@ -511,6 +522,20 @@ impl From<ObservationRepr> for PowerObservation {
             },
         }
     }
+}
+
+/// The wipe of a release: the image booted, its one-time callback token (as `Deploy` carries
+/// one), and the waits' timeouts (ms; `None`: the defaults).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Wipe {
+    pub image: String,
+    pub token: Secret,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_token: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wipe_timeout_ms: Option<u64>,
 }
 
 /// How an attempt of a workflow step ended (`FinishStep`).

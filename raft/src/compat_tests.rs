@@ -244,6 +244,13 @@ fn every_command() -> Vec<Command> {
         Command::Release {
             id: 3,
             if_match: Some(2),
+            wipe: Some(crate::cmd::Wipe {
+                image: "wipe".into(),
+                token: Secret("sha256:00".into()),
+                sealed_token: Some(Secret("rackd-sealed:v1:deploy-token:1:00".into())),
+                boot_timeout_ms: Some(1),
+                wipe_timeout_ms: Some(2),
+            }),
         },
         Command::StartStep {
             id: 6,
@@ -494,6 +501,7 @@ fn only_a_tasks_assignee_renews_or_finishes_it() {
         finished_at: None,
         error: None,
         observed_power: None,
+        image: None,
         steps: Vec::new(),
     };
     st.tasks.insert(6, task);

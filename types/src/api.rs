@@ -44,10 +44,20 @@ pub struct DeployMachine {
 }
 
 /// `POST /v1/machines/{id}/release`: a deployed (or failed) machine is powered off and
-/// returns to `ready`.
+/// returns to `ready`; with `wipe_image`, it first boots that image (which erases its disks
+/// and calls back like an installer).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ReleaseMachine {}
+pub struct ReleaseMachine {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wipe_image: Option<String>,
+    /// How long to wait for the machine to fetch the wipe image's script (default 900).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_timeout_secs: Option<u64>,
+    /// How long to wait for the wipe image's callback (default 3600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wipe_timeout_secs: Option<u64>,
+}
 
 /// `POST /v1/machines/{id}/power`.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]

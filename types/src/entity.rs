@@ -297,6 +297,8 @@ pub enum StepKind {
     WaitBoot,
     /// Wait for the installer's callback (`POST /boot/{mac}/done`).
     WaitInstall,
+    /// Wait for the wipe image's callback (a release that wipes the machine).
+    WaitWipe,
     /// Every boot from the local disk (BMC).
     BootDisk,
     /// Power off (BMC).
@@ -311,6 +313,7 @@ impl StepKind {
             StepKind::PowerOn => "power_on",
             StepKind::WaitBoot => "wait_boot",
             StepKind::WaitInstall => "wait_install",
+            StepKind::WaitWipe => "wait_wipe",
             StepKind::BootDisk => "boot_disk",
             StepKind::PowerOff => "power_off",
         }
@@ -326,7 +329,10 @@ impl StepKind {
 
     /// Steps that wait for the machine (ended by an event, or by their deadline).
     pub fn is_wait(self) -> bool {
-        matches!(self, StepKind::WaitBoot | StepKind::WaitInstall)
+        matches!(
+            self,
+            StepKind::WaitBoot | StepKind::WaitInstall | StepKind::WaitWipe
+        )
     }
 
     /// What a wait step waits for (in timeout errors).
@@ -334,6 +340,7 @@ impl StepKind {
         match self {
             StepKind::WaitBoot => "the machine to fetch its deploy script",
             StepKind::WaitInstall => "the installer's callback",
+            StepKind::WaitWipe => "the wipe image's callback",
             _ => "the step",
         }
     }
@@ -346,7 +353,7 @@ impl StepKind {
             StepKind::BootPxe | StepKind::BootDisk | StepKind::PowerOff => 5 * MIN,
             StepKind::PowerOn => 5 * MIN,
             StepKind::WaitBoot => 15 * MIN,
-            StepKind::WaitInstall => 60 * MIN,
+            StepKind::WaitInstall | StepKind::WaitWipe => 60 * MIN,
         }
     }
 
@@ -460,6 +467,9 @@ pub struct Task {
     pub error: Option<String>,
     /// Power state observed when the task finished.
     pub observed_power: Option<PowerState>,
+    /// The image a deploy installs, or a release boots to wipe the machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// A workflow's steps, in order (empty for single BMC commands).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<TaskStep>,

@@ -289,8 +289,10 @@ crud! {
     get: get_image,
 }
 
-/// `POST /v1/machines/{id}/release {}`: deployed or failed → releasing; the release workflow
-/// powers the machine off and returns it to `ready`.
+/// `POST /v1/machines/{id}/release {"wipe_image"?}`: deployed or failed → releasing; the
+/// release workflow (booting the wipe image first, if asked) powers the machine off and
+/// returns it to `ready`. The wipe's one-time callback token is generated here, on the leader,
+/// and never returned.
 pub async fn release_machine(
     State(node): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -299,12 +301,31 @@ pub async fn release_machine(
     body: Bytes,
 ) -> HttpResult<Json<Machine>> {
     let id = parse_id(&id)?;
-    if !body.is_empty() {
-        let _: rackd_types::ReleaseMachine = parse_json(&body)?;
-    }
+    let r: rackd_types::ReleaseMachine = if body.is_empty() {
+        Default::default()
+    } else {
+        parse_json(&body)?
+    };
+    // A wipe boots an image that calls back like an installer: a one-time token, as a deploy.
+    let wipe = match r.wipe_image {
+        None => None,
+        Some(image) => {
+            let token = crate::cluster::secrets::new_secret("");
+            let (token, sealed_token) =
+                super::sealing::callback_token(&*node.cluster, id, token).await?;
+            Some(rackd_raft::cmd::Wipe {
+                image,
+                token,
+                sealed_token,
+                boot_timeout_ms: r.boot_timeout_secs.map(|s| s.saturating_mul(1000)),
+                wipe_timeout_ms: r.wipe_timeout_secs.map(|s| s.saturating_mul(1000)),
+            })
+        }
+    };
     let cmd = Command::Release {
         id,
         if_match: if_match(&headers)?,
+        wipe,
     };
     let v = node
         .propose(&actor.0, idempotency_key(&headers, &actor)?, cmd)

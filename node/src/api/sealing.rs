@@ -13,26 +13,26 @@ use rackd_types::{ApiError, BmcSpec};
 use crate::cluster::sealing::{is_sealed, Purpose};
 use crate::cluster::Cluster;
 
-/// The `Deploy` of machine `id` with its one-time install-callback `token`: the log and the
-/// state get the token's hash (what apply checks) and the token sealed for the machine's
-/// location (what its location node puts in the boot script); before every member opens
-/// sealed values, the token itself.
-pub async fn deploy_command(
+/// A one-time callback `token` of machine `id` as the log carries it: its hash (what apply
+/// checks) and the token sealed for the machine's location (what its location node puts in
+/// the boot script); before every member opens sealed values, the token itself.
+pub async fn callback_token(
     node: &dyn Cluster,
     id: u64,
-    if_match: Option<u64>,
-    image: String,
     token: String,
-) -> Result<Command, ApiError> {
+) -> Result<(rackd_raft::cmd::Secret, Option<rackd_raft::cmd::Secret>), ApiError> {
     use rackd_raft::cmd::Secret;
-    let st = node.state();
-    let loc = st
-        .machines
-        .get(&id)
-        .and_then(|m| st.location_by_name(&m.machine.location))
-        .map(|l| l.meta.id);
-    let (token, sealed_token) = match loc {
-        Some(loc) if st.meta.rules >= ApplyRules::Rules3 => {
+    let loc = {
+        let st = node.state();
+        let loc = st
+            .machines
+            .get(&id)
+            .and_then(|m| st.location_by_name(&m.machine.location))
+            .map(|l| l.meta.id);
+        loc.filter(|_| st.meta.rules >= ApplyRules::Rules3)
+    };
+    Ok(match loc {
+        Some(loc) => {
             let key = node.location_key(loc).await?;
             (
                 Secret(rackd_raft::state::deploy_token_check(&token)),
@@ -40,8 +40,20 @@ pub async fn deploy_command(
             )
         }
         // Older members, or no such machine (apply refuses it).
-        _ => (Secret(token), None),
-    };
+        None => (Secret(token), None),
+    })
+}
+
+/// The `Deploy` of machine `id` with its one-time install-callback `token` (see
+/// [`callback_token`]).
+pub async fn deploy_command(
+    node: &dyn Cluster,
+    id: u64,
+    if_match: Option<u64>,
+    image: String,
+    token: String,
+) -> Result<Command, ApiError> {
+    let (token, sealed_token) = callback_token(node, id, token).await?;
     Ok(Command::Deploy {
         id,
         if_match,

@@ -572,11 +572,19 @@ async fn machines(c: &Client, json: bool, mc: MachineCmd) -> anyhow::Result<()> 
                 wait_machine(c, id, m.state, goal, Duration::from_secs(timeout), json).await?;
             }
         }
-        MachineCmd::Release { id, wait, timeout } => {
+        MachineCmd::Release {
+            id,
+            wipe_image,
+            wait,
+            timeout,
+        } => {
             let m: Machine = c
                 .post(
                     &format!("/v1/machines/{id}/release"),
-                    &rackd_types::ReleaseMachine {},
+                    &rackd_types::ReleaseMachine {
+                        wipe_image,
+                        ..Default::default()
+                    },
                 )
                 .await?;
             print_transition(&m, wait, json)?;

@@ -171,6 +171,9 @@ pub enum MachineCmd {
     /// ready. With --wait, follow it until it is ready (or fails).
     Release {
         id: u64,
+        /// Boot this image first to erase the machine (it calls back like an installer).
+        #[arg(long)]
+        wipe_image: Option<String>,
         #[arg(long)]
         wait: bool,
         /// Seconds --wait waits at most.

@@ -209,7 +209,8 @@ impl State {
                 }
             }
             let steps = super::workflow::deploy_steps(boot_ms, install_ms);
-            Some(self.create_workflow(now, actor, rackd_types::TaskKind::Deploy, id, steps))
+            let kind = rackd_types::TaskKind::Deploy;
+            Some(self.create_workflow(now, actor, kind, (id, Some(image.to_string())), steps))
         } else {
             None
         };
@@ -258,7 +259,15 @@ impl State {
             )
         };
         let stored = self.stored_machine_by_mac(mac).ok_or_else(reject)?;
-        if stored.machine.state != MachineState::Deploying
+        // A deploying machine's installer, or a releasing machine's wipe image.
+        let booting = match stored.machine.state {
+            MachineState::Deploying => true,
+            MachineState::Releasing => self
+                .active_workflow(stored.machine.meta.id)
+                .is_some_and(|t| t.step(rackd_types::StepKind::WaitWipe).is_some()),
+            _ => false,
+        };
+        if !booting
             || !stored
                 .deploy_token
                 .as_deref()
@@ -283,17 +292,17 @@ impl State {
         if let Some(t) = self.active_workflow(id).cloned() {
             stored.deploy_token = None; // one-time
             stored.deploy_token_sealed = None;
-            stored.machine.state_cause = format!("install callback received (task {})", t.meta.id);
+            let (wait, note) = match t.kind {
+                rackd_types::TaskKind::Release => {
+                    (rackd_types::StepKind::WaitWipe, "wipe callback")
+                }
+                _ => (rackd_types::StepKind::WaitInstall, "install callback"),
+            };
+            stored.machine.state_cause = format!("{note} received (task {})", t.meta.id);
             stored.machine.meta.version += 1;
             stored.machine.meta.updated_at = now;
             self.machines.insert(id, stored);
-            self.complete_wait(
-                now,
-                actor,
-                t,
-                rackd_types::StepKind::WaitInstall,
-                "install callback",
-            );
+            self.complete_wait(now, actor, t, wait, note);
             let state = self
                 .machines
                 .get(&id)

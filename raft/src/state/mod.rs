@@ -436,7 +436,9 @@ impl State {
                 (image, *boot_timeout_ms, *install_timeout_ms),
                 (&token.0, sealed_token.as_ref().map(|s| s.0.as_str())),
             ),
-            Command::Release { id, if_match } => self.release(now, actor, *id, *if_match),
+            Command::Release { id, if_match, wipe } => {
+                self.release(now, actor, *id, *if_match, wipe.as_ref())
+            }
             Command::StartStep {
                 id,
                 generation,

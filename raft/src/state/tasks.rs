@@ -96,6 +96,7 @@ impl State {
             finished_at: None,
             error: None,
             observed_power: None,
+            image: None,
             steps: Vec::new(),
         };
         self.put_task(now, t.clone());

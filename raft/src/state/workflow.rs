@@ -23,7 +23,7 @@ use rackd_types::{
 };
 
 use super::{precondition, State};
-use crate::cmd::{Applied, StepOutcome};
+use crate::cmd::{Applied, StepOutcome, Wipe};
 
 /// The steps of a deploy, with the waits' timeouts (`None`: the default).
 pub fn deploy_steps(boot_ms: Option<u64>, install_ms: Option<u64>) -> Vec<TaskStep> {
@@ -41,11 +41,25 @@ pub fn deploy_steps(boot_ms: Option<u64>, install_ms: Option<u64>) -> Vec<TaskSt
         .collect()
 }
 
-/// The steps of a release.
-pub fn release_steps() -> Vec<TaskStep> {
-    [StepKind::PowerOff]
-        .into_iter()
-        .map(|k| TaskStep::new(k, k.default_timeout_ms()))
+/// The steps of a release; with a wipe (its waits' timeouts, `None`: the defaults), the
+/// machine first boots the wipe image, which calls back when it is done.
+pub fn release_steps(wipe: Option<(Option<u64>, Option<u64>)>) -> Vec<TaskStep> {
+    use StepKind::*;
+    let kinds: &[StepKind] = match wipe {
+        None => &[PowerOff],
+        Some(_) => &[Prepare, BootPxe, PowerOn, WaitBoot, WaitWipe, PowerOff],
+    };
+    let (boot_ms, wipe_ms) = wipe.unwrap_or_default();
+    kinds
+        .iter()
+        .map(|&k| {
+            let timeout = match k {
+                WaitBoot => boot_ms,
+                WaitWipe => wipe_ms,
+                _ => None,
+            };
+            TaskStep::new(k, timeout.unwrap_or_else(|| k.default_timeout_ms()))
+        })
         .collect()
 }
 
@@ -76,7 +90,7 @@ impl State {
         now: u64,
         actor: &str,
         kind: TaskKind,
-        machine_id: u64,
+        (machine_id, image): (u64, Option<String>),
         steps: Vec<TaskStep>,
     ) -> u64 {
         let hostname = self
@@ -105,6 +119,7 @@ impl State {
             finished_at: None,
             error: None,
             observed_power: None,
+            image,
             steps,
         };
         self.put_task(now, t);
@@ -113,13 +128,14 @@ impl State {
     }
 
     /// `Release`: a deployed or failed machine without a workflow in progress becomes
-    /// `releasing`, with a release workflow.
+    /// `releasing`, with a release workflow (wiping it first with `wipe`).
     pub(super) fn release(
         &mut self,
         now: u64,
         actor: &str,
         id: u64,
         if_match: Option<u64>,
+        wipe: Option<&Wipe>,
     ) -> Result<Applied, ApiError> {
         let stored = self.machines.fetch(id, "machine")?;
         precondition(stored.machine.meta.version, if_match)?;
@@ -137,7 +153,28 @@ impl State {
                 t.meta.id
             )));
         }
-        let task = self.create_workflow(now, actor, TaskKind::Release, id, release_steps());
+        if let Some(w) = wipe {
+            if self.image_by_name(&w.image).is_none() {
+                return Err(ApiError::invalid(format!(
+                    "image {:?} does not exist",
+                    w.image
+                )));
+            }
+            if w.token.0.len() < 32 {
+                return Err(ApiError::internal("wipe token too short"));
+            }
+            for (what, t) in [("boot", w.boot_timeout_ms), ("wipe", w.wipe_timeout_ms)] {
+                if t.is_some_and(|t| t == 0 || t > super::deploy::MAX_WAIT_MS) {
+                    return Err(ApiError::invalid(format!(
+                        "{what}_timeout_secs must be from 1 to {}",
+                        super::deploy::MAX_WAIT_MS / 1000
+                    )));
+                }
+            }
+        }
+        let steps = release_steps(wipe.map(|w| (w.boot_timeout_ms, w.wipe_timeout_ms)));
+        let image = wipe.map(|w| w.image.clone());
+        let task = self.create_workflow(now, actor, TaskKind::Release, (id, image), steps);
         let mut stored = self.machines.fetch(id, "machine")?;
         let m = &mut stored.machine;
         m.state = MachineState::Releasing;
@@ -145,9 +182,17 @@ impl State {
         m.workflow = Some(task);
         m.meta.version += 1;
         m.meta.updated_at = now;
+        if let Some(w) = wipe {
+            m.state_cause = format!(
+                "release with a wipe ({}) requested by {actor} (task {task})",
+                w.image
+            );
+        }
         let view = m.clone();
-        stored.deploy_token = None;
-        stored.deploy_token_sealed = None;
+        // The wipe image's one-time callback token (none without a wipe).
+        stored.deploy_token = wipe.map(|w| w.token.0.clone());
+        stored.deploy_token_sealed =
+            wipe.and_then(|w| w.sealed_token.as_ref().map(|s| s.0.clone()));
         self.machines.insert(id, stored);
         self.journal(
             now,
@@ -377,7 +422,6 @@ impl State {
         let Some(t) = self
             .machine_by_mac(mac)
             .and_then(|m| self.active_workflow(m.meta.id))
-            .filter(|t| t.kind == TaskKind::Deploy)
             .cloned()
         else {
             return Ok(Applied::Done);

@@ -467,7 +467,8 @@ fn a_release_powers_off_and_returns_the_machine_to_ready() {
             9,
             Command::Release {
                 id: m,
-                if_match: None
+                if_match: None,
+                wipe: None,
             }
         ),
         ErrorCode::Conflict,
@@ -484,7 +485,8 @@ fn a_release_powers_off_and_returns_the_machine_to_ready() {
             11,
             Command::Release {
                 id: m,
-                if_match: None
+                if_match: None,
+                wipe: None,
             }
         ),
         ErrorCode::Conflict,
@@ -498,6 +500,7 @@ fn a_release_powers_off_and_returns_the_machine_to_ready() {
         Command::Release {
             id: m,
             if_match: None,
+            wipe: None,
         },
     )
     .into_machine()
@@ -589,4 +592,77 @@ fn a_workflow_waiting_for_its_machine_is_not_lost_before_the_wait_ends() {
     assert!(s.waiting_for_executor(&t, 20 + 600_000 + 1));
     let t = apply(&mut s, 20 + 600_001, lose).unwrap();
     assert_eq!(t.state, TaskState::Failed);
+}
+
+#[test]
+fn a_release_with_a_wipe_boots_the_wipe_image_and_waits_for_its_callback() {
+    let (mut s, m) = setup(true);
+    let id = run(&mut s, 10, deploy(m, None))
+        .into_machine()
+        .unwrap()
+        .workflow
+        .unwrap();
+    apply(&mut s, 11, Command::CancelTask { id }).unwrap();
+    let wipe = |image: &str| crate::cmd::Wipe {
+        image: image.into(),
+        token: Secret(deploy_token_check(TOKEN)),
+        sealed_token: Some(Secret("rackd-sealed:v1:deploy-token:1:00".into())),
+        boot_timeout_ms: None,
+        wipe_timeout_ms: Some(120_000),
+    };
+    let release = |w| Command::Release {
+        id: m,
+        if_match: None,
+        wipe: Some(w),
+    };
+    assert_eq!(
+        refused(&mut s, 12, release(wipe("nope"))),
+        ErrorCode::InvalidRequest
+    );
+    let v = run(&mut s, 13, release(wipe("deb")))
+        .into_machine()
+        .unwrap();
+    let rid = v.workflow.unwrap();
+    let t = task(&s, rid);
+    assert_eq!(t.image.as_deref(), Some("deb"));
+    let kinds: Vec<StepKind> = t.steps.iter().map(|s| s.kind).collect();
+    use StepKind::*;
+    assert_eq!(
+        kinds,
+        [Prepare, BootPxe, PowerOn, WaitBoot, WaitWipe, PowerOff]
+    );
+    assert_eq!(t.steps[4].timeout_ms, 120_000);
+    claim(&mut s, 14, rid);
+    for i in 0..3 {
+        start(&mut s, 15, rid, i).unwrap();
+        finish(&mut s, 15, rid, i, done("ok")).unwrap();
+    }
+    // The wipe image fetches its script and calls back with the release's token.
+    run(
+        &mut s,
+        16,
+        Command::BootScriptServed {
+            mac: MAC.into(),
+            node: 2,
+        },
+    );
+    let cb = run(
+        &mut s,
+        17,
+        Command::DeployDone {
+            mac: MAC.into(),
+            token: Secret(TOKEN.into()),
+        },
+    )
+    .into_deploy_done()
+    .unwrap();
+    assert_eq!(cb.state, "releasing");
+    let t = task(&s, rid);
+    assert_eq!(t.steps[4].note.as_deref(), Some("wipe callback"));
+    assert_eq!(t.current_step(), Some(5));
+    start(&mut s, 18, rid, 5).unwrap();
+    let t = finish(&mut s, 19, rid, 5, done("powered off")).unwrap();
+    assert_eq!(t.state, TaskState::Succeeded);
+    assert_eq!(machine_state(&s, m).0, MachineState::Ready);
+    assert!(s.machines.get(&m).unwrap().deploy_token.is_none());
 }

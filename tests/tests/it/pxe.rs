@@ -452,7 +452,9 @@ while true; do sleep 3600; done
 /// deploying → deployed through rackd alone. The deploy task sets PXE and powers the VM on over
 /// IPMI; the VM's iPXE gets its script from rackd, boots a Debian kernel and an initramfs built
 /// here (uploaded as blobs), whose init calls the install callback; the machine is deployed.
-/// (This `ipmi_sim` cannot set a VM's boot device: those steps are skipped, saying why.) The chassis was powered on once. Then a release
+/// (This `ipmi_sim` cannot set a VM's boot device: those steps are skipped, saying why.) Then
+/// a release with a wipe cycles the VM into the wipe image (the same initramfs), waits for its
+/// callback and powers it off over IPMI: the machine is ready. The chassis was powered on once. Then a release
 /// powers the VM off over IPMI and the machine is ready.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qemu_vm_is_deployed_and_released_through_ipmi_by_rackd_alone() {
@@ -576,20 +578,53 @@ async fn qemu_vm_is_deployed_and_released_through_ipmi_by_rackd_alone() {
     assert_eq!(steps[2]["note"], "was off: powered on", "{task}");
     assert_eq!(steps[3]["note"], "deploy script served by node 1", "{task}");
 
-    // Release: powered off over IPMI (qemu stops), then ready.
-    let pid = vm.pids()[0];
-    let out = tokio::task::block_in_place(|| c.cli(0, ["machines", "release", &idt, "--wait"]));
-    assert!(out.ok, "{} {}", out.stdout, out.stderr);
+    // Release with a wipe: the running VM is power cycled over IPMI into the wipe image (here
+    // the same scripted initramfs, which calls back), then powered off (qemu stops): ready.
+    let out = tokio::task::block_in_place(|| {
+        c.cli(
+            0,
+            [
+                "machines",
+                "release",
+                &idt,
+                "--wipe-image",
+                "e2e",
+                "--wait",
+                "--timeout",
+                "400",
+            ],
+        )
+    });
+    let console = vm.console();
+    assert!(out.ok, "{} {}\nconsole:\n{console}", out.stdout, out.stderr);
+    assert!(
+        console.contains("rackd: wiping pxevm with e2e"),
+        "{console}"
+    );
+    assert!(console.contains("rackd-e2e: installed"), "{console}");
+    let pids = vm.pids();
+    assert_eq!(pids.len(), 2, "one power-on to deploy, one cycle to wipe");
     let t1 = Instant::now();
-    let alive = || std::path::Path::new(&format!("/proc/{pid}")).exists();
-    while alive() && t1.elapsed() < Duration::from_secs(15) {
+    let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
+    while pids.iter().any(|p| alive(*p)) && t1.elapsed() < Duration::from_secs(15) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(!alive(), "qemu still running after the release");
+    assert!(
+        !pids.iter().any(|p| alive(*p)),
+        "qemu still running after the release"
+    );
     let m: serde_json::Value = c.get_json(0, &format!("/v1/machines/{id}")).await.unwrap();
     assert_eq!(
         (m["state"].as_str(), m["power_state"].as_str()),
         (Some("ready"), Some("off"))
     );
+    let task: serde_json::Value = c
+        .get_json(0, &format!("/v1/tasks/{}", m["workflow"]))
+        .await
+        .unwrap();
+    let steps = task["steps"].as_array().unwrap();
+    assert_eq!(steps[2]["note"], "was on: power cycled", "{task}");
+    assert_eq!(steps[4]["kind"], "wait_wipe", "{task}");
+    assert_eq!(steps[5]["state"], "succeeded", "{task}");
     drop(vm);
 }

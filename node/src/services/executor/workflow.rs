@@ -125,7 +125,7 @@ impl Executor {
         let step = &t.steps[i];
         match step.kind {
             StepKind::Prepare => Some((self.prepare(t).await, None)),
-            StepKind::WaitBoot | StepKind::WaitInstall => {
+            StepKind::WaitBoot | StepKind::WaitInstall | StepKind::WaitWipe => {
                 self.wait(t, i, step.deadline.unwrap_or(0), fence).await
             }
             StepKind::BootPxe | StepKind::PowerOn | StepKind::BootDisk | StepKind::PowerOff => {
@@ -242,7 +242,7 @@ impl Executor {
             if m.macs.is_empty() {
                 return failed("the machine has no MAC address: nothing can boot it".into());
             }
-            let name = m.image.clone().unwrap_or_default();
+            let name = t.image.clone().or(m.image.clone()).unwrap_or_default();
             let Some(image) = st.image_by_name(&name).cloned() else {
                 return failed(format!("image {name:?} does not exist"));
             };

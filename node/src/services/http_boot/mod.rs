@@ -146,15 +146,23 @@ async fn script(State(st): State<Arc<BootState>>, Path(file): Path<String>) -> R
     match state.machine_by_mac(&mac) {
         Some(m) if m.location == st.location => {
             tracing::info!(%mac, hostname = %m.hostname, state = m.state.as_str(), "served boot script");
+            // A deploying machine boots its image; a releasing one its wipe image, if any.
+            let booting = match m.state {
+                MachineState::Deploying => m.image.clone(),
+                MachineState::Releasing => state
+                    .active_workflow(m.meta.id)
+                    .filter(|t| t.step(rackd_types::StepKind::WaitWipe).is_some())
+                    .and_then(|t| t.image.clone()),
+                _ => None,
+            };
+            let wipe = m.state == MachineState::Releasing;
             let deploying = state.stored_machine_by_mac(&mac).and_then(|sm| {
-                let image = state.image_by_name(m.image.as_deref()?)?;
-                (m.state == MachineState::Deploying).then(|| {
-                    (
-                        image.clone(),
-                        sm.deploy_token_sealed.clone(),
-                        sm.deploy_token.clone(),
-                    )
-                })
+                let image = state.image_by_name(booting.as_deref()?)?;
+                Some((
+                    image.clone(),
+                    sm.deploy_token_sealed.clone(),
+                    sm.deploy_token.clone(),
+                ))
             });
             let deploy = match deploying {
                 None => None,
@@ -163,7 +171,7 @@ async fn script(State(st): State<Arc<BootState>>, Path(file): Path<String>) -> R
                         if token.is_some() {
                             report_script_served(&st, &mac);
                         }
-                        token.map(|t| deploy_script(&st.base, &mac, &m.hostname, &image, &t))
+                        token.map(|t| deploy_script(&st.base, &mac, &m.hostname, &image, &t, wipe))
                     }
                     Err(e) => {
                         tracing::error!(%mac, error = %e, "cannot open the deploy token");
@@ -267,18 +275,23 @@ pub fn deploy_script(
     hostname: &str,
     image: &rackd_types::Image,
     token: &str,
+    wipe: bool,
 ) -> String {
     let base = base.trim_end_matches('/');
+    let what = if wipe {
+        format!("wiping {hostname} with {}", image.name)
+    } else {
+        format!("deploying {} on {hostname}", image.name)
+    };
     let rootfs = image
         .rootfs
         .as_deref()
         .map(|r| format!(" rackd.rootfs={}", artifact_url(base, r)))
         .unwrap_or_default();
     format!(
-        "#!ipxe\necho rackd: deploying {img} on {hostname}\n\
+        "#!ipxe\necho rackd: {what}\n\
          kernel {kernel} {cmdline}{rootfs} rackd.callback={base}/boot/{mac}/done rackd.token={token}\n\
          initrd {initrd}\nboot\n",
-        img = image.name,
         kernel = artifact_url(base, &image.kernel),
         initrd = artifact_url(base, &image.initrd),
         cmdline = image.cmdline,
@@ -478,6 +491,7 @@ mod tests {
             "web1",
             &image(d.to_string(), Some(r.to_string())),
             "tok",
+            false,
         );
         assert!(
             s.contains(&format!(
@@ -490,7 +504,14 @@ mod tests {
             s.contains("initrd http://10.0.0.2:8080/artifacts/deb/initrd\n"),
             "{s}"
         );
-        let s = deploy_script(base, "m", "h", &image("deb/vmlinuz".into(), None), "t");
+        let s = deploy_script(
+            base,
+            "m",
+            "h",
+            &image("deb/vmlinuz".into(), None),
+            "t",
+            true,
+        );
         assert!(
             s.contains(
                 "kernel http://10.0.0.2:8080/artifacts/deb/vmlinuz console=ttyS0 rackd.callback="
@@ -498,6 +519,7 @@ mod tests {
             "{s}"
         );
         assert!(!s.contains("rootfs"), "{s}");
+        assert!(s.contains("echo rackd: wiping h with deb\n"), "{s}");
     }
     use crate::cluster::fake::{machine_spec, FakeCluster};
     use rackd_raft::cmd::{Command, Secret};
