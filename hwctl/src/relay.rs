@@ -160,6 +160,11 @@ impl Relay {
         self.flows.len()
     }
 
+    /// The listening port and client address of flow `id`, while it is open.
+    pub fn flow(&self, id: FlowId) -> Option<(u16, SocketAddr)> {
+        self.flows.get(&id).map(|f| (f.port, f.client))
+    }
+
     fn close(&mut self, id: FlowId, out: &mut Vec<Output>) {
         if let Some(f) = self.flows.remove(&id) {
             self.by_client.remove(&(f.port, f.client));

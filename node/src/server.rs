@@ -141,8 +141,14 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         stop_rx,
     );
 
-    let services =
-        ServiceSet::start(cfg.location.as_ref(), &dir, node.clone(), blobs.clone()).await?;
+    let services = ServiceSet::start(
+        (cfg.location.as_ref(), cfg.ipmi_proxy.as_ref()),
+        &dir,
+        node.clone(),
+        blobs.clone(),
+        Some(node.link.clone()),
+    )
+    .await?;
 
     let mut background = vec![
         AbortOnDrop(tokio::spawn(membership::readvertise(node.clone()))),

@@ -158,8 +158,10 @@ pub struct UpArgs {
     /// the task runs. When an executor dies, its task is taken over once the lease expires.
     #[arg(long, default_value_t = 30)]
     pub task_lease_secs: u64,
-    /// IPMI proxy: relay IPMI-over-LAN to the location's BMCs on this address (machine N is
-    /// reached on port --ipmi-proxy-base-port + N). Off when unset.
+    /// IPMI proxy: relay IPMI-over-LAN to BMCs on this address (machine N is reached on port
+    /// --ipmi-proxy-base-port + N): this node's location's directly, other locations' through
+    /// a BMC tunnel over the QUIC link to a node of theirs (any node may run one). Off when
+    /// unset.
     #[arg(long)]
     pub ipmi_proxy_listen: Option<std::net::IpAddr>,
     #[arg(long, default_value_t = 20000)]

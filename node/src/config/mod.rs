@@ -56,6 +56,9 @@ pub struct NodeConfig {
     pub task_lost: Option<Duration>,
     /// The location services of this node; `None` when it serves no location.
     pub location: Option<LocationConfig>,
+    /// The IPMI proxy (UDP relay to BMCs: its own location's directly, other locations'
+    /// through a BMC tunnel to a node of theirs); off when unset.
+    pub ipmi_proxy: Option<ProxyConfig>,
     /// How often the node checks whether its certificate is due for renewal.
     pub cert_check: Duration,
     /// The blob store and its keeper.
@@ -107,8 +110,6 @@ pub struct LocationConfig {
     pub http_boot: Option<HttpBootConfig>,
     /// Power tasks and the power-state sync.
     pub power: PowerConfig,
-    /// The IPMI proxy (UDP relay to the location's BMCs); off when unset.
-    pub ipmi_proxy: Option<ProxyConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -234,7 +235,6 @@ impl NodeConfig {
                     (args.tftp_listen.is_some(), "--tftp-listen"),
                     (args.dhcp_interface.is_some(), "--dhcp-interface"),
                     (args.http_boot_listen.is_some(), "--http-boot-listen"),
-                    (args.ipmi_proxy_listen.is_some(), "--ipmi-proxy-listen"),
                 ] {
                     if set {
                         return Err(ConfigError::Needs {
@@ -281,6 +281,11 @@ impl NodeConfig {
                 scrub_every: Duration::from_secs(args.blob_scrub_hours.max(1) * 3600),
             },
             location,
+            ipmi_proxy: args.ipmi_proxy_listen.map(|ip| ProxyConfig {
+                listen: ip,
+                base_port: args.ipmi_proxy_base_port,
+                idle: Duration::from_secs(args.ipmi_proxy_idle_secs.max(1)),
+            }),
         })
     }
 }
@@ -360,11 +365,6 @@ impl LocationConfig {
                 power_on_gap: Duration::from_millis(args.power_on_gap_ms),
                 max_workflows: args.max_workflows.max(1),
             },
-            ipmi_proxy: args.ipmi_proxy_listen.map(|ip| ProxyConfig {
-                listen: ip,
-                base_port: args.ipmi_proxy_base_port,
-                idle: Duration::from_secs(args.ipmi_proxy_idle_secs.max(1)),
-            }),
         })
     }
 }
@@ -387,16 +387,19 @@ mod tests {
     }
 
     #[test]
-    fn every_location_service_needs_a_location() {
+    fn every_location_service_needs_a_location_but_the_ipmi_proxy() {
         for flags in [
             &["--tftp-listen", "127.0.0.1:69"][..],
             &["--dhcp-interface", "eth1", "--dhcp-server-ip", "10.0.0.1"],
             &["--http-boot-listen", "127.0.0.1:8080"],
-            &["--ipmi-proxy-listen", "127.0.0.1"],
         ] {
             let e = parse(flags).expect_err("refused without --location");
             assert!(e.to_string().contains("needs --location"), "{e}");
         }
+        // The IPMI proxy runs on any node (other locations' BMCs through tunnels).
+        let c = parse(&["--ipmi-proxy-listen", "127.0.0.1"]).unwrap();
+        assert!(c.location.is_none());
+        assert_eq!(c.ipmi_proxy.unwrap().listen.to_string(), "127.0.0.1");
     }
 
     #[test]

@@ -1,11 +1,13 @@
-//! The IPMI proxy of a location node: the tokio shell around [`rackd_hwctl::relay::Relay`].
-//! Machine N of this location is reached at `LISTEN:BASE+N` (`ipmitool -I lanplus -H node -p
-//! BASE+N …`); ports are stable (derived from the machine id, no extra replicated state) and the
-//! same on every node of the location. Listening sockets follow the replica (opened for machines
-//! with an IPMI BMC in this location, closed when they leave); each flow has its own upstream
-//! socket. Only addresses an operator opened a BMC session for (`POST /v1/machines/{id}/
-//! bmc-session`, replicated with the machine) get through, until the grant expires. Must not
-//! depend on the HTTP API.
+//! The IPMI proxy: the tokio shell around [`rackd_hwctl::relay::Relay`]. Machine N is reached
+//! at `LISTEN:BASE+N` (`ipmitool -I lanplus -H node -p BASE+N …`); ports are stable (derived
+//! from the machine id, no extra replicated state) and the same on every node. Listening
+//! sockets follow the replica: machines with an IPMI BMC of this node's location are relayed
+//! directly (each flow its own upstream socket); machines of other locations, when a member
+//! bound to that location exists, through a BMC tunnel over the QUIC link to that member
+//! (`cluster::link::tunnel`), which relays to the BMC from its site. Only addresses an operator
+//! opened a BMC session for (`POST /v1/machines/{id}/bmc-session`, replicated with the machine)
+//! get through, until the grant expires (the tunnel's far end checks it again). Must not depend
+//! on the HTTP API.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -14,6 +16,9 @@ use std::time::Duration;
 
 use rackd_hwctl::relay::{FlowId, Input, Output, Relay, RelayConfig, Resolve};
 use tokio::net::UdpSocket;
+
+use crate::cluster::link::tunnel::TunnelResolver;
+use crate::cluster::link::Link;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -34,39 +39,95 @@ enum Event {
     Tick,
 }
 
-/// A machine's BMC and the sessions granted for it.
+/// A machine's BMC and the sessions granted for it; `via`: the member (id, peer address)
+/// whose site reaches it, for a machine of another location.
 struct Target {
     bmc: SocketAddr,
     grants: Vec<rackd_types::BmcSession>,
+    via: Option<(u64, String)>,
 }
 
-/// Machine id → BMC and grants of machines of `location` with an IPMI BMC (IP literals only).
-fn bmc_table(node: &dyn Cluster, location: &str) -> HashMap<u64, Target> {
-    node.state()
+/// An IPMI BMC given by IP literal.
+fn ipmi_bmc(m: &rackd_types::Machine) -> Option<SocketAddr> {
+    let b = m.bmc.as_ref()?;
+    if !b.driver.is_ipmi() {
+        return None;
+    }
+    let ip: IpAddr = b.address.trim().parse().ok()?;
+    Some(SocketAddr::new(ip, b.port))
+}
+
+/// Machine id → BMC and grants of the machines this proxy reaches: those of `location`
+/// directly; with a link, those of other locations through a member bound to theirs (the
+/// lowest id among those serving it, so every proxy picks the same one).
+fn bmc_table(node: &dyn Cluster, location: Option<&str>, tunnels: bool) -> HashMap<u64, Target> {
+    let state = node.state();
+    let members = node.status().members;
+    let me = node.id();
+    let via = |loc: &str| -> Option<(u64, String)> {
+        state
+            .meta
+            .node_sites
+            .iter()
+            .filter(|(id, site)| site.as_str() == loc && **id != me)
+            .find_map(|(id, _)| members.get(id).map(|i| (*id, i.peer.clone())))
+    };
+    state
         .machines
         .values()
-        .filter(|m| m.machine.location == location)
         .filter_map(|m| {
-            let b = m.machine.bmc.as_ref()?;
-            if !b.driver.is_ipmi() {
-                return None;
-            }
-            let ip: IpAddr = b.address.trim().parse().ok()?;
+            let bmc = ipmi_bmc(&m.machine)?;
+            let here = location == Some(m.machine.location.as_str());
+            let via = match here {
+                true => None,
+                false if tunnels => Some(via(&m.machine.location)?),
+                false => return None,
+            };
             let grants = m.bmc_sessions.clone();
-            let bmc = SocketAddr::new(ip, b.port);
-            Some((m.machine.meta.id, Target { bmc, grants }))
+            Some((m.machine.meta.id, Target { bmc, grants, via }))
         })
         .collect()
 }
 
+/// What this location node's BMC tunnels reach: a machine of `location` with an IPMI BMC,
+/// for an address holding a BMC session for it (checked again at the far end of a tunnel).
+pub fn tunnel_resolver(node: Arc<dyn Cluster>, location: String) -> TunnelResolver {
+    Arc::new(move |machine_id, source| {
+        let state = node.state();
+        let m = state
+            .machines
+            .get(&machine_id)
+            .filter(|m| m.machine.location == location)
+            .ok_or_else(|| format!("machine {machine_id} is not one of location {location}"))?;
+        let bmc =
+            ipmi_bmc(&m.machine).ok_or_else(|| format!("machine {machine_id} has no IPMI BMC"))?;
+        let now = crate::cluster::now_ms();
+        if !rackd_raft::state::bmc_sessions::grants_admit(&m.bmc_sessions, source, now) {
+            return Err(format!(
+                "{source} holds no BMC session for machine {machine_id}"
+            ));
+        }
+        Ok(bmc)
+    })
+}
+
+/// Where a flow's datagrams go.
+enum Upstream {
+    /// A socket of this node toward the BMC.
+    Udp(Arc<UdpSocket>, SocketAddr, JoinHandle<()>),
+    /// A BMC tunnel (its task owns the stream; datagrams go to it over `tx`).
+    Tunnel(mpsc::Sender<Vec<u8>>, JoinHandle<()>),
+}
+
 struct Shell {
     node: Arc<dyn Cluster>,
-    location: String,
+    location: Option<String>,
+    link: Option<Arc<Link>>,
     opts: ProxyConfig,
     tx: mpsc::Sender<Event>,
     table: HashMap<u64, Target>,
     listeners: HashMap<u16, (Arc<UdpSocket>, JoinHandle<()>)>,
-    upstream: HashMap<FlowId, (Arc<UdpSocket>, SocketAddr, JoinHandle<()>)>,
+    upstream: HashMap<FlowId, Upstream>,
 }
 
 impl Shell {
@@ -109,7 +170,7 @@ impl Shell {
 
     /// Opens listeners for new machines and closes those of machines that left.
     async fn reconcile(&mut self) {
-        self.table = bmc_table(&*self.node, &self.location);
+        self.table = bmc_table(&*self.node, self.location.as_deref(), self.link.is_some());
         let want: std::collections::HashSet<u16> = self
             .table
             .keys()
@@ -142,10 +203,69 @@ impl Shell {
         }
     }
 
-    async fn apply(&mut self, outputs: Vec<Output>) {
+    /// The member a new flow on `port` tunnels through, if its machine is of another location.
+    fn via(&self, port: u16) -> Option<(u64, u64, String)> {
+        let id = (port as u64).checked_sub(self.opts.base_port as u64)?;
+        let (node, addr) = self.table.get(&id)?.via.clone()?;
+        Some((id, node, addr))
+    }
+
+    /// A flow through a BMC tunnel: datagrams from the relay go to the stream, the BMC's
+    /// answers come back as events from `bmc`. A tunnel that cannot open drops the flow's
+    /// datagrams (the relay closes the flow when idle).
+    fn tunnel(
+        &self,
+        flow: FlowId,
+        bmc: SocketAddr,
+        (machine, node, addr): (u64, u64, String),
+        client: IpAddr,
+    ) -> Upstream {
+        let (up_tx, mut up_rx) = mpsc::channel::<Vec<u8>>(64);
+        let (link, events) = (self.link.clone(), self.tx.clone());
+        let task = tokio::spawn(async move {
+            let Some(link) = link else { return };
+            let (mut tx, mut rx) = match link.open_bmc_tunnel(node, &addr, machine, client).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(flow, machine, node, error = %e, "BMC tunnel not opened");
+                    return;
+                }
+            };
+            tracing::debug!(flow, machine, node, "IPMI proxy flow tunnelled");
+            loop {
+                tokio::select! {
+                    d = up_rx.recv() => match d {
+                        Some(d) => if tx.send(&d).await.is_err() { break },
+                        None => break,
+                    },
+                    d = rx.recv() => match d {
+                        Some(data) => {
+                            if events.send(Event::Bmc { flow, from: bmc, data }).await.is_err() {
+                                break;
+                            }
+                        }
+                        None => break,
+                    },
+                }
+            }
+            tx.finish();
+        });
+        Upstream::Tunnel(up_tx, task)
+    }
+
+    async fn apply(&mut self, outputs: Vec<Output>, relay: &Relay) {
         for o in outputs {
             match o {
                 Output::Open { flow, bmc } => {
+                    // A machine of another location: through a tunnel to its site.
+                    let remote = relay
+                        .flow(flow)
+                        .and_then(|(port, client)| Some((self.via(port)?, client)));
+                    if let Some((via, client)) = remote {
+                        let up = self.tunnel(flow, bmc, via, client.ip());
+                        self.upstream.insert(flow, up);
+                        continue;
+                    }
                     let bind = if bmc.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
                     let Ok(sock) = UdpSocket::bind(bind).await else {
                         continue;
@@ -153,21 +273,27 @@ impl Shell {
                     let sock = Arc::new(sock);
                     let task =
                         self.reader(&sock, move |from, data| Event::Bmc { flow, from, data });
-                    self.upstream.insert(flow, (sock, bmc, task));
+                    self.upstream.insert(flow, Upstream::Udp(sock, bmc, task));
                     tracing::debug!(flow, %bmc, "IPMI proxy flow opened");
                 }
-                Output::ToBmc { flow, data } => {
-                    if let Some((sock, bmc, _)) = self.upstream.get(&flow) {
+                Output::ToBmc { flow, data } => match self.upstream.get(&flow) {
+                    Some(Upstream::Udp(sock, bmc, _)) => {
                         let _ = sock.send_to(&data, *bmc).await;
                     }
-                }
+                    Some(Upstream::Tunnel(tx, _)) => {
+                        let _ = tx.try_send(data);
+                    }
+                    None => {}
+                },
                 Output::ToClient { port, client, data } => {
                     if let Some((sock, _)) = self.listeners.get(&port) {
                         let _ = sock.send_to(&data, client).await;
                     }
                 }
                 Output::Close { flow } => {
-                    if let Some((_, _, task)) = self.upstream.remove(&flow) {
+                    if let Some(Upstream::Udp(_, _, task) | Upstream::Tunnel(_, task)) =
+                        self.upstream.remove(&flow)
+                    {
                         task.abort();
                     }
                     tracing::debug!(flow, "IPMI proxy flow closed");
@@ -182,7 +308,8 @@ impl Drop for Shell {
         for (_, (_, task)) in self.listeners.drain() {
             task.abort();
         }
-        for (_, (_, _, task)) in self.upstream.drain() {
+        for (_, up) in self.upstream.drain() {
+            let (Upstream::Udp(_, _, task) | Upstream::Tunnel(_, task)) = up;
             task.abort();
         }
     }
@@ -191,13 +318,15 @@ impl Drop for Shell {
 /// Starts the proxy; the returned task owns every socket (abort it to stop the proxy).
 pub async fn start(
     node: Arc<dyn Cluster>,
-    location: String,
+    location: Option<String>,
     opts: ProxyConfig,
+    link: Option<Arc<Link>>,
 ) -> anyhow::Result<JoinHandle<()>> {
     let (tx, mut rx) = mpsc::channel(1024);
     let mut shell = Shell {
         node,
         location,
+        link,
         opts: opts.clone(),
         tx: tx.clone(),
         table: HashMap::new(),
@@ -235,7 +364,7 @@ pub async fn start(
             };
             let now_ms = crate::cluster::now_ms();
             let outputs = relay.handle(now, input, |p, ip| shell.lookup(p, ip, now_ms));
-            shell.apply(outputs).await;
+            shell.apply(outputs, &relay).await;
             if matches!(ev, Event::Tick) {
                 shell.reconcile().await;
                 tracing::trace!(stats = ?relay.stats, flows = relay.flows(), "IPMI proxy");
@@ -252,6 +381,52 @@ mod tests {
 
     use super::*;
     use crate::cluster::fake::{machine_spec, FakeCluster};
+
+    /// The far end of a BMC tunnel reaches only machines of its own location with an IPMI BMC,
+    /// and only for an address holding a BMC session for the machine.
+    #[test]
+    fn a_tunnel_reaches_only_its_sites_granted_bmcs() {
+        let c = FakeCluster::new(1, crate::cluster::now_ms());
+        c.create_location("dc1");
+        c.create_location("dc2");
+        let ipmi = |port| {
+            Some(BmcSpec {
+                driver: BmcDriver::Ipmi,
+                address: "192.0.2.9".into(),
+                port,
+                username: String::new(),
+                password: None,
+                cipher_suite: None,
+            })
+        };
+        let here = c.create_machine(CreateMachine {
+            bmc: ipmi(623),
+            ..machine_spec("a", "dc1")
+        });
+        let there = c.create_machine(CreateMachine {
+            bmc: ipmi(624),
+            ..machine_spec("b", "dc2")
+        });
+        let r = tunnel_resolver(c.clone(), "dc1".into());
+        let op: IpAddr = "198.51.100.7".parse().unwrap();
+        let e = r(here, op).unwrap_err();
+        assert!(e.contains("holds no BMC session"), "{e}");
+        for id in [here, there] {
+            c.apply_ok(
+                "t",
+                rackd_raft::cmd::Command::GrantBmcSession {
+                    machine_id: id,
+                    source: op.to_string(),
+                    ttl_ms: 600_000,
+                },
+            );
+        }
+        assert_eq!(r(here, op), Ok("192.0.2.9:623".parse().unwrap()));
+        let e = r(there, op).unwrap_err();
+        assert!(e.contains("not one of location dc1"), "{e}");
+        assert!(r(here, "198.51.100.8".parse().unwrap()).is_err());
+        assert!(r(999, op).is_err());
+    }
 
     /// R10: stopping the proxy (removal, fail-stop, shutdown) closes every socket it owns, its
     /// listening ports and the upstream socket of a flow in progress, not only its loop.
@@ -292,7 +467,9 @@ mod tests {
             base_port: port - id as u16,
             idle: Duration::from_secs(60),
         };
-        let proxy = start(c.clone(), "dc1".into(), opts).await.unwrap();
+        let proxy = start(c.clone(), Some("dc1".into()), opts, None)
+            .await
+            .unwrap();
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         // An RMCP ping-shaped datagram (class 0x06) through the proxy reaches the BMC from the
         // flow's upstream socket.

@@ -25,7 +25,7 @@ use anyhow::Context;
 
 use crate::abort::AbortOnDrop;
 use crate::cluster::Cluster;
-use crate::config::LocationConfig;
+use crate::config::{LocationConfig, ProxyConfig};
 
 /// Whether the outcome of a failed internal write is unknown (it may have committed: no
 /// quorum, a lost answer, a timeout) rather than refused by apply.
@@ -67,20 +67,52 @@ pub struct ServiceSet {
     tasks: Vec<AbortOnDrop>,
     /// Router advertisements on the DHCP interface (a thread, stopped on drop).
     _ra: Option<rackd_net::ra::RaSender>,
+    /// Members' BMC tunnels are answered while this lives.
+    _tunnels: Option<ServeTunnels>,
+}
+
+/// Stops answering BMC tunnels when dropped.
+struct ServeTunnels(Arc<crate::cluster::link::Link>);
+
+impl Drop for ServeTunnels {
+    fn drop(&mut self) {
+        self.0.serve_bmc_tunnels(None);
+    }
 }
 
 impl ServiceSet {
     /// Start the services `cfg` asks for (none when the node serves no location).
     pub async fn start(
-        cfg: Option<&LocationConfig>,
+        (cfg, proxy): (Option<&LocationConfig>, Option<&ProxyConfig>),
         data_dir: &Path,
         cluster: Arc<dyn Cluster>,
         blobs: Arc<crate::blobs::BlobStore>,
+        link: Option<Arc<crate::cluster::link::Link>>,
     ) -> anyhow::Result<Self> {
         let mut set = ServiceSet::default();
+        // The IPMI proxy, on any node that asks for one.
+        if let Some(p) = proxy {
+            set.tasks.push(AbortOnDrop(
+                ipmi_proxy::start(
+                    cluster.clone(),
+                    cfg.map(|c| c.name.clone()),
+                    p.clone(),
+                    link.clone(),
+                )
+                .await?,
+            ));
+        }
         let Some(cfg) = cfg else {
             return Ok(set);
         };
+        // Members' BMC tunnels reach this location's BMCs (until the services stop).
+        if let Some(link) = &link {
+            link.serve_bmc_tunnels(Some(ipmi_proxy::tunnel_resolver(
+                cluster.clone(),
+                cfg.name.clone(),
+            )));
+            set._tunnels = Some(ServeTunnels(link.clone()));
+        }
         let location = cfg.name.as_str();
         if let Some(addr) = cfg.tftp_listen {
             set.tasks.push(
@@ -142,11 +174,6 @@ impl ServiceSet {
             cluster.clone(),
             location.to_string(),
         ))));
-        if let Some(p) = &cfg.ipmi_proxy {
-            set.tasks.push(AbortOnDrop(
-                ipmi_proxy::start(cluster.clone(), location.to_string(), p.clone()).await?,
-            ));
-        }
         Ok(set)
     }
 }

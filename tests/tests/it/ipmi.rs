@@ -648,3 +648,109 @@ async fn a_location_learner_opens_only_its_own_sites_sealed_bmc_passwords() {
         }
     }
 }
+
+/// An IPMI proxy on a voter that serves no location reaches a remote site's BMC through a BMC
+/// tunnel over the QUIC link to the site's node: ipmitool at the voter drives the BMC once an
+/// operator opened a BMC session, and not before nor after it is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipmitool_through_a_voters_proxy_reaches_a_remote_sites_bmc_over_the_link() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = IpmiSim::in_netns(5, tmp.path());
+    let base = 21500u16;
+    let base_arg = base.to_string();
+    let mut c = Cluster::start(
+        "ipmitunnel",
+        1,
+        &[
+            "--ipmi-proxy-listen",
+            "{ip}",
+            "--ipmi-proxy-base-port",
+            &base_arg,
+        ],
+    )
+    .await
+    .expect("cluster");
+    let _: Value = c
+        .post_json(0, "/v1/locations", &json!({"name": "dc1"}))
+        .await
+        .unwrap();
+    let site = c
+        .join_with(0, true, &["--location", "dc1", "--power-sync-secs", "0"])
+        .await
+        .expect("location learner");
+    let m: Value = c
+        .post_json(
+            0,
+            "/v1/machines",
+            &json!({"hostname": "far", "location": "dc1",
+                    "bmc": {"driver": "ipmi", "address": sim.addr, "username": USER, "password": PASS}}),
+        )
+        .await
+        .unwrap();
+    let id = m["id"].as_u64().unwrap();
+    let voter_ip = c.nodes[0].ip.clone();
+    let port = base + id as u16;
+    let status = || {
+        ipmitool(
+            "lanplus",
+            &voter_ip,
+            port,
+            PASS,
+            &["chassis", "power", "status"],
+        )
+    };
+    let (ok, out) = status();
+    assert!(!ok, "relayed without a BMC session: {out}");
+
+    let _: Value = c
+        .post_json(
+            0,
+            &format!("/v1/machines/{id}/bmc-session"),
+            &json!({"source": "127.0.0.1", "ttl_secs": 600}),
+        )
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    loop {
+        let (ok, out) = status();
+        if ok {
+            assert!(out.contains("Chassis Power is"), "{out}");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(15), "{out}");
+    }
+    let (ok, out) = ipmitool(
+        "lanplus",
+        &voter_ip,
+        port,
+        PASS,
+        &["chassis", "power", "on"],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        sim.calls().contains("set power 1"),
+        "the BMC got the power-up"
+    );
+    let site_log = std::fs::read_to_string(&c.nodes[site].log).unwrap();
+    assert!(
+        site_log.contains("BMC tunnel opened"),
+        "not through the site's node"
+    );
+
+    // Closed again: nothing gets through (the voter drops the flow; a new tunnel would be
+    // refused by the site too).
+    let (s, _) = c
+        .request(
+            0,
+            Method::DELETE,
+            &format!("/v1/machines/{id}/bmc-sessions"),
+            None,
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 204);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (ok, out) = status();
+    assert!(!ok, "relayed after the session was closed: {out}");
+}

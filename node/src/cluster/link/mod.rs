@@ -5,14 +5,17 @@
 //! connection per peer, reused, with keep-alives; a connection that died is opened again at
 //! the next request.
 //!
-//! Requests so far: a byte range of a blob (a location node filling its site's cache). The
-//! framing is [`frame`] (sans-IO); this module is the shell that owns the socket. The caller
+//! Requests so far: a byte range of a blob (a location node filling its site's cache), and a
+//! BMC tunnel ([`tunnel`]: an IPMI proxy on any node reaching another location's BMC network
+//! through a node of that location). The framing is [`frame`] (sans-IO); this module is the
+//! shell that owns the socket. The caller
 //! of a connection is who its client certificate names, and must be a member the cluster has
 //! not removed.
 //!
 //! Layer: part of `cluster`; uses `blobs` (the store it serves from) and the peer TLS setup.
 
 pub mod frame;
+pub mod tunnel;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -40,6 +43,8 @@ pub struct Link {
     client: quinn::ClientConfig,
     auth: Arc<dyn PeerAuth>,
     conns: Mutex<HashMap<NodeId, (SocketAddr, quinn::Connection)>>,
+    /// What this node's BMC tunnels reach (set by a location node's services).
+    tunnels: Mutex<Option<tunnel::TunnelResolver>>,
 }
 
 fn transport() -> Arc<quinn::TransportConfig> {
@@ -101,6 +106,7 @@ impl Link {
             client,
             auth,
             conns: Mutex::new(HashMap::new()),
+            tunnels: Mutex::new(None),
         }))
     }
 
@@ -145,6 +151,42 @@ impl Link {
         Ok(c)
     }
 
+    /// Answer members' BMC tunnels with `r` (a location node's services; `None` stops).
+    pub fn serve_bmc_tunnels(&self, r: Option<tunnel::TunnelResolver>) {
+        *self.tunnels.lock().unwrap_or_else(|p| p.into_inner()) = r;
+    }
+
+    /// Open a tunnel to the BMC of `machine_id` through member `target` (a node of the
+    /// machine's location), for an operator at `source`.
+    pub async fn open_bmc_tunnel(
+        &self,
+        target: NodeId,
+        addr: &str,
+        machine_id: u64,
+        source: std::net::IpAddr,
+    ) -> Result<(tunnel::TunnelTx, tunnel::TunnelRx), String> {
+        let conn = self.connection(target, addr).await?;
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| format!("QUIC link to node {target}: {e}"))?;
+        let req = LinkRequest::BmcTunnel {
+            machine_id,
+            source: source.to_string(),
+        };
+        send.write_all(&frame::encode(&req))
+            .await
+            .map_err(|e| format!("QUIC link to node {target}: {e}"))?;
+        let reply: LinkReply = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut recv))
+            .await
+            .map_err(|_| format!("node {target} did not answer over the QUIC link"))??;
+        match reply {
+            LinkReply::Tunnel { .. } => Ok((tunnel::TunnelTx(send), tunnel::TunnelRx(recv))),
+            LinkReply::Refused { reason } => Err(format!("node {target}: {reason}")),
+            LinkReply::Bytes { .. } => Err(format!("node {target}: an answer of another kind")),
+        }
+    }
+
     /// Stream a byte range of a blob from member `target` (the bytes are not verified here:
     /// the receiver hashes them).
     pub async fn fetch_blob(
@@ -168,6 +210,9 @@ impl Link {
         let len = match reply {
             LinkReply::Bytes { len } => len,
             LinkReply::Refused { reason } => return Err(format!("node {target}: {reason}")),
+            LinkReply::Tunnel { .. } => {
+                return Err(format!("node {target}: an answer of another kind"))
+            }
         };
         tracing::info!(node = target, digest = %req.digest, len, "fetching over the QUIC link");
         let state = (recv, len, send);
@@ -234,7 +279,13 @@ async fn accept_loop(link: Arc<Link>, raft: super::Raft, blobs: Arc<BlobStore>) 
                 }
             };
             while let Ok((send, recv)) = conn.accept_bi().await {
-                tokio::spawn(serve_stream(caller, send, recv, blobs.clone()));
+                tokio::spawn(serve_stream(
+                    caller,
+                    send,
+                    recv,
+                    blobs.clone(),
+                    link.clone(),
+                ));
             }
         });
     }
@@ -265,10 +316,20 @@ async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     blobs: Arc<BlobStore>,
+    link: Arc<Link>,
 ) {
     let req: Result<LinkRequest, String> = read_frame(&mut recv).await;
-    let LinkRequest::FetchBlob(r) = match req {
-        Ok(r) => r,
+    let r = match req {
+        Ok(LinkRequest::FetchBlob(r)) => r,
+        Ok(LinkRequest::BmcTunnel { machine_id, source }) => {
+            let resolver = link
+                .tunnels
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            tunnel::serve(caller, send, recv, resolver, (machine_id, source)).await;
+            return;
+        }
         Err(e) => {
             let _ = send
                 .write_all(&frame::encode(&LinkReply::Refused { reason: e }))
