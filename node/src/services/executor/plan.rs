@@ -9,6 +9,32 @@ use std::collections::{HashMap, HashSet};
 use rackd_raft::state::State;
 use rackd_types::{Task, TaskState};
 
+/// How long a pending task is left to the node its id prefers ([`prefers`]) before another
+/// node of the location claims it (leader time, ms).
+pub const PREFERRED_GRACE_MS: u64 = 2_000;
+
+/// The node of `location` that should start task `task` first: one of the nodes bound to the
+/// location (and `me`), chosen by a hash of the task id, so that a site's nodes share its work and
+/// do not all propose a claim for every task (the losers' claims are refused, but each is a
+/// log entry).
+pub fn prefers(state: &State, location: &str, me: u64, task: u64) -> u64 {
+    let mut nodes: Vec<u64> = state
+        .meta
+        .node_sites
+        .iter()
+        .filter(|(_, site)| site.as_str() == location)
+        .map(|(id, _)| *id)
+        .collect();
+    if !nodes.contains(&me) {
+        nodes.push(me);
+    }
+    nodes.sort_unstable();
+    // Ids come from one counter shared by every entity: mixed, so that a pattern in them
+    // (a machine, then its task, …) does not send every task to the same node.
+    let mixed = task.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
+    nodes[(mixed % nodes.len() as u64) as usize]
+}
+
 /// What to do with one task of the location.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Next {
@@ -27,7 +53,8 @@ pub fn forget_finished(state: &State, unconfirmed: &mut HashMap<u64, u64>) {
 /// time `now`: not running here (`active`), and either ours from a claim whose answer was lost
 /// (`unconfirmed`: task → generation we claimed from, adopted when the task now runs under
 /// the next generation assigned to us) or claimable now by the rule apply uses (pending with
-/// the machine free, or running under an expired lease).
+/// the machine free, or running under an expired lease). A pending task another node of the
+/// location is preferred for ([`prefers`]) is left to it for [`PREFERRED_GRACE_MS`].
 pub fn next_tasks(
     state: &State,
     location: &str,
@@ -54,13 +81,19 @@ pub fn next_tasks(
                     .get(&t.meta.id)
                     .is_some_and(|g| g.checked_add(1) == Some(t.generation));
             if ours {
-                Some(Next::Adopt(t.clone()))
-            } else {
-                state
-                    .claimable(t.meta.id, now)
-                    .ok()
-                    .map(|_| Next::Claim(t.clone()))
+                return Some(Next::Adopt(t.clone()));
             }
+            // A pending task is another node's to start first, for a while.
+            let theirs = t.state == TaskState::Pending
+                && prefers(state, location, node, t.meta.id) != node
+                && now.saturating_sub(t.meta.updated_at) < PREFERRED_GRACE_MS;
+            if theirs {
+                return None;
+            }
+            state
+                .claimable(t.meta.id, now)
+                .ok()
+                .map(|_| Next::Claim(t.clone()))
         })
         .collect()
 }

@@ -1,7 +1,7 @@
 //! The executor's planning rules against [`FakeCluster`]: states built by the real apply rules
 //! at a clock the test moves, so "expired" means what the leader will decide.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -261,4 +261,48 @@ fn workflows_are_claimed_only_up_to_the_executors_bound() {
     // One running here already: one more slot of two.
     let running: HashSet<u64> = [w[0]].into();
     assert_eq!(plan(&running, 2), vec![('c', w[1]), ('c', power)]);
+}
+
+/// The nodes bound to a location share its pending tasks by task id: a node leaves the others'
+/// to them for a grace period (so they do not all claim every task), then takes them.
+#[test]
+fn pending_tasks_go_to_their_preferred_node_first_then_to_anyone() {
+    use super::{prefers, PREFERRED_GRACE_MS};
+    let c = FakeCluster::new(1, 1_000);
+    location(&c, "dc1");
+    let tasks: Vec<u64> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|h| task(&c, machine(&c, "dc1", h, true), TaskKind::PowerOn))
+        .collect();
+    let mut st = c.state();
+    st.meta.node_sites.insert(2, "dc1".into());
+    st.meta.node_sites.insert(3, "dc1".into());
+    st.meta.node_sites.insert(4, "dc2".into());
+    let plan = |node: u64, now: u64| -> Vec<u64> {
+        next_tasks(&st, "dc1", node, now, &HashSet::new(), &HashMap::new())
+            .iter()
+            .map(|n| match n {
+                Next::Claim(t) | Next::Adopt(t) => t.meta.id,
+            })
+            .collect()
+    };
+    let created = st.tasks.get(&tasks[0]).unwrap().meta.updated_at;
+    let mine = |node: u64| -> Vec<u64> {
+        tasks
+            .iter()
+            .copied()
+            .filter(|t| prefers(&st, "dc1", node, *t) == node)
+            .collect()
+    };
+    // Nodes 2 and 3 split the tasks (dc2's node 4 is not one of them).
+    assert_eq!(mine(2).len() + mine(3).len(), tasks.len());
+    assert!(!mine(2).is_empty() && !mine(3).is_empty());
+    assert_eq!(plan(2, created), mine(2));
+    assert_eq!(plan(3, created), mine(3));
+    // After the grace period either node takes any of them.
+    assert_eq!(plan(2, created + PREFERRED_GRACE_MS), tasks);
+    // A node serving the location without a binding prefers itself too: it shares nothing
+    // and waits for no one.
+    let with_9: BTreeSet<u64> = (0..64).map(|t| prefers(&st, "dc1", 9, t)).collect();
+    assert_eq!(with_9, [2, 3, 9].into(), "every node gets some");
 }

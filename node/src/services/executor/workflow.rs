@@ -50,12 +50,18 @@ impl Executor {
         let actor = self.actor();
         // Attempts this run made of the current step (a new step starts at 0).
         let mut tries: (usize, u32) = (usize::MAX, 0);
+        // The task as the leader's last answer gave it (this node's replica may lag it).
+        let mut known: Option<Task> = None;
         loop {
             if !fence.is_open() {
                 return;
             }
-            let Some(t) = self.node.state().tasks.get(&id).cloned() else {
-                return;
+            let t = match known.take() {
+                Some(t) => t,
+                None => match self.replica_task(id, generation).await {
+                    Some(t) => t,
+                    None => return,
+                },
             };
             if t.state != TaskState::Running || t.generation != generation {
                 return;
@@ -83,6 +89,7 @@ impl Executor {
             let Ok(t) = started.into_task() else {
                 return;
             };
+            known = Some(t.clone());
             if tries.0 != i {
                 tries = (i, 0);
             }
@@ -90,6 +97,7 @@ impl Executor {
             let attempt = t.steps[i].attempts;
             tracing::info!(task = id, step = %kind, attempt, "workflow step started");
             let Some((outcome, power)) = self.run_step(&t, i, fence).await else {
+                known = None; // an event ended the step: the replica has it
                 continue;
             };
             if let StepOutcome::Failed { error } = &outcome {
@@ -108,15 +116,36 @@ impl Executor {
                 outcome,
                 observed_power: power,
             };
-            if let Err(e) = record_result(&*self.node, &actor, finish).await {
-                tracing::warn!(task = id, step = %kind, error = %e.message, "step result refused");
-                if kind.is_wait() {
-                    // A timeout the leader's clock does not agree with yet.
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
+            match record_result(&*self.node, &actor, finish).await {
+                Ok(v) => known = v.into_task().ok(),
+                Err(e) => {
+                    tracing::warn!(task = id, step = %kind, error = %e.message, "step result refused");
+                    known = None;
+                    if kind.is_wait() {
+                        // A timeout the leader's clock does not agree with yet.
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                    return;
                 }
-                return;
             }
+        }
+    }
+
+    /// Task `id` from this node's replica once the replica has caught up with attempt
+    /// `generation` (the claim that started it was answered by the leader, and may not have
+    /// reached this replica yet); `None` once the task moved past it (finished, cancelled,
+    /// taken over) or is gone.
+    async fn replica_task(&self, id: u64, generation: u64) -> Option<Task> {
+        loop {
+            let t = self.node.state().tasks.get(&id).cloned()?;
+            if t.generation > generation || t.state.is_terminal() {
+                return None;
+            }
+            if t.generation == generation && t.state == TaskState::Running {
+                return Some(t);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
