@@ -468,3 +468,84 @@ async fn a_deploy_outlives_its_leader() {
     assert_eq!(journal_count(&ev, "step power_on Succeeded"), 1, "{ev}");
     assert_eq!(journal_count(&ev, "deploying -> deployed"), 1, "{ev}");
 }
+
+/// The only node of a location dies while its machine's deploy waits: once the wait's
+/// deadline has passed and no node of the location took the task over, the leader fails the
+/// deploy, and the machine says which step and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_whose_only_location_node_died_fails_with_the_cause() {
+    let mut c = Cluster::start(
+        "wflost",
+        1,
+        &["--task-lease-secs", "2", "--task-lost-secs", "2"],
+    )
+    .await
+    .expect("cluster");
+    let _: Value = c
+        .post_json(0, "/v1/locations", &json!({"name": "dc1"}))
+        .await
+        .unwrap();
+    let site = c
+        .join_with(
+            0,
+            true,
+            &["--location", "dc1", "--http-boot-listen", "{ip}:0"],
+        )
+        .await
+        .expect("location learner");
+    let _: Value = c
+        .post_json(
+            0,
+            "/v1/images",
+            &json!({"name": "deb", "kernel": "deb/vmlinuz", "initrd": "deb/initrd.img"}),
+        )
+        .await
+        .unwrap();
+    let m: Value = c
+        .post_json(
+            0,
+            "/v1/machines",
+            &json!({"hostname": "lost1", "location": "dc1", "macs": [MAC], "state": "ready",
+                    "bmc": {"driver": "sim", "address": "lost1"}}),
+        )
+        .await
+        .unwrap();
+    let id = m["id"].as_u64().unwrap();
+    let m: Value = c
+        .post_json(
+            0,
+            &format!("/v1/machines/{id}/deploy"),
+            &json!({"image": "deb", "boot_timeout_secs": 3}),
+        )
+        .await
+        .unwrap();
+    let tid = m["workflow"].as_u64().unwrap();
+    wait_step(&c, 0, tid, "wait_boot", "running", 60).await;
+    c.nodes[site].kill();
+    let r = c
+        .wait_until(
+            Duration::from_secs(60),
+            "the deploy failed",
+            |c| async move {
+                let m: Value = c
+                    .get_json(0, &format!("/v1/machines/{id}"))
+                    .await
+                    .unwrap_or_default();
+                m["state"] == "failed"
+            },
+        )
+        .await;
+    if let Err(e) = r {
+        panic!("{e}: {}", task(&c, 0, tid).await);
+    }
+    let m = machine(&c, 0, id).await;
+    let cause = m["state_cause"].as_str().unwrap();
+    assert!(
+        cause.starts_with("deploy failed at step wait_boot: executor lost"),
+        "{cause}"
+    );
+    assert!(cause.contains("location dc1"), "{cause}");
+    let t = task(&c, 0, tid).await;
+    assert_eq!(t["state"], "failed", "{t}");
+    assert_eq!(step(&t, "wait_boot")["state"], "failed", "{t}");
+}
