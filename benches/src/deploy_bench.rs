@@ -77,12 +77,21 @@ async fn log_index(c: &mut Cluster) -> anyhow::Result<u64> {
 /// call back with its token.
 async fn boot_and_install(http: &reqwest::Client, boot: &str, i: usize) -> anyhow::Result<()> {
     let m = mac(i);
-    let script = http
-        .get(format!("{boot}/boot/{m}.ipxe"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    // A node that cannot open deploy tokens yet (its location key is on its way) answers a
+    // script that waits and fails; firmware boots again, and so does this machine.
+    let started = Instant::now();
+    let script = loop {
+        let script = http
+            .get(format!("{boot}/boot/{m}.ipxe"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        if script.contains("rackd.token=") || started.elapsed() > Duration::from_secs(60) {
+            break script;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let token = script
         .split("rackd.token=")
         .nth(1)

@@ -111,6 +111,11 @@ pub trait Cluster: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Applied, ApiError>>;
     /// Make the next read of [`Cluster::state`] linearizable.
     fn linearize(&self) -> BoxFuture<'_, Result<(), ApiError>>;
+    /// Resolves when this node's replica applied something new, or after `at_most` (what
+    /// waits on the replica, such as an executor, wakes at once when work arrives).
+    fn applied_changed(&self, at_most: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(tokio::time::sleep(at_most))
+    }
     /// Join phase 2 on the leader: add `id` as a learner, wait until it caught up, promote it
     /// unless `learner`. Safe to retry.
     fn add_node(

@@ -195,6 +195,19 @@ impl Cluster for ClusterHandle {
     fn wait_leader(&self, timeout: Duration) -> BoxFuture<'_, Option<(u64, NodeInfo)>> {
         Box::pin(ClusterHandle::wait_leader(self, timeout))
     }
+    fn applied_changed(&self, at_most: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let mut rx = self.raft.metrics();
+            let from = rx.borrow_watched().last_applied;
+            let deadline = tokio::time::Instant::now() + at_most;
+            while rx.borrow_watched().last_applied == from {
+                match tokio::time::timeout_at(deadline, rx.changed()).await {
+                    Ok(Ok(())) => {}
+                    _ => return,
+                }
+            }
+        })
+    }
     fn propose<'a>(
         &'a self,
         actor: &'a str,

@@ -18,7 +18,9 @@
 //! under a new generation by the next claim (or failed as "executor lost" after the last
 //! attempt), so a killed executor does not wedge its machine. The executor proposes a claim
 //! only when its replica says the leader will accept it ([`rackd_raft::state::State::claimable`],
-//! the rule apply uses), so blocked tasks cost no log entries. Internal writes carry
+//! the rule apply uses), so blocked tasks cost no log entries. It looks again as soon as its
+//! replica applies something (a new task reaches it without a polling delay), at least every
+//! 200 ms. Internal writes carry
 //! deterministic idempotency keys ([`Command::internal_key`]): a retry after a lost answer gets
 //! the first answer. A result is retried until it commits or is refused as stale.
 
@@ -194,7 +196,10 @@ impl Executor {
                 self.clone().tick().await;
                 // Reap finished runs.
                 while lock(&self.children).try_join_next().is_some() {}
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                // Next pass as soon as the replica applies something (a new task, a lease
+                // that lapsed is noticed within the bound), at most every 10 ms.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                self.node.applied_changed(Duration::from_millis(200)).await;
             }
         })
     }
