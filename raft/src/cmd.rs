@@ -285,6 +285,10 @@ pub enum Command {
         outcome: StepOutcome,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         observed_power: Option<rackd_types::PowerState>,
+        /// After a step that succeeded, start the workflow's next step in the same entry (as
+        /// a `StartStep` of its next attempt would): the executor acts on it next.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        start_next: bool,
     },
     /// A location node served the deploy script to the machine with `mac`: its deploy
     /// workflow's `wait_boot` step is done. Needs rules 5.

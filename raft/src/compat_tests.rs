@@ -265,6 +265,7 @@ fn every_command() -> Vec<Command> {
             attempt: 1,
             outcome: crate::cmd::StepOutcome::Succeeded { note: "n".into() },
             observed_power: Some(rackd_types::PowerState::On),
+            start_next: true,
         },
         Command::BootScriptServed {
             mac: "52:54:00:00:00:01".into(),
@@ -529,6 +530,7 @@ fn only_a_tasks_assignee_renews_or_finishes_it() {
         attempt: 1,
         outcome: crate::cmd::StepOutcome::TimedOut,
         observed_power: None,
+        start_next: false,
     };
     for cmd in [&renew, &finish, &start_step, &finish_step] {
         assert_eq!(st.node_may_propose(2, "node:2", cmd), Ok(()));

@@ -402,6 +402,10 @@ pub struct TaskStep {
     pub attempts: u32,
     /// How long one attempt may take (a wait step: how long it waits).
     pub timeout_ms: u64,
+    /// The task's generation (its executor's attempt) that started the running attempt of
+    /// this step (0: never started).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<u64>,
     /// When the running attempt times out.
@@ -415,6 +419,10 @@ pub struct TaskStep {
     pub error: Option<String>,
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 impl TaskStep {
     pub fn new(kind: StepKind, timeout_ms: u64) -> Self {
         Self {
@@ -422,6 +430,7 @@ impl TaskStep {
             state: StepState::Pending,
             attempts: 0,
             timeout_ms,
+            generation: 0,
             started_at: None,
             deadline: None,
             finished_at: None,

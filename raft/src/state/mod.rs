@@ -452,14 +452,14 @@ impl State {
                 attempt,
                 outcome,
                 observed_power,
+                start_next,
             } => self.finish_step(
                 now,
                 actor,
-                (*id, *generation),
-                *step,
-                *attempt,
+                (*id, *generation, *step, *attempt),
                 outcome,
                 *observed_power,
+                *start_next,
             ),
             Command::BootScriptServed { mac, node } => {
                 self.boot_script_served(now, actor, mac, *node)

@@ -258,35 +258,40 @@ impl State {
         attempt: u32,
     ) -> Result<Applied, ApiError> {
         let mut t = self.step_startable(id, generation, step, attempt)?.clone();
-        let s = &mut t.steps[step as usize];
+        self.begin_step(now, actor, &mut t, step as usize);
+        t.meta.version += 1;
+        t.meta.updated_at = now;
+        self.put_task(now, t.clone());
+        Ok(Applied::Task(t))
+    }
+
+    /// Start the next attempt of step `i` of `t` (running, under the task's generation, with
+    /// its deadline), journaled; the caller stores `t`.
+    fn begin_step(&mut self, now: u64, actor: &str, t: &mut Task, i: usize) {
+        let (id, generation, node) = (t.meta.id, t.generation, t.assignee.unwrap_or_default());
+        let s = &mut t.steps[i];
         s.state = StepState::Running;
-        s.attempts = attempt;
+        s.attempts += 1;
+        s.generation = generation;
         s.started_at = Some(now);
         s.deadline = Some(now.saturating_add(s.timeout_ms));
         s.finished_at = None;
         s.error = None;
         let message = format!(
-            "task {id} step {} attempt {attempt} on node {}",
-            s.kind,
-            t.assignee.unwrap_or_default()
+            "task {id} step {} attempt {} on node {node}",
+            s.kind, s.attempts
         );
-        t.meta.version += 1;
-        t.meta.updated_at = now;
-        self.put_task(now, t.clone());
         self.journal(now, actor, "task.step_started", "task", Some(id), message);
-        Ok(Applied::Task(t))
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn finish_step(
         &mut self,
         now: u64,
         actor: &str,
-        (id, generation): (u64, u64),
-        step: u32,
-        attempt: u32,
+        (id, generation, step, attempt): (u64, u64, u32, u32),
         outcome: &StepOutcome,
         observed_power: Option<rackd_types::PowerState>,
+        start_next: bool,
     ) -> Result<Applied, ApiError> {
         let mut t = self.tasks.fetch(id, "task")?;
         let running = t.kind.is_workflow()
@@ -362,6 +367,10 @@ impl State {
                 self.end_workflow(now, actor, t, TaskState::Succeeded, None)
             }
             None => {
+                let mut t = t;
+                if let Some(next) = t.current_step().filter(|_| start_next) {
+                    self.begin_step(now, actor, &mut t, next);
+                }
                 self.put_task(now, t.clone());
                 t
             }

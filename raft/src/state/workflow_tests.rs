@@ -181,6 +181,7 @@ fn finish(
             attempt: task.steps[step as usize].attempts,
             outcome,
             observed_power: None,
+            start_next: false,
         },
     )
 }
@@ -308,6 +309,7 @@ fn a_takeover_resumes_at_the_current_step_and_counts_its_attempts() {
         attempt: 1,
         outcome: done("cycled"),
         observed_power: None,
+        start_next: false,
     };
     assert_eq!(
         apply(&mut s, 13 + LEASE + 2, stale).unwrap_err().code,
@@ -521,6 +523,7 @@ fn a_release_powers_off_and_returns_the_machine_to_ready() {
         attempt: 1,
         outcome: done("powered off"),
         observed_power: Some(PowerState::Off),
+        start_next: false,
     };
     let t = apply(&mut s, 16, off).unwrap();
     assert_eq!(t.state, TaskState::Succeeded);
@@ -665,4 +668,53 @@ fn a_release_with_a_wipe_boots_the_wipe_image_and_waits_for_its_callback() {
     assert_eq!(t.state, TaskState::Succeeded);
     assert_eq!(machine_state(&s, m).0, MachineState::Ready);
     assert!(s.machines.get(&m).unwrap().deploy_token.is_none());
+}
+
+#[test]
+fn a_step_result_may_start_the_next_step_in_the_same_entry() {
+    let (mut s, m) = setup(true);
+    let id = run(&mut s, 10, deploy(m, None))
+        .into_machine()
+        .unwrap()
+        .workflow
+        .unwrap();
+    let t = claim(&mut s, 11, id);
+    start(&mut s, 12, id, 0).unwrap();
+    let next = |step: u32, at: u64, s: &mut State| {
+        apply(
+            s,
+            at,
+            Command::FinishStep {
+                id,
+                generation: t.generation,
+                step,
+                attempt: 1,
+                outcome: done("ok"),
+                observed_power: None,
+                start_next: true,
+            },
+        )
+        .unwrap()
+    };
+    let after = next(0, 13, &mut s);
+    let b = &after.steps[1];
+    assert_eq!(
+        (b.state, b.attempts, b.generation),
+        (StepState::Running, 1, t.generation)
+    );
+    assert_eq!(b.deadline, Some(13 + b.timeout_ms));
+    // Its result is accepted as attempt 1's; a StartStep of attempt 1 is not.
+    assert_eq!(
+        start(&mut s, 14, id, 1).unwrap().steps[1].attempts,
+        2,
+        "a StartStep is always the next attempt"
+    );
+    // A takeover executor starts the running step again as a new attempt: it knows an
+    // earlier one (of another generation) may have acted.
+    let t2 = claim(&mut s, 14 + LEASE + 1, id);
+    let r = start(&mut s, 14 + LEASE + 2, id, 1).unwrap();
+    assert_eq!(
+        (r.steps[1].attempts, r.steps[1].generation),
+        (3, t2.generation)
+    );
 }

@@ -328,6 +328,19 @@ async fn a_site_cut_off_during_a_deploy_reports_it_when_the_link_returns() {
         .unwrap();
     let tid = m["workflow"].as_u64().unwrap();
     wait_step(&c, 0, tid, "wait_boot", "running", 60).await;
+    // The site holds its location's key (it opens deploy tokens with it) before the cut.
+    let loc: Value = c.get_json(0, "/v1/locations").await.unwrap();
+    let key = c.nodes[site]
+        .data_dir
+        .join(format!("pki/location-{}.key", loc["items"][0]["id"]));
+    let t0 = std::time::Instant::now();
+    while !key.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no location key at the site"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Cut the site off from every voter.
     for v in 0..3 {

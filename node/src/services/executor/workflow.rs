@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use rackd_hwctl::{BmcError, BootDevice, Fence, Fenced, PowerAction, PowerError, PowerState};
 use rackd_raft::cmd::{Command, StepOutcome};
-use rackd_types::{StepKind, Task, TaskState};
+use rackd_types::{StepKind, StepState, Task, TaskState};
 
 use super::{error_text, record_result, Executor, TAKEOVER_MARGIN_MS};
 use crate::cluster::now_ms;
@@ -52,6 +52,9 @@ impl Executor {
         let mut tries: (usize, u32) = (usize::MAX, 0);
         // The task as the leader's last answer gave it (this node's replica may lag it).
         let mut known: Option<Task> = None;
+        // The answer started the current step for this run (a step result starts the next
+        // step in the same entry): act on it without a StartStep.
+        let mut fresh = false;
         loop {
             if !fence.is_open() {
                 return;
@@ -70,24 +73,31 @@ impl Executor {
                 return;
             };
             let kind = t.steps[i].kind;
-            let start = Command::StartStep {
-                id,
-                generation,
-                step: i as u32,
-                attempt: t.steps[i].attempts + 1,
-            };
-            let started = match record_result(&*self.node, &actor, start).await {
-                Ok(v) => v,
-                Err(e) => {
-                    // The replica may be behind (an event ended the step, a takeover): look
-                    // again shortly; the loop stops once the task moved on.
-                    tracing::debug!(task = id, step = %kind, error = %e.message, "step not started");
-                    tokio::time::sleep(WAIT_POLL).await;
-                    continue;
-                }
-            };
-            let Ok(t) = started.into_task() else {
-                return;
+            let ours =
+                t.steps[i].state == StepState::Running && t.steps[i].generation == generation;
+            let t = if std::mem::take(&mut fresh) && ours {
+                t
+            } else {
+                let start = Command::StartStep {
+                    id,
+                    generation,
+                    step: i as u32,
+                    attempt: t.steps[i].attempts + 1,
+                };
+                let started = match record_result(&*self.node, &actor, start).await {
+                    Ok(v) => v,
+                    Err(e) => {
+                        // The replica may be behind (an event ended the step, a takeover):
+                        // look again shortly; the loop stops once the task moved on.
+                        tracing::debug!(task = id, step = %kind, error = %e.message, "step not started");
+                        tokio::time::sleep(WAIT_POLL).await;
+                        continue;
+                    }
+                };
+                let Ok(t) = started.into_task() else {
+                    return;
+                };
+                t
             };
             known = Some(t.clone());
             if tries.0 != i {
@@ -115,9 +125,13 @@ impl Executor {
                 attempt,
                 outcome,
                 observed_power: power,
+                start_next: true,
             };
             match record_result(&*self.node, &actor, finish).await {
-                Ok(v) => known = v.into_task().ok(),
+                Ok(v) => {
+                    known = v.into_task().ok();
+                    fresh = true;
+                }
                 Err(e) => {
                     tracing::warn!(task = id, step = %kind, error = %e.message, "step result refused");
                     known = None;
