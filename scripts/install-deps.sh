@@ -18,10 +18,11 @@ build_pkgs=(libclang-dev)
 # `rackd image build`; ovmf: UEFI boot of an installed appliance (tests/it/appliance.rs).
 # openssl: checks the cluster PKI's certificates as a third party (tests/it/cluster.rs), and
 # makes the operator's own API certificate (tests/it/api_tls.rs). kea-admin: perfdhcp, a host
-# inventing MAC addresses against DHCP discovery (tests/it/location.rs).
+# inventing MAC addresses against DHCP discovery (tests/it/location.rs). prometheus: promtool
+# checks /metrics and the shipped rules, and a real Prometheus scrapes a cluster (tests/it/metrics.rs).
 test_pkgs=(openssl kea-admin tftp-hpa atftp busybox curl iproute2 udhcpc isc-dhcp-client isc-dhcp-relay
   qemu-system-x86 ipxe-qemu seabios ipxe openipmi ipmitool syslinux syslinux-common
-  syslinux-efi mtools dosfstools e2fsprogs qemu-utils binutils ovmf)
+  syslinux-efi mtools dosfstools e2fsprogs qemu-utils binutils ovmf prometheus)
 
 case "$what" in
   build) pkgs=("${build_pkgs[@]}") ;;

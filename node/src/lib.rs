@@ -13,7 +13,8 @@
 //!    └──────┬───────┘
 //!   cluster    the handle on the replicated core: propose, linearize, membership, bootstrap
 //!    │         and join, identity; the `Cluster` trait and its in-memory `FakeCluster`
-//!   config · client · abort    validated settings, the typed HTTP client, a task guard
+//!   config · client · abort · metrics    validated settings, the typed HTTP client, a task
+//!              guard, the Prometheus instruments
 //! ```
 //!
 //! The rule is that arrows point down: a module imports only modules of a lower layer, `api`
@@ -35,5 +36,6 @@ pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod metrics;
 pub mod server;
 pub mod services;

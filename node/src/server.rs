@@ -19,7 +19,7 @@ use crate::abort::AbortOnDrop;
 use crate::cluster::bootstrap::{self, JoinParams};
 use crate::cluster::peer_auth::NodePeerAuth;
 use crate::cluster::pki::{NodeTls, Pki};
-use crate::cluster::{certs, membership, removal, rules, ClusterHandle, Raft};
+use crate::cluster::{certs, leadership, membership, removal, rules, ClusterHandle, Raft};
 use crate::config::NodeConfig;
 use crate::services::{reaper, reseal, ServiceSet};
 
@@ -154,6 +154,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         AbortOnDrop(tokio::spawn(membership::readvertise(node.clone()))),
         AbortOnDrop(tokio::spawn(membership::follow_addresses(node.clone()))),
         AbortOnDrop(tokio::spawn(removal::watch(node.clone()))),
+        AbortOnDrop(tokio::spawn(leadership::watch(node.clone()))),
         AbortOnDrop(tokio::spawn(rules::run(
             node.clone(),
             Duration::from_secs(1),

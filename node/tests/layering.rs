@@ -12,6 +12,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("blobs", 0),
     ("client", 0),
     ("config", 0),
+    ("metrics", 0),
     ("cluster", 1),
     ("api", 2),
     ("services", 2),

@@ -104,6 +104,11 @@ pub struct Blob {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Octets;
 
+/// Metrics in the Prometheus text exposition format (`text/plain; version=0.0.4`) as a
+/// response body in the endpoint table (`GET /metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exposition;
+
 #[cfg(test)]
 mod tests {
     use super::*;

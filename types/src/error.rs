@@ -34,6 +34,24 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// The code as it appears in error bodies (`"Unavailable"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidRequest => "InvalidRequest",
+            ErrorCode::Unauthorized => "Unauthorized",
+            ErrorCode::Forbidden => "Forbidden",
+            ErrorCode::NotFound => "NotFound",
+            ErrorCode::Conflict => "Conflict",
+            ErrorCode::PreconditionFailed => "PreconditionFailed",
+            ErrorCode::Unavailable => "Unavailable",
+            ErrorCode::JoinRejected => "JoinRejected",
+            ErrorCode::Internal => "Internal",
+            ErrorCode::IdempotencyKeyReused => "IdempotencyKeyReused",
+            ErrorCode::TooLarge => "TooLarge",
+            ErrorCode::InsufficientStorage => "InsufficientStorage",
+        }
+    }
+
     /// HTTP status code for this error.
     pub fn http_status(self) -> u16 {
         match self {
@@ -102,4 +120,30 @@ impl ApiError {
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ErrorBody {
     pub error: ApiError,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorCode;
+
+    #[test]
+    fn as_str_is_the_code_error_bodies_carry() {
+        use ErrorCode::*;
+        for c in [
+            InvalidRequest,
+            Unauthorized,
+            Forbidden,
+            NotFound,
+            Conflict,
+            PreconditionFailed,
+            Unavailable,
+            JoinRejected,
+            Internal,
+            IdempotencyKeyReused,
+            TooLarge,
+            InsufficientStorage,
+        ] {
+            assert_eq!(serde_json::to_value(c).unwrap(), c.as_str(), "{c:?}");
+        }
+    }
 }

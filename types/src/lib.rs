@@ -13,7 +13,7 @@ pub mod net;
 pub mod write;
 
 pub use api::*;
-pub use blob::{Blob, Digest, Octets};
+pub use blob::{Blob, Digest, Exposition, Octets};
 pub use entity::*;
 pub use error::{ApiError, ErrorBody, ErrorCode, RETRY_SAME_KEY};
 pub use hw::*;

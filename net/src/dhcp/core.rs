@@ -283,6 +283,13 @@ pub enum Dest {
 pub struct DhcpStats {
     pub received: AtomicU64,
     pub replied: AtomicU64,
+    /// Client messages by type (releases and declines below).
+    pub discovers: AtomicU64,
+    pub requests: AtomicU64,
+    pub informs: AtomicU64,
+    /// Replies by type (naks below).
+    pub offers: AtomicU64,
+    pub acks: AtomicU64,
     pub malformed: AtomicU64,
     pub ignored: AtomicU64,
     pub unknown_client: AtomicU64,
@@ -392,6 +399,11 @@ impl DhcpCore {
             out.resize(MIN_REPLY_LEN, 0);
         }
         DhcpStats::inc(&self.stats.replied);
+        match reply.opts().msg_type() {
+            Some(MessageType::Offer) => DhcpStats::inc(&self.stats.offers),
+            Some(MessageType::Ack) => DhcpStats::inc(&self.stats.acks),
+            _ => {}
+        }
         Some((out, dest))
     }
 
@@ -410,6 +422,12 @@ impl DhcpCore {
             DhcpStats::inc(&self.stats.malformed);
             return None;
         };
+        match mt {
+            MessageType::Discover => DhcpStats::inc(&self.stats.discovers),
+            MessageType::Request => DhcpStats::inc(&self.stats.requests),
+            MessageType::Inform => DhcpStats::inc(&self.stats.informs),
+            _ => {}
+        }
         let mac = mac_string(msg.chaddr());
         let client = self.classify(msg);
         let res = inv.reservation(&mac);

@@ -497,3 +497,39 @@ fn discovery_reports_unknown_machines_within_the_budget_only() {
     }
     assert!(c.take_discovered().is_empty());
 }
+
+#[test]
+fn stats_count_messages_and_replies_by_type() {
+    let c = core(false);
+    let inv = inv(BootMode::Network);
+    let get = |f: fn(&DhcpStats) -> &std::sync::atomic::AtomicU64| DhcpStats::get(f(&c.stats()));
+    let (offer, _) = roundtrip(&c, &msg(MessageType::Discover, &MAC), &inv).unwrap();
+    let mut req = msg(MessageType::Request, &MAC);
+    req.opts_mut()
+        .insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
+    req.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
+    let (ack, _) = roundtrip(&c, &req, &inv).unwrap();
+    assert_eq!(mt(&ack), MessageType::Ack);
+    // A request for an address not reserved for the client is refused.
+    let mut wrong = msg(MessageType::Request, &MAC);
+    wrong
+        .opts_mut()
+        .insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 77, 0, 99)));
+    wrong
+        .opts_mut()
+        .insert(DhcpOption::ServerIdentifier(SERVER));
+    let (nak, _) = roundtrip(&c, &wrong, &inv).unwrap();
+    assert_eq!(mt(&nak), MessageType::Nak);
+    // An unknown client's discover is dropped, and garbage is counted as malformed.
+    assert!(roundtrip(&c, &msg(MessageType::Discover, &[2, 0, 0, 0, 0, 9]), &inv).is_none());
+    assert!(c.handle_bytes(Instant::now(), b"junk", &inv).is_none());
+    assert_eq!(get(|s| &s.received), 5);
+    assert_eq!(get(|s| &s.discovers), 2);
+    assert_eq!(get(|s| &s.requests), 2);
+    assert_eq!(get(|s| &s.offers), 1);
+    assert_eq!(get(|s| &s.acks), 1);
+    assert_eq!(get(|s| &s.naks), 1);
+    assert_eq!(get(|s| &s.unknown_client), 1);
+    assert_eq!(get(|s| &s.malformed), 1);
+    assert_eq!(get(|s| &s.replied), 3);
+}

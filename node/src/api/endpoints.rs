@@ -22,7 +22,27 @@ use serde::de::DeserializeOwned;
 
 use rackd_types::*;
 
-use super::{blobs, cluster, inventory, tasks, AppState, HttpResult};
+use super::{blobs, cluster, inventory, metrics, tasks, AppState, HttpResult};
+
+/// The media type of a success body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Media {
+    Json,
+    /// Raw bytes (downloads: ranges and conditional requests apply).
+    Octets,
+    /// The Prometheus text exposition format.
+    Exposition,
+}
+
+impl Media {
+    pub fn mime(self) -> &'static str {
+        match self {
+            Media::Json => "application/json",
+            Media::Octets => "application/octet-stream",
+            Media::Exposition => "text/plain",
+        }
+    }
+}
 
 /// An HTTP method the API uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,8 +144,8 @@ pub struct Endpoint {
     pub request: Option<SchemaFn>,
     /// The request body is raw bytes (`application/octet-stream`), not JSON.
     pub raw_request: bool,
-    /// The success body is raw bytes (`application/octet-stream`), not JSON.
-    pub raw_response: bool,
+    /// The success body's media type.
+    pub response_media: Media,
     /// The success status.
     pub status: u16,
     /// The success body's schema (none: empty body).
@@ -169,6 +189,10 @@ impl<A: Answer> Answer for HttpResult<A> {
 /// A streamed response (blob downloads): raw bytes.
 impl Answer for axum::response::Response {
     type Body = Octets;
+}
+/// Metrics in the Prometheus text format.
+impl Answer for super::metrics::Scrape {
+    type Body = Exposition;
 }
 
 /// An async function of any arity (up to the handlers' six), with its output type.
@@ -217,6 +241,19 @@ fn decode_octets(_: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+fn decode_exposition(b: &[u8]) -> Result<(), String> {
+    let text = std::str::from_utf8(b).map_err(|e| format!("metrics are not UTF-8: {e}"))?;
+    match text.lines().find(|l| !l.is_empty() && !l.starts_with('#')) {
+        Some(l) if l.starts_with("rackd_") => Ok(()),
+        Some(l) => Err(format!("not a rackd metric line: {l:?}")),
+        None => Err("no samples".to_string()),
+    }
+}
+
+fn exposition_schema(_: &mut SchemaGenerator) -> Schema {
+    schemars::json_schema!({"type": "string", "description": "Prometheus text exposition format 0.0.4"})
+}
+
 fn octets_schema(_: &mut SchemaGenerator) -> Schema {
     schemars::json_schema!({"type": "string", "format": "binary"})
 }
@@ -243,11 +280,16 @@ macro_rules! endpoints {
     (@schema [] []) => { None };
     (@schema [$t:ty] []) => { Some(schema::<$t> as SchemaFn) };
     (@schema [] [Octets]) => { Some(octets_schema as SchemaFn) };
+    (@schema [] [Exposition]) => { Some(exposition_schema as SchemaFn) };
     (@raw []) => { false };
     (@raw [Octets]) => { true };
+    (@media []) => { Media::Json };
+    (@media [Octets]) => { Media::Octets };
+    (@media [Exposition]) => { Media::Exposition };
     (@decode [] []) => { decode_empty };
     (@decode [$t:ty] []) => { decode::<$t> };
     (@decode [] [Octets]) => { decode_octets };
+    (@decode [] [Exposition]) => { decode_exposition };
     (@body) => { () };
     (@body $t:ty) => { $t };
     ($(
@@ -274,7 +316,7 @@ macro_rules! endpoints {
                 headers: $headers,
                 request: endpoints!(@schema [$($Req)?] [$($RawReq)?]),
                 raw_request: endpoints!(@raw [$($RawReq)?]),
-                raw_response: endpoints!(@raw [$($RawResp)?]),
+                response_media: endpoints!(@media [$($RawResp)?]),
                 status: $status,
                 response: endpoints!(@schema [$($Resp)?] [$($RawResp)?]),
                 decode_response: endpoints!(@decode [$($Resp)?] [$($RawResp)?]),
@@ -343,6 +385,11 @@ endpoints! {
         "Node health and Raft state (no auth)",
         auth: Open, query: NO_Q, headers: NO_H,
         status: 200, returns: Health,
+    }
+    GET "/metrics" => metrics::scrape {
+        "This node's metrics in the Prometheus text format (Raft, API, DHCP, TFTP, BMC calls, machines and tasks)",
+        auth: Reader, query: NO_Q, headers: NO_H,
+        status: 200, raw_returns: Exposition,
     }
     GET "/v1/cluster" => cluster::cluster_info {
         "Members, leader, term, commit index",

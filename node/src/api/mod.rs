@@ -20,6 +20,8 @@ pub mod endpoints;
 pub mod forward;
 pub mod inventory;
 pub mod listener;
+pub mod metrics;
+pub mod observe;
 pub mod openapi;
 pub mod sealing;
 pub mod tasks;
@@ -161,7 +163,7 @@ pub fn idempotency_key(h: &HeaderMap, actor: &Actor) -> HttpResult<Option<String
 }
 
 /// The API router: every endpoint of the table, then (outermost first) write forwarding,
-/// authentication and the body limit; unknown routes answer 404 and wrong methods 405, both
+/// authentication and the body limit, all inside the request metrics; unknown routes answer 404 and wrong methods 405, both
 /// as JSON errors.
 pub fn router(node: AppState) -> Router {
     let mut r = Router::new();
@@ -188,6 +190,7 @@ pub fn router(node: AppState) -> Router {
             refuse_when_failed,
         ))
         .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
+        .layer(axum::middleware::from_fn(observe::observe))
         .with_state(node)
 }
 

@@ -8,7 +8,7 @@
 use schemars::generate::SchemaSettings;
 use serde_json::{json, Map, Value};
 
-use super::endpoints::{Auth, Verb, ENDPOINTS};
+use super::endpoints::{Auth, Media, Verb, ENDPOINTS};
 use rackd_types::ErrorBody;
 
 fn error_ref() -> Value {
@@ -58,12 +58,12 @@ pub fn document() -> Value {
             match e.response {
                 Some(r) => {
                     let r = serde_json::to_value(r(&mut g)).expect("schema serializes");
-                    json!({"description": "OK", "content": {media(e.raw_response): {"schema": r}}})
+                    json!({"description": "OK", "content": {e.response_media.mime(): {"schema": r}}})
                 }
                 None => json!({"description": "Done"}),
             },
         );
-        if e.raw_response {
+        if e.response_media == Media::Octets {
             // Downloads honour Range and conditional requests (RFC 9110).
             responses.insert("206".into(), json!({"description": "The requested range (Content-Range)", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}));
             responses.insert(

@@ -68,11 +68,18 @@ async fn call(
         .headers()
         .get("retry-after")
         .map(|v| v.to_str().unwrap().to_string());
+    // Metrics are text; every other answer is JSON.
+    let text = resp
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.to_str().unwrap_or("").starts_with("text/plain"));
     let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
         .await
         .unwrap();
     let body = if bytes.is_empty() {
         Value::Null
+    } else if text {
+        Value::String(String::from_utf8_lossy(&bytes).into_owned())
     } else {
         serde_json::from_slice(&bytes)
             .unwrap_or_else(|e| panic!("answer is not JSON ({e}): {bytes:?}"))

@@ -68,6 +68,17 @@ pub struct RaftStatus {
     pub last_log_index: Option<u64>,
     pub snapshot_index: Option<u64>,
     pub purged_index: Option<u64>,
+    /// On the leader, every other member's replication: empty elsewhere.
+    pub followers: BTreeMap<u64, Follower>,
+}
+
+/// How far the leader has replicated to one member, and when it last heard from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Follower {
+    /// The highest log index the member is known to hold.
+    pub matched: Option<u64>,
+    /// Milliseconds since the member last acknowledged a heartbeat or entries (none: never).
+    pub last_ack_ms: Option<u64>,
 }
 
 /// The node's handle on the replicated core, as the API and the services see it.

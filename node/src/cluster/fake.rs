@@ -173,6 +173,7 @@ impl Cluster for FakeCluster {
             last_log_index: Some(index),
             snapshot_index: None,
             purged_index: None,
+            followers: Default::default(),
         }
     }
     fn is_removed(&self) -> bool {

@@ -15,6 +15,7 @@ pub mod contract;
 #[cfg(test)]
 pub mod fake;
 pub mod identity;
+pub mod leadership;
 pub mod link;
 pub mod location_keys;
 pub mod membership;
@@ -40,7 +41,7 @@ use rackd_raft::NodeInfo;
 use rackd_storage::StateMachineStore;
 use rackd_types::ApiError;
 
-pub use contract::{Cluster, MemberRole, RaftRole, RaftStatus};
+pub use contract::{Cluster, Follower, MemberRole, RaftRole, RaftStatus};
 pub use write::now_ms;
 
 /// openraft instance of this node.
@@ -130,6 +131,27 @@ impl ClusterHandle {
             last_log_index: m.last_log_index,
             snapshot_index: m.snapshot.as_ref().map(|l| l.index()),
             purged_index: m.purged.as_ref().map(|l| l.index()),
+            followers: m
+                .replication
+                .iter()
+                .flatten()
+                .filter(|(id, _)| **id != self.id)
+                .map(|(id, matched)| {
+                    let last_ack_ms = m
+                        .heartbeat
+                        .as_ref()
+                        .and_then(|h| h.get(id))
+                        .and_then(|t| t.as_ref())
+                        .map(|t| openraft::Instant::elapsed(&**t).as_millis() as u64);
+                    (
+                        *id,
+                        Follower {
+                            matched: matched.as_ref().map(|l| l.index()),
+                            last_ack_ms,
+                        },
+                    )
+                })
+                .collect(),
         }
     }
 

@@ -38,7 +38,7 @@ impl ClusterHandle {
             idempotency_key,
             cmd,
         };
-        match tokio::time::timeout(self.write_timeout, self.raft.client_write(req)).await {
+        let r = match tokio::time::timeout(self.write_timeout, self.raft.client_write(req)).await {
             Err(_) => Err(ApiError::unavailable(format!(
                 "write not confirmed by a quorum within {}s; it is not reported as done: \
                  {RETRY_SAME_KEY}",
@@ -46,7 +46,11 @@ impl ClusterHandle {
             ))),
             Ok(Err(e)) => Err(write_error(&e)),
             Ok(Ok(resp)) => resp.data.0,
+        };
+        if let Err(e) = &r {
+            crate::metrics::global().proposal_failed(e.code.as_str());
         }
+        r
     }
 
     /// Propose a command wherever the leader is (cluster-internal writes, e.g. discovery):

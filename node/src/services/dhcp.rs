@@ -187,8 +187,12 @@ pub fn start(
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let discovery = tokio::spawn(record_discovered(node, location.to_string(), rx));
     let server = rackd_net::dhcp::DhcpServer::new(socket, core, inv)?.with_discovery_channel(tx);
+    let stats = server.stats();
+    crate::metrics::global().watch_dhcp(location, &stats);
     tracing::info!(interface = %o.interface, server_ip = %o.server_ip, %location, proxy = o.proxy, "DHCP server started");
     let server = tokio::spawn(async move {
+        // The counters stay in the scrapes while the server runs.
+        let _stats = stats;
         if let Err(e) = server.run().await {
             tracing::error!(error = %e, "DHCP server stopped");
         }

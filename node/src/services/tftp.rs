@@ -23,9 +23,13 @@ pub async fn start(
         .await
         .with_context(|| format!("bind TFTP {addr}"))?;
     let bound = server.local_addr()?;
+    let stats = server.stats();
+    crate::metrics::global().watch_tftp(location, &stats);
     std::fs::write(data_dir.join("tftp.addr"), bound.to_string())?;
     tracing::info!(%bound, root = %root.display(), %location, "TFTP server started");
     Ok(AbortOnDrop(tokio::spawn(async move {
+        // The counters stay in the scrapes while the server runs.
+        let _stats = stats;
         if let Err(e) = server.run().await {
             tracing::error!(error = %e, "TFTP server stopped");
         }

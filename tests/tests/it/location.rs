@@ -93,14 +93,14 @@ async fn location_learner_keeps_serving_tftp_when_voters_are_gone() {
 
 /// A client namespace joined by a veth to the test's namespace (where rackd runs); removed on
 /// drop (deleting the namespace deletes both veth ends).
-struct ClientNs {
+pub(crate) struct ClientNs {
     ns: String,
-    host_if: String,
-    net: String,
+    pub(crate) host_if: String,
+    pub(crate) net: String,
 }
 
 impl ClientNs {
-    fn new(tag: u32) -> Self {
+    pub(crate) fn new(tag: u32) -> Self {
         let id = format!("{}{tag}", std::process::id() % 10_000);
         let c = ClientNs {
             ns: format!("rkdcli{id}"),
@@ -142,7 +142,7 @@ impl ClientNs {
         c
     }
 
-    fn udhcpc(&self) -> (bool, String) {
+    pub(crate) fn udhcpc(&self) -> (bool, String) {
         let _ = sh(&["ip", "-n", &self.ns, "-4", "addr", "flush", "dev", "eth0"]);
         let (ok, out) = sh(&[
             "ip", "netns", "exec", &self.ns, "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "5",

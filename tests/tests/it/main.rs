@@ -14,6 +14,7 @@ mod ipmi_sim;
 mod lease;
 mod limits;
 mod location;
+mod metrics;
 mod peer_tls;
 mod power;
 mod pxe;

@@ -24,6 +24,7 @@
 //! deterministic idempotency keys ([`Command::internal_key`]): a retry after a lost answer gets
 //! the first answer. A result is retried until it commits or is refused as stale.
 
+mod metered;
 pub mod pace;
 pub mod plan;
 mod workflow;
@@ -33,6 +34,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures::StreamExt;
 use rackd_hwctl::ipmi::LanVersion;
 use rackd_hwctl::{
     AnyBmc, BmcError, Fence, Fenced, IpmiBmc, PowerAction, PowerController, PowerError, PowerState,
@@ -41,6 +43,7 @@ use rackd_hwctl::{
 use rackd_raft::cmd::{Command, PowerObservation};
 use rackd_types::{ApiError, BmcDriver, Task, TaskState, TaskWork};
 
+use self::metered::Metered;
 use self::plan::Next;
 use crate::abort::AbortOnDrop;
 use crate::cluster::{now_ms, Cluster};
@@ -50,6 +53,9 @@ use crate::services::outcome_unknown;
 /// An expired lease is taken over only this long after it ended by the local clock, so a clock
 /// slightly ahead of the leader's does not propose claims the leader refuses.
 const TAKEOVER_MARGIN_MS: u64 = 500;
+
+/// Claims one executor has in flight at once.
+const CLAIMS_IN_FLIGHT: usize = 64;
 
 /// Bounds of the backoff between attempts to record a result.
 const FINISH_FIRST_BACKOFF: Duration = Duration::from_millis(200);
@@ -290,6 +296,7 @@ impl Executor {
             ))
             .collect()
         };
+        let mut claims = Vec::new();
         for n in next {
             match n {
                 Next::Adopt(task) => {
@@ -301,9 +308,14 @@ impl Executor {
                     );
                     self.clone().start(task);
                 }
-                Next::Claim(task) => self.clone().claim(task).await,
+                Next::Claim(task) => claims.push(task),
             }
         }
+        // Claims go out together (the leader commits them in few batches), not one round
+        // trip after another; the next pass waits for all of them, so none is sent twice.
+        futures::stream::iter(claims)
+            .for_each_concurrent(CLAIMS_IN_FLIGHT, |task| self.clone().claim(task))
+            .await;
     }
 
     async fn claim(self: Arc<Self>, task: Task) {
@@ -398,6 +410,7 @@ impl Executor {
             lease,
             fence.clone(),
         )));
+        let started = std::time::Instant::now();
         let outcome = tokio::select! {
             r = self.run(&task, &fence) => r,
             lost = &mut keeper.0 => {
@@ -413,6 +426,18 @@ impl Executor {
             }
             return;
         };
+        crate::metrics::global()
+            .task_results
+            .get_or_create(&crate::metrics::TaskLabels {
+                kind: crate::metrics::label(&task.kind),
+                result: if error.is_none() {
+                    "succeeded"
+                } else {
+                    "failed"
+                }
+                .to_string(),
+            })
+            .observe(started.elapsed().as_secs_f64());
         let finish = Command::FinishTask {
             id,
             generation,
@@ -440,7 +465,8 @@ impl Executor {
             Ok(b) => b,
             Err(e) => return Some((Some(e), None)),
         };
-        let bmc = Fenced::new(&bmc, fence.clone());
+        let metered = Metered::new(&bmc);
+        let bmc = Fenced::new(&metered, fence.clone());
         if matches!(work, TaskWork::Power(PowerAction::On | PowerAction::Cycle)) {
             self.pace_power_on(task.machine_id).await;
         }
@@ -521,7 +547,10 @@ impl Executor {
             set.spawn(async move {
                 let bmc = this.bmc_for(id).await.ok()?;
                 let observed_at_ms = now_ms();
-                let r = this.power.execute(&bmc, PowerAction::Status, &policy).await;
+                let r = this
+                    .power
+                    .execute(&Metered::new(&bmc), PowerAction::Status, &policy)
+                    .await;
                 Some(PowerObservation {
                     machine_id: id,
                     power: r.map(|o| o.after).unwrap_or(PowerState::Unknown),

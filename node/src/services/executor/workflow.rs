@@ -209,7 +209,8 @@ impl Executor {
             Ok(b) => b,
             Err(e) => return Some((StepOutcome::Failed { error: e }, None)),
         };
-        let bmc = Fenced::new(&bmc, fence.clone());
+        let metered = super::metered::Metered::new(&bmc);
+        let bmc = Fenced::new(&metered, fence.clone());
         let power = |action| self.power.execute(&bmc, action, &self.policy);
         let boot = |device, persistent| {
             self.power
