@@ -23,16 +23,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use futures::StreamExt;
+use rackd_benches::{keep_logs, latency, log_index, unix_now, Args, Latency};
 use rackd_tests::Cluster;
 use serde::Serialize;
 use serde_json::{json, Value};
-
-#[derive(Serialize)]
-struct Latency {
-    p50_ms: f64,
-    p99_ms: f64,
-    max_ms: f64,
-}
 
 #[derive(Serialize)]
 struct Report {
@@ -53,24 +47,8 @@ struct Report {
     slowest: Value,
 }
 
-fn latency(mut v: Vec<f64>) -> Latency {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let at = |q: f64| v.get(((v.len() as f64 * q) as usize).min(v.len().saturating_sub(1)));
-    Latency {
-        p50_ms: at(0.5).copied().unwrap_or(0.0),
-        p99_ms: at(0.99).copied().unwrap_or(0.0),
-        max_ms: v.last().copied().unwrap_or(0.0),
-    }
-}
-
 fn mac(i: usize) -> String {
     format!("52:54:01:00:{:02x}:{:02x}", i / 256, i % 256)
-}
-
-/// The leader's last log index.
-async fn log_index(c: &mut Cluster) -> anyhow::Result<u64> {
-    let l = c.wait_leader(Duration::from_secs(30)).await?;
-    Ok(c.health(l).await?.last_log_index.unwrap_or(0))
 }
 
 /// Play machine `i`: fetch its script from `boot` (a location node's HTTP boot server) and
@@ -110,18 +88,11 @@ async fn boot_and_install(http: &reqwest::Client, boot: &str, i: usize) -> anyho
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1).cloned())
-    };
-    let n: usize = arg("--machines").map_or(Ok(200), |s| s.parse())?;
-    let sites: usize = arg("--sites").map_or(Ok(2), |s| s.parse())?;
-    let gap: u64 = arg("--gap-ms").map_or(Ok(0), |s| s.parse())?;
-    let out = arg("--out").unwrap_or_else(|| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/results/deploys.json").to_string()
-    });
+    let args = Args::from_env();
+    let n: usize = args.parse_or("--machines", 200)?;
+    let sites: usize = args.parse_or("--sites", 2)?;
+    let gap: u64 = args.parse_or("--gap-ms", 0)?;
+    let out = args.out("deploys.json");
 
     let mut c = Cluster::start("deploy-bench", 3, &[]).await?;
     let _: Value = c
@@ -268,19 +239,12 @@ async fn main() -> anyhow::Result<()> {
         .map(|(id, _)| *id)
         .unwrap_or(0);
     let slowest: Value = c.get_json(0, &format!("/v1/tasks/{slowest_id}")).await?;
-    if let Ok(dir) = std::env::var("RACKD_BENCH_LOGS") {
-        std::fs::create_dir_all(&dir)?;
-        for (i, node) in c.nodes.iter().enumerate() {
-            let _ = std::fs::copy(&node.log, format!("{dir}/n{}.log", i + 1));
-        }
-    }
+    keep_logs(&c)?;
     let log1 = log_index(&mut c).await?;
     let entries = log1.saturating_sub(log0);
     let report = Report {
         benchmark: "deploy workflows at one location",
-        date_unix: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_secs(),
+        date_unix: unix_now(),
         rackd_bin: rackd_tests::rackd_bin().display().to_string(),
         machines: n,
         location_nodes: sites,
