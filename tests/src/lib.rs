@@ -593,7 +593,7 @@ impl Cluster {
         Ok(r.json().await?)
     }
 
-    /// Raw request with the admin token; returns (status, JSON body).
+    /// Raw request with the admin token; returns (status, JSON body; a text body as a string).
     pub async fn request(
         &self,
         i: usize,
@@ -614,9 +614,16 @@ impl Cluster {
         }
         let r = rb.send().await?;
         let status = r.status().as_u16();
+        // Metrics are text; every other answer is JSON.
+        let plain = r
+            .headers()
+            .get("content-type")
+            .is_some_and(|v| v.to_str().unwrap_or("").starts_with("text/plain"));
         let text = r.text().await?;
         let v = if text.is_empty() {
             serde_json::Value::Null
+        } else if plain {
+            serde_json::Value::String(text)
         } else {
             serde_json::from_str(&text).with_context(|| format!("non-JSON body {text:?}"))?
         };

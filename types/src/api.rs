@@ -168,6 +168,32 @@ pub struct Member {
     /// The newest apply rules this member's build knows (2 for builds that do not report it).
     #[serde(default)]
     pub apply_rules: u32,
+    /// How the leader sees this member: present only in the leader's answer, for members
+    /// other than itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<MemberProgress>,
+}
+
+/// The leader's view of one member's replication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct MemberProgress {
+    /// The highest log index the leader knows the member holds (none: not yet known).
+    pub matched_index: Option<u64>,
+    /// Entries the member is behind the leader's last log index.
+    pub lag: u64,
+    /// Milliseconds since the member last acknowledged the leader (none: never).
+    pub last_contact_ms: Option<u64>,
+    /// It acknowledged the leader within the last 5 seconds.
+    pub reachable: bool,
+}
+
+/// `GET /v1/ready`: this node can serve linearizable reads and take writes now.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Ready {
+    pub node_id: u64,
+    pub leader_id: u64,
+    /// The index this node has applied (at least the leader's commit index when it answered).
+    pub last_applied: Option<u64>,
 }
 
 /// `GET /v1/cluster`.

@@ -10,7 +10,7 @@ use rackd_raft::NodeInfo;
 use rackd_types::{
     ApiError, ApiTokenView, CertRenewal, ClusterInfo, CreateApiToken, CreateJoinToken,
     CreatedApiToken, CreatedJoinToken, ErrorCode, Event, Health, JoinRequest, JoinResponse,
-    JoinTokenView, ListQuery, Member, Page,
+    JoinTokenView, ListQuery, Member, MemberProgress, Page, Ready,
 };
 use serde::Deserialize;
 
@@ -45,6 +45,41 @@ pub async fn health(State(node): State<AppState>) -> Json<Health> {
         cert_issued_at_ms: cert.map(|c| c.0),
         cert_expires_at_ms: cert.map(|c| c.1),
     })
+}
+
+/// How long a readiness probe waits for this node to reach the leader's commit index.
+const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `GET /v1/ready`: 200 when this node can serve a linearizable read now — it is a member,
+/// knows a leader, and has applied what the leader had committed (a ReadIndex round trip,
+/// bounded by [`READY_WAIT`]); otherwise 503 saying why (removed, failed, no leader, catching
+/// up). `/v1/health` stays the liveness answer.
+pub async fn ready(State(node): State<AppState>) -> HttpResult<Json<Ready>> {
+    let not_ready = |why: String| HttpError(ApiError::unavailable(format!("not ready: {why}")));
+    if node.is_removed() {
+        return Err(not_ready("this node was removed from the cluster".into()));
+    }
+    if let Some(f) = node.failure() {
+        return Err(not_ready(format!("its storage failed ({f})")));
+    }
+    let Some(leader_id) = node.status().leader_id else {
+        return Err(not_ready(
+            "no leader known (no quorum of voters reachable?)".into(),
+        ));
+    };
+    match tokio::time::timeout(READY_WAIT, node.linearize()).await {
+        Err(_) => Err(not_ready(format!(
+            "catching up: applied {:?}, the leader's commit index not reached within {}s",
+            node.status().last_applied,
+            READY_WAIT.as_secs()
+        ))),
+        Ok(Err(e)) => Err(not_ready(e.message)),
+        Ok(Ok(())) => Ok(Json(Ready {
+            node_id: node.id(),
+            leader_id,
+            last_applied: node.status().last_applied,
+        })),
+    }
 }
 
 /// Ask every node to renew its certificate (`RenewCerts`): each node sees the request in its
@@ -90,6 +125,12 @@ pub async fn cluster_info(
             .as_str()
             .to_string(),
             apply_rules: info.known_rules(),
+            progress: m.followers.get(id).map(|f| MemberProgress {
+                matched_index: f.matched,
+                lag: f.lag(m.last_log_index),
+                last_contact_ms: f.last_ack_ms,
+                reachable: f.reachable(),
+            }),
         })
         .collect();
     Ok(Json(ClusterInfo {

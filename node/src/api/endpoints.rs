@@ -386,6 +386,11 @@ endpoints! {
         auth: Open, query: NO_Q, headers: NO_H,
         status: 200, returns: Health,
     }
+    GET "/v1/ready" => cluster::ready {
+        "Readiness (no auth): 200 when this node knows a leader and has applied its commit index; 503 saying why otherwise",
+        auth: Open, query: NO_Q, headers: NO_H,
+        status: 200, returns: Ready,
+    }
     GET "/metrics" => metrics::scrape {
         "This node's metrics in the Prometheus text format (Raft, API, DHCP, TFTP, BMC calls, machines and tasks)",
         auth: Reader, query: NO_Q, headers: NO_H,

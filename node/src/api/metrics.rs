@@ -53,9 +53,6 @@ pub async fn scrape(State(node): State<AppState>) -> Scrape {
     Scrape(text)
 }
 
-/// A member that acknowledged the leader within this long counts as reachable.
-const REACHABLE_MS: u64 = 5_000;
-
 /// Gauges read from the Raft status and the replica at scrape time.
 struct ClusterGauges {
     status: RaftStatus,
@@ -167,7 +164,6 @@ impl Collector for ClusterGauges {
         )?;
         // On the leader: how far each member is, and whether it answers (labelled with the
         // location a location node is bound to).
-        let last = idx(s.last_log_index);
         let member = |id: &u64| {
             vec![
                 ("member", id.to_string()),
@@ -188,18 +184,15 @@ impl Collector for ClusterGauges {
             "On the leader: entries each member is behind (last log index - the member's matched index)",
             s.followers
                 .iter()
-                .map(|(id, f)| (member(id), last.saturating_sub(idx(f.matched)).max(0))),
+                .map(|(id, f)| (member(id), f.lag(s.last_log_index) as i64)),
         )?;
         gauges(
             &mut enc,
             "raft_member_reachable",
             "On the leader: 1 if the member acknowledged the leader within the last 5 seconds",
-            s.followers.iter().map(|(id, f)| {
-                (
-                    member(id),
-                    f.last_ack_ms.is_some_and(|ms| ms < REACHABLE_MS) as i64,
-                )
-            }),
+            s.followers
+                .iter()
+                .map(|(id, f)| (member(id), f.reachable() as i64)),
         )?;
         gauge(
             &mut enc,

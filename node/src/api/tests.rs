@@ -733,6 +733,28 @@ async fn health_reports_the_cluster_role_without_a_token() {
     assert_eq!(a.body["cluster_id"], "c1");
 }
 
+/// Readiness, unlike health: 200 with a leader (no token needed), 503 saying why without one.
+#[tokio::test]
+async fn ready_needs_a_leader_and_says_why_not() {
+    let c = cluster();
+    let a = call(&c, Method::GET, "/v1/ready", None, &[], "").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.body["leader_id"], 1, "{}", a.body);
+    c.set_leading(false);
+    let a = call(&c, Method::GET, "/v1/ready", None, &[], "").await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.body);
+    assert!(
+        a.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("not ready: no leader")),
+        "{}",
+        a.body
+    );
+    // Health stays the liveness answer.
+    let h = call(&c, Method::GET, "/v1/health", None, &[], "").await;
+    assert_eq!(h.status, StatusCode::OK, "{}", h.body);
+}
+
 /// R4: a node whose Raft stopped on a storage failure says why in its health and answers every
 /// other endpoint of the table 503 (its replica is frozen), whatever the token or the body.
 #[tokio::test]

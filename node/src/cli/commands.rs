@@ -367,12 +367,34 @@ pub async fn client(
     }
 }
 
+/// The leader's view of the members (reachability, lag, last contact), asked of the leader
+/// itself when `ci` came from another node; `None` when it cannot be reached.
+async fn leader_view(c: &Client, ci: &ClusterInfo, from: u64) -> Option<ClusterInfo> {
+    let leader = ci.leader_id?;
+    if leader == from {
+        return Some(ci.clone());
+    }
+    let addr = &ci.members.iter().find(|m| m.id == leader)?.api_addr;
+    c.at(addr)
+        .with_retry(Duration::ZERO)
+        .with_timeout(Duration::from_secs(3))
+        .get("/v1/cluster?stale=true")
+        .await
+        .ok()
+}
+
 async fn status(c: &Client, json: bool) -> anyhow::Result<()> {
     let h: Health = c.get("/v1/health").await?;
     // Served from the node's replica so status works even without a quorum.
     let ci: ClusterInfo = c.get("/v1/cluster?stale=true").await?;
+    let view = leader_view(c, &ci, h.node_id).await;
+    let no_leader = ci.leader_id.is_none();
     if json {
-        return json_out(&serde_json::json!({ "node": h, "cluster": ci }));
+        json_out(&serde_json::json!({ "node": h, "cluster": ci, "leader_view": view }))?;
+        if no_leader {
+            anyhow::bail!("no leader: writes are refused until a majority of voters is reachable");
+        }
+        return Ok(());
     }
     println!(
         "cluster {}  leader {}  term {}  commit {}",
@@ -394,22 +416,59 @@ async fn status(c: &Client, json: bool) -> anyhow::Result<()> {
             time(expires)
         );
     }
+    let progress = |id: u64| {
+        view.as_ref()
+            .and_then(|v| v.members.iter().find(|m| m.id == id))
+            .and_then(|m| m.progress)
+    };
     let rows: Vec<Vec<String>> = ci
         .members
         .iter()
         .map(|m| {
             let lead = if Some(m.id) == ci.leader_id { "*" } else { "" };
+            let (reachable, lag, contact) = match (Some(m.id) == ci.leader_id, progress(m.id)) {
+                (true, _) => ("leader".to_string(), "0".to_string(), "-".to_string()),
+                (false, Some(p)) => (
+                    if p.reachable { "yes" } else { "NO" }.to_string(),
+                    p.lag.to_string(),
+                    p.last_contact_ms.map_or("never".to_string(), |ms| {
+                        format!("{:.1}s ago", ms as f64 / 1e3)
+                    }),
+                ),
+                (false, None) => ("?".to_string(), "?".to_string(), "?".to_string()),
+            };
             vec![
                 format!("{}{lead}", m.id),
                 m.role.clone(),
                 m.api_addr.clone(),
                 m.peer_addr.clone(),
                 m.apply_rules.to_string(),
+                reachable,
+                lag,
+                contact,
             ]
         })
         .collect();
     println!("entries decided by apply rules {}", ci.apply_rules);
-    table(&["ID", "ROLE", "API", "PEER", "RULES"], &rows);
+    table(
+        &[
+            "ID",
+            "ROLE",
+            "API",
+            "PEER",
+            "RULES",
+            "REACHABLE",
+            "LAG",
+            "LAST CONTACT",
+        ],
+        &rows,
+    );
+    if no_leader {
+        anyhow::bail!("no leader: writes are refused until a majority of voters is reachable");
+    }
+    if view.is_none() {
+        println!("(the leader could not be asked for reachability and lag: ? columns)");
+    }
     Ok(())
 }
 

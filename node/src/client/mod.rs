@@ -154,6 +154,22 @@ impl Client {
         &self.base
     }
 
+    /// The same client (token, connection pool, settings) for another node at `addr`
+    /// (`host:port` takes this client's scheme).
+    pub fn at(&self, addr: &str) -> Self {
+        let addr = addr.trim_end_matches('/');
+        let base = if addr.contains("://") {
+            addr.to_string()
+        } else {
+            let scheme = self.base.split("://").next().unwrap_or("http");
+            format!("{scheme}://{addr}")
+        };
+        Self {
+            base,
+            ..self.clone()
+        }
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,

@@ -72,6 +72,9 @@ pub struct RaftStatus {
     pub followers: BTreeMap<u64, Follower>,
 }
 
+/// A member that acknowledged the leader within this long counts as reachable.
+pub const REACHABLE_MS: u64 = 5_000;
+
 /// How far the leader has replicated to one member, and when it last heard from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Follower {
@@ -79,6 +82,20 @@ pub struct Follower {
     pub matched: Option<u64>,
     /// Milliseconds since the member last acknowledged a heartbeat or entries (none: never).
     pub last_ack_ms: Option<u64>,
+}
+
+impl Follower {
+    /// Whether the member acknowledged the leader within [`REACHABLE_MS`].
+    pub fn reachable(&self) -> bool {
+        self.last_ack_ms.is_some_and(|ms| ms < REACHABLE_MS)
+    }
+
+    /// Entries behind the leader's `last_log_index`.
+    pub fn lag(&self, last_log_index: Option<u64>) -> u64 {
+        last_log_index
+            .unwrap_or(0)
+            .saturating_sub(self.matched.unwrap_or(0))
+    }
 }
 
 /// The node's handle on the replicated core, as the API and the services see it.

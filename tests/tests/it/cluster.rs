@@ -855,3 +855,100 @@ async fn member_restarted_on_new_addresses_readvertises_them() {
     .await
     .unwrap();
 }
+
+/// Health that tells the truth (issue 13 item 7): `/v1/ready` answers 200 on every member of a
+/// healthy cluster and 503 saying why without a leader; `rackd status` through any node shows
+/// each member's reachability, lag and last contact as the leader sees them, marks a killed
+/// member unreachable, and exits non-zero when there is no leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_and_status_tell_the_truth() {
+    let mut c = Cluster::start("ready", 3, &[]).await.expect("cluster");
+    let learner = c.join(0, true).await.unwrap();
+    for i in 0..4 {
+        let (s, v) = c
+            .request(i, Method::GET, "/v1/ready", None, &[])
+            .await
+            .unwrap();
+        assert_eq!(s, 200, "node {i}: {v}");
+    }
+    let leader = c.wait_leader(Duration::from_secs(10)).await.unwrap();
+    let leader_id = c.health(leader).await.unwrap().node_id;
+    // The leader's view, asked through the learner (which is not the leader).
+    let view = |c: &Cluster| {
+        let out = c.cli(learner, ["-o", "json", "status"]);
+        let v: Value = serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("status JSON ({e}): {} {}", out.stdout, out.stderr));
+        (out.ok, v)
+    };
+    let (ok, v) = view(&c);
+    assert!(ok, "{v}");
+    let members = v["leader_view"]["members"].as_array().unwrap().clone();
+    assert_eq!(members.len(), 4, "{v}");
+    for m in &members {
+        if m["id"] == leader_id {
+            assert!(m.get("progress").is_none(), "{m}");
+            continue;
+        }
+        assert_eq!(m["progress"]["reachable"], true, "{m}");
+        assert!(m["progress"]["lag"].as_u64().unwrap() < 50, "{m}");
+        assert!(
+            m["progress"]["last_contact_ms"].as_u64().unwrap() < 5_000,
+            "{m}"
+        );
+    }
+    let out = c.cli(learner, ["status"]);
+    assert!(out.ok && out.stdout.contains("REACHABLE"), "{}", out.stdout);
+
+    // A killed follower voter is marked unreachable by the leader within seconds.
+    let follower = (0..3).find(|i| *i != leader).unwrap();
+    let follower_id = c.health(follower).await.unwrap().node_id;
+    c.nodes[follower].kill();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, v) = view(&c);
+        let gone = v["leader_view"]["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["id"] == follower_id)
+            .map(|m| m["progress"]["reachable"] == false);
+        if gone == Some(true) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "killed member still reachable: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // Kill the leader too: the last voter has no quorum and elects no one.
+    c.nodes[leader].kill();
+    let last = (0..3).find(|i| *i != leader && *i != follower).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (s, v) = c
+            .request(last, Method::GET, "/v1/ready", None, &[])
+            .await
+            .unwrap();
+        let out = c.cli(last, ["status"]);
+        if s == 503 && !out.ok {
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("not ready:"),
+                "{v}"
+            );
+            assert!(out.stderr.contains("no leader"), "{}", out.stderr);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still ready without a quorum: {s} {v}; status ok={} {}",
+            out.ok,
+            out.stdout
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

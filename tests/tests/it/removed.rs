@@ -67,6 +67,19 @@ async fn a_member_removed_while_down_stops_and_says_so() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(c.health(gone).await.is_ok());
+    // Alive, but not ready: its readiness says why.
+    let (s, v) = c
+        .request(gone, reqwest::Method::GET, "/v1/ready", None, &[])
+        .await
+        .unwrap();
+    assert!(
+        s == 503
+            && v["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("removed"),
+        "{s} {v}"
+    );
     let t1 = c.health(gone).await.unwrap().term;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(c.health(gone).await.unwrap().term, t1, "no more campaigns");
