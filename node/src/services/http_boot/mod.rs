@@ -169,7 +169,7 @@ async fn script(State(st): State<Arc<BootState>>, Path(file): Path<String>) -> R
                 Some((image, sealed, stored)) => match deploy_token(&st, sealed, stored).await {
                     Ok(token) => {
                         if token.is_some() {
-                            report_script_served(&st, &mac);
+                            report_script_served(&st, &mac).await;
                         }
                         token.map(|t| deploy_script(&st.base, &mac, &m.hostname, &image, &t, wipe))
                     }
@@ -195,10 +195,11 @@ async fn script(State(st): State<Arc<BootState>>, Path(file): Path<String>) -> R
 }
 
 /// Tell the cluster that the machine with `mac` fetched its deploy script here, when its
-/// deploy workflow waits for that (in the background: the script is not held up, and a
-/// fetch that is not recorded only makes the workflow wait on, for a later fetch or the
-/// install callback).
-fn report_script_served(st: &BootState, mac: &str) {
+/// deploy workflow waits for that. The report is kept in the outbox before the script is
+/// answered (so an install callback kept later is delivered after it, even when both wait
+/// out a cut) and proposed in the background; it is forgotten once recorded, and left for
+/// the outbox when the leader is out of reach.
+async fn report_script_served(st: &BootState, mac: &str) {
     let waiting = {
         let state = st.cluster.state();
         state
@@ -221,16 +222,18 @@ fn report_script_served(st: &BootState, mac: &str) {
     };
     let actor = format!("node:{}", cluster.id());
     let mac = mac.to_string();
+    if let Err(e) = outbox.keep(&report).await {
+        tracing::warn!(%mac, error = %e, "cannot keep the deploy script fetch");
+    }
     tokio::spawn(async move {
         match cluster.propose_anywhere(&actor, None, cmd).await {
-            Ok(_) => {}
+            Ok(_) => outbox.remove(&report),
             Err(e) if crate::services::outcome_unknown(&e) => {
                 tracing::info!(%mac, error = %e.message, "deploy script fetch kept until the cluster is reachable");
-                if let Err(e) = outbox.put(&report).await {
-                    tracing::warn!(%mac, error = %e, "cannot keep the deploy script fetch");
-                }
+                outbox.wake();
             }
             Err(e) => {
+                outbox.remove(&report);
                 tracing::warn!(%mac, error = %e.message, "deploy script fetch not recorded")
             }
         }

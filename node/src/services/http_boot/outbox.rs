@@ -61,8 +61,19 @@ impl Outbox {
         }))
     }
 
-    /// Keep `r` on disk (synced, so an answered machine's report survives a crash).
+    /// Keep `r` on disk (synced, so an answered machine's report survives a crash) and offer
+    /// it now.
     pub async fn put(&self, r: &Report) -> std::io::Result<()> {
+        self.keep(r).await?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Keep `r` on disk without offering it: its sender is delivering it directly, and
+    /// [`Outbox::remove`]s it once delivered or [`Outbox::wake`]s the outbox if it could not.
+    /// Written before the machine is answered, so anything the machine does next (its
+    /// install callback) is kept after it and delivered after it.
+    pub async fn keep(&self, r: &Report) -> std::io::Result<()> {
         let (dir, name) = (self.dir.clone(), r.file_name());
         let body = serde_json::to_vec(r).map_err(std::io::Error::other)?;
         tokio::task::spawn_blocking(move || {
@@ -76,8 +87,17 @@ impl Outbox {
         })
         .await
         .map_err(std::io::Error::other)??;
-        self.wake.notify_one();
         Ok(())
+    }
+
+    /// Forget `r` (delivered by its sender).
+    pub fn remove(&self, r: &Report) {
+        let _ = std::fs::remove_file(self.dir.join(r.file_name()));
+    }
+
+    /// Offer the kept reports now.
+    pub fn wake(&self) {
+        self.wake.notify_one();
     }
 
     /// The kept reports (unreadable files are skipped and left for an operator).
@@ -191,9 +211,36 @@ mod tests {
             .unwrap();
         let o = Outbox::open(dir.path()).unwrap();
         let kept: Vec<Report> = o.pending().into_iter().map(|(_, r)| r).collect();
-        assert_eq!(kept, vec![served, cb("rackd-sealed:v1:deploy-token:1:bb")]);
+        assert_eq!(
+            kept,
+            vec![served.clone(), cb("rackd-sealed:v1:deploy-token:1:bb")]
+        );
         // A damaged file is left alone, not delivered.
         std::fs::write(dir.path().join("junk.json"), b"{").unwrap();
         assert_eq!(o.pending().len(), 2);
+        // A report its sender delivered itself is forgotten.
+        o.remove(&served);
+        let kept: Vec<Report> = o.pending().into_iter().map(|(_, r)| r).collect();
+        assert_eq!(kept, vec![cb("rackd-sealed:v1:deploy-token:1:bb")]);
+    }
+
+    /// A script fetch kept quietly before the machine was answered is delivered before the
+    /// callback the machine sends after it, whichever was written to disk last.
+    #[tokio::test]
+    async fn a_fetch_kept_before_its_callback_goes_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = Outbox::open(dir.path()).unwrap();
+        let served = Report::ScriptServed {
+            mac: "52:54:00:00:00:02".into(),
+            node: 4,
+        };
+        let cb = Report::InstallCallback {
+            mac: "52:54:00:00:00:02".into(),
+            sealed_token: "rackd-sealed:v1:deploy-token:1:cc".into(),
+        };
+        o.put(&cb).await.unwrap();
+        o.keep(&served).await.unwrap();
+        let kept: Vec<Report> = o.pending().into_iter().map(|(_, r)| r).collect();
+        assert_eq!(kept, vec![served, cb]);
     }
 }
