@@ -8,8 +8,8 @@
 //! indexes, members, machines and tasks by state) are read at scrape time by the API's
 //! collector (`api::metrics`), which calls [`Metrics::register`] for the rest.
 //!
-//! Layer: the bottom of the node crate beside `abort`: depends on prometheus-client and
-//! `rackd_net`'s counters only; never imports `cluster`, `api`, `services`, `server` or `cli`.
+//! Layer: the bottom of the node crate beside `abort`: depends on prometheus-client,
+//! `rackd_net`'s counters and `rackd_storage`'s instruments (WAL fsyncs, snapshots) only; never imports `cluster`, `api`, `services`, `server` or `cli`.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -227,6 +227,7 @@ impl Metrics {
             self.task_results.clone(),
         );
         reg.register_collector(Box::new(ServiceCounters(self.services.clone())));
+        rackd_storage::stats::stats().register(reg);
     }
 }
 

@@ -16,6 +16,7 @@
 pub mod log_store;
 mod migrate;
 pub mod sm_store;
+pub mod stats;
 
 #[cfg(test)]
 mod conformance;

@@ -131,6 +131,7 @@ fn group_commit(
         while let Ok(more) = rx.try_recv() {
             pending.push(more);
         }
+        let started = std::time::Instant::now();
         let res = match db.upgrade() {
             Some(_) if fault.as_ref().is_some_and(|f| f.exists()) => {
                 Err(format!("injected fsync failure ({FAULT_WAL_SYNC_ENV})"))
@@ -138,6 +139,9 @@ fn group_commit(
             Some(db) => db.flush_wal(true).map_err(|e| e.to_string()),
             None => Err("database closed before the WAL was synced".to_string()),
         };
+        let stats = crate::stats::stats();
+        stats.wal_sync.observe(started.elapsed().as_secs_f64());
+        stats.wal_sync_requests.inc_by(pending.len() as u64);
         for req in pending {
             match req {
                 FlushReq::Raft(cb) => {

@@ -295,6 +295,7 @@ impl StateMachineStore {
         std::fs::write(&tmp, &buf)?;
         std::fs::File::open(&tmp)?.sync_all()?;
         std::fs::rename(&tmp, &path)?;
+        crate::stats::stats().snapshot_bytes.set(buf.len() as i64);
         std::fs::File::open(&self.inner.snapshot_dir)?.sync_all()?;
         // Keep only the newest file. Under the lock no other writer has a `.tmp` in flight, so
         // any `.tmp` left is from a crash. A newer file (an install that finished first) stays.
@@ -384,6 +385,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         })
         .await
         .map_err(io_err)??;
+        crate::stats::stats()
+            .snapshot_build
+            .observe(started.elapsed().as_secs_f64());
         tracing::info!(
             last = ?meta.last_log_id,
             bytes = data.len(),

@@ -143,6 +143,14 @@ impl Collector for ClusterGauges {
         )?;
         gauge(
             &mut enc,
+            "raft_log_entries",
+            "Entries in this node's log (last log index - purged index)",
+            idx(s.last_log_index)
+                .saturating_sub(idx(s.purged_index))
+                .max(0),
+        )?;
+        gauge(
+            &mut enc,
             "raft_apply_lag",
             "Committed entries not yet applied here (commit index - applied index)",
             idx(s.commit_index)

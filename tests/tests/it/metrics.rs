@@ -223,6 +223,13 @@ async fn prometheus_scrapes_every_node_and_the_shipped_rules_and_dashboard_name_
             "node {i}"
         );
         assert_eq!(sample(&text, "rackd_raft_has_leader", &[]), Some(1.0));
+        // Every node syncs its WAL, several writes per fsync at most.
+        let syncs = sample(&text, "rackd_storage_wal_sync_duration_seconds_count", &[]);
+        let synced = sample(&text, "rackd_storage_wal_sync_requests_total", &[]);
+        assert!(
+            syncs.is_some_and(|n| n >= 1.0) && synced >= syncs,
+            "node {i}: {syncs:?} fsyncs for {synced:?} writes"
+        );
         assert_eq!(
             sample(&text, "rackd_raft_members", &[("role", "voter")]),
             Some(3.0)
