@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use futures::StreamExt;
-use rackd_benches::{keep_logs, latency, log_index, unix_now, Args, Latency};
+use rackd_benches::{create_machines, keep_logs, latency, log_index, unix_now, Args, Latency};
 use rackd_tests::Cluster;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -129,24 +129,14 @@ async fn main() -> anyhow::Result<()> {
             &json!({"name": "deb", "kernel": "deb/vmlinuz", "initrd": "deb/initrd.img"}),
         )
         .await?;
-    let cref = &c;
-    let ids: Vec<u64> = futures::stream::iter(0..n)
-        .map(|i| async move {
-            let m: Value = cref
-                .post_json(
-                    0,
-                    "/v1/machines",
-                    &json!({"hostname": format!("m{i}"), "location": "dc1", "macs": [mac(i)],
-                            "state": "ready", "bmc": {"driver": "sim", "address": format!("m{i}")}}),
-                )
-                .await?;
-            m["id"].as_u64().context("machine id")
-        })
-        .buffered(16)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<anyhow::Result<_>>()?;
+    let ids = create_machines(
+        &c,
+        (0..n).map(|i| {
+            json!({"hostname": format!("m{i}"), "location": "dc1", "macs": [mac(i)],
+                   "state": "ready", "bmc": {"driver": "sim", "address": format!("m{i}")}})
+        }),
+    )
+    .await?;
     let log0 = log_index(&mut c).await?;
 
     // Deploy every machine at once (32 requests in flight).

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use futures::StreamExt;
-use rackd_benches::{keep_logs, latency, log_index, unix_now, Args, Latency};
+use rackd_benches::{create_machines, keep_logs, latency, log_index, unix_now, Args, Latency};
 use rackd_tests::Cluster;
 use rackd_types::{Page, Task, TaskState};
 use serde::Serialize;
@@ -270,24 +270,14 @@ async fn main() -> anyhow::Result<()> {
         sites.push(i);
     }
     let api = sites[0];
-    let cref = &c;
-    let machines: Vec<u64> = futures::stream::iter(0..n)
-        .map(|i| async move {
-            let m: Value = cref
-                .post_json(
-                    0,
-                    "/v1/machines",
-                    &json!({"hostname": format!("m{i}"), "location": format!("dc{}", i % locations + 1),
-                            "state": "ready", "bmc": {"driver": "sim", "address": format!("m{i}")}}),
-                )
-                .await?;
-            m["id"].as_u64().context("machine id")
-        })
-        .buffered(16)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<anyhow::Result<_>>()?;
+    let machines = create_machines(
+        &c,
+        (0..n).map(|i| {
+            json!({"hostname": format!("m{i}"), "location": format!("dc{}", i % locations + 1),
+                   "state": "ready", "bmc": {"driver": "sim", "address": format!("m{i}")}})
+        }),
+    )
+    .await?;
     // Every location node has every machine before the clock starts.
     let last = *machines.last().context("no machines")?;
     for &s in &sites {
