@@ -1,7 +1,8 @@
 //! The node's Prometheus metrics (prometheus-client), served by the API at `GET /metrics`.
 //!
 //! Two kinds: instruments that events update as they happen — API requests and their
-//! latency, proposals that failed, leader changes, BMC calls and task results — kept in one
+//! latency, proposals that failed, leader changes, BMC calls, task results and HTTP boot
+//! requests — kept in one
 //! process-wide set ([`global`]); and counters the location services already keep (DHCP,
 //! TFTP), which register themselves here ([`Metrics::watch_dhcp`], [`Metrics::watch_tftp`])
 //! and are read at each scrape. Values derived from the replica and the Raft status (term,
@@ -62,6 +63,15 @@ pub struct TaskLabels {
     pub result: String,
 }
 
+/// An HTTP boot request: the location, what it asked for (`script`, `callback`, `blob`,
+/// `file`, `other`) and its status code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BootLabels {
+    pub location: String,
+    pub kind: String,
+    pub status: String,
+}
+
 /// Builds latency histograms: 1 ms to ~16 s in powers of two.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LatencyBuckets;
@@ -92,6 +102,7 @@ pub struct Metrics {
     pub bmc_calls: Family<BmcLabels, Counter>,
     pub bmc_latency: Family<BmcLabels, Histogram, LatencyBuckets>,
     pub task_results: Family<TaskLabels, Histogram, TaskBuckets>,
+    pub http_boot_requests: Family<BootLabels, Counter>,
     services: Arc<Services>,
 }
 
@@ -112,6 +123,7 @@ impl Default for Metrics {
             bmc_calls: Family::default(),
             bmc_latency: Family::new_with_constructor(LatencyBuckets),
             task_results: Family::new_with_constructor(TaskBuckets),
+            http_boot_requests: Family::default(),
             services: Arc::default(),
         }
     }
@@ -177,6 +189,17 @@ impl Metrics {
         self.bmc_latency.get_or_create(&labels).observe(seconds);
     }
 
+    /// Records one HTTP boot request.
+    pub fn http_boot_request(&self, location: &str, kind: &str, status: u16) {
+        self.http_boot_requests
+            .get_or_create(&BootLabels {
+                location: location.to_string(),
+                kind: kind.to_string(),
+                status: status.to_string(),
+            })
+            .inc();
+    }
+
     /// Records a proposal that failed with `code`.
     pub fn proposal_failed(&self, code: &str) {
         self.proposals_failed
@@ -225,6 +248,11 @@ impl Metrics {
             "Run time of task attempts this node executed, by kind and result",
             Unit::Seconds,
             self.task_results.clone(),
+        );
+        reg.register(
+            "http_boot_requests",
+            "HTTP boot requests by location, kind (script, callback, blob, file) and status code",
+            self.http_boot_requests.clone(),
         );
         reg.register_collector(Box::new(ServiceCounters(self.services.clone())));
         rackd_storage::stats::stats().register(reg);

@@ -131,6 +131,8 @@ async fn prometheus_scrapes_every_node_and_the_shipped_rules_and_dashboard_name_
             "{ip}:0",
             "--tftp-root",
             "{dir}/tftp",
+            "--http-boot-listen",
+            "{ip}:0",
         ],
     )
     .await
@@ -179,6 +181,18 @@ async fn prometheus_scrapes_every_node_and_the_shipped_rules_and_dashboard_name_
         &dl.display().to_string(),
     ]);
     assert!(ok && dl.exists(), "tftp: {out}");
+    // The machine's iPXE script from node 0's HTTP boot server.
+    let boot = std::fs::read_to_string(c.nodes[0].data_dir.join("http-boot.addr")).unwrap();
+    let script = c
+        .http
+        .get(format!(
+            "http://{}/boot/02:77:00:00:01:01.ipxe",
+            boot.trim()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(script.status(), 200);
     let task = post_task(
         &c,
         0,
@@ -250,6 +264,16 @@ async fn prometheus_scrapes_every_node_and_the_shipped_rules_and_dashboard_name_
         );
     }
     assert!(dhcp_replies >= 1.0, "no DHCP ack counted");
+    let (_, _, text) = scrape(&c, 0, Some(&reader)).await;
+    assert_eq!(
+        sample(
+            &text,
+            "rackd_http_boot_requests_total",
+            &[("location", "dc1"), ("kind", "script"), ("status", "200")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
     assert!(
         tftp_bytes >= std::fs::metadata(&dl).unwrap().len() as f64,
         "TFTP bytes not counted"

@@ -109,13 +109,45 @@ pub async fn start(
 }
 
 pub fn router(state: Arc<BootState>) -> Router {
+    let location = state.location.clone();
     Router::new()
         .route("/boot/{file}", get(script))
         .route("/tftp/{*path}", get(tftp_file))
         .route("/artifacts/{*path}", get(artifact))
         .route("/blobs/{digest}", get(blob))
         .route("/boot/{mac}/done", axum::routing::post(deploy_done))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            count(location.clone(), req, next)
+        }))
         .with_state(state)
+}
+
+/// What a boot request asks for, as a metrics label.
+fn request_kind(path: &str) -> &'static str {
+    if path.starts_with("/boot/") && path.ends_with("/done") {
+        "callback"
+    } else if path.starts_with("/boot/") {
+        "script"
+    } else if path.starts_with("/blobs/") {
+        "blob"
+    } else if path.starts_with("/tftp/") || path.starts_with("/artifacts/") {
+        "file"
+    } else {
+        "other"
+    }
+}
+
+/// Counts every request in the metrics (`rackd_http_boot_requests_total`) by location, kind
+/// and status.
+async fn count(
+    location: String,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let kind = request_kind(req.uri().path());
+    let resp = next.run(req).await;
+    crate::metrics::global().http_boot_request(&location, kind, resp.status().as_u16());
+    resp
 }
 
 /// The iPXE script for one machine's state (pure, unit-tested).
@@ -466,6 +498,20 @@ async fn tftp_file(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_route_has_its_request_kind() {
+        for (path, kind) in [
+            ("/boot/52:54:00:00:00:01.ipxe", "script"),
+            ("/boot/52:54:00:00:00:01/done", "callback"),
+            ("/blobs/sha256:ab", "blob"),
+            ("/tftp/undionly.kpxe", "file"),
+            ("/artifacts/deb/vmlinuz", "file"),
+            ("/nope", "other"),
+        ] {
+            assert_eq!(super::request_kind(path), kind, "{path}");
+        }
+    }
+
     use super::*;
 
     /// Artifacts given as digests are fetched from the blob route, paths from the artifacts
