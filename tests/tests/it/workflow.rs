@@ -82,6 +82,54 @@ fn journal_count(ev: &Value, needle: &str) -> usize {
         .count()
 }
 
+/// Location dc1 (created through node 0) and a new location learner bound to it, serving
+/// HTTP boot; the learner's index.
+async fn site_learner(c: &mut Cluster) -> usize {
+    let _: Value = c
+        .post_json(0, "/v1/locations", &json!({"name": "dc1"}))
+        .await
+        .unwrap();
+    c.join_with(
+        0,
+        true,
+        &["--location", "dc1", "--http-boot-listen", "{ip}:0"],
+    )
+    .await
+    .expect("location learner")
+}
+
+/// Image `deb` and a ready machine `host` in dc1 (MAC, simulated BMC), created through node
+/// `via` and deployed with the request body `deploy`: (machine id, deploy task id), once the
+/// deploy waits for the machine's boot.
+async fn deploy_until_boot_wait(c: &Cluster, via: usize, host: &str, deploy: Value) -> (u64, u64) {
+    let _: Value = c
+        .post_json(
+            via,
+            "/v1/images",
+            &json!({"name": "deb", "kernel": "deb/vmlinuz", "initrd": "deb/initrd.img"}),
+        )
+        .await
+        .unwrap();
+    let m: Value = c
+        .post_json(
+            via,
+            "/v1/machines",
+            &json!({"hostname": host, "location": "dc1", "macs": [MAC], "state": "ready",
+                    "bmc": {"driver": "sim", "address": host}}),
+        )
+        .await
+        .unwrap();
+    let id = m["id"].as_u64().unwrap();
+    let m: Value = c
+        .post_json(via, &format!("/v1/machines/{id}/deploy"), &deploy)
+        .await
+        .unwrap();
+    assert_eq!(m["state"], "deploying", "{m}");
+    let tid = m["workflow"].as_u64().expect("the deploy's task");
+    wait_step(c, via, tid, "wait_boot", "running", 60).await;
+    (id, tid)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deploy_survives_its_executor_and_a_release_returns_the_machine() {
     let c = Cluster::start(
@@ -105,37 +153,8 @@ async fn a_deploy_survives_its_executor_and_a_release_returns_the_machine() {
         .post_json(0, "/v1/locations", &json!({"name": "dc1"}))
         .await
         .unwrap();
-    let _: Value = c
-        .post_json(
-            0,
-            "/v1/images",
-            &json!({"name": "deb", "kernel": "deb/vmlinuz", "initrd": "deb/initrd.img"}),
-        )
-        .await
-        .unwrap();
-    let m: Value = c
-        .post_json(
-            0,
-            "/v1/machines",
-            &json!({"hostname": "wf1", "location": "dc1", "macs": [MAC], "state": "ready",
-                    "bmc": {"driver": "sim", "address": "wf1"}}),
-        )
-        .await
-        .unwrap();
-    let id = m["id"].as_u64().unwrap();
-
     // Deploy: the executor sets PXE, powers the machine on, and waits for its boot.
-    let m: Value = c
-        .post_json(
-            0,
-            &format!("/v1/machines/{id}/deploy"),
-            &json!({"image": "deb"}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(m["state"], "deploying");
-    let tid = m["workflow"].as_u64().expect("the deploy's task");
-    wait_step(&c, 0, tid, "wait_boot", "running", 60).await;
+    let (id, tid) = deploy_until_boot_wait(&c, 0, "wf1", json!({"image": "deb"})).await;
     let t = task(&c, 0, tid).await;
     for s in ["prepare", "boot_pxe", "power_on"] {
         assert_eq!(step(&t, s)["state"], "succeeded", "{t}");
@@ -288,46 +307,8 @@ async fn a_site_cut_off_during_a_deploy_reports_it_when_the_link_returns() {
     c.bootstrap().await.expect("bootstrap");
     c.join(0, false).await.expect("join n2");
     c.join(0, false).await.expect("join n3");
-    let _: Value = c
-        .post_json(0, "/v1/locations", &json!({"name": "dc1"}))
-        .await
-        .unwrap();
-    let site = c
-        .join_with(
-            0,
-            true,
-            &["--location", "dc1", "--http-boot-listen", "{ip}:0"],
-        )
-        .await
-        .expect("location learner");
-    let _: Value = c
-        .post_json(
-            0,
-            "/v1/images",
-            &json!({"name": "deb", "kernel": "deb/vmlinuz", "initrd": "deb/initrd.img"}),
-        )
-        .await
-        .unwrap();
-    let m: Value = c
-        .post_json(
-            0,
-            "/v1/machines",
-            &json!({"hostname": "cut1", "location": "dc1", "macs": [MAC], "state": "ready",
-                    "bmc": {"driver": "sim", "address": "cut1"}}),
-        )
-        .await
-        .unwrap();
-    let id = m["id"].as_u64().unwrap();
-    let m: Value = c
-        .post_json(
-            0,
-            &format!("/v1/machines/{id}/deploy"),
-            &json!({"image": "deb"}),
-        )
-        .await
-        .unwrap();
-    let tid = m["workflow"].as_u64().unwrap();
-    wait_step(&c, 0, tid, "wait_boot", "running", 60).await;
+    let site = site_learner(&mut c).await;
+    let (id, tid) = deploy_until_boot_wait(&c, 0, "cut1", json!({"image": "deb"})).await;
     // The site holds its location's key (it opens deploy tokens with it) before the cut.
     let loc: Value = c.get_json(0, "/v1/locations").await.unwrap();
     let key = c.nodes[site]
@@ -410,46 +391,8 @@ async fn a_deploy_outlives_its_leader() {
     let mut c = Cluster::start("wflead", 3, &["--task-lease-secs", "2"])
         .await
         .expect("cluster");
-    let _: Value = c
-        .post_json(0, "/v1/locations", &json!({"name": "dc1"}))
-        .await
-        .unwrap();
-    let site = c
-        .join_with(
-            0,
-            true,
-            &["--location", "dc1", "--http-boot-listen", "{ip}:0"],
-        )
-        .await
-        .expect("location learner");
-    let _: Value = c
-        .post_json(
-            site,
-            "/v1/images",
-            &json!({"name": "deb", "kernel": "deb/vmlinuz", "initrd": "deb/initrd.img"}),
-        )
-        .await
-        .unwrap();
-    let m: Value = c
-        .post_json(
-            site,
-            "/v1/machines",
-            &json!({"hostname": "lead1", "location": "dc1", "macs": [MAC], "state": "ready",
-                    "bmc": {"driver": "sim", "address": "lead1"}}),
-        )
-        .await
-        .unwrap();
-    let id = m["id"].as_u64().unwrap();
-    let m: Value = c
-        .post_json(
-            site,
-            &format!("/v1/machines/{id}/deploy"),
-            &json!({"image": "deb"}),
-        )
-        .await
-        .unwrap();
-    let tid = m["workflow"].as_u64().unwrap();
-    wait_step(&c, site, tid, "wait_boot", "running", 60).await;
+    let site = site_learner(&mut c).await;
+    let (id, tid) = deploy_until_boot_wait(&c, site, "lead1", json!({"image": "deb"})).await;
 
     let leader = c.leader().await.expect("a leader");
     c.nodes[leader].kill();
@@ -494,46 +437,14 @@ async fn a_deploy_whose_only_location_node_died_fails_with_the_cause() {
     )
     .await
     .expect("cluster");
-    let _: Value = c
-        .post_json(0, "/v1/locations", &json!({"name": "dc1"}))
-        .await
-        .unwrap();
-    let site = c
-        .join_with(
-            0,
-            true,
-            &["--location", "dc1", "--http-boot-listen", "{ip}:0"],
-        )
-        .await
-        .expect("location learner");
-    let _: Value = c
-        .post_json(
-            0,
-            "/v1/images",
-            &json!({"name": "deb", "kernel": "deb/vmlinuz", "initrd": "deb/initrd.img"}),
-        )
-        .await
-        .unwrap();
-    let m: Value = c
-        .post_json(
-            0,
-            "/v1/machines",
-            &json!({"hostname": "lost1", "location": "dc1", "macs": [MAC], "state": "ready",
-                    "bmc": {"driver": "sim", "address": "lost1"}}),
-        )
-        .await
-        .unwrap();
-    let id = m["id"].as_u64().unwrap();
-    let m: Value = c
-        .post_json(
-            0,
-            &format!("/v1/machines/{id}/deploy"),
-            &json!({"image": "deb", "boot_timeout_secs": 3}),
-        )
-        .await
-        .unwrap();
-    let tid = m["workflow"].as_u64().unwrap();
-    wait_step(&c, 0, tid, "wait_boot", "running", 60).await;
+    let site = site_learner(&mut c).await;
+    let (id, tid) = deploy_until_boot_wait(
+        &c,
+        0,
+        "lost1",
+        json!({"image": "deb", "boot_timeout_secs": 3}),
+    )
+    .await;
     c.nodes[site].kill();
     let r = c
         .wait_until(
