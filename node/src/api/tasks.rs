@@ -189,16 +189,7 @@ pub async fn retry_task(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> HttpResult<Json<Task>> {
-    let id = parse_id(&id)?;
-    let t = node
-        .propose(
-            &actor.0,
-            idempotency_key(&headers, &actor)?,
-            Command::RetryTask { id },
-        )
-        .await?
-        .into_task()?;
-    Ok(Json(t))
+    task_action(&node, &actor, &id, &headers, |id| Command::RetryTask { id }).await
 }
 
 pub async fn cancel_task(
@@ -207,13 +198,23 @@ pub async fn cancel_task(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> HttpResult<Json<Task>> {
-    let id = parse_id(&id)?;
+    task_action(&node, &actor, &id, &headers, |id| Command::CancelTask {
+        id,
+    })
+    .await
+}
+
+/// Proposes the command `cmd` makes of the task id in the path; the task as it is after.
+async fn task_action(
+    node: &AppState,
+    actor: &Actor,
+    id: &str,
+    headers: &HeaderMap,
+    cmd: fn(u64) -> Command,
+) -> HttpResult<Json<Task>> {
+    let id = parse_id(id)?;
     let t = node
-        .propose(
-            &actor.0,
-            idempotency_key(&headers, &actor)?,
-            Command::CancelTask { id },
-        )
+        .propose(&actor.0, idempotency_key(headers, actor)?, cmd(id))
         .await?
         .into_task()?;
     Ok(Json(t))

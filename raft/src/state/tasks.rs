@@ -12,7 +12,7 @@
 use std::collections::BTreeSet;
 
 use crate::cmd::{Applied, Command, Response};
-use rackd_types::{ApiError, ErrorCode, Meta, PowerState, Task, TaskKind, TaskState};
+use rackd_types::{ApiError, ErrorCode, Meta, PowerState, Task, TaskKind, TaskState, TaskStep};
 
 use super::State;
 use crate::cmd::PowerObservation;
@@ -76,7 +76,22 @@ impl State {
                  {MAX_ACTIVE_TASKS_PER_MACHINE}); wait for them or cancel one"
             )));
         }
-        let hostname = m.machine.hostname.clone();
+        let message = format!("{kind:?} on {}", m.machine.hostname);
+        let t = self.add_pending_task(now, actor, kind, (machine_id, None), Vec::new(), message);
+        Ok(Applied::Task(t))
+    }
+
+    /// Adds a new pending task (a fresh id, created now) and journals its creation with
+    /// `message`; every kind of task is created through here.
+    pub(super) fn add_pending_task(
+        &mut self,
+        now: u64,
+        actor: &str,
+        kind: TaskKind,
+        (machine_id, image): (u64, Option<String>),
+        steps: Vec<TaskStep>,
+        message: String,
+    ) -> Task {
         let id = self.alloc_id();
         let t = Task {
             meta: Meta {
@@ -96,19 +111,12 @@ impl State {
             finished_at: None,
             error: None,
             observed_power: None,
-            image: None,
-            steps: Vec::new(),
+            image,
+            steps,
         };
         self.put_task(now, t.clone());
-        self.journal(
-            now,
-            actor,
-            "task.created",
-            "task",
-            Some(id),
-            format!("{kind:?} on {hostname}"),
-        );
-        Ok(Applied::Task(t))
+        self.journal(now, actor, "task.created", "task", Some(id), message);
+        t
     }
 
     /// An operator's cancel: a pending or running task becomes `Cancelled`; a finished one is

@@ -18,8 +18,7 @@
 //! This module must not depend on storage or the node.
 
 use rackd_types::{
-    ApiError, ErrorCode, MachineState, Meta, StepKind, StepState, Task, TaskKind, TaskState,
-    TaskStep,
+    ApiError, ErrorCode, MachineState, StepKind, StepState, Task, TaskKind, TaskState, TaskStep,
 };
 
 use super::{precondition, State};
@@ -98,33 +97,11 @@ impl State {
             .get(&machine_id)
             .map(|m| m.machine.hostname.clone())
             .unwrap_or_default();
-        let id = self.alloc_id();
         let names: Vec<&str> = steps.iter().map(|s| s.kind.as_str()).collect();
         let message = format!("{kind:?} on {hostname}: {}", names.join(" → "));
-        let t = Task {
-            meta: Meta {
-                id,
-                version: 1,
-                created_at: now,
-                updated_at: now,
-            },
-            kind,
-            machine_id,
-            state: TaskState::Pending,
-            attempt: 0,
-            assignee: None,
-            generation: 0,
-            lease_expires_at: None,
-            started_at: None,
-            finished_at: None,
-            error: None,
-            observed_power: None,
-            image,
-            steps,
-        };
-        self.put_task(now, t);
-        self.journal(now, actor, "task.created", "task", Some(id), message);
-        id
+        self.add_pending_task(now, actor, kind, (machine_id, image), steps, message)
+            .meta
+            .id
     }
 
     /// `Release`: a deployed or failed machine without a workflow in progress becomes
