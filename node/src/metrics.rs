@@ -19,6 +19,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 use rackd_net::dhcp::DhcpStats;
@@ -103,6 +104,8 @@ pub struct Metrics {
     pub bmc_latency: Family<BmcLabels, Histogram, LatencyBuckets>,
     pub task_results: Family<TaskLabels, Histogram, TaskBuckets>,
     pub http_boot_requests: Family<BootLabels, Counter>,
+    /// Event streams (`GET /v1/events?follow=true`) open on this node.
+    pub event_streams: Gauge,
     services: Arc<Services>,
 }
 
@@ -124,6 +127,7 @@ impl Default for Metrics {
             bmc_latency: Family::new_with_constructor(LatencyBuckets),
             task_results: Family::new_with_constructor(TaskBuckets),
             http_boot_requests: Family::default(),
+            event_streams: Gauge::default(),
             services: Arc::default(),
         }
     }
@@ -253,6 +257,11 @@ impl Metrics {
             "http_boot_requests",
             "HTTP boot requests by location, kind (script, callback, blob, file) and status code",
             self.http_boot_requests.clone(),
+        );
+        reg.register(
+            "api_event_streams",
+            "Event streams (GET /v1/events?follow=true) open on this node",
+            self.event_streams.clone(),
         );
         reg.register_collector(Box::new(ServiceCounters(self.services.clone())));
         rackd_storage::stats::stats().register(reg);

@@ -130,11 +130,10 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         link,
     });
     let api = serve_api(
-        crate::api::router(crate::api::AppState::new(
-            node.clone(),
-            http.clone(),
-            blobs.clone(),
-        )),
+        crate::api::router(
+            crate::api::AppState::new(node.clone(), http.clone(), blobs.clone())
+                .with_stop(stop_rx.clone()),
+        ),
         api_listener,
         cfg.api_limits.clone(),
         api_tls,

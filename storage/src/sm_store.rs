@@ -235,6 +235,12 @@ impl StateMachineStore {
         self.inner.applied.write().unwrap_or_else(|_| poisoned())
     }
 
+    /// The last index the state machine applied (0 before any). Published after the state
+    /// it names, so a state read after this call is at least this new.
+    pub fn applied_index(&self) -> u64 {
+        *self.inner.applied_tx.borrow()
+    }
+
     /// Wait until the state machine has applied `index` (or the timeout passes).
     pub async fn wait_applied(&self, index: u64, timeout: std::time::Duration) -> bool {
         let mut rx = self.inner.applied_tx.subscribe();

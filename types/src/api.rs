@@ -15,6 +15,44 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
+/// `GET /v1/events`: which journal entries, as a page or (`follow=true`) as a stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct EventQuery {
+    /// Only events with a greater sequence number. A stream without it starts after the
+    /// newest event (only what happens from now on); its `Last-Event-ID` header wins over it.
+    pub after: Option<u64>,
+    /// Page size (pages only).
+    pub limit: Option<usize>,
+    /// Serve from the local replica without a ReadIndex round trip.
+    pub stale: Option<bool>,
+    /// Stream the journal as server-sent events instead of answering one page.
+    pub follow: Option<bool>,
+    /// Only events of this kind (`machine.created`), or of this family (`machine`: every
+    /// `machine.*` kind).
+    pub kind: Option<String>,
+    /// Only events about this kind of entity (`machine`, `task`, `location`, …).
+    pub entity: Option<String>,
+    /// Only events about the entity with this id (with `entity`).
+    pub entity_id: Option<u64>,
+}
+
+/// Sent on a followed journal as `event: gap`: the events after `after` and before `oldest`
+/// left the journal (it keeps the newest 10,000) before this client read them. The stream
+/// goes on from `oldest`; a client that keeps a copy of something should read it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct EventGap {
+    pub after: u64,
+    pub oldest: u64,
+}
+
+/// The first message of a followed journal (`event: open`, `id:` the same number): the
+/// stream goes on with the events after `after`. A client that reconnects before any event
+/// came resumes from here, so nothing between its two connections is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct EventStreamOpen {
+    pub after: u64,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ListQuery {
     pub cursor: Option<String>,

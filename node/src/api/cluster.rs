@@ -9,10 +9,9 @@ use rackd_raft::cmd::Command;
 use rackd_raft::NodeInfo;
 use rackd_types::{
     ApiError, ApiTokenView, CertRenewal, ClusterInfo, CreateApiToken, CreateJoinToken,
-    CreatedApiToken, CreatedJoinToken, ErrorCode, Event, Health, JoinRequest, JoinResponse,
-    JoinTokenView, ListQuery, Member, MemberProgress, Page, Ready,
+    CreatedApiToken, CreatedJoinToken, ErrorCode, Health, JoinRequest, JoinResponse, JoinTokenView,
+    ListQuery, Member, MemberProgress, Page, Ready,
 };
-use serde::Deserialize;
 
 use super::inventory::{collect_page, page_params, query, read_barrier};
 use super::{parse_id, parse_json, Actor, AppState, HttpError, HttpResult};
@@ -295,31 +294,6 @@ pub async fn remove_member(
     let id = parse_id(&id)?;
     node.remove_member(&actor.0, id).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(Debug, Deserialize)]
-pub struct EventQuery {
-    pub after: Option<u64>,
-    pub limit: Option<usize>,
-    pub stale: Option<bool>,
-}
-
-pub async fn events(
-    State(node): State<AppState>,
-    q: Result<Query<EventQuery>, QueryRejection>,
-) -> HttpResult<Json<Page<Event>>> {
-    let q = query(q)?;
-    let (_, limit) = page_params(&ListQuery {
-        limit: q.limit,
-        ..Default::default()
-    })?;
-    read_barrier(&node, q.stale).await?;
-    let st = node.state();
-    let it = st
-        .events
-        .range_after(q.after.as_ref())
-        .map(|(k, v)| (*k, v));
-    Ok(Json(collect_page(it, limit, |_| true)))
 }
 
 pub async fn create_join_token(

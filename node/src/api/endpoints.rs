@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 
 use rackd_types::*;
 
-use super::{blobs, cluster, inventory, metrics, tasks, AppState, HttpResult};
+use super::{blobs, cluster, events, inventory, metrics, tasks, AppState, HttpResult};
 
 /// The media type of a success body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +150,9 @@ pub struct Endpoint {
     pub status: u16,
     /// The success body's schema (none: empty body).
     pub response: Option<SchemaFn>,
+    /// With `follow=true`, the answer is instead a `text/event-stream` whose messages carry
+    /// this type (`events::Listing`).
+    pub stream: Option<SchemaFn>,
     /// Decode a success body as the declared response type (an empty body when none).
     pub decode_response: fn(&[u8]) -> Result<(), String>,
     /// The handler, as a method router for this verb.
@@ -193,6 +196,29 @@ impl Answer for axum::response::Response {
 /// Metrics in the Prometheus text format.
 impl Answer for super::metrics::Scrape {
     type Body = Exposition;
+}
+/// A page, or with `follow=true` a stream of its items.
+impl<T> Answer for events::Listing<T> {
+    type Body = Page<T>;
+}
+
+/// What a handler that can follow streams, reduced to the type of the stream's items.
+pub trait Follows {
+    type Item;
+}
+impl<T> Follows for events::Listing<T> {
+    type Item = T;
+}
+impl<A: Follows> Follows for HttpResult<A> {
+    type Item = A::Item;
+}
+
+/// Compiles only when handler `_h` streams `I`s.
+pub fn follows<I, Args, H>(_h: &H)
+where
+    H: AsyncFn<Args>,
+    H::Output: Follows<Item = I>,
+{
 }
 
 /// An async function of any arity (up to the handlers' six), with its output type.
@@ -303,6 +329,7 @@ macro_rules! endpoints {
             status: $status:literal,
             $(returns: $Resp:ty,)?
             $(raw_returns: $RawResp:ident,)?
+            $(follow: $Item:ty,)?
         }
     )*) => {
         /// Every endpoint of the API, in documentation order.
@@ -320,6 +347,7 @@ macro_rules! endpoints {
                 status: $status,
                 response: endpoints!(@schema [$($Resp)?] [$($RawResp)?]),
                 decode_response: endpoints!(@decode [$($Resp)?] [$($RawResp)?]),
+                stream: endpoints!(@schema [$($Item)?] []),
                 route: endpoints!(@route $verb $handler),
             },
         )*];
@@ -328,6 +356,7 @@ macro_rules! endpoints {
         #[allow(dead_code)]
         fn declared_types_match_the_handlers() {
             $( answers::<endpoints!(@body $($Resp)? $($RawResp)?), _, _>(&$handler); )*
+            $( $( follows::<$Item, _, _>(&$handler); )? )*
         }
     };
 }
@@ -365,10 +394,30 @@ const EVENT_Q: &[QueryParam] = &[
     (
         "after",
         "integer",
-        "Only events with a sequence number greater than this",
+        "Only events with a sequence number greater than this (a stream without it starts after the newest event)",
     ),
-    ("limit", "integer", "Page size, 1..=1000 (default 100)"),
+    ("limit", "integer", "Page size, 1..=1000 (default 100; pages only)"),
     ("stale", "boolean", "Serve from the local replica"),
+    (
+        "follow",
+        "boolean",
+        "Stream the journal as server-sent events instead of answering one page",
+    ),
+    (
+        "kind",
+        "string",
+        "Only this kind (machine.created) or family (machine)",
+    ),
+    (
+        "entity",
+        "string",
+        "Only events about this kind of entity (machine, task, ...)",
+    ),
+    (
+        "entity_id",
+        "integer",
+        "Only events about the entity with this id (with entity)",
+    ),
 ];
 const NO_Q: &[QueryParam] = &[];
 const SOURCE_Q: &[QueryParam] = &[(
@@ -417,10 +466,10 @@ endpoints! {
         auth: Admin, query: NO_Q, headers: NO_H,
         status: 204,
     }
-    GET "/v1/events" => cluster::events {
-        "Journal of changes",
+    GET "/v1/events" => events::list {
+        "Journal of changes, oldest first; with follow=true a stream of server-sent events (text/event-stream) from any node: first `event: open` (EventStreamOpen) saying where it starts, then for each event `id:` its sequence number (resume with Last-Event-ID or after), `data:` the event as JSON; `event: gap` (EventGap) when asked-for events left the journal; `event: end` (ErrorBody) when the server ends the stream",
         auth: Reader, query: EVENT_Q, headers: NO_H,
-        status: 200, returns: Page<Event>,
+        status: 200, returns: Page<Event>, follow: Event,
     }
     GET "/v1/tokens/join" => cluster::list_join_tokens {
         "List join tokens (no secrets)",

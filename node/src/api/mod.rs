@@ -17,6 +17,7 @@ pub mod auth;
 pub mod blobs;
 pub mod cluster;
 pub mod endpoints;
+pub mod events;
 pub mod forward;
 pub mod inventory;
 pub mod listener;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub blobs: Arc<crate::blobs::BlobStore>,
     /// The ration of catch-ups on unknown bearer tokens ([`auth::CatchUps`]).
     pub catch_ups: Arc<auth::CatchUps>,
+    /// Turns true when the node starts stopping: long answers (event streams) end then.
+    pub stopping: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl AppState {
@@ -59,7 +62,14 @@ impl AppState {
             http,
             blobs,
             catch_ups: Arc::new(auth::CatchUps::default()),
+            stopping: None,
         }
+    }
+
+    /// Long answers end when `stop` turns true.
+    pub fn with_stop(mut self, stop: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stopping = Some(stop);
+        self
     }
 }
 
@@ -214,5 +224,7 @@ async fn refuse_when_failed(
     }
 }
 
+#[cfg(test)]
+mod events_tests;
 #[cfg(test)]
 mod tests;

@@ -58,7 +58,20 @@ pub fn document() -> Value {
             match e.response {
                 Some(r) => {
                     let r = serde_json::to_value(r(&mut g)).expect("schema serializes");
-                    json!({"description": "OK", "content": {e.response_media.mime(): {"schema": r}}})
+                    let mut ok = json!({"description": "OK", "content": {e.response_media.mime(): {"schema": r}}});
+                    if let Some(item) = e.stream {
+                        // Server-sent events: OpenAPI 3.0 has no schema for a stream, so the
+                        // body is a string and the type of each message's data is named.
+                        let item = serde_json::to_value(item(&mut g)).expect("schema serializes");
+                        let open = g.subschema_for::<rackd_types::EventStreamOpen>();
+                        let gap = g.subschema_for::<rackd_types::EventGap>();
+                        let end = g.subschema_for::<ErrorBody>();
+                        ok["content"]["text/event-stream"] = json!({
+                            "schema": {"type": "string", "description": "Server-sent events (with follow=true): x-events names each event type's data, as JSON"},
+                            "x-events": {"message": item, "open": open, "gap": gap, "end": end},
+                        });
+                    }
+                    ok
                 }
                 None => json!({"description": "Done"}),
             },

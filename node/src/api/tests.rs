@@ -882,7 +882,7 @@ fn blob_path(template: &str) -> String {
 
 /// The blob store of the tests' routers: one per test process, in a directory removed when
 /// the process ends... or left in the temporary directory if it is killed.
-fn test_store() -> Arc<crate::blobs::BlobStore> {
+pub(super) fn test_store() -> Arc<crate::blobs::BlobStore> {
     static STORE: std::sync::OnceLock<(tempfile::TempDir, Arc<crate::blobs::BlobStore>)> =
         std::sync::OnceLock::new();
     STORE

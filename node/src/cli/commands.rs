@@ -6,11 +6,12 @@ use anyhow::{bail, Context};
 use rackd_types::{
     ApiRole, ApiTokenView, BmcSpec, CertRenewal, ClusterInfo, CreateApiToken, CreateJoinToken,
     CreateLocation, CreateMachine, CreateRack, CreateSubnet, CreatedApiToken, CreatedJoinToken,
-    Event, Health, IpRange, JoinTokenView, Location, Machine, MachineState, Rack, Subnet,
-    UpdateMachine,
+    Event, EventQuery, Health, IpRange, JoinTokenView, Location, Machine, MachineState, Rack,
+    Subnet, UpdateMachine,
 };
 
 use crate::cli::output::{opt, table, time};
+use crate::cli::watch::Changes;
 use crate::cli::{
     CertCmd, Cmd, LocationCmd, MachineCmd, MemberCmd, Output, RackCmd, SubnetCmd, TaskCmd,
     TokenCmd, UpArgs,
@@ -82,6 +83,14 @@ async fn follow_task(
     json: bool,
 ) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let mut changes = match no_wait {
+        true => None,
+        false => Some(Changes::about(c, "task", t.meta.id).await),
+    };
+    if changes.is_some() {
+        // Read again now that changes are followed: none since the answer is missed.
+        t = c.get(&format!("/v1/tasks/{}", t.meta.id)).await?;
+    }
     while !no_wait
         && matches!(
             t.state,
@@ -89,7 +98,9 @@ async fn follow_task(
         )
         && std::time::Instant::now() < deadline
     {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        if let Some(ch) = changes.as_mut() {
+            ch.wait().await;
+        }
         t = c.get(&format!("/v1/tasks/{}", t.meta.id)).await?;
     }
     if json {
@@ -105,6 +116,7 @@ async fn follow_task(
 /// `rackd tasks show ID --watch`: one line per change of the task until it ends.
 async fn watch_task(c: &Client, id: u64, json: bool) -> anyhow::Result<()> {
     use rackd_types::TaskState;
+    let mut changes = Changes::about(c, "task", id).await;
     let mut last = None;
     let mut steps: Vec<(rackd_types::StepState, u32)> = Vec::new();
     loop {
@@ -150,9 +162,7 @@ async fn watch_task(c: &Client, id: u64, json: bool) -> anyhow::Result<()> {
             }
         }
         match t.state {
-            TaskState::Pending | TaskState::Running => {
-                tokio::time::sleep(Duration::from_millis(250)).await
-            }
+            TaskState::Pending | TaskState::Running => changes.wait().await,
             TaskState::Failed => bail!("task failed: {}", t.error.unwrap_or_default()),
             _ => return Ok(()),
         }
@@ -192,6 +202,8 @@ async fn wait_machine(
     let deadline = tokio::time::Instant::now() + timeout;
     let (during, done) = goal;
     let mut cause = String::new();
+    let mut changes = Changes::about(c, "machine", id).await;
+    let mut first = true;
     loop {
         if from == done {
             return Ok(());
@@ -202,7 +214,11 @@ async fn wait_machine(
         if tokio::time::Instant::now() >= deadline {
             bail!("machine {id} still {} after {timeout:?}", during.as_str());
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // The first read follows at once (changes are followed from now); then each waits
+        // for a change, bounded by the deadline.
+        if !std::mem::take(&mut first) {
+            let _ = tokio::time::timeout_at(deadline, changes.wait()).await;
+        }
         let m: Machine = c.get(&format!("/v1/machines/{id}")).await?;
         cause = m.state_cause.clone();
         if m.state != from {
@@ -363,7 +379,26 @@ pub async fn client(
         }
         Cmd::Blobs(bc) => crate::cli::blobs::run(&c, json, bc).await,
         Cmd::Images(ic) => crate::cli::blobs::images(&c, json, ic).await,
-        Cmd::Events { after, limit } => events(&c, json, after, limit).await,
+        Cmd::Events {
+            after,
+            limit,
+            follow,
+            kind,
+            entity,
+            id,
+        } => {
+            let q = EventQuery {
+                after,
+                kind,
+                entity,
+                entity_id: id,
+                ..Default::default()
+            };
+            if follow {
+                return crate::cli::watch::follow_events(&c, q, json).await;
+            }
+            events(&c, json, q, limit).await
+        }
     }
 }
 
@@ -1026,10 +1061,13 @@ async fn tokens(c: &Client, json: bool, tc: TokenCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn events(c: &Client, json: bool, after: Option<u64>, limit: usize) -> anyhow::Result<()> {
+async fn events(c: &Client, json: bool, q: EventQuery, limit: usize) -> anyhow::Result<()> {
     let q = query(&[
-        ("after", after.map(|a| a.to_string())),
+        ("after", q.after.map(|a| a.to_string())),
         ("limit", Some(limit.to_string())),
+        ("kind", q.kind),
+        ("entity", q.entity),
+        ("entity_id", q.entity_id.map(|i| i.to_string())),
     ]);
     let page: rackd_types::Page<Event> = c.get(&format!("/v1/events{q}")).await?;
     if json {

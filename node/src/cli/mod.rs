@@ -13,6 +13,7 @@ pub mod image;
 pub mod log;
 pub mod login;
 pub mod output;
+pub mod watch;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -109,12 +110,27 @@ pub enum Cmd {
     /// OS images machines are deployed with (`rackd image` builds the appliance).
     #[command(subcommand)]
     Images(OsImageCmd),
-    /// The journal of changes.
+    /// The journal of changes, oldest first; with --follow, each change as it happens (from
+    /// now, or after --after) until interrupted.
     Events {
+        /// Only events with a greater sequence number.
         #[arg(long)]
         after: Option<u64>,
+        /// Events shown at most (without --follow), 1..=1000.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// Keep printing events as they happen (resumes by itself if the connection breaks).
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Only this kind (`machine.created`) or family (`machine`).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only events about this kind of entity (`machine`, `task`, `location`, ...).
+        #[arg(long)]
+        entity: Option<String>,
+        /// Only events about the entity with this id (needs --entity).
+        #[arg(long, requires = "entity")]
+        id: Option<u64>,
     },
 }
 

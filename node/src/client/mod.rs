@@ -349,7 +349,10 @@ async fn api_error(resp: reqwest::Response) -> ClientError {
 }
 
 pub mod blobs;
+pub mod follow;
+pub mod sse;
 pub use blobs::digest_file;
+pub use follow::{EventStream, Followed};
 
 #[cfg(test)]
 mod tests;

@@ -139,10 +139,21 @@ pub trait Cluster: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Applied, ApiError>>;
     /// Make the next read of [`Cluster::state`] linearizable.
     fn linearize(&self) -> BoxFuture<'_, Result<(), ApiError>>;
+    /// The last log index this node's replica applied (0 before any). A [`Cluster::state`]
+    /// read after this call is at least that new.
+    fn applied_index(&self) -> u64 {
+        0
+    }
+    /// Resolves when this node's replica applied beyond index `seen`, or after `at_most`.
+    /// Read [`Cluster::applied_index`] before the state to wait on and no apply is missed.
+    fn applied_since(&self, seen: u64, at_most: Duration) -> BoxFuture<'_, ()> {
+        let _ = seen;
+        Box::pin(tokio::time::sleep(at_most))
+    }
     /// Resolves when this node's replica applied something new, or after `at_most` (what
     /// waits on the replica, such as an executor, wakes at once when work arrives).
     fn applied_changed(&self, at_most: Duration) -> BoxFuture<'_, ()> {
-        Box::pin(tokio::time::sleep(at_most))
+        self.applied_since(self.applied_index(), at_most)
     }
     /// Join phase 2 on the leader: add `id` as a learner, wait until it caught up, promote it
     /// unless `learner`. Safe to retry.

@@ -38,6 +38,8 @@ struct Inner {
 pub struct FakeCluster {
     id: u64,
     inner: Mutex<Inner>,
+    /// Requests applied so far (the fake's applied index), for `applied_since`.
+    applied: tokio::sync::watch::Sender<u64>,
 }
 
 impl FakeCluster {
@@ -62,6 +64,7 @@ impl FakeCluster {
                 linearizations: 0,
                 ca: None,
             }),
+            applied: tokio::sync::watch::channel(0).0,
         })
     }
 
@@ -94,6 +97,7 @@ impl FakeCluster {
         };
         let r = g.state.apply(&req);
         g.log.push(req);
+        self.applied.send_modify(|i| *i += 1);
         if g.lost_answers > 0 {
             g.lost_answers -= 1;
             return Err(ApiError::unavailable(
@@ -154,6 +158,15 @@ impl Cluster for FakeCluster {
     }
     fn state(&self) -> State {
         self.lock().state.clone()
+    }
+    fn applied_index(&self) -> u64 {
+        *self.applied.borrow()
+    }
+    fn applied_since(&self, seen: u64, at_most: Duration) -> BoxFuture<'_, ()> {
+        let mut rx = self.applied.subscribe();
+        Box::pin(async move {
+            let _ = tokio::time::timeout(at_most, rx.wait_for(|i| *i > seen)).await;
+        })
     }
     fn status(&self) -> RaftStatus {
         let g = self.lock();

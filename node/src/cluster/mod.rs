@@ -217,17 +217,12 @@ impl Cluster for ClusterHandle {
     fn wait_leader(&self, timeout: Duration) -> BoxFuture<'_, Option<(u64, NodeInfo)>> {
         Box::pin(ClusterHandle::wait_leader(self, timeout))
     }
-    fn applied_changed(&self, at_most: Duration) -> BoxFuture<'_, ()> {
+    fn applied_index(&self) -> u64 {
+        self.sm.applied_index()
+    }
+    fn applied_since(&self, seen: u64, at_most: Duration) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let mut rx = self.raft.metrics();
-            let from = rx.borrow_watched().last_applied;
-            let deadline = tokio::time::Instant::now() + at_most;
-            while rx.borrow_watched().last_applied == from {
-                match tokio::time::timeout_at(deadline, rx.changed()).await {
-                    Ok(Ok(())) => {}
-                    _ => return,
-                }
-            }
+            self.sm.wait_applied(seen.saturating_add(1), at_most).await;
         })
     }
     fn propose<'a>(

@@ -23,4 +23,5 @@ mod restart;
 mod robustness;
 mod snapshot_scale;
 mod util;
+mod watch;
 mod workflow;
