@@ -22,7 +22,7 @@ build_pkgs=(libclang-dev)
 # checks /metrics and the shipped rules, and a real Prometheus scrapes a cluster (tests/it/metrics.rs).
 test_pkgs=(openssl kea-admin tftp-hpa atftp busybox curl iproute2 udhcpc isc-dhcp-client isc-dhcp-relay
   qemu-system-x86 ipxe-qemu seabios ipxe openipmi ipmitool syslinux syslinux-common
-  syslinux-efi mtools dosfstools e2fsprogs qemu-utils binutils ovmf prometheus)
+  syslinux-efi mtools dosfstools e2fsprogs qemu-utils binutils ovmf prometheus python3-venv)
 
 case "$what" in
   build) pkgs=("${build_pkgs[@]}") ;;
@@ -44,12 +44,26 @@ fetch_kernel() {
   (cd "$kdir" && apt-get download "$pkg" 2>&1 | tail -1)
 }
 
+# schemathesis (PyPI, pinned) checks a live node against openapi/rackd.json
+# (tests/it/schemathesis.rs), from its own virtualenv.
+SCHEMATHESIS_VERSION=4.32.5
+install_schemathesis() {
+  local venv="$HOME/.cache/rackd-venv"
+  "$venv/bin/st" --version 2>/dev/null | grep -q "version $SCHEMATHESIS_VERSION\$" &&
+    grep -q "^home = /usr/bin\$" "$venv/pyvenv.cfg" && return 0
+  rm -rf "$venv"
+  # Debian's Python: the 3.11.7 build on PATH fails to parse hypothesis' own sources
+  # ("AST constructor recursion depth mismatch", CPython gh-106905, fixed in 3.11.8).
+  /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+}
+
 need=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -eq 0 ]; then
-  [ "$what" = test ] && fetch_kernel
+  [ "$what" = test ] && fetch_kernel && install_schemathesis
   exit 0
 fi
 
@@ -74,5 +88,5 @@ done
 # De-duplicate (both qemu packages may be missing).
 mapfile -t args < <(printf '%s\n' "${args[@]}" | awk '!seen[$0]++')
 apt-get install -y -qq --no-install-recommends --allow-downgrades "${args[@]}"
-[ "$what" = test ] && fetch_kernel
+[ "$what" = test ] && fetch_kernel && install_schemathesis
 exit 0

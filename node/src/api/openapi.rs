@@ -66,8 +66,19 @@ pub fn document() -> Value {
                         let open = g.subschema_for::<rackd_types::EventStreamOpen>();
                         let gap = g.subschema_for::<rackd_types::EventGap>();
                         let end = g.subschema_for::<ErrorBody>();
+                        // Before OpenAPI 3.2 (`itemSchema`), `schema` describes one event.
                         ok["content"]["text/event-stream"] = json!({
-                            "schema": {"type": "string", "description": "Server-sent events (with follow=true): x-events names each event type's data, as JSON"},
+                            "schema": {
+                                "description": "One server-sent event (with follow=true). Its data is JSON of the type x-events names for its event type",
+                                "type": "object",
+                                "required": ["data"],
+                                "properties": {
+                                    "event": {"type": "string", "enum": ["message", "open", "gap", "end"]},
+                                    "id": {"type": "string", "pattern": "^[0-9]+$"},
+                                    "data": {"type": "string"},
+                                    "retry": {"type": "integer"},
+                                },
+                            },
                             "x-events": {"message": item, "open": open, "gap": gap, "end": end},
                         });
                     }

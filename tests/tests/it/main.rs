@@ -21,6 +21,7 @@ mod pxe;
 mod removed;
 mod restart;
 mod robustness;
+mod schemathesis;
 mod snapshot_scale;
 mod util;
 mod watch;
