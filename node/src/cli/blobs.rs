@@ -44,9 +44,9 @@ pub async fn run(c: &Client, json: bool, cmd: BlobCmd) -> anyhow::Result<()> {
         BlobCmd::Put { file } => {
             let b = c.put_blob(&file, progress("uploaded")).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&b)?);
+                crate::out!("{}", serde_json::to_string_pretty(&b)?);
             } else {
-                println!("{}", b.digest);
+                crate::out!("{}", b.digest);
             }
         }
         BlobCmd::Get { digest: d, file } => {
@@ -54,13 +54,13 @@ pub async fn run(c: &Client, json: bool, cmd: BlobCmd) -> anyhow::Result<()> {
                 .get_blob(&digest(&d)?, &file, progress("downloaded"))
                 .await?;
             if !json {
-                println!("{} bytes written to {}", n, file.display());
+                crate::out!("{} bytes written to {}", n, file.display());
             }
         }
         BlobCmd::List => {
             let bs: Vec<Blob> = c.get_all("/v1/blobs").await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&bs)?);
+                crate::out!("{}", serde_json::to_string_pretty(&bs)?);
                 return Ok(());
             }
             let rows: Vec<Vec<String>> = bs
@@ -135,18 +135,20 @@ pub async fn images(c: &Client, json: bool, cmd: OsImageCmd) -> anyhow::Result<(
                 }
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&img)?);
+                crate::out!("{}", serde_json::to_string_pretty(&img)?);
             } else {
-                println!(
+                crate::out!(
                     "image {} (id {}): kernel {}",
-                    img.name, img.meta.id, img.kernel
+                    img.name,
+                    img.meta.id,
+                    img.kernel
                 );
             }
         }
         OsImageCmd::List => {
             let is: Vec<Image> = c.get_all("/v1/images").await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&is)?);
+                crate::out!("{}", serde_json::to_string_pretty(&is)?);
                 return Ok(());
             }
             let rows: Vec<Vec<String>> = is

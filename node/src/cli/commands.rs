@@ -37,7 +37,7 @@ pub async fn up(args: UpArgs, join: Option<String>) -> anyhow::Result<()> {
 }
 
 fn json_out<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    crate::out!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
@@ -124,7 +124,7 @@ async fn watch_task(c: &Client, id: u64, json: bool) -> anyhow::Result<()> {
         let now = (t.state, t.attempt, t.assignee, t.generation);
         let now_steps: Vec<_> = t.steps.iter().map(|s| (s.state, s.attempts)).collect();
         if json && (last != Some(now) || steps != now_steps) {
-            println!("{}", serde_json::to_string(&t)?);
+            crate::out!("{}", serde_json::to_string(&t)?);
         }
         // A line per step that changed (workflows).
         if !json && steps != now_steps {
@@ -134,7 +134,7 @@ async fn watch_task(c: &Client, id: u64, json: bool) -> anyhow::Result<()> {
                 }
                 let at = s.finished_at.or(s.started_at).unwrap_or(t.meta.updated_at);
                 let said = s.error.as_deref().or(s.note.as_deref()).unwrap_or("");
-                println!(
+                crate::out!(
                     "{}  task {id} step {} {:?} (attempt {}){}{said}",
                     time(at),
                     s.kind,
@@ -148,7 +148,7 @@ async fn watch_task(c: &Client, id: u64, json: bool) -> anyhow::Result<()> {
         if last != Some(now) {
             last = Some(now);
             if !json {
-                println!(
+                crate::out!(
                     "{}  task {id} {:?} on machine {}: {:?} (attempt {}{})",
                     time(t.meta.updated_at),
                     t.kind,
@@ -174,9 +174,9 @@ async fn watch_task(c: &Client, id: u64, json: bool) -> anyhow::Result<()> {
 fn print_transition(m: &Machine, wait: bool, json: bool) -> anyhow::Result<()> {
     match (json, wait) {
         // With --wait, JSON lines: one per change.
-        (true, true) => println!("{}", serde_json::to_string(m)?),
+        (true, true) => crate::out!("{}", serde_json::to_string(m)?),
         (true, false) => json_out(m)?,
-        _ => println!(
+        _ => crate::out!(
             "machine {} ({}) is {}{}",
             m.meta.id,
             m.hostname,
@@ -223,9 +223,9 @@ async fn wait_machine(
         cause = m.state_cause.clone();
         if m.state != from {
             if json {
-                println!("{}", serde_json::to_string(&m)?);
+                crate::out!("{}", serde_json::to_string(&m)?);
             } else {
-                println!("machine {id} ({}) is {}", m.hostname, m.state.as_str());
+                crate::out!("machine {id} ({}) is {}", m.hostname, m.state.as_str());
             }
             from = m.state;
         }
@@ -237,7 +237,7 @@ fn step_rows(t: &rackd_types::Task) {
     if t.steps.is_empty() {
         return;
     }
-    println!();
+    crate::out!();
     let rows: Vec<Vec<String>> = t
         .steps
         .iter()
@@ -371,7 +371,7 @@ pub async fn client(
             if json {
                 return json_out(&r);
             }
-            println!(
+            crate::out!(
                 "every node renews a certificate issued before {}",
                 time(r.renew_before_ms)
             );
@@ -431,21 +431,21 @@ async fn status(c: &Client, json: bool) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    println!(
+    crate::out!(
         "cluster {}  leader {}  term {}  commit {}",
         ci.cluster_id,
         opt(&ci.leader_id),
         ci.term,
         opt(&ci.commit_index)
     );
-    println!(
+    crate::out!(
         "this node {} is {} (applied {})",
         h.node_id,
         h.raft_state,
         opt(&h.last_applied)
     );
     if let (Some(issued), Some(expires)) = (h.cert_issued_at_ms, h.cert_expires_at_ms) {
-        println!(
+        crate::out!(
             "its certificate was issued {} and expires {}",
             time(issued),
             time(expires)
@@ -484,7 +484,7 @@ async fn status(c: &Client, json: bool) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    println!("entries decided by apply rules {}", ci.apply_rules);
+    crate::out!("entries decided by apply rules {}", ci.apply_rules);
     table(
         &[
             "ID",
@@ -502,7 +502,7 @@ async fn status(c: &Client, json: bool) -> anyhow::Result<()> {
         anyhow::bail!("no leader: writes are refused until a majority of voters is reachable");
     }
     if view.is_none() {
-        println!("(the leader could not be asked for reachability and lag: ? columns)");
+        crate::out!("(the leader could not be asked for reachability and lag: ? columns)");
     }
     Ok(())
 }
@@ -559,15 +559,15 @@ async fn machines(c: &Client, json: bool, mc: MachineCmd) -> anyhow::Result<()> 
             if json {
                 return json_out(&m);
             }
-            println!("id:          {}", m.meta.id);
-            println!("hostname:    {}", m.hostname);
-            println!("location:    {}", m.location);
-            println!("rack/unit:   {}/{}", opt(&m.rack_id), opt(&m.rack_unit));
-            println!("state:       {} ({})", m.state.as_str(), m.state_cause);
-            println!("macs:        {}", m.macs.join(", "));
-            println!("ips:         {}", m.ips.join(", "));
+            crate::out!("id:          {}", m.meta.id);
+            crate::out!("hostname:    {}", m.hostname);
+            crate::out!("location:    {}", m.location);
+            crate::out!("rack/unit:   {}/{}", opt(&m.rack_id), opt(&m.rack_unit));
+            crate::out!("state:       {} ({})", m.state.as_str(), m.state_cause);
+            crate::out!("macs:        {}", m.macs.join(", "));
+            crate::out!("ips:         {}", m.ips.join(", "));
             if let Some(b) = &m.bmc {
-                println!(
+                crate::out!(
                     "bmc:         {} {}:{} user={} password={}",
                     b.driver,
                     b.address,
@@ -576,10 +576,10 @@ async fn machines(c: &Client, json: bool, mc: MachineCmd) -> anyhow::Result<()> 
                     if b.password_set { "set" } else { "unset" }
                 );
             }
-            println!("tags:        {}", m.tags.join(", "));
-            println!("description: {}", m.description);
-            println!("version:     {}", m.meta.version);
-            println!("updated:     {}", time(m.meta.updated_at));
+            crate::out!("tags:        {}", m.tags.join(", "));
+            crate::out!("description: {}", m.description);
+            crate::out!("version:     {}", m.meta.version);
+            crate::out!("updated:     {}", time(m.meta.updated_at));
         }
         MachineCmd::Update {
             id,
@@ -618,7 +618,7 @@ async fn machines(c: &Client, json: bool, mc: MachineCmd) -> anyhow::Result<()> 
             if json {
                 return json_out(&g);
             }
-            println!(
+            crate::out!(
                 "{} may reach the BMC of machine {} through its location's IPMI proxies until {}",
                 g.source,
                 g.machine_id,
@@ -717,7 +717,7 @@ async fn machines(c: &Client, json: bool, mc: MachineCmd) -> anyhow::Result<()> 
         MachineCmd::Delete { id, if_match } => {
             c.delete(&format!("/v1/machines/{id}"), if_match).await?;
             if !json {
-                println!("machine {id} deleted");
+                crate::out!("machine {id} deleted");
             }
         }
     }
@@ -796,7 +796,7 @@ async fn locations(c: &Client, json: bool, lc: LocationCmd) -> anyhow::Result<()
             if json {
                 return json_out(&l);
             }
-            println!("location {} created with id {}", l.name, l.meta.id);
+            crate::out!("location {} created with id {}", l.name, l.meta.id);
         }
         LocationCmd::Show { id } => {
             let l: Location = c.get(&format!("/v1/locations/{id}")).await?;
@@ -805,7 +805,7 @@ async fn locations(c: &Client, json: bool, lc: LocationCmd) -> anyhow::Result<()
         LocationCmd::Delete { id } => {
             c.delete(&format!("/v1/locations/{id}"), None).await?;
             if !json {
-                println!("location {id} deleted");
+                crate::out!("location {id} deleted");
             }
         }
     }
@@ -852,7 +852,7 @@ async fn racks(c: &Client, json: bool, rc: RackCmd) -> anyhow::Result<()> {
             if json {
                 return json_out(&r);
             }
-            println!("rack {} created with id {}", r.name, r.meta.id);
+            crate::out!("rack {} created with id {}", r.name, r.meta.id);
         }
         RackCmd::Delete { id } => c.delete(&format!("/v1/racks/{id}"), None).await?,
     }
@@ -923,7 +923,7 @@ async fn subnets(c: &Client, json: bool, sc: SubnetCmd) -> anyhow::Result<()> {
             if json {
                 return json_out(&s);
             }
-            println!("subnet {} created with id {}", s.cidr, s.meta.id);
+            crate::out!("subnet {} created with id {}", s.cidr, s.meta.id);
         }
         SubnetCmd::Delete { id } => c.delete(&format!("/v1/subnets/{id}"), None).await?,
     }
@@ -954,7 +954,7 @@ async fn members(c: &Client, json: bool, mc: MemberCmd) -> anyhow::Result<()> {
         MemberCmd::Remove { id } => {
             c.delete_once(&format!("/v1/cluster/members/{id}")).await?;
             if !json {
-                println!("node {id} removed from the cluster");
+                crate::out!("node {id} removed from the cluster");
             }
         }
     }
@@ -981,7 +981,7 @@ async fn tokens(c: &Client, json: bool, tc: TokenCmd) -> anyhow::Result<()> {
             if json {
                 return json_out(&t);
             }
-            println!("{}", t.token);
+            crate::out!("{}", t.token);
             eprintln!(
                 "(join token {}, one node, expires {})",
                 t.id,
@@ -1036,7 +1036,7 @@ async fn tokens(c: &Client, json: bool, tc: TokenCmd) -> anyhow::Result<()> {
             if json {
                 return json_out(&t);
             }
-            println!("{}", t.token);
+            crate::out!("{}", t.token);
         }
         TokenCmd::ListApi => {
             let ts: Vec<ApiTokenView> = c.get_all("/v1/tokens/api").await?;

@@ -33,7 +33,7 @@ pub fn run(cmd: ImageCmd) -> anyhow::Result<()> {
             o.cmdline = cmdline;
             o.qcow2 = !no_qcow2;
             let r = build::build(&o)?;
-            println!("{}", serde_json::to_string_pretty(&r)?);
+            crate::out!("{}", serde_json::to_string_pretty(&r)?);
         }
         ImageCmd::Install {
             disk,
@@ -46,7 +46,7 @@ pub fn run(cmd: ImageCmd) -> anyhow::Result<()> {
                 None => running_disk()?,
             };
             let r = install::install(&from, &disk, seed.as_deref(), force)?;
-            println!(
+            crate::out!(
                 "installed onto {} ({} MiB; data partition {} MiB)",
                 disk.display(),
                 r.target_bytes / layout::MIB,
@@ -56,7 +56,7 @@ pub fn run(cmd: ImageCmd) -> anyhow::Result<()> {
         ImageCmd::Upgrade { disk, image } => install::upgrade(&disk, &image)?,
         ImageCmd::Seed { disk, seed } => {
             install::set_seed(&disk, &seed)?;
-            println!("seed written to {}", disk.display());
+            crate::out!("seed written to {}", disk.display());
         }
     }
     Ok(())

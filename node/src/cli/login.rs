@@ -144,7 +144,7 @@ pub async fn run(
         token,
         ca_pem,
     })?;
-    println!(
+    crate::out!(
         "logged in to cluster {} at {url} (kept in {})",
         ci.cluster_id,
         p.display()

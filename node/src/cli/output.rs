@@ -1,4 +1,23 @@
-//! Human-readable tables for the CLI (`-o json` prints the API's JSON instead).
+//! Human-readable tables for the CLI (`-o json` prints the API's JSON instead), and the one
+//! way the CLI writes to stdout ([`out!`](crate::out)): a reader that went away (`| head`)
+//! ends the process quietly, as a Unix tool killed by SIGPIPE would, instead of a panic.
+
+/// `println!` for the CLI: see [`line`].
+#[macro_export]
+macro_rules! out {
+    () => { $crate::cli::output::line(format_args!("")) };
+    ($($t:tt)*) => { $crate::cli::output::line(format_args!($($t)*)) };
+}
+
+/// Write one line to stdout; when stdout is closed (the reader went away) exit at once with
+/// success: nobody is left to read the rest, and that is not an error of the command.
+pub fn line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    if writeln!(o, "{args}").is_err() {
+        std::process::exit(0);
+    }
+}
 
 /// Print rows under headers with aligned columns.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) {
@@ -16,7 +35,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
             .enumerate()
             .map(|(i, c)| format!("{c:<width$}", width = w.get(i).copied().unwrap_or(0)))
             .collect();
-        println!("{}", s.join("  ").trim_end());
+        crate::out!("{}", s.join("  ").trim_end());
     };
     line(headers.iter().map(|h| h.to_string()).collect());
     for r in rows {

@@ -3,7 +3,8 @@
 //! `rackd events --follow` CLI on the other, the typed client on the leader. Each sees the
 //! journal the leader pages out, event for event; the CLI rides through a restart of the
 //! node it follows without losing or repeating an event; a stream resumes on another node
-//! from where it stopped; and `rackd events --follow | head` ends quietly.
+//! from where it stopped; and `rackd events --follow | head`, like every listing piped to a
+//! reader that went away, ends quietly.
 
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
@@ -256,4 +257,30 @@ async fn every_node_streams_the_same_journal_and_a_follower_rides_a_restart() {
         lines[1..].iter().all(|l| l.contains("machine.")),
         "{stdout}"
     );
+
+    // Every kind of output (tables, JSON, text) to a reader that is already gone: the
+    // command ends quietly instead of panicking on the closed pipe.
+    for args in [
+        "machines list",
+        "-o json machines list",
+        "events --limit 1000",
+        "locations list",
+        "status",
+        "tasks list",
+    ] {
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "set -o pipefail; {} {args} | true",
+                rackd_bin().display()
+            ))
+            .env("RACKD_SERVER", c.url(f1))
+            .env("RACKD_TOKEN", &c.token)
+            .env("RACKD_LOGIN_FILE", c.dir.join("no-login.json"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "rackd {args} | true: {stderr}");
+        assert!(!stderr.contains("panicked"), "rackd {args}: {stderr}");
+    }
 }
