@@ -31,6 +31,7 @@
 
 pub mod abort;
 pub mod api;
+pub mod backup;
 pub mod blobs;
 pub mod cli;
 pub mod client;

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 /// Layer of each top-level module: a module may import only modules of a lower layer.
 const LAYERS: &[(&str, u8)] = &[
     ("abort", 0),
+    ("backup", 0),
     ("blobs", 0),
     ("client", 0),
     ("config", 0),

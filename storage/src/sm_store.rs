@@ -353,6 +353,16 @@ fn apply_panicked() -> ! {
     std::process::abort()
 }
 
+/// A state encoded as a snapshot is (the bytes a backup carries).
+pub fn encode_state(state: &State) -> io::Result<Vec<u8>> {
+    StateMachineStore::encode_state(state)
+}
+
+/// Decode snapshot bytes into a state with its indexes rebuilt; refuses another format.
+pub fn decode_state(data: &[u8]) -> io::Result<State> {
+    decode_snapshot(data)
+}
+
 fn decode_snapshot(data: &[u8]) -> io::Result<State> {
     let snap: StateSnapshot = serde_json::from_slice(data)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("snapshot decode: {e}")))?;

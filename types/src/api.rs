@@ -15,6 +15,20 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
+/// `POST /v1/backup`: the passphrase the cluster CA is sealed with in the backup (at least 12
+/// characters; never logged, never stored).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBackup {
+    pub passphrase: String,
+}
+
+impl std::fmt::Debug for CreateBackup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateBackup").finish_non_exhaustive()
+    }
+}
+
 /// `GET /v1/events`: which journal entries, as a page or (`follow=true`) as a stream.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct EventQuery {

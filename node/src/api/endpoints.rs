@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 
 use rackd_types::*;
 
-use super::{blobs, cluster, events, inventory, metrics, tasks, AppState, HttpResult};
+use super::{backup, blobs, cluster, events, inventory, metrics, tasks, AppState, HttpResult};
 
 /// The media type of a success body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -465,6 +465,12 @@ endpoints! {
         "Remove a member (voter or learner)",
         auth: Admin, query: NO_Q, headers: NO_H,
         status: 204,
+    }
+    POST "/v1/backup" => backup::create {
+        "A backup: the replicated state as of now (every acknowledged write) and the cluster CA sealed with the passphrase, in one checksummed file (voters only; `rackd backup create`)",
+        auth: Admin, query: NO_Q, headers: NO_H,
+        body: CreateBackup,
+        status: 200, raw_returns: Octets,
     }
     GET "/v1/events" => events::list {
         "Journal of changes, oldest first; with follow=true a stream of server-sent events (text/event-stream) from any node: first `event: open` (EventStreamOpen) saying where it starts, then for each event `id:` its sequence number (resume with Last-Event-ID or after), `data:` the event as JSON; `event: gap` (EventGap) when asked-for events left the journal; `event: end` (ErrorBody) when the server ends the stream",

@@ -14,6 +14,7 @@
 //! Layer: above `cluster`; never imports `services`, `server` or `cli`.
 
 pub mod auth;
+pub mod backup;
 pub mod blobs;
 pub mod cluster;
 pub mod endpoints;

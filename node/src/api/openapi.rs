@@ -87,7 +87,7 @@ pub fn document() -> Value {
                 None => json!({"description": "Done"}),
             },
         );
-        if e.response_media == Media::Octets {
+        if e.response_media == Media::Octets && e.verb == Verb::Get {
             // Downloads honour Range and conditional requests (RFC 9110).
             responses.insert("206".into(), json!({"description": "The requested range (Content-Range)", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}));
             responses.insert(

@@ -14,7 +14,7 @@ use crate::cli::{BlobCmd, OsImageCmd};
 use crate::client::{blobs::Progress, Client};
 
 /// A progress line on stderr when it is a terminal (nothing otherwise).
-fn progress(verb: &'static str) -> Progress {
+pub fn progress(verb: &'static str) -> Progress {
     let tty = std::io::stderr().is_terminal();
     let last = std::sync::Mutex::new(0u64);
     Arc::new(move |done, total| {

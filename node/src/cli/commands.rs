@@ -378,6 +378,14 @@ pub async fn client(
             Ok(())
         }
         Cmd::Blobs(bc) => crate::cli::blobs::run(&c, json, bc).await,
+        Cmd::Backup(crate::cli::BackupCmd::Create {
+            file,
+            passphrase_file,
+        }) => crate::cli::backup::create(&c, json, &file, passphrase_file.as_deref()).await,
+        Cmd::Backup(crate::cli::BackupCmd::Inspect {
+            file,
+            passphrase_file,
+        }) => crate::cli::backup::inspect(json, &file, passphrase_file.as_deref()),
         Cmd::Images(ic) => crate::cli::blobs::images(&c, json, ic).await,
         Cmd::Events {
             after,

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub use crate::config::args::UpArgs;
 
+pub mod backup;
 pub mod blobs;
 pub mod commands;
 pub mod image;
@@ -110,6 +111,9 @@ pub enum Cmd {
     /// OS images machines are deployed with (`rackd image` builds the appliance).
     #[command(subcommand)]
     Images(OsImageCmd),
+    /// Backups: the replicated state and the cluster CA (sealed with a passphrase) in one file.
+    #[command(subcommand)]
+    Backup(BackupCmd),
     /// The journal of changes, oldest first; with --follow, each change as it happens (from
     /// now, or after --after) until interrupted.
     Events {
@@ -399,6 +403,29 @@ pub enum BlobCmd {
     List,
     /// Forget a blob: every node removes its copy.
     Remove { digest: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCmd {
+    /// Take a backup from the node (a voter) into FILE, which must not exist: every write the
+    /// cluster acknowledged so far, and the cluster CA sealed with the passphrase. FILE
+    /// appears only once it was read back whole and its CA opened.
+    Create {
+        file: PathBuf,
+        /// A file whose first line is the passphrase (at least 12 characters); default:
+        /// $RACKD_BACKUP_PASSPHRASE.
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Check a backup offline (format, checksums, records) and say what it holds; with a
+    /// passphrase, also open its CA.
+    Inspect {
+        file: PathBuf,
+        /// As for create; without it (and without $RACKD_BACKUP_PASSPHRASE) the CA is not
+        /// opened.
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

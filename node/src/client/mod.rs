@@ -348,6 +348,7 @@ async fn api_error(resp: reqwest::Response) -> ClientError {
     }
 }
 
+pub mod backup;
 pub mod blobs;
 pub mod follow;
 pub mod sse;

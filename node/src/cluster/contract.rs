@@ -108,6 +108,11 @@ pub trait Cluster: Send + Sync + 'static {
     /// The local replica's state (an O(1) copy-on-write clone; may be behind the leader
     /// unless [`Cluster::linearize`] returned first).
     fn state(&self) -> State;
+    /// The local replica's state with the log index it stands at, read together.
+    fn applied_state(&self) -> (State, u64) {
+        let index = self.applied_index();
+        (self.state(), index)
+    }
     /// The Raft status of this node.
     fn status(&self) -> RaftStatus;
     /// Whether this node learned that the cluster removed it.

@@ -220,6 +220,10 @@ impl Cluster for ClusterHandle {
     fn applied_index(&self) -> u64 {
         self.sm.applied_index()
     }
+    fn applied_state(&self) -> (State, u64) {
+        let a = self.sm.read();
+        (a.state.clone(), a.last_applied.map_or(0, |l| l.index))
+    }
     fn applied_since(&self, seen: u64, at_most: Duration) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             self.sm.wait_applied(seen.saturating_add(1), at_most).await;

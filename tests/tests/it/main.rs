@@ -3,6 +3,7 @@
 mod api;
 mod api_tls;
 mod appliance;
+mod backup;
 mod blobs;
 mod certs;
 mod cluster;
