@@ -164,6 +164,35 @@ pub async fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError
     Ok((log, sm))
 }
 
+/// Seed an empty data directory for node `node_id` with a state (snapshot bytes, as
+/// [`sm_store::encode_state`] makes them) standing at `meta`'s log id and membership: what a
+/// follower holds after it installed a snapshot and purged its log up to it, so Raft starts
+/// from there (a restore from a backup). A directory that holds a database is refused.
+pub async fn seed(
+    dir: &Path,
+    node_id: u64,
+    state: Vec<u8>,
+    meta: rackd_raft::typ::SnapshotMeta,
+) -> std::io::Result<()> {
+    use openraft::storage::{RaftLogStorage, RaftStateMachine};
+    if dir.join("db").exists() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!("{} holds a database already", dir.display()),
+        ));
+    }
+    let last = meta
+        .last_log_id
+        .ok_or_else(|| io_err("a seed needs the log id its state stands at"))?;
+    let (mut log, mut sm) = open(dir).await.map_err(io_err)?;
+    log.bind_node_id(node_id)?
+        .map_err(|other| io_err(format!("database bound to node {other}")))?;
+    sm.install_snapshot(&meta, std::io::Cursor::new(state))
+        .await?;
+    log.purge(last).await?;
+    log.wal_sync().sync().await
+}
+
 pub(crate) fn io_err(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }

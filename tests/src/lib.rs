@@ -411,6 +411,28 @@ impl Cluster {
         Ok(())
     }
 
+    /// Start a node on a data directory that `seed(dir, api, peer)` prepares first (a
+    /// restore from a backup), on fixed free addresses of this cluster's network; `seed`
+    /// answers the admin token, which becomes this harness's. Waits until the node leads.
+    pub async fn start_seeded<F>(&mut self, seed: F) -> anyhow::Result<usize>
+    where
+        F: FnOnce(&Path, &str, &str) -> anyhow::Result<String>,
+    {
+        let i = self.add_node(vec![]);
+        let ip = self.nodes[i].ip.clone();
+        let free = || -> anyhow::Result<String> {
+            let l = std::net::TcpListener::bind(format!("{ip}:0"))?;
+            Ok(l.local_addr()?.to_string())
+        };
+        let (api, peer) = (free()?, free()?);
+        self.token = seed(&self.nodes[i].data_dir, &api, &peer)?;
+        self.nodes[i].api = Some(api);
+        self.nodes[i].peer = Some(peer);
+        self.nodes[i].start()?;
+        self.wait_leader(Duration::from_secs(30)).await?;
+        Ok(i)
+    }
+
     fn add_node(&mut self, args: Vec<String>) -> usize {
         let i = self.nodes.len();
         let name = format!("n{}", i + 1);

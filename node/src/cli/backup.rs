@@ -1,6 +1,7 @@
-//! `rackd backup create FILE` and `rackd backup inspect FILE`: take a backup from a voter
-//! (streamed with progress, checked whole and opened with the passphrase before it is renamed
-//! into place, so a FILE that exists is a good backup), and read one back offline.
+//! `rackd backup create FILE` (from a running voter, streamed with progress, or offline from
+//! a stopped voter's data directory; checked whole and its CA opened with the passphrase
+//! before it is renamed into place, so a FILE that exists is a good backup), `rackd backup
+//! inspect FILE` (offline) and `rackd backup restore FILE` (seeds a new cluster's first node).
 //!
 //! The passphrase comes from `--passphrase-file` or `RACKD_BACKUP_PASSPHRASE`, never from the
 //! command line (where `ps` would show it).
@@ -30,8 +31,16 @@ pub fn passphrase(file: Option<&Path>) -> anyhow::Result<String> {
     }
 }
 
+/// Where a backup is taken from.
+pub enum From<'a> {
+    /// A running cluster, through this node (a voter).
+    Node(&'a Client),
+    /// A stopped voter's data directory (offline).
+    DataDir(&'a Path),
+}
+
 pub async fn create(
-    c: &Client,
+    from: From<'_>,
     json: bool,
     file: &Path,
     pass_file: Option<&Path>,
@@ -45,9 +54,19 @@ pub async fn create(
     }
     let part = PathBuf::from(format!("{}.part", file.display()));
     let result = async {
-        let n = c
-            .download_backup(&pass, &part, progress("backed up"))
-            .await?;
+        let n = match from {
+            From::Node(c) => {
+                c.download_backup(&pass, &part, progress("backed up"))
+                    .await?
+            }
+            From::DataDir(dir) => {
+                let bytes = crate::cluster::restore::backup_data_dir(dir, &pass).await?;
+                let mut f = std::fs::File::create(&part)?;
+                std::io::Write::write_all(&mut f, &bytes)?;
+                f.sync_all()?;
+                bytes.len() as u64
+            }
+        };
         let bytes = tokio::fs::read(&part).await?;
         let b = tokio::task::spawn_blocking(move || -> anyhow::Result<Backup> {
             let b = backup::decode(&bytes)?;
@@ -97,6 +116,62 @@ pub fn inspect(json: bool, file: &Path, pass_file: Option<&Path>) -> anyhow::Res
         ),
         None => out!("the cluster CA is sealed (give the passphrase to check it)"),
     }
+    Ok(())
+}
+
+/// `rackd backup restore`: seed `data_dir` from the backup (see `cluster::restore`).
+pub async fn restore(
+    json: bool,
+    file: &Path,
+    data_dir: &Path,
+    (api, tls): (&str, bool),
+    peer: &str,
+    pass_file: Option<&Path>,
+) -> anyhow::Result<()> {
+    let pass = passphrase(pass_file)?;
+    let bytes = std::fs::read(file).with_context(|| format!("read {}", file.display()))?;
+    let (b, ca) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let b = backup::decode(&bytes)?;
+        let ca = backup::open_ca(&b.header, &pass)?;
+        Ok((b, ca))
+    })
+    .await??;
+    let advertised = match tls {
+        true => format!("https://{api}"),
+        false => api.to_string(),
+    };
+    let counts = b.header.counts.clone();
+    let r = crate::cluster::restore::restore(data_dir, b, ca, &advertised, peer).await?;
+    if json {
+        out!(
+            "{}",
+            serde_json::json!({
+                "cluster_id": r.cluster_id, "node_id": r.node_id,
+                "applied_index": r.applied_index, "admin_token": r.admin_token,
+            })
+        );
+        return Ok(());
+    }
+    out!(
+        "restored cluster {} at log index {} into {} as node {} ({} machines, {} locations)",
+        r.cluster_id,
+        r.applied_index,
+        data_dir.display(),
+        r.node_id,
+        counts.machines,
+        counts.locations
+    );
+    out!(
+        "admin token: {} (also in {}, mode 0600; the backup's tokens work too)",
+        r.admin_token,
+        data_dir.join("admin-token").display()
+    );
+    out!(
+        "start it:    rackd up --data-dir {} --api {api} --peer {peer}{}",
+        data_dir.display(),
+        if tls { "" } else { " --api-plain-http" }
+    );
+    out!("then join more nodes with `rackd tokens create` and `rackd join`");
     Ok(())
 }
 

@@ -381,7 +381,34 @@ pub async fn client(
         Cmd::Backup(crate::cli::BackupCmd::Create {
             file,
             passphrase_file,
-        }) => crate::cli::backup::create(&c, json, &file, passphrase_file.as_deref()).await,
+            data_dir,
+        }) => {
+            let from = match &data_dir {
+                Some(d) => crate::cli::backup::From::DataDir(d),
+                None => crate::cli::backup::From::Node(&c),
+            };
+            crate::cli::backup::create(from, json, &file, passphrase_file.as_deref()).await
+        }
+        Cmd::Backup(crate::cli::BackupCmd::Restore {
+            file,
+            data_dir,
+            api,
+            peer,
+            api_tls,
+            api_plain_http,
+            passphrase_file,
+        }) => {
+            let tls = crate::config::api_tls(&api, api_tls, api_plain_http);
+            crate::cli::backup::restore(
+                json,
+                &file,
+                &data_dir,
+                (&api, tls),
+                &peer,
+                passphrase_file.as_deref(),
+            )
+            .await
+        }
         Cmd::Backup(crate::cli::BackupCmd::Inspect {
             file,
             passphrase_file,

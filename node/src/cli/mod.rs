@@ -416,6 +416,35 @@ pub enum BackupCmd {
         /// $RACKD_BACKUP_PASSPHRASE.
         #[arg(long)]
         passphrase_file: Option<PathBuf>,
+        /// Offline, from this stopped voter's data directory instead of a running cluster
+        /// (a cluster that lost its quorum for good: back up a survivor, then restore).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Seed a new cluster from FILE into an empty data directory (offline): its first node,
+    /// the only voter, with the backup's cluster id, CA and records, and a new admin token
+    /// (printed). Then start it with `rackd up --data-dir DIR --api ADDR --peer ADDR` and join
+    /// more nodes with join tokens. Blob contents are not in a backup: upload them again.
+    Restore {
+        file: PathBuf,
+        /// The new node's data directory (empty or absent).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The API address the node will listen on and advertise (HOST:PORT), as `up --api`.
+        #[arg(long)]
+        api: String,
+        /// The peer address (HOST:PORT), as `up --peer`.
+        #[arg(long)]
+        peer: String,
+        /// The API will be served over TLS (the default unless --api is a loopback address).
+        #[arg(long, conflicts_with = "api_plain_http")]
+        api_tls: bool,
+        /// The API will be served over plain HTTP.
+        #[arg(long)]
+        api_plain_http: bool,
+        /// As for create.
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
     },
     /// Check a backup offline (format, checksums, records) and say what it holds; with a
     /// passphrase, also open its CA.

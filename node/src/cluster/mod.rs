@@ -23,6 +23,7 @@ pub mod peer_auth;
 pub mod pki;
 pub mod read;
 pub mod removal;
+pub mod restore;
 pub mod rules;
 pub mod sealing;
 pub mod secrets;

@@ -247,9 +247,11 @@ impl NodeConfig {
             }
             Some(name) => Some(LocationConfig::from_args(name, &args, &data_dir)?),
         };
-        let api_tls = args.api_tls
-            || args.api_cert.is_some()
-            || (!args.api_plain_http && !is_loopback(&args.api));
+        let api_tls = api_tls(
+            &args.api,
+            args.api_tls || args.api_cert.is_some(),
+            args.api_plain_http,
+        );
         Ok(Self {
             data_dir,
             api_listen: args.api,
@@ -291,6 +293,12 @@ impl NodeConfig {
 }
 
 /// Whether a listen address is a loopback one (only reachable from this host).
+/// Whether a node serving its API on `listen` serves it over TLS: asked for (`tls`), or by
+/// default unless it listens on a loopback address or plain HTTP was asked for.
+pub fn api_tls(listen: &str, tls: bool, plain: bool) -> bool {
+    tls || (!plain && !is_loopback(listen))
+}
+
 fn is_loopback(listen: &str) -> bool {
     match listen.parse::<std::net::SocketAddr>() {
         Ok(sa) => sa.ip().is_loopback(),
