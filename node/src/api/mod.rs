@@ -25,6 +25,7 @@ pub mod listener;
 pub mod metrics;
 pub mod observe;
 pub mod openapi;
+pub mod params;
 pub mod sealing;
 pub mod tasks;
 
@@ -192,6 +193,7 @@ pub fn router(node: AppState) -> Router {
             node.clone(),
             forward::to_leader,
         ))
+        .layer(axum::middleware::from_fn(params::known_only))
         .layer(axum::middleware::from_fn_with_state(
             node.clone(),
             auth::require_token,

@@ -1136,3 +1136,36 @@ fn a_response_of_another_type_fails_the_declared_type_check() {
     assert!((delete.decode_response)(b"").is_ok());
     assert!((delete.decode_response)(b"{}").is_err());
 }
+
+/// Every endpoint, called as the sample above calls it but with a parameter it does not
+/// take, answers 400 naming it, and nothing is proposed.
+#[tokio::test]
+async fn every_endpoint_refuses_a_query_parameter_it_does_not_take() {
+    let c = FakeCluster::new(1, crate::cluster::now_ms());
+    c.apply_ok(
+        "bootstrap",
+        Command::Bootstrap {
+            cluster_id: "c1".into(),
+            admin_token_hash: hash_secret(TOKEN),
+        },
+    );
+    let fx = fixture(&c).await;
+    let created: BTreeMap<&str, u64> = ENDPOINTS
+        .iter()
+        .filter(|e| e.verb == Verb::Post && !e.path.contains('{'))
+        .map(|e| (e.path, fx.location))
+        .collect();
+    for e in ENDPOINTS {
+        let (path, body) = sample(e, &fx, &created);
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let path = format!("{path}{sep}locaton=dc1");
+        let before = c.log().len();
+        let token = (e.auth != Auth::Open).then_some(TOKEN);
+        let a = call(&c, e.verb.http(), &path, token, &[], &body).await;
+        let what = format!("{} {path}", e.verb.as_str());
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{what}: {}", a.body);
+        assert_eq!(error_code(&a), "InvalidRequest", "{what}");
+        assert!(a.body.to_string().contains("locaton"), "{what}: {}", a.body);
+        assert_eq!(c.log().len(), before, "{what} proposed something");
+    }
+}
