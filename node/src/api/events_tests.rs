@@ -15,21 +15,12 @@ use tower::ServiceExt;
 use super::{router, AppState};
 use crate::client::sse::{Decoder, Message};
 use crate::cluster::fake::FakeCluster;
-use crate::cluster::secrets::hash_secret;
 use rackd_raft::cmd::Command;
 
-const TOKEN: &str = "rackd_admin_events_token";
+const TOKEN: &str = super::tests::TOKEN_FOR_TESTS;
 
 fn cluster() -> Arc<FakeCluster> {
-    let c = FakeCluster::new(1, 1_000);
-    c.apply_ok(
-        "bootstrap",
-        Command::Bootstrap {
-            cluster_id: "c1".into(),
-            admin_token_hash: hash_secret(TOKEN),
-        },
-    );
-    c
+    super::tests::cluster_at(1_000)
 }
 
 fn app(c: &Arc<FakeCluster>, stop: Option<tokio::sync::watch::Receiver<bool>>) -> axum::Router {

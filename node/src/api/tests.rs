@@ -20,8 +20,15 @@ use crate::cluster::Cluster;
 
 const TOKEN: &str = "rackd_admin_test_token";
 
+pub(super) const TOKEN_FOR_TESTS: &str = TOKEN;
+
 fn cluster() -> Arc<FakeCluster> {
-    let c = FakeCluster::new(1, 1_000);
+    cluster_at(1_000)
+}
+
+/// A bootstrapped fake cluster whose leader's clock reads `now_ms`, with the admin [`TOKEN`].
+pub(super) fn cluster_at(now_ms: u64) -> Arc<FakeCluster> {
+    let c = FakeCluster::new(1, now_ms);
     c.apply_ok(
         "bootstrap",
         Command::Bootstrap {
@@ -229,14 +236,7 @@ async fn every_endpoint_refuses_tokens_below_its_role_and_only_those() {
 async fn expired_and_revoked_tokens_are_refused() {
     // A cluster whose leader stamps the real time: a 60 s token works.
     let now = crate::cluster::now_ms();
-    let c = FakeCluster::new(1, now);
-    c.apply_ok(
-        "bootstrap",
-        Command::Bootstrap {
-            cluster_id: "c1".into(),
-            admin_token_hash: hash_secret(TOKEN),
-        },
-    );
+    let c = cluster_at(now);
     let a = post(
         &c,
         "/v1/tokens/api",
@@ -667,14 +667,7 @@ async fn bmc_passwords_are_sealed_for_the_machines_location() {
 #[tokio::test]
 async fn a_joiner_of_an_older_build_is_refused_before_its_token_is_spent() {
     // Join tokens expire by the wall clock of the node that admits them.
-    let c = FakeCluster::new(1, crate::cluster::now_ms());
-    c.apply_ok(
-        "bootstrap",
-        Command::Bootstrap {
-            cluster_id: "c1".into(),
-            admin_token_hash: hash_secret(TOKEN),
-        },
-    );
+    let c = cluster_at(crate::cluster::now_ms());
     c.apply_ok(
         "t",
         Command::CreateJoinToken {
@@ -1060,14 +1053,7 @@ async fn fixture(c: &Arc<FakeCluster>) -> Fixture {
 /// remove, so deletes run last, in reverse order.
 #[tokio::test]
 async fn every_endpoint_answers_its_declared_status_and_type() {
-    let c = FakeCluster::new(1, crate::cluster::now_ms());
-    c.apply_ok(
-        "bootstrap",
-        Command::Bootstrap {
-            cluster_id: "c1".into(),
-            admin_token_hash: hash_secret(TOKEN),
-        },
-    );
+    let c = cluster_at(crate::cluster::now_ms());
     let fx = fixture(&c).await;
     let mut order: Vec<&Endpoint> = ENDPOINTS
         .iter()
@@ -1141,14 +1127,7 @@ fn a_response_of_another_type_fails_the_declared_type_check() {
 /// take, answers 400 naming it, and nothing is proposed.
 #[tokio::test]
 async fn every_endpoint_refuses_a_query_parameter_it_does_not_take() {
-    let c = FakeCluster::new(1, crate::cluster::now_ms());
-    c.apply_ok(
-        "bootstrap",
-        Command::Bootstrap {
-            cluster_id: "c1".into(),
-            admin_token_hash: hash_secret(TOKEN),
-        },
-    );
+    let c = cluster_at(crate::cluster::now_ms());
     let fx = fixture(&c).await;
     let created: BTreeMap<&str, u64> = ENDPOINTS
         .iter()

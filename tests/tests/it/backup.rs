@@ -5,6 +5,7 @@
 //! every node is destroyed, `rackd backup restore` seeds a new node that leads a cluster with
 //! the same id, CA and records, and two new nodes join it.
 
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -28,6 +29,33 @@ fn cli(c: &Cluster, node: usize, args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// `rackd backup restore FILE` into the data directory `Cluster::start_seeded` hands it, on
+/// the addresses it picked; the restored admin token.
+fn restore_with_cli(
+    file: &Path,
+    pass: &Path,
+) -> impl FnOnce(&Path, &str, &str) -> anyhow::Result<String> {
+    let (file, pass) = (file.to_path_buf(), pass.to_path_buf());
+    move |dir, api, peer| {
+        let out = Command::new(rackd_bin())
+            .args(["-o", "json", "backup", "restore"])
+            .arg(&file)
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["--api", api, "--peer", peer, "--passphrase-file"])
+            .arg(&pass)
+            .env_remove("RACKD_BACKUP_PASSPHRASE")
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "restore: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout)?;
+        Ok(v["admin_token"].as_str().unwrap_or_default().to_string())
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,26 +226,8 @@ async fn a_backup_holds_every_acknowledged_write_and_the_sealed_ca() {
         std::fs::remove_dir_all(&n.data_dir).unwrap();
     }
     let mut r = Cluster::new("restored");
-    let (f, p) = (file.clone(), pass.clone());
     let first = r
-        .start_seeded(move |dir, api, peer| {
-            let out = Command::new(rackd_bin())
-                .args(["-o", "json", "backup", "restore"])
-                .arg(&f)
-                .arg("--data-dir")
-                .arg(dir)
-                .args(["--api", api, "--peer", peer, "--passphrase-file"])
-                .arg(&p)
-                .env_remove("RACKD_BACKUP_PASSPHRASE")
-                .output()?;
-            anyhow::ensure!(
-                out.status.success(),
-                "restore: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let v: Value = serde_json::from_slice(&out.stdout)?;
-            Ok(v["admin_token"].as_str().unwrap_or_default().to_string())
-        })
+        .start_seeded(restore_with_cli(&file, &pass))
         .await
         .expect("the restored node starts and leads");
     // Restoring over a node that exists is refused.
@@ -340,27 +350,9 @@ async fn a_cluster_that_lost_its_quorum_comes_back_from_a_survivors_data_dir() {
     assert!(stdout.contains(" 6 machines,"), "{stdout}");
 
     let mut r = Cluster::new("quorum-back");
-    let (f, p) = (file.clone(), pass.clone());
-    r.start_seeded(move |dir, api, peer| {
-        let out = Command::new(rackd_bin())
-            .args(["-o", "json", "backup", "restore"])
-            .arg(&f)
-            .arg("--data-dir")
-            .arg(dir)
-            .args(["--api", api, "--peer", peer, "--passphrase-file"])
-            .arg(&p)
-            .env_remove("RACKD_BACKUP_PASSPHRASE")
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "restore: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: Value = serde_json::from_slice(&out.stdout)?;
-        Ok(v["admin_token"].as_str().unwrap_or_default().to_string())
-    })
-    .await
-    .expect("the restored node leads");
+    r.start_seeded(restore_with_cli(&file, &pass))
+        .await
+        .expect("the restored node leads");
     let back: Page<Machine> = r.get_json(0, "/v1/machines?limit=1000").await.unwrap();
     let names = |p: &Page<Machine>| {
         let mut v: Vec<_> = p

@@ -130,6 +130,21 @@ async fn write_some(c: &Cluster, i: usize, tag: &str, n: usize) {
     }
 }
 
+/// `rackd ARGS | READER` against node `i` (bash with pipefail: rackd's exit status counts).
+fn piped(c: &Cluster, i: usize, args: &str, reader: &str) -> std::process::Output {
+    Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -o pipefail; {} {args} | {reader}",
+            rackd_bin().display()
+        ))
+        .env("RACKD_SERVER", c.url(i))
+        .env("RACKD_TOKEN", &c.token)
+        .env("RACKD_LOGIN_FILE", c.dir.join("no-login.json"))
+        .output()
+        .expect("run bash")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_streams_the_same_journal_and_a_follower_rides_a_restart() {
     let mut c = Cluster::start("watch", 3, &[]).await.expect("cluster");
@@ -235,17 +250,12 @@ async fn every_node_streams_the_same_journal_and_a_follower_rides_a_restart() {
 
     // A filtered follow with the CLI, piped into head: it prints, then ends quietly when
     // head goes away.
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            "set -o pipefail; {} events --follow --after {start} --kind machine | head -n 3",
-            rackd_bin().display()
-        ))
-        .env("RACKD_SERVER", c.url(f1))
-        .env("RACKD_TOKEN", &c.token)
-        .env("RACKD_LOGIN_FILE", c.dir.join("no-login.json"))
-        .output()
-        .unwrap();
+    let out = piped(
+        &c,
+        f1,
+        &format!("events --follow --after {start} --kind machine"),
+        "head -n 3",
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
@@ -268,17 +278,7 @@ async fn every_node_streams_the_same_journal_and_a_follower_rides_a_restart() {
         "status",
         "tasks list",
     ] {
-        let out = Command::new("bash")
-            .arg("-c")
-            .arg(format!(
-                "set -o pipefail; {} {args} | true",
-                rackd_bin().display()
-            ))
-            .env("RACKD_SERVER", c.url(f1))
-            .env("RACKD_TOKEN", &c.token)
-            .env("RACKD_LOGIN_FILE", c.dir.join("no-login.json"))
-            .output()
-            .unwrap();
+        let out = piped(&c, f1, args, "true");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "rackd {args} | true: {stderr}");
         assert!(!stderr.contains("panicked"), "rackd {args}: {stderr}");
