@@ -5,12 +5,10 @@
 
 use std::path::Path;
 
-use futures::StreamExt;
 use rackd_types::CreateBackup;
-use tokio::io::AsyncWriteExt;
 
-use super::blobs::Progress;
-use super::{api_error, Client, ClientError};
+use super::blobs::{body_to_file, Progress};
+use super::{Client, ClientError};
 
 impl Client {
     /// Ask the node for a backup sealed with `passphrase` and write it to `part` (made
@@ -26,36 +24,12 @@ impl Client {
         let body = serde_json::to_vec(&CreateBackup {
             passphrase: passphrase.to_string(),
         })?;
-        let mut rb = self
+        let rb = self
             .http
             .post(&url)
             .header("content-type", "application/json")
             .body(body);
-        if let Some(t) = &self.token {
-            rb = rb.bearer_auth(t);
-        }
-        let resp = rb.send().await.map_err(|source| ClientError::Transport {
-            url: url.clone(),
-            source,
-        })?;
-        if !resp.status().is_success() {
-            return Err(api_error(resp).await);
-        }
-        let local = |e: std::io::Error| ClientError::Local(format!("{}: {e}", part.display()));
-        let total = resp.content_length().unwrap_or(0);
-        let mut f = tokio::fs::File::create(part).await.map_err(local)?;
-        let mut n = 0u64;
-        let mut stream = resp.bytes_stream();
-        while let Some(c) = stream.next().await {
-            let c = c.map_err(|source| ClientError::Transport {
-                url: url.clone(),
-                source,
-            })?;
-            n += c.len() as u64;
-            f.write_all(&c).await.map_err(local)?;
-            progress(n, total);
-        }
-        f.sync_all().await.map_err(local)?;
-        Ok(n)
+        let resp = self.send_raw(rb, &url).await?;
+        body_to_file(resp, &url, part, progress, |_| {}).await
     }
 }

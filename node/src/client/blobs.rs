@@ -123,37 +123,11 @@ impl Client {
         progress: Progress,
     ) -> Result<u64, ClientError> {
         let url = format!("{}/v1/blobs/{digest}", self.base);
-        let mut rb = self.http.get(&url);
-        if let Some(t) = &self.token {
-            rb = rb.bearer_auth(t);
-        }
-        let resp = rb.send().await.map_err(|source| ClientError::Transport {
-            url: url.clone(),
-            source,
-        })?;
-        if !resp.status().is_success() {
-            return Err(api_error(resp).await);
-        }
-        let total = resp.content_length().unwrap_or(0);
+        let resp = self.send_raw(self.http.get(&url), &url).await?;
         let part = out.with_extension("part");
-        let mut f = tokio::fs::File::create(&part)
-            .await
-            .map_err(|e| local(&part, e))?;
         let mut h = sha2::Sha256::new();
-        let mut n = 0u64;
-        let mut body = resp.bytes_stream();
         let result = async {
-            while let Some(c) = body.next().await {
-                let c = c.map_err(|source| ClientError::Transport {
-                    url: url.clone(),
-                    source,
-                })?;
-                h.update(&c);
-                n += c.len() as u64;
-                f.write_all(&c).await.map_err(|e| local(&part, e))?;
-                progress(n, total);
-            }
-            f.sync_all().await.map_err(|e| local(&part, e))?;
+            let n = body_to_file(resp, &url, &part, progress, |c| h.update(c)).await?;
             let got = Digest::from_sha256(&h.finalize().into());
             if &got != digest {
                 return Err(ClientError::Local(format!(
@@ -162,12 +136,42 @@ impl Client {
             }
             tokio::fs::rename(&part, out)
                 .await
-                .map_err(|e| local(out, e))
+                .map_err(|e| local(out, e))?;
+            Ok(n)
         }
         .await;
         if result.is_err() {
             let _ = tokio::fs::remove_file(&part).await;
         }
-        result.map(|_| n)
+        result
     }
+}
+
+/// Stream `resp`'s body (from `url`) into a new file at `path`, showing each chunk to `seen`
+/// and the bytes so far to `progress`, then make it durable; its size.
+pub(super) async fn body_to_file(
+    resp: reqwest::Response,
+    url: &str,
+    path: &Path,
+    progress: Progress,
+    mut seen: impl FnMut(&[u8]),
+) -> Result<u64, ClientError> {
+    let total = resp.content_length().unwrap_or(0);
+    let mut f = tokio::fs::File::create(path)
+        .await
+        .map_err(|e| local(path, e))?;
+    let mut n = 0u64;
+    let mut body = resp.bytes_stream();
+    while let Some(c) = body.next().await {
+        let c = c.map_err(|source| ClientError::Transport {
+            url: url.to_string(),
+            source,
+        })?;
+        seen(&c);
+        n += c.len() as u64;
+        f.write_all(&c).await.map_err(|e| local(path, e))?;
+        progress(n, total);
+    }
+    f.sync_all().await.map_err(|e| local(path, e))?;
+    Ok(n)
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use rackd_types::{ApiError, ErrorBody, ErrorCode, Event, EventGap, EventQuery, EventStreamOpen};
 
 use super::sse::{Decoder, Message};
-use super::{api_error, Client, ClientError};
+use super::{Client, ClientError};
 
 /// No byte for this long (three of the server's keep-alives) and the connection is taken
 /// for dead.
@@ -179,30 +179,20 @@ impl EventStream {
             after: self.after,
             ..self.query.clone()
         };
-        let mut rb = self
+        let rb = self
             .client
             .http
             .get(&url)
             .query(&q)
             .header("accept", "text/event-stream");
-        if let Some(t) = &self.client.token {
-            rb = rb.bearer_auth(t);
-        }
         // The head must come in the client's time; the body is as long as the follow.
-        let send = rb.send();
+        let send = self.client.send_raw(rb, &url);
         let resp = match self.client.timeout {
             Some(d) => tokio::time::timeout(d, send).await.map_err(|_| {
                 ClientError::Local(format!("{url}: no answer within {}s", d.as_secs()))
             })?,
             None => send.await,
-        }
-        .map_err(|source| ClientError::Transport {
-            url: url.clone(),
-            source,
-        })?;
-        if !resp.status().is_success() {
-            return Err(api_error(resp).await);
-        }
+        }?;
         let media = resp
             .headers()
             .get("content-type")

@@ -328,6 +328,29 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Send `rb` (a request to `url` built on this client's pool) with the client's token; a
+    /// non-2xx answer is its API error. For requests whose body or answer is streamed (no
+    /// per-request time limit here: callers bound what they must).
+    pub(crate) async fn send_raw(
+        &self,
+        mut rb: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<reqwest::Response, ClientError> {
+        if let Some(t) = &self.token {
+            rb = rb.bearer_auth(t);
+        }
+        let resp = rb.send().await.map_err(|source| ClientError::Transport {
+            url: url.to_string(),
+            source,
+        })?;
+        if !resp.status().is_success() {
+            return Err(api_error(resp).await);
+        }
+        Ok(resp)
+    }
+}
+
 /// The error a non-2xx answer carries (its JSON error body, or the text as an internal error).
 async fn api_error(resp: reqwest::Response) -> ClientError {
     let status = resp.status().as_u16();
