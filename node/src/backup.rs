@@ -66,6 +66,9 @@ pub struct Counts {
     pub api_tokens: u64,
     pub blobs: u64,
     pub events: u64,
+    /// Absent in files from before webhooks (they held none).
+    #[serde(default)]
+    pub webhooks: u64,
 }
 
 impl Counts {
@@ -80,6 +83,7 @@ impl Counts {
             api_tokens: s.api_tokens.len() as u64,
             blobs: s.blobs.len() as u64,
             events: s.events.len() as u64,
+            webhooks: s.webhooks.len() as u64,
         }
     }
 }

@@ -73,6 +73,12 @@ pub struct BootLabels {
     pub status: String,
 }
 
+/// A webhook delivery attempt's result (`ok`, `error`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
 /// Builds latency histograms: 1 ms to ~16 s in powers of two.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LatencyBuckets;
@@ -106,6 +112,8 @@ pub struct Metrics {
     pub http_boot_requests: Family<BootLabels, Counter>,
     /// Event streams (`GET /v1/events?follow=true`) open on this node.
     pub event_streams: Gauge,
+    /// Webhook delivery attempts by result (sent by the leader).
+    pub webhook_deliveries: Family<ResultLabels, Counter>,
     services: Arc<Services>,
 }
 
@@ -128,6 +136,7 @@ impl Default for Metrics {
             task_results: Family::new_with_constructor(TaskBuckets),
             http_boot_requests: Family::default(),
             event_streams: Gauge::default(),
+            webhook_deliveries: Family::default(),
             services: Arc::default(),
         }
     }
@@ -142,6 +151,11 @@ pub fn global() -> &'static Metrics {
         drop(m.proposals_failed.get_or_create(&CodeLabels {
             code: "Unavailable".to_string(),
         }));
+        for result in ["ok", "error"] {
+            drop(m.webhook_deliveries.get_or_create(&ResultLabels {
+                result: result.to_string(),
+            }));
+        }
         m
     })
 }
@@ -180,6 +194,15 @@ impl Metrics {
                 route: route.to_string(),
             })
             .observe(seconds);
+    }
+
+    /// Records one webhook delivery attempt.
+    pub fn webhook_delivery(&self, ok: bool) {
+        self.webhook_deliveries
+            .get_or_create(&ResultLabels {
+                result: if ok { "ok" } else { "error" }.to_string(),
+            })
+            .inc();
     }
 
     /// Records one BMC call.
@@ -262,6 +285,11 @@ impl Metrics {
             "api_event_streams",
             "Event streams (GET /v1/events?follow=true) open on this node",
             self.event_streams.clone(),
+        );
+        reg.register(
+            "webhook_deliveries",
+            "Webhook delivery attempts by result (on the leader)",
+            self.webhook_deliveries.clone(),
         );
         reg.register_collector(Box::new(ServiceCounters(self.services.clone())));
         rackd_storage::stats::stats().register(reg);

@@ -57,8 +57,11 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     std::fs::write(dir.join("api.addr"), &api_addr)?;
     std::fs::write(dir.join("peer.addr"), &peer_addr)?;
 
+    // Members talk to each other directly: an HTTP(S)_PROXY in the environment (meant for
+    // webhooks and the CLI) must not carry forwarded writes.
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
+        .no_proxy()
         .build()
         .context("build HTTP client")?;
 
@@ -81,6 +84,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     // trust the cluster CA, and only it.
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
+        .no_proxy()
         .tls_built_in_root_certs(false)
         .add_root_certificate(
             reqwest::Certificate::from_pem(tls.ca_pem.as_bytes()).context("cluster CA")?,
@@ -170,6 +174,17 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             cfg.location.as_ref().map(|l| l.name.clone()),
         ))),
     ];
+    {
+        let cluster: Arc<dyn crate::cluster::Cluster> = node.clone();
+        background.push(AbortOnDrop(tokio::spawn(crate::services::webhooks::run(
+            cluster.clone(),
+            crate::services::webhooks::http_client(),
+        ))));
+        background.push(AbortOnDrop(tokio::spawn(crate::services::node_watch::run(
+            cluster,
+            Duration::from_secs(1),
+        ))));
+    }
     if let Some(limit) = cfg.task_lost {
         let cluster: Arc<dyn crate::cluster::Cluster> = node.clone();
         background.push(AbortOnDrop(tokio::spawn(reaper::run(cluster, limit))));

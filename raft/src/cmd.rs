@@ -5,8 +5,8 @@
 //! so old log entries still decode.
 
 use rackd_types::payload::{
-    CreateImage, CreateLocation, CreateMachine, CreateRack, CreateSubnet, UpdateImage,
-    UpdateLocation, UpdateMachine, UpdateRack, UpdateSubnet,
+    CreateImage, CreateLocation, CreateMachine, CreateRack, CreateSubnet, CreateWebhook,
+    UpdateImage, UpdateLocation, UpdateMachine, UpdateRack, UpdateSubnet, UpdateWebhook,
 };
 use rackd_types::{
     ApiError, ApiTokenView, DeployDone, Image, JoinTokenView, Location, Machine, Rack, Subnet, Task,
@@ -301,6 +301,27 @@ pub enum Command {
     RetryTask {
         id: u64,
     },
+    /// Register a webhook (its `secret` sealed for the voters by the leader's handler; its
+    /// delivery starts after the newest event). Needs rules 6.
+    CreateWebhook(CreateWebhook),
+    /// Change a webhook's URL, kinds, secret (sealed) or whether it is enabled. Needs rules 6.
+    UpdateWebhook {
+        id: u64,
+        if_match: Option<u64>,
+        patch: UpdateWebhook,
+    },
+    /// Remove a webhook: nothing more is sent to it. Needs rules 6.
+    DeleteWebhook {
+        id: u64,
+        if_match: Option<u64>,
+    },
+    /// The leader's dispatcher records how far delivery to webhook `id` got. Delivery never
+    /// moves back: a record behind the stored one (a deposed leader's) changes nothing. Not
+    /// journalled (a journal entry would be an event to deliver). Needs rules 6.
+    RecordWebhookDelivery {
+        id: u64,
+        delivery: rackd_types::WebhookDelivery,
+    },
     /// Record a cluster event that is not itself a state change here (membership changes are
     /// applied by openraft; the journal entry makes them visible in `/v1/events`).
     Journal {
@@ -338,6 +359,8 @@ impl Command {
             }
             Command::CreateJoinToken { token_hash, .. }
             | Command::CreateApiToken { token_hash, .. } => token_hash.clear(),
+            // A generated secret differs at every attempt (the handler checks it got its own).
+            Command::CreateWebhook(c) => c.secret = None,
             Command::Bootstrap {
                 admin_token_hash, ..
             } => admin_token_hash.clear(),
@@ -412,6 +435,10 @@ impl Command {
             | Command::FinishStep { .. }
             | Command::BootScriptServed { .. }
             | Command::RetryTask { .. } => ApplyRules::Rules5,
+            Command::CreateWebhook(_)
+            | Command::UpdateWebhook { .. }
+            | Command::DeleteWebhook { .. }
+            | Command::RecordWebhookDelivery { .. } => ApplyRules::Rules6,
             // Older builds would drop the timeouts.
             Command::Deploy {
                 boot_timeout_ms,
@@ -475,6 +502,10 @@ impl Command {
             Command::FinishStep { .. } => "finish_step",
             Command::BootScriptServed { .. } => "boot_script_served",
             Command::RetryTask { .. } => "retry_task",
+            Command::CreateWebhook(_) => "create_webhook",
+            Command::UpdateWebhook { .. } => "update_webhook",
+            Command::DeleteWebhook { .. } => "delete_webhook",
+            Command::RecordWebhookDelivery { .. } => "record_webhook_delivery",
             Command::Journal { .. } => "journal",
         }
     }
@@ -605,6 +636,7 @@ pub enum Applied {
     DeployDone(DeployDone),
     BmcSession(rackd_types::BmcSession),
     Blob(rackd_types::Blob),
+    Webhook(rackd_types::Webhook),
     /// Power observations applied (older ones and busy machines are skipped).
     PowerObserved {
         recorded: u64,
@@ -649,6 +681,7 @@ applied_into! {
     into_deploy_done => DeployDone(DeployDone),
     into_bmc_session => BmcSession(rackd_types::BmcSession),
     into_blob => Blob(rackd_types::Blob),
+    into_webhook => Webhook(rackd_types::Webhook),
 }
 
 impl Applied {

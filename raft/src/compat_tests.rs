@@ -272,6 +272,42 @@ fn every_command() -> Vec<Command> {
             node: 2,
         },
         Command::RetryTask { id: 6 },
+        Command::CreateWebhook(rackd_types::payload::CreateWebhook {
+            name: "pager".into(),
+            url: "https://hooks.example/rackd".into(),
+            kinds: vec!["machine".into(), "task.finished".into()],
+            secret: Some(rackd_types::SecretText(
+                "rackd-sealed:v1:webhook-secret:0:00".into(),
+            )),
+            enabled: true,
+        }),
+        Command::UpdateWebhook {
+            id: 9,
+            if_match: Some(1),
+            patch: rackd_types::payload::UpdateWebhook {
+                url: Some("http://10.0.0.1/h".into()),
+                kinds: Some(vec![]),
+                secret: Some(rackd_types::SecretText(
+                    "rackd-sealed:v1:webhook-secret:0:01".into(),
+                )),
+                enabled: Some(false),
+            },
+        },
+        Command::DeleteWebhook {
+            id: 9,
+            if_match: None,
+        },
+        Command::RecordWebhookDelivery {
+            id: 9,
+            delivery: rackd_types::WebhookDelivery {
+                delivered_through: 40,
+                last_delivered_at: Some(1),
+                failures: 2,
+                failing_since: Some(2),
+                last_error: Some("HTTP 503".into()),
+                missed: 1,
+            },
+        },
         Command::Journal {
             kind: "k".into(),
             entity: "e".into(),
@@ -326,6 +362,10 @@ fn every_command() -> Vec<Command> {
             | Command::FinishStep { .. }
             | Command::BootScriptServed { .. }
             | Command::RetryTask { .. }
+            | Command::CreateWebhook(_)
+            | Command::UpdateWebhook { .. }
+            | Command::DeleteWebhook { .. }
+            | Command::RecordWebhookDelivery { .. }
             | Command::Journal { .. } => {}
         }
     }
@@ -556,6 +596,9 @@ fn every_command_is_proposable_under_current_rules_and_new_ones_wait_under_older
     let mut waiting = Vec::new();
     let mut waiting_on_4 = Vec::new();
     let mut waiting_on_5 = Vec::new();
+    let mut rules5 = State::default();
+    rules5.meta.rules = ApplyRules::Rules5;
+    let mut waiting_on_6 = Vec::new();
     for cmd in every_command() {
         assert!(cmd.needs_rules() <= ApplyRules::CURRENT, "{}", cmd.name());
         assert_eq!(current.admits_proposal(&cmd), Ok(()), "{}", cmd.name());
@@ -568,10 +611,20 @@ fn every_command_is_proposable_under_current_rules_and_new_ones_wait_under_older
             waiting_on_4.push(cmd.name());
         }
         if let Err(e) = rules4.admits_proposal(&cmd) {
-            assert!(e.message.contains("needs apply rules 5"), "{}", e.message);
+            assert!(e.message.contains("needs apply rules"), "{}", e.message);
             waiting_on_5.push(cmd.name());
         }
+        if let Err(e) = rules5.admits_proposal(&cmd) {
+            assert!(e.message.contains("needs apply rules 6"), "{}", e.message);
+            waiting_on_6.push(cmd.name());
+        }
     }
+    let webhooks = [
+        "create_webhook",
+        "update_webhook",
+        "delete_webhook",
+        "record_webhook_delivery",
+    ];
     let workflows = [
         "deploy",
         "release",
@@ -595,6 +648,7 @@ fn every_command_is_proposable_under_current_rules_and_new_ones_wait_under_older
         .into_iter()
         .chain(blobs)
         .chain(workflows.into_iter().skip(1))
+        .chain(webhooks)
         .collect::<Vec<_>>()
     );
     assert_eq!(
@@ -603,9 +657,14 @@ fn every_command_is_proposable_under_current_rules_and_new_ones_wait_under_older
             .into_iter()
             .chain(blobs)
             .chain(workflows.into_iter().skip(1))
+            .chain(webhooks)
             .collect::<Vec<_>>()
     );
-    assert_eq!(waiting_on_5, workflows);
+    assert_eq!(
+        waiting_on_5,
+        workflows.into_iter().chain(webhooks).collect::<Vec<_>>()
+    );
+    assert_eq!(waiting_on_6, webhooks);
     let admin_forever = Command::CreateApiToken {
         name: "n".into(),
         token_hash: "h".into(),

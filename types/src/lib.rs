@@ -10,6 +10,7 @@ pub mod entity;
 pub mod error;
 pub mod hw;
 pub mod net;
+pub mod webhook;
 pub mod write;
 
 pub use api::*;
@@ -17,4 +18,5 @@ pub use blob::{Blob, Digest, Exposition, Octets};
 pub use entity::*;
 pub use error::{ApiError, ErrorBody, ErrorCode, RETRY_SAME_KEY};
 pub use hw::*;
+pub use webhook::{CreatedWebhook, SecretText, Webhook, WebhookDelivery};
 pub use write::*;

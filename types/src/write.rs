@@ -13,6 +13,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::double_option;
 use crate::entity::{BmcSpec, IpRange, MachineState};
+use crate::webhook::SecretText;
+
+fn default_true() -> bool {
+    true
+}
 
 fn default_rack_height() -> u32 {
     42
@@ -187,5 +192,35 @@ write_requests! {
         pub dns: Option<Vec<String>>,
         pub dynamic_ranges: Option<Vec<IpRange>>,
         pub reserved_ranges: Option<Vec<IpRange>>,
+    }
+
+    /// `POST /v1/webhooks`. In the log, `secret` is sealed for the voters (the leader signs).
+    #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+    pub struct CreateWebhook {
+        /// Unique: 1..=64 of `[A-Za-z0-9-._]`.
+        pub name: String,
+        /// `http://` or `https://` URL events are `POST`ed to.
+        pub url: String,
+        /// Event kinds (`task.finished`) or families (`machine`); empty or absent: every event.
+        #[serde(default)]
+        pub kinds: Vec<String>,
+        /// The HMAC-SHA256 signing key (16..=256 bytes; write-only); absent: rackd generates
+        /// one and answers it once.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub secret: Option<SecretText>,
+        /// Default true.
+        #[serde(default = "default_true")]
+        pub enabled: bool,
+    }
+
+    /// `PATCH /v1/webhooks/{id}`: the fields given change.
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
+    pub struct UpdateWebhook {
+        pub url: Option<String>,
+        pub kinds: Option<Vec<String>>,
+        /// A new signing key (write-only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub secret: Option<SecretText>,
+        pub enabled: Option<bool>,
     }
 }

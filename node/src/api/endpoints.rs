@@ -22,7 +22,9 @@ use serde::de::DeserializeOwned;
 
 use rackd_types::*;
 
-use super::{backup, blobs, cluster, events, inventory, metrics, tasks, AppState, HttpResult};
+use super::{
+    backup, blobs, cluster, events, inventory, metrics, tasks, webhooks, AppState, HttpResult,
+};
 
 /// The media type of a success body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -696,6 +698,33 @@ endpoints! {
     DELETE "/v1/blobs/{digest}" => blobs::delete_blob {
         "Forget an artifact: every holder removes its copy",
         auth: Operator, query: NO_Q, headers: IDEM,
+        status: 204,
+    }
+    GET "/v1/webhooks" => webhooks::list_webhooks {
+        "List webhooks with how far delivery to each got (admin)",
+        auth: Admin, query: LIST_Q, headers: NO_H,
+        status: 200, returns: Page<Webhook>,
+    }
+    POST "/v1/webhooks" => webhooks::create_webhook {
+        "Register a webhook: the journal's events of its kinds are POSTed to it, signed (HMAC-SHA256), at least once each, in order; a generated secret is answered once",
+        auth: Admin, query: NO_Q, headers: IDEM,
+        body: CreateWebhook,
+        status: 201, returns: CreatedWebhook,
+    }
+    GET "/v1/webhooks/{id}" => webhooks::get_webhook {
+        "Get a webhook and its delivery state (admin)",
+        auth: Admin, query: STALE_Q, headers: NO_H,
+        status: 200, returns: Webhook,
+    }
+    PATCH "/v1/webhooks/{id}" => webhooks::update_webhook {
+        "Change a webhook's URL, kinds, secret or whether it is enabled",
+        auth: Admin, query: NO_Q, headers: IFM,
+        body: UpdateWebhook,
+        status: 200, returns: Webhook,
+    }
+    DELETE "/v1/webhooks/{id}" => webhooks::delete_webhook {
+        "Remove a webhook: nothing more is sent to it",
+        auth: Admin, query: NO_Q, headers: IFM,
         status: 204,
     }
     GET "/v1/subnets" => inventory::list_subnets {

@@ -82,12 +82,10 @@ impl Filter {
     }
 
     pub fn matches(&self, e: &Event) -> bool {
-        let kind = self.kind.as_deref().is_none_or(|k| {
-            e.kind == k
-                || e.kind
-                    .strip_prefix(k)
-                    .is_some_and(|rest| rest.starts_with('.'))
-        });
+        let kind = self
+            .kind
+            .as_deref()
+            .is_none_or(|k| rackd_types::webhook::kind_matches(k, &e.kind));
         kind && self.entity.as_deref().is_none_or(|x| e.entity == x)
             && self.entity_id.is_none_or(|id| e.entity_id == Some(id))
     }

@@ -28,6 +28,7 @@ pub mod openapi;
 pub mod params;
 pub mod sealing;
 pub mod tasks;
+pub mod webhooks;
 
 use std::sync::Arc;
 

@@ -216,12 +216,13 @@ async fn every_endpoint_refuses_tokens_below_its_role_and_only_those() {
         }
     }
     assert!(checked >= 3 * 35, "{checked} checks: the table has shrunk?");
-    // Readers read everything but the token lists.
+    // Readers read everything but the token lists and the webhooks (whose URLs may carry
+    // credentials).
     for e in ENDPOINTS.iter().filter(|e| e.verb == Verb::Get) {
         let reader_ok = e.auth.role().is_none_or(|r| r == ApiRole::Reader);
         assert_eq!(
             reader_ok,
-            !e.path.starts_with("/v1/tokens"),
+            !e.path.starts_with("/v1/tokens") && !e.path.starts_with("/v1/webhooks"),
             "GET {} needs {:?}",
             e.path,
             e.auth
@@ -855,6 +856,12 @@ fn sample(e: &Endpoint, fx: &Fixture, created: &BTreeMap<&str, u64>) -> (String,
         (Verb::Patch, "/v1/images/{id}") => (with(fx.image), body(r#"{"cmdline":"quiet"}"#)),
         (Verb::Patch, "/v1/subnets/{id}") => (with(fx.subnet), body(r#"{"dns":["192.0.2.1"]}"#)),
         (Verb::Delete, "/v1/cluster/members/{id}") => (with(fx.learner), String::new()),
+        (Verb::Post, "/v1/webhooks") => (
+            e.path.into(),
+            body(r#"{"name":"pager","url":"http://127.0.0.1:9/hook","kinds":["machine"]}"#),
+        ),
+        (Verb::Get, "/v1/webhooks/{id}") => (made("/v1/webhooks"), String::new()),
+        (Verb::Patch, "/v1/webhooks/{id}") => (made("/v1/webhooks"), body(r#"{"enabled":false}"#)),
         (Verb::Put, "/v1/blobs/{digest}") => (blob_path(e.path), body(BLOB)),
         (Verb::Get, "/v1/blobs/{digest}") | (Verb::Delete, "/v1/blobs/{digest}") => {
             (blob_path(e.path), String::new())
@@ -1097,7 +1104,7 @@ async fn every_endpoint_answers_its_declared_status_and_type() {
         }
         if e.verb == Verb::Post && !e.path.contains('{') && e.response_media == Media::Json {
             let v: Value = serde_json::from_slice(&bytes).unwrap();
-            if let Some(id) = v["id"].as_u64() {
+            if let Some(id) = v["id"].as_u64().or(v["webhook"]["id"].as_u64()) {
                 created.insert(e.path, id);
             }
         }
@@ -1105,6 +1112,7 @@ async fn every_endpoint_answers_its_declared_status_and_type() {
     // Each collection's created entry is gone again.
     let st = c.state();
     assert_eq!(st.locations.len(), 1);
+    assert_eq!(st.webhooks.len(), 0);
     assert!(!c.status().members.contains_key(&fx.learner));
 }
 

@@ -186,7 +186,7 @@ fn describe(b: &Backup) {
         h.node_id
     );
     out!(
-        "{} locations, {} racks, {} machines, {} subnets, {} images, {} tasks, {} API tokens, {} blobs, {} events",
+        "{} locations, {} racks, {} machines, {} subnets, {} images, {} tasks, {} API tokens, {} blobs, {} webhooks, {} events",
         k.locations,
         k.racks,
         k.machines,
@@ -195,6 +195,7 @@ fn describe(b: &Backup) {
         k.tasks,
         k.api_tokens,
         k.blobs,
+        k.webhooks,
         k.events
     );
 }

@@ -414,6 +414,7 @@ pub async fn client(
             passphrase_file,
         }) => crate::cli::backup::inspect(json, &file, passphrase_file.as_deref()),
         Cmd::Images(ic) => crate::cli::blobs::images(&c, json, ic).await,
+        Cmd::Webhooks(wc) => crate::cli::webhooks::run(&c, json, wc).await,
         Cmd::Events {
             after,
             limit,

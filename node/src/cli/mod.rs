@@ -15,6 +15,7 @@ pub mod log;
 pub mod login;
 pub mod output;
 pub mod watch;
+pub mod webhooks;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -111,6 +112,9 @@ pub enum Cmd {
     /// OS images machines are deployed with (`rackd image` builds the appliance).
     #[command(subcommand)]
     Images(OsImageCmd),
+    /// Webhooks: HTTP endpoints the journal's events are sent to, signed, at least once.
+    #[command(subcommand)]
+    Webhooks(crate::cli::webhooks::WebhookCmd),
     /// Backups: the replicated state and the cluster CA (sealed with a passphrase) in one file.
     #[command(subcommand)]
     Backup(BackupCmd),

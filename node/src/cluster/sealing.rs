@@ -23,6 +23,8 @@ use ring::{hkdf, hmac};
 pub enum Purpose {
     BmcPassword,
     DeployToken,
+    /// A webhook's signing secret, sealed with [`SecretsRoot::voters_key`].
+    WebhookSecret,
 }
 
 impl Purpose {
@@ -30,6 +32,7 @@ impl Purpose {
         match self {
             Purpose::BmcPassword => "bmc-password",
             Purpose::DeployToken => "deploy-token",
+            Purpose::WebhookSecret => "webhook-secret",
         }
     }
 }
@@ -84,6 +87,11 @@ impl LocationKey {
     /// The key of location `location_id`, derived from the cluster CA's key (where it is held).
     pub fn of_ca(ca: &super::pki::CaBundle, location_id: u64) -> Result<LocationKey, SealError> {
         SecretsRoot::from_ca_key(ca.key_pem()).map(|r| r.location_key(location_id))
+    }
+
+    /// The voters' key ([`SecretsRoot::voters_key`]) of the cluster CA (where it is held).
+    pub fn voters_of_ca(ca: &super::pki::CaBundle) -> Result<LocationKey, SealError> {
+        SecretsRoot::from_ca_key(ca.key_pem()).map(|r| r.voters_key())
     }
 
     pub fn from_hex(location_id: u64, hex_text: &str) -> Option<LocationKey> {
@@ -176,6 +184,24 @@ impl SecretsRoot {
         })
     }
 
+    /// The key of secrets only voters open (webhook secrets: the leader, always a voter,
+    /// signs with them). It seals as "location 0", an id no location has, and is derived
+    /// under its own label, so no location's key opens it and it is never handed to a
+    /// learner (the `LocationKey` RPC hands out the key of the learner's location only).
+    pub fn voters_key(&self) -> LocationKey {
+        let info = [b"rackd voters key v1".as_slice()];
+        let okm = self
+            .prk
+            .expand(&info, KeyLen)
+            .expect("HKDF-SHA256 yields 32 bytes");
+        let mut bytes = [0u8; 32];
+        okm.fill(&mut bytes).expect("HKDF-SHA256 yields 32 bytes");
+        LocationKey {
+            location_id: 0,
+            bytes,
+        }
+    }
+
     /// The key of location `location_id` (ids are never reused, names may change).
     pub fn location_key(&self, location_id: u64) -> LocationKey {
         let info = format!("rackd location key v1:{location_id}");
@@ -245,6 +271,21 @@ mod tests {
                 p
             );
         }
+    }
+
+    #[test]
+    fn the_voters_key_is_no_location_key() {
+        let r = root();
+        let v = r.voters_key();
+        let s = v.seal(Purpose::WebhookSecret, "whsec");
+        assert_eq!(sealed_location(&s), Some(0));
+        assert_eq!(v.open(Purpose::WebhookSecret, &s).unwrap(), "whsec");
+        assert_ne!(v.to_hex(), r.location_key(0).to_hex());
+        assert_eq!(
+            r.location_key(0).open(Purpose::WebhookSecret, &s),
+            Err(SealError::Damaged(0))
+        );
+        assert!(v.open(Purpose::BmcPassword, &s).is_err());
     }
 
     #[test]

@@ -13,9 +13,11 @@ pub mod dhcp;
 pub mod executor;
 pub mod http_boot;
 pub mod ipmi_proxy;
+pub mod node_watch;
 pub mod reaper;
 pub mod reseal;
 pub mod tftp;
+pub mod webhooks;
 
 use std::path::Path;
 use std::sync::Arc;

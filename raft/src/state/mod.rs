@@ -17,6 +17,7 @@ mod peers;
 pub mod rules;
 pub mod table;
 pub mod tasks;
+pub mod webhooks;
 pub mod workflow;
 
 #[cfg(test)]
@@ -87,6 +88,7 @@ pub mod tables {
     pub const IMAGES: u8 = 10;
     pub const TASKS: u8 = 11;
     pub const BLOBS: u8 = 12;
+    pub const WEBHOOKS: u8 = 13;
 }
 
 /// THE registry of state-machine tables: persistence ([`State::drain_changes`]), snapshot
@@ -120,6 +122,7 @@ state_tables! {
     IMAGES => images,
     TASKS => tasks,
     BLOBS => blobs,
+    WEBHOOKS => webhooks,
 }
 
 /// Singleton counters and cluster identity (stored as one row of the META table).
@@ -239,6 +242,9 @@ pub struct State {
     /// Content-addressed artifacts and the nodes holding them, by digest (`sha256:<hex>`).
     #[serde(default)]
     pub blobs: Table<String, rackd_types::Blob>,
+    /// Registered webhooks with their sealed secrets.
+    #[serde(default)]
+    pub webhooks: Table<u64, webhooks::StoredWebhook>,
     #[serde(skip)]
     meta_dirty: bool,
     #[serde(skip)]
@@ -318,9 +324,11 @@ impl State {
         }
         match self.meta.rules {
             ApplyRules::Format1 => self.apply_format1(now, req),
-            ApplyRules::Format2 | ApplyRules::Rules3 | ApplyRules::Rules4 | ApplyRules::Rules5 => {
-                self.apply_format2(now, req)
-            }
+            ApplyRules::Format2
+            | ApplyRules::Rules3
+            | ApplyRules::Rules4
+            | ApplyRules::Rules5
+            | ApplyRules::Rules6 => self.apply_format2(now, req),
         }
     }
 
@@ -545,6 +553,18 @@ impl State {
                 self.drop_blob_holder(now, actor, digest, *node)
             }
             Command::ForgetBlob { digest } => self.forget_blob(now, actor, digest),
+            Command::CreateWebhook(c) => self.create_webhook(now, actor, c),
+            Command::UpdateWebhook {
+                id,
+                if_match,
+                patch,
+            } => self.update_webhook(now, actor, *id, *if_match, patch),
+            Command::DeleteWebhook { id, if_match } => {
+                self.delete_webhook(now, actor, *id, *if_match)
+            }
+            Command::RecordWebhookDelivery { id, delivery } => {
+                self.record_webhook_delivery(now, actor, *id, delivery)
+            }
             Command::Journal {
                 kind,
                 entity,

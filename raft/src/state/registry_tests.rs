@@ -131,6 +131,17 @@ pub(super) fn populated() -> State {
             node: 1,
         },
     );
+    next(
+        &mut s,
+        None,
+        Command::CreateWebhook(rackd_types::payload::CreateWebhook {
+            name: "pager".into(),
+            url: "http://127.0.0.1:9/hook".into(),
+            kinds: vec!["machine".into()],
+            secret: Some(rackd_types::SecretText("sealed".into())),
+            enabled: true,
+        }),
+    );
     s
 }
 

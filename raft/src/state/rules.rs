@@ -27,6 +27,8 @@
 //! - [`ApplyRules::Rules5`]: rules 4 plus workflows: a `Deploy` also creates the deploy
 //!   workflow task, and the install callback ends the workflow's wait (the machine becomes
 //!   `deployed` after the last step, no longer at the callback).
+//! - [`ApplyRules::Rules6`]: rules 5 plus webhooks (`CreateWebhook`, `UpdateWebhook`,
+//!   `DeleteWebhook`, `RecordWebhookDelivery`); no older entry is decided differently.
 //!
 //! A cluster moves to newer rules only when every member reports that its build knows them
 //! ([`crate::NodeInfo::known_rules`]): a member of an older build could not decode the
@@ -57,16 +59,18 @@ pub enum ApplyRules {
     /// Rules 3, and the blob records (`RecordBlob`, `DropBlobHolder`, `ForgetBlob`) older
     /// builds cannot decode (frozen since rules 5).
     Rules4,
-    /// Today's rules: rules 4, and workflows. A `Deploy` also creates the machine's deploy
-    /// workflow task, and its install callback completes the workflow's wait instead of making
-    /// the machine `deployed` at once (the workflow does, after its last step); `Release`,
-    /// `StartStep`, `FinishStep`, `BootScriptServed`, `RetryTask`.
+    /// Rules 4, and workflows. A `Deploy` also creates the machine's deploy workflow task,
+    /// and its install callback completes the workflow's wait instead of making the machine
+    /// `deployed` at once (the workflow does, after its last step); `Release`, `StartStep`,
+    /// `FinishStep`, `BootScriptServed`, `RetryTask` (frozen since rules 6).
     Rules5,
+    /// Today's rules: rules 5, and the webhook records older builds cannot decode.
+    Rules6,
 }
 
 impl ApplyRules {
     /// The newest rules this build knows; a cluster moves to them by `AdoptRules`.
-    pub const CURRENT: ApplyRules = ApplyRules::Rules5;
+    pub const CURRENT: ApplyRules = ApplyRules::Rules6;
 
     pub const fn number(self) -> u32 {
         match self {
@@ -75,6 +79,7 @@ impl ApplyRules {
             ApplyRules::Rules3 => 3,
             ApplyRules::Rules4 => 4,
             ApplyRules::Rules5 => 5,
+            ApplyRules::Rules6 => 6,
         }
     }
 
@@ -94,9 +99,11 @@ impl ApplyRules {
     pub fn idempotency_ttl(self, full_key: &str) -> u64 {
         match self {
             ApplyRules::Format1 => IDEMPOTENCY_TTL_MS,
-            ApplyRules::Format2 | ApplyRules::Rules3 | ApplyRules::Rules4 | ApplyRules::Rules5 => {
-                super::idempotency_ttl(full_key)
-            }
+            ApplyRules::Format2
+            | ApplyRules::Rules3
+            | ApplyRules::Rules4
+            | ApplyRules::Rules5
+            | ApplyRules::Rules6 => super::idempotency_ttl(full_key),
         }
     }
 }
@@ -123,6 +130,7 @@ impl TryFrom<u32> for ApplyRules {
             3 => Ok(ApplyRules::Rules3),
             4 => Ok(ApplyRules::Rules4),
             5 => Ok(ApplyRules::Rules5),
+            6 => Ok(ApplyRules::Rules6),
             n => Err(format!(
                 "the replicated state applies under rules version {n}, and this rackd knows \
                  versions 1 to {}: upgrade this node to the cluster's release",

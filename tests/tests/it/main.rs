@@ -26,4 +26,5 @@ mod schemathesis;
 mod snapshot_scale;
 mod util;
 mod watch;
+mod webhooks;
 mod workflow;

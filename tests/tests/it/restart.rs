@@ -147,6 +147,16 @@ async fn populate(c: &Cluster) {
         .post_json(0, "/v1/tokens/api", &json!({"name": "ops"}))
         .await
         .unwrap();
+    // Disabled: its delivery state stays put across the restarts compared below.
+    let _: Value = c
+        .post_json(
+            0,
+            "/v1/webhooks",
+            &json!({"name": "pager", "url": "http://127.0.0.1:9/hook", "kinds": ["machine"],
+                    "enabled": false}),
+        )
+        .await
+        .unwrap();
     let (s, t) = c
         .request(
             0,
