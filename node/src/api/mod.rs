@@ -204,8 +204,52 @@ pub fn router(node: AppState) -> Router {
             refuse_when_failed,
         ))
         .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
+        .layer(axum::middleware::from_fn(json_errors))
         .layer(axum::middleware::from_fn(observe::observe))
         .with_state(node)
+}
+
+/// Every error answer is a JSON error: a rejection the framework answers in plain text (a body
+/// over the limit, one that cannot be read) is rewritten into `{"error":{"code","message"}}`
+/// with the same status and its text as the message.
+async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let plain = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v.starts_with("text/plain"));
+    if !(status.is_client_error() || status.is_server_error()) || !plain {
+        return resp;
+    }
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::TooLarge,
+        StatusCode::NOT_FOUND => ErrorCode::NotFound,
+        s if s.is_server_error() => ErrorCode::Internal,
+        _ => ErrorCode::InvalidRequest,
+    };
+    let text = axum::body::to_bytes(resp.into_body(), 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    let mut r = (
+        status,
+        Json(ErrorBody {
+            error: ApiError::new(code, message),
+        }),
+    )
+        .into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut()
+            .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+    }
+    r
 }
 
 /// A node whose Raft stopped on a failure answers only `/v1/health` (which says why) until it

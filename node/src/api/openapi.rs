@@ -114,6 +114,11 @@ pub fn document() -> Value {
                 responses.insert(code.into(), v);
             }
         }
+        if e.request.is_some() && !e.raw_request {
+            let mut v = error_ref();
+            v["description"] = json!("The body is over the node's limit (1 MiB)");
+            responses.insert("413".into(), v);
+        }
         // Every endpoint but an open read (health) goes through the cluster.
         if e.auth != Auth::Open || e.verb != Verb::Get {
             responses.insert("503".into(), unavailable());

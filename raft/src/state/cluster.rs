@@ -262,6 +262,22 @@ impl State {
         if name.is_empty() || name.len() > 64 {
             return Err(ApiError::invalid("token name must be 1..=64 characters"));
         }
+        if self.meta.rules.validates_input() {
+            if !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-._@".contains(c))
+            {
+                return Err(ApiError::invalid(format!(
+                    "token name {name:?} may only contain letters, digits, '-', '.', '_', '@'"
+                )));
+            }
+            if let Some(t) = self.api_tokens.values().find(|t| t.view.name == name) {
+                return Err(ApiError::conflict(format!(
+                    "API token {} is already named {name:?} (revoke it, or pick another name)",
+                    t.view.id
+                )));
+            }
+        }
         if hash.len() != 64 {
             return Err(ApiError::invalid("token hash must be 64 hex characters"));
         }

@@ -35,6 +35,54 @@ pub(super) fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Rules 6: a BMC address is an IP address (IPv6 with or without brackets) or a DNS name
+/// (labels of letters, digits and inner hyphens; no scheme, port, path or spaces).
+pub fn check_bmc_address(a: &str) -> Result<(), ApiError> {
+    let a = a.trim();
+    let bare = a
+        .strip_prefix('[')
+        .and_then(|x| x.strip_suffix(']'))
+        .unwrap_or(a);
+    if bare.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let name = a.strip_suffix('.').unwrap_or(a);
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+        // All digits and dots would be a mistyped IPv4 address.
+        && !name.chars().all(|c| c.is_ascii_digit() || c == '.');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!(
+            "BMC address {a:?} is neither an IP address nor a host name (give the port in \
+             `port`, not in the address)"
+        )))
+    }
+}
+
+/// Rules 6: tags are 1..=64 characters without spaces or control characters.
+pub fn check_tags(tags: &[String]) -> Result<(), ApiError> {
+    for t in tags {
+        if t.is_empty()
+            || t.chars().count() > 64
+            || t.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(ApiError::invalid(format!(
+                "tag {t:?}: tags are 1..=64 characters without spaces"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn new_meta(id: u64, now: u64) -> Meta {
     Meta {
         id,
@@ -429,8 +477,57 @@ impl State {
         Ok(())
     }
 
+    /// The machine of `location` named `hostname` (letter case aside), other than `except`.
+    pub fn machine_named(
+        &self,
+        location: &str,
+        hostname: &str,
+        except: Option<u64>,
+    ) -> Option<u64> {
+        let host = hostname.to_ascii_lowercase();
+        let from = (location.to_string(), host.clone(), 0);
+        self.idx
+            .host
+            .range(from..)
+            .take_while(|((l, h, _), _)| l == location && *h == host)
+            .map(|((_, _, id), _)| *id)
+            .find(|id| Some(*id) != except)
+    }
+
+    /// What rules 6 refuse of a machine's new fields (checked before anything changes):
+    /// a hostname another machine of its location has, malformed tags or BMC address.
+    fn check_machine_input(
+        &self,
+        id: Option<u64>,
+        named: Option<(&str, &str)>,
+        tags: Option<&[String]>,
+        bmc: Option<&BmcSpec>,
+    ) -> Result<(), ApiError> {
+        if !self.meta.rules.validates_input() {
+            return Ok(());
+        }
+        if let Some((location, hostname)) = named {
+            if let Some(other) = self.machine_named(location, hostname, id) {
+                return Err(ApiError::conflict(format!(
+                    "machine {other} of location {location:?} is already named {hostname:?} \
+                     (host names are unique per location, letter case aside)"
+                )));
+            }
+        }
+        if let Some(t) = tags {
+            check_tags(t)?;
+        }
+        if let Some(b) = bmc {
+            check_bmc_address(&b.address)?;
+        }
+        Ok(())
+    }
+
     fn index_machine(&mut self, id: u64, old: Option<&Machine>, new: Option<&Machine>) {
         if let Some(o) = old {
+            self.idx
+                .host
+                .remove(&(o.location.clone(), o.hostname.to_ascii_lowercase(), id));
             for m in &o.macs {
                 self.idx.mac.remove(m);
             }
@@ -439,6 +536,10 @@ impl State {
             }
         }
         if let Some(n) = new {
+            self.idx.host.insert(
+                (n.location.clone(), n.hostname.to_ascii_lowercase(), id),
+                (),
+            );
             for m in &n.macs {
                 self.idx.mac.insert(m.clone(), id);
             }
@@ -456,6 +557,12 @@ impl State {
     ) -> Result<Applied, ApiError> {
         check_name("hostname", &c.hostname)?;
         self.require_location(&c.location)?;
+        self.check_machine_input(
+            None,
+            Some((&c.location, &c.hostname)),
+            Some(&c.tags),
+            c.bmc.as_ref(),
+        )?;
         self.validate_rack(&c.location, c.rack_id, c.rack_unit)?;
         let macs = self.validate_macs(None, &c.macs)?;
         let ips = self.validate_ips(None, &c.location, &c.ips)?;
@@ -519,6 +626,18 @@ impl State {
         let stored = self.machines.fetch(id, "machine")?;
         precondition(stored.machine.meta.version, if_match)?;
         let old = stored.machine.clone();
+        let renamed = (p.hostname.is_some() || p.location.is_some()).then(|| {
+            (
+                p.location.as_deref().unwrap_or(&old.location),
+                p.hostname.as_deref().unwrap_or(&old.hostname),
+            )
+        });
+        self.check_machine_input(
+            Some(id),
+            renamed,
+            p.tags.as_deref(),
+            p.bmc.as_ref().and_then(|b| b.as_ref()),
+        )?;
         let mut m = stored.machine;
         let mut password = stored.bmc_password;
         let mut stored_token = stored.deploy_token;

@@ -257,6 +257,9 @@ pub struct State {
 struct Indexes {
     mac: OrdMap<String, u64>,
     ip: OrdMap<String, u64>,
+    /// (location, lower-case hostname, machine): a multimap, as logs decided before rules 6
+    /// may hold two machines of one name.
+    host: OrdMap<(String, String, u64), ()>,
     location_by_name: OrdMap<String, u64>,
     join_token_by_hash: OrdMap<String, u64>,
     api_token_by_hash: OrdMap<String, u64>,
@@ -281,6 +284,14 @@ impl State {
     pub fn rebuild_indexes(&mut self) {
         let mut idx = Indexes::default();
         for (id, m) in self.machines.iter() {
+            idx.host.insert(
+                (
+                    m.machine.location.clone(),
+                    m.machine.hostname.to_ascii_lowercase(),
+                    *id,
+                ),
+                (),
+            );
             for mac in &m.machine.macs {
                 idx.mac.insert(mac.clone(), *id);
             }

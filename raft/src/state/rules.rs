@@ -28,7 +28,10 @@
 //!   workflow task, and the install callback ends the workflow's wait (the machine becomes
 //!   `deployed` after the last step, no longer at the callback).
 //! - [`ApplyRules::Rules6`]: rules 5 plus webhooks (`CreateWebhook`, `UpdateWebhook`,
-//!   `DeleteWebhook`, `RecordWebhookDelivery`); no older entry is decided differently.
+//!   `DeleteWebhook`, `RecordWebhookDelivery`), and input older rules accepted is refused: a
+//!   machine hostname another machine of its location has (letter case aside), a BMC address
+//!   that is neither an IP address nor a host name, empty or blank tags, an API token name
+//!   another token has or with characters other than `[A-Za-z0-9-._@]`.
 //!
 //! A cluster moves to newer rules only when every member reports that its build knows them
 //! ([`crate::NodeInfo::known_rules`]): a member of an older build could not decode the
@@ -64,7 +67,8 @@ pub enum ApplyRules {
     /// `deployed` at once (the workflow does, after its last step); `Release`, `StartStep`,
     /// `FinishStep`, `BootScriptServed`, `RetryTask` (frozen since rules 6).
     Rules5,
-    /// Today's rules: rules 5, and the webhook records older builds cannot decode.
+    /// Today's rules: rules 5, the webhook records older builds cannot decode, and the input
+    /// checks of [`ApplyRules::validates_input`].
     Rules6,
 }
 
@@ -87,6 +91,12 @@ impl ApplyRules {
     /// stored one.
     pub fn bmc_move_clears_password(self) -> bool {
         self >= ApplyRules::Rules3
+    }
+
+    /// Whether apply refuses duplicate hostnames per location, malformed BMC addresses and
+    /// tags, and duplicate or malformed API token names.
+    pub fn validates_input(self) -> bool {
+        self >= ApplyRules::Rules6
     }
 
     /// What a state written before the rules were recorded applied under: rows of format 2

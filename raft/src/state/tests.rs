@@ -974,3 +974,116 @@ fn bmc_session_grants_are_checked_replaced_and_expire() {
         .values()
         .any(|e| e.kind == "machine.bmc_session_closed"));
 }
+
+/// Rules 6 refuse input older rules accepted (duplicate hostnames per location, letter case
+/// aside; malformed BMC addresses; blank tags; duplicate or malformed token names), and a log
+/// decided under rules 5 is still decided as it was. A refused write changes nothing.
+#[test]
+fn rules_6_refuse_what_rules_5_accepted_and_rules_5_still_accept_it() {
+    let bmc = |address: &str| BmcSpec {
+        driver: rackd_types::BmcDriver::Sim,
+        address: address.into(),
+        port: 623,
+        username: String::new(),
+        password: None,
+        cipher_suite: None,
+    };
+    let with = |host: &str, tags: &[&str], b: Option<BmcSpec>| {
+        let Command::CreateMachine(mut c) = machine(host, &[], &[]) else {
+            unreachable!()
+        };
+        c.tags = tags.iter().map(|t| t.to_string()).collect();
+        c.bmc = b;
+        Command::CreateMachine(c)
+    };
+    let token = |name: &str, n: u8| Command::CreateApiToken {
+        name: name.into(),
+        token_hash: format!("{n:02x}").repeat(32),
+        role: rackd_types::ApiRole::Reader,
+        ttl_ms: None,
+    };
+    let refused = [
+        with("WEB1", &[], None),
+        with("web1", &["ok", ""], None),
+        with("web2", &["  "], None),
+        with("web2", &["a b"], None),
+        with("web2", &[], Some(bmc("http://10.0.0.9"))),
+        with("web2", &[], Some(bmc("10.0.0.9:623"))),
+        with("web2", &[], Some(bmc("bmc one"))),
+        with("web2", &[], Some(bmc("10.0.0.256"))),
+        with("web2", &[], Some(bmc("-bmc"))),
+        token("admin", 1),
+        token("ops team", 2),
+        token("node:1", 3),
+    ];
+    for rules in [ApplyRules::Rules5, ApplyRules::Rules6] {
+        let mut s = base();
+        s.meta.rules = rules;
+        ok(&mut s, 4, with("web1", &["rack-7"], Some(bmc("10.0.0.9"))));
+        for cmd in refused.clone() {
+            let before = (s.meta.clone(), s.events.len(), s.machines.len());
+            let r = s.apply(&req(5, cmd.clone())).0;
+            if rules.validates_input() {
+                let e = r.expect_err(&format!("{cmd:?} under rules {rules}"));
+                assert!(
+                    matches!(e.code, ErrorCode::Conflict | ErrorCode::InvalidRequest),
+                    "{e:?}"
+                );
+                let mut after = (s.meta.clone(), s.events.len(), s.machines.len());
+                after.0.last_time = before.0.last_time;
+                assert_eq!(before, after, "{cmd:?} changed something");
+            } else {
+                assert!(r.is_ok(), "rules {rules} decide {cmd:?} as before: {r:?}");
+            }
+        }
+    }
+    // Accepted under rules 6: IPv6 and host names as BMC addresses, a hostname in another
+    // location, a rename to a free name; renaming onto a taken name (or moving a machine
+    // into a location where its name is taken) is refused.
+    let mut s = base();
+    ok(&mut s, 4, with("web1", &[], Some(bmc("bmc-1.example.net"))));
+    ok(&mut s, 4, with("web2", &[], Some(bmc("fd00::9"))));
+    ok(&mut s, 4, with("web3", &[], Some(bmc("[fd00::a]"))));
+    ok(
+        &mut s,
+        5,
+        Command::CreateLocation(CreateLocation {
+            name: "dc2".into(),
+            description: String::new(),
+            discovery: false,
+        }),
+    );
+    let Command::CreateMachine(mut c) = with("web1", &[], None) else {
+        unreachable!()
+    };
+    c.location = "dc2".into();
+    let other = ok(&mut s, 6, Command::CreateMachine(c))["id"]
+        .as_u64()
+        .unwrap();
+    let rename = |id: u64, host: Option<&str>, loc: Option<&str>| Command::UpdateMachine {
+        id,
+        if_match: None,
+        patch: UpdateMachine {
+            hostname: host.map(str::to_string),
+            location: loc.map(str::to_string),
+            ..UpdateMachine::default()
+        },
+    };
+    let web2 = s.machine_named("dc1", "web2", None).unwrap();
+    assert_eq!(
+        err(&mut s, 7, rename(web2, Some("Web1"), None)).code,
+        ErrorCode::Conflict
+    );
+    assert_eq!(
+        err(&mut s, 7, rename(other, None, Some("dc1"))).code,
+        ErrorCode::Conflict
+    );
+    ok(&mut s, 7, rename(web2, Some("web4"), None));
+    ok(&mut s, 8, rename(web2, Some("WEB4"), None)); // its own name, in other letters
+    assert_eq!(s.machine_named("dc1", "web2", None), None);
+    assert_eq!(s.machine_named("dc1", "web4", None), Some(web2));
+    // The index is rebuilt from the tables alike.
+    let idx = s.idx.clone();
+    s.rebuild_indexes();
+    assert_eq!(s.idx, idx);
+}

@@ -223,10 +223,25 @@ async fn if_match_idempotency_uniqueness_and_pagination() {
         .await
         .unwrap();
     assert_eq!(s, 200, "the machine is still there");
-    // Keys are scoped by token id, not name: a second token named like the first uses the same
-    // key for its own request.
+    // Token names are unique: a second "admin" is refused.
+    let (s, v) = c
+        .request(
+            0,
+            Method::POST,
+            "/v1/tokens/api",
+            Some(json!({"name": "admin"})),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("Conflict")),
+        "{v}"
+    );
+    // Keys are scoped by token: a second admin token uses the same key for its own request.
     let other: Value = c
-        .post_json(0, "/v1/tokens/api", &json!({"name": "admin"}))
+        .post_json(0, "/v1/tokens/api", &json!({"name": "admin-2"}))
         .await
         .unwrap();
     let (s3, v3) = {
