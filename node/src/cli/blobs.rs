@@ -165,6 +165,21 @@ pub async fn images(c: &Client, json: bool, cmd: OsImageCmd) -> anyhow::Result<(
                 .collect();
             table(&["ID", "NAME", "KERNEL", "INITRD", "ROOTFS"], &rows);
         }
+        OsImageCmd::Show { image } => {
+            let id = crate::cli::resolve::image(c, &image).await?;
+            let i: Image = c.get(&format!("/v1/images/{id}")).await?;
+            if json {
+                crate::out!("{}", serde_json::to_string_pretty(&i)?);
+                return Ok(());
+            }
+            crate::out!("id:      {}", i.meta.id);
+            crate::out!("name:    {}", i.name);
+            crate::out!("kernel:  {}", i.kernel);
+            crate::out!("initrd:  {}", i.initrd);
+            crate::out!("rootfs:  {}", i.rootfs.as_deref().unwrap_or("-"));
+            crate::out!("cmdline: {}", i.cmdline);
+            crate::out!("version: {}", i.meta.version);
+        }
         OsImageCmd::Delete { name } => {
             let is: Vec<Image> = c.get_all("/v1/images").await?;
             let Some(i) = is.iter().find(|i| i.name == name) else {

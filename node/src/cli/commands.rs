@@ -460,8 +460,21 @@ async fn status(c: &Client, json: bool) -> anyhow::Result<()> {
     let ci: ClusterInfo = c.get("/v1/cluster?stale=true").await?;
     let view = leader_view(c, &ci, h.node_id).await;
     let no_leader = ci.leader_id.is_none();
+    // Whether this node would serve a current read now (no retry: the answer is the state).
+    let ready: Result<rackd_types::Ready, String> =
+        match c.clone().with_retry(Duration::ZERO).get("/v1/ready").await {
+            Ok(r) => Ok(r),
+            Err(crate::client::ClientError::Api { error, .. }) => Err(error.message),
+            Err(e) => Err(e.to_string()),
+        };
     if json {
-        json_out(&serde_json::json!({ "node": h, "cluster": ci, "leader_view": view }))?;
+        let ready_json = match &ready {
+            Ok(r) => serde_json::json!({"ready": true, "answer": r}),
+            Err(why) => serde_json::json!({"ready": false, "reason": why}),
+        };
+        json_out(
+            &serde_json::json!({ "node": h, "cluster": ci, "leader_view": view, "ready": ready_json }),
+        )?;
         if no_leader {
             anyhow::bail!("no leader: writes are refused until a majority of voters is reachable");
         }
@@ -480,6 +493,10 @@ async fn status(c: &Client, json: bool) -> anyhow::Result<()> {
         h.raft_state,
         opt(&h.last_applied)
     );
+    match &ready {
+        Ok(_) => crate::out!("it is ready (it serves current reads)"),
+        Err(why) => crate::out!("it is not ready: {why}"),
+    }
     if let (Some(issued), Some(expires)) = (h.cert_issued_at_ms, h.cert_expires_at_ms) {
         crate::out!(
             "its certificate was issued {} and expires {}",
@@ -544,6 +561,10 @@ async fn status(c: &Client, json: bool) -> anyhow::Result<()> {
 }
 
 async fn machines(c: &Client, json: bool, mc: MachineCmd) -> anyhow::Result<()> {
+    let rid = match mc.target() {
+        Some(key) => crate::cli::resolve::machine(c, key).await?,
+        None => 0,
+    };
     match mc {
         MachineCmd::List {
             location,
@@ -590,7 +611,8 @@ async fn machines(c: &Client, json: bool, mc: MachineCmd) -> anyhow::Result<()> 
             }
             machine_rows(&[m]);
         }
-        MachineCmd::Show { id } => {
+        MachineCmd::Show { id: _ } => {
+            let id = rid;
             let m: Machine = c.get(&format!("/v1/machines/{id}")).await?;
             if json {
                 return json_out(&m);
@@ -618,20 +640,42 @@ async fn machines(c: &Client, json: bool, mc: MachineCmd) -> anyhow::Result<()> 
             crate::out!("updated:     {}", time(m.meta.updated_at));
         }
         MachineCmd::Update {
-            id,
+            id: _,
             if_match,
             fields,
         } => {
+            let id = rid;
+            let bmc = if fields.no_bmc || !fields.touches_bmc() {
+                fields.bmc(None)?
+            } else {
+                let current: Machine = c.get(&format!("/v1/machines/{id}")).await?;
+                fields.bmc(current.bmc.as_ref())?
+            };
+            let rack_id = match (&fields.rack, fields.no_rack) {
+                (_, true) => Some(None),
+                (Some(r), false) => Some(Some(crate::cli::resolve::rack(c, r).await?)),
+                (None, false) => None,
+            };
             let patch = UpdateMachine {
                 hostname: fields.hostname,
                 location: fields.location,
                 macs: fields.macs,
-                ips: fields.ips,
+                ips: if fields.no_ips {
+                    Some(Vec::new())
+                } else {
+                    fields.ips
+                },
                 state: parse_state(&fields.state)?,
                 state_cause: fields.cause,
                 description: fields.description,
-                tags: fields.tags,
-                ..Default::default()
+                tags: if fields.no_tags {
+                    Some(Vec::new())
+                } else {
+                    fields.tags
+                },
+                rack_id,
+                rack_unit: fields.unit.map(Some),
+                bmc,
             };
             let m: Machine = c
                 .patch(&format!("/v1/machines/{id}"), &patch, if_match)
@@ -641,7 +685,8 @@ async fn machines(c: &Client, json: bool, mc: MachineCmd) -> anyhow::Result<()> 
             }
             machine_rows(&[m]);
         }
-        MachineCmd::BmcSession { id, source, ttl } => {
+        MachineCmd::BmcSession { id: _, source, ttl } => {
+            let id = rid;
             let g: rackd_types::BmcSession = c
                 .post(
                     &format!("/v1/machines/{id}/bmc-session"),
@@ -661,7 +706,8 @@ async fn machines(c: &Client, json: bool, mc: MachineCmd) -> anyhow::Result<()> 
                 time(g.expires_at)
             );
         }
-        MachineCmd::BmcSessions { id } => {
+        MachineCmd::BmcSessions { id: _ } => {
+            let id = rid;
             let gs: Vec<rackd_types::BmcSession> =
                 c.get(&format!("/v1/machines/{id}/bmc-sessions")).await?;
             if json {
@@ -673,19 +719,21 @@ async fn machines(c: &Client, json: bool, mc: MachineCmd) -> anyhow::Result<()> 
                 .collect();
             table(&["SOURCE", "UNTIL"], &rows);
         }
-        MachineCmd::BmcSessionClose { id, source } => {
+        MachineCmd::BmcSessionClose { id: _, source } => {
+            let id = rid;
             let q = query(&[("source", source)]);
             c.delete(&format!("/v1/machines/{id}/bmc-sessions{q}"), None)
                 .await?;
         }
         MachineCmd::Deploy {
-            id,
+            id: _,
             image,
             wait,
             timeout,
             boot_timeout,
             install_timeout,
         } => {
+            let id = rid;
             let m: Machine = c
                 .post(
                     &format!("/v1/machines/{id}/deploy"),
@@ -703,11 +751,12 @@ async fn machines(c: &Client, json: bool, mc: MachineCmd) -> anyhow::Result<()> 
             }
         }
         MachineCmd::Release {
-            id,
+            id: _,
             wipe_image,
             wait,
             timeout,
         } => {
+            let id = rid;
             let m: Machine = c
                 .post(
                     &format!("/v1/machines/{id}/release"),
@@ -724,10 +773,11 @@ async fn machines(c: &Client, json: bool, mc: MachineCmd) -> anyhow::Result<()> 
             }
         }
         MachineCmd::Power {
-            id,
+            id: _,
             action,
             no_wait,
         } => {
+            let id = rid;
             let t: rackd_types::Task = c
                 .post(
                     &format!("/v1/machines/{id}/power"),
@@ -737,11 +787,12 @@ async fn machines(c: &Client, json: bool, mc: MachineCmd) -> anyhow::Result<()> 
             follow_task(c, t, no_wait, json).await?;
         }
         MachineCmd::BootDevice {
-            id,
+            id: _,
             device,
             persistent,
             no_wait,
         } => {
+            let id = rid;
             let t: rackd_types::Task = c
                 .post(
                     &format!("/v1/machines/{id}/boot-device"),
@@ -750,7 +801,8 @@ async fn machines(c: &Client, json: bool, mc: MachineCmd) -> anyhow::Result<()> 
                 .await?;
             follow_task(c, t, no_wait, json).await?;
         }
-        MachineCmd::Delete { id, if_match } => {
+        MachineCmd::Delete { id: _, if_match } => {
+            let id = rid;
             c.delete(&format!("/v1/machines/{id}"), if_match).await?;
             if !json {
                 crate::out!("machine {id} deleted");
@@ -834,11 +886,40 @@ async fn locations(c: &Client, json: bool, lc: LocationCmd) -> anyhow::Result<()
             }
             crate::out!("location {} created with id {}", l.name, l.meta.id);
         }
-        LocationCmd::Show { id } => {
+        LocationCmd::Show { location } => {
+            let id = crate::cli::resolve::location(c, &location).await?;
             let l: Location = c.get(&format!("/v1/locations/{id}")).await?;
-            json_out(&l)?;
+            if json {
+                return json_out(&l);
+            }
+            crate::out!("id:          {}", l.meta.id);
+            crate::out!("name:        {}", l.name);
+            crate::out!("description: {}", l.description);
+            crate::out!("discovery:   {}", if l.discovery { "on" } else { "off" });
+            crate::out!("version:     {}", l.meta.version);
+            crate::out!("updated:     {}", time(l.meta.updated_at));
         }
-        LocationCmd::Delete { id } => {
+        LocationCmd::Update {
+            location,
+            description,
+            discovery,
+            if_match,
+        } => {
+            let id = crate::cli::resolve::location(c, &location).await?;
+            let patch = rackd_types::UpdateLocation {
+                description,
+                discovery,
+            };
+            let l: Location = c
+                .patch(&format!("/v1/locations/{id}"), &patch, if_match)
+                .await?;
+            if json {
+                return json_out(&l);
+            }
+            crate::out!("location {} updated (version {})", l.name, l.meta.version);
+        }
+        LocationCmd::Delete { location } => {
+            let id = crate::cli::resolve::location(c, &location).await?;
             c.delete(&format!("/v1/locations/{id}"), None).await?;
             if !json {
                 crate::out!("location {id} deleted");
@@ -890,7 +971,62 @@ async fn racks(c: &Client, json: bool, rc: RackCmd) -> anyhow::Result<()> {
             }
             crate::out!("rack {} created with id {}", r.name, r.meta.id);
         }
-        RackCmd::Delete { id } => c.delete(&format!("/v1/racks/{id}"), None).await?,
+        RackCmd::Show { rack } => {
+            let id = crate::cli::resolve::rack(c, &rack).await?;
+            let r: Rack = c.get(&format!("/v1/racks/{id}")).await?;
+            let ms: Vec<Machine> = c.get_all(&format!("/v1/machines?rack={id}")).await?;
+            if json {
+                return json_out(&serde_json::json!({"rack": r, "machines": ms}));
+            }
+            crate::out!(
+                "rack {} (id {}) in {}, {} units, version {}",
+                r.name,
+                r.meta.id,
+                r.location,
+                r.height_units,
+                r.meta.version
+            );
+            let mut rows: Vec<(u32, Vec<String>)> = ms
+                .iter()
+                .map(|m| {
+                    (
+                        m.rack_unit.unwrap_or(0),
+                        vec![
+                            opt(&m.rack_unit),
+                            m.meta.id.to_string(),
+                            m.hostname.clone(),
+                            m.state.as_str().to_string(),
+                        ],
+                    )
+                })
+                .collect();
+            rows.sort_by_key(|r| std::cmp::Reverse(r.0));
+            let rows: Vec<Vec<String>> = rows.into_iter().map(|(_, r)| r).collect();
+            table(&["UNIT", "ID", "HOSTNAME", "STATE"], &rows);
+        }
+        RackCmd::Update {
+            rack,
+            name,
+            height,
+            if_match,
+        } => {
+            let id = crate::cli::resolve::rack(c, &rack).await?;
+            let patch = rackd_types::UpdateRack {
+                name,
+                height_units: height,
+            };
+            let r: Rack = c
+                .patch(&format!("/v1/racks/{id}"), &patch, if_match)
+                .await?;
+            if json {
+                return json_out(&r);
+            }
+            crate::out!("rack {} updated (version {})", r.name, r.meta.version);
+        }
+        RackCmd::Delete { rack } => {
+            let id = crate::cli::resolve::rack(c, &rack).await?;
+            c.delete(&format!("/v1/racks/{id}"), None).await?
+        }
     }
     Ok(())
 }
@@ -933,16 +1069,7 @@ async fn subnets(c: &Client, json: bool, sc: SubnetCmd) -> anyhow::Result<()> {
             dns,
             dynamic,
         } => {
-            let mut dynamic_ranges = Vec::new();
-            for d in dynamic {
-                let (s, e) = d
-                    .split_once('-')
-                    .with_context(|| format!("range {d:?} is not START-END"))?;
-                dynamic_ranges.push(IpRange {
-                    start: s.to_string(),
-                    end: e.to_string(),
-                });
-            }
+            let dynamic_ranges = parse_ranges(&dynamic)?;
             let s: Subnet = c
                 .post(
                     "/v1/subnets",
@@ -961,9 +1088,76 @@ async fn subnets(c: &Client, json: bool, sc: SubnetCmd) -> anyhow::Result<()> {
             }
             crate::out!("subnet {} created with id {}", s.cidr, s.meta.id);
         }
-        SubnetCmd::Delete { id } => c.delete(&format!("/v1/subnets/{id}"), None).await?,
+        SubnetCmd::Show { subnet } => {
+            let id = crate::cli::resolve::subnet(c, &subnet).await?;
+            let s: Subnet = c.get(&format!("/v1/subnets/{id}")).await?;
+            if json {
+                return json_out(&s);
+            }
+            let ranges = |rs: &[IpRange]| {
+                rs.iter()
+                    .map(|r| format!("{}-{}", r.start, r.end))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            crate::out!("id:       {}", s.meta.id);
+            crate::out!("cidr:     {}", s.cidr);
+            crate::out!("location: {}", s.location);
+            crate::out!("gateway:  {}", opt(&s.gateway));
+            crate::out!("dns:      {}", s.dns.join(", "));
+            crate::out!("dynamic:  {}", ranges(&s.dynamic_ranges));
+            crate::out!("reserved: {}", ranges(&s.reserved_ranges));
+            crate::out!("version:  {}", s.meta.version);
+        }
+        SubnetCmd::Update {
+            subnet,
+            gateway,
+            no_gateway,
+            dns,
+            dynamic,
+            reserved,
+            if_match,
+        } => {
+            let id = crate::cli::resolve::subnet(c, &subnet).await?;
+            let patch = rackd_types::UpdateSubnet {
+                gateway: if no_gateway {
+                    Some(None)
+                } else {
+                    gateway.map(Some)
+                },
+                dns,
+                dynamic_ranges: dynamic.map(|d| parse_ranges(&d)).transpose()?,
+                reserved_ranges: reserved.map(|r| parse_ranges(&r)).transpose()?,
+            };
+            let s: Subnet = c
+                .patch(&format!("/v1/subnets/{id}"), &patch, if_match)
+                .await?;
+            if json {
+                return json_out(&s);
+            }
+            crate::out!("subnet {} updated (version {})", s.cidr, s.meta.version);
+        }
+        SubnetCmd::Delete { subnet } => {
+            let id = crate::cli::resolve::subnet(c, &subnet).await?;
+            c.delete(&format!("/v1/subnets/{id}"), None).await?
+        }
     }
     Ok(())
+}
+
+/// `START-END` ranges.
+fn parse_ranges(rs: &[String]) -> anyhow::Result<Vec<IpRange>> {
+    rs.iter()
+        .map(|d| {
+            let (s, e) = d
+                .split_once('-')
+                .with_context(|| format!("range {d:?} is not START-END"))?;
+            Ok(IpRange {
+                start: s.to_string(),
+                end: e.to_string(),
+            })
+        })
+        .collect()
 }
 
 async fn members(c: &Client, json: bool, mc: MemberCmd) -> anyhow::Result<()> {
@@ -1046,7 +1240,8 @@ async fn tokens(c: &Client, json: bool, tc: TokenCmd) -> anyhow::Result<()> {
                 &rows,
             );
         }
-        TokenCmd::RevokeApi { id } => {
+        TokenCmd::RevokeApi { token } => {
+            let id = crate::cli::resolve::api_token(c, &token).await?;
             c.delete(&format!("/v1/tokens/api/{id}"), None).await?;
         }
         TokenCmd::Revoke { id } => {

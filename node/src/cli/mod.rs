@@ -14,6 +14,7 @@ pub mod image;
 pub mod log;
 pub mod login;
 pub mod output;
+pub mod resolve;
 pub mod watch;
 pub mod webhooks;
 
@@ -157,17 +158,20 @@ pub enum MachineCmd {
     },
     Add(MachineArgs),
     Show {
-        id: u64,
+        /// The machine's id or hostname.
+        id: String,
     },
     Update {
-        id: u64,
+        /// The machine's id or hostname.
+        id: String,
         #[arg(long)]
         if_match: Option<u64>,
         #[command(flatten)]
         fields: MachineUpdateArgs,
     },
     Delete {
-        id: u64,
+        /// The machine's id or hostname.
+        id: String,
         #[arg(long)]
         if_match: Option<u64>,
     },
@@ -176,7 +180,8 @@ pub enum MachineCmd {
     /// boot device (`rackd tasks show TASK --watch` follows the steps). With --wait, follow
     /// the machine until it is deployed (or fails), a line per change of state.
     Deploy {
-        id: u64,
+        /// The machine's id or hostname.
+        id: String,
         #[arg(long)]
         image: String,
         #[arg(long)]
@@ -194,7 +199,8 @@ pub enum MachineCmd {
     /// Release a deployed or failed machine: a release task powers it off and it becomes
     /// ready. With --wait, follow it until it is ready (or fails).
     Release {
-        id: u64,
+        /// The machine's id or hostname.
+        id: String,
         /// Boot this image first to erase the machine (it calls back like an installer).
         #[arg(long)]
         wipe_image: Option<String>,
@@ -206,14 +212,16 @@ pub enum MachineCmd {
     },
     /// Power action (on, off, cycle, reset, status); waits for the task unless --no-wait.
     Power {
-        id: u64,
+        /// The machine's id or hostname.
+        id: String,
         action: rackd_types::PowerAction,
         #[arg(long)]
         no_wait: bool,
     },
     /// Set the boot device through the BMC (pxe or disk; the next boot unless --persistent).
     BootDevice {
-        id: u64,
+        /// The machine's id or hostname.
+        id: String,
         device: rackd_types::BootDevice,
         #[arg(long)]
         persistent: bool,
@@ -223,7 +231,8 @@ pub enum MachineCmd {
     /// Let SOURCE (an IP) reach the machine's BMC through its location's IPMI proxies
     /// (ipmitool -H PROXY_IP -p BASE_PORT+ID) for --ttl seconds.
     BmcSession {
-        id: u64,
+        /// The machine's id or hostname.
+        id: String,
         #[arg(long)]
         source: String,
         #[arg(long)]
@@ -231,12 +240,14 @@ pub enum MachineCmd {
     },
     /// The machine's open BMC sessions.
     BmcSessions {
-        id: u64,
+        /// The machine's id or hostname.
+        id: String,
     },
     /// Close the machine's BMC session for --source, or all of them (the proxies drop the
     /// flows at their next datagram).
     BmcSessionClose {
-        id: u64,
+        /// The machine's id or hostname.
+        id: String,
         #[arg(long)]
         source: Option<String>,
     },
@@ -316,8 +327,104 @@ pub struct MachineUpdateArgs {
     pub cause: Option<String>,
     #[arg(long)]
     pub description: Option<String>,
+    /// Replace the tags (repeatable).
     #[arg(long = "tag")]
     pub tags: Option<Vec<String>>,
+    /// Remove every IP address.
+    #[arg(long, conflicts_with = "ips")]
+    pub no_ips: bool,
+    /// Remove every tag.
+    #[arg(long, conflicts_with = "tags")]
+    pub no_tags: bool,
+    /// Put the machine in this rack (id or name).
+    #[arg(long, conflicts_with = "no_rack")]
+    pub rack: Option<String>,
+    /// Its rack unit (1 = bottom).
+    #[arg(long)]
+    pub unit: Option<u32>,
+    /// Take the machine out of its rack.
+    #[arg(long)]
+    pub no_rack: bool,
+    /// BMC driver (ipmi, ipmi15, sim); the BMC flags not given keep their values.
+    #[arg(long)]
+    pub bmc_driver: Option<rackd_types::BmcDriver>,
+    /// BMC address (an IP address or host name). A new address, port or driver without a
+    /// new password clears the stored one.
+    #[arg(long)]
+    pub bmc_address: Option<String>,
+    #[arg(long)]
+    pub bmc_port: Option<u16>,
+    #[arg(long)]
+    pub bmc_user: Option<String>,
+    /// The BMC password (write-only; also $RACKD_BMC_PASSWORD).
+    #[arg(long, env = "RACKD_BMC_PASSWORD", hide_env_values = true)]
+    pub bmc_password: Option<String>,
+    /// Forget the BMC (and its password).
+    #[arg(long, conflicts_with_all = ["bmc_driver", "bmc_address", "bmc_port", "bmc_user", "bmc_password"])]
+    pub no_bmc: bool,
+}
+
+impl MachineUpdateArgs {
+    /// Whether any BMC flag but --no-bmc is given.
+    pub fn touches_bmc(&self) -> bool {
+        self.bmc_driver.is_some()
+            || self.bmc_address.is_some()
+            || self.bmc_port.is_some()
+            || self.bmc_user.is_some()
+            || self.bmc_password.is_some()
+    }
+
+    /// The BMC of the patch: the flags given over the machine's current BMC (`current`).
+    pub fn bmc(
+        &self,
+        current: Option<&rackd_types::BmcView>,
+    ) -> anyhow::Result<Option<Option<rackd_types::BmcSpec>>> {
+        if self.no_bmc {
+            return Ok(Some(None));
+        }
+        if !self.touches_bmc() {
+            return Ok(None);
+        }
+        let address = match (&self.bmc_address, current) {
+            (Some(a), _) => a.clone(),
+            (None, Some(c)) => c.address.clone(),
+            (None, None) => anyhow::bail!("the machine has no BMC yet: give --bmc-address"),
+        };
+        Ok(Some(Some(rackd_types::BmcSpec {
+            driver: self
+                .bmc_driver
+                .or(current.map(|c| c.driver))
+                .unwrap_or_default(),
+            address,
+            port: self.bmc_port.or(current.map(|c| c.port)).unwrap_or(623),
+            username: self
+                .bmc_user
+                .clone()
+                .or(current.map(|c| c.username.clone()))
+                .unwrap_or_default(),
+            password: self.bmc_password.clone(),
+            cipher_suite: current.and_then(|c| c.cipher_suite),
+        })))
+    }
+}
+
+impl MachineCmd {
+    /// The machine the command names (an id or a hostname), if it names one.
+    pub fn target(&self) -> Option<&str> {
+        match self {
+            MachineCmd::List { .. } | MachineCmd::Add(_) => None,
+            MachineCmd::Show { id }
+            | MachineCmd::Update { id, .. }
+            | MachineCmd::Delete { id, .. }
+            | MachineCmd::Deploy { id, .. }
+            | MachineCmd::Release { id, .. }
+            | MachineCmd::Power { id, .. }
+            | MachineCmd::BootDevice { id, .. }
+            | MachineCmd::BmcSession { id, .. }
+            | MachineCmd::BmcSessions { id }
+            | MachineCmd::BmcSessionClose { id, .. } => Some(id),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -331,11 +438,25 @@ pub enum LocationCmd {
         #[arg(long)]
         discovery: bool,
     },
+    /// Show a location (by id or name).
     Show {
-        id: u64,
+        location: String,
     },
+    /// Change a location's description or discovery (by id or name).
+    Update {
+        location: String,
+        #[arg(long)]
+        description: Option<String>,
+        /// Give unknown machines dynamic addresses and record them (true or false).
+        #[arg(long)]
+        discovery: Option<bool>,
+        /// Only if the location is still at this version.
+        #[arg(long)]
+        if_match: Option<u64>,
+    },
+    /// Delete a location without machines, racks or subnets (by id or name).
     Delete {
-        id: u64,
+        location: String,
     },
 }
 
@@ -353,9 +474,21 @@ pub enum RackCmd {
         #[arg(long, default_value_t = 42)]
         height: u32,
     },
-    Delete {
-        id: u64,
+    /// Show a rack (by id or name) and the machines in it, top unit first.
+    Show { rack: String },
+    /// Rename a rack or change its height in units (by id or name).
+    Update {
+        rack: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        height: Option<u32>,
+        /// Only if the rack is still at this version.
+        #[arg(long)]
+        if_match: Option<u64>,
     },
+    /// Delete an empty rack (by id or name).
+    Delete { rack: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -377,9 +510,31 @@ pub enum SubnetCmd {
         #[arg(long = "dynamic")]
         dynamic: Vec<String>,
     },
-    Delete {
-        id: u64,
+    /// Show a subnet (by id or CIDR).
+    Show { subnet: String },
+    /// Change a subnet (by id or CIDR): the lists given replace the stored ones.
+    Update {
+        subnet: String,
+        #[arg(long, conflicts_with = "no_gateway")]
+        gateway: Option<String>,
+        /// Remove the gateway.
+        #[arg(long)]
+        no_gateway: bool,
+        /// DNS server (repeatable).
+        #[arg(long = "dns")]
+        dns: Option<Vec<String>>,
+        /// Dynamic range START-END (repeatable).
+        #[arg(long = "dynamic")]
+        dynamic: Option<Vec<String>>,
+        /// Reserved range START-END, never handed out (repeatable).
+        #[arg(long = "reserved")]
+        reserved: Option<Vec<String>>,
+        /// Only if the subnet is still at this version.
+        #[arg(long)]
+        if_match: Option<u64>,
     },
+    /// Delete a subnet without assigned addresses (by id or CIDR).
+    Delete { subnet: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -480,6 +635,8 @@ pub enum OsImageCmd {
     },
     /// List images.
     List,
+    /// Show an image (by id or name).
+    Show { image: String },
     /// Delete an image no machine uses (its blobs are forgotten later, when unused).
     Delete { name: String },
 }
@@ -511,8 +668,8 @@ pub enum TokenCmd {
         #[arg(long)]
         expires: Option<u64>,
     },
-    /// Revoke an API token (every node refuses it from then on).
-    RevokeApi { id: u64 },
+    /// Revoke an API token, by id or name (every node refuses it from then on).
+    RevokeApi { token: String },
     /// List API tokens.
     ListApi,
 }

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Subcommand;
 use rackd_types::{CreateWebhook, CreatedWebhook, SecretText, UpdateWebhook, Webhook};
 
@@ -71,18 +71,6 @@ fn read_secret(path: &Path) -> anyhow::Result<SecretText> {
     let s = s.strip_suffix('\n').unwrap_or(&s);
     let s = s.strip_suffix('\r').unwrap_or(s);
     Ok(SecretText(s.to_string()))
-}
-
-/// The id of the webhook named `w` (an id, or a name).
-async fn resolve(c: &Client, w: &str) -> anyhow::Result<u64> {
-    if let Ok(id) = w.parse::<u64>() {
-        return Ok(id);
-    }
-    let all: Vec<Webhook> = c.get_all("/v1/webhooks").await?;
-    match all.into_iter().find(|h| h.name == w) {
-        Some(h) => Ok(h.meta.id),
-        None => bail!("no webhook is named {w:?} (rackd webhooks list)"),
-    }
 }
 
 fn state(w: &Webhook) -> String {
@@ -185,7 +173,7 @@ pub async fn run(c: &Client, json: bool, cmd: WebhookCmd) -> anyhow::Result<()> 
             table(&["ID", "NAME", "URL", "KINDS", "STATE", "DELIVERED"], &rows);
         }
         WebhookCmd::Show { webhook } => {
-            let id = resolve(c, &webhook).await?;
+            let id = crate::cli::resolve::webhook(c, &webhook).await?;
             let w: Webhook = c.get(&format!("/v1/webhooks/{id}")).await?;
             show(&w)?;
         }
@@ -199,7 +187,7 @@ pub async fn run(c: &Client, json: bool, cmd: WebhookCmd) -> anyhow::Result<()> 
             disable,
             if_match,
         } => {
-            let id = resolve(c, &webhook).await?;
+            let id = crate::cli::resolve::webhook(c, &webhook).await?;
             let patch = UpdateWebhook {
                 url,
                 kinds: match (all_kinds, kinds.is_empty()) {
@@ -220,7 +208,7 @@ pub async fn run(c: &Client, json: bool, cmd: WebhookCmd) -> anyhow::Result<()> 
             show(&w)?;
         }
         WebhookCmd::Remove { webhook } => {
-            let id = resolve(c, &webhook).await?;
+            let id = crate::cli::resolve::webhook(c, &webhook).await?;
             c.delete(&format!("/v1/webhooks/{id}"), None).await?;
             if !json {
                 crate::out!("webhook {id} removed");

@@ -6,6 +6,7 @@ mod appliance;
 mod backup;
 mod blobs;
 mod certs;
+mod cli_coverage;
 mod cluster;
 mod failstop;
 mod fencing;
