@@ -15,7 +15,7 @@ build_pkgs=(libclang-dev)
 # qemu-system-x86, ipxe-qemu, seabios: a diskless VM PXE-boots from rackd (tests/it/pxe.rs).
 # ipxe: the iPXE first stages rackd serves over TFTP. openipmi (ipmi_sim), ipmitool: a real
 # BMC simulator and client. syslinux*, mtools, dosfstools, e2fsprogs, qemu-utils, binutils:
-# `rackd image build`; ovmf: UEFI boot of an installed appliance (tests/it/appliance.rs).
+# `rackd appliance build`; ovmf: UEFI boot of an installed appliance (tests/it/appliance.rs).
 # openssl: checks the cluster PKI's certificates as a third party (tests/it/cluster.rs), and
 # makes the operator's own API certificate (tests/it/api_tls.rs). kea-admin: perfdhcp, a host
 # inventing MAC addresses against DHCP discovery (tests/it/location.rs). prometheus: promtool

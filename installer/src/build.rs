@@ -1,4 +1,4 @@
-//! `rackd image build`: the bootable appliance disk image.
+//! `rackd appliance build`: the bootable appliance disk image.
 //!
 //! Inputs, all from the local machine (works offline): a Debian kernel (an installed
 //! `linux-image-*` package, or its `.deb` given with `--kernel-deb`, e.g. from

@@ -3,7 +3,7 @@
 //! - [`layout`]: the disk layout (system / seed / data partitions) and its MBR.
 //! - [`seed`]: a node's settings (TOML seed partition + `rackd.*` kernel parameters).
 //! - [`cpio`]: the initramfs archive writer.
-//! - [`build`]: `rackd image build` — kernel, initramfs with rackd, syslinux, partitions.
+//! - [`build`]: `rackd appliance build` — kernel, initramfs with rackd, syslinux, partitions.
 //! - [`install`]: `install --disk`, `upgrade` (system part only), `seed`.
 //! - [`init`]: PID 1 of the appliance: mounts, seed, network, runs and supervises rackd.
 //!

@@ -1,4 +1,4 @@
-//! `rackd image …`: thin CLI glue over [`rackd_installer`].
+//! `rackd appliance …` (formerly `rackd image …`): thin CLI glue over [`rackd_installer`].
 
 use anyhow::Context;
 use rackd_installer::{build, install, layout};

@@ -10,6 +10,8 @@ pub use crate::config::args::UpArgs;
 pub mod backup;
 pub mod blobs;
 pub mod commands;
+#[cfg(test)]
+mod help_tests;
 pub mod image;
 pub mod log;
 pub mod login;
@@ -77,8 +79,9 @@ pub enum Cmd {
         #[arg(long)]
         ca_pin: Option<String>,
     },
-    /// The bootable appliance image: build, install to a disk, upgrade, write a node's seed.
-    #[command(subcommand)]
+    /// The bootable appliance image: build, install to a disk, upgrade, write a node's seed
+    /// (`rackd image …` is the old name; OS images are `rackd images …`).
+    #[command(subcommand, name = "appliance", alias = "image")]
     Image(ImageCmd),
     /// PID 1 of the appliance image (run by its /init; not for interactive use).
     #[command(hide = true)]
@@ -110,7 +113,7 @@ pub enum Cmd {
     /// Content-addressed artifacts (kernels, initrds, root filesystems) stored by the cluster.
     #[command(subcommand)]
     Blobs(BlobCmd),
-    /// OS images machines are deployed with (`rackd image` builds the appliance).
+    /// OS images machines are deployed with (`rackd appliance` builds rackd's own image).
     #[command(subcommand)]
     Images(OsImageCmd),
     /// Webhooks: HTTP endpoints the journal's events are sent to, signed, at least once.
@@ -145,33 +148,44 @@ pub enum Cmd {
 
 #[derive(Debug, Subcommand)]
 pub enum MachineCmd {
+    /// List machines (every page), filtered by location, state or rack.
     List {
+        /// Only machines of this location (its name).
         #[arg(long)]
         location: Option<String>,
+        /// Only machines in this state (new, ready, deploying, deployed, releasing, failed,
+        /// broken).
         #[arg(long)]
         state: Option<String>,
+        /// Only machines in this rack (its id).
         #[arg(long)]
         rack: Option<u64>,
         /// Serve from the local replica without a leader round trip.
         #[arg(long)]
         stale: bool,
     },
+    /// Add a machine to a location's inventory.
     Add(MachineArgs),
+    /// Show a machine: addresses, rack, BMC (never its password), state, tags.
     Show {
         /// The machine's id or hostname.
         id: String,
     },
+    /// Change a machine: only the fields given change.
     Update {
         /// The machine's id or hostname.
         id: String,
+        /// Only if the machine is still at this version (else 412, nothing changes).
         #[arg(long)]
         if_match: Option<u64>,
         #[command(flatten)]
         fields: MachineUpdateArgs,
     },
+    /// Delete a machine (its pending and running tasks are cancelled).
     Delete {
         /// The machine's id or hostname.
         id: String,
+        /// Only if the machine is still at this version.
         #[arg(long)]
         if_match: Option<u64>,
     },
@@ -182,8 +196,10 @@ pub enum MachineCmd {
     Deploy {
         /// The machine's id or hostname.
         id: String,
+        /// The OS image's name (`rackd images list`).
         #[arg(long)]
         image: String,
+        /// Follow the machine until it is deployed or fails (exit 1 then).
         #[arg(long)]
         wait: bool,
         /// Seconds --wait waits at most.
@@ -204,6 +220,7 @@ pub enum MachineCmd {
         /// Boot this image first to erase the machine (it calls back like an installer).
         #[arg(long)]
         wipe_image: Option<String>,
+        /// Follow the machine until it is ready or fails (exit 1 then).
         #[arg(long)]
         wait: bool,
         /// Seconds --wait waits at most.
@@ -214,7 +231,9 @@ pub enum MachineCmd {
     Power {
         /// The machine's id or hostname.
         id: String,
+        /// on, off, cycle, reset or status.
         action: rackd_types::PowerAction,
+        /// Print the task and return at once instead of following it to its end.
         #[arg(long)]
         no_wait: bool,
     },
@@ -222,9 +241,12 @@ pub enum MachineCmd {
     BootDevice {
         /// The machine's id or hostname.
         id: String,
+        /// pxe or disk.
         device: rackd_types::BootDevice,
+        /// For every boot, not only the next one.
         #[arg(long)]
         persistent: bool,
+        /// Print the task and return at once instead of following it to its end.
         #[arg(long)]
         no_wait: bool,
     },
@@ -233,8 +255,10 @@ pub enum MachineCmd {
     BmcSession {
         /// The machine's id or hostname.
         id: String,
+        /// The IP address allowed through the proxies.
         #[arg(long)]
         source: String,
+        /// Seconds the session lasts (default 3600).
         #[arg(long)]
         ttl: Option<u64>,
     },
@@ -248,6 +272,7 @@ pub enum MachineCmd {
     BmcSessionClose {
         /// The machine's id or hostname.
         id: String,
+        /// Close only this IP address's session.
         #[arg(long)]
         source: Option<String>,
     },
@@ -255,46 +280,60 @@ pub enum MachineCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum TaskCmd {
+    /// List tasks: kind, machine, state, attempts, executor, error.
     List,
     /// A task; with --watch, a line for each change (state, attempt, executor) until it ends,
     /// failing when the task failed (JSON lines with -o json).
     Show {
+        /// The task's id.
         id: u64,
+        /// Follow the task until it ends.
         #[arg(long)]
         watch: bool,
     },
     /// Cancel a pending or running task (a running one is fenced: its executor stops within
     /// its lease). A cancelled deploy or release leaves its machine failed.
     Cancel {
+        /// The task's id.
         id: u64,
     },
     /// Run a failed or cancelled deploy or release again from the step where it stopped.
     Retry {
+        /// The task's id.
         id: u64,
     },
 }
 
 #[derive(Debug, Args)]
 pub struct MachineArgs {
+    /// Host name (letters, digits, '-', '.', '_'; unique in its location, letter case aside).
     #[arg(long)]
     pub hostname: String,
+    /// The location's name.
     #[arg(long)]
     pub location: String,
+    /// A MAC address (repeatable; any common notation).
     #[arg(long = "mac")]
     pub macs: Vec<String>,
+    /// An IPv4 address inside a subnet of the location (repeatable).
     #[arg(long = "ip")]
     pub ips: Vec<String>,
+    /// The rack's id.
     #[arg(long)]
     pub rack: Option<u64>,
+    /// The rack unit it sits in (1 = bottom).
     #[arg(long)]
     pub unit: Option<u32>,
+    /// BMC address (an IP address or host name; the port goes in --bmc-port).
     #[arg(long)]
     pub bmc_address: Option<String>,
     /// ipmi (IPMI 2.0), ipmi15 (IPMI 1.5) or sim.
     #[arg(long, default_value = "ipmi")]
     pub bmc_driver: rackd_types::BmcDriver,
+    /// BMC UDP port.
     #[arg(long, default_value_t = 623)]
     pub bmc_port: u16,
+    /// BMC user name.
     #[arg(long, default_value = "")]
     pub bmc_user: String,
     /// BMC password (or env RACKD_BMC_PASSWORD).
@@ -303,28 +342,38 @@ pub struct MachineArgs {
     /// RMCP+ cipher suite (0-3) for the ipmi driver; 3 when unset.
     #[arg(long)]
     pub bmc_cipher_suite: Option<u8>,
+    /// Initial state (default new; ready to deploy it at once).
     #[arg(long)]
     pub state: Option<String>,
+    /// Free text.
     #[arg(long, default_value = "")]
     pub description: String,
+    /// A tag (repeatable; 1..=64 characters without spaces).
     #[arg(long = "tag")]
     pub tags: Vec<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct MachineUpdateArgs {
+    /// A new host name.
     #[arg(long)]
     pub hostname: Option<String>,
+    /// Move it to this location (its name).
     #[arg(long)]
     pub location: Option<String>,
+    /// Replace its MAC addresses (repeatable).
     #[arg(long = "mac")]
     pub macs: Option<Vec<String>>,
+    /// Replace its IP addresses (repeatable).
     #[arg(long = "ip")]
     pub ips: Option<Vec<String>>,
+    /// A new state (new, ready, deployed, failed, broken; moves the lifecycle allows).
     #[arg(long)]
     pub state: Option<String>,
+    /// Why the state changes (shown with the state and in the journal).
     #[arg(long)]
     pub cause: Option<String>,
+    /// Free text.
     #[arg(long)]
     pub description: Option<String>,
     /// Replace the tags (repeatable).
@@ -352,8 +401,10 @@ pub struct MachineUpdateArgs {
     /// new password clears the stored one.
     #[arg(long)]
     pub bmc_address: Option<String>,
+    /// BMC UDP port.
     #[arg(long)]
     pub bmc_port: Option<u16>,
+    /// BMC user name.
     #[arg(long)]
     pub bmc_user: Option<String>,
     /// The BMC password (write-only; also $RACKD_BMC_PASSWORD).
@@ -429,9 +480,13 @@ impl MachineCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum LocationCmd {
+    /// List locations.
     List,
+    /// Add a location (a site with its own provisioning network).
     Add {
+        /// Unique name (letters, digits, '-', '.', '_'); machines and racks refer to it.
         name: String,
+        /// Free text.
         #[arg(long, default_value = "")]
         description: String,
         /// Give unknown machines dynamic addresses and record them as `new`.
@@ -440,11 +495,14 @@ pub enum LocationCmd {
     },
     /// Show a location (by id or name).
     Show {
+        /// The location's id or name.
         location: String,
     },
     /// Change a location's description or discovery (by id or name).
     Update {
+        /// The location's id or name.
         location: String,
+        /// Free text.
         #[arg(long)]
         description: Option<String>,
         /// Give unknown machines dynamic addresses and record them (true or false).
@@ -456,31 +514,44 @@ pub enum LocationCmd {
     },
     /// Delete a location without machines, racks or subnets (by id or name).
     Delete {
+        /// The location's id or name.
         location: String,
     },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum RackCmd {
+    /// List racks.
     List {
+        /// Only racks of this location (its name).
         #[arg(long)]
         location: Option<String>,
     },
+    /// Add a rack to a location.
     Add {
+        /// The location's name.
         #[arg(long)]
         location: String,
+        /// Its name (unique in the location).
         #[arg(long)]
         name: String,
+        /// Height in rack units.
         #[arg(long, default_value_t = 42)]
         height: u32,
     },
     /// Show a rack (by id or name) and the machines in it, top unit first.
-    Show { rack: String },
+    Show {
+        /// The rack's id or name.
+        rack: String,
+    },
     /// Rename a rack or change its height in units (by id or name).
     Update {
+        /// The rack's id or name.
         rack: String,
+        /// A new name.
         #[arg(long)]
         name: Option<String>,
+        /// A new height in rack units.
         #[arg(long)]
         height: Option<u32>,
         /// Only if the rack is still at this version.
@@ -488,22 +559,32 @@ pub enum RackCmd {
         if_match: Option<u64>,
     },
     /// Delete an empty rack (by id or name).
-    Delete { rack: String },
+    Delete {
+        /// The rack's id or name.
+        rack: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum SubnetCmd {
+    /// List subnets.
     List {
+        /// Only subnets of this location (its name).
         #[arg(long)]
         location: Option<String>,
     },
+    /// Add a subnet (an IPv4 pool) to a location.
     Add {
+        /// The location's name.
         #[arg(long)]
         location: String,
+        /// The network, e.g. 10.0.0.0/24 (no overlap with another subnet).
         #[arg(long)]
         cidr: String,
+        /// The default gateway DHCP hands out.
         #[arg(long)]
         gateway: Option<String>,
+        /// A DNS server DHCP hands out (repeatable).
         #[arg(long = "dns")]
         dns: Vec<String>,
         /// Dynamic range START-END (repeatable).
@@ -511,10 +592,15 @@ pub enum SubnetCmd {
         dynamic: Vec<String>,
     },
     /// Show a subnet (by id or CIDR).
-    Show { subnet: String },
+    Show {
+        /// The subnet's id or CIDR.
+        subnet: String,
+    },
     /// Change a subnet (by id or CIDR): the lists given replace the stored ones.
     Update {
+        /// The subnet's id or CIDR.
         subnet: String,
+        /// A new default gateway.
         #[arg(long, conflicts_with = "no_gateway")]
         gateway: Option<String>,
         /// Remove the gateway.
@@ -534,13 +620,21 @@ pub enum SubnetCmd {
         if_match: Option<u64>,
     },
     /// Delete a subnet without assigned addresses (by id or CIDR).
-    Delete { subnet: String },
+    Delete {
+        /// The subnet's id or CIDR.
+        subnet: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum MemberCmd {
+    /// List members: id, role, addresses (`rackd status` adds reachability and lag).
     List,
-    Remove { id: u64 },
+    /// Remove a member (never the last voter); its id is never admitted again.
+    Remove {
+        /// The member's node id.
+        id: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -555,13 +649,24 @@ pub enum CertCmd {
 pub enum BlobCmd {
     /// Upload FILE (streamed, with progress on a terminal); prints its digest once two voters
     /// hold it.
-    Put { file: PathBuf },
+    Put {
+        /// The file to upload.
+        file: PathBuf,
+    },
     /// Download blob DIGEST into FILE (verified before it is renamed into place).
-    Get { digest: String, file: PathBuf },
+    Get {
+        /// The blob's digest (sha256:<hex>).
+        digest: String,
+        /// Where to write it (it must not exist).
+        file: PathBuf,
+    },
     /// List blobs and the nodes holding them.
     List,
     /// Forget a blob: every node removes its copy.
-    Remove { digest: String },
+    Remove {
+        /// The blob's digest (sha256:<hex>).
+        digest: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -570,6 +675,7 @@ pub enum BackupCmd {
     /// cluster acknowledged so far, and the cluster CA sealed with the passphrase. FILE
     /// appears only once it was read back whole and its CA opened.
     Create {
+        /// Where the backup is written (it must not exist).
         file: PathBuf,
         /// A file whose first line is the passphrase (at least 12 characters); default:
         /// $RACKD_BACKUP_PASSPHRASE.
@@ -585,6 +691,7 @@ pub enum BackupCmd {
     /// (printed). Then start it with `rackd up --data-dir DIR --api ADDR --peer ADDR` and join
     /// more nodes with join tokens. Blob contents are not in a backup: upload them again.
     Restore {
+        /// The backup file.
         file: PathBuf,
         /// The new node's data directory (empty or absent).
         #[arg(long)]
@@ -608,6 +715,7 @@ pub enum BackupCmd {
     /// Check a backup offline (format, checksums, records) and say what it holds; with a
     /// passphrase, also open its CA.
     Inspect {
+        /// The backup file.
         file: PathBuf,
         /// As for create; without it (and without $RACKD_BACKUP_PASSPHRASE) the CA is not
         /// opened.
@@ -621,9 +729,12 @@ pub enum OsImageCmd {
     /// Upload an image's files as blobs (streamed, with progress on a terminal) and create
     /// image NAME from them, or point an existing NAME at them.
     Upload {
+        /// The image's name (1..=128 of [A-Za-z0-9-._]).
         name: String,
+        /// The kernel file.
         #[arg(long)]
         kernel: PathBuf,
+        /// The initrd file.
         #[arg(long)]
         initrd: PathBuf,
         /// A root filesystem the installer fetches (passed as `rackd.rootfs=<url>`).
@@ -636,17 +747,25 @@ pub enum OsImageCmd {
     /// List images.
     List,
     /// Show an image (by id or name).
-    Show { image: String },
+    Show {
+        /// The image's id or name.
+        image: String,
+    },
     /// Delete an image no machine uses (its blobs are forgotten later, when unused).
-    Delete { name: String },
+    Delete {
+        /// The image's name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCmd {
     /// Create a join token.
     Create {
+        /// Seconds the token stays valid.
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
+        /// Free text (what the token is for).
         #[arg(long, default_value = "")]
         description: String,
         /// The location (site) the joining node serves: it is bound to it and gets only
@@ -657,11 +776,16 @@ pub enum TokenCmd {
     /// List join tokens.
     List,
     /// Revoke a join token (a join in progress with it stops).
-    Revoke { id: u64 },
+    Revoke {
+        /// The join token's id (`rackd tokens list`).
+        id: u64,
+    },
     /// Create an API token with a role: reader (GET only), operator (inventory, power,
     /// deploy, tasks) or admin (everything, including tokens and members).
     CreateApi {
+        /// A name no other token has ([A-Za-z0-9-._@]); the journal records it as the actor.
         name: String,
+        /// reader, operator or admin.
         #[arg(long, default_value = "admin")]
         role: String,
         /// Seconds until the token expires (default: it does not).
@@ -669,7 +793,10 @@ pub enum TokenCmd {
         expires: Option<u64>,
     },
     /// Revoke an API token, by id or name (every node refuses it from then on).
-    RevokeApi { token: String },
+    RevokeApi {
+        /// The API token's id or name.
+        token: String,
+    },
     /// List API tokens.
     ListApi,
 }
@@ -704,6 +831,7 @@ pub enum ImageCmd {
     },
     /// Write the appliance onto DISK (from the booted appliance's disk, or --from IMAGE).
     Install {
+        /// The disk (or disk image file) to write; everything on it is replaced.
         #[arg(long)]
         disk: PathBuf,
         /// Source appliance disk or image (default: the disk holding the RACKDSYS partition).
@@ -719,15 +847,19 @@ pub enum ImageCmd {
     /// Replace the system part of an installed appliance disk with a newer image's; the seed
     /// and the data partition are kept.
     Upgrade {
+        /// The installed appliance disk (or disk image file).
         #[arg(long)]
         disk: PathBuf,
+        /// The newer appliance image (rackd.raw from `rackd appliance build`).
         #[arg(long)]
         image: PathBuf,
     },
     /// Write a node's seed (rackd.toml) onto an appliance disk or image.
     Seed {
+        /// The appliance disk or image file.
         #[arg(long)]
         disk: PathBuf,
+        /// The node's seed (rackd.toml).
         #[arg(long)]
         seed: PathBuf,
     },

@@ -21,6 +21,7 @@ pub enum WebhookCmd {
     /// The event id is in X-Rackd-Event-Id. Without --secret-file a secret is generated and
     /// printed once.
     Create {
+        /// A name no other webhook has (1..=64 of [A-Za-z0-9-._]).
         name: String,
         /// http:// or https:// URL (https trusts the system's CAs).
         url: String,
@@ -38,10 +39,15 @@ pub enum WebhookCmd {
     /// List webhooks and how delivery to each stands.
     List,
     /// Show a webhook (by id or name) and its delivery state.
-    Show { webhook: String },
+    Show {
+        /// The webhook's id or name.
+        webhook: String,
+    },
     /// Change a webhook (by id or name).
     Update {
+        /// The webhook's id or name.
         webhook: String,
+        /// A new http:// or https:// URL.
         #[arg(long)]
         url: Option<String>,
         /// Replace its kinds with these (repeat for several).
@@ -53,8 +59,10 @@ pub enum WebhookCmd {
         /// A file holding a new signing secret.
         #[arg(long)]
         secret_file: Option<std::path::PathBuf>,
+        /// Send it events again (from where delivery stood).
         #[arg(long, conflicts_with = "disable")]
         enable: bool,
+        /// Send it nothing until it is enabled.
         #[arg(long)]
         disable: bool,
         /// Only if the webhook is still at this version.
@@ -62,7 +70,10 @@ pub enum WebhookCmd {
         if_match: Option<u64>,
     },
     /// Remove a webhook (by id or name): nothing more is sent to it.
-    Remove { webhook: String },
+    Remove {
+        /// The webhook's id or name.
+        webhook: String,
+    },
 }
 
 fn read_secret(path: &Path) -> anyhow::Result<SecretText> {

@@ -164,6 +164,7 @@ pub struct UpArgs {
     /// unset.
     #[arg(long)]
     pub ipmi_proxy_listen: Option<std::net::IpAddr>,
+    /// IPMI proxy: machine N's BMC is reached on this port + N.
     #[arg(long, default_value_t = 20000)]
     pub ipmi_proxy_base_port: u16,
     /// Close an IPMI proxy flow after this many idle seconds.

@@ -1,4 +1,4 @@
-//! The bootable appliance, end to end under qemu (TCG): build the image with `rackd image
+//! The bootable appliance, end to end under qemu (TCG): build the image with `rackd appliance
 //! build`, boot three VMs from it on a bridge in a network namespace (one bootstraps, two join
 //! through their seeds; one of them takes its address from a DHCP server), reach all three APIs from the host; power a VM off with the ACPI power
 //! button and on again (it rejoins with its data); replace a VM's system part with a rebuilt
@@ -17,15 +17,17 @@ use serde_json::{json, Value};
 
 use crate::util::sh;
 
-/// `rackd image build` into `out`; returns the build time in seconds.
+/// `rackd appliance build` into `out`; returns the build time in seconds.
 fn build_image(out: &Path, extra: &[&str]) -> f64 {
     let t0 = Instant::now();
     let mut cmd = Command::new(rackd_tests::rackd_bin());
-    cmd.args(["image", "build", "--out"]).arg(out).args(extra);
+    cmd.args(["appliance", "build", "--out"])
+        .arg(out)
+        .args(extra);
     if let Some(deb) = crate::util::kernel_deb() {
         cmd.arg("--kernel-deb").arg(deb);
     }
-    let o = cmd.output().expect("run rackd image build");
+    let o = cmd.output().expect("run rackd appliance build");
     assert!(
         o.status.success(),
         "image build failed:\n{}",
@@ -472,6 +474,7 @@ fn vm_disk(image: &Path, disk: &Path, seed_file: &Path) {
         &disk.display().to_string(),
     ]);
     assert!(ok, "{out}");
+    // The old name of `rackd appliance` still works.
     rackd(&[
         "image",
         "seed",
@@ -611,7 +614,7 @@ async fn appliance_image_forms_a_three_node_cluster_survives_power_cycle_and_upg
         "vm3 did not power off"
     );
     rackd(&[
-        "image",
+        "appliance",
         "upgrade",
         "--disk",
         &disks[2].display().to_string(),
@@ -708,7 +711,7 @@ async fn appliance_installs_itself_onto_an_empty_disk_that_then_boots_alone() {
     let (ok, _) = sh(&["truncate", "-s", "1G", &used.display().to_string()]);
     assert!(ok);
     let o = Command::new(rackd_tests::rackd_bin())
-        .args(["image", "install", "--from"])
+        .args(["appliance", "install", "--from"])
         .arg(img.join("rackd.raw"))
         .arg("--disk")
         .arg(&used)
