@@ -18,6 +18,17 @@ fn main() {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Cmd::ApplianceInit => rackd_installer::init::run(),
+        Cmd::Completion { shell } => {
+            rackd::out!("{}", rackd::cli::complete::script(shell).trim_end());
+            return Ok(());
+        }
+        Cmd::Complete { words } => {
+            use clap::CommandFactory;
+            for c in rackd::cli::complete::candidates(&Cli::command(), &words) {
+                rackd::out!("{c}");
+            }
+            return Ok(());
+        }
         Cmd::Image(cmd) => return rackd::cli::image::run(cmd),
         _ => {}
     }

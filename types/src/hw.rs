@@ -73,6 +73,17 @@ pub enum BootDevice {
     Disk,
 }
 
+impl BootDevice {
+    pub const ALL: [BootDevice; 2] = [BootDevice::Pxe, BootDevice::Disk];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BootDevice::Pxe => "pxe",
+            BootDevice::Disk => "disk",
+        }
+    }
+}
+
 /// How rackd talks to a machine's BMC. `ipmi` is IPMI 2.0 (RMCP+, "lanplus"), `ipmi15` IPMI
 /// 1.5 ("lan"), `sim` an in-process simulated BMC for tests and demos.
 ///

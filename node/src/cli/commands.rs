@@ -353,7 +353,13 @@ pub async fn client(
     };
     let json = out == Output::Json;
     match cmd {
-        Cmd::Up(_) | Cmd::Join { .. } | Cmd::Image(_) | Cmd::ApplianceInit | Cmd::Login { .. } => {
+        Cmd::Up(_)
+        | Cmd::Join { .. }
+        | Cmd::Image(_)
+        | Cmd::ApplianceInit
+        | Cmd::Login { .. }
+        | Cmd::Completion { .. }
+        | Cmd::Complete { .. } => {
             bail!("not a client command (the binary runs it itself)")
         }
         Cmd::Status => status(&c, json).await,

@@ -10,6 +10,7 @@ pub use crate::config::args::UpArgs;
 pub mod backup;
 pub mod blobs;
 pub mod commands;
+pub mod complete;
 #[cfg(test)]
 mod help_tests;
 pub mod image;
@@ -116,6 +117,19 @@ pub enum Cmd {
     /// OS images machines are deployed with (`rackd appliance` builds rackd's own image).
     #[command(subcommand)]
     Images(OsImageCmd),
+    /// Print a shell completion script: `source <(rackd completion bash)`; for zsh, save it
+    /// as `_rackd` on $fpath; for fish, in ~/.config/fish/completions/rackd.fish.
+    Completion {
+        /// bash, zsh or fish.
+        shell: crate::cli::complete::Shell,
+    },
+    /// What may come next on a command line (the completion scripts ask this).
+    #[command(name = "__complete", hide = true)]
+    Complete {
+        /// The words after `rackd`, the last one being completed.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        words: Vec<String>,
+    },
     /// Webhooks: HTTP endpoints the journal's events are sent to, signed, at least once.
     #[command(subcommand)]
     Webhooks(crate::cli::webhooks::WebhookCmd),
@@ -231,7 +245,9 @@ pub enum MachineCmd {
     Power {
         /// The machine's id or hostname.
         id: String,
-        /// on, off, cycle, reset or status.
+        /// What to do.
+        #[arg(value_parser = crate::cli::complete::one_of::<rackd_types::PowerAction>(
+            &rackd_types::PowerAction::ALL.map(|a| a.as_str())))]
         action: rackd_types::PowerAction,
         /// Print the task and return at once instead of following it to its end.
         #[arg(long)]
@@ -241,7 +257,9 @@ pub enum MachineCmd {
     BootDevice {
         /// The machine's id or hostname.
         id: String,
-        /// pxe or disk.
+        /// Where it boots from.
+        #[arg(value_parser = crate::cli::complete::one_of::<rackd_types::BootDevice>(
+            &rackd_types::BootDevice::ALL.map(|d| d.as_str())))]
         device: rackd_types::BootDevice,
         /// For every boot, not only the next one.
         #[arg(long)]
@@ -328,7 +346,8 @@ pub struct MachineArgs {
     #[arg(long)]
     pub bmc_address: Option<String>,
     /// ipmi (IPMI 2.0), ipmi15 (IPMI 1.5) or sim.
-    #[arg(long, default_value = "ipmi")]
+    #[arg(long, default_value = "ipmi", value_parser = crate::cli::complete::one_of::<rackd_types::BmcDriver>(
+        &rackd_types::BmcDriver::SUPPORTED.map(|d| d.as_str())))]
     pub bmc_driver: rackd_types::BmcDriver,
     /// BMC UDP port.
     #[arg(long, default_value_t = 623)]
@@ -395,7 +414,8 @@ pub struct MachineUpdateArgs {
     #[arg(long)]
     pub no_rack: bool,
     /// BMC driver (ipmi, ipmi15, sim); the BMC flags not given keep their values.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::complete::one_of::<rackd_types::BmcDriver>(
+        &rackd_types::BmcDriver::SUPPORTED.map(|d| d.as_str())))]
     pub bmc_driver: Option<rackd_types::BmcDriver>,
     /// BMC address (an IP address or host name). A new address, port or driver without a
     /// new password clears the stored one.

@@ -311,3 +311,48 @@ async fn the_cli_reaches_every_endpoint_of_the_api() {
         "no CLI command reached these endpoints: {missing:?}\ncalled: {seen:?}"
     );
 }
+
+/// `rackd completion bash` in a real bash: the script asks the binary, which completes
+/// subcommands, flags and fixed values from the same command tree it parses with.
+#[test]
+fn bash_completes_commands_flags_and_values_through_the_binary() {
+    let bin = rackd_tests::rackd_bin();
+    let dir = bin.parent().unwrap().display().to_string();
+    let complete = |words: &[&str]| -> Vec<String> {
+        let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+        let script = format!(
+            "source <(rackd completion bash) && COMP_WORDS=(rackd {}) && \
+             COMP_CWORD={} && _rackd && printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            quoted.join(" "),
+            words.len()
+        );
+        let out = std::process::Command::new("bash")
+            .args(["-c", &script])
+            .env(
+                "PATH",
+                format!("{dir}:{}", std::env::var("PATH").unwrap_or_default()),
+            )
+            .output()
+            .expect("run bash");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(complete(&["webh"]), ["webhooks"]);
+    assert_eq!(
+        complete(&["machines", "power", "web1", ""]),
+        ["cycle", "off", "on", "reset", "status"]
+    );
+    assert_eq!(complete(&["-o", ""]), ["json", "table"]);
+    assert!(
+        complete(&["webhooks", "create", "x", "u", "--"]).contains(&"--secret-file".to_string())
+    );
+    assert_eq!(complete(&["appliance", "up"]), ["upgrade"]);
+}
