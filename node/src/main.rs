@@ -4,7 +4,18 @@ use clap::Parser;
 use rackd::cli::{Cli, Cmd};
 
 fn main() {
-    let cli = Cli::parse();
+    // `up --config FILE`: the file's flags join the command line before it is parsed.
+    let argv = {
+        use clap::CommandFactory;
+        match rackd::config::file::expand(std::env::args_os().collect(), &Cli::command()) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("rackd: config: {e}");
+                std::process::exit(2);
+            }
+        }
+    };
+    let cli = Cli::parse_from(argv);
     let code = match run(cli) {
         Ok(()) => 0,
         Err(e) => {

@@ -8,6 +8,10 @@ use clap::Args;
 
 #[derive(Debug, Clone, Args)]
 pub struct UpArgs {
+    /// A TOML file of these flags (keys are the flag names: `data-dir = "/var/lib/rackd"`,
+    /// `learner = true`, arrays for repeatable flags); flags on the command line win.
+    #[arg(long, env = "RACKD_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Data directory (RocksDB, snapshots, identity, admin token).
     #[arg(long, env = "RACKD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,

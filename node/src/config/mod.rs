@@ -6,6 +6,7 @@
 //! Bottom layer: must not depend on any other module of this crate.
 
 pub mod args;
+pub mod file;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;

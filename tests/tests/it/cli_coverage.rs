@@ -356,3 +356,80 @@ fn bash_completes_commands_flags_and_values_through_the_binary() {
     );
     assert_eq!(complete(&["appliance", "up"]), ["upgrade"]);
 }
+
+/// `rackd up --config FILE`: a node starts from a TOML file of its flags (a flag on the
+/// command line wins over the file), and a file with a key that is no flag is refused before
+/// anything starts, naming the file and the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_starts_from_a_config_file_and_the_command_line_wins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let peer = free.local_addr().unwrap().to_string();
+    drop(free);
+    let file = tmp.path().join("rackd.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "data-dir = {:?}\napi = \"127.0.0.1:0\"\npeer = \"127.0.0.1:1\"\ntask_lease_secs = 20\n",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(rackd_tests::rackd_bin())
+        .args(["up", "--config", file.to_str().unwrap(), "--peer", &peer])
+        .env_remove("RACKD_DATA_DIR")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let api = loop {
+        if let Ok(a) = std::fs::read_to_string(data.join("api.addr")) {
+            if !a.trim().is_empty() && !a.trim().ends_with(":0") {
+                break a.trim().to_string();
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no api.addr in {}",
+            data.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let health: Value = loop {
+        if let Ok(r) = reqwest::get(format!("http://{api}/v1/health")).await {
+            if let Ok(v) = r.json::<Value>().await {
+                if v["raft_state"] == "leader" {
+                    break v;
+                }
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node from the config file never led"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(health["node_id"], 1);
+    let bound_peer = std::fs::read_to_string(data.join("peer.addr")).unwrap();
+    assert_eq!(
+        bound_peer.trim(),
+        peer,
+        "the command line's --peer wins over the file's"
+    );
+
+    std::fs::write(&file, "data-dir = \"/tmp/x\"\ncolour = \"red\"\n").unwrap();
+    let out = std::process::Command::new(rackd_tests::rackd_bin())
+        .args(["up", "--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("rackd.toml") && err.contains("\"colour\" is not a flag"),
+        "{err}"
+    );
+}
