@@ -19,13 +19,24 @@ use crate::cli::{
 use crate::client::Client;
 use crate::config::NodeConfig;
 
+/// What a node logs unless `RACKD_LOG` says otherwise. openraft's heartbeat worker warns
+/// at every heartbeat a peer misses (ten a second); the leader logs one line per member that
+/// stops or starts answering instead (`services::node_watch`).
+pub const DEFAULT_LOG: &str = "info,openraft=warn,openraft::core::heartbeat=error";
+
 pub async fn up(args: UpArgs, join: Option<String>) -> anyhow::Result<()> {
     let log = crate::cli::log::NonBlockingStderr::start();
+    // Colour only for a person at a terminal: a journal, a file or a pipe gets plain text.
+    let colour = {
+        use std::io::IsTerminal;
+        std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RACKD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG)),
         )
+        .with_ansi(colour)
         .with_writer(log.clone())
         .init();
     let result = match NodeConfig::from_args(args, join) {

@@ -45,10 +45,12 @@ pub fn reported_down(state: &State) -> BTreeSet<u64> {
         .collect()
 }
 
-/// Since when each member has been silent, as this leader saw it.
+/// Since when each member has been silent, as this leader saw it, and whether each member
+/// answered at the last look (for the log: one line per change).
 #[derive(Debug, Default)]
 pub struct Watch {
     silent_since: BTreeMap<u64, Instant>,
+    answering: BTreeMap<u64, bool>,
 }
 
 impl Watch {
@@ -95,9 +97,37 @@ impl Watch {
         out
     }
 
+    /// The members whose answering changed since the last look (`true`: answers again). A
+    /// member seen for the first time is reported only when it does not answer; one that never
+    /// acknowledged this leader (joining, or silent since the election) is not judged yet (the
+    /// journal's `node.unreachable` covers it after [`DOWN_AFTER`]).
+    pub fn log_changes(&mut self, status: &RaftStatus) -> Vec<(u64, bool)> {
+        let mut out = Vec::new();
+        let mut now = BTreeMap::new();
+        for id in status
+            .members
+            .keys()
+            .filter(|id| Some(**id) != status.leader_id)
+        {
+            let Some(f) = status.followers.get(id).filter(|f| f.last_ack_ms.is_some()) else {
+                continue;
+            };
+            let answers = f.reachable();
+            match self.answering.get(id) {
+                Some(was) if *was != answers => out.push((*id, answers)),
+                None if !answers => out.push((*id, false)),
+                _ => {}
+            }
+            now.insert(*id, answers);
+        }
+        self.answering = now;
+        out
+    }
+
     /// Forget what was seen (this node is not the leader).
     pub fn reset(&mut self) {
         self.silent_since.clear();
+        self.answering.clear();
     }
 }
 
@@ -120,7 +150,27 @@ pub async fn run(node: Arc<dyn Cluster>, tick: Duration) {
             watch.reset();
             continue;
         }
-        for cmd in watch.due(&node.status(), &node.state(), Instant::now()) {
+        let status = node.status();
+        for (id, answers) in watch.log_changes(&status) {
+            let addr = status
+                .members
+                .get(&id)
+                .map(|m| m.api.clone())
+                .unwrap_or_default();
+            if answers {
+                tracing::info!(node = id, api = %addr, "node {id} answers the leader again");
+            } else {
+                tracing::warn!(node = id, api = %addr, "node {id} does not answer the leader");
+            }
+        }
+        for cmd in watch.due(&status, &node.state(), Instant::now()) {
+            match &cmd {
+                Command::Journal { kind, message, .. } if kind == UNREACHABLE => {
+                    tracing::warn!(kind = %kind, "{message}")
+                }
+                Command::Journal { kind, message, .. } => tracing::info!(kind = %kind, "{message}"),
+                _ => {}
+            }
             if let Err(e) = node.propose(&actor, None, cmd).await {
                 tracing::debug!(error = %e.message, "cannot journal a member's reachability");
                 break;
@@ -166,6 +216,32 @@ mod tests {
                 state.events.values().last().unwrap().kind.clone()
             })
             .collect()
+    }
+
+    #[test]
+    fn the_log_says_once_per_change_whether_a_member_answers() {
+        let mut w = Watch::default();
+        let up = status(&[(2, Some(100)), (3, Some(100))]);
+        let down = status(&[(2, Some(100)), (3, Some(9_000))]);
+        assert!(
+            w.log_changes(&up).is_empty(),
+            "answering from the start: nothing to say"
+        );
+        assert_eq!(w.log_changes(&down), [(3, false)]);
+        assert!(w.log_changes(&down).is_empty(), "once, not at every look");
+        assert_eq!(w.log_changes(&up), [(3, true)]);
+        w.reset();
+        assert_eq!(
+            w.log_changes(&down),
+            [(3, false)],
+            "a new leader says who is silent"
+        );
+        let never = status(&[(2, Some(100)), (3, None)]);
+        w.reset();
+        assert!(
+            w.log_changes(&never).is_empty(),
+            "never acknowledged: not judged"
+        );
     }
 
     #[test]
