@@ -29,6 +29,29 @@ use super::pki::{
 use super::secrets::{hash_secret, new_secret, write_secret_file};
 use super::ClusterHandle;
 
+/// What a retry loop logs: the first failure, then only a different one, or the same one
+/// again after [`RetryLog::EVERY`] (not a line per attempt).
+#[derive(Debug, Default)]
+pub struct RetryLog {
+    last: Option<(String, std::time::Instant)>,
+}
+
+impl RetryLog {
+    pub const EVERY: Duration = Duration::from_secs(10);
+
+    /// Whether a failure with `text` at `now` is worth a log line (and remember it if so).
+    pub fn worth_saying(&mut self, text: &str, now: std::time::Instant) -> bool {
+        let say = match &self.last {
+            Some((t, at)) => t != text || now.saturating_duration_since(*at) >= Self::EVERY,
+            None => true,
+        };
+        if say {
+            self.last = Some((text.to_string(), now));
+        }
+        say
+    }
+}
+
 /// Why a join call did not succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
@@ -110,14 +133,30 @@ pub async fn resolve_identity(
                     peer: p.peer_addr,
                     learner: p.learner,
                 };
+                let mut delay = Duration::from_millis(250);
+                let mut said = RetryLog::default();
                 let resp = loop {
                     match call.send(http, None, Some(&csr)).await {
                         Ok(r) => break r,
                         Err(e @ JoinError::Rejected(_)) => return Err(e.into()),
-                        Err(e) if tokio::time::Instant::now() >= deadline => return Err(e.into()),
+                        Err(e) if tokio::time::Instant::now() >= deadline => {
+                            return Err(anyhow::Error::from(e).context(format!(
+                                "gave up joining through {url} after 60 s (is the URL a \
+                                 member's API, and is that member up?)"
+                            )))
+                        }
                         Err(e) => {
-                            tracing::warn!(error = %e, "join (phase 1) failed; retrying");
-                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            let left =
+                                deadline.saturating_duration_since(tokio::time::Instant::now());
+                            if said.worth_saying(&e.to_string(), std::time::Instant::now()) {
+                                tracing::warn!(
+                                    error = %e,
+                                    gives_up_in_secs = left.as_secs(),
+                                    "cannot join yet; retrying"
+                                );
+                            }
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(Duration::from_secs(2));
                         }
                     }
                 };
@@ -413,6 +452,7 @@ async fn finish_join(
 ) -> anyhow::Result<()> {
     let token = split_join_token(token.context("resuming an unfinished join needs --token")?).0;
     let mut delay = Duration::from_millis(200);
+    let mut said = RetryLog::default();
     loop {
         let call = JoinCall {
             url,
@@ -436,10 +476,31 @@ async fn finish_join(
             }
             Err(e @ JoinError::Rejected(_)) => return Err(e.into()),
             Err(e) => {
-                tracing::warn!(error = %e, "join not finished yet; retrying");
+                if said.worth_saying(&e.to_string(), std::time::Instant::now()) {
+                    tracing::warn!(error = %e, "join not finished yet; retrying");
+                }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod retry_log_tests {
+    use super::RetryLog;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_repeated_failure_is_said_once_per_interval_and_a_new_one_at_once() {
+        let mut l = RetryLog::default();
+        let t0 = Instant::now();
+        assert!(l.worth_saying("refused", t0));
+        let said = (1..40)
+            .filter(|i| l.worth_saying("refused", t0 + Duration::from_millis(500 * i)))
+            .count();
+        assert_eq!(said, 1, "20 s of the same failure: one more line, at 10 s");
+        assert!(l.worth_saying("no leader", t0 + Duration::from_secs(20)));
+        assert!(!l.worth_saying("no leader", t0 + Duration::from_secs(21)));
     }
 }
