@@ -29,7 +29,8 @@ pub mod webhooks;
 )]
 pub struct Cli {
     /// API endpoint of any node (default: the one `rackd login` kept, else
-    /// http://127.0.0.1:7080).
+    /// http://127.0.0.1:7080); several, comma-separated, are tried in turn while one refuses
+    /// connections.
     #[arg(long, global = true, env = "RACKD_SERVER")]
     pub server: Option<String>,
     /// API bearer token.

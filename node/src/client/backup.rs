@@ -20,7 +20,7 @@ impl Client {
         part: &Path,
         progress: Progress,
     ) -> Result<u64, ClientError> {
-        let url = format!("{}/v1/backup", self.base);
+        let url = format!("{}/v1/backup", self.base());
         let body = serde_json::to_vec(&CreateBackup {
             passphrase: passphrase.to_string(),
         })?;

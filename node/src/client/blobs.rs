@@ -53,7 +53,7 @@ impl Client {
             .await
             .map_err(|e| local(file, e))?
             .map_err(|e| local(file, e))?;
-        let url = format!("{}/v1/blobs/{digest}", self.base);
+        let url = format!("{}/v1/blobs/{digest}", self.base());
         let deadline = tokio::time::Instant::now() + self.retry_for;
         loop {
             let f = tokio::fs::File::open(file)
@@ -122,7 +122,7 @@ impl Client {
         out: &Path,
         progress: Progress,
     ) -> Result<u64, ClientError> {
-        let url = format!("{}/v1/blobs/{digest}", self.base);
+        let url = format!("{}/v1/blobs/{digest}", self.base());
         let resp = self.send_raw(self.http.get(&url), &url).await?;
         let part = out.with_extension("part");
         let mut h = sha2::Sha256::new();

@@ -78,6 +78,10 @@ enum Attempts {
 #[derive(Clone)]
 pub struct Client {
     base: String,
+    /// Every endpoint given (`--server A,B,C`; empty: `base` only) and the one in use: a
+    /// node that refuses connections hands the request to the next.
+    endpoints: std::sync::Arc<Vec<String>>,
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     token: Option<String>,
     http: reqwest::Client,
     retry_for: Duration,
@@ -114,15 +118,27 @@ impl Client {
         Ok(Self::with_http(base, token, http).with_timeout(Duration::from_secs(60)))
     }
 
-    /// A client that shares an existing connection pool.
+    /// A client that shares an existing connection pool. `base` may list several endpoints
+    /// of one cluster, comma-separated: requests go to the first that accepts connections.
     pub fn with_http(base: &str, token: Option<String>, http: reqwest::Client) -> Self {
-        let base = if base.starts_with("http://") || base.starts_with("https://") {
-            base.trim_end_matches('/').to_string()
-        } else {
-            format!("http://{}", base.trim_end_matches('/'))
+        let norm = |b: &str| {
+            let b = b.trim().trim_end_matches('/');
+            if b.starts_with("http://") || b.starts_with("https://") {
+                b.to_string()
+            } else {
+                format!("http://{b}")
+            }
         };
+        let all: Vec<String> = base
+            .split(',')
+            .filter(|b| !b.trim().is_empty())
+            .map(norm)
+            .collect();
+        let base = all.first().cloned().unwrap_or_else(|| norm(base));
         Self {
             base,
+            endpoints: std::sync::Arc::new(if all.len() > 1 { all } else { Vec::new() }),
+            current: std::sync::Arc::default(),
             token,
             http,
             retry_for: Duration::from_secs(30),
@@ -150,8 +166,29 @@ impl Client {
         self
     }
 
-    pub fn base(&self) -> &str {
-        &self.base
+    /// The endpoint requests go to now.
+    pub fn base(&self) -> String {
+        match self.endpoints.len() {
+            0 => self.base.clone(),
+            n => {
+                let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % n;
+                self.endpoints[i].clone()
+            }
+        }
+    }
+
+    /// After a refused connection: move to the next endpoint. Whether one is left that this
+    /// request (which started at `first`) has not tried.
+    fn next_endpoint(&self, first: usize) -> bool {
+        let n = self.endpoints.len();
+        if n < 2 {
+            return false;
+        }
+        let now = self
+            .current
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        (now - first) < n
     }
 
     /// The same client (token, connection pool, settings) for another node at `addr`
@@ -166,6 +203,8 @@ impl Client {
         };
         Self {
             base,
+            endpoints: std::sync::Arc::new(Vec::new()),
+            current: std::sync::Arc::default(),
             ..self.clone()
         }
     }
@@ -182,10 +221,19 @@ impl Client {
             .then(|| format!("client-{:032x}", rand::random::<u128>()));
         let deadline = tokio::time::Instant::now() + self.retry_for;
         let mut backoff = Duration::from_millis(200);
+        let mut first = self.current.load(std::sync::atomic::Ordering::Relaxed);
         loop {
             let r = self
                 .send(method.clone(), path, body.clone(), if_match, key.as_deref())
                 .await;
+            // A refused connection never reached the node: another endpoint gets the same
+            // request (with the same key) at once, whatever the attempts allow.
+            if let Err(ClientError::Transport { source, .. }) = &r {
+                if source.is_connect() && self.next_endpoint(first) {
+                    continue;
+                }
+            }
+            first = self.current.load(std::sync::atomic::Ordering::Relaxed);
             let e = match r {
                 Err(e) if attempts != Attempts::Once && e.retryable(self.retry_unreachable) => e,
                 other => return other,
@@ -214,7 +262,7 @@ impl Client {
         if_match: Option<u64>,
         key: Option<&str>,
     ) -> Result<T, ClientError> {
-        let url = format!("{}{}", self.base, path);
+        let url = format!("{}{}", self.base(), path);
         let mut rb = self.http.request(method, &url);
         if let Some(t) = &self.token {
             rb = rb.bearer_auth(t);

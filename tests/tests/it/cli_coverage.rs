@@ -68,6 +68,20 @@ async fn the_cli_reaches_every_endpoint_of_the_api() {
     };
 
     run(&["status"]);
+    // Several endpoints: a dead one first, the request goes on to the next (a write too,
+    // under one idempotency key).
+    let listed = std::process::Command::new(rackd_tests::rackd_bin())
+        .args(["-o", "json", "locations", "add", "dc0"])
+        .env("RACKD_SERVER", format!("http://127.0.0.1:9,{}", c.url(1)))
+        .env("RACKD_TOKEN", &c.token)
+        .output()
+        .unwrap();
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    run(&["locations", "delete", "dc0"]);
     run(&["members", "list"]);
     run(&["events", "--limit", "5"]);
     run(&["certs", "rotate"]);
