@@ -189,30 +189,31 @@ impl SecretsRoot {
     /// under its own label, so no location's key opens it and it is never handed to a
     /// learner (the `LocationKey` RPC hands out the key of the learner's location only).
     pub fn voters_key(&self) -> LocationKey {
-        let info = [b"rackd voters key v1".as_slice()];
-        let okm = self
-            .prk
-            .expand(&info, KeyLen)
-            .expect("HKDF-SHA256 yields 32 bytes");
-        let mut bytes = [0u8; 32];
-        okm.fill(&mut bytes).expect("HKDF-SHA256 yields 32 bytes");
         LocationKey {
             location_id: 0,
-            bytes,
+            bytes: self.derive(b"rackd voters key v1"),
         }
     }
 
     /// The key of location `location_id` (ids are never reused, names may change).
     pub fn location_key(&self, location_id: u64) -> LocationKey {
         let info = format!("rackd location key v1:{location_id}");
-        let info = [info.as_bytes()];
+        LocationKey {
+            location_id,
+            bytes: self.derive(info.as_bytes()),
+        }
+    }
+
+    /// 32 bytes expanded from the root under the label `info`.
+    fn derive(&self, info: &[u8]) -> [u8; 32] {
+        let info = [info];
         let okm = self
             .prk
             .expand(&info, KeyLen)
             .expect("HKDF-SHA256 yields 32 bytes");
         let mut bytes = [0u8; 32];
         okm.fill(&mut bytes).expect("HKDF-SHA256 yields 32 bytes");
-        LocationKey { location_id, bytes }
+        bytes
     }
 }
 
