@@ -91,17 +91,16 @@ pub(crate) fn collect_page<'a, T: Clone + 'a>(
     Page { items, next_cursor }
 }
 
-macro_rules! crud {
+/// The two read endpoints of a collection: `$list` (cursor pages, filtered) and `$get` (one
+/// by id), both linearizable unless `?stale=true`. Used by [`crud!`] and by collections whose
+/// writes are their own (webhooks).
+macro_rules! reads {
     (
         what: $what:literal,
         table: $table:ident,
         view: $View:ty,
         extract: $extract:expr,
         filter: $filter:expr,
-        into: $into:ident,
-        create: $create:ident($Create:ty) => $CCmd:ident,
-        update: $update:ident($Update:ty) => $UCmd:ident,
-        delete: $delete:ident => $DCmd:ident,
         list: $list:ident,
         get: $get:ident $(,)?
     ) => {
@@ -147,6 +146,33 @@ macro_rules! crud {
                 .get(&id)
                 .map(|v| Json(extract(v).clone()))
                 .ok_or_else(|| HttpError(ApiError::not_found(format!("{} {id} not found", $what))))
+        }
+    };
+}
+pub(crate) use reads;
+
+macro_rules! crud {
+    (
+        what: $what:literal,
+        table: $table:ident,
+        view: $View:ty,
+        extract: $extract:expr,
+        filter: $filter:expr,
+        into: $into:ident,
+        create: $create:ident($Create:ty) => $CCmd:ident,
+        update: $update:ident($Update:ty) => $UCmd:ident,
+        delete: $delete:ident => $DCmd:ident,
+        list: $list:ident,
+        get: $get:ident $(,)?
+    ) => {
+        reads! {
+            what: $what,
+            table: $table,
+            view: $View,
+            extract: $extract,
+            filter: $filter,
+            list: $list,
+            get: $get,
         }
 
         pub async fn $create(

@@ -21,7 +21,9 @@ use rackd_types::{
 };
 
 use super::inventory::{collect_page, page_params, query, read_barrier};
-use super::{idempotency_key, if_match, parse_id, parse_json, Actor, AppState, HttpResult};
+use super::{
+    idempotency_key, if_match, parse_id, parse_json, Actor, AppState, HttpError, HttpResult,
+};
 use crate::cluster::sealing::{is_sealed, LocationKey, Purpose};
 use crate::cluster::secrets::new_secret;
 use crate::cluster::Cluster;
@@ -150,32 +152,12 @@ pub async fn delete_webhook(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn list_webhooks(
-    State(node): State<AppState>,
-    q: Result<Query<ListQuery>, QueryRejection>,
-) -> HttpResult<Json<Page<Webhook>>> {
-    let q = query(q)?;
-    let (cursor, limit) = page_params(&q)?;
-    read_barrier(&node, q.stale).await?;
-    let st = node.state();
-    let views = st
-        .webhooks
-        .range_after(cursor.as_ref())
-        .map(|(id, w)| (*id, &w.webhook));
-    Ok(Json(collect_page(views, limit, |_| true)))
-}
-
-pub async fn get_webhook(
-    State(node): State<AppState>,
-    Path(id): Path<String>,
-    q: Result<Query<ListQuery>, QueryRejection>,
-) -> HttpResult<Json<Webhook>> {
-    let id = parse_id(&id)?;
-    let q = query(q)?;
-    read_barrier(&node, q.stale).await?;
-    node.state()
-        .webhooks
-        .get(&id)
-        .map(|w| Json(w.webhook.clone()))
-        .ok_or_else(|| ApiError::not_found(format!("webhook {id} not found")).into())
+super::inventory::reads! {
+    what: "webhook",
+    table: webhooks,
+    view: Webhook,
+    extract: |w: &rackd_raft::state::webhooks::StoredWebhook| &w.webhook,
+    filter: |_q, _v| Ok(true),
+    list: list_webhooks,
+    get: get_webhook,
 }
