@@ -137,17 +137,8 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cmd::{Command, Request};
-
-    fn apply(s: &mut State, t: u64, cmd: Command) -> Result<Applied, ApiError> {
-        s.apply(&Request {
-            time_ms: t,
-            actor: "test".into(),
-            idempotency_key: None,
-            cmd,
-        })
-        .0
-    }
+    use crate::cmd::Command;
+    use crate::state::test_apply as apply;
 
     fn d(n: u8) -> Digest {
         Digest::from_sha256(&[n; 32])

@@ -769,6 +769,18 @@ impl State {
     }
 }
 
+/// Apply `cmd` stamped at `t` by actor `test` (the unit tests' one way to write).
+#[cfg(test)]
+pub(crate) fn test_apply(s: &mut State, t: u64, cmd: Command) -> Result<Applied, ApiError> {
+    s.apply(&Request {
+        time_ms: t,
+        actor: "test".into(),
+        idempotency_key: None,
+        cmd,
+    })
+    .0
+}
+
 pub(crate) fn precondition(current: u64, if_match: Option<u64>) -> Result<(), ApiError> {
     match if_match {
         Some(v) if v != current => Err(ApiError::new(

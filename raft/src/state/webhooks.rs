@@ -291,17 +291,8 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cmd::{Command, Request};
-
-    fn apply(s: &mut State, t: u64, cmd: Command) -> Result<Applied, ApiError> {
-        s.apply(&Request {
-            time_ms: t,
-            actor: "test".into(),
-            idempotency_key: None,
-            cmd,
-        })
-        .0
-    }
+    use crate::cmd::Command;
+    use crate::state::test_apply as apply;
 
     fn record(s: &mut State, through: u64, failures: u64) -> Webhook {
         let d = WebhookDelivery {
